@@ -1,0 +1,3 @@
+from maculaos.cli import main
+
+raise SystemExit(main())

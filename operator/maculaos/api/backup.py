@@ -1,0 +1,260 @@
+"""Backup and Restore: scheduled restic backups of host data, with retention, to local, peer or S3 targets.
+
+Seed 4.13.2 (schedule, retention, include/exclude, mesh replication, S3, restore by date or latest).
+Restore is its own kind, as in K8up and Velero: a restore is a one-off action with its own lifecycle and
+history, not a setting of a schedule.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
+
+from maculaos.api.common import (
+    ABSOLUTE_PATH_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    LABEL_KEYS_RULE,
+    ApiModel,
+    CustomResource,
+    Duration,
+    LabelValue,
+    ObjectStatus,
+    PrinterColumn,
+    ResourceInfo,
+    SecretKeyRef,
+    SelectorSpec,
+    age_column,
+    ready_column,
+    reason_column,
+)
+
+CRON_PATTERN = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"
+AbsolutePath = Annotated[str, Field(pattern=ABSOLUTE_PATH_PATTERN, max_length=4096)]
+RESTIC_DURATION_PATTERN = r"^([0-9]+[yMwdhm])+$"
+
+
+class MissedRunPolicy(StrEnum):
+    RUN_ONCE = "RunOnce"
+    SKIP = "Skip"
+
+
+class LocalTarget(ApiModel):
+    """A restic repository in a directory on the node itself (a second disk, a USB drive)."""
+
+    path: AbsolutePath
+    """Directory of the repository on the node."""
+
+
+class RestTarget(ApiModel):
+    """A restic rest-server repository at a fixed URL."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    """rest-server URL, e.g. https://backup.lan:8000/shop-12."""
+    credentials_secret_ref: SecretKeyRef | None = None
+    """HTTP basic-auth credentials as user:password in this Secret key."""
+
+
+class MeshTarget(ApiModel):
+    """Copies on other MaculaOS nodes that serve a rest-server (seed 4.13.2 mesh backup)."""
+
+    replication_factor: int = Field(default=2, ge=1, le=5)
+    """How many other nodes hold a copy of each node's repository."""
+    peer_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=16, json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]})
+    """Labels a node must carry to hold copies; empty allows every other node."""
+
+
+class S3Target(ApiModel):
+    """An S3-compatible bucket."""
+
+    endpoint: str = Field(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$", max_length=253)
+    """Host (and port) of the S3 endpoint, e.g. s3.amazonaws.com or minio.lan:9000."""
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", max_length=63)
+    """Bucket name."""
+    prefix: str = Field(default="fleet/${NODE_NAME}/", max_length=1024, pattern=r"^[^\s]*$")
+    """Key prefix; ${NODE_NAME} is replaced by each node's name."""
+    region: str = Field(default="", max_length=64)
+    """Region, where the endpoint needs one."""
+    insecure_http: bool = False
+    """Speak plain HTTP to the endpoint (a lab MinIO); never for the Internet."""
+    access_key_id_secret_ref: SecretKeyRef
+    """The access key id."""
+    secret_access_key_secret_ref: SecretKeyRef
+    """The secret access key."""
+
+
+class BackupTarget(ApiModel):
+    """Where the repository lives: exactly one of local, rest, mesh or s3."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "[has(self.local), has(self.rest), has(self.mesh), has(self.s3)].filter(x, x).size() == 1",
+         "message": "set exactly one of local, rest, mesh or s3"},
+    ]})
+
+    local: LocalTarget | None = None
+    """A directory on the node."""
+    rest: RestTarget | None = None
+    """A rest-server at a fixed URL."""
+    mesh: MeshTarget | None = None
+    """rest-servers on other MaculaOS nodes."""
+    s3: S3Target | None = None
+    """An S3-compatible bucket."""
+
+
+class Retention(ApiModel):
+    """Grandfather-father-son retention (restic forget). The newest successful snapshot is never removed."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.keepLast + self.keepHourly + self.keepDaily + self.keepWeekly + self.keepMonthly"
+                 " + self.keepYearly > 0 || has(self.keepWithin)",
+         "message": "retention must keep something: set a keep* count above 0 or keepWithin"},
+    ]})
+
+    keep_last: int = Field(default=7, ge=0, le=10000)
+    """Keep the newest N snapshots."""
+    keep_hourly: int = Field(default=0, ge=0, le=10000)
+    """Keep the last snapshot of each of the last N hours."""
+    keep_daily: int = Field(default=0, ge=0, le=10000)
+    """Keep the last snapshot of each of the last N days."""
+    keep_weekly: int = Field(default=0, ge=0, le=10000)
+    """Keep the last snapshot of each of the last N weeks."""
+    keep_monthly: int = Field(default=0, ge=0, le=10000)
+    """Keep the last snapshot of each of the last N months."""
+    keep_yearly: int = Field(default=0, ge=0, le=10000)
+    """Keep the last snapshot of each of the last N years."""
+    keep_within: str | None = Field(default=None, pattern=RESTIC_DURATION_PATTERN, max_length=32)
+    """Keep every snapshot newer than this, in restic's notation, e.g. 30d or 1y6m."""
+
+
+class IntegrityCheck(ApiModel):
+    """Periodic restic check of the repository."""
+
+    schedule: str = Field(default="0 4 * * 0", pattern=CRON_PATTERN, max_length=128)
+    """When to check (cron, in the Backup's timeZone)."""
+    read_data_percent: int = Field(default=0, ge=0, le=100)
+    """Also read back this share of the packs (0 checks structure only)."""
+
+
+class BackupStatus(ObjectStatus):
+    target_type: str = ""
+    """local, rest, mesh or s3."""
+    last_successful_time: str | None = None
+    """Oldest of the nodes' last successful backups (RFC 3339): the fleet is covered since then."""
+    next_run_time: str | None = None
+    """Next scheduled run (RFC 3339)."""
+    missed_runs: int = 0
+    """Scheduled runs that were missed while the operator was away."""
+
+
+class BackupSpec(SelectorSpec):
+    """Scheduled backups of host directories of the selected nodes."""
+
+    resource = ResourceInfo(
+        kind="Backup", plural="backups", singular="backup", short_names=["mbk"],
+        description="Scheduled restic backups of MaculaOS host data with retention, to local, peer or S3 targets.",
+        columns=[
+            PrinterColumn(name="Schedule", type="string", json_path=".spec.schedule"),
+            PrinterColumn(name="Target", type="string", json_path=".status.targetType"),
+            PrinterColumn(name="Nodes", type="integer", json_path=".status.matchedNodes"),
+            PrinterColumn(name="Last Success", type="date", json_path=".status.lastSuccessfulTime"),
+            PrinterColumn(name="Stale", type="string", json_path='.status.conditions[?(@.type=="Stale")].status'),
+            ready_column(), reason_column(), age_column(),
+        ],
+    )
+    status_model = BackupStatus
+
+    schedule: str = Field(default="0 2 * * *", pattern=CRON_PATTERN, max_length=128)
+    """When to back up: a five-field cron expression or @daily-style shorthand."""
+    time_zone: str = Field(default="UTC", max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")
+    """IANA time zone the schedule is read in, e.g. Europe/Brussels."""
+    random_delay: Duration = "0s"
+    """Spread each node's start by a random delay up to this long, so a fleet does not hit one target at
+    the same second."""
+    suspend: bool = False
+    """Stop scheduling runs (on-demand runs still work)."""
+    missed_run_policy: MissedRunPolicy = MissedRunPolicy.RUN_ONCE
+    """After the operator was down over a scheduled time: RunOnce catches up with one run, Skip waits for
+    the next. Missed runs are reported either way."""
+    max_concurrent_nodes: int = Field(default=5, ge=1, le=1000)
+    """How many nodes back up at the same time."""
+    include: list[AbsolutePath] = Field(
+        default_factory=lambda: ["/var/lib/maculaos", "/var/lib/data"], min_length=1, max_length=64)
+    """Host paths to back up."""
+    exclude: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=lambda: ["/var/lib/rancher/k3s/agent/containerd"], max_length=128)
+    """Paths or restic patterns to leave out."""
+    include_k3s_datastore: bool = True
+    """When the node runs a k3s server, also capture its datastore consistently (a snapshot, not live files)."""
+    target: BackupTarget
+    """Where the repository lives."""
+    repository_password_secret_ref: SecretKeyRef
+    """The restic repository password."""
+    retention: Retention = Field(default_factory=Retention, json_schema_extra={"default": {}})
+    """Which snapshots to keep."""
+    check: IntegrityCheck | None = None
+    """Periodic integrity checks of the repository; unset means none."""
+    stale_after: Duration | None = None
+    """Mark the Backup Stale when a node has no successful backup for this long; unset means twice the
+    schedule's interval."""
+
+
+
+class SnapshotSelector(ApiModel):
+    """Which snapshot to restore: exactly one of id, latest or before."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "(has(self.id) ? 1 : 0) + (has(self.latest) && self.latest ? 1 : 0) + (has(self.before) ? 1 : 0) == 1",
+         "message": "set exactly one of id, latest: true or before"},
+    ]})
+
+    id: str | None = Field(default=None, pattern=r"^[a-f0-9]{8,64}$", max_length=64)
+    """A snapshot id (short or full)."""
+    latest: bool | None = None
+    """The newest snapshot."""
+    before: str | None = Field(default=None, json_schema_extra={"format": "date-time"}, max_length=64)
+    """The newest snapshot taken before this time (RFC 3339)."""
+
+
+class RestoreStatus(ObjectStatus):
+    phase: str = ""
+    """Pending, Running, Succeeded or Failed."""
+    snapshot_id: str = ""
+    """The snapshot chosen (the same on every node for id; per node for latest and before)."""
+
+
+class RestoreSpec(CustomResource):
+    """A one-off restore of host data from a Backup's repository."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self == oldSelf", "message": "a Restore cannot be changed once created; create a new one"},
+        {"rule": "has(self.nodeName) != (has(self.allNodes) && self.allNodes)",
+         "message": "set nodeName, or allNodes: true (not both)", "fieldPath": ".nodeName"},
+    ]})
+
+    resource = ResourceInfo(
+        kind="Restore", plural="restores", singular="restore", short_names=["mrs"],
+        description="A one-off restore of MaculaOS host data from a Backup's restic repository.",
+        columns=[
+            PrinterColumn(name="Backup", type="string", json_path=".spec.backupName"),
+            PrinterColumn(name="Node", type="string", json_path=".spec.nodeName"),
+            PrinterColumn(name="Snapshot", type="string", json_path=".status.snapshotId"),
+            PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
+            ready_column(), reason_column(), age_column(),
+        ],
+    )
+    backup_name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """The Backup whose repository to restore from."""
+    node_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """The node whose data to restore (on that same node)."""
+    all_nodes: bool | None = None
+    """Restore every node the Backup selects, each from its own snapshots."""
+    snapshot: SnapshotSelector
+    """Which snapshot."""
+    paths: list[AbsolutePath] = Field(default_factory=list, max_length=256)
+    """Sub-paths or single files to restore; empty restores the whole snapshot."""
+    target_path: AbsolutePath | None = None
+    """Restore under this directory instead of the original paths."""
+    source_node_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
+    """Take the snapshots of another node (a replacement machine); defaults to the node itself."""

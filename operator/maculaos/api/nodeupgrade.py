@@ -1,0 +1,243 @@
+"""NodeUpgrade: a fleet-wide A/B OS upgrade with health gates and automatic rollback.
+
+Seed 4.8 (sources, channel, auto check/apply, rollback), 4.12.3 (rolling/canary, maxUnavailable, health
+wait, auto rollback), 10.1; plus what fleet operators ask of such tools: percentage maxUnavailable,
+maintenance windows, a delay between nodes, a failure budget, drain options and a health commit window.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import ConfigDict, Field, WithJsonSchema
+
+from maculaos.api.common import (
+    ABSOLUTE_PATH_PATTERN,
+    ApiModel,
+    Duration,
+    ObjectStatus,
+    Percent,
+    PrinterColumn,
+    ResourceInfo,
+    SelectorSpec,
+    age_column,
+    ready_column,
+    reason_column,
+)
+
+SEMVER_PATTERN = r"^v?(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+HTTP_URL_PATTERN = r"^https?://[^\s]+$"
+INDEX_URL_PATTERN = r"^(https?|github)://[^\s]+$"
+SHA256_PATTERN = r"^[a-f0-9]{64}$"
+TIME_OF_DAY_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+IntOrPercent = Annotated[
+    int | str,
+    WithJsonSchema({
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "x-kubernetes-validations": [{
+            "rule": "type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')",
+            "message": "must be a count (0 or more) or a percentage such as 25%",
+        }],
+    }),
+]
+"""A node count such as 3, or a percentage of the selected nodes such as 25%."""
+
+
+class Channel(StrEnum):
+    STABLE = "stable"
+    BETA = "beta"
+    NIGHTLY = "nightly"
+
+
+class StrategyType(StrEnum):
+    ROLLING = "rolling"
+    CANARY = "canary"
+
+
+class Weekday(StrEnum):
+    MON = "Mon"
+    TUE = "Tue"
+    WED = "Wed"
+    THU = "Thu"
+    FRI = "Fri"
+    SAT = "Sat"
+    SUN = "Sun"
+
+
+class FailureAction(StrEnum):
+    PAUSE = "Pause"
+    PAUSE_AND_ROLLBACK = "PauseAndRollback"
+
+
+class UpgradeSource(ApiModel):
+    """Where bundles come from; exactly one of releaseIndex, url or localPath."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "(has(self.releaseIndex) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.localPath) ? 1 : 0) == 1",
+         "message": "set exactly one of releaseIndex, url or localPath"},
+        {"rule": "!has(self.url) || has(self.sha256)",
+         "message": "sha256 is required with url: a bundle fetched by URL alone cannot be verified",
+         "fieldPath": ".sha256"},
+    ]})
+
+    release_index: str | None = Field(default=None, pattern=INDEX_URL_PATTERN, max_length=2048)
+    """URL of a release index listing versions per channel, each with bundle URL, sha256 and size
+    (https://, or github://owner/repo for GitHub releases)."""
+    url: str | None = Field(default=None, pattern=HTTP_URL_PATTERN, max_length=2048)
+    """URL of one bundle on a self-hosted server."""
+    local_path: str | None = Field(default=None, pattern=ABSOLUTE_PATH_PATTERN, max_length=4096)
+    """A directory on each node holding bundles (USB stick, airgap)."""
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN, max_length=64)
+    """Expected SHA-256 of the bundle given by url."""
+
+
+class CanarySettings(ApiModel):
+    """Upgrade a share of the nodes first and continue only if enough of them succeed."""
+
+    percentage: Percent = "5%"
+    """Share of the selected nodes upgraded first (at least one node)."""
+    success_threshold: Percent = "95%"
+    """Share of the canary nodes that must succeed before the rest follow."""
+
+
+class Strategy(ApiModel):
+    """How the rollout moves through the fleet."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.type == 'canary' || !has(self.canary)",
+         "message": "canary settings are only allowed with type canary", "fieldPath": ".canary"},
+    ]})
+
+    type: StrategyType = StrategyType.ROLLING
+    """rolling, or canary (a first wave, then the rest)."""
+    max_unavailable: IntOrPercent = 1
+    """Most nodes disrupted (draining, rebooting, unhealthy) at once: a count or a percentage (rounded down,
+    at least 1)."""
+    delay_between_nodes: Duration = "0s"
+    """Pause after one node finishes before the next starts."""
+    canary: CanarySettings | None = None
+    """Canary settings (type canary)."""
+
+
+class MaintenanceWindow(ApiModel):
+    """A weekly window in which nodes may start upgrading. End before start spans midnight."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.start != self.end", "message": "start and end must differ", "fieldPath": ".end"},
+    ]})
+
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(Weekday), min_length=1, max_length=7,
+        json_schema_extra={"x-kubernetes-list-type": "set"})
+    """Days the window opens (Mon..Sun)."""
+    start: str = Field(pattern=TIME_OF_DAY_PATTERN, max_length=5)
+    """Opening time, HH:MM."""
+    end: str = Field(pattern=TIME_OF_DAY_PATTERN, max_length=5)
+    """Closing time, HH:MM; earlier than start means the next day."""
+    time_zone: str = Field(default="UTC", max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")
+    """IANA time zone, e.g. Europe/Brussels."""
+
+
+class FailurePolicy(ApiModel):
+    """The fleet failure budget."""
+
+    max_failed_nodes: int = Field(default=1, ge=0, le=10000)
+    """Failed or rolled-back nodes tolerated before the rollout stops; 0 stops at the first."""
+    action: FailureAction = FailureAction.PAUSE
+    """Pause, or PauseAndRollback (also return already-upgraded nodes to their previous slot)."""
+
+
+class DrainOptions(ApiModel):
+    """How a node is emptied before it reboots (Eviction API, honouring PodDisruptionBudgets)."""
+
+    enabled: bool = True
+    """Cordon and drain before rebooting."""
+    timeout: Duration = "5m"
+    """Give up draining after this long (see force)."""
+    force: bool = False
+    """After the timeout, delete the remaining pods instead of failing the node."""
+    ignore_daemon_sets: bool = True
+    """Leave DaemonSet pods in place (they would come straight back)."""
+    delete_empty_dir_data: bool = False
+    """Allow evicting pods that use emptyDir volumes (their data is lost)."""
+    grace_period_seconds: int | None = Field(default=None, ge=0, le=86400)
+    """Override pods' termination grace period; unset uses each pod's own."""
+
+
+class NodeUpgradeStatus(ObjectStatus):
+    phase: str = ""
+    """Pending, Waiting (outside a window), Progressing, Paused, Succeeded or Failed."""
+    target_version: str = ""
+    """The version being rolled out."""
+    available_version: str = ""
+    """Newest version the channel offers (reported even when autoApply is false)."""
+    upgraded_nodes: int = 0
+    """Nodes running the target version, health committed."""
+    failed_nodes: int = 0
+    """Nodes that failed or rolled back."""
+
+
+class NodeUpgradeSpec(SelectorSpec):
+    """The desired OS version of the selected nodes and how to get there safely."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "has(self.version) || has(self.channel)",
+         "message": "set version, channel, or both (version pins a release within the channel)"},
+        {"rule": "has(self.version) || !has(self.source.url) && !has(self.source.localPath)",
+         "message": "version is required with source.url and source.localPath (only a release index lists versions)",
+         "fieldPath": ".version"},
+        {"rule": "duration(self.healthCheckWait) <= duration(self.healthCommitWindow)",
+         "message": "healthCheckWait must not exceed healthCommitWindow", "fieldPath": ".healthCheckWait"},
+    ]})
+
+    resource = ResourceInfo(
+        kind="NodeUpgrade", plural="nodeupgrades", singular="nodeupgrade", short_names=["nu"],
+        description="A fleet-wide A/B OS upgrade of MaculaOS nodes with health gates and automatic rollback.",
+        columns=[
+            PrinterColumn(name="Target", type="string", json_path=".status.targetVersion",
+                          description="Version being rolled out"),
+            PrinterColumn(name="Strategy", type="string", json_path=".spec.strategy.type"),
+            PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
+            PrinterColumn(name="Nodes", type="integer", json_path=".status.matchedNodes"),
+            PrinterColumn(name="Upgraded", type="integer", json_path=".status.upgradedNodes"),
+            PrinterColumn(name="Failed", type="integer", json_path=".status.failedNodes"),
+            ready_column(), reason_column(), age_column(),
+        ],
+    )
+    status_model = NodeUpgradeStatus
+
+    version: str | None = Field(default=None, pattern=SEMVER_PATTERN, max_length=64)
+    """Target MaculaOS version (SemVer). Unset follows the newest release of channel."""
+    channel: Channel | None = None
+    """Release channel: stable, beta or nightly."""
+    source: UpgradeSource = Field(
+        default_factory=lambda: UpgradeSource(release_index="github://macula-io/macula-os"),
+        json_schema_extra={"default": {"releaseIndex": "github://macula-io/macula-os"}})
+    """Where bundles come from."""
+    allow_downgrade: bool = False
+    """Permit a target lower than a node's running version."""
+    auto_apply: bool = True
+    """Roll out automatically. When false, the operator checks and reports the available version
+    (status.availableVersion) but upgrades no node until this is set."""
+    check_interval: Duration = "6h"
+    """How often a channel is re-checked for a newer release."""
+    paused: bool = False
+    """Hold the rollout: nodes in progress finish, no new node starts."""
+    strategy: Strategy = Field(default_factory=Strategy, json_schema_extra={"default": {}})
+    """How the rollout moves through the fleet."""
+    maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list, max_length=16)
+    """Windows in which a node may start upgrading; empty means any time."""
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, json_schema_extra={"default": {}})
+    """What happens when nodes fail."""
+    drain: DrainOptions = Field(default_factory=DrainOptions, json_schema_extra={"default": {}})
+    """How nodes are emptied before rebooting."""
+    health_check_wait: Duration = "60s"
+    """How long a node must stay healthy after its reboot before the rollout counts it and moves on."""
+    health_commit_window: Duration = "10m"
+    """Time the new slot has after boot to pass its health checks (k3s Ready, agent up, the node's
+    HealthChecks) before it is marked bad and the node boots back into the old slot."""
+    auto_rollback: bool = True
+    """Boot back into the previous slot when the health commit window fails."""

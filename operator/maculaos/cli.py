@@ -1,0 +1,115 @@
+"""`maculaos ...`: the one command line of the project (CRDs, the operator, the local environment)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from maculaos import __version__
+from maculaos.api.common import DEFAULT_NAMESPACE
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _crds_generate(args: argparse.Namespace) -> int:
+    from maculaos.api.crd import crd_files
+
+    out: Path = args.output
+    files = crd_files()
+    if args.check:
+        stale = [n for n, text in files.items() if not (out / n).exists() or (out / n).read_text() != text]
+        extra = sorted(p.name for p in out.glob("*.yaml") if p.name not in files)
+        if stale or extra:
+            print(f"crds/ is out of date ({', '.join(stale + extra)}): run `maculaos crds generate`",
+                  file=sys.stderr)
+            return 1
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+        print(out / name)
+    return 0
+
+
+def _configure_logging(fmt: str, verbose: bool) -> None:
+    import kopf
+
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if fmt == "json" else kopf.LogFormat.FULL)
+
+
+def _operator_run(args: argparse.Namespace) -> int:
+    from maculaos.controller.run import load_kube_config, run_operator, run_with_leader_election
+
+    _configure_logging(args.log_format, args.verbose)
+    load_kube_config()
+    if args.leader_elect:
+        run_with_leader_election(args.resync_seconds, args.namespace, lease_duration=args.lease_duration,
+                                 renew_deadline=args.lease_duration * 2 / 3, retry_period=args.lease_duration / 7.5)
+    else:
+        run_operator(args.resync_seconds)
+    return 0
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    from maculaos.devenv.demo import Demo
+
+    Demo(args.workdir, REPO_ROOT).up(node_count=args.nodes)
+    return 0
+
+
+def _dev_down(args: argparse.Namespace) -> int:
+    from maculaos.devenv.demo import Demo
+
+    Demo(args.workdir, REPO_ROOT).down(keep=args.keep)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maculaos", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"maculaos {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    crds = commands.add_parser("crds", help="CustomResourceDefinitions").add_subparsers(dest="action", required=True)
+    generate = crds.add_parser("generate", help="write crds/*.yaml from the API models")
+    generate.add_argument("--output", type=Path, default=REPO_ROOT / "crds")
+    generate.add_argument("--check", action="store_true", help="fail if the files differ instead of writing")
+    generate.set_defaults(func=_crds_generate)
+
+    operator = commands.add_parser("operator", help="the cluster-wide controller").add_subparsers(
+        dest="action", required=True)
+    run = operator.add_parser("run", help="run the controller against $KUBECONFIG or in-cluster credentials")
+    run.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+                     help="hold a Lease so that only one of several replicas acts (default: on)")
+    run.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", DEFAULT_NAMESPACE),
+                     help="namespace of the leader-election Lease")
+    run.add_argument("--lease-duration", type=float, default=15.0, help="seconds a leader's Lease is valid")
+    run.add_argument("--resync-seconds", type=float,
+                     default=float(os.environ.get("MACULAOS_RESYNC_SECONDS", "30")),
+                     help="re-judge every object this often, so cluster changes are picked up")
+    run.add_argument("--log-format", choices=["json", "plain"], default="json")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(func=_operator_run)
+
+    dev = commands.add_parser("dev", help="the local demo environment").add_subparsers(dest="action", required=True)
+    up = dev.add_parser("up", help="start a control plane, simulated nodes, the operator, and apply examples/")
+    up.add_argument("--workdir", type=Path, default=REPO_ROOT / ".demo")
+    up.add_argument("--nodes", type=int, default=3)
+    up.set_defaults(func=_dev_up)
+    down = dev.add_parser("down", help="stop everything `dev up` started")
+    down.add_argument("--workdir", type=Path, default=REPO_ROOT / ".demo")
+    down.add_argument("--keep", action="store_true", help="keep the work directory (logs, node sandboxes)")
+    down.set_defaults(func=_dev_down)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""`maculaos dev up` / `dev down`: the local demo. A real control plane, simulated nodes with sandbox host
+roots, the operator as a process, and examples/ applied with the real kubectl."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from maculaos.api.common import DEFAULT_NAMESPACE
+from maculaos.devenv.controlplane import ControlPlane
+from maculaos.devenv.nodes import create_host_root, demo_fleet, register_node
+from maculaos.devenv.processes import ProcessRecord, is_running, load_records, save_records, spawn, stop
+
+
+class DemoError(RuntimeError):
+    """Something the person running the demo must fix; the message says what."""
+
+
+def kubectl(kubeconfig: Path, bin_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real kubectl against the demo cluster; a failure raises with kubectl's own words."""
+    result = subprocess.run([str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
+                            capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise DemoError(f"kubectl {' '.join(args)} failed:\n{result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def install_crds(kubeconfig: Path, bin_dir: Path, crd_dir: Path) -> None:
+    kubectl(kubeconfig, bin_dir, "apply", "--server-side", "-f", str(crd_dir))
+    kubectl(kubeconfig, bin_dir, "wait", "--for=condition=Established", "--timeout=60s", "crd",
+            "-l", "app.kubernetes.io/part-of=maculaos")
+
+
+def start_operator(kubeconfig: Path, log_dir: Path, resync_seconds: float = 10.0,
+                   name: str = "operator") -> ProcessRecord:
+    """The operator as its own process, exactly as the container runs it (`maculaos operator run`)."""
+    _, record = spawn(name, [sys.executable, "-m", "maculaos", "operator", "run",
+                             f"--resync-seconds={resync_seconds}"], log_dir,
+                      env={"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"})
+    return record
+
+
+class Demo:
+    """The demo environment kept in one work directory."""
+
+    def __init__(self, workdir: Path, repo_root: Path) -> None:
+        self.workdir = workdir.resolve()
+        self.repo_root = repo_root
+        self.state_file = self.workdir / "state.json"
+
+    def up(self, node_count: int = 3) -> None:
+        if any(is_running(r) for r in load_records(self.state_file)):
+            print(f"The demo is already running (state in {self.state_file}); `maculaos dev down` stops it.")
+            return
+        examples = self._example_files()
+        plane = ControlPlane(self.workdir / "controlplane")
+        started = time.monotonic()
+        plane.start()
+        records = list(plane.records)
+        try:
+            self._save(records, plane)
+            print(f"control plane ready at {plane.server} in {time.monotonic() - started:.1f}s")
+            install_crds(plane.kubeconfig, plane.bin_dir, self.repo_root / "crds")
+            kubectl(plane.kubeconfig, plane.bin_dir, "create", "namespace", DEFAULT_NAMESPACE)
+            self._register_nodes(plane.kubeconfig, node_count)
+            records.append(start_operator(plane.kubeconfig, self.workdir / "logs"))
+            self._save(records, plane)
+            for path in examples:
+                kubectl(plane.kubeconfig, plane.bin_dir, "apply", "-f", str(path))
+            self._wait_ready(plane, examples)
+        except BaseException:
+            for record in reversed(records):
+                stop(record)
+            raise
+        self._print_next_steps(plane, node_count)
+
+    def down(self, keep: bool = False) -> None:
+        records = load_records(self.state_file)
+        for record in reversed(records):
+            stop(record)
+        if not keep and self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        print(f"stopped {len(records)} process(es)" + ("" if keep else f"; removed {self.workdir}"))
+
+    def _example_files(self) -> list[Path]:
+        """examples/*.yaml, each checked to parse before anything starts: a broken example fails loudly."""
+        import yaml
+
+        files = sorted((self.repo_root / "examples").glob("*.yaml"))
+        if not files:
+            raise DemoError(f"no examples in {self.repo_root / 'examples'}")
+        for path in files:
+            try:
+                docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+            except yaml.YAMLError as exc:
+                raise DemoError(f"{path} is not valid YAML: {exc}") from exc
+            if not docs or not all(isinstance(d, dict) and "kind" in d for d in docs):
+                raise DemoError(f"{path} must hold Kubernetes objects (each with a kind)")
+        return files
+
+    def _register_nodes(self, kubeconfig: Path, count: int) -> None:
+        api = client.CoreV1Api(kube_config.new_client_from_config(str(kubeconfig)))
+        for node in demo_fleet(count):
+            register_node(api, node)
+            create_host_root(self.workdir / "nodes" / node.name, node)
+            print(f"node {node.name} registered; host root {self.workdir / 'nodes' / node.name}")
+
+    def _wait_ready(self, plane: ControlPlane, examples: list[Path], timeout: float = 90.0) -> None:
+        import yaml
+
+        for path in examples:
+            for doc in yaml.safe_load_all(path.read_text()):
+                if not doc or not doc.get("apiVersion", "").startswith("os.macula.io/"):
+                    continue
+                ref = f"{doc['kind'].lower()}/{doc['metadata']['name']}"
+                started = time.monotonic()
+                result = kubectl(plane.kubeconfig, plane.bin_dir, "wait", "--for=condition=Ready",
+                                 f"--timeout={timeout:.0f}s", ref, check=False)
+                if result.returncode != 0:
+                    got = kubectl(plane.kubeconfig, plane.bin_dir, "get", ref, "-o",
+                                  "jsonpath={.status.conditions}", check=False).stdout
+                    raise DemoError(f"{ref} from {path.name} did not become Ready: {got or result.stderr}")
+                print(f"{ref} Ready ({time.monotonic() - started:.1f}s)")
+
+    def _save(self, records: list[ProcessRecord], plane: ControlPlane) -> None:
+        save_records(self.state_file, records, plane.describe())
+
+    def _print_next_steps(self, plane: ControlPlane, node_count: int) -> None:
+        kubectl_bin = plane.bin_dir / "kubectl"
+        env_line = f"export KUBECONFIG={plane.kubeconfig} PATH={plane.bin_dir}:$PATH"
+        print(f"""
+MaculaOS demo is running: {node_count} simulated nodes, the operator, and the examples.
+
+  {env_line}
+  kubectl get maculaos                 # every MaculaOS object and whether it is Ready
+  kubectl get nodes --show-labels      # the simulated fleet
+  kubectl describe nodeupgrade to-0-2-0
+  kubectl get events -A                # what the operator said
+  tail -f {self.workdir / 'logs' / 'operator.log'}
+
+Node sandboxes (each node's host root): {self.workdir / 'nodes'}
+Stop everything: make demo-stop   (or: maculaos dev down)
+(kubectl is {kubectl_bin})""")
+

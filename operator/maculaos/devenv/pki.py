@@ -1,0 +1,110 @@
+"""The certificates a private test control plane needs: one CA, the API server's serving certificate, an
+admin client certificate in system:masters, and the service-account signing key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+_VALIDITY = dt.timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Paths of the PEM files under one directory."""
+
+    directory: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.directory / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.directory / "ca.key"
+
+    @property
+    def serving_cert(self) -> Path:
+        return self.directory / "apiserver.crt"
+
+    @property
+    def serving_key(self) -> Path:
+        return self.directory / "apiserver.key"
+
+    @property
+    def admin_cert(self) -> Path:
+        return self.directory / "admin.crt"
+
+    @property
+    def admin_key(self) -> Path:
+        return self.directory / "admin.key"
+
+    @property
+    def service_account_key(self) -> Path:
+        return self.directory / "sa.key"
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def _name(common_name: str, organization: str | None = None) -> x509.Name:
+    parts = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        parts.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(parts)
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + _VALIDITY))
+
+
+def create_pki(directory: Path) -> Pki:
+    """Write a fresh CA and the certificates signed by it; returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = Pki(directory)
+    ca_key = _new_key()
+    ca_name = _name("maculaos-dev-ca")
+    ca_cert = (_builder(ca_name, ca_name, ca_key)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    _write_key(pki.ca_key, ca_key)
+    pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+
+    serving_key = _new_key()
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in (
+        "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local")]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1")]
+    serving = (_builder(_name("kube-apiserver"), ca_name, serving_key)
+               .add_extension(x509.SubjectAlternativeName(names), critical=False)
+               .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+               .sign(ca_key, hashes.SHA256()))
+    _write_key(pki.serving_key, serving_key)
+    pki.serving_cert.write_bytes(serving.public_bytes(serialization.Encoding.PEM))
+
+    admin_key = _new_key()
+    admin = (_builder(_name("maculaos-admin", "system:masters"), ca_name, admin_key)
+             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+             .sign(ca_key, hashes.SHA256()))
+    _write_key(pki.admin_key, admin_key)
+    pki.admin_cert.write_bytes(admin.public_bytes(serialization.Encoding.PEM))
+
+    _write_key(pki.service_account_key, _new_key())
+    return pki

@@ -1,0 +1,84 @@
+"""The committed CRDs are exactly what the models generate, and structurally what Kubernetes wants."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from maculaos.api import KINDS
+from maculaos.api.crd import build_crd, crd_files
+from maculaos.cli import main
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+
+
+def test_committed_crds_match_the_models() -> None:
+    assert main(["crds", "generate", "--check", "--output", str(CRD_DIR)]) == 0, \
+        "crds/ is out of date: run `maculaos crds generate`"
+
+
+def test_check_fails_on_a_stale_file(tmp_path: Path) -> None:
+    main(["crds", "generate", "--output", str(tmp_path)])
+    first = sorted(tmp_path.glob("*.yaml"))[0]
+    first.write_text(first.read_text().replace("description:", "description: edited", 1))
+    assert main(["crds", "generate", "--check", "--output", str(tmp_path)]) == 1
+
+
+def test_check_fails_on_a_leftover_file(tmp_path: Path) -> None:
+    main(["crds", "generate", "--output", str(tmp_path)])
+    (tmp_path / "os.macula.io_gone.yaml").write_text("{}")
+    assert main(["crds", "generate", "--check", "--output", str(tmp_path)]) == 1
+
+
+def _walk(schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
+    found = [(path, schema)]
+    for name, prop in schema.get("properties", {}).items():
+        found += _walk(prop, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        found += _walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        found += _walk(schema["additionalProperties"], f"{path}{{}}")
+    return found
+
+
+@pytest.mark.parametrize("model", KINDS, ids=lambda m: m.resource.kind)
+def test_every_spec_field_is_described_and_structural(model: Any) -> None:
+    spec = build_crd(model)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for path, node in _walk(spec, "spec"):
+        assert "$ref" not in node and "title" not in node, path
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        if path.endswith("[]") or path.endswith("{}"):
+            continue
+        assert node.get("description"), f"{path} has no description"
+    for path, node in _walk(spec, "spec"):
+        if node.get("type") == "string":
+            assert "maxLength" in node or "enum" in node or "format" in node, f"{path} is an unbounded string"
+        if node.get("type") == "array":
+            assert "maxItems" in node, f"{path} is an unbounded list"
+
+
+@pytest.mark.parametrize("model", KINDS, ids=lambda m: m.resource.kind)
+def test_every_kind_is_in_the_maculaos_category_with_a_short_name(model: Any) -> None:
+    names = build_crd(model)["spec"]["names"]
+    assert names["categories"] == ["maculaos"]
+    assert names["shortNames"]
+    version = build_crd(model)["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert {c["name"] for c in version["additionalPrinterColumns"]} >= {"Ready", "Age"}
+
+
+def test_status_keeps_fields_kopf_and_agents_add() -> None:
+    for text in crd_files().values():
+        crd = yaml.safe_load(text)
+        status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        assert status["x-kubernetes-preserve-unknown-fields"] is True
+        assert "nodes" in status["properties"] and "conditions" in status["properties"]
+
+
+def test_defaults_from_factories_are_written_out() -> None:
+    crd = build_crd(next(m for m in KINDS if m.resource.kind == "MeshRole"))
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert spec["bootstrapPeers"]["default"] == ["https://boot.macula.io:443"]
+    assert spec["firewall"]["default"] == {}
+    assert spec["firewall"]["properties"]["defaultPolicy"]["default"] == "drop"
