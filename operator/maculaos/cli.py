@@ -46,17 +46,20 @@ def _operator_run(args: argparse.Namespace) -> int:
     _configure_logging(args.log_format, args.verbose)
     load_kube_config()
     if args.leader_elect:
-        run_with_leader_election(args.resync_seconds, args.namespace, lease_duration=args.lease_duration,
-                                 renew_deadline=args.lease_duration * 2 / 3, retry_period=args.lease_duration / 7.5)
+        run_with_leader_election(args.resync_seconds, args.namespace, lease_duration=args.lease_duration)
     else:
         run_operator(args.resync_seconds)
     return 0
 
 
 def _dev_up(args: argparse.Namespace) -> int:
-    from maculaos.devenv.demo import Demo
+    from maculaos.devenv.demo import Demo, DemoError
 
-    Demo(args.workdir, REPO_ROOT).up(node_count=args.nodes)
+    try:
+        Demo(args.workdir, REPO_ROOT).up(node_count=args.nodes)
+    except DemoError as exc:
+        print(f"maculaos dev up failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hold a Lease so that only one of several replicas acts (default: on)")
     run.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", DEFAULT_NAMESPACE),
                      help="namespace of the leader-election Lease")
-    run.add_argument("--lease-duration", type=float, default=15.0, help="seconds a leader's Lease is valid")
+    run.add_argument("--lease-duration", type=int, default=15,
+                     help="seconds a leader's Lease is valid: how long a failover can take")
     run.add_argument("--resync-seconds", type=float,
                      default=float(os.environ.get("MACULAOS_RESYNC_SECONDS", "30")),
                      help="re-judge every object this often, so cluster changes are picked up")
@@ -107,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command != "operator":  # the operator configures its own structured logging
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     return int(args.func(args))
 
 

@@ -80,5 +80,5 @@ def test_defaults_from_factories_are_written_out() -> None:
     crd = build_crd(next(m for m in KINDS if m.resource.kind == "MeshRole"))
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     assert spec["bootstrapPeers"]["default"] == ["https://boot.macula.io:443"]
-    assert spec["firewall"]["default"] == {}
+    assert spec["firewall"]["default"]["defaultPolicy"] == "drop"
     assert spec["firewall"]["properties"]["defaultPolicy"]["default"] == "drop"

@@ -77,7 +77,7 @@ class S3Target(ApiModel):
     """Key prefix; ${NODE_NAME} is replaced by each node's name."""
     region: str = Field(default="", max_length=64)
     """Region, where the endpoint needs one."""
-    insecure_http: bool = False
+    insecure_http: bool = Field(default=False, alias="insecureHTTP")
     """Speak plain HTTP to the endpoint (a lab MinIO); never for the Internet."""
     access_key_id_secret_ref: SecretKeyRef
     """The access key id."""
@@ -185,13 +185,13 @@ class BackupSpec(SelectorSpec):
     exclude: list[Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=lambda: ["/var/lib/rancher/k3s/agent/containerd"], max_length=128)
     """Paths or restic patterns to leave out."""
-    include_k3s_datastore: bool = True
+    include_k3s_datastore: bool = Field(default=True, alias="includeK3sDatastore")
     """When the node runs a k3s server, also capture its datastore consistently (a snapshot, not live files)."""
     target: BackupTarget
     """Where the repository lives."""
     repository_password_secret_ref: SecretKeyRef
     """The restic repository password."""
-    retention: Retention = Field(default_factory=Retention, json_schema_extra={"default": {}})
+    retention: Retention = Field(default_factory=Retention)
     """Which snapshots to keep."""
     check: IntegrityCheck | None = None
     """Periodic integrity checks of the repository; unset means none."""

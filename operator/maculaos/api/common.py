@@ -55,7 +55,7 @@ ABSOLUTE_PATH_PATTERN = r"^/[^\x00]*$"
 
 
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
-LABEL_KEYS_RULE = {"rule": f"self.all(k, k.matches('{LABEL_KEY_PATTERN}'))",
+LABEL_KEYS_RULE = {"rule": f"self.all(k, k.matches(r'{LABEL_KEY_PATTERN}'))",
                    "message": "every key must be a valid label key, e.g. macula.io/site"}
 
 
@@ -256,5 +256,5 @@ class CustomResource(ApiModel):
 class SelectorSpec(CustomResource):
     """The spec of a kind that applies to the Nodes its selector picks."""
 
-    node_selector: NodeSelector = Field(default_factory=NodeSelector, json_schema_extra={"default": {}})
+    node_selector: NodeSelector = Field(default_factory=NodeSelector)
     """Which Nodes this applies to. Empty selects every node."""

@@ -29,7 +29,9 @@ class _DefaultsWritingGenerator(GenerateJsonSchema):
         if factory is not None and not schema.get("default_factory_takes_data"):
             value = factory()  # type: ignore[call-arg]
             if isinstance(value, BaseModel):
-                value = value.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+                # Written out in full: the API server checks defaults against the CEL rules as they are,
+                # without first applying the nested defaults.
+                value = value.model_dump(by_alias=True, exclude_none=True, mode="json")
             schema = {**schema, "default": value}  # type: ignore[typeddict-item]
             schema.pop("default_factory")  # type: ignore[misc]
         return super().default_schema(schema)
@@ -110,11 +112,8 @@ def build_crd(model: type[CustomResource]) -> JsonDict:
             "spec": spec,
             "status": status,
         },
+        "required": ["spec"],
     }
-    if spec.get("required"):
-        root["required"] = ["spec"]
-    else:
-        spec["default"] = {}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

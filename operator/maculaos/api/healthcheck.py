@@ -145,7 +145,7 @@ class Check(ApiModel):
     """Probe for type systemd."""
     action: CheckAction = CheckAction.ALERT
     """alert (condition, Event, metric) or cleanup (disk checks: free space, then alert if still full)."""
-    cleanup: Cleanup = Field(default_factory=Cleanup, json_schema_extra={"default": {}})
+    cleanup: Cleanup = Field(default_factory=Cleanup)
     """What cleanup does."""
     restart_on_failure: bool = False
     """Restart restartUnit (or the checked unit) when the check fails."""

@@ -71,7 +71,7 @@ class Firewall(ApiModel):
     """Manage the firewall at all. When false the maculaos table is removed."""
     default_policy: FirewallPolicy = FirewallPolicy.DROP
     """Policy for inbound traffic that no rule accepts: drop or accept."""
-    allow_ssh: bool = True
+    allow_ssh: bool = Field(default=True, alias="allowSSH")
     """Accept SSH (22/tcp)."""
     allow_mesh: bool = True
     """Accept mesh traffic: the role ports and WireGuard."""
@@ -156,11 +156,11 @@ class MeshRoleSpec(SelectorSpec):
     """TLS certificate and key (a kubernetes.io/tls Secret; key names the certificate entry) for production."""
     public_hostname: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
     """Public DNS name bootstrap and gateway nodes are reached by."""
-    gateway: Gateway = Field(default_factory=Gateway, json_schema_extra={"default": {}})
+    gateway: Gateway = Field(default_factory=Gateway)
     """Settings used when the gateway role is on."""
-    firewall: Firewall = Field(default_factory=Firewall, json_schema_extra={"default": {}})
+    firewall: Firewall = Field(default_factory=Firewall)
     """The node firewall rendered from the roles."""
-    wireguard: WireGuard = Field(default_factory=WireGuard, json_schema_extra={"default": {}})
+    wireguard: WireGuard = Field(default_factory=WireGuard)
     """The WireGuard mesh interface."""
     node_labels: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=32,

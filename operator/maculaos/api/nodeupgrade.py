@@ -214,8 +214,7 @@ class NodeUpgradeSpec(SelectorSpec):
     channel: Channel | None = None
     """Release channel: stable, beta or nightly."""
     source: UpgradeSource = Field(
-        default_factory=lambda: UpgradeSource(release_index="github://macula-io/macula-os"),
-        json_schema_extra={"default": {"releaseIndex": "github://macula-io/macula-os"}})
+        default_factory=lambda: UpgradeSource(release_index="github://macula-io/macula-os"))
     """Where bundles come from."""
     allow_downgrade: bool = False
     """Permit a target lower than a node's running version."""
@@ -226,13 +225,13 @@ class NodeUpgradeSpec(SelectorSpec):
     """How often a channel is re-checked for a newer release."""
     paused: bool = False
     """Hold the rollout: nodes in progress finish, no new node starts."""
-    strategy: Strategy = Field(default_factory=Strategy, json_schema_extra={"default": {}})
+    strategy: Strategy = Field(default_factory=Strategy)
     """How the rollout moves through the fleet."""
     maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list, max_length=16)
     """Windows in which a node may start upgrading; empty means any time."""
-    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, json_schema_extra={"default": {}})
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
     """What happens when nodes fail."""
-    drain: DrainOptions = Field(default_factory=DrainOptions, json_schema_extra={"default": {}})
+    drain: DrainOptions = Field(default_factory=DrainOptions)
     """How nodes are emptied before rebooting."""
     health_check_wait: Duration = "60s"
     """How long a node must stay healthy after its reboot before the rollout counts it and moves on."""

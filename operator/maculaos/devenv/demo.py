@@ -59,6 +59,8 @@ class Demo:
             print(f"The demo is already running (state in {self.state_file}); `maculaos dev down` stops it.")
             return
         examples = self._example_files()
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)  # what a stopped or failed run left: logs, a stale datastore
         plane = ControlPlane(self.workdir / "controlplane")
         started = time.monotonic()
         plane.start()
@@ -67,13 +69,14 @@ class Demo:
             self._save(records, plane)
             print(f"control plane ready at {plane.server} in {time.monotonic() - started:.1f}s")
             install_crds(plane.kubeconfig, plane.bin_dir, self.repo_root / "crds")
-            kubectl(plane.kubeconfig, plane.bin_dir, "create", "namespace", DEFAULT_NAMESPACE)
+            kubectl(plane.kubeconfig, plane.bin_dir, "create", "namespace", DEFAULT_NAMESPACE)  # fresh datastore
             self._register_nodes(plane.kubeconfig, node_count)
-            records.append(start_operator(plane.kubeconfig, self.workdir / "logs"))
+            operator = start_operator(plane.kubeconfig, self.workdir / "logs")
+            records.append(operator)
             self._save(records, plane)
             for path in examples:
                 kubectl(plane.kubeconfig, plane.bin_dir, "apply", "-f", str(path))
-            self._wait_ready(plane, examples)
+            self._wait_ready(plane, examples, operator)
         except BaseException:
             for record in reversed(records):
                 stop(record)
@@ -111,22 +114,27 @@ class Demo:
             create_host_root(self.workdir / "nodes" / node.name, node)
             print(f"node {node.name} registered; host root {self.workdir / 'nodes' / node.name}")
 
-    def _wait_ready(self, plane: ControlPlane, examples: list[Path], timeout: float = 90.0) -> None:
+    def _wait_ready(self, plane: ControlPlane, examples: list[Path], operator: ProcessRecord,
+                    timeout: float = 60.0) -> None:
+        """Wait for every example's Ready condition; fail at once if the operator dies."""
         import yaml
 
+        query = 'jsonpath={.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].message}'
         for path in examples:
             for doc in yaml.safe_load_all(path.read_text()):
                 if not doc or not doc.get("apiVersion", "").startswith("os.macula.io/"):
                     continue
                 ref = f"{doc['kind'].lower()}/{doc['metadata']['name']}"
-                started = time.monotonic()
-                result = kubectl(plane.kubeconfig, plane.bin_dir, "wait", "--for=condition=Ready",
-                                 f"--timeout={timeout:.0f}s", ref, check=False)
-                if result.returncode != 0:
-                    got = kubectl(plane.kubeconfig, plane.bin_dir, "get", ref, "-o",
-                                  "jsonpath={.status.conditions}", check=False).stdout
-                    raise DemoError(f"{ref} from {path.name} did not become Ready: {got or result.stderr}")
-                print(f"{ref} Ready ({time.monotonic() - started:.1f}s)")
+                deadline = time.monotonic() + timeout
+                got = ""
+                while not got.startswith("True/"):
+                    if not is_running(operator):
+                        raise DemoError(f"the operator stopped; see {operator.log}")
+                    if time.monotonic() > deadline:
+                        raise DemoError(f"{ref} from {path.name} did not become Ready: {got or 'no status'}")
+                    time.sleep(0.2)
+                    got = kubectl(plane.kubeconfig, plane.bin_dir, "get", ref, "-o", query, check=False).stdout
+                print(f"{ref} Ready: {got.split('/', 1)[1]}")
 
     def _save(self, records: list[ProcessRecord], plane: ControlPlane) -> None:
         save_records(self.state_file, records, plane.describe())

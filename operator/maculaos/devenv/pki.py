@@ -50,6 +50,10 @@ class Pki:
     def service_account_key(self) -> Path:
         return self.directory / "sa.key"
 
+    @property
+    def service_account_public_key(self) -> Path:
+        return self.directory / "sa.pub"
+
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
@@ -106,5 +110,8 @@ def create_pki(directory: Path) -> Pki:
     _write_key(pki.admin_key, admin_key)
     pki.admin_cert.write_bytes(admin.public_bytes(serialization.Encoding.PEM))
 
-    _write_key(pki.service_account_key, _new_key())
+    sa_key = _new_key()
+    _write_key(pki.service_account_key, sa_key)
+    pki.service_account_public_key.write_bytes(sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return pki
