@@ -7,12 +7,14 @@ for the person reading ``kubectl explain``.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 GROUP = "os.macula.io"
 VERSION = "v1alpha1"
@@ -55,7 +57,7 @@ ABSOLUTE_PATH_PATTERN = r"^/[^\x00]*$"
 
 
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
-LABEL_KEYS_RULE = {"rule": f"self.all(k, k.matches(r'{LABEL_KEY_PATTERN}'))",
+LABEL_KEYS_RULE: JsonDict = {"rule": f"self.all(k, k.matches(r'{LABEL_KEY_PATTERN}'))",
                    "message": "every key must be a valid label key, e.g. macula.io/site"}
 
 
@@ -211,14 +213,18 @@ class ObjectStatus(ApiModel):
     """Per-node reports, keyed by Node name."""
 
 
-class PrinterColumn(ApiModel):
+@dataclass(frozen=True)
+class PrinterColumn:
     """One column of ``kubectl get``."""
 
     name: str
     type: str
-    json_path: str = Field(alias="jsonPath")
+    json_path: str
     description: str = ""
-    priority: int = 0
+
+    def to_crd(self) -> dict[str, str]:
+        column = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
+        return column | ({"description": self.description} if self.description else {})
 
 
 def ready_column() -> PrinterColumn:
@@ -235,7 +241,8 @@ def age_column() -> PrinterColumn:
     return PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp")
 
 
-class ResourceInfo(ApiModel):
+@dataclass(frozen=True)
+class ResourceInfo:
     """How a kind appears in the API: names, columns. Kept next to the model it describes."""
 
     kind: str

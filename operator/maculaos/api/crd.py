@@ -27,13 +27,13 @@ class _DefaultsWritingGenerator(GenerateJsonSchema):
     def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
-            value = factory()  # type: ignore[call-arg]
+            value = factory()  # type: ignore[call-arg]  # takes no data: checked above
             if isinstance(value, BaseModel):
                 # Written out in full: the API server checks defaults against the CEL rules as they are,
                 # without first applying the nested defaults.
                 value = value.model_dump(by_alias=True, exclude_none=True, mode="json")
-            schema = {**schema, "default": value}  # type: ignore[typeddict-item]
-            schema.pop("default_factory")  # type: ignore[misc]
+            schema = {**schema, "default": value}
+            schema.pop("default_factory")
         return super().default_schema(schema)
 
 
@@ -41,7 +41,8 @@ def openapi_schema(model: type[BaseModel]) -> JsonDict:
     """The structural OpenAPI v3 schema of a model."""
     raw = model.model_json_schema(by_alias=True, mode="validation", schema_generator=_DefaultsWritingGenerator)
     defs = raw.pop("$defs", {})
-    return _structural(raw, defs)
+    schema: JsonDict = _structural(raw, defs)
+    return schema
 
 
 def _structural(node: Any, defs: JsonDict) -> Any:
@@ -137,10 +138,7 @@ def build_crd(model: type[CustomResource]) -> JsonDict:
                 "served": True,
                 "storage": True,
                 "subresources": {"status": {}},
-                "additionalPrinterColumns": [
-                    c.model_dump(by_alias=True, exclude_defaults=True) | {"jsonPath": c.json_path, "type": c.type}
-                    for c in info.columns
-                ],
+                "additionalPrinterColumns": [c.to_crd() for c in info.columns],
                 "schema": {"openAPIV3Schema": root},
             }],
         },

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -17,7 +17,8 @@ class ApiCluster:
     def __init__(self, api: client.ApiClient) -> None:
         self._core = client.CoreV1Api(api)
         custom = client.CustomObjectsApi(api)
-        self._nodes = {n.metadata.name: dict(n.metadata.labels or {}) for n in self._core.list_node().items}
+        self._nodes = {str(n.metadata.name): dict(n.metadata.labels or {})
+                       for n in self._core.list_node().items if n.metadata is not None}
         self._meshroles = _specs(custom, "meshroles")
         self._backups = _specs(custom, "backups")
         self._secrets: dict[tuple[str, str], set[str] | None] = {}
@@ -46,6 +47,11 @@ class ApiCluster:
         return self._meshroles
 
 
+def list_objects(custom: client.CustomObjectsApi, plural: str) -> list[dict[str, Any]]:
+    """Every object of one of our kinds, as plain dicts."""
+    listing = cast(dict[str, Any], custom.list_cluster_custom_object(GROUP, VERSION, plural))
+    return list(listing.get("items", []))
+
+
 def _specs(custom: client.CustomObjectsApi, plural: str) -> dict[str, dict[str, Any]]:
-    listing = custom.list_cluster_custom_object(GROUP, VERSION, plural)
-    return {o["metadata"]["name"]: o.get("spec", {}) for o in listing.get("items", [])}
+    return {o["metadata"]["name"]: o.get("spec", {}) for o in list_objects(custom, plural)}

@@ -17,7 +17,7 @@ import kopf
 from kubernetes import client
 
 from maculaos.api import GROUP, KINDS, VERSION
-from maculaos.controller.cluster import ApiCluster
+from maculaos.controller.cluster import ApiCluster, list_objects
 from maculaos.controller.reconcile import judge, write
 
 #: Prefix of the annotations kopf keeps its handler progress in; the agents use their own, never this.
@@ -38,7 +38,7 @@ def resync_all() -> int:
     custom = client.CustomObjectsApi(api)
     written = 0
     for model in KINDS:
-        for body in custom.list_cluster_custom_object(GROUP, VERSION, model.resource.plural)["items"]:
+        for body in list_objects(custom, model.resource.plural):
             outcome = judge(body, cluster)
             if outcome.status is not None:
                 write(api, body, outcome)

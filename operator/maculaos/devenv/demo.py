@@ -38,10 +38,10 @@ def install_crds(kubeconfig: Path, bin_dir: Path, crd_dir: Path) -> None:
 
 
 def start_operator(kubeconfig: Path, log_dir: Path, resync_seconds: float = 10.0,
-                   name: str = "operator") -> ProcessRecord:
+                   name: str = "operator", extra_args: tuple[str, ...] = ()) -> ProcessRecord:
     """The operator as its own process, exactly as the container runs it (`maculaos operator run`)."""
     _, record = spawn(name, [sys.executable, "-m", "maculaos", "operator", "run",
-                             f"--resync-seconds={resync_seconds}"], log_dir,
+                             f"--resync-seconds={resync_seconds}", *extra_args], log_dir,
                       env={"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"})
     return record
 

@@ -89,9 +89,8 @@ def node_status(node: SimulatedNode, ready: bool = True) -> dict[str, object]:
 
 def register_node(api: client.CoreV1Api, node: SimulatedNode, ready: bool = True) -> None:
     """Create the Node (or relabel an existing one) and set its status as a kubelet would."""
-    body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name, "labels": node.labels}}
     try:
-        api.create_node(body)
+        api.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=node.name, labels=node.labels)))
     except client.ApiException as exc:
         if exc.status != 409:
             raise

@@ -1,0 +1,133 @@
+"""A real control plane for the integration tests: kine + kube-apiserver + kube-controller-manager built
+by tools/install.sh, with the CRDs installed and three simulated nodes registered. One per session;
+tests use their own object names and delete what they create."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from maculaos.api.common import DEFAULT_NAMESPACE
+from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
+from maculaos.devenv.demo import install_crds, start_operator
+from maculaos.devenv.nodes import demo_fleet, register_node
+from maculaos.devenv.processes import ProcessRecord, stop
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.integration)
+
+
+@dataclass
+class Cluster:
+    """Handles on the test control plane: the real kubectl and a Python client."""
+
+    plane: ControlPlane
+    api: client.ApiClient
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(self.plane.bin_dir / "kubectl"), f"--kubeconfig={self.plane.kubeconfig}",
+                                 *args], input=stdin, capture_output=True, text=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(obj))
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        self.kubectl("delete", "--ignore-not-found", "--wait=false", obj["kind"].lower(), obj["metadata"]["name"],
+                     *(["-n", obj["metadata"]["namespace"]] if "namespace" in obj["metadata"] else []))
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        return dict(json.loads(self.kubectl("get", kind.lower(), name, "-o", "json").stdout))
+
+    def condition(self, kind: str, name: str, ctype: str = "Ready") -> dict[str, Any]:
+        conditions = self.get(kind, name).get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == ctype), {})
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.2)
+
+    def wait_condition(self, kind: str, name: str, status: str, ctype: str = "Ready",
+                       timeout: float = 30.0) -> dict[str, Any]:
+        self.wait_for(lambda: self.condition(kind, name, ctype).get("status") == status, timeout,
+                      f"{kind}/{name} {ctype}={status} (now {self.condition(kind, name, ctype)})")
+        return self.condition(kind, name, ctype)
+
+
+@pytest.fixture(scope="session")
+def bin_dir() -> Path:
+    path = default_bin_dir()
+    if not (path / "kube-apiserver").exists():
+        pytest.fail(f"{path} has no kube-apiserver: run tools/install.sh (the README's test command does)")
+    return path
+
+
+def start_cluster(workdir: Path, bin_dir: Path) -> Cluster:
+    plane = ControlPlane(workdir, bin_dir)
+    plane.start()
+    try:
+        install_crds(plane.kubeconfig, bin_dir, REPO / "crds")
+        api = kube_config.new_client_from_config(str(plane.kubeconfig))
+        core = client.CoreV1Api(api)
+        core.create_namespace({"metadata": {"name": DEFAULT_NAMESPACE}})
+        for node in demo_fleet(3):
+            register_node(core, node)
+    except BaseException:
+        plane.stop()
+        raise
+    return Cluster(plane, api)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path) -> Iterator[Cluster]:
+    started = start_cluster(tmp_path_factory.mktemp("controlplane"), bin_dir)
+    try:
+        yield started
+    finally:
+        started.plane.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster) -> Iterator[ProcessRecord]:
+    """The operator as its own process, as in a pod, resyncing every 2 seconds."""
+    record = start_operator(cluster.plane.kubeconfig, cluster.plane.workdir / "logs", resync_seconds=2)
+    try:
+        yield record
+    finally:
+        stop(record)
+        print(Path(record.log).read_text()[-5000:])
+
+
+@pytest.fixture
+def created(cluster: Cluster) -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
+    """Apply objects for one test and delete them afterwards, even when the test fails."""
+    made: list[dict[str, Any]] = []
+
+    def create(obj: dict[str, Any]) -> dict[str, Any]:
+        cluster.apply(obj)
+        made.append(obj)
+        return obj
+
+    yield create
+    for obj in reversed(made):
+        cluster.delete(obj)

@@ -1,0 +1,129 @@
+"""The operator against the real control plane: conditions and Events for valid and invalid objects,
+and an Invalid object healing by itself once the cluster catches up."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from maculaos.devenv.processes import ProcessRecord
+from tests.integration.conftest import REPO, Cluster
+
+Create = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def obj(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "os.macula.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+def secret(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "maculaos-system"},
+            "stringData": data}
+
+
+def backup(name: str, **spec: Any) -> dict[str, Any]:
+    return obj("Backup", name, {"target": {"local": {"path": "/backups"}},
+                                "repositoryPasswordSecretRef": {"name": f"{name}-repo", "key": "password"}, **spec})
+
+
+def events_for(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    listing = json.loads(cluster.kubectl("get", "events", "-n", "default", "-o", "json",
+                                         f"--field-selector=involvedObject.name={name}").stdout)
+    return list(listing["items"])
+
+
+def test_examples_become_ready_with_summary_columns(cluster: Cluster, operator: ProcessRecord) -> None:
+    cluster.kubectl("apply", "-f", str(REPO / "examples"))
+    try:
+        for kind, name in [("MeshRole", "warehouse-gateways"), ("NodeUpgrade", "to-0-2-0"), ("Backup", "nightly"),
+                           ("Restore", "nuc-02-config-preview"), ("HealthCheck", "edge-basics")]:
+            ready = cluster.wait_condition(kind, name, "True")
+            assert ready["reason"] == "Accepted"
+            status = cluster.get(kind, name)["status"]
+            assert status["observedGeneration"] == 1
+            assert cluster.condition(kind, name, "Invalid")["status"] == "False"
+        assert cluster.get("MeshRole", "warehouse-gateways")["status"]["effectiveRoles"] == "peer,gateway"
+        assert cluster.get("MeshRole", "warehouse-gateways")["status"]["matchedNodes"] == 2
+        table = cluster.kubectl("get", "maculaos").stdout
+        assert "warehouse-gateways" in table and "peer,gateway" in table and "Accepted" in table
+        assert any(e["reason"] == "Accepted" for e in events_for(cluster, "nightly"))
+    finally:
+        cluster.kubectl("delete", "--ignore-not-found", "-f", str(REPO / "examples"))
+
+
+# (id, objects to create first, the object judged, field named, reason)
+OPERATOR_INVALID = [
+    ("selector-matches-no-node", [],
+     obj("HealthCheck", "no-node", {"nodeSelector": {"matchLabels": {"macula.io/site": "moon"}},
+                                    "checks": [{"name": "ssh", "type": "tcp", "tcp": {"port": 22}}]}),
+     "spec.nodeSelector", "NoMatchingNodes"),
+    ("downgrade-without-allow", [], obj("NodeUpgrade", "downgrade", {"version": "0.0.9"}), "spec.version",
+     "Downgrade"),
+    ("window-time-zone", [], obj("NodeUpgrade", "bad-zone", {"version": "0.2.0", "maintenanceWindows": [
+        {"start": "01:00", "end": "05:00", "timeZone": "Europe/Atlantis"}]}),
+     "spec.maintenanceWindows[0].timeZone", "InvalidSpec"),
+    ("backup-secret-missing", [], backup("no-secret"), "spec.repositoryPasswordSecretRef.name", "SecretNotFound"),
+    ("backup-secret-key-missing", [secret("key-missing-repo", passwd="x")], backup("key-missing"),
+     "spec.repositoryPasswordSecretRef.key", "SecretKeyNotFound"),
+    ("backup-cron", [secret("bad-cron-repo", password="x")], backup("bad-cron", schedule="61 * * * *"),
+     "spec.schedule", "InvalidSpec"),
+    ("backup-time-zone", [secret("bad-tz-repo", password="x")], backup("bad-tz", timeZone="Mars/Base"),
+     "spec.timeZone", "InvalidSpec"),
+    ("backup-mesh-too-few-peers", [secret("mesh-repo", password="x")],
+     backup("mesh", target={"mesh": {"replicationFactor": 3}}), "spec.target.mesh.replicationFactor",
+     "NotEnoughPeers"),
+    ("restore-backup-missing", [], obj("Restore", "orphan", {"backupName": "nope", "nodeName": "macula-nuc-01",
+                                                            "snapshot": {"latest": True}}),
+     "spec.backupName", "BackupNotFound"),
+    ("meshrole-realm-conflict", [obj("MeshRole", "realm-a", {"realm": "io.macula"})],
+     obj("MeshRole", "realm-b", {"realm": "com.example"}), "spec.realm", "Conflict"),
+]
+
+
+@pytest.mark.parametrize(("setup", "bad", "field", "reason"), [c[1:] for c in OPERATOR_INVALID],
+                         ids=[c[0] for c in OPERATOR_INVALID])
+def test_operator_marks_invalid_naming_the_field(cluster: Cluster, operator: ProcessRecord, created: Create,
+                                                 setup: list[dict[str, Any]], bad: dict[str, Any], field: str,
+                                                 reason: str) -> None:
+    for item in setup:
+        created(item)
+    created(bad)
+    name = bad["metadata"]["name"]
+    invalid = cluster.wait_condition(bad["kind"], name, "True", ctype="Invalid")
+    assert invalid["reason"] == reason
+    assert field in invalid["message"]
+    ready = cluster.condition(bad["kind"], name)
+    assert ready["status"] == "False" and ready["message"] == invalid["message"]
+    cluster.wait_for(lambda: any(e["type"] == "Warning" and e["reason"] == reason
+                                 for e in events_for(cluster, name)), what=f"a Warning event on {name}")
+
+
+def test_invalid_heals_when_the_secret_appears(cluster: Cluster, operator: ProcessRecord, created: Create) -> None:
+    """Level-triggered: nothing touches the Backup, the resync notices the new Secret."""
+    created(backup("late-secret"))
+    cluster.wait_condition("Backup", "late-secret", "True", ctype="Invalid")
+    created(secret("late-secret-repo", password="s3cret"))
+    ready = cluster.wait_condition("Backup", "late-secret", "True", timeout=20)
+    assert ready["reason"] == "Accepted"
+
+
+def test_fixing_the_spec_clears_invalid_and_tracks_generation(cluster: Cluster, operator: ProcessRecord,
+                                                              created: Create) -> None:
+    bad = created(obj("NodeUpgrade", "fix-me", {"version": "0.0.1"}))
+    cluster.wait_condition("NodeUpgrade", "fix-me", "True", ctype="Invalid")
+    bad["spec"]["version"] = "0.3.0"
+    cluster.apply(bad)
+    cluster.wait_condition("NodeUpgrade", "fix-me", "False", ctype="Invalid")
+    status = cluster.get("NodeUpgrade", "fix-me")["status"]
+    assert status["observedGeneration"] == 2 and status["targetVersion"] == "0.3.0"
+
+
+def test_objects_carry_no_finalizer(cluster: Cluster, operator: ProcessRecord,
+                                                                   created: Create) -> None:
+    """A finalizer would keep users' objects from being deleted while the operator is away."""
+    created(obj("MeshRole", "deletable", {}))
+    cluster.wait_condition("MeshRole", "deletable", "True")
+    assert not cluster.get("MeshRole", "deletable")["metadata"].get("finalizers")

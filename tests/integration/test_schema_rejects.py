@@ -1,0 +1,137 @@
+"""Bad input the API server rejects at the door (schema and CEL rules from the generated CRDs), each with
+a message that names the field. Sent with server-side dry run: nothing is stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Cluster
+
+SECRET_REF = {"name": "repo", "key": "password"}
+BACKUP = {"target": {"local": {"path": "/backups"}}, "repositoryPasswordSecretRef": SECRET_REF}
+CHECK = {"name": "ssh", "type": "tcp", "tcp": {"port": 22}}
+
+
+def obj(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "os.macula.io/v1alpha1", "kind": kind, "metadata": {"name": "bad"}, "spec": spec}
+
+
+# (id, object, text the error must contain: the field path, and what is wrong)
+BAD = [
+    ("meshrole-unknown-role", obj("MeshRole", {"roles": ["router"]}),
+     ["spec.roles[0]", "Unsupported value: \"router\""]),
+    ("meshrole-realm-pattern", obj("MeshRole", {"realm": "Not A Realm"}), ["spec.realm", "should match"]),
+    ("meshrole-production-needs-cert", obj("MeshRole", {"roles": ["gateway"], "tlsMode": "production"}),
+     ["spec.certificateSecretRef", "certificateSecretRef is required"]),
+    ("meshrole-bootstrap-production-needs-hostname",
+     obj("MeshRole", {"roles": ["bootstrap"], "tlsMode": "production",
+                      "certificateSecretRef": {"name": "tls", "key": "tls.crt"}}),
+     ["spec.publicHostname", "publicHostname is required"]),
+    ("meshrole-peer-url-scheme", obj("MeshRole", {"bootstrapPeers": ["http://boot.example:80"]}),
+     ["spec.bootstrapPeers[0]", "should match"]),
+    ("meshrole-no-bootstrap-peers", obj("MeshRole", {"bootstrapPeers": []}),
+     ["spec.bootstrapPeers", "bootstrapPeers must name at least one peer"]),
+    ("meshrole-role-label", obj("MeshRole", {"nodeLabels": {"macula.io/role-gateway": "true"}}),
+     ["spec.nodeLabels", "set from roles"]),
+    ("meshrole-port-range", obj("MeshRole", {"firewall": {"extraPorts": [{"port": 70000}]}}),
+     ["spec.firewall.extraPorts[0].port", "less than or equal to 65535"]),
+    ("meshrole-unknown-field", obj("MeshRole", {"rolez": ["gateway"]}), ["unknown field \"spec.rolez\""]),
+    ("selector-in-without-values",
+     obj("MeshRole", {"nodeSelector": {"matchExpressions": [{"key": "macula.io/site", "operator": "In"}]}}),
+     ["spec.nodeSelector.matchExpressions[0].values", "must be non-empty for In"]),
+    ("selector-bad-label-key", obj("MeshRole", {"nodeSelector": {"matchLabels": {"bad key!": "x"}}}),
+     ["spec.nodeSelector.matchLabels", "valid label key"]),
+    ("upgrade-no-target", obj("NodeUpgrade", {}), ["spec", "set version, channel, or both"]),
+    ("upgrade-version-pattern", obj("NodeUpgrade", {"version": "latest"}), ["spec.version", "should match"]),
+    ("upgrade-max-unavailable", obj("NodeUpgrade", {"version": "1.0.0", "strategy": {"maxUnavailable": "150%"}}),
+     ["spec.strategy.maxUnavailable", "percentage such as 25%"]),
+    ("upgrade-canary-on-rolling",
+     obj("NodeUpgrade", {"version": "1.0.0", "strategy": {"type": "rolling", "canary": {"percentage": "5%"}}}),
+     ["spec.strategy.canary", "only allowed with type canary"]),
+    ("upgrade-two-sources",
+     obj("NodeUpgrade", {"version": "1.0.0", "source": {"url": "https://u.example/b.raucb", "localPath": "/mnt"}}),
+     ["spec.source", "exactly one of releaseIndex, url or localPath"]),
+    ("upgrade-url-without-sha", obj("NodeUpgrade", {"version": "1.0.0", "source": {"url": "https://u.example/b"}}),
+     ["spec.source.sha256", "sha256 is required with url"]),
+    ("upgrade-local-without-version", obj("NodeUpgrade", {"channel": "stable", "source": {"localPath": "/mnt"}}),
+     ["spec.version", "version is required with source.url and source.localPath"]),
+    ("upgrade-wait-beyond-window",
+     obj("NodeUpgrade", {"version": "1.0.0", "healthCheckWait": "20m", "healthCommitWindow": "10m"}),
+     ["spec.healthCheckWait", "must not exceed healthCommitWindow"]),
+    ("upgrade-window-time", obj("NodeUpgrade", {"version": "1.0.0",
+                                               "maintenanceWindows": [{"start": "25:00", "end": "05:00"}]}),
+     ["spec.maintenanceWindows[0].start", "should match"]),
+    ("upgrade-duration-words", obj("NodeUpgrade", {"version": "1.0.0", "healthCommitWindow": "10 minutes"}),
+     ["spec.healthCommitWindow", "should match"]),
+    ("backup-two-targets", obj("Backup", {**BACKUP, "target": {"local": {"path": "/b"}, "mesh": {}}}),
+     ["spec.target", "exactly one of local, rest, mesh or s3"]),
+    ("backup-keeps-nothing", obj("Backup", {**BACKUP, "retention": {"keepLast": 0}}),
+     ["spec.retention", "retention must keep something"]),
+    ("backup-relative-include", obj("Backup", {**BACKUP, "include": ["var/lib/data"]}),
+     ["spec.include[0]", "should match"]),
+    ("backup-no-password", obj("Backup", {"target": {"local": {"path": "/b"}}}),
+     ["spec.repositoryPasswordSecretRef", "Required value"]),
+    ("backup-schedule-words", obj("Backup", {**BACKUP, "schedule": "every night"}), ["spec.schedule", "should match"]),
+    ("backup-replication-range", obj("Backup", {**BACKUP, "target": {"mesh": {"replicationFactor": 9}}}),
+     ["spec.target.mesh.replicationFactor", "less than or equal to 5"]),
+    ("healthcheck-probe-mismatch", obj("HealthCheck", {"checks": [{"name": "web", "type": "http",
+                                                                  "tcp": {"port": 80}}]}),
+     ["spec.checks[0].type", "probe set must match type"]),
+    ("healthcheck-duplicate-names", obj("HealthCheck", {"checks": [CHECK, CHECK]}),
+     ["spec.checks[1]", "Duplicate value"]),
+    ("healthcheck-timeout-not-below-interval",
+     obj("HealthCheck", {"checks": [{**CHECK, "interval": "5s", "timeout": "5s"}]}),
+     ["spec.checks[0].timeout", "timeout must be shorter than interval"]),
+    ("healthcheck-cleanup-on-process",
+     obj("HealthCheck", {"checks": [{"name": "k3s", "type": "process", "process": {"name": "k3s-server"},
+                                     "action": "cleanup"}]}),
+     ["spec.checks[0].action", "cleanup only applies to disk checks"]),
+    ("healthcheck-restart-without-unit",
+     obj("HealthCheck", {"checks": [{**CHECK, "restartOnFailure": True}]}),
+     ["spec.checks[0].restartUnit", "restartOnFailure needs restartUnit"]),
+    ("healthcheck-no-checks", obj("HealthCheck", {"checks": []}), ["spec.checks", "should have at least 1 items"]),
+    ("healthcheck-process-name-too-long",
+     obj("HealthCheck", {"checks": [{"name": "p", "type": "process", "process": {"name": "a-very-long-process-name"}}]}),
+     ["spec.checks[0].process.name", "may not be more than 15"]),
+    ("healthcheck-disk-threshold", obj("HealthCheck", {"checks": [{"name": "d", "type": "disk",
+                                                                  "disk": {"threshold": "120%"}}]}),
+     ["spec.checks[0].disk.threshold", "should match"]),
+    ("restore-node-and-all", obj("Restore", {"backupName": "nightly", "nodeName": "n1", "allNodes": True,
+                                             "snapshot": {"latest": True}}),
+     ["spec.nodeName", "set nodeName, or allNodes: true"]),
+    ("restore-two-snapshots", obj("Restore", {"backupName": "nightly", "nodeName": "n1",
+                                              "snapshot": {"latest": True, "id": "abcdef12"}}),
+     ["spec.snapshot", "exactly one of id, latest: true or before"]),
+]
+
+
+@pytest.mark.parametrize(("bad", "expected"), [(b[1], b[2]) for b in BAD], ids=[b[0] for b in BAD])
+def test_api_server_rejects_with_the_field_named(cluster: Cluster, bad: dict[str, Any], expected: list[str]) -> None:
+    import yaml
+
+    result = cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(bad), check=False)
+    assert result.returncode != 0, f"accepted: {bad}"
+    for text in expected:
+        assert text in result.stderr, f"{text!r} not in: {result.stderr}"
+
+
+def test_at_least_fifteen_distinct_bad_objects() -> None:
+    assert len({b[0] for b in BAD}) >= 15
+    assert {b[1]["kind"] for b in BAD} == {"MeshRole", "NodeUpgrade", "Backup", "HealthCheck", "Restore"}
+
+
+def test_a_restore_cannot_be_changed(cluster: Cluster, created: Any) -> None:
+    restore = created(obj("Restore", {"backupName": "nightly", "nodeName": "macula-nuc-01",
+                                      "snapshot": {"latest": True}}) | {"metadata": {"name": "immutable"}})
+    result = cluster.kubectl("patch", "restore", restore["metadata"]["name"], "--type=merge",
+                             "-p", '{"spec":{"backupName":"weekly"}}', check=False)
+    assert result.returncode != 0 and "cannot be changed once created" in result.stderr
+
+
+def test_good_examples_pass_the_server_schema(cluster: Cluster) -> None:
+    from tests.integration.conftest import REPO
+
+    for path in sorted((REPO / "examples").glob("*.yaml")):
+        cluster.kubectl("create", "--dry-run=server", "-f", str(path))
