@@ -26,14 +26,12 @@ ANNOTATION_PREFIX = "controller.os.macula.io"
 log = logging.getLogger("maculaos.controller")
 
 
-def reconcile_one(body: dict[str, Any]) -> None:
-    api = client.ApiClient()
+def reconcile_one(api: client.ApiClient, body: dict[str, Any]) -> None:
     write(api, body, judge(body, ApiCluster(api)))
 
 
-def resync_all() -> int:
+def resync_all(api: client.ApiClient) -> int:
     """Judge every object against one fresh snapshot of the cluster; returns how many were written."""
-    api = client.ApiClient()
     cluster = ApiCluster(api)
     custom = client.CustomObjectsApi(api)
     written = 0
@@ -46,15 +44,11 @@ def resync_all() -> int:
     return written
 
 
-async def on_change(body: kopf.Body, **_: Any) -> None:
-    await asyncio.to_thread(reconcile_one, dict(body))
-
-
-async def resync_forever(interval: float) -> None:
+async def resync_forever(api: client.ApiClient, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            written = await asyncio.to_thread(resync_all)
+            written = await asyncio.to_thread(resync_all, api)
         except Exception:  # the next pass retries; a failing pass must not end the loop
             log.exception("resync pass failed")
             continue
@@ -65,7 +59,11 @@ async def resync_forever(interval: float) -> None:
 def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
     """Every handler of the controller, registered on a fresh registry (no import-time globals)."""
     registry = kopf.OperatorRegistry()
+    api = client.ApiClient()  # one connection pool for every API call of the controller
     resync_task: list[asyncio.Task[None]] = []
+
+    async def on_change(body: kopf.Body, **_: Any) -> None:
+        await asyncio.to_thread(reconcile_one, api, dict(body))
 
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         """Exclusive access comes from leader election, so kopf's peering is off; kopf keeps its progress
@@ -76,7 +74,7 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
             prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
         settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
         settings.posting.enabled = False  # Events are posted by reconcile.write, one per verdict change
-        resync_task.append(asyncio.create_task(resync_forever(resync_seconds)))
+        resync_task.append(asyncio.create_task(resync_forever(api, resync_seconds)))
 
     async def stop_resync(**_: Any) -> None:
         for task in resync_task:
