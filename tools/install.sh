@@ -55,11 +55,12 @@ install_go_tools() {
 
 install_python_env() {
   local stamp=.venv/.maculaos-installed want
-  want=$(sha256sum pyproject.toml | cut -c1-16)
+  want=$(cat pyproject.toml tools/constraints.txt | sha256sum | cut -c1-16)
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return
   log "installing the Python environment into .venv"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  # constraints.txt pins the whole dependency tree (pip freeze of a tested environment)
+  .venv/bin/pip install -q --disable-pip-version-check -c tools/constraints.txt -e '.[dev]'
   echo "$want" > "$stamp"
 }
 
