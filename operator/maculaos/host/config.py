@@ -1,0 +1,56 @@
+"""The node's own configuration, /var/lib/maculaos/config.yaml (seed 4.3): read it, and replace one
+section of it atomically while leaving every other section as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maculaos.host.files import atomic_write
+
+CONFIG_PATH = Path("var/lib/maculaos/config.yaml")
+
+
+class HostConfigError(RuntimeError):
+    """The config file cannot be used as it is; the message names the file and what is wrong."""
+
+
+def config_file(host_root: Path) -> Path:
+    return host_root / CONFIG_PATH
+
+
+def read_config(host_root: Path) -> dict[str, Any]:
+    """The parsed config; an absent file is an empty config, an unreadable or malformed one an error."""
+    path = config_file(host_root)
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HostConfigError(f"cannot read {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise HostConfigError(f"{path} is not valid YAML, left untouched: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise HostConfigError(f"{path} must hold a mapping at the top, found {type(data).__name__}")
+    return data
+
+
+def write_maculaos_section(host_root: Path, section: str, value: dict[str, Any] | None) -> bool:
+    """Set (or with None remove) maculaos.<section>; returns whether the file changed."""
+    config = read_config(host_root)
+    maculaos = config.setdefault("maculaos", {})
+    if not isinstance(maculaos, dict):
+        raise HostConfigError(f"{config_file(host_root)}: maculaos must be a mapping")
+    if value is None:
+        if section not in maculaos:
+            return False
+        del maculaos[section]
+    else:
+        if maculaos.get(section) == value:
+            return False
+        maculaos[section] = value
+    return atomic_write(config_file(host_root), yaml.safe_dump(config, sort_keys=False), mode=0o600)

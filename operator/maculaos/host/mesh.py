@@ -1,0 +1,102 @@
+"""A node's mesh roles: the union of the MeshRoles that select it (peer always), and what follows on
+the host: the maculaos.mesh config section, the role services, the firewall table, the Node labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maculaos.api.meshrole import Firewall, MeshRoleName, MeshRoleSpec, TlsMode, WireGuard
+from maculaos.host.config import read_config, write_maculaos_section
+from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
+from maculaos.host.systemd import Systemd, SystemdError
+
+PEER_SERVICE = "macula-mesh.service"
+ROLE_SERVICES = {MeshRoleName.BOOTSTRAP: "macula-bootstrap.service", MeshRoleName.GATEWAY: "macula-gateway.service"}
+ROLE_LABEL = "macula.io/role-{}"
+FIREWALL_STATE = Path("var/lib/maculaos/agent/firewall.nft")
+
+
+class MeshConflict(ValueError):
+    """MeshRoles selecting the same node disagree; nothing is applied."""
+
+
+@dataclass(frozen=True)
+class MeshPlan:
+    """Everything the node should look like for its mesh roles."""
+
+    roles: frozenset[MeshRoleName]
+    realm: str = "io.macula"
+    tls_mode: TlsMode = TlsMode.DEVELOPMENT
+    bootstrap_peers: tuple[str, ...] = ()
+    public_hostname: str | None = None
+    firewall: Firewall = field(default_factory=Firewall)
+    wireguard: WireGuard = field(default_factory=WireGuard)
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+
+    def config_section(self) -> dict[str, Any]:
+        """maculaos.mesh in config.yaml, in the seed 4.4 layout."""
+        section: dict[str, Any] = {
+            "roles": {r.value: r in self.roles for r in MeshRoleName},
+            "bootstrap_peers": list(self.bootstrap_peers),
+            "realm": self.realm,
+            "tls_mode": self.tls_mode.value,
+        }
+        if self.public_hostname:
+            section["public_hostname"] = self.public_hostname
+        return section
+
+    def labels(self) -> dict[str, str | None]:
+        """Node labels to set; None removes a role label the node no longer has."""
+        labels: dict[str, str | None] = {ROLE_LABEL.format("peer"): "true"}
+        labels |= {ROLE_LABEL.format(r.value): "true" if r in self.roles else None for r in MeshRoleName}
+        return labels | dict(self.node_labels)
+
+
+def plan_mesh(specs: Mapping[str, MeshRoleSpec]) -> MeshPlan:
+    """Merge the MeshRoles selecting one node (by name); raises MeshConflict naming both objects."""
+    if not specs:
+        return MeshPlan(roles=frozenset())
+    names = sorted(specs)
+    first = specs[names[0]]
+    for name in names[1:]:
+        other = specs[name]
+        for attr in ("realm", "tls_mode", "firewall", "wireguard"):
+            if getattr(other, attr) != getattr(first, attr):
+                raise MeshConflict(f"MeshRoles {names[0]} and {name} select this node with different "
+                                   f"{attr}: {getattr(first, attr)!r} vs {getattr(other, attr)!r}")
+    labels: dict[str, str] = {}
+    for name in names:
+        labels |= specs[name].node_labels
+    return MeshPlan(
+        roles=frozenset(r for spec in specs.values() for r in spec.roles),
+        realm=first.realm, tls_mode=first.tls_mode,
+        bootstrap_peers=tuple(dict.fromkeys(p for n in names for p in specs[n].bootstrap_peers)),
+        public_hostname=next((specs[n].public_hostname for n in names if specs[n].public_hostname), None),
+        firewall=first.firewall, wireguard=first.wireguard, node_labels=labels)
+
+
+@dataclass(frozen=True)
+class MeshChanges:
+    config: bool
+    units: tuple[str, ...]
+    firewall: bool
+
+
+def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nft") -> MeshChanges:
+    """Converge the host. Everything that can refuse is asked first (nft -c on the ruleset, the config file
+    parses, the units exist), so a refusal leaves the host as it was; each step is idempotent, so a rerun
+    after a crash finishes the job."""
+    script = render_ruleset(plan.roles, plan.firewall, plan.wireguard)
+    check_ruleset(script, nft)
+    read_config(host_root)
+    wanted = {PEER_SERVICE: True} | {ROLE_SERVICES[r]: r in plan.roles for r in MeshRoleName}
+    missing = [u for u, on in wanted.items() if on and not systemd.exists(u)]
+    if missing:
+        raise SystemdError(f"units missing on the host: {', '.join(missing)}")
+    firewall_changed = apply_ruleset(script, host_root / FIREWALL_STATE, nft)
+    config_changed = write_maculaos_section(host_root, "mesh", plan.config_section())
+    changed_units = tuple(u for u, on in wanted.items() if (on or systemd.exists(u)) and systemd.set_enabled(u, on))
+    return MeshChanges(config=config_changed, units=changed_units, firewall=firewall_changed)

@@ -1,0 +1,41 @@
+"""systemd units of the host: enable or disable them, on a mounted root (`systemctl --root`, the node's
+disk seen from a pod or a sandbox in tests) or on the running system (`systemctl --now`)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SystemdError(RuntimeError):
+    """systemctl refused; the message carries its own words."""
+
+
+@dataclass(frozen=True)
+class Systemd:
+    """systemctl for one host: offline against host_root, or live when host_root is the running system."""
+
+    host_root: Path
+    live: bool = False
+    systemctl: str = "systemctl"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        target = [] if self.live else [f"--root={self.host_root}"]
+        return subprocess.run([self.systemctl, *target, *args], capture_output=True, text=True, timeout=60)
+
+    def exists(self, unit: str) -> bool:
+        return self._run("list-unit-files", "--no-legend", unit).returncode == 0
+
+    def is_enabled(self, unit: str) -> bool:
+        return self._run("is-enabled", unit).stdout.strip() in ("enabled", "enabled-runtime", "static")
+
+    def set_enabled(self, unit: str, enabled: bool) -> bool:
+        """Enable (and start, when live) or disable (and stop) a unit; returns whether anything changed."""
+        if self.is_enabled(unit) == enabled:
+            return False
+        verb = "enable" if enabled else "disable"
+        result = self._run(verb, *(["--now"] if self.live else []), unit)
+        if result.returncode != 0:
+            raise SystemdError(f"systemctl {verb} {unit}: {result.stderr.strip()}")
+        return True

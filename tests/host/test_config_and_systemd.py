@@ -1,0 +1,70 @@
+"""config.yaml sections and systemd units on a sandbox host root, with the real systemctl --root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maculaos.host.config import HostConfigError, config_file, read_config, write_maculaos_section
+from maculaos.host.systemd import Systemd, SystemdError
+
+
+def test_section_written_atomically_and_others_untouched(host_root: Path) -> None:
+    assert write_maculaos_section(host_root, "mesh", {"realm": "io.macula"})
+    config = read_config(host_root)
+    assert config["maculaos"]["mesh"] == {"realm": "io.macula"}
+    assert config["maculaos"]["hostname"] == "macula-nuc-01" and config["k3s"] == {"airgap": True}
+    assert oct(config_file(host_root).stat().st_mode & 0o777) == "0o600"
+    assert not list(config_file(host_root).parent.glob(".config.yaml.*")), "temporary file left behind"
+
+
+def test_unchanged_section_is_not_rewritten(host_root: Path) -> None:
+    write_maculaos_section(host_root, "mesh", {"realm": "io.macula"})
+    before = config_file(host_root).stat().st_mtime_ns
+    assert not write_maculaos_section(host_root, "mesh", {"realm": "io.macula"})
+    assert config_file(host_root).stat().st_mtime_ns == before
+
+
+def test_removing_a_section(host_root: Path) -> None:
+    write_maculaos_section(host_root, "mesh", {"realm": "io.macula"})
+    assert write_maculaos_section(host_root, "mesh", None)
+    assert "mesh" not in read_config(host_root)["maculaos"]
+    assert not write_maculaos_section(host_root, "mesh", None)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("maculaos: [unclosed\n", "not valid YAML"),
+    ("- a list\n", "must hold a mapping"),
+    ("maculaos: 3\n", "maculaos must be a mapping"),
+])
+def test_a_broken_config_is_reported_and_left_as_it_is(host_root: Path, content: str, message: str) -> None:
+    config_file(host_root).write_text(content)
+    with pytest.raises(HostConfigError, match=message):
+        write_maculaos_section(host_root, "mesh", {"realm": "io.macula"})
+    assert config_file(host_root).read_text() == content
+
+
+def test_missing_config_starts_empty(tmp_path: Path) -> None:
+    assert read_config(tmp_path) == {}
+    assert write_maculaos_section(tmp_path, "mesh", {"realm": "io.macula"})
+    assert yaml.safe_load(config_file(tmp_path).read_text()) == {"maculaos": {"mesh": {"realm": "io.macula"}}}
+
+
+def test_units_enabled_and_disabled_offline(host_root: Path) -> None:
+    systemd = Systemd(host_root)
+    link = host_root / "etc/systemd/system/multi-user.target.wants/macula-gateway.service"
+    assert systemd.set_enabled("macula-gateway.service", True)
+    assert link.is_symlink() and systemd.is_enabled("macula-gateway.service")
+    assert not systemd.set_enabled("macula-gateway.service", True)
+    assert systemd.set_enabled("macula-gateway.service", False)
+    assert not os.path.lexists(link)
+
+
+def test_a_missing_unit_is_a_clear_error(host_root: Path) -> None:
+    systemd = Systemd(host_root)
+    assert not systemd.exists("macula-nope.service")
+    with pytest.raises(SystemdError, match="macula-nope.service"):
+        systemd.set_enabled("macula-nope.service", True)

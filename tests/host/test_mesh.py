@@ -1,0 +1,59 @@
+"""A node's mesh roles end to end on a sandbox host: plan (union, conflicts), then apply with real tools."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from maculaos.api.meshrole import MeshRoleName, MeshRoleSpec
+from maculaos.host.config import read_config
+from maculaos.host.mesh import MeshConflict, apply_mesh, plan_mesh
+from maculaos.host.systemd import Systemd, SystemdError
+
+
+def spec(**fields: object) -> MeshRoleSpec:
+    return MeshRoleSpec.model_validate(fields)
+
+
+def test_roles_are_the_union_plus_peer() -> None:
+    plan = plan_mesh({"a": spec(roles=["gateway"]), "b": spec(roles=["bootstrap"], nodeLabels={"macula.io/x": "1"})})
+    assert plan.roles == {MeshRoleName.GATEWAY, MeshRoleName.BOOTSTRAP}
+    assert plan.labels() == {"macula.io/role-peer": "true", "macula.io/role-bootstrap": "true",
+                             "macula.io/role-gateway": "true", "macula.io/x": "1"}
+    assert plan_mesh({}).labels()["macula.io/role-gateway"] is None
+
+
+def test_conflicting_realms_name_both_objects() -> None:
+    with pytest.raises(MeshConflict, match="MeshRoles a and b .* realm"):
+        plan_mesh({"a": spec(realm="io.macula"), "b": spec(realm="com.example")})
+
+
+def test_apply_converges_and_returns_to_peer_only(host_root: Path, netns_nft: str) -> None:
+    systemd = Systemd(host_root)
+    changes = apply_mesh(host_root, plan_mesh({"gw": spec(roles=["gateway"])}), systemd, netns_nft)
+    assert changes.firewall and changes.config
+    assert set(changes.units) == {"macula-mesh.service", "macula-gateway.service"}
+    mesh = read_config(host_root)["maculaos"]["mesh"]
+    assert mesh["roles"] == {"bootstrap": False, "gateway": True} and mesh["realm"] == "io.macula"
+    table = subprocess.run([netns_nft, "list", "table", "inet", "maculaos"], capture_output=True, text=True).stdout
+    assert "gateway" in table
+
+    again = apply_mesh(host_root, plan_mesh({"gw": spec(roles=["gateway"])}), systemd, netns_nft)
+    assert not again.firewall and not again.config and again.units == ()
+
+    back = apply_mesh(host_root, plan_mesh({}), systemd, netns_nft)
+    assert back.units == ("macula-gateway.service",) and not systemd.is_enabled("macula-gateway.service")
+    assert systemd.is_enabled("macula-mesh.service")
+    assert read_config(host_root)["maculaos"]["mesh"]["roles"]["gateway"] is False
+
+
+def test_nothing_changes_when_a_role_service_is_missing(host_root: Path, netns_nft: str) -> None:
+    (host_root / "usr/lib/systemd/system/macula-bootstrap.service").unlink()
+    before = read_config(host_root)
+    with pytest.raises(SystemdError, match="macula-bootstrap.service"):
+        apply_mesh(host_root, plan_mesh({"b": spec(roles=["bootstrap"])}), Systemd(host_root), netns_nft)
+    assert read_config(host_root) == before
+    listed = subprocess.run([netns_nft, "list", "tables"], capture_output=True, text=True).stdout
+    assert "maculaos" not in listed
