@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from maculaos import __version__
@@ -41,7 +42,8 @@ def _configure_logging(fmt: str, verbose: bool) -> None:
 
 
 def _operator_run(args: argparse.Namespace) -> int:
-    from maculaos.controller.run import load_kube_config, run_operator, run_with_leader_election
+    from maculaos.controller.run import run_operator, run_with_leader_election
+    from maculaos.kubeapi import load_kube_config
 
     _configure_logging(args.log_format, args.verbose)
     load_kube_config()
@@ -49,6 +51,33 @@ def _operator_run(args: argparse.Namespace) -> int:
         run_with_leader_election(args.resync_seconds, args.namespace, lease_duration=args.lease_duration)
     else:
         run_operator(args.resync_seconds)
+    return 0
+
+
+def _agent_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from maculaos.agent import metrics
+    from maculaos.agent.runner import Agent, AgentSettings
+    from maculaos.kubeapi import load_kube_config
+
+    from maculaos.logs import configure_json_logging
+
+    configure_json_logging(node=args.node_name)
+    load_kube_config()
+    from kubernetes import client
+
+    settings = AgentSettings(node_name=args.node_name, host_root=args.host_root, resync_seconds=args.resync_seconds,
+                             nft=args.nft, systemctl=args.systemctl, live_systemd=args.live_systemd)
+    agent = Agent(settings, client.ApiClient())
+    if args.metrics_port:
+        host, _, port = args.metrics_port.rpartition(":")
+        metrics.serve(host or "0.0.0.0", int(port),
+                      lambda: time.time() - agent.last_pass < 3 * settings.resync_seconds + 10)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    agent.run(stop)
     return 0
 
 
@@ -97,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=_operator_run)
 
+    agent = commands.add_parser("agent", help="the node agent").add_subparsers(dest="action", required=True)
+    agent_run = agent.add_parser("run", help="watch the kinds and converge this node's host")
+    agent_run.add_argument("--node-name", default=os.environ.get("NODE_NAME"), required="NODE_NAME" not in os.environ,
+                           help="this node's Node name (default: $NODE_NAME)")
+    agent_run.add_argument("--host-root", type=Path, default=Path(os.environ.get("HOST_ROOT", "/host")),
+                           help="where the node's root filesystem is mounted (default: /host)")
+    agent_run.add_argument("--resync-seconds", type=float, default=30.0)
+    agent_run.add_argument("--nft", default="nft", help="nft command")
+    agent_run.add_argument("--systemctl", default="systemctl", help="systemctl command")
+    agent_run.add_argument("--live-systemd", action="store_true",
+                           help="talk to the running systemd instead of `systemctl --root=<host root>`")
+    agent_run.add_argument("--metrics-port", default="",
+                           help="[address:]port for /metrics and /healthz; empty disables")
+    agent_run.set_defaults(func=_agent_run)
+
     dev = commands.add_parser("dev", help="the local demo environment").add_subparsers(dest="action", required=True)
     up = dev.add_parser("up", help="start a control plane, simulated nodes, the operator, and apply examples/")
     up.add_argument("--workdir", type=Path, default=REPO_ROOT / ".demo")
@@ -111,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "operator":  # the operator configures its own structured logging
+    if args.command not in ("operator", "agent"):  # those configure their own structured logging
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     return int(args.func(args))
 

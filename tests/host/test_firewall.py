@@ -39,7 +39,8 @@ def test_rendered_ruleset_matches_golden_and_passes_nft_check(case: str) -> None
 
 def test_role_ports() -> None:
     peer = render_ruleset([], Firewall(), WireGuard())
-    assert "dport 443" not in peer and "dport { 6443, 10250 }" in peer and "udp dport 5353" in peer
+    assert "dport 443" not in peer and "dport { 6443, 10250, 2379, 2380 }" in peer and "udp dport 5353" in peer
+    assert "iifname { \"cni0\", \"flannel.1\"" in peer
     both = render_ruleset([B, G], Firewall(), WireGuard())
     assert 'tcp dport 443 accept comment "bootstrap"' in both and 'udp dport 443 accept comment "bootstrap quic"' in both
     assert 'tcp dport { 80, 443 } accept comment "gateway"' in both

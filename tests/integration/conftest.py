@@ -21,7 +21,7 @@ from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
 from maculaos.devenv.demo import install_crds, start_operator
 from maculaos.devenv.nodes import demo_fleet, register_node
-from maculaos.devenv.processes import ProcessRecord, stop
+from maculaos.devenv.processes import ProcessRecord, is_running, stop
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,15 +107,36 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path) -> Iterator
         started.plane.stop()
 
 
+class OperatorSupervisor:
+    """Keeps one operator process running, as its Deployment would: a replica that lost its lease during
+    an API server outage exits by design and is started again."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.record: ProcessRecord | None = None
+
+    def ensure_running(self) -> ProcessRecord:
+        if self.record is None or not is_running(self.record):
+            self.record = start_operator(self.cluster.plane.kubeconfig, self.cluster.plane.workdir / "logs",
+                                         resync_seconds=2)
+        return self.record
+
+
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster) -> Iterator[ProcessRecord]:
-    """The operator as its own process, as in a pod, resyncing every 2 seconds."""
-    record = start_operator(cluster.plane.kubeconfig, cluster.plane.workdir / "logs", resync_seconds=2)
+def operator_supervisor(cluster: Cluster) -> Iterator[OperatorSupervisor]:
+    supervisor = OperatorSupervisor(cluster)
     try:
-        yield record
+        yield supervisor
     finally:
-        stop(record)
-        print(Path(record.log).read_text()[-5000:])
+        if supervisor.record is not None:
+            stop(supervisor.record)
+            print(Path(supervisor.record.log).read_text()[-5000:])
+
+
+@pytest.fixture
+def operator(operator_supervisor: OperatorSupervisor) -> ProcessRecord:
+    """The operator as its own process, as in a pod, resyncing every 2 seconds."""
+    return operator_supervisor.ensure_running()
 
 
 @pytest.fixture

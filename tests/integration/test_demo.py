@@ -43,7 +43,8 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert state is not None
     records = [ProcessRecord(**r) for r in state["processes"]]
-    assert {r.name for r in records} == {"kine", "kube-apiserver", "kube-controller-manager", "operator"}
+    assert {r.name for r in records} == {"kine", "kube-apiserver", "kube-controller-manager", "operator",
+                                         "agent-macula-nuc-01", "agent-macula-nuc-02", "agent-macula-pi-03"}
     assert not any(is_running(r) for r in records)
     assert not workdir.exists()
 

@@ -76,7 +76,9 @@ class Firewall(ApiModel):
     allow_mesh: bool = True
     """Accept mesh traffic: the role ports and WireGuard."""
     allow_kubernetes: bool = True
-    """Accept the k3s API (6443/tcp) and the kubelet (10250/tcp)."""
+    """Accept k3s's own traffic: API 6443/tcp, kubelet 10250/tcp, etcd 2379-2380/tcp, flannel 8472 and
+    51820-51821/udp, and everything from pods (the CNI interfaces). Turning it off can cut a node off
+    its cluster."""
     allow_mdns: bool = True
     """Accept mDNS (5353/udp) for node discovery."""
     extra_ports: list[ExtraPort] = Field(default_factory=list, max_length=64)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from maculaos.api.common import ConditionStatus, ConditionType
 from maculaos.controller.validation import Problem, Verdict
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+from maculaos.kubeapi import now_rfc3339
 
 
 def merge_condition(existing: Iterable[Mapping[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:

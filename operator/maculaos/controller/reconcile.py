@@ -3,7 +3,6 @@ its verdict changes, an Event. The same path serves kopf's handlers and the peri
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,13 +16,12 @@ from maculaos.api.common import CustomResource
 from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.meshrole import MeshRoleSpec
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
-from maculaos.controller.conditions import verdict_conditions
+from maculaos.controller.conditions import merge_condition, verdict_conditions
 from maculaos.controller.validation import ClusterView, Verdict, validate
+from maculaos.kubeapi import MERGE_PATCH, post_event
 
 log = logging.getLogger("maculaos.controller")
 
-#: Events about cluster-scoped objects live here, as the kubelet's Node events do.
-EVENT_NAMESPACE = "default"
 COMPONENT = "maculaos-controller"
 
 
@@ -55,6 +53,31 @@ def summary_fields(spec: CustomResource | None) -> dict[str, Any]:
     return {}
 
 
+#: Phases node agents report when they could not do what an object asks.
+PROBLEM_PHASES = {"Failed", "Conflict", "Invalid", "Unhealthy"}
+
+
+def node_report_fields(status: Mapping[str, Any], generation: int, matched: list[str]) -> dict[str, Any]:
+    """Counts from the nodes' own entries for the current generation (agents write them, we only read)."""
+    entries = {n: e for n, e in (status.get("nodes") or {}).items()
+               if n in matched and isinstance(e, dict) and e.get("observedGeneration") == generation}
+    return {
+        "appliedNodes": sum(e.get("phase") == "Applied" for e in entries.values()),
+        "healthyNodes": sum(e.get("phase") == "Healthy" for e in entries.values()),
+    }
+
+
+def degraded_condition(status: Mapping[str, Any], generation: int, matched: list[str]) -> dict[str, Any]:
+    troubled = sorted((n, e) for n, e in (status.get("nodes") or {}).items()
+                      if n in matched and isinstance(e, dict) and e.get("phase") in PROBLEM_PHASES)
+    if not troubled:
+        return {"type": "Degraded", "status": "False", "reason": "NodesOK", "message": "",
+                "observedGeneration": generation}
+    message = "; ".join(f"{n}: {e.get('phase')}: {e.get('message', '')}" for n, e in troubled[:5])
+    return {"type": "Degraded", "status": "True", "reason": str(troubled[0][1].get("phase")),
+            "message": f"{len(troubled)} node(s) report problems: {message}", "observedGeneration": generation}
+
+
 def _ready(status: Mapping[str, Any]) -> Mapping[str, Any]:
     return next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
 
@@ -64,10 +87,12 @@ def judge(body: Mapping[str, Any], cluster: ClusterView) -> Outcome:
     status = body.get("status") or {}
     generation = int(body["metadata"].get("generation", 0))
     verdict: Verdict = validate(body["kind"], body["metadata"]["name"], body.get("spec") or {}, cluster)
+    conditions = verdict_conditions(status.get("conditions", []), verdict, generation)
     wanted = {
         "observedGeneration": generation,
-        "conditions": verdict_conditions(status.get("conditions", []), verdict, generation),
+        "conditions": merge_condition(conditions, degraded_condition(status, generation, verdict.matched_nodes)),
         "matchedNodes": len(verdict.matched_nodes),
+        **node_report_fields(status, generation, verdict.matched_nodes),
         **summary_fields(verdict.spec),
     }
     if all(status.get(k) == v for k, v in wanted.items()):
@@ -86,23 +111,9 @@ def write(api: client.ApiClient, body: Mapping[str, Any], outcome: Outcome) -> N
     plural = spec_model(body["kind"]).resource.plural
     if outcome.status is not None:
         client.CustomObjectsApi(api).patch_cluster_custom_object_status(
-            GROUP, VERSION, plural, meta["name"], {"status": outcome.status})
+            GROUP, VERSION, plural, meta["name"], {"status": outcome.status}, _content_type=MERGE_PATCH)
     if outcome.event is not None:
         note = outcome.event
         level = logging.INFO if note.type == "Normal" else logging.WARNING
         log.log(level, f"{body['kind']} {meta['name']}: {note.reason}: {note.message}")
-        post_event(api, body, note)
-
-
-def post_event(api: client.ApiClient, body: Mapping[str, Any], note: EventNote) -> None:
-    meta = body["metadata"]
-    now = dt.datetime.now(dt.timezone.utc)
-    event = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=EVENT_NAMESPACE),
-        involved_object=client.V1ObjectReference(
-            api_version=body["apiVersion"], kind=body["kind"], name=meta["name"], uid=meta.get("uid"),
-            resource_version=meta.get("resourceVersion")),
-        type=note.type, reason=note.reason, message=note.message[:1024],
-        source=client.V1EventSource(component=COMPONENT),
-        first_timestamp=now, last_timestamp=now, count=1)
-    client.CoreV1Api(api).create_namespaced_event(EVENT_NAMESPACE, event)
+        post_event(api, body, note.type, note.reason, note.message, COMPONENT)

@@ -11,7 +11,6 @@ import sys
 import uuid
 
 import kopf
-from kubernetes import config as kube_config
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
@@ -20,14 +19,6 @@ from maculaos.controller.handlers import build_registry
 log = logging.getLogger("maculaos.controller")
 
 LEASE_NAME = "maculaos-controller"
-
-
-def load_kube_config() -> None:
-    """In-cluster credentials in a pod, else $KUBECONFIG / ~/.kube/config."""
-    try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()
 
 
 def run_operator(resync_seconds: float) -> None:

@@ -39,6 +39,7 @@ class ControlPlane:
     bin_dir: Path = field(default_factory=default_bin_dir)
     records: list[ProcessRecord] = field(default_factory=list)
     api_port: int = 0
+    _kine_port: int = 0
 
     @property
     def kubeconfig(self) -> Path:
@@ -92,8 +93,17 @@ class ControlPlane:
         wait_for_port(port, 30, proc)
         return port
 
+    def restart_apiserver(self, down_seconds: float = 0.0, timeout: float = 120.0) -> None:
+        """Stop kube-apiserver, wait, and start it again on the same port (clients keep their kubeconfig)."""
+        record = next(r for r in self.records if r.name == "kube-apiserver")
+        stop(record)
+        self.records.remove(record)
+        time.sleep(down_seconds)
+        self._start_apiserver(self.workdir / "logs", self._kine_port, timeout)
+
     def _start_apiserver(self, logs: Path, kine_port: int, timeout: float) -> None:
-        self.api_port = free_port()
+        self._kine_port = kine_port
+        self.api_port = self.api_port or free_port()
         pki = self.pki
         proc, record = spawn("kube-apiserver", [
             self.binary("kube-apiserver"),

@@ -14,6 +14,7 @@ from kubernetes import config as kube_config
 
 from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.controlplane import ControlPlane
+from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import create_host_root, demo_fleet, register_node
 from maculaos.devenv.processes import ProcessRecord, is_running, load_records, save_records, spawn, stop
 
@@ -46,6 +47,16 @@ def start_operator(kubeconfig: Path, log_dir: Path, resync_seconds: float = 10.0
     return record
 
 
+def start_agent(kubeconfig: Path, log_dir: Path, node: str, host_root: Path, nft: Path,
+                resync_seconds: float = 30.0) -> ProcessRecord:
+    """One simulated node's agent as its own process, as the DaemonSet runs it (`maculaos agent run`)."""
+    _, record = spawn(f"agent-{node}", [sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={node}",
+                                        f"--host-root={host_root}", f"--nft={nft}",
+                                        f"--resync-seconds={resync_seconds}"], log_dir,
+                      env={"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"})
+    return record
+
+
 class Demo:
     """The demo environment kept in one work directory."""
 
@@ -70,7 +81,7 @@ class Demo:
             print(f"control plane ready at {plane.server} in {time.monotonic() - started:.1f}s")
             install_crds(plane.kubeconfig, plane.bin_dir, self.repo_root / "crds")
             kubectl(plane.kubeconfig, plane.bin_dir, "create", "namespace", DEFAULT_NAMESPACE)  # fresh datastore
-            self._register_nodes(plane.kubeconfig, node_count)
+            self._register_nodes(plane.kubeconfig, node_count, records)
             operator = start_operator(plane.kubeconfig, self.workdir / "logs")
             records.append(operator)
             self._save(records, plane)
@@ -78,18 +89,24 @@ class Demo:
                 kubectl(plane.kubeconfig, plane.bin_dir, "apply", "-f", str(path))
             self._wait_ready(plane, examples, operator)
         except BaseException:
-            for record in reversed(records):
-                stop(record)
+            self._teardown(records)
             raise
         self._print_next_steps(plane, node_count)
 
     def down(self, keep: bool = False) -> None:
         records = load_records(self.state_file)
-        for record in reversed(records):
-            stop(record)
+        self._teardown(records)
         if not keep and self.workdir.exists():
             shutil.rmtree(self.workdir)
         print(f"stopped {len(records)} process(es)" + ("" if keep else f"; removed {self.workdir}"))
+
+    def _teardown(self, records: list[ProcessRecord]) -> None:
+        """Stop every process, newest first, and remove the simulated nodes' network namespaces."""
+        for record in reversed(records):
+            stop(record)
+        for record in records:
+            if record.name.startswith("agent-"):
+                delete_netns(netns_name(self.workdir, record.name.removeprefix("agent-")))
 
     def _example_files(self) -> list[Path]:
         """examples/*.yaml, each checked to parse before anything starts: a broken example fails loudly."""
@@ -107,12 +124,17 @@ class Demo:
                 raise DemoError(f"{path} must hold Kubernetes objects (each with a kind)")
         return files
 
-    def _register_nodes(self, kubeconfig: Path, count: int) -> None:
+    def _register_nodes(self, kubeconfig: Path, count: int, records: list[ProcessRecord]) -> None:
+        """Register each simulated node, lay out its host root and network namespace, start its agent."""
         api = client.CoreV1Api(kube_config.new_client_from_config(str(kubeconfig)))
         for node in demo_fleet(count):
             register_node(api, node)
-            create_host_root(self.workdir / "nodes" / node.name, node)
-            print(f"node {node.name} registered; host root {self.workdir / 'nodes' / node.name}")
+            host_root = create_host_root(self.workdir / "nodes" / node.name, node)
+            netns = netns_name(self.workdir, node.name)
+            create_netns(netns)
+            nft = nft_wrapper(self.workdir / "nodes" / f"{node.name}.nft", netns)
+            records.append(start_agent(kubeconfig, self.workdir / "logs", node.name, host_root, nft))
+            print(f"node {node.name} registered; host root {host_root}; agent started")
 
     def _wait_ready(self, plane: ControlPlane, examples: list[Path], operator: ProcessRecord,
                     timeout: float = 60.0) -> None:
@@ -143,11 +165,12 @@ class Demo:
         kubectl_bin = plane.bin_dir / "kubectl"
         env_line = f"export KUBECONFIG={plane.kubeconfig} PATH={plane.bin_dir}:$PATH"
         print(f"""
-MaculaOS demo is running: {node_count} simulated nodes, the operator, and the examples.
+MaculaOS demo is running: {node_count} simulated nodes with their agents, the operator, and the examples.
 
   {env_line}
   kubectl get maculaos                 # every MaculaOS object and whether it is Ready
   kubectl get nodes --show-labels      # the simulated fleet
+  kubectl get meshrole warehouse-gateways -o yaml   # status.nodes: what each node's agent did
   kubectl describe nodeupgrade to-0-2-0
   kubectl get events -A                # what the operator said
   tail -f {self.workdir / 'logs' / 'operator.log'}

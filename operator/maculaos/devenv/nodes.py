@@ -7,6 +7,7 @@ written as a freshly installed node would have them, so agents can converge them
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from kubernetes import client
 from maculaos.api.common import VERSION_LABEL
 
 BASE_VERSION = "0.1.0"
+#: Files the image installs; sandbox host roots get the same ones (image-build/ is their one source).
+IMAGE_OVERLAY = Path(__file__).resolve().parents[3] / "image-build" / "overlay"
 
 
 @dataclass(frozen=True)
@@ -120,4 +123,6 @@ def create_host_root(root: Path, node: SimulatedNode) -> Path:
     }
     (config_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "var" / "lib" / "data").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "systemd" / "system").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(IMAGE_OVERLAY, root, dirs_exist_ok=True)
     return root

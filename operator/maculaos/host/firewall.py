@@ -14,7 +14,11 @@ from maculaos.api.meshrole import ExtraPort, Firewall, MeshRoleName, Protocol, W
 from maculaos.host.files import atomic_write
 
 TABLE = "inet maculaos"
-KUBERNETES_PORTS = (6443, 10250)
+# k3s: API server, kubelet, embedded etcd (servers); flannel's VXLAN and WireGuard backends.
+KUBERNETES_TCP_PORTS = (6443, 10250, 2379, 2380)
+KUBERNETES_UDP_PORTS = (8472, 51820, 51821)
+# Traffic from pods to the node arrives on the CNI's interfaces; dropping it breaks the cluster.
+CNI_INTERFACES = ("cni0", "flannel.1", "flannel-wg", "flannel-wg-v6")
 MDNS_PORT = 5353
 
 
@@ -44,7 +48,8 @@ def role_rules(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: Wir
     if firewall.allow_ssh:
         rules.append(Rule(Protocol.TCP, (22,), "ssh"))
     if firewall.allow_kubernetes:
-        rules.append(Rule(Protocol.TCP, KUBERNETES_PORTS, "k3s api and kubelet"))
+        rules.append(Rule(Protocol.TCP, KUBERNETES_TCP_PORTS, "k3s api, kubelet, etcd"))
+        rules.append(Rule(Protocol.UDP, KUBERNETES_UDP_PORTS, "k3s flannel"))
     if firewall.allow_mdns:
         rules.append(Rule(Protocol.UDP, (MDNS_PORT,), "mdns discovery"))
     if firewall.allow_mesh:
@@ -75,6 +80,9 @@ def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard:
         'iifname "lo" accept',
         "meta l4proto { icmp, ipv6-icmp } accept",
     ]
+    if firewall.allow_kubernetes:
+        interfaces = ", ".join(f'"{name}"' for name in CNI_INTERFACES)
+        body.append(f'iifname {{ {interfaces} }} accept comment "pods"')
     body += [line for rule in role_rules(roles, firewall, wireguard) for line in rule.render()]
     indented = "\n".join(f"\t\t{line}" for line in body)
     return f"{header}table {TABLE} {{\n\tchain input {{\n{indented}\n\t}}\n}}\n"

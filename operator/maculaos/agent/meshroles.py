@@ -1,0 +1,87 @@
+"""The MeshRole side of the agent: which MeshRoles select this node, the plan, applying it, reporting."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from maculaos.api.meshrole import MeshRoleName, MeshRoleSpec
+from maculaos.host.config import HostConfigError
+from maculaos.host.firewall import FirewallError
+from maculaos.host.mesh import MeshConflict, MeshPlan, apply_mesh, plan_mesh
+from maculaos.host.systemd import Systemd, SystemdError
+
+log = logging.getLogger("maculaos.agent")
+PLURAL = "meshroles"
+
+
+@dataclass(frozen=True)
+class MeshOutcome:
+    """What happened on this node: per-object entries for status.nodes, and the labels to set."""
+
+    entries: dict[str, dict[str, Any]]
+    labels: dict[str, str | None]
+    warnings: list[str]
+
+
+def selected(objects: Mapping[str, dict[str, Any]], node_labels: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The MeshRoles whose nodeSelector picks this node (unparseable ones included, to report them)."""
+    chosen = {}
+    for name, obj in objects.items():
+        try:
+            spec = MeshRoleSpec.model_validate(obj.get("spec") or {})
+        except ValidationError:
+            chosen[name] = obj
+            continue
+        if spec.node_selector.matches(dict(node_labels)):
+            chosen[name] = obj
+    return chosen
+
+
+def _entry(obj: dict[str, Any], phase: str, message: str, roles: str = "") -> dict[str, Any]:
+    entry = {"phase": phase, "message": message, "observedGeneration": obj["metadata"].get("generation")}
+    return entry | ({"roles": roles} if roles else {})
+
+
+def converge_mesh(objects: Mapping[str, dict[str, Any]], node_labels: Mapping[str, str], host_root: Path,
+                  systemd: Systemd, nft: str, public_address: bool) -> MeshOutcome:
+    """Apply the union of the selecting MeshRoles to the host; on conflict or refusal apply nothing."""
+    mine = selected(objects, node_labels)
+    specs: dict[str, MeshRoleSpec] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for name, obj in mine.items():
+        try:
+            specs[name] = MeshRoleSpec.model_validate(obj.get("spec") or {})
+        except ValidationError as exc:
+            entries[name] = _entry(obj, "Invalid", f"not applied: {exc.errors()[0]['msg']}")
+    try:
+        plan = plan_mesh(specs)
+    except MeshConflict as exc:
+        entries |= {name: _entry(mine[name], "Conflict", f"nothing applied: {exc}") for name in specs}
+        return MeshOutcome(entries=entries, labels={}, warnings=[str(exc)])
+    try:
+        changes = apply_mesh(host_root, plan, systemd, nft)
+    except (FirewallError, SystemdError, HostConfigError) as exc:
+        entries |= {name: _entry(mine[name], "Failed", f"host left unchanged: {exc}") for name in specs}
+        return MeshOutcome(entries=entries, labels={}, warnings=[str(exc)])
+    roles = ",".join(["peer", *sorted(r.value for r in plan.roles)])
+    if changes.config or changes.units or changes.firewall:
+        log.info(f"mesh roles applied: {roles} (units changed: {', '.join(changes.units) or 'none'}, "
+                 f"firewall {'reloaded' if changes.firewall else 'unchanged'})")
+    warnings = _warnings(plan, public_address)
+    message = "applied" + (f"; warning: {'; '.join(warnings)}" if warnings else "")
+    entries |= {name: _entry(mine[name], "Applied", message, roles) for name in specs}
+    return MeshOutcome(entries=entries, labels=plan.labels(), warnings=warnings)
+
+
+def _warnings(plan: MeshPlan, public_address: bool) -> list[str]:
+    found = []
+    for role in (MeshRoleName.BOOTSTRAP, MeshRoleName.GATEWAY):
+        if role in plan.roles and not public_address:
+            found.append(f"{role.value} role on a node with no public address: peers cannot reach it")
+    return found

@@ -1,0 +1,56 @@
+"""The agent's Prometheus metrics and its /healthz, served together on one port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+PASSES = Counter("maculaos_agent_converge_passes", "Converge passes of the agent", ["result"])
+PASS_SECONDS = Histogram("maculaos_agent_converge_seconds", "Duration of a converge pass",
+                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+LAST_PASS = Gauge("maculaos_agent_last_converge_timestamp_seconds", "When the last converge pass ended")
+ROLE = Gauge("maculaos_mesh_role", "1 when the node plays the mesh role", ["role"])
+
+
+def record_pass(ok: bool, seconds: float) -> None:
+    PASSES.labels(result="ok" if ok else "failed").inc()
+    PASS_SECONDS.observe(seconds)
+    LAST_PASS.set(time.time())
+
+
+def set_roles(labels: dict[str, str | None]) -> None:
+    for key, value in labels.items():
+        if key.startswith("macula.io/role-"):
+            ROLE.labels(role=key.removeprefix("macula.io/role-")).set(1 if value == "true" else 0)
+
+
+def serve(address: str, port: int, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz (200 while healthy() holds, else 503) in a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path == "/metrics":
+                self._answer(200, generate_latest(), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                ok = healthy()
+                self._answer(200 if ok else 503, b"ok\n" if ok else b"stale\n", "text/plain")
+            else:
+                self._answer(404, b"not found\n", "text/plain")
+
+        def _answer(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((address, port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

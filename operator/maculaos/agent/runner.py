@@ -1,0 +1,100 @@
+"""The agent loop: caches fed by watches mark the agent dirty; each pass converges the host to what the
+selecting objects ask and reports. A periodic pass runs even without changes, so drift on the host and
+missed events heal; with the API server away the caches keep their last objects and the host its state."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from maculaos.agent import metrics
+from maculaos.agent.meshroles import PLURAL as MESH_PLURAL
+from maculaos.agent.meshroles import converge_mesh
+from maculaos.agent.report import Reporter
+from maculaos.agent.watch import WatchedCache
+from maculaos.api import GROUP, VERSION
+from maculaos.host.systemd import Systemd
+
+log = logging.getLogger("maculaos.agent")
+DEBOUNCE_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    node_name: str
+    host_root: Path
+    resync_seconds: float = 30.0
+    nft: str = "nft"
+    """nft command (tests point it at a network namespace)."""
+    systemctl: str = "systemctl"
+    live_systemd: bool = False
+    """Use the running systemd (`--now`) instead of `systemctl --root=<host root>`."""
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, api: client.ApiClient) -> None:
+        self.settings = settings
+        self.dirty = threading.Event()
+        self.reporter = Reporter(api, settings.node_name)
+        self.systemd = Systemd(settings.host_root, live=settings.live_systemd, systemctl=settings.systemctl)
+        custom = client.CustomObjectsApi(api)
+        self.meshroles = WatchedCache(MESH_PLURAL, custom.list_cluster_custom_object, self.dirty.set,
+                                      group=GROUP, version=VERSION, plural=MESH_PLURAL)
+        self.node = WatchedCache("node", client.CoreV1Api(api).list_node, self.dirty.set,
+                                 field_selector=f"metadata.name={settings.node_name}")
+        self.last_pass = 0.0
+
+    def run(self, stop: threading.Event) -> None:
+        for cache in (self.node, self.meshroles):
+            cache.start()
+        log.info(f"agent for node {self.settings.node_name} on host root {self.settings.host_root}")
+        while not stop.is_set():
+            self.dirty.wait(self.settings.resync_seconds)
+            if stop.is_set():
+                break
+            time.sleep(DEBOUNCE_SECONDS)  # let a burst of events land in one pass
+            self.dirty.clear()
+            self.converge()
+        for cache in (self.node, self.meshroles):
+            cache.stop()
+
+    def converge(self) -> None:
+        node = self.node.snapshot().get(self.settings.node_name)
+        if node is None:
+            if self.node.synced.is_set():
+                log.warning(f"Node {self.settings.node_name} does not exist (yet): nothing to apply")
+            return
+        started = time.monotonic()
+        labels: dict[str, str] = dict(node["metadata"].get("labels") or {})
+        ok = self._converge_mesh(labels, _has_public_address(node))
+        metrics.record_pass(ok, time.monotonic() - started)
+        self.last_pass = time.time()
+
+    def _converge_mesh(self, labels: dict[str, str], public_address: bool) -> bool:
+        objects = self.meshroles.snapshot()
+        outcome = converge_mesh(objects, labels, self.settings.host_root, self.systemd, self.settings.nft,
+                                public_address)
+        ok = all(self.reporter.node_entry(MESH_PLURAL, name, entry) for name, entry in outcome.entries.items())
+        for name in _stale_entries(objects, outcome.entries, self.settings.node_name):
+            ok = self.reporter.node_entry(MESH_PLURAL, name, None) and ok
+        if outcome.labels:
+            ok = self.reporter.labels(outcome.labels, labels) and ok
+        metrics.set_roles(outcome.labels)
+        return ok and not any(e["phase"] != "Applied" for e in outcome.entries.values())
+
+
+def _stale_entries(objects: dict[str, dict[str, Any]], current: dict[str, Any], node: str) -> list[str]:
+    """Objects that still carry this node's entry although they no longer select it."""
+    return [name for name, obj in objects.items()
+            if name not in current and node in ((obj.get("status") or {}).get("nodes") or {})]
+
+
+def _has_public_address(node: dict[str, Any]) -> bool:
+    addresses = (node.get("status") or {}).get("addresses") or []
+    return any(a.get("type") == "ExternalIP" for a in addresses)

@@ -1,0 +1,94 @@
+"""List-then-watch of one resource into a local cache, with backoff: a restart, a lost connection or an
+API server that is away for a while heals by itself, and the cache keeps the last known objects."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger("maculaos.agent")
+
+Lister = Callable[..., Any]
+MAX_BACKOFF = 10.0
+
+
+class WatchedCache:
+    """name -> object for one resource, kept current by a daemon thread; calls on_change after changes."""
+
+    def __init__(self, what: str, lister: Lister, on_change: Callable[[], None], **list_args: Any) -> None:
+        self.what = what
+        self._lister = lister
+        self._list_args = list_args
+        self._on_change = on_change
+        self._objects: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.synced = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"watch-{what}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self._objects)
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                version = self._relist()
+                backoff = 1.0
+                self._watch(version)
+            except Exception as exc:  # any failure: keep the cache, back off, list again
+                log.warning(f"watch of {self.what} interrupted ({_short(exc)}); retrying in {backoff:.0f}s")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _relist(self) -> str:
+        listing = _as_dict(self._lister(**self._list_args))
+        with self._lock:
+            self._objects = {o["metadata"]["name"]: o for o in listing.get("items", [])}
+        self.synced.set()
+        self._on_change()
+        return str(listing["metadata"].get("resourceVersion", ""))
+
+    def _watch(self, version: str) -> None:
+        stream = watch.Watch().stream(self._lister, resource_version=version, timeout_seconds=300,
+                                      allow_watch_bookmarks=True, **self._list_args)
+        for event in stream:
+            if self._stop.is_set():
+                return
+            obj = _as_dict(event["object"])
+            kind = event["type"]
+            if kind == "ERROR":
+                raise ApiException(status=obj.get("code", 0), reason=obj.get("message", "watch error"))
+            if kind == "BOOKMARK":
+                continue
+            with self._lock:
+                if kind == "DELETED":
+                    self._objects.pop(obj["metadata"]["name"], None)
+                else:
+                    self._objects[obj["metadata"]["name"]] = obj
+            self._on_change()
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return obj
+    from kubernetes import client
+
+    return dict(client.ApiClient().sanitize_for_serialization(obj))
+
+
+def _short(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

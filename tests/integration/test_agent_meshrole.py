@@ -1,0 +1,193 @@
+"""Three node agents as processes, each on its own sandbox host root with its own network namespace:
+MeshRoles applied to real hosts (config.yaml, systemctl --root, nft), reported per node, and healed
+after an agent crash or an API server outage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maculaos.devenv.demo import start_agent
+from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
+from maculaos.devenv.nodes import create_host_root, demo_fleet
+from maculaos.devenv.processes import ProcessRecord, is_running, stop
+from maculaos.host.config import read_config
+from maculaos.host.systemd import Systemd
+from tests.integration.conftest import Cluster
+
+Create = Callable[[dict[str, Any]], dict[str, Any]]
+NODES = [n.name for n in demo_fleet(3)]  # macula-nuc-01, macula-nuc-02 (warehouse), macula-pi-03 (shop)
+
+
+@dataclass
+class SimNode:
+    name: str
+    host_root: Path
+    nft: Path
+    netns: str
+    agent: ProcessRecord | None = None
+
+    def table(self) -> str:
+        return subprocess.run([str(self.nft), "list", "table", "inet", "maculaos"], capture_output=True,
+                              text=True).stdout
+
+    def mesh_config(self) -> dict[str, Any]:
+        return dict(read_config(self.host_root).get("maculaos", {}).get("mesh", {}))
+
+    def enabled(self, unit: str) -> bool:
+        return Systemd(self.host_root).is_enabled(unit)
+
+
+@dataclass
+class Fleet:
+    cluster: Cluster
+    nodes: dict[str, SimNode]
+    log_dir: Path
+
+    def start(self, node: SimNode) -> None:
+        node.agent = start_agent(self.cluster.plane.kubeconfig, self.log_dir, node.name, node.host_root, node.nft,
+                                 resync_seconds=3)
+
+    def entry(self, name: str, node: str) -> dict[str, Any]:
+        return dict(((self.cluster.get("MeshRole", name).get("status") or {}).get("nodes") or {}).get(node) or {})
+
+    def node_labels(self, node: str) -> dict[str, str]:
+        return dict(self.cluster.get("Node", node)["metadata"].get("labels") or {})
+
+    def wait_phase(self, name: str, node: str, phase: str, generation: int | None = None) -> dict[str, Any]:
+        def done() -> bool:
+            entry = self.entry(name, node)
+            return entry.get("phase") == phase and (generation is None or entry.get("observedGeneration") == generation)
+        self.cluster.wait_for(done, timeout=40, what=f"{name} on {node} {phase} (now {self.entry(name, node)})")
+        return self.entry(name, node)
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("fleet")
+    nodes = {}
+    for sim in demo_fleet(3):
+        name = netns_name(root, sim.name)
+        create_netns(name)
+        host_root = create_host_root(root / sim.name, sim)
+        nodes[sim.name] = SimNode(sim.name, host_root, nft_wrapper(root / f"nft-{sim.name}", name), name)
+    fleet = Fleet(cluster, nodes, root / "logs")
+    try:
+        for node in nodes.values():
+            fleet.start(node)
+        yield fleet
+    finally:
+        for node in nodes.values():
+            if node.agent:
+                stop(node.agent)
+                print(Path(node.agent.log).read_text()[-3000:])
+            delete_netns(node.netns)
+
+
+def meshrole(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "os.macula.io/v1alpha1", "kind": "MeshRole", "metadata": {"name": name}, "spec": spec}
+
+
+WAREHOUSE = {"matchLabels": {"macula.io/site": "warehouse"}}
+
+
+def test_every_node_starts_as_a_peer(fleet: Fleet) -> None:
+    for node in fleet.nodes.values():
+        fleet.cluster.wait_for(lambda n=node: "mdns discovery" in n.table(), what=f"peer firewall on {node.name}")
+        assert node.enabled("macula-mesh.service") and not node.enabled("macula-gateway.service")
+        assert fleet.node_labels(node.name).get("macula.io/role-peer") == "true"
+
+
+def test_apply_change_and_delete(fleet: Fleet, created: Create, operator: ProcessRecord) -> None:
+    created(meshrole("gateways", nodeSelector=WAREHOUSE, roles=["gateway"]))
+    for node in ("macula-nuc-01", "macula-nuc-02"):
+        entry = fleet.wait_phase("gateways", node, "Applied")
+        assert entry["roles"] == "peer,gateway" and entry["observedGeneration"] == 1
+        assert "no public address" in entry["message"]  # simulated nodes only have an InternalIP
+        sim = fleet.nodes[node]
+        assert sim.mesh_config()["roles"] == {"bootstrap": False, "gateway": True}
+        assert sim.enabled("macula-gateway.service")
+        assert 'tcp dport { 80, 443 } accept comment "gateway"' in sim.table()
+        assert fleet.node_labels(node)["macula.io/role-gateway"] == "true"
+    pi = fleet.nodes["macula-pi-03"]
+    assert fleet.entry("gateways", pi.name) == {} and "gateway" not in pi.table()
+    fleet.cluster.wait_for(lambda: fleet.cluster.get("MeshRole", "gateways")["status"].get("appliedNodes") == 2,
+                           what="the operator to count 2 applied nodes")
+    assert "peer,gateway" in fleet.cluster.kubectl("get", "meshrole", "gateways").stdout
+
+    created(meshrole("gateways", nodeSelector=WAREHOUSE, roles=["gateway", "bootstrap"],
+                     tlsMode="development", realm="io.macula"))
+    entry = fleet.wait_phase("gateways", "macula-nuc-01", "Applied", generation=2)
+    assert entry["roles"] == "peer,bootstrap,gateway"
+    assert 'udp dport 443 accept comment "bootstrap quic"' in fleet.nodes["macula-nuc-01"].table()
+
+    fleet.cluster.delete(meshrole("gateways"))
+    nuc = fleet.nodes["macula-nuc-01"]
+    fleet.cluster.wait_for(lambda: "macula.io/role-gateway" not in fleet.node_labels(nuc.name),
+                           what="the gateway label removed")
+    fleet.cluster.wait_for(lambda: not nuc.enabled("macula-gateway.service"), what="gateway service disabled")
+    assert nuc.mesh_config()["roles"] == {"bootstrap": False, "gateway": False}
+    assert "gateway" not in nuc.table() and "mdns discovery" in nuc.table()
+    assert nuc.enabled("macula-mesh.service")
+
+
+def test_conflict_applies_nothing_and_names_both(fleet: Fleet, created: Create, operator: ProcessRecord) -> None:
+    created(meshrole("edge-a", nodeSelector={"matchLabels": {"kubernetes.io/hostname": "macula-pi-03"}},
+                     roles=["gateway"]))
+    fleet.wait_phase("edge-a", "macula-pi-03", "Applied")
+    pi = fleet.nodes["macula-pi-03"]
+    before = (pi.mesh_config(), pi.table())
+    created(meshrole("edge-b", nodeSelector={"matchLabels": {"macula.io/site": "shop"}}, realm="com.example"))
+    for name in ("edge-a", "edge-b"):
+        entry = fleet.wait_phase(name, "macula-pi-03", "Conflict")
+        assert "edge-a and edge-b" in entry["message"] and "realm" in entry["message"]
+    assert (pi.mesh_config(), pi.table()) == before
+    degraded = fleet.cluster.wait_condition("MeshRole", "edge-a", "True", ctype="Degraded")
+    assert degraded["reason"] == "Conflict" and "macula-pi-03" in degraded["message"]
+
+
+def test_agent_killed_mid_change_converges_after_restart(fleet: Fleet, created: Create) -> None:
+    node = fleet.nodes["macula-nuc-02"]
+    assert node.agent is not None
+    os.killpg(node.agent.pid, signal.SIGKILL)
+    created(meshrole("while-down", nodeSelector={"matchLabels": {"kubernetes.io/hostname": node.name}},
+                     roles=["bootstrap"]))
+    assert fleet.entry("while-down", node.name) == {}
+    fleet.start(node)
+    fleet.wait_phase("while-down", node.name, "Applied")
+    assert node.enabled("macula-bootstrap.service")
+
+
+def test_api_server_outage(fleet: Fleet, created: Create) -> None:
+    """30 s without an API server: agents stay up and hosts keep their state; afterwards changes flow."""
+    created(meshrole("outage", nodeSelector={"matchLabels": {"kubernetes.io/hostname": "macula-nuc-01"}},
+                     roles=["gateway"]))
+    fleet.wait_phase("outage", "macula-nuc-01", "Applied")
+    nuc = fleet.nodes["macula-nuc-01"]
+    before = (nuc.mesh_config(), nuc.table())
+    fleet.cluster.plane.restart_apiserver(down_seconds=30)
+    assert all(n.agent is not None and is_running(n.agent) for n in fleet.nodes.values())
+    assert (nuc.mesh_config(), nuc.table()) == before
+    created(meshrole("outage", nodeSelector={"matchLabels": {"kubernetes.io/hostname": "macula-nuc-01"}},
+                     roles=["gateway", "bootstrap"]))
+    fleet.wait_phase("outage", "macula-nuc-01", "Applied", generation=2)
+    assert nuc.enabled("macula-bootstrap.service")
+
+
+def test_invalid_spec_is_reported_by_the_node(fleet: Fleet, created: Create) -> None:
+    """The schema keeps most bad input out; what slips through old schemas is reported, never applied."""
+    patch = '{"spec":{"firewall":{"extraPorts":[{"port":9100,"sources":["10.0.0.0/33"]}]}}}'
+    created(meshrole("bad-cidr", nodeSelector={"matchLabels": {"kubernetes.io/hostname": "macula-nuc-02"}}))
+    fleet.wait_phase("bad-cidr", "macula-nuc-02", "Applied")
+    before = fleet.nodes["macula-nuc-02"].table()
+    fleet.cluster.kubectl("patch", "meshrole", "bad-cidr", "--type=merge", "-p", patch)
+    entry = fleet.wait_phase("bad-cidr", "macula-nuc-02", "Failed", generation=2)
+    assert "host left unchanged" in entry["message"] and "10.0.0.0/33" in entry["message"]
+    assert fleet.nodes["macula-nuc-02"].table() == before
