@@ -60,11 +60,13 @@ class Cluster:
         conditions = self.get(kind, name).get("status", {}).get("conditions", [])
         return next((c for c in conditions if c["type"] == ctype), {})
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0,
+                 what: str | Callable[[], str] = "condition") -> None:
+        """Poll until predicate holds; on timeout say what was awaited (a callable is asked then)."""
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what() if callable(what) else what}")
             time.sleep(0.2)
 
     def wait_condition(self, kind: str, name: str, status: str, ctype: str = "Ready",

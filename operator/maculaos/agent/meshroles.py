@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from maculaos.api.common import spec_selects
 from maculaos.api.meshrole import MeshRoleName, MeshRoleSpec
 from maculaos.host.config import HostConfigError
 from maculaos.host.firewall import FirewallError
@@ -31,16 +32,7 @@ class MeshOutcome:
 
 def selected(objects: Mapping[str, dict[str, Any]], node_labels: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """The MeshRoles whose nodeSelector picks this node (unparseable ones included, to report them)."""
-    chosen = {}
-    for name, obj in objects.items():
-        try:
-            spec = MeshRoleSpec.model_validate(obj.get("spec") or {})
-        except ValidationError:
-            chosen[name] = obj
-            continue
-        if spec.node_selector.matches(dict(node_labels)):
-            chosen[name] = obj
-    return chosen
+    return {name: obj for name, obj in objects.items() if spec_selects(obj.get("spec") or {}, node_labels)}
 
 
 def _entry(obj: dict[str, Any], phase: str, message: str, roles: str = "") -> dict[str, Any]:

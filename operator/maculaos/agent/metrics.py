@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -14,6 +15,17 @@ PASS_SECONDS = Histogram("maculaos_agent_converge_seconds", "Duration of a conve
                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 LAST_PASS = Gauge("maculaos_agent_last_converge_timestamp_seconds", "When the last converge pass ended")
 ROLE = Gauge("maculaos_mesh_role", "1 when the node plays the mesh role", ["role"])
+
+
+CHECK_UP = Gauge("maculaos_healthcheck_up", "1 while the check passes on this node", ["healthcheck", "check"])
+CHECK_RESTARTS = Gauge("maculaos_healthcheck_restarts", "Restarts within the check's restart window",
+                       ["healthcheck", "check"])
+
+
+def set_health(healthcheck: str, entry: dict[str, Any]) -> None:
+    for check, result in (entry.get("checks") or {}).items():
+        CHECK_UP.labels(healthcheck=healthcheck, check=check).set(1 if result["ok"] else 0)
+        CHECK_RESTARTS.labels(healthcheck=healthcheck, check=check).set(result["restarts"])
 
 
 def record_pass(ok: bool, seconds: float) -> None:

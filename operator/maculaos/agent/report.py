@@ -5,6 +5,8 @@ What was written last is remembered, so an unchanged report costs nothing and a 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -22,14 +24,22 @@ class Reporter:
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
         self._written: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._written_at: dict[tuple[str, str], float] = {}
         self._labels: dict[str, str | None] = {}
         self._conditions: dict[str, tuple[str, str, str]] = {}
 
-    def node_entry(self, plural: str, name: str, entry: dict[str, Any] | None) -> bool:
-        """Set (or with None remove) status.nodes.<this node> of one object. False when the API refused."""
+    def node_entry(self, plural: str, name: str, entry: dict[str, Any] | None,
+                   significant: Callable[[dict[str, Any]], dict[str, Any]] = dict,
+                   refresh_seconds: float | None = None) -> bool:
+        """Set (or with None remove) status.nodes.<this node> of one object. False when the API refused.
+
+        Written when significant(entry) changed, and, with refresh_seconds, that often to refresh the rest
+        (probe outputs, run times) without a write on every probe."""
         key = (plural, name)
-        comparable = None if entry is None else {k: v for k, v in entry.items() if k != "lastUpdateTime"}
-        if key in self._written and self._written[key] == comparable:
+        comparable = None if entry is None else significant(entry)
+        age = time.monotonic() - self._written_at.get(key, float("-inf"))
+        stale = refresh_seconds is not None and entry is not None and age >= refresh_seconds
+        if key in self._written and self._written[key] == comparable and not stale:
             return True
         body = {"status": {"nodes": {self.node: None if entry is None else {**entry, "lastUpdateTime": now_rfc3339()}}}}
         try:
@@ -45,10 +55,8 @@ class Reporter:
             log.warning(f"cannot report on {plural}/{name}: {exc}")
             return False
         self._written[key] = comparable
+        self._written_at[key] = time.monotonic()
         return True
-
-    def forget(self, plural: str, name: str) -> None:
-        self._written.pop((plural, name), None)
 
     def labels(self, labels: dict[str, str | None], current: dict[str, str]) -> bool:
         """Set and remove labels on this node's Node object, where they differ from current."""

@@ -14,15 +14,21 @@ from typing import Any
 from kubernetes import client
 
 from maculaos.agent import metrics
+from maculaos.agent.health import PLURAL as HEALTH_PLURAL
+from maculaos.agent.health import HealthEngine, significant
 from maculaos.agent.meshroles import PLURAL as MESH_PLURAL
 from maculaos.agent.meshroles import converge_mesh
 from maculaos.agent.report import Reporter
 from maculaos.agent.watch import WatchedCache
 from maculaos.api import GROUP, VERSION
+from maculaos.api.common import spec_selects
 from maculaos.host.systemd import Systemd
 
 log = logging.getLogger("maculaos.agent")
 DEBOUNCE_SECONDS = 0.05
+HEALTH_TICK_SECONDS = 1.0
+HEALTH_REFRESH_SECONDS = 60.0
+HEALTHY_CONDITION = "MaculaHealthy"
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,9 @@ class AgentSettings:
     nft: str = "nft"
     """nft command (tests point it at a network namespace)."""
     systemctl: str = "systemctl"
+    """systemctl of the running system: health probes and restarts (and role units with live_systemd)."""
     live_systemd: bool = False
-    """Use the running systemd (`--now`) instead of `systemctl --root=<host root>`."""
+    """Enable role units on the running systemd (`--now`) instead of `systemctl --root=<host root>`."""
 
 
 class Agent:
@@ -42,18 +49,27 @@ class Agent:
         self.settings = settings
         self.dirty = threading.Event()
         self.reporter = Reporter(api, settings.node_name)
-        self.systemd = Systemd(settings.host_root, live=settings.live_systemd, systemctl=settings.systemctl)
+        self.systemd = Systemd(settings.host_root, live=settings.live_systemd,
+                               systemctl=settings.systemctl if settings.live_systemd else "systemctl")
+        self.health = HealthEngine(settings.host_root, Systemd(settings.host_root, live=True,
+                                                               systemctl=settings.systemctl),
+                                   settings.systemctl, self._notify_health)
         custom = client.CustomObjectsApi(api)
         self.meshroles = WatchedCache(MESH_PLURAL, custom.list_cluster_custom_object, self.dirty.set,
                                       group=GROUP, version=VERSION, plural=MESH_PLURAL)
+        self.healthchecks = WatchedCache(HEALTH_PLURAL, custom.list_cluster_custom_object, lambda: None,
+                                         group=GROUP, version=VERSION, plural=HEALTH_PLURAL)
         self.node = WatchedCache("node", client.CoreV1Api(api).list_node, self.dirty.set,
                                  field_selector=f"metadata.name={settings.node_name}")
         self.last_pass = 0.0
 
     def run(self, stop: threading.Event) -> None:
-        for cache in (self.node, self.meshroles):
+        caches = (self.node, self.meshroles, self.healthchecks)
+        for cache in caches:
             cache.start()
         log.info(f"agent for node {self.settings.node_name} on host root {self.settings.host_root}")
+        health = threading.Thread(target=self._health_loop, args=(stop,), name="health", daemon=True)
+        health.start()
         while not stop.is_set():
             self.dirty.wait(self.settings.resync_seconds)
             if stop.is_set():
@@ -61,8 +77,42 @@ class Agent:
             time.sleep(DEBOUNCE_SECONDS)  # let a burst of events land in one pass
             self.dirty.clear()
             self.converge()
-        for cache in (self.node, self.meshroles):
+        for cache in caches:
             cache.stop()
+
+    def _health_loop(self, stop: threading.Event) -> None:
+        """Checks run on their own intervals, apart from the converge loop, so a slow probe delays
+        nothing else; one tick a second decides which are due."""
+        while not stop.wait(HEALTH_TICK_SECONDS):
+            node = self.node.snapshot().get(self.settings.node_name)
+            if node is None:
+                continue
+            try:
+                self.check_health(dict(node["metadata"].get("labels") or {}))
+            except Exception:  # a bug in one tick must not end health checking
+                log.exception("health tick failed")
+
+    def check_health(self, labels: dict[str, str]) -> None:
+        objects = self.healthchecks.snapshot()
+        mine = {n: o for n, o in objects.items() if spec_selects(o.get("spec") or {}, labels)}
+        entries = self.health.run_due(mine)
+        for name, entry in entries.items():
+            self.reporter.node_entry(HEALTH_PLURAL, name, entry, significant, HEALTH_REFRESH_SECONDS)
+            metrics.set_health(name, entry)
+        for name in _stale_entries(objects, entries, self.settings.node_name):
+            self.reporter.node_entry(HEALTH_PLURAL, name, None)
+        failing = sorted(n for n, e in entries.items() if e["phase"] != "Healthy")
+        if failing:
+            self.reporter.condition(HEALTHY_CONDITION, "False", "ChecksFailing",
+                                    "; ".join(f"{n}: {entries[n]['message']}" for n in failing))
+        else:
+            self.reporter.condition(HEALTHY_CONDITION, "True", "AllChecksPassing",
+                                    f"{len(entries)} HealthCheck(s) passing")
+
+    def _notify_health(self, healthcheck: str, check: str, type_: str, reason: str, message: str) -> None:
+        obj = self.healthchecks.snapshot().get(healthcheck)
+        if obj is not None:
+            self.reporter.event(obj, type_, reason, message)
 
     def converge(self) -> None:
         node = self.node.snapshot().get(self.settings.node_name)

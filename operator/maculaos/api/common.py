@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -136,6 +137,15 @@ class NodeSelector(ApiModel):
         if any(labels.get(k) != v for k, v in self.match_labels.items()):
             return False
         return all(req.matches(labels) for req in self.match_expressions)
+
+
+def spec_selects(spec: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether a raw object spec's nodeSelector picks a Node with these labels. An unparseable selector
+    counts as picking it, so that the node reports the problem instead of ignoring the object."""
+    try:
+        return NodeSelector.model_validate(spec.get("nodeSelector") or {}).matches(dict(labels))
+    except ValidationError:
+        return True
 
 
 class SecretKeyRef(ApiModel):

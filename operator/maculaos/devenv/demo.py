@@ -48,10 +48,10 @@ def start_operator(kubeconfig: Path, log_dir: Path, resync_seconds: float = 10.0
 
 
 def start_agent(kubeconfig: Path, log_dir: Path, node: str, host_root: Path, nft: Path,
-                resync_seconds: float = 30.0) -> ProcessRecord:
+                resync_seconds: float = 30.0, systemctl: str = "systemctl") -> ProcessRecord:
     """One simulated node's agent as its own process, as the DaemonSet runs it (`maculaos agent run`)."""
     _, record = spawn(f"agent-{node}", [sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={node}",
-                                        f"--host-root={host_root}", f"--nft={nft}",
+                                        f"--host-root={host_root}", f"--nft={nft}", f"--systemctl={systemctl}",
                                         f"--resync-seconds={resync_seconds}"], log_dir,
                       env={"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"})
     return record

@@ -39,3 +39,15 @@ class Systemd:
         if result.returncode != 0:
             raise SystemdError(f"systemctl {verb} {unit}: {result.stderr.strip()}")
         return True
+
+    def start_limit_hit(self, unit: str) -> bool:
+        """True when systemd itself gave up on the unit (its own Restart= and StartLimitBurst=)."""
+        return self._run("show", "--property=Result", "--value", unit).stdout.strip() == "start-limit-hit"
+
+    def restart(self, unit: str) -> None:
+        """Restart a unit of the running system."""
+        if not self.live:
+            raise SystemdError(f"cannot restart {unit}: {self.host_root} is not a running system")
+        result = self._run("restart", unit)
+        if result.returncode != 0:
+            raise SystemdError(f"systemctl restart {unit}: {result.stderr.strip()}")

@@ -20,6 +20,7 @@ from maculaos.devenv.nodes import create_host_root, demo_fleet
 from maculaos.devenv.processes import ProcessRecord, is_running, stop
 from maculaos.host.config import read_config
 from maculaos.host.systemd import Systemd
+from tests.fakes import fake_systemctl
 from tests.integration.conftest import Cluster
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
@@ -32,6 +33,7 @@ class SimNode:
     host_root: Path
     nft: Path
     netns: str
+    systemctl: Path
     agent: ProcessRecord | None = None
 
     def table(self) -> str:
@@ -53,20 +55,25 @@ class Fleet:
 
     def start(self, node: SimNode) -> None:
         node.agent = start_agent(self.cluster.plane.kubeconfig, self.log_dir, node.name, node.host_root, node.nft,
-                                 resync_seconds=3)
+                                 resync_seconds=3, systemctl=str(node.systemctl))
 
-    def entry(self, name: str, node: str) -> dict[str, Any]:
-        return dict(((self.cluster.get("MeshRole", name).get("status") or {}).get("nodes") or {}).get(node) or {})
+    def entry(self, name: str, node: str, kind: str = "MeshRole") -> dict[str, Any]:
+        return dict(((self.cluster.get(kind, name).get("status") or {}).get("nodes") or {}).get(node) or {})
 
     def node_labels(self, node: str) -> dict[str, str]:
         return dict(self.cluster.get("Node", node)["metadata"].get("labels") or {})
 
-    def wait_phase(self, name: str, node: str, phase: str, generation: int | None = None) -> dict[str, Any]:
+    def wait_phase(self, name: str, node: str, phase: str, generation: int | None = None,
+                   kind: str = "MeshRole") -> dict[str, Any]:
         def done() -> bool:
-            entry = self.entry(name, node)
+            entry = self.entry(name, node, kind)
             return entry.get("phase") == phase and (generation is None or entry.get("observedGeneration") == generation)
-        self.cluster.wait_for(done, timeout=40, what=f"{name} on {node} {phase} (now {self.entry(name, node)})")
-        return self.entry(name, node)
+        self.cluster.wait_for(done, timeout=40, what=f"{name} on {node} {phase} (now {self.entry(name, node, kind)})")
+        return self.entry(name, node, kind)
+
+    def node_condition(self, node: str, ctype: str) -> dict[str, Any]:
+        conditions = self.cluster.get("Node", node).get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == ctype), {})
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +84,8 @@ def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         name = netns_name(root, sim.name)
         create_netns(name)
         host_root = create_host_root(root / sim.name, sim)
-        nodes[sim.name] = SimNode(sim.name, host_root, nft_wrapper(root / f"nft-{sim.name}", name), name)
+        nodes[sim.name] = SimNode(sim.name, host_root, nft_wrapper(root / f"nft-{sim.name}", name), name,
+                                  fake_systemctl(root / f"systemd-{sim.name}"))
     fleet = Fleet(cluster, nodes, root / "logs")
     try:
         for node in nodes.values():
@@ -100,8 +108,9 @@ WAREHOUSE = {"matchLabels": {"macula.io/site": "warehouse"}}
 
 def test_every_node_starts_as_a_peer(fleet: Fleet) -> None:
     for node in fleet.nodes.values():
-        fleet.cluster.wait_for(lambda n=node: "mdns discovery" in n.table(), what=f"peer firewall on {node.name}")
-        assert node.enabled("macula-mesh.service") and not node.enabled("macula-gateway.service")
+        fleet.cluster.wait_for(lambda n=node: "mdns discovery" in n.table() and n.enabled("macula-mesh.service"),
+                               what=f"peer firewall and service on {node.name}")
+        assert not node.enabled("macula-gateway.service")
         assert fleet.node_labels(node.name).get("macula.io/role-peer") == "true"
 
 
@@ -191,3 +200,68 @@ def test_invalid_spec_is_reported_by_the_node(fleet: Fleet, created: Create) -> 
     entry = fleet.wait_phase("bad-cidr", "macula-nuc-02", "Failed", generation=2)
     assert "host left unchanged" in entry["message"] and "10.0.0.0/33" in entry["message"]
     assert fleet.nodes["macula-nuc-02"].table() == before
+
+
+def healthcheck(name: str, *checks: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "os.macula.io/v1alpha1", "kind": "HealthCheck", "metadata": {"name": name},
+            "spec": {"checks": list(checks)}}
+
+
+@pytest.fixture
+def tcp_server() -> Iterator[int]:
+    """A TCP service on loopback that accepts (and closes) every connection."""
+    import socketserver
+    import threading
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_healthy_checks_on_every_node(fleet: Fleet, created: Create, operator: ProcessRecord,
+                                      tcp_server: int) -> None:
+    created(healthcheck("loopback", {"name": "api", "type": "tcp", "tcp": {"port": tcp_server},
+                                     "interval": "2s", "timeout": "1s"}))
+    for node in NODES:
+        entry = fleet.wait_phase("loopback", node, "Healthy", kind="HealthCheck")
+        assert entry["checks"]["api"]["ok"] and "accepts connections" in entry["checks"]["api"]["output"]
+        fleet.cluster.wait_for(lambda n=node: fleet.node_condition(n, "MaculaHealthy").get("status") == "True",
+                               what=f"MaculaHealthy on {node}")
+    fleet.cluster.wait_for(lambda: fleet.cluster.get("HealthCheck", "loopback")["status"].get("healthyNodes") == 3,
+                           what=lambda: f"3 healthy nodes counted: {fleet.cluster.get('HealthCheck', 'loopback')}")
+
+
+def test_an_unreachable_http_check_fails_every_node(fleet: Fleet, created: Create, operator: ProcessRecord) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    created(healthcheck("mesh-endpoint", {"name": "mesh", "type": "http", "http": {"url": f"http://127.0.0.1:{port}/health"},
+                                          "interval": "1s", "timeout": "500ms", "failureThreshold": 2}))
+    for node in NODES:
+        entry = fleet.wait_phase("mesh-endpoint", node, "Unhealthy", kind="HealthCheck")
+        assert entry["message"] == "failing: mesh" and "refused" in entry["checks"]["mesh"]["output"].lower()
+        condition = fleet.node_condition(node, "MaculaHealthy")
+        fleet.cluster.wait_for(lambda n=node: fleet.node_condition(n, "MaculaHealthy").get("status") == "False",
+                               what=f"MaculaHealthy False on {node}")
+    condition = fleet.node_condition("macula-nuc-01", "MaculaHealthy")
+    assert condition["reason"] == "ChecksFailing" and "mesh-endpoint" in condition["message"]
+    degraded = fleet.cluster.wait_condition("HealthCheck", "mesh-endpoint", "True", ctype="Degraded")
+    assert degraded["reason"] == "Unhealthy"
+    fleet.cluster.delete(healthcheck("mesh-endpoint"))
+    fleet.cluster.wait_for(lambda: fleet.node_condition("macula-nuc-01", "MaculaHealthy").get("status") == "True",
+                           what="MaculaHealthy back once the failing check is gone")
+
+
+def test_a_disk_over_threshold_is_cleaned_and_reported(fleet: Fleet, created: Create) -> None:
+    created(healthcheck("disk", {"name": "var-lib", "type": "disk", "disk": {"path": "/var/lib", "threshold": "0%"},
+                                 "interval": "2s", "timeout": "1s", "failureThreshold": 1, "action": "cleanup"}))
+    entry = fleet.wait_phase("disk", "macula-pi-03", "Unhealthy", kind="HealthCheck")
+    fleet.cluster.wait_for(lambda: "logs: removed" in fleet.entry("disk", "macula-pi-03", "HealthCheck")
+                           ["checks"]["var-lib"]["lastAction"], what="the clean-up report")
+    assert "threshold 0%" in entry["checks"]["var-lib"]["output"]
