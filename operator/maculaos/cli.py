@@ -54,6 +54,27 @@ def _operator_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_apply(args: argparse.Namespace) -> int:
+    """Converge the host from its own config.yaml, without Kubernetes: the boot path of a node."""
+    from maculaos.host.config import HostConfigError, read_config
+    from maculaos.host.firewall import FirewallError
+    from maculaos.host.mesh import apply_mesh, plan_from_config
+    from maculaos.host.systemd import Systemd, SystemdError
+
+    systemd = Systemd(args.host_root, live=args.live_systemd, systemctl=args.systemctl)
+    try:
+        plan = plan_from_config(read_config(args.host_root))
+        changes = apply_mesh(args.host_root, plan, systemd, args.nft)
+    except (ValueError, HostConfigError, FirewallError, SystemdError) as exc:
+        print(f"maculaos agent apply: nothing changed: {exc}", file=sys.stderr)
+        return 1
+    roles = ",".join(["peer", *sorted(r.value for r in plan.roles)])
+    print(f"mesh roles {roles}: config {'updated' if changes.config else 'unchanged'}, "
+          f"units changed: {', '.join(changes.units) or 'none'}, "
+          f"firewall {'reloaded' if changes.firewall else 'unchanged'}")
+    return 0
+
+
 def _agent_run(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -140,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     agent_run.add_argument("--metrics-port", default="",
                            help="[address:]port for /metrics and /healthz; empty disables")
     agent_run.set_defaults(func=_agent_run)
+    apply = agent.add_parser("apply", help="converge this host once from /var/lib/maculaos/config.yaml "
+                                           "(no Kubernetes needed)")
+    apply.add_argument("--once", action="store_true", required=True, help="apply once and exit")
+    apply.add_argument("--host-root", type=Path, default=Path(os.environ.get("HOST_ROOT", "/")))
+    apply.add_argument("--nft", default="nft")
+    apply.add_argument("--systemctl", default="systemctl")
+    apply.add_argument("--live-systemd", action="store_true",
+                       help="talk to the running systemd instead of `systemctl --root=<host root>`")
+    apply.set_defaults(func=_agent_apply)
 
     dev = commands.add_parser("dev", help="the local demo environment").add_subparsers(dest="action", required=True)
     up = dev.add_parser("up", help="start a control plane, simulated nodes, the operator, and apply examples/")

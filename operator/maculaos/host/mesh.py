@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from maculaos.api.meshrole import Firewall, MeshRoleName, MeshRoleSpec, TlsMode, WireGuard
 from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
@@ -76,6 +78,37 @@ def plan_mesh(specs: Mapping[str, MeshRoleSpec]) -> MeshPlan:
         bootstrap_peers=tuple(dict.fromkeys(p for n in names for p in specs[n].bootstrap_peers)),
         public_hostname=next((specs[n].public_hostname for n in names if specs[n].public_hostname), None),
         firewall=first.firewall, wireguard=first.wireguard, node_labels=labels)
+
+
+def plan_from_config(config: Mapping[str, Any]) -> MeshPlan:
+    """The plan the node's own config.yaml asks for (seed 4.4 mesh, 4.9.4 security), for nodes without
+    Kubernetes. Raises ValueError naming the config key at fault."""
+    maculaos = config.get("maculaos") or {}
+    mesh = maculaos.get("mesh") or {}
+    security = maculaos.get("security") or {}
+    firewall = security.get("firewall") or {}
+    wireguard = security.get("wireguard") or {}
+    raw = {
+        "roles": [role for role, on in (mesh.get("roles") or {}).items() if on is True],
+        "bootstrapPeers": mesh.get("bootstrap_peers", ["https://boot.macula.io:443"]),
+        "realm": mesh.get("realm", "io.macula"),
+        "tlsMode": mesh.get("tls_mode", "development"),
+        **({"publicHostname": mesh["public_hostname"]} if mesh.get("public_hostname") else {}),
+        "firewall": {k: firewall[s] for s, k in (("enabled", "enabled"), ("default_policy", "defaultPolicy"),
+                                                 ("allow_mesh", "allowMesh"), ("allow_ssh", "allowSSH"))
+                     if s in firewall},
+        "wireguard": {k: wireguard[s] for s, k in (("enabled", "enabled"), ("mesh_interface", "interface"),
+                                                   ("port", "listenPort")) if s in wireguard},
+    }
+    bad_roles = [r for r, on in (mesh.get("roles") or {}).items() if not isinstance(on, bool)]
+    if bad_roles:
+        raise ValueError(f"maculaos.mesh.roles.{bad_roles[0]} must be true or false")
+    try:
+        spec = MeshRoleSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ValueError(f"config.yaml: {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
+    return plan_mesh({"config.yaml": spec})
 
 
 @dataclass(frozen=True)
