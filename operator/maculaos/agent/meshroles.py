@@ -28,6 +28,8 @@ class MeshOutcome:
     entries: dict[str, dict[str, Any]]
     labels: dict[str, str | None]
     warnings: list[str]
+    applied: MeshPlan | None = None
+    """The plan now on the host, when this pass applied (or found) it."""
 
 
 def selected(objects: Mapping[str, dict[str, Any]], node_labels: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -41,8 +43,10 @@ def _entry(obj: dict[str, Any], phase: str, message: str, roles: str = "") -> di
 
 
 def converge_mesh(objects: Mapping[str, dict[str, Any]], node_labels: Mapping[str, str], host_root: Path,
-                  systemd: Systemd, nft: str, public_address: bool) -> MeshOutcome:
-    """Apply the union of the selecting MeshRoles to the host; on conflict or refusal apply nothing."""
+                  systemd: Systemd, nft: str, public_address: bool,
+                  applied: MeshPlan | None = None) -> MeshOutcome:
+    """Apply the union of the selecting MeshRoles to the host; on conflict or refusal apply nothing.
+    When the plan equals `applied` (already on the host), the host is left alone."""
     mine = selected(objects, node_labels)
     specs: dict[str, MeshRoleSpec] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -57,18 +61,18 @@ def converge_mesh(objects: Mapping[str, dict[str, Any]], node_labels: Mapping[st
         entries |= {name: _entry(mine[name], "Conflict", f"nothing applied: {exc}") for name in specs}
         return MeshOutcome(entries=entries, labels={}, warnings=[str(exc)])
     try:
-        changes = apply_mesh(host_root, plan, systemd, nft)
+        changes = None if plan == applied else apply_mesh(host_root, plan, systemd, nft)
     except (FirewallError, SystemdError, HostConfigError) as exc:
         entries |= {name: _entry(mine[name], "Failed", f"host left unchanged: {exc}") for name in specs}
         return MeshOutcome(entries=entries, labels={}, warnings=[str(exc)])
     roles = ",".join(["peer", *sorted(r.value for r in plan.roles)])
-    if changes.config or changes.units or changes.firewall:
+    if changes and (changes.config or changes.units or changes.firewall):
         log.info(f"mesh roles applied: {roles} (units changed: {', '.join(changes.units) or 'none'}, "
                  f"firewall {'reloaded' if changes.firewall else 'unchanged'})")
     warnings = _warnings(plan, public_address)
     message = "applied" + (f"; warning: {'; '.join(warnings)}" if warnings else "")
     entries |= {name: _entry(mine[name], "Applied", message, roles) for name in specs}
-    return MeshOutcome(entries=entries, labels=plan.labels(), warnings=warnings)
+    return MeshOutcome(entries=entries, labels=plan.labels(), warnings=warnings, applied=plan)
 
 
 def _warnings(plan: MeshPlan, public_address: bool) -> list[str]:

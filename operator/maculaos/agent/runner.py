@@ -19,9 +19,10 @@ from maculaos.agent.health import HealthEngine, significant
 from maculaos.agent.meshroles import PLURAL as MESH_PLURAL
 from maculaos.agent.meshroles import converge_mesh
 from maculaos.agent.report import Reporter
-from maculaos.agent.watch import WatchedCache
+from maculaos.agent.watch import WatchedCache, labels_and_addresses, spec_and_generation
 from maculaos.api import GROUP, VERSION
 from maculaos.api.common import spec_selects
+from maculaos.host.mesh import MeshPlan
 from maculaos.host.systemd import Systemd
 
 log = logging.getLogger("maculaos.agent")
@@ -56,12 +57,13 @@ class Agent:
                                    settings.systemctl, self._notify_health)
         custom = client.CustomObjectsApi(api)
         self.meshroles = WatchedCache(MESH_PLURAL, custom.list_cluster_custom_object, self.dirty.set,
-                                      group=GROUP, version=VERSION, plural=MESH_PLURAL)
+                                      spec_and_generation, group=GROUP, version=VERSION, plural=MESH_PLURAL)
         self.healthchecks = WatchedCache(HEALTH_PLURAL, custom.list_cluster_custom_object, lambda: None,
                                          group=GROUP, version=VERSION, plural=HEALTH_PLURAL)
-        self.node = WatchedCache("node", client.CoreV1Api(api).list_node, self.dirty.set,
+        self.node = WatchedCache("node", client.CoreV1Api(api).list_node, self.dirty.set, labels_and_addresses,
                                  field_selector=f"metadata.name={settings.node_name}")
         self.last_pass = 0.0
+        self.applied_plan: MeshPlan | None = None
 
     def run(self, stop: threading.Event) -> None:
         caches = (self.node, self.meshroles, self.healthchecks)
@@ -71,12 +73,12 @@ class Agent:
         health = threading.Thread(target=self._health_loop, args=(stop,), name="health", daemon=True)
         health.start()
         while not stop.is_set():
-            self.dirty.wait(self.settings.resync_seconds)
+            changed = self.dirty.wait(self.settings.resync_seconds)
             if stop.is_set():
                 break
             time.sleep(DEBOUNCE_SECONDS)  # let a burst of events land in one pass
             self.dirty.clear()
-            self.converge()
+            self.converge(resync=not changed)
         for cache in caches:
             cache.stop()
 
@@ -114,7 +116,9 @@ class Agent:
         if obj is not None:
             self.reporter.event(obj, type_, reason, message)
 
-    def converge(self) -> None:
+    def converge(self, resync: bool = True) -> None:
+        """One pass. On a change, host work is skipped when the plan is the one last applied; the periodic
+        resync always checks the host, which heals drift."""
         node = self.node.snapshot().get(self.settings.node_name)
         if node is None:
             if self.node.synced.is_set():
@@ -122,14 +126,15 @@ class Agent:
             return
         started = time.monotonic()
         labels: dict[str, str] = dict(node["metadata"].get("labels") or {})
-        ok = self._converge_mesh(labels, _has_public_address(node))
+        ok = self._converge_mesh(labels, _has_public_address(node), None if resync else self.applied_plan)
         metrics.record_pass(ok, time.monotonic() - started)
         self.last_pass = time.time()
 
-    def _converge_mesh(self, labels: dict[str, str], public_address: bool) -> bool:
+    def _converge_mesh(self, labels: dict[str, str], public_address: bool, applied: MeshPlan | None) -> bool:
         objects = self.meshroles.snapshot()
         outcome = converge_mesh(objects, labels, self.settings.host_root, self.systemd, self.settings.nft,
-                                public_address)
+                                public_address, applied)
+        self.applied_plan = outcome.applied
         ok = all(self.reporter.node_entry(MESH_PLURAL, name, entry) for name, entry in outcome.entries.items())
         for name in _stale_entries(objects, outcome.entries, self.settings.node_name):
             ok = self.reporter.node_entry(MESH_PLURAL, name, None) and ok

@@ -21,8 +21,12 @@ MAX_BACKOFF = 10.0
 class WatchedCache:
     """name -> object for one resource, kept current by a daemon thread; calls on_change after changes."""
 
-    def __init__(self, what: str, lister: Lister, on_change: Callable[[], None], **list_args: Any) -> None:
+    def __init__(self, what: str, lister: Lister, on_change: Callable[[], None],
+                 relevant: Callable[[dict[str, Any]], Any] = lambda obj: obj, **list_args: Any) -> None:
+        """relevant(obj) is what on_change cares about: an event that leaves it as it was (say, another
+        node's status report) updates the cache quietly."""
         self.what = what
+        self._relevant = relevant
         self._lister = lister
         self._list_args = list_args
         self._on_change = on_change
@@ -74,12 +78,13 @@ class WatchedCache:
                 raise ApiException(status=obj.get("code", 0), reason=obj.get("message", "watch error"))
             if kind == "BOOKMARK":
                 continue
+            name = obj["metadata"]["name"]
             with self._lock:
-                if kind == "DELETED":
-                    self._objects.pop(obj["metadata"]["name"], None)
-                else:
-                    self._objects[obj["metadata"]["name"]] = obj
-            self._on_change()
+                old = self._objects.pop(name, None) if kind == "DELETED" else self._objects.get(name)
+                if kind != "DELETED":
+                    self._objects[name] = obj
+            if kind == "DELETED" or old is None or self._relevant(old) != self._relevant(obj):
+                self._on_change()
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -92,3 +97,13 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 def _short(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def spec_and_generation(obj: dict[str, Any]) -> Any:
+    """What a change of a MaculaOS object means to an agent: not the status other nodes write."""
+    return obj["metadata"].get("generation"), obj.get("spec")
+
+
+def labels_and_addresses(node: dict[str, Any]) -> Any:
+    """What a change of the agent's own Node means to it: not heartbeats and conditions."""
+    return node["metadata"].get("labels"), (node.get("status") or {}).get("addresses")

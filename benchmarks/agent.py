@@ -1,0 +1,158 @@
+"""Agent benchmarks: idle RSS and CPU of agent processes, MeshRole change → applied on every node, for
+3 agent processes and for 100 lightweight in-process agents (one thread set each, one shared client).
+
+Run: .venv/bin/python benchmarks/agent.py [--runs 10] [--scale 100]
+Prints markdown rows for docs/benchmarks.md. Needs root (network namespaces for real nft).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from maculaos.agent.runner import Agent, AgentSettings
+from maculaos.api import GROUP, VERSION
+from maculaos.devenv.controlplane import ControlPlane
+from maculaos.devenv.demo import install_crds, start_agent
+from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
+from maculaos.devenv.nodes import SimulatedNode, create_host_root, register_node
+from maculaos.devenv.processes import stop
+
+REPO = Path(__file__).resolve().parents[1]
+CREATED_NETNS: list[str] = []
+
+
+def proc_stat(pid: int) -> tuple[int, float]:
+    """(RSS KiB, CPU seconds so far)."""
+    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS:"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def applied_everywhere(custom: client.CustomObjectsApi, name: str, nodes: list[str], generation: int) -> bool:
+    obj: Any = custom.get_cluster_custom_object(GROUP, VERSION, "meshroles", name)
+    entries = (obj.get("status") or {}).get("nodes") or {}
+    return all(entries.get(n, {}).get("observedGeneration") == generation and entries[n].get("phase") == "Applied"
+               for n in nodes)
+
+
+def change_to_applied(custom: client.CustomObjectsApi, nodes: list[str], runs: int, timeout: float) -> list[float]:
+    """Toggle the bootstrap role of a MeshRole selecting every node; time until every node reports it."""
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MeshRole", "metadata": {"name": "bench"},
+            "spec": {"roles": []}}
+    custom.create_cluster_custom_object(GROUP, VERSION, "meshroles", body)
+    samples = []
+    for i in range(runs + 1):
+        started = time.perf_counter()
+        obj: Any = custom.patch_cluster_custom_object(
+            GROUP, VERSION, "meshroles", "bench", {"spec": {"roles": ["bootstrap"] if i % 2 == 0 else []}},
+            _content_type="application/merge-patch+json")
+        generation = obj["metadata"]["generation"]
+        while not applied_everywhere(custom, "bench", nodes, generation):
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"generation {generation} not applied on all {len(nodes)} nodes")
+            time.sleep(0.05)
+        if i:  # the first change also warms caches up: not counted
+            samples.append(time.perf_counter() - started)
+    custom.delete_cluster_custom_object(GROUP, VERSION, "meshroles", "bench")
+    return samples
+
+
+def fleet(plane: ControlPlane, root: Path, count: int, prefix: str) -> list[tuple[str, Path, Path]]:
+    core = client.CoreV1Api(kube_config.new_client_from_config(str(plane.kubeconfig)))
+    nodes = []
+    for i in range(count):
+        sim = SimulatedNode(name=f"{prefix}-{i:03d}")
+        register_node(core, sim)
+        netns = netns_name(root, sim.name)
+        create_netns(netns)
+        CREATED_NETNS.append(netns)
+        nodes.append((sim.name, create_host_root(root / sim.name, sim), nft_wrapper(root / f"{sim.name}.nft", netns)))
+    return nodes
+
+
+def quantiles(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    return f"p50 {statistics.median(samples) * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms"
+
+
+def three_processes(plane: ControlPlane, root: Path, runs: int) -> None:
+    nodes = fleet(plane, root, 3, "proc")
+    agents = [start_agent(plane.kubeconfig, root / "logs", n, host, nft, resync_seconds=30) for n, host, nft in nodes]
+    try:
+        time.sleep(20)  # started, synced, first pass done
+        before = [proc_stat(a.pid) for a in agents]
+        time.sleep(30)
+        after = [proc_stat(a.pid) for a in agents]
+        rss = statistics.median(a[0] for a in after) / 1024
+        cpu = statistics.median((a[1] - b[1]) / 30 * 100 for a, b in zip(after, before))
+        print(f"| agent RSS at idle (process, 1 MeshRole, 0 HealthCheck) | {rss:.0f} MiB | median of 3 agents |")
+        print(f"| agent CPU at idle | {cpu:.2f} % of one core | median of 3 agents over 30 s |")
+        custom = client.CustomObjectsApi(kube_config.new_client_from_config(str(plane.kubeconfig)))
+        samples = change_to_applied(custom, [n for n, _, _ in nodes], runs, timeout=30)
+        print(f"| MeshRole change → Applied on all 3 nodes (agent processes) | {quantiles(samples)} | {runs} changes |")
+    finally:
+        for agent in agents:
+            stop(agent)
+
+
+def in_process(plane: ControlPlane, root: Path, count: int, runs: int) -> None:
+    nodes = fleet(plane, root, count, "lite")
+    configuration = client.Configuration()
+    kube_config.load_kube_config(str(plane.kubeconfig), client_configuration=configuration)
+    configuration.connection_pool_maxsize = count * 4
+    api = client.ApiClient(configuration)
+    stop_flag = threading.Event()
+    threads = []
+    for name, host, nft in nodes:
+        agent = Agent(AgentSettings(node_name=name, host_root=host, nft=str(nft), resync_seconds=300), api)
+        threads.append(threading.Thread(target=agent.run, args=(stop_flag,), daemon=True))
+        threads[-1].start()
+    try:
+        time.sleep(max(10, count / 5))
+        try:
+            samples = change_to_applied(client.CustomObjectsApi(api), [n for n, _, _ in nodes], runs, timeout=120)
+        except TimeoutError as exc:
+            print(f"| MeshRole change → Applied on all {count} nodes (in-process agents, one process) "
+                  f"| not within 120 s ({exc}) | — |")
+            return
+        print(f"| MeshRole change → Applied on all {count} nodes (in-process agents, one process) "
+              f"| {quantiles(samples)} | {runs} changes |")
+    finally:
+        stop_flag.set()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--scale", type=int, default=100)
+    parser.add_argument("--scale-only", action="store_true", help="skip the agent-process rows")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        plane = ControlPlane(root / "controlplane")
+        plane.start()
+        try:
+            install_crds(plane.kubeconfig, plane.bin_dir, REPO / "crds")
+            if not args.scale_only:
+                three_processes(plane, root / "proc", args.runs)
+            in_process(plane, root / "lite", args.scale, max(3, args.runs // 2))
+        finally:
+            plane.stop()
+            for netns in CREATED_NETNS:
+                delete_netns(netns)
+
+
+if __name__ == "__main__":
+    main()

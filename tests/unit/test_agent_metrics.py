@@ -1,0 +1,44 @@
+"""The agent's /metrics and /healthz, served over real HTTP on loopback."""
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from maculaos.agent import metrics
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_metrics_and_health() -> None:
+    healthy = [True]
+    server = metrics.serve("127.0.0.1", 0, lambda: healthy[0])
+    port = server.server_address[1]
+    try:
+        metrics.record_pass(True, 0.02)
+        metrics.set_roles({"macula.io/role-peer": "true", "macula.io/role-gateway": None})
+        metrics.set_health("edge", {"checks": {"disk": {"ok": False, "restarts": 2}}})
+        code, body = get(port, "/metrics")
+        assert code == 200
+        assert 'maculaos_agent_converge_passes_total{result="ok"}' in body
+        assert 'maculaos_mesh_role{role="gateway"} 0.0' in body and 'maculaos_mesh_role{role="peer"} 1.0' in body
+        assert 'maculaos_healthcheck_up{check="disk",healthcheck="edge"} 0.0' in body
+        assert get(port, "/healthz") == (200, "ok\n")
+        healthy[0] = False
+        assert get(port, "/healthz") == (503, "stale\n")
+        assert get(port, "/other")[0] == 404
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_pass_results_are_counted_apart(ok: bool) -> None:
+    before = metrics.PASSES.labels(result="ok" if ok else "failed")._value.get()
+    metrics.record_pass(ok, 0.01)
+    assert metrics.PASSES.labels(result="ok" if ok else "failed")._value.get() == before + 1
