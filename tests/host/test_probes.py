@@ -6,6 +6,7 @@ import http.server
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ def web() -> Iterator[str]:
 
 def test_process_by_name_and_pidfile(tmp_path: Path) -> None:
     proc = subprocess.Popen(["sleep", "30"])
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{proc.pid}/comm").read_text().strip() != "sleep":  # exec may not have happened yet
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     try:
         assert run_probe(check(type="process", process={"name": "sleep"}), tmp_path, 1).ok
         (tmp_path / "run").mkdir()

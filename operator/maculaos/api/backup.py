@@ -244,6 +244,8 @@ class RestoreSpec(CustomResource):
             ready_column(), reason_column(), age_column(),
         ],
     )
+    status_model = RestoreStatus
+
     backup_name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
     """The Backup whose repository to restore from."""
     node_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)

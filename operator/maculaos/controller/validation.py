@@ -33,15 +33,6 @@ class Problem:
         return f"{self.field}: {self.message}"
 
 
-@dataclass(frozen=True)
-class MeshRoleSummary:
-    """What conflict detection needs to know about another MeshRole."""
-
-    realm: str
-    tls_mode: str
-    nodes: frozenset[str]
-
-
 class ClusterView(Protocol):
     """The slice of cluster state validation reads."""
 

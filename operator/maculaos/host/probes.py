@@ -115,7 +115,3 @@ def run_probe(check: Check, host_root: Path, timeout: float, systemctl: str = "s
         case _:
             ok, output = False, f"check {check.name} has no {check.type.value} probe"
     return ProbeResult(ok=ok, output=output[:OUTPUT_LIMIT], duration_seconds=time.monotonic() - started)
-
-
-def own_pid() -> int:
-    return os.getpid()
