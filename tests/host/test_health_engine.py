@@ -33,7 +33,7 @@ def engine(tmp_path: Path) -> tuple[HealthEngine, Clock, Path, list[tuple[str, .
     clock = Clock()
     events: list[tuple[str, ...]] = []
     engine = HealthEngine(tmp_path / "host", Systemd(tmp_path / "host", live=True, systemctl=str(systemctl)),
-                          str(systemctl), lambda *e: events.append(e), clock)
+                          lambda *e: events.append(e), clock)
     (tmp_path / "host/var/log").mkdir(parents=True)
     return engine, clock, systemctl, events
 

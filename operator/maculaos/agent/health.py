@@ -47,11 +47,10 @@ class CheckState:
 class HealthEngine:
     """Check state per (HealthCheck, check); survives spec changes that keep the check's name."""
 
-    def __init__(self, host_root: Path, systemd: Systemd, systemctl: str, notify: Notify,
+    def __init__(self, host_root: Path, systemd: Systemd, notify: Notify,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.host_root = host_root
         self.systemd = systemd
-        self.systemctl = systemctl
         self.notify = notify
         self.clock = clock
         self.states: dict[tuple[str, str], CheckState] = {}
@@ -84,7 +83,7 @@ class HealthEngine:
         state.last_run_time = now_rfc3339()
         was_failed = state.failed and state.consecutive_failures >= check.failure_threshold
         state.result = run_probe(check, self.host_root, parse_duration(check.timeout).total_seconds(),
-                                 self.systemctl)
+                                 self.systemd.systemctl)
         if state.result.ok:
             if was_failed:
                 self.notify(name, check.name, "Normal", "CheckRecovered", f"{check.name}: {state.result.output}")

@@ -52,9 +52,9 @@ class Agent:
         self.reporter = Reporter(api, settings.node_name)
         self.systemd = Systemd(settings.host_root, live=settings.live_systemd,
                                systemctl=settings.systemctl if settings.live_systemd else "systemctl")
-        self.health = HealthEngine(settings.host_root, Systemd(settings.host_root, live=True,
-                                                               systemctl=settings.systemctl),
-                                   settings.systemctl, self._notify_health)
+        self.health = HealthEngine(settings.host_root,
+                                   Systemd(settings.host_root, live=True, systemctl=settings.systemctl),
+                                   self._notify_health)
         custom = client.CustomObjectsApi(api)
         self.meshroles = WatchedCache(MESH_PLURAL, custom.list_cluster_custom_object, self.dirty.set,
                                       spec_and_generation, group=GROUP, version=VERSION, plural=MESH_PLURAL)

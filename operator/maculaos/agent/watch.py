@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import watch
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("maculaos.agent")
@@ -87,12 +87,14 @@ class WatchedCache:
                 self._on_change()
 
 
+_SERIALIZER = client.ApiClient()  # only its sanitize_for_serialization is used: made once, not per event
+
+
 def _as_dict(obj: Any) -> dict[str, Any]:
+    """Typed client objects (the Node) as the plain dicts custom objects already are."""
     if isinstance(obj, dict):
         return obj
-    from kubernetes import client
-
-    return dict(client.ApiClient().sanitize_for_serialization(obj))
+    return dict(_SERIALIZER.sanitize_for_serialization(obj))
 
 
 def _short(exc: Exception) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -127,13 +128,13 @@ class ControlPlane:
         self.records.append(record)
         self._wait_ready(proc, timeout)
 
-    def _wait_ready(self, proc: object, timeout: float) -> None:
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
         context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
-            if getattr(proc, "poll")() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(f"kube-apiserver exited; see {self.workdir / 'logs' / 'kube-apiserver.log'}")
             try:
                 with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=5) as answer:

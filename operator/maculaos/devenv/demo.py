@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 
@@ -110,8 +111,6 @@ class Demo:
 
     def _example_files(self) -> list[Path]:
         """examples/*.yaml, each checked to parse before anything starts: a broken example fails loudly."""
-        import yaml
-
         files = sorted((self.repo_root / "examples").glob("*.yaml"))
         if not files:
             raise DemoError(f"no examples in {self.repo_root / 'examples'}")
@@ -139,8 +138,6 @@ class Demo:
     def _wait_ready(self, plane: ControlPlane, examples: list[Path], operator: ProcessRecord,
                     timeout: float = 60.0) -> None:
         """Wait for every example's Ready condition; fail at once if the operator dies."""
-        import yaml
-
         query = 'jsonpath={.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].message}'
         for path in examples:
             for doc in yaml.safe_load_all(path.read_text()):
