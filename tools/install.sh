@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything a fresh Debian machine lacks to run the MaculaOS demo and tests, and nothing twice:
 #   1. Debian packages (only the missing ones);
-#   2. the Go-built upstream tools (kube-apiserver, kube-controller-manager, kubectl, kine, helm), built
-#      once per machine into a cache keyed by the pinned versions, linked into .tools/bin;
+#   2. the Go-built upstream tools (kube-apiserver, kube-controller-manager, kubectl, kine, helm), each
+#      built once per machine into a cache keyed by its pinned version, linked into .tools/bin;
 #   3. the Python environment in .venv (reinstalled only when pyproject.toml changes).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,34 +23,52 @@ install_debian_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 }
 
+# Each Go-built tool has its own cache entry keyed by what it is built from, so pinning a new tool (or
+# bumping one) never rebuilds the others: Kubernetes takes ~16 minutes cold on a 2-core machine.
+tools_cache() { echo "${MACULAOS_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/maculaos/tools}"; }
+
+# build_cached NAME KEY-INPUT... -- COMMAND: runs COMMAND with $out set to an empty folder, once per key.
+build_cached() {
+  local name=$1; shift
+  local inputs=()
+  while [ "$1" != "--" ]; do inputs+=("$1"); shift; done; shift
+  local key dir
+  key=$(printf '%s\n' "${inputs[@]}" "$(go env GOVERSION)" | sha256sum | cut -c1-16)
+  dir="$(tools_cache)/$name-$key"
+  if [ ! -f "$dir/complete" ]; then
+    log "building $name into $dir"
+    rm -rf "$dir"; mkdir -p "$dir/bin"
+    out="$dir/bin" "$@"
+    touch "$dir/complete"
+  fi
+  ln -sfn "$dir/bin/"* .tools/bin/
+}
+
+build_kubernetes() {
+  local k8s_version ld="-s -w"
+  k8s_version=$(cd tools/kubernetes && go list -m -f '{{.Version}}' k8s.io/kubernetes)
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $pkg.gitVersion=$k8s_version -X $pkg.gitTreeState=clean"
+  done
+  (cd tools/kubernetes && go build -trimpath -ldflags "$ld" -o "$out/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kubectl)
+}
+
+go_install() {  # go_install MODULE@VERSION [LDFLAGS]
+  GOBIN="$out" go install -trimpath -ldflags "-s -w ${2:-}" "$1"
+}
+
 install_go_tools() {
-  command -v go >/dev/null || { log "Go is required to build the control plane (see README)"; exit 1; }
+  command -v go >/dev/null || { log "Go is required to build the upstream tools (see README)"; exit 1; }
   # shellcheck source=versions.env
   source tools/versions.env
-  local key cache bin k8s_version
-  key=$(cat tools/versions.env tools/kubernetes/go.mod tools/kubernetes/go.sum tools/kubernetes/tools.go \
-        tools/install.sh <(go env GOVERSION) | sha256sum | cut -c1-16)
-  cache="${MACULAOS_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/maculaos/tools}/$key"
-  bin="$cache/bin"
-  if [ ! -f "$cache/complete" ]; then
-    log "building the upstream tools into $cache (first time on this machine: several minutes)"
-    rm -rf "$cache"; mkdir -p "$bin"
-    k8s_version=$(cd tools/kubernetes && go list -m -f '{{.Version}}' k8s.io/kubernetes)
-    local ld="-s -w"
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-      ld="$ld -X $pkg.gitVersion=$k8s_version -X $pkg.gitTreeState=clean"
-    done
-    (cd tools/kubernetes && go build -trimpath -ldflags "$ld" -o "$bin/" \
-        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kubectl)
-    GOBIN="$bin" go install -trimpath -ldflags "-s -w" "github.com/k3s-io/kine@$KINE_VERSION"
-    GOBIN="$bin" go install -trimpath \
-        -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-        "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-    touch "$cache/complete"
-  fi
-  mkdir -p .tools
-  ln -sfn "$bin" .tools/bin
+  rm -rf .tools/bin; mkdir -p .tools/bin
+  build_cached kubernetes "$(cat tools/kubernetes/go.mod tools/kubernetes/go.sum tools/kubernetes/tools.go)" \
+      "$(declare -f build_kubernetes)" -- build_kubernetes
+  build_cached kine "$KINE_VERSION" -- go_install "github.com/k3s-io/kine@$KINE_VERSION"
+  build_cached helm "$HELM_VERSION" -- go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+      "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
 install_python_env() {
