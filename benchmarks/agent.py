@@ -68,16 +68,20 @@ def change_to_applied(custom: client.CustomObjectsApi, nodes: list[str], runs: i
     return samples
 
 
-def fleet(plane: ControlPlane, root: Path, count: int, prefix: str) -> list[tuple[str, Path, Path]]:
+def fleet(plane: ControlPlane, root: Path, count: int, prefix: str, netns: bool = True) -> list[tuple[str, Path, Path]]:
     core = client.CoreV1Api(kube_config.new_client_from_config(str(plane.kubeconfig)))
     nodes = []
     for i in range(count):
         sim = SimulatedNode(name=f"{prefix}-{i:03d}")
         register_node(core, sim)
-        netns = netns_name(root, sim.name)
-        create_netns(netns)
-        CREATED_NETNS.append(netns)
-        nodes.append((sim.name, create_host_root(root / sim.name, sim), nft_wrapper(root / f"{sim.name}.nft", netns)))
+        host = create_host_root(root / sim.name, sim)
+        if not netns:
+            nodes.append((sim.name, host, Path("true")))
+            continue
+        name = netns_name(root, sim.name)
+        create_netns(name)
+        CREATED_NETNS.append(name)
+        nodes.append((sim.name, host, nft_wrapper(root / f"{sim.name}.nft", name)))
     return nodes
 
 
@@ -107,8 +111,11 @@ def three_processes(plane: ControlPlane, root: Path, runs: int) -> None:
             stop(agent)
 
 
-def in_process(plane: ControlPlane, root: Path, count: int, runs: int) -> None:
-    nodes = fleet(plane, root, count, "lite")
+def in_process(plane: ControlPlane, root: Path, count: int, runs: int, host_tools: str) -> None:
+    """host_tools "real": each agent runs nft (in its netns) and systemctl --root as a node would, all on this
+    machine's cores; "noop": /bin/true stands for them, leaving only the API side (watch, select, plan,
+    report), which is what grows with the fleet: on real nodes the host work runs on each node's own CPU."""
+    nodes = fleet(plane, root, count, f"lite-{host_tools}", netns=host_tools == "real")
     configuration = client.Configuration()
     kube_config.load_kube_config(str(plane.kubeconfig), client_configuration=configuration)
     configuration.connection_pool_maxsize = count * 4
@@ -116,7 +123,9 @@ def in_process(plane: ControlPlane, root: Path, count: int, runs: int) -> None:
     stop_flag = threading.Event()
     threads = []
     for name, host, nft in nodes:
-        agent = Agent(AgentSettings(node_name=name, host_root=host, nft=str(nft), resync_seconds=300), api)
+        tools: dict[str, Any] = ({"nft": str(nft)} if host_tools == "real"
+                                 else {"nft": "true", "systemctl": "true", "live_systemd": True})
+        agent = Agent(AgentSettings(node_name=name, host_root=host, resync_seconds=300, **tools), api)
         threads.append(threading.Thread(target=agent.run, args=(stop_flag,), daemon=True))
         threads[-1].start()
     try:
@@ -124,10 +133,10 @@ def in_process(plane: ControlPlane, root: Path, count: int, runs: int) -> None:
         try:
             samples = change_to_applied(client.CustomObjectsApi(api), [n for n, _, _ in nodes], runs, timeout=120)
         except TimeoutError as exc:
-            print(f"| MeshRole change → Applied on all {count} nodes (in-process agents, one process) "
+            print(f"| MeshRole change → Applied on all {count} nodes (in-process agents, host tools {host_tools}) "
                   f"| not within 120 s ({exc}) | — |")
             return
-        print(f"| MeshRole change → Applied on all {count} nodes (in-process agents, one process) "
+        print(f"| MeshRole change → Applied on all {count} nodes (in-process agents, host tools {host_tools}) "
               f"| {quantiles(samples)} | {runs} changes |")
     finally:
         stop_flag.set()
@@ -138,6 +147,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--scale", type=int, default=100)
     parser.add_argument("--scale-only", action="store_true", help="skip the agent-process rows")
+    parser.add_argument("--host-tools", choices=["real", "noop", "both"], default="both",
+                        help="what the in-process agents run for nft/systemctl (see in_process)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -147,7 +158,8 @@ def main() -> None:
             install_crds(plane.kubeconfig, plane.bin_dir, REPO / "crds")
             if not args.scale_only:
                 three_processes(plane, root / "proc", args.runs)
-            in_process(plane, root / "lite", args.scale, max(3, args.runs // 2))
+            for tools in (["real", "noop"] if args.host_tools == "both" else [args.host_tools]):
+                in_process(plane, root / f"lite-{tools}", args.scale, max(3, args.runs // 2), tools)
         finally:
             plane.stop()
             for netns in CREATED_NETNS:

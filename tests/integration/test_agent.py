@@ -174,6 +174,34 @@ def test_agent_killed_mid_change_converges_after_restart(fleet: Fleet, created: 
     assert node.enabled("macula-bootstrap.service")
 
 
+def test_agent_killed_half_way_through_applying_finishes_after_restart(fleet: Fleet, created: Create) -> None:
+    """SIGKILL after the new firewall is loaded but before config.yaml and the units follow: the host is
+    half-changed, and the restarted agent completes the change rather than trusting its old state."""
+    node = fleet.nodes["macula-nuc-01"]
+    assert node.agent is not None
+    fleet.cluster.wait_for(lambda: "mdns discovery" in node.table() and node.enabled("macula-mesh.service"),
+                           what="the peer state applied first")
+    marker = node.nft.with_name(f"{node.name}.applied")
+    stalling = node.nft.with_name(f"{node.name}.stalling-nft")  # loads for real, then hangs
+    stalling.write_text(f'#!/bin/sh\nip netns exec {node.netns} nft "$@"\nstatus=$?\n'
+                        f'[ "$1" = -f ] && touch {marker} && sleep 600\nexit $status\n')
+    stalling.chmod(0o755)
+    os.killpg(node.agent.pid, signal.SIGKILL)
+    node.agent = start_agent(fleet.cluster.plane.kubeconfig, fleet.log_dir, node.name, node.host_root, stalling,
+                             resync_seconds=3, systemctl=str(node.systemctl))
+    created(meshrole("half-way", nodeSelector={"matchLabels": {"kubernetes.io/hostname": node.name}},
+                     roles=["bootstrap"]))
+    fleet.cluster.wait_for(marker.exists, timeout=40, what="the agent loading the new ruleset")
+    os.killpg(node.agent.pid, signal.SIGKILL)
+    assert 'comment "bootstrap"' in node.table()
+    assert node.mesh_config().get("roles", {}).get("bootstrap") is not True
+    assert not node.enabled("macula-bootstrap.service")
+    fleet.start(node)
+    fleet.wait_phase("half-way", node.name, "Applied")
+    assert node.mesh_config()["roles"]["bootstrap"] is True and node.enabled("macula-bootstrap.service")
+    assert 'comment "bootstrap"' in node.table()
+
+
 def test_api_server_outage(fleet: Fleet, created: Create) -> None:
     """30 s without an API server: agents stay up and hosts keep their state; afterwards changes flow."""
     created(meshrole("outage", nodeSelector={"matchLabels": {"kubernetes.io/hostname": "macula-nuc-01"}},
