@@ -90,7 +90,8 @@ def _agent_run(args: argparse.Namespace) -> int:
     from kubernetes import client
 
     settings = AgentSettings(node_name=args.node_name, host_root=args.host_root, resync_seconds=args.resync_seconds,
-                             nft=args.nft, systemctl=args.systemctl, live_systemd=args.live_systemd)
+                             nft=args.nft, systemctl=args.systemctl, live_systemd=args.live_systemd,
+                             restic=args.restic)
     agent = Agent(settings, client.ApiClient())
     if args.metrics_port:
         host, _, port = args.metrics_port.rpartition(":")
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent_run.add_argument("--systemctl", default="systemctl", help="systemctl command")
     agent_run.add_argument("--live-systemd", action="store_true",
                            help="talk to the running systemd instead of `systemctl --root=<host root>`")
+    agent_run.add_argument("--restic", default=os.environ.get("MACULAOS_RESTIC", "restic"),
+                           help="restic command for Backups and Restores (default: $MACULAOS_RESTIC or restic)")
     agent_run.add_argument("--metrics-port", default="",
                            help="[address:]port for /metrics and /healthz; empty disables")
     agent_run.set_defaults(func=_agent_run)

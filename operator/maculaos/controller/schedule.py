@@ -39,16 +39,26 @@ def parse_time(text: str | None) -> dt.datetime | None:
 
 
 def scheduled_times(expression: str, time_zone: str, after: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
-    """Scheduled times in (after, until], read in the time zone (DST as the zone has it)."""
+    """Scheduled times in (after, until], read in the time zone. DST as cron does it: a time skipped by
+    the spring jump runs right after it; a fixed-hour time the autumn fall-back repeats runs once."""
     tz = zoneinfo.ZoneInfo(time_zone)
+    fixed_hour = expression.split()[1] != "*" if not expression.startswith("@") else expression != "@hourly"
     times: list[dt.datetime] = []
     it = croniter(expression, after.astimezone(tz))
     while len(times) < MAX_COUNTED:
         nxt: dt.datetime = it.get_next(dt.datetime)
         if nxt > until:
             break
-        times.append(nxt)
+        if not (fixed_hour and _second_occurrence(nxt, tz)):
+            times.append(nxt)
     return times
+
+
+def _second_occurrence(when: dt.datetime, tz: zoneinfo.ZoneInfo) -> bool:
+    """True for the repeat of a wall-clock time that the fall-back hour shows twice."""
+    wall = when.astimezone(tz).replace(tzinfo=None)
+    first, second = wall.replace(fold=0).replace(tzinfo=tz), wall.replace(fold=1).replace(tzinfo=tz)
+    return first.utcoffset() != second.utcoffset() and when.utcoffset() == second.utcoffset()
 
 
 def next_time(expression: str, time_zone: str, after: dt.datetime) -> dt.datetime:
@@ -126,7 +136,7 @@ def _new_run(run_id: str, reason: str, scheduled: dt.datetime, now: dt.datetime)
 
 
 def node_done(entry: Mapping[str, Any] | None, run_id: str) -> bool:
-    return bool(entry) and entry.get("runId") == run_id and entry.get("phase") in DONE_PHASES  # type: ignore[union-attr]
+    return entry is not None and entry.get("runId") == run_id and str(entry.get("phase")) in DONE_PHASES
 
 
 def admit_nodes(run: dict[str, Any], matched: Sequence[str], entries: Mapping[str, Mapping[str, Any]],

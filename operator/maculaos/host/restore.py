@@ -115,6 +115,7 @@ def _stage(restic: Restic, snapshot: Snapshot, snap_root: Path, host_root: Path,
     try:
         restic.restore(snapshot.id, workdir, [str(inside)])
     except ResticError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
         raise ResticError(exc.failure, f"restore of {path} from snapshot {snapshot.short_id} failed, "
                                        f"nothing changed: {exc}") from exc
     staged = workdir / str(inside).lstrip("/")
