@@ -13,8 +13,9 @@ import base64
 import datetime as dt
 import logging
 import threading
+import zoneinfo
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ class BackupEngine:
         self._report_backup(name, obj, {**base, "phase": RunPhase.RUNNING, "runId": run_id,
                                         "message": f"backing up (run {run_id})", "runStartTime": now_rfc3339()})
         try:
-            job = self._job(name, spec, status)
+            job = replace(self._job(name, spec, status), run_id=run_id)
             save_local_job(job)
             result = run_job(job)
         except (TargetError, ResticError, OSError) as exc:
@@ -157,14 +158,14 @@ class BackupEngine:
         assert spec.check is not None
         last = self.checked.get(name) or _time(entry.get("lastCheckTime")) or _time(
             obj["metadata"].get("creationTimestamp")) or self.clock()
-        import zoneinfo
         due = croniter(spec.check.schedule, last.astimezone(zoneinfo.ZoneInfo(spec.time_zone))).get_next(dt.datetime)
         if self.clock() < due or not entry.get("lastSnapshotId"):
             return
         self.checked[name] = self.clock()
         try:
-            for repo in self._job(name, spec, status).repositories:
-                BackupJob.restic_for(self._job(name, spec, status), repo).check(spec.check.read_data_percent)
+            job = self._job(name, spec, status)
+            for repo in job.repositories:
+                job.restic_for(repo).check(spec.check.read_data_percent)
             result = {"lastCheckTime": now_rfc3339(), "lastCheckResult": "OK"}
         except (TargetError, ResticError) as exc:
             result = {"lastCheckTime": now_rfc3339(), "lastCheckResult": str(exc)}

@@ -24,6 +24,7 @@ K3S_DATASTORE = "/var/lib/rancher/k3s/server/db/state.db"
 K3S_COPY = "/var/lib/maculaos/backup-staging/k3s-state.db"
 CREDENTIALS_DIR = Path("var/lib/maculaos/backup")
 CACHE_DIR = Path("var/cache/maculaos/restic")
+RUN_TAG = "maculaos-run"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class BackupJob:
     target_type: str
     include_k3s_datastore: bool = True
     restic: str = "restic"
+    run_id: str = ""
+    """Tagged on the snapshot (maculaos-run=<id>), so a run can be traced to its snapshots."""
 
     def restic_for(self, repo: Repository) -> Restic:
         return Restic(repo, self.restic, cache_dir=self.host_root / CACHE_DIR)
@@ -98,7 +101,8 @@ def run_job(job: BackupJob) -> JobReport:
         restic = job.restic_for(repo)
         try:
             restic.ensure_initialized()
-            result = restic.backup(job.host_root, include, exclude, job.node, job.name)
+            result = restic.backup(job.host_root, include, exclude, job.node, job.name,
+                                   [f"{RUN_TAG}={job.run_id}"] if job.run_id else [])
             report.removed_snapshots += len(restic.forget(job.retention, job.node, job.name))
         except ResticError as exc:
             failures.append(str(exc))
