@@ -159,14 +159,12 @@ def test_scheduled_runs_happen_once_each_across_an_operator_restart(
         tags = [t for s in fleet.snapshots(node, str(fleet.roots[node] / "var/backups/minute")) for t in s["tags"]]
         return [t.split("=", 1)[1] for t in tags if t.startswith("maculaos-run=")]
 
-    def completed_runs() -> set[str]:
-        return {fleet.entry("Backup", "every-minute", n).get("runId", "") for n in NODES
-                if fleet.entry("Backup", "every-minute", n).get("phase") == "Succeeded"}
+    def all_done_after(previous: str | None) -> bool:
+        entries = [fleet.entry("Backup", "every-minute", n) for n in NODES]
+        return all(e.get("phase") == "Succeeded" and e.get("runId") != previous for e in entries) and \
+            len({e.get("runId") for e in entries}) == 1
 
-    fleet.cluster.wait_for(lambda: len({fleet.entry("Backup", "every-minute", n).get("runId") for n in NODES
-                                        if fleet.entry("Backup", "every-minute", n).get("phase") == "Succeeded"}) >= 1
-                           and all(fleet.entry("Backup", "every-minute", n).get("phase") == "Succeeded" for n in NODES),
-                           timeout=150, what="a first scheduled run on every node")
+    fleet.cluster.wait_for(lambda: all_done_after(None), timeout=150, what="a first scheduled run on every node")
     first = fleet.cluster.get("Backup", "every-minute")["status"]
     assert first["run"]["reason"] == "Scheduled" and first["run"]["id"].startswith("sched-")
     intervals = sorted((e["runStartTime"], e["lastRunTime"]) for e in first["nodes"].values()
@@ -177,8 +175,8 @@ def test_scheduled_runs_happen_once_each_across_an_operator_restart(
     assert operator_supervisor.record is not None
     stop(operator_supervisor.record)
     operator_supervisor.ensure_running()
-    before = completed_runs()
-    fleet.cluster.wait_for(lambda: completed_runs() - before, timeout=150, what="a run after the operator restart")
+    fleet.cluster.wait_for(lambda: all_done_after(first["run"]["id"]), timeout=150,
+                           what="a scheduled run on every node after the operator restart")
     fleet.cluster.kubectl("patch", "backup", "every-minute", "--type=merge", "-p", '{"spec":{"suspend":true}}')
     for node in NODES:
         ids = run_ids(node)
