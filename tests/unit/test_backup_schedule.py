@@ -152,8 +152,9 @@ def test_stale_and_failed_conditions_name_the_nodes() -> None:
 
 
 def test_mesh_peers_are_other_serving_nodes_and_stable() -> None:
-    servers = {n: f"http://{n}:8000" for n in ["a", "b", "c", "d"]}
+    servers = {n: f"http://{n}:8000" for n in ["a", "b", "c", "d"]} | {"f": "not a url"}
     labels = {n: {"site": "x" if n != "d" else "y"} for n in servers}
+    assert "not a url" not in str(assign_mesh_peers(["a", "b", "c"], servers, {"site": "x"}, labels, 3))
     peers = assign_mesh_peers(["a", "b", "c", "e"], servers, {"site": "x"}, labels, 2)
     for node, urls in peers.items():
         assert len(urls) == 2 and servers.get(node) not in urls and "http://d:8000" not in urls

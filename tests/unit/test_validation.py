@@ -115,6 +115,10 @@ def test_mesh_replication_needs_enough_peers() -> None:
     problems = validate("Backup", "b", spec, cluster).problems
     assert fields(problems) == ["spec.target.mesh.replicationFactor"]
     assert "os.macula.io/backup-server" in problems[0].message and "nuc-01" in problems[0].message
+    cluster.servers["pi-03"] = "pi-03:8000"  # no scheme: not a URL restic can use
+    problems = validate("Backup", "b", spec, cluster).problems
+    assert fields(problems)[0] == "Node pi-03 annotation os.macula.io/backup-server"
+    assert "'pi-03:8000' is not a rest-server URL" in problems[0].message
 
 
 def test_meshrole_conflict_names_both_objects() -> None:

@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import logging
 import threading
+import time
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from croniter import croniter
 from kubernetes import client
 from pydantic import ValidationError
 
+from maculaos.agent import metrics
 from maculaos.agent.backup_targets import TargetError, repositories
 from maculaos.api.backup import BackupSpec, RestoreSpec, RunPhase, node_start_delay
 from maculaos.api.common import SecretKeyRef, spec_selects
@@ -146,6 +148,7 @@ class BackupEngine:
             result = JobReport(ok=False, message=str(exc), failure=getattr(getattr(exc, "failure", None), "value",
                                                                                "TargetError"))
         self.done_runs[name] = run_id
+        metrics.set_backup(name, result.ok, result.duration_seconds, result.bytes_added, time.time())
         self._report_backup(name, obj, {**base, **_entry_from(result, run_id, status.get("nextRunTime"))})
         if result.ok:
             log.info(f"backup {name} run {run_id}: {result.message}")

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from maculaos.api.backup import BackupSpec, RestoreSpec
+from maculaos.api.backup import BACKUP_SERVER_PATTERN, BackupSpec, RestoreSpec
 from maculaos.api.common import NodeSelector, parse_duration
 from maculaos.controller.schedule import admit_nodes, decide, parse_time, rfc3339, schedule_interval
 
@@ -28,7 +29,7 @@ def assign_mesh_peers(nodes: Sequence[str], servers: Mapping[str, str], peer_sel
                       labels: Mapping[str, Mapping[str, str]], replication: int) -> dict[str, list[str]]:
     """Each node's rest-server URLs: `replication` other nodes that serve one, chosen by rendezvous hashing
     so that a node joining or leaving moves as few copies as possible."""
-    eligible = sorted(n for n in servers if all(labels.get(n, {}).get(k) == v for k, v in peer_selector.items()))
+    eligible = sorted(n for n, url in servers.items() if re.fullmatch(BACKUP_SERVER_PATTERN, url) and all(labels.get(n, {}).get(k) == v for k, v in peer_selector.items()))
     peers: dict[str, list[str]] = {}
     for node in nodes:
         ranked = sorted((p for p in eligible if p != node),
