@@ -101,6 +101,16 @@ def test_retention_never_removes_the_newest(restic: Restic, host: Path) -> None:
     assert [s.id for s in restic.snapshots(NODE, "nightly")] == [ids[2]]
 
 
+def test_retention_spans_runs_and_incremental_runs_find_their_parent(restic: Restic, host: Path) -> None:
+    """Each run tags its snapshot with its own run id: retention must still see one series, and the next
+    run must still find the previous snapshot as parent (unchanged files not read again)."""
+    restic.ensure_initialized()
+    ids = [restic.backup(host, INCLUDE, [], NODE, "nightly", [f"maculaos-run=r{i}"]).summary for i in range(3)]
+    assert ids[1].files_unmodified == 3 and ids[2].files_new == 0
+    removed = restic.forget(Retention(keep_last=2), NODE, "nightly")
+    assert removed == [ids[0].snapshot_id]
+
+
 def test_missing_include_path_is_reported_and_the_rest_backed_up(restic: Restic, host: Path) -> None:
     restic.ensure_initialized()
     result = restic.backup(host, [*INCLUDE, "/var/lib/not-here"], [], NODE, "nightly")

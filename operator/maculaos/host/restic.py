@@ -308,8 +308,9 @@ class Restic:
         if not present:
             raise ResticError(ResticFailure.INCLUDE_MISSING, (
                 f"none of the include paths exist on this node ({', '.join(include)}): nothing backed up"))
-        args = ["backup", "--host", node, "--tag", f"{BACKUP_TAG}={backup_name}",
-                "--tag", f"{ROOT_TAG}={host_root}", "--group-by", "host,tags"]
+        # the parent snapshot (what makes an incremental run skip unchanged files) is found by host and
+        # paths, restic's default: the run tag differs on every snapshot and must not take part
+        args = ["backup", "--host", node, "--tag", f"{BACKUP_TAG}={backup_name}", "--tag", f"{ROOT_TAG}={host_root}"]
         for tag in extra_tags:
             args += ["--tag", tag]
         for pattern in exclude:
@@ -330,7 +331,9 @@ class Restic:
 
     def forget(self, retention: Retention, node: str, backup_name: str) -> list[str]:
         """Apply retention to this node's snapshots of this Backup and prune; returns the removed ids."""
-        args = ["forget", "--host", node, "--tag", f"{BACKUP_TAG}={backup_name}", "--group-by", "host,tags",
+        # one group per node and Backup: grouping by tags would make each run (its own run tag) a group
+        # whose newest snapshot is always kept, and grouping by paths would split it when include changes
+        args = ["forget", "--host", node, "--tag", f"{BACKUP_TAG}={backup_name}", "--group-by", "host",
                 *retention_args(retention), "--prune"]
         out = self.with_lock_retry(*args, "--json").stdout
         removed: list[str] = []
