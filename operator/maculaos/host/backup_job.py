@@ -99,10 +99,16 @@ def run_job(job: BackupJob) -> JobReport:
     failures: list[str] = []
     for repo in job.repositories:
         restic = job.restic_for(repo)
+        tags = [f"{RUN_TAG}={job.run_id}"] if job.run_id else []
         try:
-            restic.ensure_initialized()
-            result = restic.backup(job.host_root, include, exclude, job.node, job.name,
-                                   [f"{RUN_TAG}={job.run_id}"] if job.run_id else [])
+            restic.check_reachable()
+            try:  # the common case first: every extra restic call re-derives the key (scrypt)
+                result = restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
+            except ResticError as exc:
+                if exc.failure is not ResticFailure.NO_REPOSITORY:
+                    raise
+                restic.ensure_initialized()
+                result = restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
             report.removed_snapshots += len(restic.forget(job.retention, job.node, job.name))
         except ResticError as exc:
             failures.append(str(exc))
