@@ -55,6 +55,12 @@ build_kubernetes() {
       k8s.io/kubernetes/cmd/kubectl)
 }
 
+# rest-server's module list is not served by the proxy, which `go install mod@ver` needs; a wrapper
+# module pinning it (tools/rest-server/go.mod) builds it from the version itself.
+build_rest_server() {
+  (cd tools/rest-server && go build -trimpath -ldflags "-s -w" -o "$out/" github.com/restic/rest-server/cmd/rest-server)
+}
+
 go_install() {  # go_install MODULE@VERSION [LDFLAGS]
   GOBIN="$out" go install -trimpath -ldflags "-s -w ${2:-}" "$1"
 }
@@ -69,6 +75,8 @@ install_go_tools() {
   build_cached kine "$KINE_VERSION" -- go_install "github.com/k3s-io/kine@$KINE_VERSION"
   build_cached helm "$HELM_VERSION" -- go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
       "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  build_cached restic "$RESTIC_VERSION" -- go_install "github.com/restic/restic/cmd/restic@$RESTIC_VERSION"
+  build_cached rest-server "$(cat tools/rest-server/go.mod tools/rest-server/go.sum)" -- build_rest_server
 }
 
 install_python_env() {

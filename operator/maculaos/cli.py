@@ -90,7 +90,8 @@ def _agent_run(args: argparse.Namespace) -> int:
     from kubernetes import client
 
     settings = AgentSettings(node_name=args.node_name, host_root=args.host_root, resync_seconds=args.resync_seconds,
-                             nft=args.nft, systemctl=args.systemctl, live_systemd=args.live_systemd)
+                             nft=args.nft, systemctl=args.systemctl, live_systemd=args.live_systemd,
+                             restic=args.restic)
     agent = Agent(settings, client.ApiClient())
     if args.metrics_port:
         host, _, port = args.metrics_port.rpartition(":")
@@ -100,6 +101,51 @@ def _agent_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     agent.run(stop)
     return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    """`maculaos backup list|run|restore` on this node, from its own config (no Kubernetes needed)."""
+    from maculaos.host import backup_local
+    from maculaos.host.restic import ResticError
+    from maculaos.host.restore import SnapshotChoice
+
+    try:
+        if args.action == "list":
+            print("\n".join(backup_local.list_snapshots(args.host_root, args.source, args.restic)) or "no backups")
+            return 0
+        if args.action == "run":
+            ok, lines = backup_local.run_now(args.host_root, args.source, args.restic)
+            print("\n".join(lines) or "no backups recorded on this node")
+            return 0 if ok else 1
+        choice = SnapshotChoice(snapshot_id=args.snapshot, latest=args.latest,
+                                before=backup_local.parse_date(args.date) if args.date else None)
+        print(backup_local.restore(args.host_root, args.source, choice, args.path, args.target_dir, args.restic,
+                                   args.source_node))
+    except ResticError as exc:
+        print(f"maculaos backup {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_backup_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    backup = commands.add_parser("backup", help="list, run and restore this node's backups (seed 4.13.2)")
+    actions = backup.add_subparsers(dest="action", required=True)
+    for name, text in (("list", "list the snapshots of this node"), ("run", "back up this node now"),
+                       ("restore", "restore this node's data from a snapshot")):
+        sub = actions.add_parser(name, help=text)
+        sub.add_argument("--host-root", type=Path, default=Path(os.environ.get("HOST_ROOT", "/")))
+        sub.add_argument("--restic", default=os.environ.get("MACULAOS_RESTIC", "restic"))
+        sub.add_argument("--from", dest="source", required=name == "restore",
+                         help="a Backup's name or a target type: local, rest, mesh, s3")
+        sub.set_defaults(func=_backup)
+    restore = actions.choices["restore"]
+    which = restore.add_mutually_exclusive_group(required=True)
+    which.add_argument("--latest", action="store_true", help="the newest snapshot")
+    which.add_argument("--date", help="as of a day (2026-01-15: end of that day, UTC) or a time (RFC 3339)")
+    which.add_argument("--snapshot", help="a snapshot id (or its first 8+ characters)")
+    restore.add_argument("--path", action="append", default=[], help="restore only this path (repeatable)")
+    restore.add_argument("--target-dir", help="restore under this directory instead of the original places")
+    restore.add_argument("--source-node", help="restore another node's snapshots (a replacement machine)")
 
 
 def _dev_up(args: argparse.Namespace) -> int:
@@ -158,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent_run.add_argument("--systemctl", default="systemctl", help="systemctl command")
     agent_run.add_argument("--live-systemd", action="store_true",
                            help="talk to the running systemd instead of `systemctl --root=<host root>`")
+    agent_run.add_argument("--restic", default=os.environ.get("MACULAOS_RESTIC", "restic"),
+                           help="restic command for Backups and Restores (default: $MACULAOS_RESTIC or restic)")
     agent_run.add_argument("--metrics-port", default="",
                            help="[address:]port for /metrics and /healthz; empty disables")
     agent_run.set_defaults(func=_agent_run)
@@ -170,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--live-systemd", action="store_true",
                        help="talk to the running systemd instead of `systemctl --root=<host root>`")
     apply.set_defaults(func=_agent_apply)
+
+    _add_backup_commands(commands)
 
     dev = commands.add_parser("dev", help="the local demo environment").add_subparsers(dest="action", required=True)
     up = dev.add_parser("up", help="start a control plane, simulated nodes, the operator, and apply examples/")

@@ -24,11 +24,16 @@ def test_metrics_and_health() -> None:
         metrics.record_pass(True, 0.02)
         metrics.set_roles({"macula.io/role-peer": "true", "macula.io/role-gateway": None})
         metrics.set_health("edge", {"checks": {"disk": {"ok": False, "restarts": 2}}})
+        metrics.set_backup("nightly", True, 12.5, 4096, 1_700_000_000.0)
+        metrics.set_backup("nightly", False, 3.0, 0, 1_700_000_100.0)
         code, body = get(port, "/metrics")
         assert code == 200
         assert 'maculaos_agent_converge_passes_total{result="ok"}' in body
         assert 'maculaos_mesh_role{role="gateway"} 0.0' in body and 'maculaos_mesh_role{role="peer"} 1.0' in body
         assert 'maculaos_healthcheck_up{check="disk",healthcheck="edge"} 0.0' in body
+        assert 'maculaos_backup_last_run_succeeded{backup="nightly"} 0.0' in body
+        assert 'maculaos_backup_last_success_timestamp_seconds{backup="nightly"} 1.7e+09' in body
+        assert 'maculaos_backup_last_bytes_new{backup="nightly"} 4096.0' in body
         assert get(port, "/healthz") == (200, "ok\n")
         healthy[0] = False
         assert get(port, "/healthz") == (503, "stale\n")

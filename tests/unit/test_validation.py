@@ -21,6 +21,7 @@ class Cluster:
     secrets: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     backups: dict[str, dict[str, Any]] = field(default_factory=dict)
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    servers: dict[str, str] = field(default_factory=lambda: {n: f"http://{n}:8000" for n in NODES})
 
     def node_labels(self) -> Mapping[str, Mapping[str, str]]:
         return self.nodes
@@ -33,6 +34,9 @@ class Cluster:
 
     def meshroles(self) -> Mapping[str, Mapping[str, Any]]:
         return self.roles
+
+    def backup_servers(self) -> Mapping[str, str]:
+        return self.servers
 
 
 BACKUP = {"target": {"local": {"path": "/backups"}},
@@ -107,6 +111,14 @@ def test_mesh_replication_needs_enough_peers() -> None:
     assert fields(validate("Backup", "b", spec, cluster).problems) == ["spec.target.mesh.replicationFactor"]
     spec = {**BACKUP, "target": {"mesh": {"replicationFactor": 2}}}
     assert validate("Backup", "b", spec, cluster).valid
+    cluster.servers.pop("pi-03")  # only nodes that serve a rest-server hold copies
+    problems = validate("Backup", "b", spec, cluster).problems
+    assert fields(problems) == ["spec.target.mesh.replicationFactor"]
+    assert "os.macula.io/backup-server" in problems[0].message and "nuc-01" in problems[0].message
+    cluster.servers["pi-03"] = "pi-03:8000"  # no scheme: not a URL restic can use
+    problems = validate("Backup", "b", spec, cluster).problems
+    assert fields(problems)[0] == "Node pi-03 annotation os.macula.io/backup-server"
+    assert "'pi-03:8000' is not a rest-server URL" in problems[0].message
 
 
 def test_meshrole_conflict_names_both_objects() -> None:

@@ -22,6 +22,22 @@ CHECK_RESTARTS = Gauge("maculaos_healthcheck_restarts", "Restarts within the che
                        ["healthcheck", "check"])
 
 
+BACKUP_OK = Gauge("maculaos_backup_last_run_succeeded", "1 when this node's last run of the Backup succeeded",
+                  ["backup"])
+BACKUP_SUCCESS = Gauge("maculaos_backup_last_success_timestamp_seconds", "When the last successful backup ended",
+                       ["backup"])
+BACKUP_SECONDS = Gauge("maculaos_backup_last_duration_seconds", "Duration of the last backup run", ["backup"])
+BACKUP_BYTES = Gauge("maculaos_backup_last_bytes_new", "Bytes the last successful backup added", ["backup"])
+
+
+def set_backup(backup: str, ok: bool, duration: float, bytes_new: int, ended: float) -> None:
+    BACKUP_OK.labels(backup=backup).set(1 if ok else 0)
+    BACKUP_SECONDS.labels(backup=backup).set(duration)
+    if ok:
+        BACKUP_SUCCESS.labels(backup=backup).set(ended)
+        BACKUP_BYTES.labels(backup=backup).set(bytes_new)
+
+
 def set_health(healthcheck: str, entry: dict[str, Any]) -> None:
     for check, result in (entry.get("checks") or {}).items():
         CHECK_UP.labels(healthcheck=healthcheck, check=check).set(1 if result["ok"] else 0)

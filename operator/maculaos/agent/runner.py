@@ -14,6 +14,8 @@ from typing import Any
 from kubernetes import client
 
 from maculaos.agent import metrics
+from maculaos.agent.backups import BACKUPS, RESTORES, TICK_SECONDS, BackupEngine, BackupSettings, backup_relevant
+from maculaos.agent.backups import read_secret_with
 from maculaos.agent.health import PLURAL as HEALTH_PLURAL
 from maculaos.agent.health import HealthEngine, significant
 from maculaos.agent.meshroles import PLURAL as MESH_PLURAL
@@ -43,6 +45,8 @@ class AgentSettings:
     """systemctl of the running system: health probes and restarts (and role units with live_systemd)."""
     live_systemd: bool = False
     """Enable role units on the running systemd (`--now`) instead of `systemctl --root=<host root>`."""
+    restic: str = "restic"
+    """restic command for Backups and Restores."""
 
 
 class Agent:
@@ -64,14 +68,24 @@ class Agent:
                                  field_selector=f"metadata.name={settings.node_name}")
         self.last_pass = 0.0
         self.applied_plan: MeshPlan | None = None
+        self.backup_wake = threading.Event()
+        self.backups = WatchedCache(BACKUPS, custom.list_cluster_custom_object, self.backup_wake.set, backup_relevant,
+                                    group=GROUP, version=VERSION, plural=BACKUPS)
+        self.restores = WatchedCache(RESTORES, custom.list_cluster_custom_object, self.backup_wake.set,
+                                     spec_and_generation, group=GROUP, version=VERSION, plural=RESTORES)
+        self.backup_engine = BackupEngine(
+            BackupSettings(settings.node_name, settings.host_root, settings.restic),
+            read_secret_with(client.CoreV1Api(api)),
+            lambda plural, name, entry: self.reporter.node_entry(plural, name, entry), self.reporter.event)
 
     def run(self, stop: threading.Event) -> None:
-        caches = (self.node, self.meshroles, self.healthchecks)
+        caches = (self.node, self.meshroles, self.healthchecks, self.backups, self.restores)
         for cache in caches:
             cache.start()
         log.info(f"agent for node {self.settings.node_name} on host root {self.settings.host_root}")
         health = threading.Thread(target=self._health_loop, args=(stop,), name="health", daemon=True)
         health.start()
+        threading.Thread(target=self._backup_loop, args=(stop,), name="backup", daemon=True).start()
         while not stop.is_set():
             changed = self.dirty.wait(self.settings.resync_seconds)
             if stop.is_set():
@@ -93,6 +107,21 @@ class Agent:
                 self.check_health(dict(node["metadata"].get("labels") or {}))
             except Exception:  # a bug in one tick must not end health checking
                 log.exception("health tick failed")
+
+    def _backup_loop(self, stop: threading.Event) -> None:
+        """Backups and restores, one at a time, woken by a change of a Backup/Restore or every tick (for
+        random delays and integrity checks)."""
+        while not stop.is_set():
+            self.backup_wake.wait(TICK_SECONDS)
+            self.backup_wake.clear()
+            node = self.node.snapshot().get(self.settings.node_name)
+            if node is None or not (self.backups.synced.is_set() and self.restores.synced.is_set()):
+                continue
+            try:
+                self.backup_engine.tick(self.backups.snapshot(), self.restores.snapshot(),
+                                        dict(node["metadata"].get("labels") or {}))
+            except Exception:  # a bug in one pass must not end backups
+                log.exception("backup pass failed")
 
     def check_health(self, labels: dict[str, str]) -> None:
         objects = self.healthchecks.snapshot()

@@ -7,6 +7,8 @@ history, not a setting of a schedule.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from enum import StrEnum
 from typing import Annotated
 
@@ -26,9 +28,16 @@ from maculaos.api.common import (
     SecretKeyRef,
     SelectorSpec,
     age_column,
+    parse_duration,
     ready_column,
     reason_column,
 )
+
+#: Annotation on a Backup asking for a run now; its value is a fresh token per request (e.g. a time).
+RUN_NOW_ANNOTATION = "os.macula.io/run-now"
+#: Annotation on a Node that serves a restic rest-server for mesh backups: the server's base URL.
+BACKUP_SERVER_ANNOTATION = "os.macula.io/backup-server"
+BACKUP_SERVER_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
 
 CRON_PATTERN = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"
 AbsolutePath = Annotated[str, Field(pattern=ABSOLUTE_PATH_PATTERN, max_length=4096)]
@@ -137,6 +146,32 @@ class IntegrityCheck(ApiModel):
     """Also read back this share of the packs (0 checks structure only)."""
 
 
+class RunPhase(StrEnum):
+    """Where one node stands with a run (its status.nodes entry)."""
+
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class BackupRun(ApiModel):
+    """The run the operator asks for; the agents of the listed nodes carry it out (status.run)."""
+
+    id: str
+    """Stable id: from the scheduled time (sched-...) or the on-demand token (ondemand-...)."""
+    reason: str = ""
+    """Scheduled, CatchUp (a missed time run on recovery) or OnDemand."""
+    scheduled_time: str | None = None
+    """The scheduled time this run stands for."""
+    start_time: str | None = None
+    """When the operator started the run."""
+    nodes: list[str] = Field(default_factory=list)
+    """Nodes allowed to run it now (at most maxConcurrentNodes of them busy at once)."""
+    completion_time: str | None = None
+    """When every selected node had reported the run done."""
+
+
 class BackupStatus(ObjectStatus):
     target_type: str = ""
     """local, rest, mesh or s3."""
@@ -146,6 +181,14 @@ class BackupStatus(ObjectStatus):
     """Next scheduled run (RFC 3339)."""
     missed_runs: int = 0
     """Scheduled runs that were missed while the operator was away."""
+    last_scheduled_time: str | None = None
+    """The last scheduled time handled (run or skipped): no scheduled time runs twice."""
+    on_demand_token: str | None = None
+    """The last run-now annotation value acted on."""
+    run: BackupRun | None = None
+    """The current (or last) run."""
+    mesh_peers: dict[str, list[str]] = Field(default_factory=dict)
+    """For mesh targets: the rest-server URLs each node backs up to."""
 
 
 class BackupSpec(SelectorSpec):
@@ -260,3 +303,12 @@ class RestoreSpec(CustomResource):
     """Restore under this directory instead of the original paths."""
     source_node_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
     """Take the snapshots of another node (a replacement machine); defaults to the node itself."""
+
+
+def node_start_delay(node: str, run_id: str, random_delay: str) -> dt.timedelta:
+    """A node's share of randomDelay for one run: the same on every call, so no state is needed."""
+    span = parse_duration(random_delay).total_seconds()
+    if span <= 0:
+        return dt.timedelta(0)
+    digest = int(hashlib.sha256(f"{node}/{run_id}".encode()).hexdigest()[:8], 16)
+    return dt.timedelta(seconds=(digest / 0xFFFFFFFF) * span)

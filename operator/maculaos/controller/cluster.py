@@ -9,6 +9,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from maculaos.api import GROUP, VERSION
+from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 
 
 class ApiCluster:
@@ -17,8 +18,10 @@ class ApiCluster:
     def __init__(self, api: client.ApiClient) -> None:
         self._core = client.CoreV1Api(api)
         custom = client.CustomObjectsApi(api)
-        self._nodes = {str(n.metadata.name): dict(n.metadata.labels or {})
-                       for n in self._core.list_node().items if n.metadata is not None}
+        metas = [n.metadata for n in self._core.list_node().items if n.metadata is not None]
+        self._nodes = {str(m.name): dict(m.labels or {}) for m in metas}
+        self._servers = {str(m.name): str((m.annotations or {})[BACKUP_SERVER_ANNOTATION])
+                         for m in metas if BACKUP_SERVER_ANNOTATION in (m.annotations or {})}
         self._meshroles = _specs(custom, "meshroles")
         self._backups = _specs(custom, "backups")
         self._secrets: dict[tuple[str, str], set[str] | None] = {}
@@ -45,6 +48,9 @@ class ApiCluster:
 
     def meshroles(self) -> Mapping[str, Mapping[str, Any]]:
         return self._meshroles
+
+    def backup_servers(self) -> Mapping[str, str]:
+        return self._servers
 
 
 def list_objects(custom: client.CustomObjectsApi, plural: str) -> list[dict[str, Any]]:

@@ -3,19 +3,21 @@ its verdict changes, an Event. The same path serves kopf's handlers and the peri
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes import client
 
 from maculaos.api import GROUP, VERSION, spec_model
-from maculaos.api.backup import BackupSpec
+from maculaos.api.backup import BackupSpec, RestoreSpec
 from maculaos.api.common import CustomResource
 from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.meshrole import MeshRoleSpec
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
+from maculaos.controller.backups import backup_outcome, restore_fields
 from maculaos.controller.conditions import merge_condition, verdict_conditions
 from maculaos.controller.validation import ClusterView, Verdict, validate
 from maculaos.kubeapi import MERGE_PATCH, post_event
@@ -38,6 +40,11 @@ class Outcome:
 
     status: dict[str, Any] | None
     event: EventNote | None
+    run_event: EventNote | None = None
+    """A Backup run started or missed (besides any verdict change)."""
+    expect_version: str | None = None
+    """Write only if the object is still at this resourceVersion: set when starting a Backup run, so two
+    passes working from different reads cannot both act."""
 
 
 def summary_fields(spec: CustomResource | None) -> dict[str, Any]:
@@ -82,8 +89,9 @@ def _ready(status: Mapping[str, Any]) -> Mapping[str, Any]:
     return next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
 
 
-def judge(body: Mapping[str, Any], cluster: ClusterView) -> Outcome:
+def judge(body: Mapping[str, Any], cluster: ClusterView, now: dt.datetime | None = None) -> Outcome:
     """The status an object should have now, and the Event to tell if its verdict changed."""
+    now = now or dt.datetime.now(dt.timezone.utc)
     status = body.get("status") or {}
     generation = int(body["metadata"].get("generation", 0))
     verdict: Verdict = validate(body["kind"], body["metadata"]["name"], body.get("spec") or {}, cluster)
@@ -95,14 +103,35 @@ def judge(body: Mapping[str, Any], cluster: ClusterView) -> Outcome:
         **node_report_fields(status, generation, verdict.matched_nodes),
         **summary_fields(verdict.spec),
     }
+    run_event, expect_version = _kind_fields(body, verdict, cluster, now, wanted)
     if all(status.get(k) == v for k, v in wanted.items()):
         return Outcome(status=None, event=None)
     before, after = _ready(status), _ready(wanted)
+    outcome = Outcome(status=wanted, event=None, run_event=run_event, expect_version=expect_version)
     if (before.get("status"), before.get("message")) == (after.get("status"), after.get("message")):
-        return Outcome(status=wanted, event=None)
+        return outcome
     if verdict.valid:
-        return Outcome(status=wanted, event=EventNote("Normal", "Accepted", after["message"]))
-    return Outcome(status=wanted, event=EventNote("Warning", after["reason"], after["message"]))
+        return replace(outcome, event=EventNote("Normal", "Accepted", after["message"]))
+    return replace(outcome, event=EventNote("Warning", after["reason"], after["message"]))
+
+
+def _kind_fields(body: Mapping[str, Any], verdict: Verdict, cluster: ClusterView, now: dt.datetime,
+                 wanted: dict[str, Any]) -> tuple[EventNote | None, str | None]:
+    """Backup scheduling and Restore progress, added to wanted; returns the run Event and precondition."""
+    status = body.get("status") or {}
+    if isinstance(verdict.spec, BackupSpec) and verdict.valid:
+        result = backup_outcome(body, verdict.spec, verdict.matched_nodes, cluster.backup_servers(),
+                                cluster.node_labels(), now)
+        wanted |= result.fields
+        for condition in result.conditions:
+            wanted["conditions"] = merge_condition(wanted["conditions"], condition)
+        note = EventNote("Normal" if result.new_run else "Warning", "BackupRun" if result.new_run else "MissedRuns",
+                         result.event) if result.event else None
+        return note, str(body["metadata"].get("resourceVersion")) if result.new_run else None
+    if isinstance(verdict.spec, RestoreSpec):
+        wanted |= restore_fields(verdict.spec, status, cluster.backup_spec(verdict.spec.backup_name),
+                                 cluster.node_labels())
+    return None, None
 
 
 def write(api: client.ApiClient, body: Mapping[str, Any], outcome: Outcome) -> None:
@@ -110,10 +139,20 @@ def write(api: client.ApiClient, body: Mapping[str, Any], outcome: Outcome) -> N
     meta = body["metadata"]
     plural = spec_model(body["kind"]).resource.plural
     if outcome.status is not None:
-        client.CustomObjectsApi(api).patch_cluster_custom_object_status(
-            GROUP, VERSION, plural, meta["name"], {"status": outcome.status}, _content_type=MERGE_PATCH)
-    if outcome.event is not None:
-        note = outcome.event
+        patch: dict[str, Any] = {"status": outcome.status}
+        if outcome.expect_version:
+            patch["metadata"] = {"resourceVersion": outcome.expect_version}
+        try:
+            client.CustomObjectsApi(api).patch_cluster_custom_object_status(
+                GROUP, VERSION, plural, meta["name"], patch, _content_type=MERGE_PATCH)
+        except client.ApiException as exc:
+            if exc.status != 409 or not outcome.expect_version:
+                raise
+            log.info(f"{body['kind']} {meta['name']} changed meanwhile; its run is decided on the next pass")
+            return
+    for note in (outcome.event, outcome.run_event):
+        if note is None:
+            continue
         level = logging.INFO if note.type == "Normal" else logging.WARNING
         log.log(level, f"{body['kind']} {meta['name']}: {note.reason}: {note.message}")
         post_event(api, body, note.type, note.reason, note.message, COMPONENT)

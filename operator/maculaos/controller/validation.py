@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from croniter import croniter
 from pydantic import ValidationError
 
+from maculaos.api.backup import BACKUP_SERVER_ANNOTATION, BACKUP_SERVER_PATTERN
 from maculaos.api import BackupSpec, MeshRoleSpec, NodeUpgradeSpec, RestoreSpec, spec_model
 from maculaos.api.common import VERSION_LABEL, CustomResource, SecretKeyRef, SelectorSpec
 from maculaos.api.nodeupgrade import SEMVER_PATTERN
@@ -46,6 +47,9 @@ class ClusterView(Protocol):
 
     def meshroles(self) -> Mapping[str, Mapping[str, Any]]:
         """Spec of every MeshRole by name."""
+
+    def backup_servers(self) -> Mapping[str, str]:
+        """Node name -> rest-server URL of the nodes that offer one (BACKUP_SERVER_ANNOTATION)."""
 
 
 @dataclass
@@ -198,11 +202,20 @@ def _check_backup(name: str, spec: CustomResource, nodes: list[str], cluster: Cl
                                      "spec.target.s3.secretAccessKeySecretRef", cluster)
     if target.mesh is not None:
         labels = cluster.node_labels()
-        holders = [n for n, lab in labels.items() if all(lab.get(k) == v for k, v in target.mesh.peer_selector.items())]
-        if nodes and len(holders) - 1 < target.mesh.replication_factor:
+        servers = {n: u for n, u in cluster.backup_servers().items() if re.fullmatch(BACKUP_SERVER_PATTERN, u)}
+        for node, url in sorted(cluster.backup_servers().items()):
+            if node not in servers:
+                problems.append(Problem(f"Node {node} annotation {BACKUP_SERVER_ANNOTATION}", (
+                    f"{url!r} is not a rest-server URL such as http://10.0.0.5:8000; that node holds no copies"),
+                    reason="BadBackupServer"))
+        holders = [n for n, lab in labels.items() if n in servers
+                   and all(lab.get(k) == v for k, v in target.mesh.peer_selector.items())]
+        short = [n for n in nodes if len([h for h in holders if h != n]) < target.mesh.replication_factor]
+        if short:
             problems.append(Problem("spec.target.mesh.replicationFactor", (
-                f"needs {target.mesh.replication_factor} other nodes to hold copies, but only "
-                f"{max(len(holders) - 1, 0)} other node(s) qualify"), reason="NotEnoughPeers"))
+                f"needs {target.mesh.replication_factor} other nodes to hold copies, but only {len(holders)} node(s) "
+                f"offer a rest-server (annotation {BACKUP_SERVER_ANNOTATION}) and match peerSelector, too few for "
+                f"{', '.join(short[:5])}"), reason="NotEnoughPeers"))
     return problems
 
 

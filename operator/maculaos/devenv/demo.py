@@ -14,7 +14,7 @@ from kubernetes import client
 from kubernetes import config as kube_config
 
 from maculaos.api.common import DEFAULT_NAMESPACE
-from maculaos.devenv.controlplane import ControlPlane
+from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import create_host_root, demo_fleet, register_node
 from maculaos.devenv.processes import ProcessRecord, is_running, load_records, save_records, spawn, stop
@@ -54,7 +54,8 @@ def start_agent(kubeconfig: Path, log_dir: Path, node: str, host_root: Path, nft
     _, record = spawn(f"agent-{node}", [sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={node}",
                                         f"--host-root={host_root}", f"--nft={nft}", f"--systemctl={systemctl}",
                                         f"--resync-seconds={resync_seconds}"], log_dir,
-                      env={"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"})
+                      env={"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1",
+                           "MACULAOS_RESTIC": str(default_bin_dir() / "restic")})
     return record
 
 

@@ -1,0 +1,279 @@
+"""Backup benchmarks (issue #5): 1 GiB of mixed files backed up through the operator and an agent process
+vs plain restic on the same data in the same run; restore throughput; the agent's peak RSS during a backup.
+
+Run: .venv/bin/python benchmarks/backup.py [--rounds 3] [--workdir /tmp/maculaos-backup-bench]
+Prints markdown rows for docs/benchmarks.md. Needs root (a network namespace for the agent's nft).
+The data (about 2.5 GiB with the repositories) is written under --workdir and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from maculaos.api import GROUP, VERSION
+from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
+from maculaos.devenv.demo import install_crds, start_agent, start_operator
+from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
+from maculaos.devenv.nodes import SimulatedNode, create_host_root, register_node
+from maculaos.devenv.processes import stop
+
+REPO = Path(__file__).resolve().parents[1]
+RESTIC = str(default_bin_dir() / "restic")
+PASSWORD = "benchmark"
+NODE = "bench-01"
+MIB = 1024 * 1024
+
+
+def make_data(root: Path, seed: int = 5) -> int:
+    """About 1 GiB: 16 000 small files (4-60 KiB, in 160 folders) and 8 files of 64 MiB; random bytes."""
+    rng = random.Random(seed)
+    total = 0
+    for i in range(16000):
+        folder = root / f"shop-{i % 160:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        size = rng.randint(4, 60) * 1024
+        (folder / f"record-{i:05d}.dat").write_bytes(os.urandom(size))
+        total += size
+    for i in range(8):
+        with open(root / f"video-{i}.bin", "wb") as handle:
+            for _ in range(64):
+                handle.write(os.urandom(MIB))
+        total += 64 * MIB
+    return total
+
+
+def change_one_percent(root: Path, total: int, rng: random.Random) -> int:
+    """Rewrite about 1% of the bytes: whole small files plus a stretch inside one large file."""
+    changed = 0
+    small = sorted(root.glob("shop-*/record-*.dat"))
+    for path in rng.sample(small, 160):
+        size = path.stat().st_size
+        path.write_bytes(os.urandom(size))
+        changed += size
+    big = root / f"video-{rng.randrange(8)}.bin"
+    stretch = max(total // 100 - changed, MIB)
+    with open(big, "r+b") as handle:
+        handle.seek(rng.randrange(0, 64 * MIB - stretch))
+        handle.write(os.urandom(stretch))
+    return changed + stretch
+
+
+def plain_backup(repo: Path, cache: Path, data: Path) -> float:
+    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(repo)}
+    started = time.perf_counter()
+    subprocess.run([RESTIC, "--cache-dir", str(cache), "backup", "--json", "--host", NODE, str(data)], env=env,
+                   check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def plain_restore(repo: Path, target: Path) -> float:
+    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(repo)}
+    started = time.perf_counter()
+    subprocess.run([RESTIC, "--no-cache", "restore", "latest", "--target", str(target)], env=env, check=True,
+                   capture_output=True)
+    return time.perf_counter() - started
+
+
+class PeakRss:
+    """Samples the agent's peak RSS (VmHWM) and the largest RSS of its restic children while running."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.child_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for child in _descendants(self.pid):
+                self.child_peak = max(self.child_peak, _status_kib(child, "VmRSS:"))
+
+    def agent_peak_kib(self) -> int:
+        return _status_kib(self.pid, "VmHWM:")
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    kids = [int(p) for p in out.split()]
+    return kids + [g for k in kids for g in _descendants(k)]
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in lines if line.startswith(key)), 0)
+
+
+class Through:
+    """Backups and restores through the real path: annotate the Backup, wait for the node's report."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.custom = client.CustomObjectsApi(api)
+
+    def entry(self, plural: str, name: str) -> dict[str, Any]:
+        obj: Any = self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name)
+        return dict(((obj.get("status") or {}).get("nodes") or {}).get(NODE) or {})
+
+    def backup(self, token: str) -> tuple[float, dict[str, Any]]:
+        started = time.perf_counter()
+        self.custom.patch_cluster_custom_object(GROUP, VERSION, "backups", "bench", {
+            "metadata": {"annotations": {"os.macula.io/run-now": token}}})
+        run_id = ""
+        while True:
+            entry = self.entry("backups", "bench")
+            run = (self.custom.get_cluster_custom_object(GROUP, VERSION, "backups", "bench").get("status") or {}).get(
+                "run") or {}
+            run_id = run.get("id", run_id)
+            if entry.get("runId") == run_id and entry.get("phase") in ("Succeeded", "Failed") and \
+                    run.get("reason") == "OnDemand" and _token_matches(run_id, token):
+                break
+            if time.perf_counter() - started > 1800:
+                raise TimeoutError(f"backup {token} not done: {entry}")
+            time.sleep(0.1)
+        if entry["phase"] != "Succeeded":
+            raise RuntimeError(f"backup through the agent failed: {entry.get('message')}")
+        return time.perf_counter() - started, entry
+
+    def restore(self, name: str, target_dir: str) -> float:
+        started = time.perf_counter()
+        self.custom.create_cluster_custom_object(GROUP, VERSION, "restores", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Restore", "metadata": {"name": name},
+            "spec": {"backupName": "bench", "nodeName": NODE, "snapshot": {"latest": True},
+                     "paths": ["/var/lib/data"], "targetPath": target_dir}})
+        while self.entry("restores", name).get("phase") not in ("Succeeded", "Failed"):
+            time.sleep(0.1)
+        if self.entry("restores", name)["phase"] != "Succeeded":
+            raise RuntimeError(f"restore failed: {self.entry('restores', name)}")
+        return time.perf_counter() - started
+
+
+def _token_matches(run_id: str, token: str) -> bool:
+    import hashlib
+
+    return run_id == "ondemand-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def setup_cluster(plane: ControlPlane, root: Path) -> tuple[client.ApiClient, Path, Any, Any, str]:
+    install_crds(plane.kubeconfig, plane.bin_dir, REPO / "crds")
+    api = kube_config.new_client_from_config(str(plane.kubeconfig))
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": "maculaos-system"}})
+    core.create_namespaced_secret("maculaos-system", {"metadata": {"name": "bench"},
+                                                      "stringData": {"password": PASSWORD}})
+    sim = SimulatedNode(name=NODE)
+    register_node(core, sim)
+    host = create_host_root(root / NODE, sim)
+    netns = netns_name(root, NODE)
+    create_netns(netns)
+    operator = start_operator(plane.kubeconfig, root / "logs", resync_seconds=2)
+    agent = start_agent(plane.kubeconfig, root / "logs", NODE, host, nft_wrapper(root / "nft", netns),
+                        resync_seconds=30)
+    client.CustomObjectsApi(api).create_cluster_custom_object(GROUP, VERSION, "backups", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Backup", "metadata": {"name": "bench"},
+        "spec": {"schedule": "0 3 1 1 *", "include": ["/var/lib/data"], "exclude": [],
+                 "includeK3sDatastore": False, "target": {"local": {"path": "/var/backups/bench"}},
+                 "repositoryPasswordSecretRef": {"name": "bench", "key": "password"},
+                 "retention": {"keepLast": 100}}})
+    return api, host, operator, agent, netns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3, help="incremental rounds (1% changed each)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/maculaos-backup-bench"))
+    args = parser.parse_args()
+    root: Path = args.workdir
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    plane = ControlPlane(root / "controlplane")
+    plane.start()
+    netns = ""
+    processes = []
+    try:
+        api, host, operator, agent, netns = setup_cluster(plane, root)
+        processes = [operator, agent]
+        data = host / "var/lib/data"
+        total = make_data(data)
+        subprocess.run(["sync"], check=True)
+        plain_repo, plain_cache = root / "plain-repo", root / "plain-cache"
+        env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(plain_repo)}
+        subprocess.run([RESTIC, "--no-cache", "init"], env=env, check=True, capture_output=True)
+        through = Through(api)
+        time.sleep(5)  # agent synced
+        print(f"data: {total / MIB:.0f} MiB in {sum(1 for _ in data.rglob('*'))} entries")
+
+        plain_first = plain_backup(plain_repo, plain_cache, data)
+        with PeakRss(agent.pid) as peak:
+            agent_first, entry = through.backup("first")
+        print(f"| first backup, {total / MIB:.0f} MiB | agent {agent_first:.1f} s (restic inside: "
+              f"{entry['durationSeconds']:.1f} s) | plain restic {plain_first:.1f} s | ratio "
+              f"{agent_first / plain_first:.2f} |")
+        print(f"| agent peak RSS during the first backup | agent process {peak.agent_peak_kib() / 1024:.0f} MiB, "
+              f"its restic child {peak.child_peak / 1024:.0f} MiB | | |")
+
+        rng = random.Random(11)
+        ratios, agent_times, plain_times = [], [], []
+        for i in range(args.rounds):
+            changed = change_one_percent(data, total, rng)
+            subprocess.run(["sync"], check=True)
+            if i % 2 == 0:  # alternate who goes first: the page cache favours the second
+                p = plain_backup(plain_repo, plain_cache, data)
+                a, entry = through.backup(f"incr-{i}")
+            else:
+                a, entry = through.backup(f"incr-{i}")
+                p = plain_backup(plain_repo, plain_cache, data)
+            agent_times.append(a)
+            plain_times.append(p)
+            ratios.append(a / p)
+            print(f"  round {i}: {changed / MIB:.1f} MiB changed, agent {a:.2f} s (restic calls inside "
+                  f"{entry['durationSeconds']:.2f} s, bytes new "
+                  f"{entry.get('bytesNew', 0) / MIB:.1f} MiB), plain {p:.2f} s")
+        print(f"| incremental backup, 1% changed (median of {args.rounds}) | agent {statistics.median(agent_times):.1f} s"
+              f" | plain restic {statistics.median(plain_times):.1f} s | ratio {statistics.median(ratios):.2f} |")
+
+        subprocess.run(["sync"], check=True)
+        plain_r = plain_restore(plain_repo, root / "plain-restore")
+        shutil.rmtree(root / "plain-restore")
+        agent_r = through.restore("bench-restore", "/var/restore")
+        print(f"| restore of {total / MIB:.0f} MiB | agent (Restore object, staged + swap) "
+              f"{total / MIB / agent_r:.0f} MiB/s ({agent_r:.1f} s) | plain restic restore "
+              f"{total / MIB / plain_r:.0f} MiB/s ({plain_r:.1f} s) | ratio {agent_r / plain_r:.2f} |")
+        print(json.dumps({"first": [agent_first, plain_first], "incremental": [agent_times, plain_times],
+                          "restore": [agent_r, plain_r]}))
+    finally:
+        for proc in processes:
+            stop(proc)
+        plane.stop()
+        if netns:
+            delete_netns(netns)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

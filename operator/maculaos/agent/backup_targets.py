@@ -1,0 +1,50 @@
+"""From a Backup's target to the restic repositories of one node, with credentials resolved from Secrets.
+
+One repository per node (a sub-path named after the node), so nodes never contend for one repository's
+locks and a node's retention can only ever touch its own snapshots. Mesh targets get one repository per
+peer the operator assigned (status.meshPeers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from maculaos.api.backup import BackupSpec
+from maculaos.api.common import SecretKeyRef
+from maculaos.host.restic import Repository, local_repository, rest_repository, s3_repository
+
+#: Resolves a Secret key to its (decoded) value; raises TargetError when it cannot.
+SecretReader = Callable[[SecretKeyRef], str]
+
+
+class TargetError(RuntimeError):
+    """The target cannot be used as configured; the message names the field."""
+
+
+def repositories(spec: BackupSpec, node: str, host_root: Path, read_secret: SecretReader,
+                 mesh_peers: Mapping[str, Sequence[str]], this_node: str | None = None) -> list[Repository]:
+    """The repositories holding node's snapshots (node may be another machine's name, for a restore onto a
+    replacement). Raises TargetError when there are none to use."""
+    password = read_secret(spec.repository_password_secret_ref)
+    target = spec.target
+    if target.local is not None:
+        if this_node is not None and node != this_node:
+            raise TargetError(f"spec.target.local: {target.local.path} is on {node} itself; this node cannot "
+                              "read another node's local repository")
+        return [local_repository(host_root / target.local.path.lstrip("/"), password)]
+    if target.rest is not None:
+        credentials = read_secret(target.rest.credentials_secret_ref) if target.rest.credentials_secret_ref else None
+        return [rest_repository(f"{target.rest.url.rstrip('/')}/{node}", password, credentials)]
+    if target.mesh is not None:
+        peers = list(mesh_peers.get(node) or [])
+        if not peers:
+            raise TargetError(f"spec.target.mesh: no peers assigned to {node} yet (status.meshPeers); nodes "
+                              "offer a rest-server with the os.macula.io/backup-server annotation")
+        return [rest_repository(f"{url.rstrip('/')}/{node}", password) for url in peers]
+    if target.s3 is not None:
+        s3 = target.s3
+        return [s3_repository(s3.endpoint, s3.bucket, s3.prefix.replace("${NODE_NAME}", node), password,
+                              read_secret(s3.access_key_id_secret_ref), read_secret(s3.secret_access_key_secret_ref),
+                              s3.region, s3.insecure_http)]
+    raise TargetError("spec.target: set one of local, rest, mesh or s3")

@@ -1,0 +1,253 @@
+"""The Backup and Restore side of the agent: carry out the runs the operator asks for (status.run) when
+this node is among the run's nodes, the periodic integrity check, and Restores aimed at this node; report
+each in status.nodes.<this node>.
+
+The agent never schedules: the operator decides when (and so a run happens once per scheduled time); the
+agent remembers which run ids it did in its own status entry, so a restarted agent does not redo them.
+Work runs in its own thread, so a long backup holds up neither mesh roles nor health checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import threading
+import time
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from croniter import croniter
+from kubernetes import client
+from pydantic import ValidationError
+
+from maculaos.agent import metrics
+from maculaos.agent.backup_targets import TargetError, repositories
+from maculaos.api.backup import BackupSpec, RestoreSpec, RunPhase, node_start_delay
+from maculaos.api.common import SecretKeyRef, spec_selects
+from maculaos.host.backup_job import BackupJob, JobReport, run_job, save_local_job
+from maculaos.host.restic import ResticError
+from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
+from maculaos.kubeapi import now_rfc3339
+
+log = logging.getLogger("maculaos.agent")
+BACKUPS = "backups"
+RESTORES = "restores"
+TICK_SECONDS = 5.0
+
+#: (plural, name, entry) -> bool: how the engine reports (the agent's Reporter.node_entry).
+Report = Callable[[str, str, dict[str, Any]], bool]
+#: (object, type, reason, message): an Event about an object.
+Notify = Callable[[dict[str, Any], str, str, str], None]
+
+
+def backup_relevant(obj: dict[str, Any]) -> Any:
+    """What a Backup change means to an agent: its spec, and the operator's run and peer decisions."""
+    status = obj.get("status") or {}
+    return obj["metadata"].get("generation"), obj.get("spec"), status.get("run"), status.get("meshPeers")
+
+
+def read_secret_with(core: client.CoreV1Api) -> Callable[[SecretKeyRef], str]:
+    def read(ref: SecretKeyRef) -> str:
+        try:
+            secret = core.read_namespaced_secret(ref.name, ref.namespace)
+        except client.ApiException as exc:
+            raise TargetError(f"cannot read Secret {ref.namespace}/{ref.name}: {exc.status} {exc.reason}") from exc
+        data = (secret.data or {}).get(ref.key)
+        if data is None:
+            raise TargetError(f"Secret {ref.namespace}/{ref.name} has no key {ref.key!r}")
+        return base64.b64decode(data).decode().strip()
+    return read
+
+
+@dataclass
+class BackupSettings:
+    node: str
+    host_root: Path
+    restic: str = "restic"
+
+
+class BackupEngine:
+    def __init__(self, settings: BackupSettings, read_secret: Callable[[SecretKeyRef], str], report: Report,
+                 notify: Notify, clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)) -> None:
+        self.settings = settings
+        self.read_secret = read_secret
+        self.report = report
+        self.notify = notify
+        self.clock = clock
+        self.done_runs: dict[str, str] = {}
+        """Backup name -> last run id this agent carried out (also in its status entry)."""
+        self.done_restores: set[tuple[str, str]] = set()
+        self.checked: dict[str, dt.datetime] = {}
+
+    # -- one pass ---------------------------------------------------------------------------------------
+
+    def tick(self, backups: Mapping[str, dict[str, Any]], restores: Mapping[str, dict[str, Any]],
+             labels: Mapping[str, str]) -> None:
+        """Do whatever is due now, one item at a time."""
+        for name, obj in sorted(backups.items()):
+            if spec_selects(obj.get("spec") or {}, labels):
+                self._backup_if_asked(name, obj)
+        for name, obj in sorted(restores.items()):
+            self._restore_if_mine(name, obj, backups, labels)
+
+    def _own_entry(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(((obj.get("status") or {}).get("nodes") or {}).get(self.settings.node) or {})
+
+    def _backup_if_asked(self, name: str, obj: dict[str, Any]) -> None:
+        try:
+            spec = BackupSpec.model_validate(obj.get("spec") or {})
+        except ValidationError as exc:
+            self._report_backup(name, obj, {"phase": "Invalid", "message": f"not run: {exc.errors()[0]['msg']}"})
+            return
+        status = obj.get("status") or {}
+        run = status.get("run") or {}
+        entry = self._own_entry(obj)
+        run_id = str(run.get("id") or "")
+        already = self.done_runs.get(name) == run_id or (
+            entry.get("runId") == run_id and entry.get("phase") in (RunPhase.SUCCEEDED, RunPhase.FAILED))
+        if run_id and not already and self.settings.node in (run.get("nodes") or []):
+            if self._delay_over(spec, run):
+                self._run_backup(name, obj, spec, run_id, entry, status)
+            elif entry.get("runId") != run_id:
+                self._report_backup(name, obj, {**entry, "phase": RunPhase.WAITING, "runId": run_id,
+                                                "message": "waiting for this node's share of randomDelay"})
+            return
+        if spec.check is not None:
+            self._check_if_due(name, obj, spec, entry, status)
+
+    def _delay_over(self, spec: BackupSpec, run: Mapping[str, Any]) -> bool:
+        if run.get("reason") != "Scheduled":
+            return True
+        delay = node_start_delay(self.settings.node, str(run["id"]), spec.random_delay)
+        start = dt.datetime.fromisoformat(str(run.get("scheduledTime")).replace("Z", "+00:00")) + delay
+        return self.clock() >= start
+
+    def _job(self, name: str, spec: BackupSpec, status: Mapping[str, Any], node: str | None = None) -> BackupJob:
+        repos = repositories(spec, node or self.settings.node, self.settings.host_root, self.read_secret,
+                             status.get("meshPeers") or {}, self.settings.node)
+        target = next(t for t in ("local", "rest", "mesh", "s3") if getattr(spec.target, t) is not None)
+        return BackupJob(name=name, node=node or self.settings.node, host_root=self.settings.host_root,
+                         include=list(spec.include), exclude=list(spec.exclude), retention=spec.retention,
+                         repositories=repos, target_type=target, include_k3s_datastore=spec.include_k3s_datastore,
+                         restic=self.settings.restic)
+
+    def _run_backup(self, name: str, obj: dict[str, Any], spec: BackupSpec, run_id: str, entry: dict[str, Any],
+                    status: Mapping[str, Any]) -> None:
+        base = {k: v for k, v in entry.items() if k not in ("lastUpdateTime",)}
+        self._report_backup(name, obj, {**base, "phase": RunPhase.RUNNING, "runId": run_id,
+                                        "message": f"backing up (run {run_id})", "runStartTime": now_rfc3339()})
+        try:
+            job = replace(self._job(name, spec, status), run_id=run_id)
+            save_local_job(job)
+            result = run_job(job)
+        except (TargetError, ResticError, OSError) as exc:
+            result = JobReport(ok=False, message=str(exc), failure=getattr(getattr(exc, "failure", None), "value",
+                                                                               "TargetError"))
+        self.done_runs[name] = run_id
+        metrics.set_backup(name, result.ok, result.duration_seconds, result.bytes_added, time.time())
+        self._report_backup(name, obj, {**base, **_entry_from(result, run_id, status.get("nextRunTime"))})
+        if result.ok:
+            log.info(f"backup {name} run {run_id}: {result.message}")
+        else:
+            log.warning(f"backup {name} run {run_id} failed: {result.message}")
+            self.notify(obj, "Warning", "BackupFailed", result.message)
+
+    def _check_if_due(self, name: str, obj: dict[str, Any], spec: BackupSpec, entry: dict[str, Any],
+                      status: Mapping[str, Any]) -> None:
+        assert spec.check is not None
+        last = self.checked.get(name) or _time(entry.get("lastCheckTime")) or _time(
+            obj["metadata"].get("creationTimestamp")) or self.clock()
+        due = croniter(spec.check.schedule, last.astimezone(zoneinfo.ZoneInfo(spec.time_zone))).get_next(dt.datetime)
+        if self.clock() < due or not entry.get("lastSnapshotId"):
+            return
+        self.checked[name] = self.clock()
+        try:
+            job = self._job(name, spec, status)
+            for repo in job.repositories:
+                job.restic_for(repo).check(spec.check.read_data_percent)
+            result = {"lastCheckTime": now_rfc3339(), "lastCheckResult": "OK"}
+        except (TargetError, ResticError) as exc:
+            result = {"lastCheckTime": now_rfc3339(), "lastCheckResult": str(exc)}
+            self.notify(obj, "Warning", "IntegrityCheckFailed", str(exc))
+        self._report_backup(name, obj, {**{k: v for k, v in entry.items() if k != "lastUpdateTime"}, **result})
+
+    def _report_backup(self, name: str, obj: dict[str, Any], entry: dict[str, Any]) -> None:
+        self.report(BACKUPS, name, {**entry, "observedGeneration": obj["metadata"].get("generation")})
+
+    # -- restores ---------------------------------------------------------------------------------------
+
+    def _restore_if_mine(self, name: str, obj: dict[str, Any], backups: Mapping[str, dict[str, Any]],
+                         labels: Mapping[str, str]) -> None:
+        raw = obj.get("spec") or {}
+        uid = str(obj["metadata"].get("uid", ""))
+        if (name, uid) in self.done_restores:
+            return
+        entry = self._own_entry(obj)
+        if entry.get("phase") in (RunPhase.SUCCEEDED, RunPhase.FAILED):
+            self.done_restores.add((name, uid))
+            return
+        backup = backups.get(str(raw.get("backupName")))
+        mine = raw.get("nodeName") == self.settings.node or (
+            raw.get("allNodes") and backup is not None and spec_selects(backup.get("spec") or {}, labels))
+        if not mine:
+            return
+        self.done_restores.add((name, uid))
+        self.report(RESTORES, name, {"phase": RunPhase.RUNNING, "message": "restoring",
+                                     "observedGeneration": obj["metadata"].get("generation")})
+        outcome = self._restore(obj, backup)
+        self.report(RESTORES, name, {**outcome, "observedGeneration": obj["metadata"].get("generation")})
+        if outcome["phase"] == RunPhase.FAILED:
+            self.notify(obj, "Warning", "RestoreFailed", outcome["message"])
+
+    def _restore(self, obj: dict[str, Any], backup: dict[str, Any] | None) -> dict[str, Any]:
+        try:
+            spec = RestoreSpec.model_validate(obj.get("spec") or {})
+        except ValidationError as exc:
+            return {"phase": RunPhase.FAILED, "message": f"not restored: {exc.errors()[0]['msg']}"}
+        if backup is None:
+            return {"phase": RunPhase.FAILED, "message": f"Backup {spec.backup_name} does not exist; nothing restored"}
+        try:
+            bspec = BackupSpec.model_validate(backup.get("spec") or {})
+            source = spec.source_node_name or self.settings.node
+            job = self._job(spec.backup_name, bspec, backup.get("status") or {}, node=source)
+            choice = SnapshotChoice(snapshot_id=spec.snapshot.id, latest=bool(spec.snapshot.latest),
+                                    before=_time(spec.snapshot.before))
+            restic = job.restic_for(job.repositories[0])
+            snapshot = choose_snapshot(restic.snapshots(source, spec.backup_name), choice,
+                                       f"{job.repositories[0].display()} (node {source})")
+            paths = restore_snapshot(restic, snapshot, self.settings.host_root, spec.paths, spec.target_path)
+        except (TargetError, ResticError, ValidationError, OSError) as exc:
+            return {"phase": RunPhase.FAILED, "message": str(exc)}
+        where = f" under {spec.target_path}" if spec.target_path else ""
+        return {"phase": RunPhase.SUCCEEDED, "snapshotId": snapshot.id, "snapshotTime": _rfc(snapshot.time),
+                "message": f"restored {', '.join(paths)}{where} from snapshot {snapshot.short_id}"}
+
+
+def _time(text: Any) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+
+
+def _rfc(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _entry_from(result: JobReport, run_id: str, next_run: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "phase": RunPhase.SUCCEEDED if result.ok else RunPhase.FAILED, "runId": run_id, "message": result.message,
+        "lastRunTime": now_rfc3339(), "durationSeconds": result.duration_seconds, "nextRunTime": next_run,
+        "lastError": "" if result.ok else result.message, "targets": result.targets,
+    }
+    if result.ok:
+        entry |= {"lastSnapshotId": result.snapshot_id, "lastSnapshotTime": result.snapshot_time,
+                  "lastSuccessTime": result.snapshot_time, "filesNew": result.files_new,
+                  "filesChanged": result.files_changed, "bytesNew": result.bytes_added,
+                  "bytesProcessed": result.bytes_processed, "snapshotsRemoved": result.removed_snapshots}
+    else:
+        entry["failure"] = result.failure
+    return entry

@@ -1,0 +1,32 @@
+"""A real restic rest-server on loopback: the backup target of the tests, the benchmark and the demo
+(on a MaculaOS node it is the service that holds peers' mesh backups)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from maculaos.devenv.controlplane import default_bin_dir
+from maculaos.devenv.processes import ProcessRecord, free_port, spawn, stop, wait_for_port
+
+
+@dataclass(frozen=True)
+class RestServer:
+    record: ProcessRecord
+    url: str
+    data: Path
+
+    def stop(self) -> None:
+        stop(self.record)
+
+
+def start_rest_server(data: Path, log_dir: Path, name: str = "rest-server", port: int | None = None,
+                      bin_dir: Path | None = None) -> RestServer:
+    """rest-server without authentication on 127.0.0.1 (only loopback reaches it), repositories under data."""
+    port = port or free_port()
+    data.mkdir(parents=True, exist_ok=True)
+    binary = (bin_dir or default_bin_dir()) / "rest-server"
+    proc, record = spawn(name, [str(binary), "--path", str(data), "--listen", f"127.0.0.1:{port}", "--no-auth"],
+                         log_dir)
+    wait_for_port(port, 15, proc)
+    return RestServer(record, f"http://127.0.0.1:{port}", data)

@@ -1,0 +1,193 @@
+"""One backup of this node: the k3s datastore captured consistently, restic backup to every repository,
+retention applied; and the node-local copy of the job (config.yaml section + a root-only credentials file)
+that lets `maculaos backup ...` list, run and restore on the node without Kubernetes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maculaos.api.backup import Retention
+from maculaos.host.config import read_config, write_maculaos_section
+from maculaos.host.files import atomic_write
+from maculaos.host.restic import Repository, Restic, ResticError, ResticFailure
+
+#: The k3s server's embedded datastore (sqlite/kine) and where its consistent copy goes before a backup.
+K3S_DATASTORE = "/var/lib/rancher/k3s/server/db/state.db"
+K3S_COPY = "/var/lib/maculaos/backup-staging/k3s-state.db"
+CREDENTIALS_DIR = Path("var/lib/maculaos/backup")
+CACHE_DIR = Path("var/cache/maculaos/restic")
+RUN_TAG = "maculaos-run"
+
+
+@dataclass(frozen=True)
+class BackupJob:
+    """Everything one run needs, with credentials already resolved."""
+
+    name: str
+    node: str
+    host_root: Path
+    include: list[str]
+    exclude: list[str]
+    retention: Retention
+    repositories: list[Repository]
+    target_type: str
+    include_k3s_datastore: bool = True
+    restic: str = "restic"
+    run_id: str = ""
+    """Tagged on the snapshot (maculaos-run=<id>), so a run can be traced to its snapshots."""
+
+    def restic_for(self, repo: Repository) -> Restic:
+        return Restic(repo, self.restic, cache_dir=self.host_root / CACHE_DIR)
+
+
+@dataclass
+class JobReport:
+    """The outcome of one run, as the node reports it."""
+
+    ok: bool
+    message: str
+    snapshot_id: str = ""
+    snapshot_time: str = ""
+    files_new: int = 0
+    files_changed: int = 0
+    bytes_added: int = 0
+    bytes_processed: int = 0
+    duration_seconds: float = 0.0
+    failure: str = ""
+    removed_snapshots: int = 0
+    targets: list[str] = field(default_factory=list)
+
+
+def capture_k3s_datastore(host_root: Path) -> str | None:
+    """A consistent copy of k3s's sqlite datastore via SQLite's online backup (the live file may be mid-
+    write); returns the node path of the copy, or None when this node runs no k3s server."""
+    live = host_root / K3S_DATASTORE.lstrip("/")
+    if not live.exists():
+        return None
+    copy = host_root / K3S_COPY.lstrip("/")
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    tmp = copy.with_suffix(".tmp")
+    source = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
+    target = sqlite3.connect(tmp)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    tmp.replace(copy)
+    return K3S_COPY
+
+
+def run_job(job: BackupJob) -> JobReport:
+    """Back up to every repository and apply retention; a failure on one repository does not stop the
+    others, and the report names each."""
+    started = time.monotonic()
+    include, exclude = list(job.include), list(job.exclude)
+    if job.include_k3s_datastore and capture_k3s_datastore(job.host_root):
+        include.append(K3S_COPY)
+        exclude.append(str(Path(K3S_DATASTORE).parent))  # the live files: inconsistent by nature
+    report = JobReport(ok=True, message="", targets=[r.display() for r in job.repositories])
+    notes: list[str] = []
+    failures: list[str] = []
+    for repo in job.repositories:
+        restic = job.restic_for(repo)
+        tags = [f"{RUN_TAG}={job.run_id}"] if job.run_id else []
+        try:
+            restic.check_reachable()
+            try:  # the common case first: every extra restic call re-derives the key (scrypt)
+                result = restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
+            except ResticError as exc:
+                if exc.failure is not ResticFailure.NO_REPOSITORY:
+                    raise
+                restic.ensure_initialized()
+                result = restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
+            report.removed_snapshots += len(restic.forget(job.retention, job.node, job.name))
+        except ResticError as exc:
+            failures.append(str(exc))
+            report.failure = report.failure or exc.failure.value
+            continue
+        if not report.snapshot_id:
+            summary = result.summary
+            report.snapshot_id = summary.snapshot_id
+            report.files_new, report.files_changed = summary.files_new, summary.files_changed
+            report.bytes_added, report.bytes_processed = summary.data_added, summary.total_bytes_processed
+            if result.missing:
+                notes.append(f"include path(s) missing on this node, left out: {', '.join(result.missing)}")
+            if result.warnings:
+                notes.append(f"{len(result.warnings)} file(s) unreadable, e.g. {result.warnings[0]}")
+    report.duration_seconds = round(time.monotonic() - started, 3)
+    report.snapshot_time = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    done = len(job.repositories) - len(failures)
+    if failures:
+        report.ok = False
+        copies = f"{done} of {len(job.repositories)} target(s) written; " if len(job.repositories) > 1 else ""
+        report.message = copies + "; ".join(failures)
+    else:
+        report.message = f"snapshot {report.snapshot_id[:8]} on {done} target(s)" + (
+            f"; {'; '.join(notes)}" if notes else "")
+    return report
+
+
+# -- the node-local copy of the job --------------------------------------------------------------------
+
+
+def save_local_job(job: BackupJob) -> None:
+    """Record the job in config.yaml (maculaos.backup.<name>) and its credentials in a 0600 file, so the
+    node can list and restore on its own when the cluster is away."""
+    credentials = {str(i): r.environment() for i, r in enumerate(job.repositories)}
+    atomic_write(job.host_root / CREDENTIALS_DIR / f"{job.name}.json", json.dumps(credentials, indent=1), mode=0o600)
+    config = read_config(job.host_root).get("maculaos", {}).get("backup") or {}
+    section = dict(config) if isinstance(config, dict) else {}
+    section[job.name] = {
+        "target": job.target_type,
+        "repositories": [r.display() for r in job.repositories],
+        "include": job.include, "exclude": job.exclude,
+        "retention": job.retention.model_dump(by_alias=True, exclude_none=True),
+        "include_k3s_datastore": job.include_k3s_datastore,
+        "credentials_file": "/" + str(CREDENTIALS_DIR / f"{job.name}.json"),
+    }
+    write_maculaos_section(job.host_root, "backup", section)
+
+
+def local_jobs(host_root: Path, node: str, restic: str = "restic") -> dict[str, BackupJob]:
+    """The jobs recorded on this node by save_local_job."""
+    section: Any = read_config(host_root).get("maculaos", {}).get("backup") or {}
+    jobs = {}
+    for name, raw in (section.items() if isinstance(section, dict) else []):
+        creds_file = host_root / str(raw.get("credentials_file", "")).lstrip("/")
+        try:
+            creds = json.loads(creds_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ResticError(ResticFailure.FAILED, f"cannot read the credentials of backup {name} "
+                                                    f"({creds_file}): {exc}") from exc
+        repos = []
+        for i, _ in enumerate(raw.get("repositories") or []):
+            env = dict(creds[str(i)])
+            repos.append(Repository(env.pop("RESTIC_REPOSITORY"), env.pop("RESTIC_PASSWORD"), env))
+        jobs[name] = BackupJob(
+            name=name, node=node, host_root=host_root, include=list(raw.get("include") or []),
+            exclude=list(raw.get("exclude") or []), retention=Retention.model_validate(raw.get("retention") or {}),
+            repositories=repos, target_type=str(raw.get("target", "")),
+            include_k3s_datastore=bool(raw.get("include_k3s_datastore", True)), restic=restic)
+    return jobs
+
+
+def select_jobs(jobs: dict[str, BackupJob], source: str | None) -> list[BackupJob]:
+    """The jobs a `--from` names: a Backup's name or a target type (local, rest, mesh, s3); all when None."""
+    if source is None:
+        return list(jobs.values())
+    picked = [j for n, j in jobs.items() if source in (n, j.target_type)]
+    if not picked:
+        have = ", ".join(f"{n} ({j.target_type})" for n, j in jobs.items()) or "none recorded on this node yet"
+        raise ResticError(ResticFailure.NO_REPOSITORY, f"no backup matches --from {source}; backups: {have}")
+    return picked
+
+

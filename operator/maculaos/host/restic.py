@@ -1,0 +1,412 @@
+"""A typed wrapper over the restic CLI (0.18): every call with ``--json`` parsed by pydantic, the
+repository and its credentials passed by environment (never on the command line, where `ps` shows them),
+and restic's exit codes turned into errors a person can act on.
+
+Safety rules live here, not in the callers: retention always keeps the newest snapshot; a lock is only
+removed when its owner is provably gone (this host, PID not alive); nothing here deletes host data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from maculaos.api.backup import Retention
+
+#: Tag every snapshot carries: which Backup made it.
+BACKUP_TAG = "maculaos-backup"
+#: Tag recording the host root the paths were read under (the agent sees / at /host).
+ROOT_TAG = "maculaos-root"
+DEFAULT_TIMEOUT = 6 * 3600.0
+CONNECT_TIMEOUT = 5.0
+
+
+class ResticFailure(StrEnum):
+    """Why a restic call failed, as a program can switch on; the message says it for a person."""
+
+    WRONG_PASSWORD = "WrongPassword"
+    UNREACHABLE = "TargetUnreachable"
+    NO_REPOSITORY = "NoRepository"
+    LOCKED = "RepositoryLocked"
+    NO_SPACE = "TargetFull"
+    SNAPSHOT_NOT_FOUND = "SnapshotNotFound"
+    CORRUPT = "RepositoryDamaged"
+    INCLUDE_MISSING = "IncludePathMissing"
+    FAILED = "ResticFailed"
+
+
+class ResticError(RuntimeError):
+    def __init__(self, failure: ResticFailure, message: str) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+@dataclass(frozen=True)
+class Repository:
+    """One restic repository and what restic needs to open it (passed by environment)."""
+
+    location: str
+    """restic's repository string: a path, rest:http://..., s3:https://..."""
+    password: str
+    env: dict[str, str] = field(default_factory=dict)
+    """Target credentials: RESTIC_REST_USERNAME/PASSWORD or AWS_ACCESS_KEY_ID/SECRET_ACCESS_KEY..."""
+
+    def environment(self) -> dict[str, str]:
+        return {"RESTIC_REPOSITORY": self.location, "RESTIC_PASSWORD": self.password, **self.env}
+
+    def display(self) -> str:
+        """The location without any credentials, for messages."""
+        return self.location
+
+
+def local_repository(path: Path, password: str) -> Repository:
+    return Repository(str(path), password)
+
+
+def rest_repository(url: str, password: str, credentials: str | None = None) -> Repository:
+    """A rest-server repository; credentials as user:password go by RESTIC_REST_USERNAME/PASSWORD."""
+    env: dict[str, str] = {}
+    if credentials:
+        user, _, secret = credentials.partition(":")
+        env = {"RESTIC_REST_USERNAME": user, "RESTIC_REST_PASSWORD": secret}
+    return Repository(f"rest:{url.rstrip('/')}/", password, env)
+
+
+def s3_repository(endpoint: str, bucket: str, prefix: str, password: str, access_key_id: str,
+                  secret_access_key: str, region: str = "", insecure_http: bool = False) -> Repository:
+    scheme = "http" if insecure_http else "https"
+    path = "/".join(p for p in (bucket, prefix.strip("/")) if p)
+    env = {"AWS_ACCESS_KEY_ID": access_key_id, "AWS_SECRET_ACCESS_KEY": secret_access_key}
+    if region:
+        env["AWS_DEFAULT_REGION"] = region
+    return Repository(f"s3:{scheme}://{endpoint}/{path}", password, env)
+
+
+class ResticModel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Snapshot(ResticModel):
+    id: str
+    short_id: str = ""
+    time: dt.datetime
+    hostname: str = ""
+    paths: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+
+    def tag_value(self, key: str) -> str | None:
+        prefix = f"{key}="
+        return next((t.removeprefix(prefix) for t in self.tags if t.startswith(prefix)), None)
+
+
+class BackupSummary(ResticModel):
+    """restic backup's closing JSON message."""
+
+    snapshot_id: str = ""
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    data_added: int = 0
+    total_files_processed: int = 0
+    total_bytes_processed: int = 0
+    total_duration: float = 0.0
+
+
+class LockInfo(ResticModel):
+    time: dt.datetime
+    exclusive: bool = False
+    hostname: str = ""
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    summary: BackupSummary
+    missing: list[str]
+    """Include paths that did not exist and were left out (the rest was backed up)."""
+    warnings: list[str]
+
+
+def retention_args(retention: Retention) -> list[str]:
+    """restic forget flags for a GFS policy. keep-last is at least 1, so the newest snapshot (the last
+    good one: only successful runs make snapshots) survives any policy."""
+    args = ["--keep-last", str(max(retention.keep_last, 1))]
+    for flag, count in (("--keep-hourly", retention.keep_hourly), ("--keep-daily", retention.keep_daily),
+                        ("--keep-weekly", retention.keep_weekly), ("--keep-monthly", retention.keep_monthly),
+                        ("--keep-yearly", retention.keep_yearly)):
+        if count > 0:
+            args += [flag, str(count)]
+    if retention.keep_within:
+        args += ["--keep-within", retention.keep_within]
+    return args
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown owner: not provably gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_owner_gone(lock: LockInfo, hostname: str) -> bool:
+    """Provably gone: taken on this very host by a process that no longer exists. A lock from another
+    host is never judged stale here, however old (that host may be busy, or asleep)."""
+    return lock.hostname == hostname and not _pid_alive(lock.pid)
+
+
+def _classify(code: int, stderr: str, repo: Repository) -> ResticError:
+    text = stderr.strip().splitlines()
+    last = next((line for line in reversed(text) if line.strip()), f"restic exited with {code}")
+    lower = stderr.lower()
+    where = repo.display()
+    if code == 12 or "wrong password" in lower:
+        return ResticError(ResticFailure.WRONG_PASSWORD, (
+            f"wrong repository password for {where}: check the Secret in repositoryPasswordSecretRef "
+            "(the repository was made with another one)"))
+    if code == 10:
+        return ResticError(ResticFailure.NO_REPOSITORY, f"no restic repository at {where}")
+    if code == 11:
+        return ResticError(ResticFailure.LOCKED, f"repository {where} is locked: {last}")
+    if "no space left on device" in lower or "insufficient storage" in lower or "507" in last:
+        return ResticError(ResticFailure.NO_SPACE, f"the backup target {where} is full: {last}")
+    if "connection refused" in lower or "no such host" in lower or "i/o timeout" in lower:
+        return ResticError(ResticFailure.UNREACHABLE, f"cannot reach the backup target {where}: {last}")
+    if "ciphertext verification failed" in lower or "pack" in lower and ("damaged" in lower or "invalid" in lower):
+        return ResticError(ResticFailure.CORRUPT, (
+            f"repository {where} is damaged: {last}; run `restic check` and see "
+            "https://restic.readthedocs.io/en/stable/077_troubleshooting.html"))
+    return ResticError(ResticFailure.FAILED, f"restic failed on {where} (exit {code}): {last}")
+
+
+class Restic:
+    """restic against one repository. Each call is one process; nothing is kept between calls."""
+
+    def __init__(self, repo: Repository, binary: str = "restic", cache_dir: Path | None = None,
+                 hostname: str | None = None) -> None:
+        self.repo = repo
+        self.binary = binary
+        self.cache_dir = cache_dir
+        self.hostname = hostname or socket.gethostname()
+
+    def _argv(self, args: Sequence[str]) -> list[str]:
+        cache = ["--cache-dir", str(self.cache_dir)] if self.cache_dir else ["--no-cache"]
+        return [self.binary, *cache, *args]
+
+    def _env(self) -> dict[str, str]:
+        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR", "LANG", "TZ")}
+        return {**keep, **self.repo.environment(), "RESTIC_PROGRESS_FPS": "0.2"}
+
+    def run(self, *args: str, timeout: float = DEFAULT_TIMEOUT, ok_codes: tuple[int, ...] = (0,),
+            stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+        """One restic call; raises ResticError on an exit code outside ok_codes."""
+        try:
+            result = subprocess.run(self._argv(args), env=self._env(), capture_output=True, text=True,
+                                    timeout=timeout, stdin=stdin)
+        except subprocess.TimeoutExpired as exc:
+            raise ResticError(ResticFailure.UNREACHABLE, (
+                f"restic {args[0]} on {self.repo.display()} gave no answer within {timeout:.0f}s")) from exc
+        except FileNotFoundError as exc:
+            raise ResticError(ResticFailure.FAILED, f"restic is not installed ({self.binary} not found)") from exc
+        if result.returncode not in ok_codes:
+            raise _classify(result.returncode, _error_text(result), self.repo)
+        return result
+
+    def json(self, *args: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        return json.loads(self.run(*args, "--json", timeout=timeout).stdout or "null")
+
+    # -- the repository ---------------------------------------------------------------------------------
+
+    def check_reachable(self) -> None:
+        """A fast TCP probe of a network target, so an absent server fails in seconds with a clear
+        message instead of restic's long retry loop."""
+        for address in _network_address(self.repo.location):
+            try:
+                socket.create_connection(address, timeout=CONNECT_TIMEOUT).close()
+            except OSError as exc:
+                raise ResticError(ResticFailure.UNREACHABLE, (
+                    f"cannot reach the backup target {self.repo.display()} ({address[0]}:{address[1]}): "
+                    f"{exc.strerror or exc}")) from exc
+
+    def ensure_initialized(self) -> bool:
+        """Open the repository, creating it on first use; True when it was created now. A repository
+        that exists but does not open (wrong password, damage) is never re-initialised."""
+        self.check_reachable()
+        try:
+            self.run("cat", "config", timeout=120)
+            return False
+        except ResticError as exc:
+            if exc.failure is not ResticFailure.NO_REPOSITORY:
+                raise
+        self.run("init", timeout=300)
+        return True
+
+    # -- locks ------------------------------------------------------------------------------------------
+
+    def locks(self) -> dict[str, LockInfo]:
+        ids = self.run("list", "locks", "--no-lock", timeout=120).stdout.split()
+        found = {}
+        for lock_id in ids:
+            try:
+                raw = self.run("cat", "lock", lock_id, "--no-lock", timeout=60).stdout
+                found[lock_id] = LockInfo.model_validate_json(raw)
+            except (ResticError, ValidationError):
+                continue  # removed in between, or unreadable: not ours to judge
+        return found
+
+    def remove_stale_locks(self) -> list[str]:
+        """Remove locks whose owner is provably gone; raise LOCKED naming a live owner if there is one.
+        restic's own `unlock` removes only stale locks, and every lock we pass it is stale by its rules too
+        (same host, dead PID); we call it only when no live lock exists, so it cannot take a live one."""
+        locks = self.locks()
+        live = {i: lk for i, lk in locks.items() if not lock_owner_gone(lk, self.hostname)}
+        if live:
+            lock_id, lock = next(iter(live.items()))
+            kind = "exclusive" if lock.exclusive else "shared"
+            raise ResticError(ResticFailure.LOCKED, (
+                f"repository {self.repo.display()} is in use: {kind} lock {lock_id[:8]} held by "
+                f"{lock.hostname or 'an unknown host'} pid {lock.pid} since {lock.time.isoformat(timespec='seconds')}; "
+                "left in place (only locks of processes that are provably gone are removed)"))
+        if locks:
+            self.run("unlock", timeout=120)
+        return sorted(locks)
+
+    def with_lock_retry(self, *args: str, timeout: float = DEFAULT_TIMEOUT,
+                        ok_codes: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+        """Run a command; if a lock stops it, remove provably stale locks and try once more."""
+        try:
+            return self.run(*args, timeout=timeout, ok_codes=ok_codes)
+        except ResticError as exc:
+            if exc.failure is not ResticFailure.LOCKED:
+                raise
+        self.remove_stale_locks()
+        return self.run(*args, timeout=timeout, ok_codes=ok_codes)
+
+    # -- backup, snapshots, retention, check ------------------------------------------------------------
+
+    def backup(self, host_root: Path, include: Sequence[str], exclude: Sequence[str], node: str,
+               backup_name: str, extra_tags: Sequence[str] = ()) -> BackupResult:
+        """Back up the include paths (as seen under host_root); absent ones are left out and reported.
+        Exclude entries that are absolute paths are taken under host_root too; patterns pass as they are."""
+        present = [p for p in include if (host_root / p.lstrip("/")).exists()]
+        missing = [p for p in include if p not in present]
+        if not present:
+            raise ResticError(ResticFailure.INCLUDE_MISSING, (
+                f"none of the include paths exist on this node ({', '.join(include)}): nothing backed up"))
+        # the parent snapshot (what makes an incremental run skip unchanged files) is found by host and
+        # paths, restic's default: the run tag differs on every snapshot and must not take part
+        args = ["backup", "--host", node, "--tag", f"{BACKUP_TAG}={backup_name}", "--tag", f"{ROOT_TAG}={host_root}"]
+        for tag in extra_tags:
+            args += ["--tag", tag]
+        for pattern in exclude:
+            args += ["--exclude", str(host_root / pattern.lstrip("/")) if pattern.startswith("/") else pattern]
+        args += [str(host_root / p.lstrip("/")) for p in present]
+        result = self.with_lock_retry(*args, "--json", ok_codes=(0, 3))  # 3: some files unreadable
+        return _backup_result(result.stdout, missing)
+
+    def snapshots(self, node: str | None = None, backup_name: str | None = None) -> list[Snapshot]:
+        """Snapshots of one node and Backup, oldest first."""
+        args = ["snapshots", "--no-lock"]
+        if node:
+            args += ["--host", node]
+        if backup_name:
+            args += ["--tag", f"{BACKUP_TAG}={backup_name}"]
+        raw = self.json(*args, timeout=300) or []
+        return sorted((Snapshot.model_validate(s) for s in raw), key=lambda s: s.time)
+
+    def forget(self, retention: Retention, node: str, backup_name: str) -> list[str]:
+        """Apply retention to this node's snapshots of this Backup and prune; returns the removed ids."""
+        # one group per node and Backup: grouping by tags would make each run (its own run tag) a group
+        # whose newest snapshot is always kept, and grouping by paths would split it when include changes
+        args = ["forget", "--host", node, "--tag", f"{BACKUP_TAG}={backup_name}", "--group-by", "host",
+                *retention_args(retention), "--prune"]
+        out = self.with_lock_retry(*args, "--json").stdout
+        removed: list[str] = []
+        for group in _json_lines_or_list(out):
+            if isinstance(group, dict):
+                removed += [str(s.get("id", "")) for s in (group.get("remove") or [])]
+        return removed
+
+    def check(self, read_data_percent: int = 0) -> None:
+        args = ["check"] + ([f"--read-data-subset={read_data_percent}%"] if read_data_percent else [])
+        try:
+            self.with_lock_retry(*args)
+        except ResticError as exc:
+            if exc.failure in (ResticFailure.FAILED, ResticFailure.CORRUPT):
+                raise ResticError(ResticFailure.CORRUPT, f"integrity check of {self.repo.display()} failed: "
+                                  f"{exc}") from exc
+            raise
+
+    def restore(self, snapshot_id: str, target: Path, includes: Sequence[str] = ()) -> None:
+        """restic restore into target (a staging directory: callers swap it into place)."""
+        args = ["restore", f"{snapshot_id}", "--target", str(target)]
+        for path in includes:
+            args += ["--include", path]
+        self.run(*args)
+
+
+def _error_text(result: subprocess.CompletedProcess[str]) -> str:
+    """stderr, plus the messages of the JSON exit_error/error lines restic --json prints."""
+    messages = []
+    for line in (result.stdout + "\n" + result.stderr).splitlines():
+        if line.startswith('{"message_type":"exit_error"') or line.startswith('{"message_type":"error"'):
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            error = data.get("error")
+            messages.append(str(error.get("message", "")) if isinstance(error, dict) else str(data.get("message", "")))
+    plain = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    return "\n".join([*plain, *messages])
+
+
+def _network_address(location: str) -> Iterator[tuple[str, int]]:
+    for prefix in ("rest:", "s3:"):
+        if location.startswith(prefix):
+            url = urllib.parse.urlsplit(location.removeprefix(prefix))
+            if url.hostname:
+                yield url.hostname, url.port or (443 if url.scheme == "https" else 80)
+
+
+def _json_lines_or_list(out: str) -> list[Any]:
+    """The JSON documents of an output that may interleave progress lines."""
+    found: list[Any] = []
+    for line in out.splitlines():
+        if line.startswith(("{", "[")):
+            try:
+                parsed = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            found += parsed if isinstance(parsed, list) else [parsed]
+    return found
+
+
+def _backup_result(stdout: str, missing: list[str]) -> BackupResult:
+    summary: BackupSummary | None = None
+    warnings: list[str] = []
+    for line in stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        message = json.loads(line)
+        if message.get("message_type") == "summary":
+            summary = BackupSummary.model_validate(message)
+        elif message.get("message_type") == "error":
+            warnings.append(f"{message.get('item', '')}: {(message.get('error') or {}).get('message', '')}")
+    if summary is None or not summary.snapshot_id:
+        raise ResticError(ResticFailure.FAILED, "restic backup ended without a snapshot")
+    return BackupResult(summary=summary, missing=missing, warnings=warnings)
