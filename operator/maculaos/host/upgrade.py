@@ -1,0 +1,312 @@
+"""One node's A/B upgrade, step by step, with its state on the data partition so that a restart or a
+reboot continues where it stood. Used by the agent (steps granted by the operator) and by
+`maculaos upgrade` on the node itself (no Kubernetes).
+
+The order of steps is what keeps a node bootable: the running slot is never written; the new slot is
+made the next boot only right before the granted reboot; it gets one try and is marked good only after
+the health commit window passed; a bad window marks it bad and boots the old slot, which stays good
+throughout. State: <host root>/var/lib/maculaos/upgrade/state.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from maculaos.api.nodeupgrade import AgentPhase
+from maculaos.host.bundles import BundleError, Release, download, find_local
+from maculaos.host.files import atomic_write
+from maculaos.host.rauc import Rauc, RaucError, RaucStatus
+
+log = logging.getLogger("maculaos.upgrade")
+STATE_DIR = Path("var/lib/maculaos/upgrade")
+BOOT_ID = Path("proc/sys/kernel/random/boot_id")
+OS_RELEASE = Path("etc/os-release")
+
+#: progress(phase, percent, message): called while downloading and installing.
+StepProgress = Callable[[AgentPhase, int, str], None]
+
+
+@dataclass(frozen=True)
+class UpgradeState:
+    """What this node did about its upgrade, kept across restarts and reboots."""
+
+    target_version: str = ""
+    phase: AgentPhase = AgentPhase.IDLE
+    message: str = ""
+    grant_time: str = ""
+    """The grant (by its time) the phase answers; a new grant with another time is a new request."""
+    from_slot: str = ""
+    """RAUC slot name running when the install started (the way back)."""
+    to_slot: str = ""
+    """RAUC slot name the target was installed into."""
+    from_version: str = ""
+    reboot_boot_id: str = ""
+    """The boot ID when the reboot was requested; another one means the node rebooted."""
+    commit_boot_id: str = ""
+    commit_started: float = 0.0
+    """Wall time the health commit window opened (survives agent restarts within the boot)."""
+    rollback_reason: str = ""
+    """Why the pending reboot goes back to the old slot ("" when it goes to the new one)."""
+    progress: int | None = None
+    history: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    version: str
+    slot: str
+    """Bootname of the running slot (A or B), "" when RAUC cannot say."""
+    boot_id: str
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    ok: bool
+    reason: str
+
+
+class NodeUpgrader:
+    """The upgrade steps of one node over its RAUC and its host root."""
+
+    def __init__(self, host_root: Path, rauc: Rauc, reboot_command: str = "systemctl reboot",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.host_root = host_root
+        self.rauc = rauc
+        self.reboot_command = reboot_command
+        self.clock = clock
+        self.state_dir = host_root / STATE_DIR
+        self.state_file = self.state_dir / "state.json"
+
+    # ---- state and facts
+    def load(self) -> UpgradeState:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return UpgradeState()
+        except ValueError:
+            log.warning(f"{self.state_file} is unreadable: starting from Idle")
+            return UpgradeState()
+        data["phase"] = AgentPhase(data.get("phase", "Idle"))
+        known = UpgradeState.__dataclass_fields__
+        return UpgradeState(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, state: UpgradeState) -> UpgradeState:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.state_file, json.dumps(asdict(state), indent=2) + "\n")
+        return state
+
+    def _set(self, state: UpgradeState, phase: AgentPhase, message: str, **changes: object) -> UpgradeState:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.clock()))} {phase.value}: {message}"
+        log.info(f"upgrade {state.target_version or changes.get('target_version', '')}: {phase.value}: {message}")
+        return self.save(replace(state, phase=phase, message=message, progress=None,
+                                 history=[*state.history, line][-20:], **changes))  # type: ignore[arg-type]
+
+    def facts(self, status: RaucStatus | None = None) -> NodeFacts:
+        slot = ""
+        try:
+            slot = (status or self.rauc.status()).booted
+        except RaucError as exc:
+            log.warning(f"cannot read RAUC status: {exc}")
+        return NodeFacts(version=read_os_version(self.host_root), slot=slot, boot_id=read_boot_id(self.host_root))
+
+    # ---- Install: no disruption
+    def install(self, release: Release, local_dir: Path | None, grant_time: str = "",
+                progress: StepProgress | None = None) -> UpgradeState:
+        """Get, verify and install release into the inactive slot; the running slot stays the next boot."""
+        state = UpgradeState(target_version=release.version, grant_time=grant_time,
+                             history=self.load().history)
+        try:
+            status = self.rauc.status()
+        except RaucError as exc:
+            return self._set(state, AgentPhase.FAILED, f"RAUC is not usable on this node: {exc}")
+        facts = self.facts(status)
+        if facts.version == release.version:
+            return self._set(state, AgentPhase.SUCCEEDED, f"already running {release.version} (slot {facts.slot})")
+        state = self._set(state, AgentPhase.DOWNLOADING, f"getting {release.version}", from_version=facts.version)
+        try:
+            bundle = self._get_bundle(release, local_dir, progress)
+            info = self.rauc.info(bundle)
+        except (BundleError, RaucError) as exc:
+            return self._set(state, AgentPhase.FAILED, f"not installed, slot {facts.slot} untouched: {exc}")
+        problem = _mismatch(info.version, info.compatible, release.version, status.compatible)
+        if problem:
+            return self._set(state, AgentPhase.FAILED, f"not installed, slot {facts.slot} untouched: {problem}")
+        other = status.other_slot()
+        state = self._set(state, AgentPhase.INSTALLING, f"installing {release.version} into slot {other.bootname}",
+                          from_slot=status.booted_slot().name, to_slot=other.name)
+        try:
+            self.rauc.install(bundle, lambda pct, what: progress(AgentPhase.INSTALLING, pct, what)
+                              if progress else None)
+            self._keep_booted_primary()
+        except RaucError as exc:
+            self._keep_booted_primary()
+            return self._set(state, AgentPhase.FAILED, f"rauc install failed, slot {facts.slot} untouched: {exc}")
+        return self._set(state, AgentPhase.INSTALLED,
+                         f"{release.version} installed in slot {other.bootname}; waiting for a reboot")
+
+    def _get_bundle(self, release: Release, local_dir: Path | None, progress: StepProgress | None) -> Path:
+        if local_dir is not None:
+            return find_local(local_dir, release.version, self.rauc)
+
+        def report(done: int, total: int | None) -> None:
+            if progress is not None and total:
+                progress(AgentPhase.DOWNLOADING, done * 100 // total, f"{done} of {total} bytes")
+        return download(release, self.state_dir / "bundles", report)
+
+    def _keep_booted_primary(self) -> None:
+        """RAUC may activate what it installed; the next boot stays the running slot until a reboot is
+        granted, so a power cut before then changes nothing."""
+        status = self.rauc.status()
+        if status.primary != status.booted_slot().name:
+            self.rauc.mark_active("booted")
+
+    # ---- Reboot: disruption the operator allowed
+    def reboot(self, grant_time: str = "") -> UpgradeState:
+        """Make the installed slot the next boot (one try) and reboot."""
+        state = self.load()
+        if state.phase is not AgentPhase.INSTALLED:
+            return state
+        try:
+            self.rauc.mark_active(state.to_slot)
+        except RaucError as exc:
+            return self._set(state, AgentPhase.FAILED, f"cannot make slot {state.to_slot} the next boot: {exc}")
+        boot_id = read_boot_id(self.host_root)
+        state = self._set(state, AgentPhase.REBOOTING, f"rebooting into {state.to_slot} ({state.target_version})",
+                          grant_time=grant_time or state.grant_time, reboot_boot_id=boot_id, rollback_reason="")
+        self._run_reboot()
+        return state
+
+    def rollback(self, reason: str, grant_time: str = "") -> UpgradeState:
+        """Boot the other slot (the previous version) again."""
+        state = self.load()
+        try:
+            status = self.rauc.status()
+            other = status.other_slot()
+            if state.phase is AgentPhase.INSTALLED:  # never booted: nothing to reboot out of
+                self.rauc.mark_bad(other.name)
+                return self._set(state, AgentPhase.ROLLED_BACK, f"{reason}; slot {other.bootname} marked bad, "
+                                 f"still running {status.booted}", grant_time=grant_time or state.grant_time)
+            self.rauc.mark_active(other.name)
+        except (RaucError, StopIteration) as exc:
+            return self._set(state, AgentPhase.FAILED, f"cannot roll back: {exc}")
+        state = self._set(state, AgentPhase.REBOOTING, f"rolling back to slot {other.bootname}: {reason}",
+                          grant_time=grant_time or state.grant_time, reboot_boot_id=read_boot_id(self.host_root),
+                          rollback_reason=reason, from_slot=status.booted_slot().name, to_slot=other.name)
+        self._run_reboot()
+        return state
+
+    def _run_reboot(self) -> None:
+        try:
+            subprocess.run(shlex.split(self.reboot_command), check=True, timeout=60, capture_output=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.error(f"reboot command {self.reboot_command!r} failed: {exc}")
+
+    # ---- after a boot
+    def after_boot(self) -> UpgradeState:
+        """Turn a pending reboot into its outcome once the boot ID changed: Committing on the new slot,
+        RolledBack on the old one."""
+        state = self.load()
+        if state.phase is not AgentPhase.REBOOTING and state.phase is not AgentPhase.COMMITTING:
+            return state
+        boot_id = read_boot_id(self.host_root)
+        if state.phase is AgentPhase.REBOOTING and boot_id == state.reboot_boot_id:
+            return state  # not rebooted yet
+        try:
+            status = self.rauc.status()
+        except RaucError as exc:
+            log.warning(f"cannot read RAUC status after boot: {exc}")
+            return state
+        booted = status.booted_slot()
+        if state.rollback_reason:
+            if booted.name == state.to_slot:
+                self._mark_good_quietly()
+                return self._set(state, AgentPhase.ROLLED_BACK,
+                                 f"running {read_os_version(self.host_root)} in slot {booted.bootname} again: "
+                                 f"{state.rollback_reason}", rollback_reason="")
+            return self._set(state, AgentPhase.FAILED, f"rollback to {state.to_slot} did not boot it; "
+                             f"running slot {booted.bootname}")
+        if booted.name != state.to_slot:
+            self._mark_good_quietly()
+            how = ("the new slot rebooted before it was committed" if state.phase is AgentPhase.COMMITTING
+                   else f"slot {state.to_slot} did not boot")
+            return self._set(state, AgentPhase.ROLLED_BACK,
+                             f"{how}; the bootloader returned to slot {booted.bootname} "
+                             f"({read_os_version(self.host_root)})")
+        if state.phase is AgentPhase.REBOOTING or state.commit_boot_id != boot_id:
+            return self._set(state, AgentPhase.COMMITTING,
+                             f"booted {read_os_version(self.host_root)} in slot {booted.bootname}; "
+                             "waiting for health", commit_boot_id=boot_id, commit_started=self.clock())
+        return state
+
+    def commit(self, verdict: HealthVerdict, window_seconds: float, auto_rollback: bool = True) -> UpgradeState:
+        """Inside the window: mark good as soon as the verdict is healthy; after it, mark bad and roll back."""
+        state = self.load()
+        if state.phase is not AgentPhase.COMMITTING:
+            return state
+        if verdict.ok:
+            try:
+                self.rauc.mark_good("booted")
+            except RaucError as exc:
+                return self._set(state, AgentPhase.COMMITTING, f"healthy, but mark-good failed (retrying): {exc}")
+            version = read_os_version(self.host_root)
+            return self._set(state, AgentPhase.SUCCEEDED, f"running {version} in slot "
+                             f"{self.rauc.status().booted}, marked good")
+        elapsed = self.clock() - state.commit_started
+        if elapsed < window_seconds:
+            if state.message != f"waiting for health: {verdict.reason}":
+                return self._set(state, AgentPhase.COMMITTING, f"waiting for health: {verdict.reason}")
+            return state
+        reason = f"health commit window ({window_seconds:.0f}s) failed: {verdict.reason}"
+        if not auto_rollback:
+            return self._set(state, AgentPhase.FAILED, f"{reason}; autoRollback is off: slot left unconfirmed "
+                             "(the next reboot returns to the previous slot)")
+        try:
+            self.rauc.mark_bad("booted")
+            self.rauc.mark_active(state.from_slot)
+        except RaucError as exc:
+            log.error(f"mark-bad/mark-active failed ({exc}); the bootloader's one try still falls back")
+        state = self._set(state, AgentPhase.REBOOTING, f"rolling back to {state.from_slot}: {reason}",
+                          reboot_boot_id=read_boot_id(self.host_root), rollback_reason=reason,
+                          to_slot=state.from_slot, from_slot=state.to_slot)
+        self._run_reboot()
+        return state
+
+    def _mark_good_quietly(self) -> None:
+        try:
+            self.rauc.mark_good("booted")
+        except RaucError as exc:
+            log.warning(f"cannot mark the booted slot good: {exc}")
+
+
+def _mismatch(version: str, compatible: str, want_version: str, want_compatible: str) -> str:
+    if compatible != want_compatible:
+        return f"bundle is for {compatible!r}, this node is {want_compatible!r} (incompatible)"
+    if version != want_version:
+        return f"bundle holds version {version}, the target is {want_version}"
+    return ""
+
+
+def read_boot_id(host_root: Path) -> str:
+    try:
+        return (host_root / BOOT_ID).read_text().strip()
+    except OSError:
+        return ""
+
+
+def read_os_version(host_root: Path) -> str:
+    """VERSION_ID of the running system's os-release."""
+    try:
+        text = (host_root / OS_RELEASE).read_text()
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "VERSION_ID":
+            return value.strip().strip('"')
+    return ""
