@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -151,20 +152,34 @@ def _verify(path: Path, release: Release, digest: str) -> None:
                           "(file deleted; the bundle was not installed)")
 
 
-def find_local(directory: Path, version: str, rauc: Rauc) -> Path:
-    """The bundle in directory whose manifest version is version (manifests read without verification;
-    the caller verifies the chosen one, as every install does)."""
+def local_versions(directory: Path, rauc: Rauc) -> dict[Path, str]:
+    """Version of each *.raucb in directory ("" for one RAUC cannot read), manifests read unverified."""
     if not directory.is_dir():
         raise BundleError(f"source directory {directory} does not exist on this node")
-    seen = []
+    found = {}
     for path in sorted(directory.glob("*.raucb")):
         try:
-            found = rauc.info(path, verify=False).version
-        except RaucError as exc:
-            seen.append(f"{path.name}: unreadable ({exc})")
-            continue
+            found[path] = rauc.info(path, verify=False).version
+        except RaucError:
+            found[path] = ""
+    return found
+
+
+def newest(versions: dict[Path, str]) -> str:
+    """The highest version among them (numeric dotted comparison), "" when there is none."""
+    def key(version: str) -> tuple[int, ...]:
+        core = re.split(r"[-+]", version.lstrip("v"), maxsplit=1)[0]
+        return tuple(int(p) if p.isdigit() else -1 for p in core.split("."))
+    readable = [v for v in versions.values() if v]
+    return max(readable, key=key) if readable else ""
+
+
+def find_local(directory: Path, version: str, rauc: Rauc) -> Path:
+    """The bundle in directory whose manifest version is version (the caller verifies its signature, as
+    every install does)."""
+    versions = local_versions(directory, rauc)
+    for path, found in versions.items():
         if found == version:
             return path
-        seen.append(f"{path.name}: {found}")
-    listing = ", ".join(seen) if seen else "no *.raucb files"
+    listing = ", ".join(f"{p.name}: {v or 'unreadable'}" for p, v in versions.items()) or "no *.raucb files"
     raise BundleError(f"no bundle of version {version} in {directory} ({listing})")

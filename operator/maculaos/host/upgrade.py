@@ -9,17 +9,19 @@ throughout. State: <host root>/var/lib/maculaos/upgrade/state.json."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from maculaos.api.nodeupgrade import AgentPhase
-from maculaos.host.bundles import BundleError, Release, download, find_local
+from maculaos.host.bundles import BundleError, Release, download, find_local, local_versions, newest
 from maculaos.host.files import atomic_write
 from maculaos.host.rauc import Rauc, RaucError, RaucStatus
 
@@ -282,6 +284,68 @@ class NodeUpgrader:
             self.rauc.mark_good("booted")
         except RaucError as exc:
             log.warning(f"cannot mark the booted slot good: {exc}")
+
+
+def upgrade_command(args: argparse.Namespace) -> int:
+    """The body of `maculaos upgrade` (cli.py declares its flags)."""
+    conf = args.rauc_conf or args.host_root / "etc/rauc/system.conf"
+    upgrader = NodeUpgrader(args.host_root, Rauc(args.rauc, conf if conf.exists() else None), args.reboot_command)
+    try:
+        if args.check:
+            return _check(upgrader, args)
+        if args.rollback:
+            return _show(upgrader.rollback("asked for on the node (`maculaos upgrade --rollback`)"),
+                         AgentPhase.REBOOTING, AgentPhase.ROLLED_BACK)
+        if args.commit:
+            upgrader.after_boot()
+            return _show(upgrader.commit(HealthVerdict(True, ""), 0), AgentPhase.SUCCEEDED)
+        release = _release(upgrader, args)
+        state = upgrader.install(release, args.source_dir, grant_time="cli")
+        if state.phase is AgentPhase.INSTALLED and not args.no_reboot:
+            state = upgrader.reboot("cli")
+        return _show(state, AgentPhase.INSTALLED, AgentPhase.REBOOTING, AgentPhase.SUCCEEDED)
+    except (BundleError, RaucError) as exc:
+        print(f"maculaos upgrade: {exc}", file=sys.stderr)
+        return 1
+
+
+def _release(upgrader: NodeUpgrader, args: argparse.Namespace) -> Release:
+    if args.source_dir is not None:
+        version = args.target_version or newest(local_versions(args.source_dir, upgrader.rauc))
+        if not version:
+            raise BundleError(f"no readable bundle in {args.source_dir}")
+        return Release(version)
+    if not args.url or not args.target_version:
+        raise BundleError("give --from DIR, or --url with --version (and --sha256 to verify the download)")
+    return Release(args.target_version, args.url, args.sha256)
+
+
+def _check(upgrader: NodeUpgrader, args: argparse.Namespace) -> int:
+    status = upgrader.rauc.status()
+    booted, other = status.booted_slot(), status.other_slot()
+    print(f"running:   {read_os_version(upgrader.host_root) or '?'} in slot {booted.bootname} ({booted.name})")
+    print(f"other:     slot {other.bootname} ({other.name}): {other.version or 'no RAUC install'}, "
+          f"{other.boot_status}{', boots next' if status.primary == other.name else ''}")
+    state = upgrader.after_boot()
+    if state.target_version:
+        print(f"upgrade:   {state.target_version}: {state.phase.value}: {state.message}")
+    if args.source_dir is None and not args.url:
+        return 0
+    release = _release(upgrader, args)
+    bundle = (find_local(args.source_dir, release.version, upgrader.rauc) if args.source_dir is not None
+              else download(release, upgrader.state_dir / "bundles"))
+    info = upgrader.rauc.info(bundle)
+    problem = _mismatch(info.version, info.compatible, release.version, status.compatible)
+    if problem:
+        print(f"available: {bundle}: {problem}", file=sys.stderr)
+        return 1
+    print(f"available: {info.version} ({bundle.name}; signature and compatible verified)")
+    return 0
+
+
+def _show(state: UpgradeState, *good: AgentPhase) -> int:
+    print(f"{state.phase.value}: {state.message}")
+    return 0 if state.phase in good else 1
 
 
 def _mismatch(version: str, compatible: str, want_version: str, want_compatible: str) -> str:
