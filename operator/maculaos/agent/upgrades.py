@@ -167,7 +167,7 @@ class UpgradeEngine:
 
     def _report(self, obj: dict[str, Any], entry: dict[str, Any], facts: NodeFacts) -> None:
         full = {"observedGeneration": obj["metadata"].get("generation"), "version": facts.version,
-                "slot": facts.slot, "bootId": facts.boot_id, **entry}
+                "slot": facts.slot, "bootId": facts.boot_id, "progress": None, **entry}  # None clears (merge patch)
         self.reporter.node_entry(PLURAL, obj["metadata"]["name"], full)
 
 

@@ -52,6 +52,7 @@ SYSTEM_CONF = """[system]
 compatible={compatible}
 bootloader=custom
 data-directory={data}
+mountprefix={mounts}
 activate-installed=false
 
 [handlers]
@@ -187,6 +188,7 @@ class SimulatedRaucNode:
         backend.write_text(BACKEND.format(state=self.boot_state, cmdline=self.cmdline))
         backend.chmod(0o755)
         self.conf.write_text(SYSTEM_CONF.format(compatible=self._compatible, data=self.host_root / "var/lib/rauc",
+                                                mounts=self.dir / "mnt",
                                                 backend=backend, keyring=keyring, root=self.host_root))
         self.reboot_hook.write_text(REBOOT_HOOK.format(python=sys.executable, node=self.dir))
         self.reboot_hook.chmod(0o755)
