@@ -106,12 +106,14 @@ def make_signing_cert(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 def build_bundle(out: Path, version: str, compatible: str, cert: Path, key: Path,
-                 payload_bytes: int = 1024 * 1024) -> Path:
-    """A plain RAUC bundle holding one rootfs image (a recognisable payload of payload_bytes)."""
+                 payload_bytes: int = 1024 * 1024, random_payload: bool = False) -> Path:
+    """A plain RAUC bundle holding one rootfs image of payload_bytes: a recognisable text, or random bytes
+    (which squashfs cannot shrink: a bundle as large as a real one)."""
     work = out.with_name(out.name + ".d")
     work.mkdir(parents=True, exist_ok=True)
     line = f"MaculaOS {version} rootfs\n".encode()
-    (work / "rootfs.img").write_bytes((line * (payload_bytes // len(line) + 1))[:payload_bytes])
+    payload = os.urandom(payload_bytes) if random_payload else (line * (payload_bytes // len(line) + 1))[:payload_bytes]
+    (work / "rootfs.img").write_bytes(payload)
     (work / "manifest.raucm").write_text(
         f"[update]\ncompatible={compatible}\nversion={version}\n\n[bundle]\nformat=plain\n\n"
         "[image.rootfs]\nfilename=rootfs.img\n")
@@ -142,7 +144,7 @@ class SimulatedRaucNode:
     """One node's disk, bootloader and RAUC service."""
 
     def __init__(self, node_dir: Path, name: str, compatible: str, keyring: Path,
-                 version: str = "0.1.0") -> None:
+                 version: str = "0.1.0", slot_size: int = SLOT_SIZE) -> None:
         self.dir = node_dir.resolve()
         self.host_root = self.dir / "host"
         self.boot_state = self.host_root / "boot" / "bootenv"
@@ -153,6 +155,7 @@ class SimulatedRaucNode:
         self.layout = NodeLayout(name=name, node_dir=str(self.dir), initial_version=version)
         self._compatible = compatible
         self._keyring = keyring
+        self._slot_size = slot_size
 
     @classmethod
     def load(cls, node_dir: Path) -> SimulatedRaucNode:
@@ -178,7 +181,7 @@ class SimulatedRaucNode:
             path.mkdir(parents=True, exist_ok=True)
         for slot, _ in SLOTS:
             with open(self.host_root / slot, "wb") as f:
-                f.truncate(SLOT_SIZE)
+                f.truncate(self._slot_size)
         (self.boot_state / "primary").write_text("A\n")
         (self.boot_state / "A").write_text("good\n")
         (self.boot_state / "B").write_text("bad\n")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from maculaos.host.rauc import Rauc, RaucError
+from maculaos.host.rauc import BundleInfo, Rauc, RaucError
 
 CHUNK = 256 * 1024
 #: Room kept free on the data partition beyond the bundle itself (logs, k3s, the node's own data).
@@ -152,34 +152,34 @@ def _verify(path: Path, release: Release, digest: str) -> None:
                           "(file deleted; the bundle was not installed)")
 
 
-def local_versions(directory: Path, rauc: Rauc) -> dict[Path, str]:
-    """Version of each *.raucb in directory ("" for one RAUC cannot read), manifests read unverified."""
+def local_bundles(directory: Path, rauc: Rauc) -> dict[Path, BundleInfo | None]:
+    """The manifest of each *.raucb in directory (None for one RAUC cannot read), read unverified: the
+    signature is checked by the install itself, before it writes anything."""
     if not directory.is_dir():
         raise BundleError(f"source directory {directory} does not exist on this node")
-    found = {}
+    found: dict[Path, BundleInfo | None] = {}
     for path in sorted(directory.glob("*.raucb")):
         try:
-            found[path] = rauc.info(path, verify=False).version
+            found[path] = rauc.info(path, verify=False)
         except RaucError:
-            found[path] = ""
+            found[path] = None
     return found
 
 
-def newest(versions: dict[Path, str]) -> str:
+def newest(bundles: dict[Path, BundleInfo | None]) -> str:
     """The highest version among them (numeric dotted comparison), "" when there is none."""
     def key(version: str) -> tuple[int, ...]:
         core = re.split(r"[-+]", version.lstrip("v"), maxsplit=1)[0]
         return tuple(int(p) if p.isdigit() else -1 for p in core.split("."))
-    readable = [v for v in versions.values() if v]
+    readable = [i.version for i in bundles.values() if i is not None and i.version]
     return max(readable, key=key) if readable else ""
 
 
-def find_local(directory: Path, version: str, rauc: Rauc) -> Path:
-    """The bundle in directory whose manifest version is version (the caller verifies its signature, as
-    every install does)."""
-    versions = local_versions(directory, rauc)
-    for path, found in versions.items():
-        if found == version:
-            return path
-    listing = ", ".join(f"{p.name}: {v or 'unreadable'}" for p, v in versions.items()) or "no *.raucb files"
-    raise BundleError(f"no bundle of version {version} in {directory} ({listing})")
+def find_local(directory: Path, version: str, rauc: Rauc) -> tuple[Path, BundleInfo]:
+    """The bundle in directory whose manifest version is version, with its manifest."""
+    bundles = local_bundles(directory, rauc)
+    for path, info in bundles.items():
+        if info is not None and info.version == version:
+            return path, info
+    listing = ", ".join(f"{p.name}: {i.version if i else 'unreadable'}" for p, i in bundles.items())
+    raise BundleError(f"no bundle of version {version} in {directory} ({listing or 'no *.raucb files'})")

@@ -7,6 +7,7 @@ given (the simulated nodes each run a private bus)."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -147,6 +148,17 @@ class Rauc:
         self._run("status", "mark-active", slot)
 
 
+def activates_installed(conf: Path) -> bool:
+    """RAUC's `activate-installed` of a system.conf (default true): whether an install makes the new slot
+    the next boot by itself."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(conf)
+    except configparser.Error:
+        return True
+    return parser.get("system", "activate-installed", fallback="true").strip().lower() not in ("false", "0", "no")
+
+
 def _json(text: str) -> dict[str, Any]:
     """RAUC prints its JSON on one line of stdout; log lines may go around it."""
     for line in text.splitlines():
@@ -160,6 +172,7 @@ def _rauc_message(output: str) -> str:
     keep = []
     for line in output.splitlines():
         line = re.sub(r"^rauc-\w+(\s+\*\*)?:\s*[\d:.]*:?\s*", "", line.strip())
+        line = line.removeprefix("LastError: ")
         if not line or PROGRESS_LINE.match(line) or line in ("installing", "idle"):
             continue
         keep.append(line)

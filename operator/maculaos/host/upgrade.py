@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from maculaos.api.nodeupgrade import AgentPhase
-from maculaos.host.bundles import BundleError, Release, download, find_local, local_versions, newest
+from maculaos.host.bundles import BundleError, Release, download, find_local, local_bundles, newest
 from maculaos.host.files import atomic_write
-from maculaos.host.rauc import Rauc, RaucError, RaucStatus
+from maculaos.host.rauc import BundleInfo, Rauc, RaucError, RaucStatus, activates_installed
 
 log = logging.getLogger("maculaos.upgrade")
 STATE_DIR = Path("var/lib/maculaos/upgrade")
@@ -132,8 +132,7 @@ class NodeUpgrader:
             return self._set(state, AgentPhase.SUCCEEDED, f"already running {release.version} (slot {facts.slot})")
         state = self._set(state, AgentPhase.DOWNLOADING, f"getting {release.version}", from_version=facts.version)
         try:
-            bundle = self._get_bundle(release, local_dir, progress)
-            info = self.rauc.info(bundle)
+            bundle, info = self._get_bundle(release, local_dir, progress)
         except (BundleError, RaucError) as exc:
             return self._set(state, AgentPhase.FAILED, f"not installed, slot {facts.slot} untouched: {exc}")
         problem = _mismatch(info.version, info.compatible, release.version, status.compatible)
@@ -148,22 +147,28 @@ class NodeUpgrader:
             self._keep_booted_primary()
         except RaucError as exc:
             self._keep_booted_primary()
-            return self._set(state, AgentPhase.FAILED, f"rauc install failed, slot {facts.slot} untouched: {exc}")
+            return self._set(state, AgentPhase.FAILED, f"not installed, slot {facts.slot} untouched: rauc install failed: {exc}")
         return self._set(state, AgentPhase.INSTALLED,
                          f"{release.version} installed in slot {other.bootname}; waiting for a reboot")
 
-    def _get_bundle(self, release: Release, local_dir: Path | None, progress: StepProgress | None) -> Path:
+    def _get_bundle(self, release: Release, local_dir: Path | None,
+                    progress: StepProgress | None) -> tuple[Path, BundleInfo]:
+        """The bundle and its manifest, read unverified: `rauc install` checks the signature (and again
+        the compatible) before it writes a byte, so one verification pass is enough."""
         if local_dir is not None:
             return find_local(local_dir, release.version, self.rauc)
 
         def report(done: int, total: int | None) -> None:
             if progress is not None and total:
                 progress(AgentPhase.DOWNLOADING, done * 100 // total, f"{done} of {total} bytes")
-        return download(release, self.state_dir / "bundles", report)
+        bundle = download(release, self.state_dir / "bundles", report)
+        return bundle, self.rauc.info(bundle, verify=False)
 
     def _keep_booted_primary(self) -> None:
         """RAUC may activate what it installed; the next boot stays the running slot until a reboot is
         granted, so a power cut before then changes nothing."""
+        if self.rauc.conf is not None and not activates_installed(self.rauc.conf):
+            return  # this RAUC leaves a fresh slot inactive (activate-installed=false): nothing to undo
         status = self.rauc.status()
         if status.primary != status.booted_slot().name:
             self.rauc.mark_active("booted")
@@ -311,7 +316,7 @@ def upgrade_command(args: argparse.Namespace) -> int:
 
 def _release(upgrader: NodeUpgrader, args: argparse.Namespace) -> Release:
     if args.source_dir is not None:
-        version = args.target_version or newest(local_versions(args.source_dir, upgrader.rauc))
+        version = args.target_version or newest(local_bundles(args.source_dir, upgrader.rauc))
         if not version:
             raise BundleError(f"no readable bundle in {args.source_dir}")
         return Release(version)
@@ -332,7 +337,7 @@ def _check(upgrader: NodeUpgrader, args: argparse.Namespace) -> int:
     if args.source_dir is None and not args.url:
         return 0
     release = _release(upgrader, args)
-    bundle = (find_local(args.source_dir, release.version, upgrader.rauc) if args.source_dir is not None
+    bundle = (find_local(args.source_dir, release.version, upgrader.rauc)[0] if args.source_dir is not None
               else download(release, upgrader.state_dir / "bundles"))
     info = upgrader.rauc.info(bundle)
     problem = _mismatch(info.version, info.compatible, release.version, status.compatible)
