@@ -63,3 +63,12 @@ def test_apply_refuses_a_bundle_from_another_ca(rauc_node: SimulatedRaucNode, bu
 def test_apply_without_a_source_says_what_to_give(rauc_node: SimulatedRaucNode) -> None:
     result = maculaos(rauc_node, "--apply")
     assert result.returncode == 1 and "give --from DIR, or --url with --version" in result.stderr
+    result = maculaos(rauc_node, "--apply", "--url=http://127.0.0.1:9/x.raucb")
+    assert result.returncode == 1 and "give --from DIR, or --url with --version" in result.stderr
+    result = maculaos(rauc_node, "--apply", f"--from={rauc_node.dir / 'no-such-usb'}")
+    assert result.returncode == 1 and "no-such-usb does not exist on this node" in result.stderr
+    empty = rauc_node.dir / "empty-usb"
+    empty.mkdir()
+    result = maculaos(rauc_node, "--apply", f"--from={empty}")
+    assert result.returncode == 1 and "no readable bundle" in result.stderr
+    assert rauc_node.slot_state("B") == "bad"

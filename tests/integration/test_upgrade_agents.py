@@ -45,8 +45,10 @@ class RaucFleet:
     nodes: dict[str, SimulatedRaucNode]
     netns: list[str]
 
+    name: str = NAME
+
     def entry(self, node: str) -> dict[str, Any]:
-        status = self.cluster.get("NodeUpgrade", NAME).get("status") or {}
+        status = self.cluster.get("NodeUpgrade", self.name).get("status") or {}
         return dict((status.get("nodes") or {}).get(node) or {})
 
     def wait_phase(self, node: str, phase: str, timeout: float = 60) -> dict[str, Any]:
@@ -58,7 +60,7 @@ class RaucFleet:
     def operator_writes(self, status: dict[str, Any]) -> None:
         """The stand-in operator's write: a merge patch of status.target / status.grants."""
         client.CustomObjectsApi(self.cluster.api).patch_cluster_custom_object_status(
-            GROUP, VERSION, "nodeupgrades", NAME, {"status": status}, _content_type=MERGE_PATCH)
+            GROUP, VERSION, "nodeupgrades", self.name, {"status": status}, _content_type=MERGE_PATCH)
 
     def grant(self, action: str, nodes: list[str]) -> None:
         self.operator_writes({"grants": {n: {"action": action, "time": now_rfc3339()} for n in nodes}})
@@ -139,3 +141,31 @@ def test_three_agents_upgrade_and_one_rolls_back(rauc_fleet: RaucFleet, bundles:
     rauc_fleet.grant("Rollback", ["macula-nuc-01"])
     entry = rauc_fleet.wait_phase("macula-nuc-01", "RolledBack")
     assert (entry["version"], entry["slot"]) == ("0.1.0", "A") and "granted by the operator" in entry["message"]
+
+
+def test_refusals_and_a_local_source_through_the_agents(rauc_fleet: RaucFleet, bundles: Bundles,
+                                                         bundle_server: BundleServer, created: Any) -> None:
+    """A wrong sha256 is reported Failed with the running slot untouched; a bundle from the node's own
+    directory (spec.source.localPath, inside the host root) installs."""
+    rauc_fleet.name = "local-0-3-0"
+    usb = rauc_fleet.nodes["macula-nuc-02"].host_root / "media/usb"
+    usb.mkdir(parents=True)
+    (usb / bundles.newer.name).write_bytes(bundles.newer.read_bytes())
+    created({"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": rauc_fleet.name},
+             "spec": {"version": "0.3.0", "source": {"localPath": "/media/usb"},
+                      "nodeSelector": {"matchLabels": {"macula.io/site": "warehouse"}}}})
+    release = release_of(bundle_server, bundles.newer, version="0.3.0")
+    rauc_fleet.operator_writes({"target": {"version": "0.3.0", "url": release.url, "sha256": "0" * 64}})
+    rauc_fleet.grant("Install", ["macula-nuc-01"])
+    entry = rauc_fleet.wait_phase("macula-nuc-01", "Failed")
+    assert "sha256 mismatch" in entry["message"] and entry["slot"] == "A"
+
+    rauc_fleet.operator_writes({"target": {"version": "0.3.0", "url": None, "sha256": None},
+                                "grants": {"macula-nuc-01": None}})
+    node = rauc_fleet.nodes["macula-nuc-02"]
+    other = "B" if node.booted() == "A" else "A"
+    rauc_fleet.grant("Install", ["macula-nuc-02"])
+    entry = rauc_fleet.wait_phase("macula-nuc-02", "Installed")
+    assert entry["targetVersion"] == "0.3.0" and f"slot {other}" in entry["message"]
+    assert node.slot_version(other) == "0.3.0"
+

@@ -111,9 +111,9 @@ class UpgradeEngine:
             return state
         if grant.action is GrantAction.INSTALL and target is not None and _wants_install(state, target, grant):
             release = Release(target.version, target.url, target.sha256, target.size)
-            local = Path(spec.source.local_path) if spec.source.local_path else None
-            if local is not None:
-                local = self.upgrader.host_root / local.relative_to("/")
+            local = None  # a target with a url is downloaded; without one, localPath holds the bundle
+            if not target.url and spec.source.local_path:
+                local = self.upgrader.host_root / Path(spec.source.local_path).relative_to("/")
             self._last_progress = None
             return self.upgrader.install(release, local, grant.time,
                                          lambda phase, pct, what: self._progress(obj, target, phase, pct, what))
