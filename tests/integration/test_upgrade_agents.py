@@ -135,6 +135,11 @@ def test_three_agents_upgrade_and_one_rolls_back(rauc_fleet: RaucFleet, bundles:
     assert "health commit window" in entry["message"] and "sickly-b/service-port failing" in entry["message"]
     assert rauc_fleet.nodes[SICKLY].slot_state("B") == "bad"
     assert cluster.get("Node", SICKLY)["metadata"]["labels"].get(VERSION_LABEL) == "0.1.0"
+    events = cluster.kubectl("get", "events", "-n", "default", "--field-selector",
+                             f"involvedObject.name={NAME}", "-o", "jsonpath={range .items[*]}{.reason} {.message}|{end}")
+    told = events.stdout.split("|")
+    assert sum(e.startswith(f"UpgradeRolledBack {SICKLY}: ") for e in told) == 1, told
+    assert sum(e.startswith("UpgradeSucceeded macula-nuc-02: ") for e in told) == 1, told
 
     # failurePolicy PauseAndRollback as the operator would run it: the upgraded nodes go back too.
     rauc_fleet.operator_writes({"grants": {SICKLY: None}})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ PLURAL = "nodeupgrades"
 COMMIT_TICK_SECONDS = 1.0
 PROGRESS_STEP = 5
 ACTIVE = (AgentPhase.DOWNLOADING, AgentPhase.INSTALLING)
+OUTCOMES = {p.value for p in (AgentPhase.INSTALLED, AgentPhase.FAILED, AgentPhase.SUCCEEDED, AgentPhase.ROLLED_BACK)}
 
 Snapshot = Callable[[], dict[str, dict[str, Any]]]
 #: health_states() -> {(HealthCheck name, check name): (has run, passing, output)}
@@ -97,7 +99,9 @@ class UpgradeEngine:
             return False
         state = self._act(obj, spec, node, state)
         facts = self.upgrader.facts()
-        self._report(obj, _entry(state, facts, _target(obj)), facts)
+        entry = _entry(state, facts, _target(obj))
+        self._announce(obj, state, entry)
+        self._report(obj, entry, facts)
         return state is not None and state.phase is AgentPhase.COMMITTING
 
     def _act(self, obj: dict[str, Any], spec: NodeUpgradeSpec, node: dict[str, Any],
@@ -127,6 +131,18 @@ class UpgradeEngine:
                 and state.phase in (AgentPhase.SUCCEEDED, AgentPhase.INSTALLED)):
             return self.upgrader.rollback("rollback granted by the operator", grant.time)
         return state
+
+    def _announce(self, obj: dict[str, Any], state: UpgradeState | None, entry: dict[str, Any]) -> None:
+        """One Event per outcome of this node (kubectl get events tells the story), remembered on the
+        node so a restarted agent does not repeat it."""
+        if state is None or entry["phase"] not in OUTCOMES or entry["phase"] != state.phase.value:
+            return
+        mark = f"{obj['metadata'].get('uid', '')}/{state.target_version}/{state.phase.value}"
+        if state.announced == mark:
+            return
+        type_ = "Warning" if state.phase in (AgentPhase.FAILED, AgentPhase.ROLLED_BACK) else "Normal"
+        self.reporter.event(obj, type_, f"Upgrade{state.phase.value}", state.message)
+        self.upgrader.save(replace(state, announced=mark))
 
     def _progress(self, obj: dict[str, Any], target: ReleaseTarget, phase: AgentPhase, pct: int, what: str) -> None:
         last = self._last_progress
@@ -183,9 +199,7 @@ def _entry(state: UpgradeState | None, facts: NodeFacts, target: ReleaseTarget |
     if target is None:
         return {"phase": AgentPhase.IDLE.value, "message": "no target version resolved yet", "targetVersion": ""}
     if state is not None and state.target_version == target.version and state.phase is not AgentPhase.IDLE:
-        entry: dict[str, Any] = {"phase": state.phase.value, "message": state.message,
-                                 "targetVersion": target.version}
-        return entry | ({"progress": state.progress} if state.phase in ACTIVE and state.progress else {})
+        return {"phase": state.phase.value, "message": state.message, "targetVersion": target.version}
     if facts.version == target.version:
         return {"phase": AgentPhase.SUCCEEDED.value, "message": f"running {facts.version} (slot {facts.slot})",
                 "targetVersion": target.version}

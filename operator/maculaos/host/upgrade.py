@@ -55,8 +55,9 @@ class UpgradeState:
     """Wall time the health commit window opened (survives agent restarts within the boot)."""
     rollback_reason: str = ""
     """Why the pending reboot goes back to the old slot ("" when it goes to the new one)."""
-    progress: int | None = None
     history: list[str] = field(default_factory=list)
+    announced: str = ""
+    """The outcome the agent last posted an Event about (object uid/version/phase)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class NodeUpgrader:
     def _set(self, state: UpgradeState, phase: AgentPhase, message: str, **changes: object) -> UpgradeState:
         line = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.clock()))} {phase.value}: {message}"
         log.info(f"upgrade {state.target_version or changes.get('target_version', '')}: {phase.value}: {message}")
-        return self.save(replace(state, phase=phase, message=message, progress=None,
+        return self.save(replace(state, phase=phase, message=message,
                                  history=[*state.history, line][-20:], **changes))  # type: ignore[arg-type]
 
     def facts(self, status: RaucStatus | None = None) -> NodeFacts:
