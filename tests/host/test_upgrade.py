@@ -176,4 +176,14 @@ def test_operator_rollback_after_success(rauc_node: SimulatedRaucNode, bundles: 
     assert rauc_node.reboot() == "A"
     state = upgrader_for(rauc_node).after_boot()
     assert state.phase is AgentPhase.ROLLED_BACK and "granted by the operator" in state.message
-    assert upgrader_for(rauc_node).facts() .version == "0.1.0"
+    assert upgrader_for(rauc_node).facts().version == "0.1.0"
+
+
+def test_rollback_refused_when_the_other_slot_is_not_good(rauc_node: SimulatedRaucNode) -> None:
+    """A fresh node's slot B was never installed: rolling back to it would only cost a boot try."""
+    reboots = rauc_node.dir / "rebooted"
+    state = upgrader_for(rauc_node, f"touch {reboots}").rollback("asked for on the node")
+    assert "not rolled back: slot B is bad" in state.message
+    assert not reboots.exists()
+    assert_untouched(rauc_node)
+

@@ -200,6 +200,10 @@ class NodeUpgrader:
                 self.rauc.mark_bad(other.name)
                 return self._set(state, AgentPhase.ROLLED_BACK, f"{reason}; slot {other.bootname} marked bad, "
                                  f"still running {status.booted}", grant_time=grant_time or state.grant_time)
+            if other.boot_status != "good":  # empty, or marked bad after a failed window: nothing to go back to
+                return self._set(state, state.phase, f"not rolled back: slot {other.bootname} is {other.boot_status} "
+                                 f"(no good previous version); still running slot {status.booted}",
+                                 grant_time=grant_time or state.grant_time)
             self.rauc.mark_active(other.name)
         except (RaucError, StopIteration) as exc:
             return self._set(state, AgentPhase.FAILED, f"cannot roll back: {exc}")
