@@ -8,7 +8,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables iproute2 systemd)
+DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables iproute2 systemd rauc squashfs-tools dbus util-linux)
 
 log() { printf '[install] %s\n' "$*" >&2; }
 

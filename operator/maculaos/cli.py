@@ -91,7 +91,8 @@ def _agent_run(args: argparse.Namespace) -> int:
 
     settings = AgentSettings(node_name=args.node_name, host_root=args.host_root, resync_seconds=args.resync_seconds,
                              nft=args.nft, systemctl=args.systemctl, live_systemd=args.live_systemd,
-                             restic=args.restic)
+                             restic=args.restic, rauc=args.rauc, rauc_conf=args.rauc_conf,
+                             reboot_command=args.reboot_command)
     agent = Agent(settings, client.ApiClient())
     if args.metrics_port:
         host, _, port = args.metrics_port.rpartition(":")
@@ -146,6 +147,11 @@ def _add_backup_commands(commands: "argparse._SubParsersAction[argparse.Argument
     restore.add_argument("--path", action="append", default=[], help="restore only this path (repeatable)")
     restore.add_argument("--target-dir", help="restore under this directory instead of the original places")
     restore.add_argument("--source-node", help="restore another node's snapshots (a replacement machine)")
+def _upgrade(args: argparse.Namespace) -> int:
+    """`maculaos upgrade`: the node's own A/B upgrade with RAUC, no Kubernetes (seed 4.8)."""
+    from maculaos.host.upgrade import upgrade_command
+
+    return upgrade_command(args)
 
 
 def _dev_up(args: argparse.Namespace) -> int:
@@ -206,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="talk to the running systemd instead of `systemctl --root=<host root>`")
     agent_run.add_argument("--restic", default=os.environ.get("MACULAOS_RESTIC", "restic"),
                            help="restic command for Backups and Restores (default: $MACULAOS_RESTIC or restic)")
+    agent_run.add_argument("--rauc", default="rauc", help="rauc command (talks to $DBUS_SYSTEM_BUS_ADDRESS)")
+    agent_run.add_argument("--rauc-conf", default="", help="RAUC system.conf (default: <host root>/etc/rauc/system.conf)")
+    agent_run.add_argument("--reboot-command", default="systemctl reboot",
+                           help="how to reboot the node when a NodeUpgrade grants it")
     agent_run.add_argument("--metrics-port", default="",
                            help="[address:]port for /metrics and /healthz; empty disables")
     agent_run.set_defaults(func=_agent_run)
@@ -220,6 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     apply.set_defaults(func=_agent_apply)
 
     _add_backup_commands(commands)
+
+    upgrade = commands.add_parser("upgrade", help="A/B upgrade of this node with RAUC (no Kubernetes needed)")
+    what = upgrade.add_mutually_exclusive_group(required=True)
+    what.add_argument("--check", action="store_true", help="show slots and versions; with a source, verify "
+                                                          "the bundle (signature, compatible) without installing")
+    what.add_argument("--apply", action="store_true", help="install the bundle into the other slot and reboot")
+    what.add_argument("--rollback", action="store_true", help="boot the other slot (the previous version)")
+    what.add_argument("--commit", action="store_true", help="mark the running new slot good (after a reboot)")
+    upgrade.add_argument("--from", dest="source_dir", type=Path, help="directory holding bundles (USB, airgap)")
+    upgrade.add_argument("--url", help="bundle URL (http/https)")
+    upgrade.add_argument("--sha256", help="expected SHA-256 of the bundle at --url")
+    upgrade.add_argument("--version", dest="target_version",
+                         help="version to install (default with --from: the newest bundle there)")
+    upgrade.add_argument("--no-reboot", action="store_true", help="with --apply: stop once installed")
+    upgrade.add_argument("--host-root", type=Path, default=Path(os.environ.get("HOST_ROOT", "/")))
+    upgrade.add_argument("--rauc", default="rauc")
+    upgrade.add_argument("--rauc-conf", type=Path, help="RAUC system.conf (default: <host root>/etc/rauc/system.conf)")
+    upgrade.add_argument("--reboot-command", default="systemctl reboot")
+    upgrade.set_defaults(func=_upgrade)
 
     dev = commands.add_parser("dev", help="the local demo environment").add_subparsers(dest="action", required=True)
     up = dev.add_parser("up", help="start a control plane, simulated nodes, the operator, and apply examples/")

@@ -27,6 +27,7 @@ class Reporter:
         self._written_at: dict[tuple[str, str], float] = {}
         self._labels: dict[str, str | None] = {}
         self._conditions: dict[str, tuple[str, str, str]] = {}
+        self._last_ok = True
 
     def node_entry(self, plural: str, name: str, entry: dict[str, Any] | None,
                    significant: Callable[[dict[str, Any]], dict[str, Any]] = dict,
@@ -50,13 +51,20 @@ class Reporter:
                 self._written[key] = comparable
                 return True
             log.warning(f"cannot report on {plural}/{name}: {exc.status} {exc.reason}")
+            self._last_ok = False
             return False
         except Exception as exc:  # API server away: retried on the next pass
             log.warning(f"cannot report on {plural}/{name}: {exc}")
+            self._last_ok = False
             return False
+        self._last_ok = True
         self._written[key] = comparable
         self._written_at[key] = time.monotonic()
         return True
+
+    def healthy(self) -> bool:
+        """Whether the last status write reached the API server (part of the agent's own health)."""
+        return self._last_ok
 
     def labels(self, labels: dict[str, str | None], current: dict[str, str]) -> bool:
         """Set and remove labels on this node's Node object, where they differ from current."""

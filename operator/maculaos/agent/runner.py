@@ -21,10 +21,13 @@ from maculaos.agent.health import HealthEngine, significant
 from maculaos.agent.meshroles import PLURAL as MESH_PLURAL
 from maculaos.agent.meshroles import converge_mesh
 from maculaos.agent.report import Reporter
+from maculaos.agent.upgrades import PLURAL as UPGRADE_PLURAL
+from maculaos.agent.upgrades import UpgradeEngine, relevance
 from maculaos.agent.watch import WatchedCache, labels_and_addresses, spec_and_generation
 from maculaos.api import GROUP, VERSION
 from maculaos.api.common import spec_selects
 from maculaos.host.mesh import MeshPlan
+from maculaos.host.rauc import Rauc
 from maculaos.host.systemd import Systemd
 
 log = logging.getLogger("maculaos.agent")
@@ -47,6 +50,12 @@ class AgentSettings:
     """Enable role units on the running systemd (`--now`) instead of `systemctl --root=<host root>`."""
     restic: str = "restic"
     """restic command for Backups and Restores."""
+    rauc: str = "rauc"
+    """rauc command; it talks to the node's RAUC service on $DBUS_SYSTEM_BUS_ADDRESS (default system bus)."""
+    rauc_conf: str = ""
+    """RAUC system.conf whose keyring verifies bundles; empty: <host root>/etc/rauc/system.conf."""
+    reboot_command: str = "systemctl reboot"
+    """How the agent reboots the node when the operator grants it (simulated nodes pass a hook)."""
 
 
 class Agent:
@@ -77,15 +86,25 @@ class Agent:
             BackupSettings(settings.node_name, settings.host_root, settings.restic),
             read_secret_with(client.CoreV1Api(api)),
             lambda plural, name, entry: self.reporter.node_entry(plural, name, entry), self.reporter.event)
+        conf = Path(settings.rauc_conf) if settings.rauc_conf else settings.host_root / "etc/rauc/system.conf"
+        self.upgrades = UpgradeEngine(
+            settings.node_name, settings.host_root, Rauc(settings.rauc, conf if conf.exists() else None),
+            settings.reboot_command, self.reporter, lambda: self.nodeupgrades.snapshot(), self.node.snapshot,
+            self.healthchecks.snapshot, self._health_states)
+        self.nodeupgrades = WatchedCache(UPGRADE_PLURAL, custom.list_cluster_custom_object, self.upgrades.wake.set,
+                                         relevance(settings.node_name), group=GROUP, version=VERSION,
+                                         plural=UPGRADE_PLURAL)
 
     def run(self, stop: threading.Event) -> None:
-        caches = (self.node, self.meshroles, self.healthchecks, self.backups, self.restores)
+        caches = (self.node, self.meshroles, self.healthchecks, self.backups, self.restores, self.nodeupgrades)
         for cache in caches:
             cache.start()
         log.info(f"agent for node {self.settings.node_name} on host root {self.settings.host_root}")
         health = threading.Thread(target=self._health_loop, args=(stop,), name="health", daemon=True)
         health.start()
         threading.Thread(target=self._backup_loop, args=(stop,), name="backup", daemon=True).start()
+        threading.Thread(target=self.upgrades.run, args=(stop, self.settings.resync_seconds), name="upgrades",
+                         daemon=True).start()
         while not stop.is_set():
             changed = self.dirty.wait(self.settings.resync_seconds)
             if stop.is_set():
@@ -139,6 +158,11 @@ class Agent:
         else:
             self.reporter.condition(HEALTHY_CONDITION, "True", "AllChecksPassing",
                                     f"{len(entries)} HealthCheck(s) passing")
+
+    def _health_states(self) -> dict[tuple[str, str], tuple[bool, bool, str]]:
+        """(ran, passing, output) per (HealthCheck, check), for the upgrade's health commit window."""
+        return {key: (st.result is not None, st.result is not None and st.result.ok,
+                      st.result.output if st.result else "") for key, st in dict(self.health.states).items()}
 
     def _notify_health(self, healthcheck: str, check: str, type_: str, reason: str, message: str) -> None:
         obj = self.healthchecks.snapshot().get(healthcheck)

@@ -16,6 +16,7 @@ from maculaos.api.common import (
     ABSOLUTE_PATH_PATTERN,
     ApiModel,
     Duration,
+    NodeEntry,
     ObjectStatus,
     Percent,
     PrinterColumn,
@@ -165,6 +166,63 @@ class DrainOptions(ApiModel):
     """Allow evicting pods that use emptyDir volumes (their data is lost)."""
     grace_period_seconds: int | None = Field(default=None, ge=0, le=86400)
     """Override pods' termination grace period; unset uses each pod's own."""
+
+
+class AgentPhase(StrEnum):
+    """Where a node's agent stands with an upgrade (status.nodes.<node>.phase; see the 4a/4b contract)."""
+
+    IDLE = "Idle"
+    DOWNLOADING = "Downloading"
+    INSTALLING = "Installing"
+    INSTALLED = "Installed"
+    FAILED = "Failed"
+    REBOOTING = "Rebooting"
+    COMMITTING = "Committing"
+    SUCCEEDED = "Succeeded"
+    ROLLED_BACK = "RolledBack"
+
+
+class NodeUpgradeNodeEntry(NodeEntry):
+    """What one node's agent reports about an upgrade. Written only by that node's agent."""
+
+    version: str = ""
+    """OS version running now."""
+    slot: str = ""
+    """Booted RAUC slot, e.g. A."""
+    boot_id: str = ""
+    """The host's boot ID; the operator detects a reboot by its change."""
+    target_version: str = ""
+    """The version this entry's phase refers to."""
+    progress: int | None = None
+    """0-100 while Downloading or Installing."""
+
+
+class GrantAction(StrEnum):
+    INSTALL = "Install"
+    REBOOT = "Reboot"
+    ROLLBACK = "Rollback"
+
+
+class Grant(ApiModel):
+    """What the operator allows one node to do now; an agent never upgrades without one."""
+
+    action: GrantAction
+    """Install (no disruption), Reboot (cordoned and drained) or Rollback (boot the previous slot)."""
+    time: str
+    """When the grant was given (RFC 3339)."""
+
+
+class ReleaseTarget(ApiModel):
+    """The release a rollout goes to, resolved by the operator from version, channel and source."""
+
+    version: str
+    """MaculaOS version."""
+    url: str | None = None
+    """Bundle URL (release index or source.url); absent for source.localPath."""
+    sha256: str | None = None
+    """Expected SHA-256 of the bundle, when known."""
+    size: int | None = None
+    """Bundle size in bytes, when known."""
 
 
 class NodeUpgradeStatus(ObjectStatus):

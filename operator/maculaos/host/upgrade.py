@@ -1,0 +1,386 @@
+"""One node's A/B upgrade, step by step, with its state on the data partition so that a restart or a
+reboot continues where it stood. Used by the agent (steps granted by the operator) and by
+`maculaos upgrade` on the node itself (no Kubernetes).
+
+The order of steps is what keeps a node bootable: the running slot is never written; the new slot is
+made the next boot only right before the granted reboot; it gets one try and is marked good only after
+the health commit window passed; a bad window marks it bad and boots the old slot, which stays good
+throughout. State: <host root>/var/lib/maculaos/upgrade/state.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from maculaos.api.nodeupgrade import AgentPhase
+from maculaos.host.bundles import BundleError, Release, download, find_local, local_bundles, newest
+from maculaos.host.files import atomic_write
+from maculaos.host.rauc import BundleInfo, Rauc, RaucError, RaucStatus, activates_installed
+
+log = logging.getLogger("maculaos.upgrade")
+STATE_DIR = Path("var/lib/maculaos/upgrade")
+BOOT_ID = Path("proc/sys/kernel/random/boot_id")
+OS_RELEASE = Path("etc/os-release")
+
+#: progress(phase, percent, message): called while downloading and installing.
+StepProgress = Callable[[AgentPhase, int, str], None]
+
+
+@dataclass(frozen=True)
+class UpgradeState:
+    """What this node did about its upgrade, kept across restarts and reboots."""
+
+    target_version: str = ""
+    phase: AgentPhase = AgentPhase.IDLE
+    message: str = ""
+    grant_time: str = ""
+    """The grant (by its time) the phase answers; a new grant with another time is a new request."""
+    from_slot: str = ""
+    """RAUC slot name running when the install started (the way back)."""
+    to_slot: str = ""
+    """RAUC slot name the target was installed into."""
+    from_version: str = ""
+    reboot_boot_id: str = ""
+    """The boot ID when the reboot was requested; another one means the node rebooted."""
+    commit_boot_id: str = ""
+    commit_started: float = 0.0
+    """Wall time the health commit window opened (survives agent restarts within the boot)."""
+    rollback_reason: str = ""
+    """Why the pending reboot goes back to the old slot ("" when it goes to the new one)."""
+    history: list[str] = field(default_factory=list)
+    announced: str = ""
+    """The outcome the agent last posted an Event about (object uid/version/phase)."""
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    version: str
+    slot: str
+    """Bootname of the running slot (A or B), "" when RAUC cannot say."""
+    boot_id: str
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    ok: bool
+    reason: str
+
+
+class NodeUpgrader:
+    """The upgrade steps of one node over its RAUC and its host root."""
+
+    def __init__(self, host_root: Path, rauc: Rauc, reboot_command: str = "systemctl reboot",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.host_root = host_root
+        self.rauc = rauc
+        self.reboot_command = reboot_command
+        self.clock = clock
+        self.state_dir = host_root / STATE_DIR
+        self.state_file = self.state_dir / "state.json"
+
+    # ---- state and facts
+    def load(self) -> UpgradeState:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return UpgradeState()
+        except ValueError:
+            log.warning(f"{self.state_file} is unreadable: starting from Idle")
+            return UpgradeState()
+        data["phase"] = AgentPhase(data.get("phase", "Idle"))
+        known = UpgradeState.__dataclass_fields__
+        return UpgradeState(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, state: UpgradeState) -> UpgradeState:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.state_file, json.dumps(asdict(state), indent=2) + "\n")
+        return state
+
+    def _set(self, state: UpgradeState, phase: AgentPhase, message: str, **changes: object) -> UpgradeState:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.clock()))} {phase.value}: {message}"
+        log.info(f"upgrade {state.target_version or changes.get('target_version', '')}: {phase.value}: {message}")
+        return self.save(replace(state, phase=phase, message=message,
+                                 history=[*state.history, line][-20:], **changes))  # type: ignore[arg-type]
+
+    def facts(self, status: RaucStatus | None = None) -> NodeFacts:
+        slot = ""
+        try:
+            slot = (status or self.rauc.status()).booted
+        except RaucError as exc:
+            log.warning(f"cannot read RAUC status: {exc}")
+        return NodeFacts(version=read_os_version(self.host_root), slot=slot, boot_id=read_boot_id(self.host_root))
+
+    # ---- Install: no disruption
+    def install(self, release: Release, local_dir: Path | None, grant_time: str = "",
+                progress: StepProgress | None = None) -> UpgradeState:
+        """Get, verify and install release into the inactive slot; the running slot stays the next boot."""
+        state = UpgradeState(target_version=release.version, grant_time=grant_time,
+                             history=self.load().history)
+        try:
+            status = self.rauc.status()
+        except RaucError as exc:
+            return self._set(state, AgentPhase.FAILED, f"RAUC is not usable on this node: {exc}")
+        facts = self.facts(status)
+        if facts.version == release.version:
+            return self._set(state, AgentPhase.SUCCEEDED, f"already running {release.version} (slot {facts.slot})")
+        state = self._set(state, AgentPhase.DOWNLOADING, f"getting {release.version}", from_version=facts.version)
+        try:
+            bundle, info = self._get_bundle(release, local_dir, progress)
+        except (BundleError, RaucError) as exc:
+            return self._set(state, AgentPhase.FAILED, f"not installed, slot {facts.slot} untouched: {exc}")
+        problem = _mismatch(info.version, info.compatible, release.version, status.compatible)
+        if problem:
+            return self._set(state, AgentPhase.FAILED, f"not installed, slot {facts.slot} untouched: {problem}")
+        other = status.other_slot()
+        state = self._set(state, AgentPhase.INSTALLING, f"installing {release.version} into slot {other.bootname}",
+                          from_slot=status.booted_slot().name, to_slot=other.name)
+        try:
+            self.rauc.install(bundle, lambda pct, what: progress(AgentPhase.INSTALLING, pct, what)
+                              if progress else None)
+            self._keep_booted_primary()
+        except RaucError as exc:
+            self._keep_booted_primary()
+            return self._set(state, AgentPhase.FAILED, f"not installed, slot {facts.slot} untouched: rauc install failed: {exc}")
+        return self._set(state, AgentPhase.INSTALLED,
+                         f"{release.version} installed in slot {other.bootname}; waiting for a reboot")
+
+    def _get_bundle(self, release: Release, local_dir: Path | None,
+                    progress: StepProgress | None) -> tuple[Path, BundleInfo]:
+        """The bundle and its manifest, read unverified: `rauc install` checks the signature (and again
+        the compatible) before it writes a byte, so one verification pass is enough."""
+        if local_dir is not None:
+            return find_local(local_dir, release.version, self.rauc)
+
+        def report(done: int, total: int | None) -> None:
+            if progress is not None and total:
+                progress(AgentPhase.DOWNLOADING, done * 100 // total, f"{done} of {total} bytes")
+        bundle = download(release, self.state_dir / "bundles", report)
+        return bundle, self.rauc.info(bundle, verify=False)
+
+    def _keep_booted_primary(self) -> None:
+        """RAUC may activate what it installed; the next boot stays the running slot until a reboot is
+        granted, so a power cut before then changes nothing."""
+        if self.rauc.conf is not None and not activates_installed(self.rauc.conf):
+            return  # this RAUC leaves a fresh slot inactive (activate-installed=false): nothing to undo
+        status = self.rauc.status()
+        if status.primary != status.booted_slot().name:
+            self.rauc.mark_active("booted")
+
+    # ---- Reboot: disruption the operator allowed
+    def reboot(self, grant_time: str = "") -> UpgradeState:
+        """Make the installed slot the next boot (one try) and reboot."""
+        state = self.load()
+        if state.phase is not AgentPhase.INSTALLED:
+            return state
+        try:
+            self.rauc.mark_active(state.to_slot)
+        except RaucError as exc:
+            return self._set(state, AgentPhase.FAILED, f"cannot make slot {state.to_slot} the next boot: {exc}")
+        boot_id = read_boot_id(self.host_root)
+        state = self._set(state, AgentPhase.REBOOTING, f"rebooting into {state.to_slot} ({state.target_version})",
+                          grant_time=grant_time or state.grant_time, reboot_boot_id=boot_id, rollback_reason="")
+        self._run_reboot()
+        return state
+
+    def rollback(self, reason: str, grant_time: str = "") -> UpgradeState:
+        """Boot the other slot (the previous version) again."""
+        state = self.load()
+        try:
+            status = self.rauc.status()
+            other = status.other_slot()
+            if state.phase is AgentPhase.INSTALLED:  # never booted: nothing to reboot out of
+                self.rauc.mark_bad(other.name)
+                return self._set(state, AgentPhase.ROLLED_BACK, f"{reason}; slot {other.bootname} marked bad, "
+                                 f"still running {status.booted}", grant_time=grant_time or state.grant_time)
+            if other.boot_status != "good":  # empty, or marked bad after a failed window: nothing to go back to
+                return self._set(state, state.phase, f"not rolled back: slot {other.bootname} is {other.boot_status} "
+                                 f"(no good previous version); still running slot {status.booted}",
+                                 grant_time=grant_time or state.grant_time)
+            self.rauc.mark_active(other.name)
+        except (RaucError, StopIteration) as exc:
+            return self._set(state, AgentPhase.FAILED, f"cannot roll back: {exc}")
+        state = self._set(state, AgentPhase.REBOOTING, f"rolling back to slot {other.bootname}: {reason}",
+                          grant_time=grant_time or state.grant_time, reboot_boot_id=read_boot_id(self.host_root),
+                          rollback_reason=reason, from_slot=status.booted_slot().name, to_slot=other.name)
+        self._run_reboot()
+        return state
+
+    def _run_reboot(self) -> None:
+        try:
+            subprocess.run(shlex.split(self.reboot_command), check=True, timeout=60, capture_output=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.error(f"reboot command {self.reboot_command!r} failed: {exc}")
+
+    # ---- after a boot
+    def after_boot(self) -> UpgradeState:
+        """Turn a pending reboot into its outcome once the boot ID changed: Committing on the new slot,
+        RolledBack on the old one."""
+        state = self.load()
+        if state.phase is not AgentPhase.REBOOTING and state.phase is not AgentPhase.COMMITTING:
+            return state
+        boot_id = read_boot_id(self.host_root)
+        if state.phase is AgentPhase.REBOOTING and boot_id == state.reboot_boot_id:
+            return state  # not rebooted yet
+        try:
+            status = self.rauc.status()
+        except RaucError as exc:
+            log.warning(f"cannot read RAUC status after boot: {exc}")
+            return state
+        booted = status.booted_slot()
+        if state.rollback_reason:
+            if booted.name == state.to_slot:
+                self._mark_good_quietly()
+                return self._set(state, AgentPhase.ROLLED_BACK,
+                                 f"running {read_os_version(self.host_root)} in slot {booted.bootname} again: "
+                                 f"{state.rollback_reason}", rollback_reason="")
+            return self._set(state, AgentPhase.FAILED, f"rollback to {state.to_slot} did not boot it; "
+                             f"running slot {booted.bootname}")
+        if booted.name != state.to_slot:
+            self._mark_good_quietly()
+            how = ("the new slot rebooted before it was committed" if state.phase is AgentPhase.COMMITTING
+                   else f"slot {state.to_slot} did not boot")
+            return self._set(state, AgentPhase.ROLLED_BACK,
+                             f"{how}; the bootloader returned to slot {booted.bootname} "
+                             f"({read_os_version(self.host_root)})")
+        if state.phase is AgentPhase.REBOOTING or state.commit_boot_id != boot_id:
+            return self._set(state, AgentPhase.COMMITTING,
+                             f"booted {read_os_version(self.host_root)} in slot {booted.bootname}; "
+                             "waiting for health", commit_boot_id=boot_id, commit_started=self.clock())
+        return state
+
+    def commit(self, verdict: HealthVerdict, window_seconds: float, auto_rollback: bool = True) -> UpgradeState:
+        """Inside the window: mark good as soon as the verdict is healthy; after it, mark bad and roll back."""
+        state = self.load()
+        if state.phase is not AgentPhase.COMMITTING:
+            return state
+        if verdict.ok:
+            try:
+                self.rauc.mark_good("booted")
+            except RaucError as exc:
+                return self._set(state, AgentPhase.COMMITTING, f"healthy, but mark-good failed (retrying): {exc}")
+            version = read_os_version(self.host_root)
+            return self._set(state, AgentPhase.SUCCEEDED, f"running {version} in slot "
+                             f"{self.rauc.status().booted}, marked good")
+        elapsed = self.clock() - state.commit_started
+        if elapsed < window_seconds:
+            if state.message != f"waiting for health: {verdict.reason}":
+                return self._set(state, AgentPhase.COMMITTING, f"waiting for health: {verdict.reason}")
+            return state
+        reason = f"health commit window ({window_seconds:.0f}s) failed: {verdict.reason}"
+        if not auto_rollback:
+            return self._set(state, AgentPhase.FAILED, f"{reason}; autoRollback is off: slot left unconfirmed "
+                             "(the next reboot returns to the previous slot)")
+        try:
+            self.rauc.mark_bad("booted")
+            self.rauc.mark_active(state.from_slot)
+        except RaucError as exc:
+            log.error(f"mark-bad/mark-active failed ({exc}); the bootloader's one try still falls back")
+        state = self._set(state, AgentPhase.REBOOTING, f"rolling back to {state.from_slot}: {reason}",
+                          reboot_boot_id=read_boot_id(self.host_root), rollback_reason=reason,
+                          to_slot=state.from_slot, from_slot=state.to_slot)
+        self._run_reboot()
+        return state
+
+    def _mark_good_quietly(self) -> None:
+        try:
+            self.rauc.mark_good("booted")
+        except RaucError as exc:
+            log.warning(f"cannot mark the booted slot good: {exc}")
+
+
+def upgrade_command(args: argparse.Namespace) -> int:
+    """The body of `maculaos upgrade` (cli.py declares its flags)."""
+    conf = args.rauc_conf or args.host_root / "etc/rauc/system.conf"
+    upgrader = NodeUpgrader(args.host_root, Rauc(args.rauc, conf if conf.exists() else None), args.reboot_command)
+    try:
+        if args.check:
+            return _check(upgrader, args)
+        if args.rollback:
+            return _show(upgrader.rollback("asked for on the node (`maculaos upgrade --rollback`)"),
+                         AgentPhase.REBOOTING, AgentPhase.ROLLED_BACK)
+        if args.commit:
+            upgrader.after_boot()
+            return _show(upgrader.commit(HealthVerdict(True, ""), 0), AgentPhase.SUCCEEDED)
+        release = _release(upgrader, args)
+        state = upgrader.install(release, args.source_dir, grant_time="cli")
+        if state.phase is AgentPhase.INSTALLED and not args.no_reboot:
+            state = upgrader.reboot("cli")
+        return _show(state, AgentPhase.INSTALLED, AgentPhase.REBOOTING, AgentPhase.SUCCEEDED)
+    except (BundleError, RaucError) as exc:
+        print(f"maculaos upgrade: {exc}", file=sys.stderr)
+        return 1
+
+
+def _release(upgrader: NodeUpgrader, args: argparse.Namespace) -> Release:
+    if args.source_dir is not None:
+        version = args.target_version or newest(local_bundles(args.source_dir, upgrader.rauc))
+        if not version:
+            raise BundleError(f"no readable bundle in {args.source_dir}")
+        return Release(version)
+    if not args.url or not args.target_version:
+        raise BundleError("give --from DIR, or --url with --version (and --sha256 to verify the download)")
+    return Release(args.target_version, args.url, args.sha256)
+
+
+def _check(upgrader: NodeUpgrader, args: argparse.Namespace) -> int:
+    status = upgrader.rauc.status()
+    booted, other = status.booted_slot(), status.other_slot()
+    print(f"running:   {read_os_version(upgrader.host_root) or '?'} in slot {booted.bootname} ({booted.name})")
+    print(f"other:     slot {other.bootname} ({other.name}): {other.version or 'no RAUC install'}, "
+          f"{other.boot_status}{', boots next' if status.primary == other.name else ''}")
+    state = upgrader.after_boot()
+    if state.target_version:
+        print(f"upgrade:   {state.target_version}: {state.phase.value}: {state.message}")
+    if args.source_dir is None and not args.url:
+        return 0
+    release = _release(upgrader, args)
+    bundle = (find_local(args.source_dir, release.version, upgrader.rauc)[0] if args.source_dir is not None
+              else download(release, upgrader.state_dir / "bundles"))
+    info = upgrader.rauc.info(bundle)
+    problem = _mismatch(info.version, info.compatible, release.version, status.compatible)
+    if problem:
+        print(f"available: {bundle}: {problem}", file=sys.stderr)
+        return 1
+    print(f"available: {info.version} ({bundle.name}; signature and compatible verified)")
+    return 0
+
+
+def _show(state: UpgradeState, *good: AgentPhase) -> int:
+    print(f"{state.phase.value}: {state.message}")
+    return 0 if state.phase in good else 1
+
+
+def _mismatch(version: str, compatible: str, want_version: str, want_compatible: str) -> str:
+    if compatible != want_compatible:
+        return f"bundle is for {compatible!r}, this node is {want_compatible!r} (incompatible)"
+    if version != want_version:
+        return f"bundle holds version {version}, the target is {want_version}"
+    return ""
+
+
+def read_boot_id(host_root: Path) -> str:
+    try:
+        return (host_root / BOOT_ID).read_text().strip()
+    except OSError:
+        return ""
+
+
+def read_os_version(host_root: Path) -> str:
+    """VERSION_ID of the running system's os-release."""
+    try:
+        text = (host_root / OS_RELEASE).read_text()
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "VERSION_ID":
+            return value.strip().strip('"')
+    return ""

@@ -1,0 +1,189 @@
+"""The node's upgrade steps with real RAUC on a simulated node: install into the inactive slot, reboot
+into it, commit or roll back; every refusal leaves the running slot untouched and the next boot unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from maculaos.api.nodeupgrade import AgentPhase
+from maculaos.devenv.rauc import SimulatedRaucNode
+from maculaos.host.bundles import Release
+from maculaos.host.upgrade import HealthVerdict, read_boot_id
+from tests.host.rauc_fixtures import (  # noqa: F401  (fixtures)
+    BundleServer,
+    Bundles,
+    bundle_server,
+    bundles,
+    rauc_node,
+    release_of,
+    upgrader_for,
+)
+
+HEALTHY = HealthVerdict(ok=True, reason="")
+
+
+def assert_untouched(node: SimulatedRaucNode) -> None:
+    """Still running A with A as the next boot, and B not bootable: a refusal changed nothing."""
+    status = upgrader_for(node).rauc.status()
+    assert (status.booted, status.primary) == ("A", "rootfs.0")
+    assert node.slot_state("A") == "good" and node.slot_state("B") == "bad"
+
+
+def install_and_reboot(node: SimulatedRaucNode, release: Release, local: Path | None = None) -> str:
+    upgrader = upgrader_for(node)
+    assert upgrader.install(release, local).phase is AgentPhase.INSTALLED
+    assert upgrader.rauc.status().primary == "rootfs.0", "the new slot is not the next boot before the reboot grant"
+    assert upgrader.reboot("t1").phase is AgentPhase.REBOOTING
+    return node.reboot()
+
+
+def test_good_bundle_installs_reboots_and_commits(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                   bundle_server: BundleServer) -> None:
+    progress: list[tuple[str, int]] = []
+    upgrader = upgrader_for(rauc_node)
+    state = upgrader.install(release_of(bundle_server, bundles.good), None,
+                             progress=lambda phase, pct, _: progress.append((phase.value, pct)))
+    assert state.phase is AgentPhase.INSTALLED, state.message
+    assert ("Downloading", 100) in progress and ("Installing", 100) in progress
+    boot_before = read_boot_id(rauc_node.host_root)
+    upgrader.reboot("t1")
+    assert rauc_node.reboot() == "B"
+    assert read_boot_id(rauc_node.host_root) != boot_before
+    upgrader = upgrader_for(rauc_node)  # a new boot: a new agent, a new RAUC service
+    assert upgrader.after_boot().phase is AgentPhase.COMMITTING
+    state = upgrader.commit(HEALTHY, window_seconds=60)
+    assert state.phase is AgentPhase.SUCCEEDED, state.message
+    facts = upgrader.facts()
+    assert (facts.version, facts.slot) == ("0.2.0", "B")
+    assert rauc_node.slot_state("B") == "good"
+    assert rauc_node.reboot() == "B", "a committed slot keeps booting"
+
+
+def test_bundle_signed_by_another_ca_is_refused(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                bundle_server: BundleServer) -> None:
+    state = upgrader_for(rauc_node).install(release_of(bundle_server, bundles.impostor), None)
+    assert state.phase is AgentPhase.FAILED
+    assert "signature" in state.message.lower() and "slot A untouched" in state.message
+    assert_untouched(rauc_node)
+
+
+def test_wrong_sha256_is_refused_and_the_file_deleted(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                      bundle_server: BundleServer) -> None:
+    release = release_of(bundle_server, bundles.good)
+    wrong = Release(release.version, release.url, "0" * 64, release.size)
+    upgrader = upgrader_for(rauc_node)
+    state = upgrader.install(wrong, None)
+    assert state.phase is AgentPhase.FAILED and "sha256 mismatch" in state.message
+    assert not list((upgrader.state_dir / "bundles").glob("*.raucb*"))
+    assert_untouched(rauc_node)
+
+
+def test_incompatible_bundle_is_refused(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                        bundle_server: BundleServer) -> None:
+    state = upgrader_for(rauc_node).install(release_of(bundle_server, bundles.incompatible), None)
+    assert state.phase is AgentPhase.FAILED
+    assert "maculaos-arm64" in state.message and "incompatible" in state.message
+    assert_untouched(rauc_node)
+
+
+def test_missing_bundle_is_a_clear_404(rauc_node: SimulatedRaucNode, bundle_server: BundleServer) -> None:
+    state = upgrader_for(rauc_node).install(Release("0.2.0", bundle_server.url("nope.raucb"), "a" * 64, 10), None)
+    assert state.phase is AgentPhase.FAILED and "HTTP 404" in state.message
+    assert_untouched(rauc_node)
+
+
+def test_dropped_download_fails_cleanly_then_resumes(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                    bundle_server: BundleServer) -> None:
+    upgrader = upgrader_for(rauc_node)
+    state = upgrader.install(release_of(bundle_server, bundles.good, route="drop"), None)
+    assert state.phase is AgentPhase.FAILED and "dropped" in state.message
+    assert_untouched(rauc_node)
+    parts = list((upgrader.state_dir / "bundles").glob("*.part"))
+    assert len(parts) == 1 and 0 < parts[0].stat().st_size < bundles.good.stat().st_size
+
+    bundle_server.ranges.clear()
+    state = upgrader.install(release_of(bundle_server, bundles.good, route="flaky"), None)
+    assert state.phase is AgentPhase.INSTALLED, state.message
+    assert bundle_server.ranges and all(r.startswith("bytes=") and r != "bytes=0-" for r in bundle_server.ranges)
+
+
+def test_not_enough_space_is_refused_before_downloading(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                        bundle_server: BundleServer) -> None:
+    release = release_of(bundle_server, bundles.good)
+    state = upgrader_for(rauc_node).install(Release("0.2.0", release.url, release.sha256, 2**50), None)
+    assert state.phase is AgentPhase.FAILED and "not enough space" in state.message
+    assert_untouched(rauc_node)
+
+
+def test_failed_health_window_rolls_back_to_the_old_slot(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                         bundle_server: BundleServer) -> None:
+    assert install_and_reboot(rauc_node, release_of(bundle_server, bundles.good)) == "B"
+    upgrader = upgrader_for(rauc_node)
+    upgrader.after_boot()
+    waiting = upgrader.commit(HealthVerdict(False, "Node Ready is False"), window_seconds=3600)
+    assert waiting.phase is AgentPhase.COMMITTING and "Node Ready is False" in waiting.message
+    state = upgrader.commit(HealthVerdict(False, "Node Ready is False"), window_seconds=0)
+    assert state.phase is AgentPhase.REBOOTING and "health commit window" in state.message
+    assert rauc_node.reboot() == "A"
+    state = upgrader_for(rauc_node).after_boot()
+    assert state.phase is AgentPhase.ROLLED_BACK
+    assert "Node Ready is False" in state.message and "slot A" in state.message
+    assert upgrader_for(rauc_node).facts().version == "0.1.0"
+    assert rauc_node.slot_state("B") == "bad" and rauc_node.slot_state("A") == "good"
+
+
+def test_new_slot_that_does_not_boot_falls_back(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                bundle_server: BundleServer) -> None:
+    rauc_node.set_broken("B")
+    assert install_and_reboot(rauc_node, release_of(bundle_server, bundles.good)) == "A"
+    state = upgrader_for(rauc_node).after_boot()
+    assert state.phase is AgentPhase.ROLLED_BACK and "did not boot" in state.message
+
+
+def test_reboot_during_the_window_falls_back(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                             bundle_server: BundleServer) -> None:
+    """Power lost before the commit: the slot's one try is used up, the old slot boots."""
+    install_and_reboot(rauc_node, release_of(bundle_server, bundles.good))
+    assert upgrader_for(rauc_node).after_boot().phase is AgentPhase.COMMITTING
+    assert rauc_node.reboot() == "A"
+    state = upgrader_for(rauc_node).after_boot()
+    assert state.phase is AgentPhase.ROLLED_BACK and "before it was committed" in state.message
+
+
+def test_local_directory_source_picks_the_bundle_by_version(rauc_node: SimulatedRaucNode, bundles: Bundles) -> None:
+    usb = rauc_node.dir / "usb"
+    usb.mkdir()
+    for bundle in (bundles.good, bundles.newer):
+        (usb / bundle.name).write_bytes(bundle.read_bytes())
+    assert install_and_reboot(rauc_node, Release("0.3.0"), usb) == "B"
+    upgrader = upgrader_for(rauc_node)
+    upgrader.after_boot()
+    assert upgrader.commit(HEALTHY, 60).phase is AgentPhase.SUCCEEDED
+    assert upgrader.facts().version == "0.3.0"
+
+    missing = upgrader.install(Release("0.9.0"), usb)
+    assert missing.phase is AgentPhase.FAILED and "no bundle of version 0.9.0" in missing.message
+    assert "good-0.2.0.raucb: 0.2.0" in missing.message
+
+
+def test_operator_rollback_after_success(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                         bundle_server: BundleServer) -> None:
+    install_and_reboot(rauc_node, release_of(bundle_server, bundles.good))
+    upgrader = upgrader_for(rauc_node)
+    upgrader.after_boot()
+    upgrader.commit(HEALTHY, 60)
+    assert upgrader.rollback("rollback granted by the operator", "t2").phase is AgentPhase.REBOOTING
+    assert rauc_node.reboot() == "A"
+    state = upgrader_for(rauc_node).after_boot()
+    assert state.phase is AgentPhase.ROLLED_BACK and "granted by the operator" in state.message
+    assert upgrader_for(rauc_node).facts().version == "0.1.0"
+
+
+def test_rollback_refused_when_the_other_slot_is_not_good(rauc_node: SimulatedRaucNode) -> None:
+    """A fresh node's slot B was never installed: rolling back to it would only cost a boot try."""
+    reboots = rauc_node.dir / "rebooted"
+    state = upgrader_for(rauc_node, f"touch {reboots}").rollback("asked for on the node")
+    assert "not rolled back: slot B is bad" in state.message
+    assert not reboots.exists()
+    assert_untouched(rauc_node)
+

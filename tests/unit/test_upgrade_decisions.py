@@ -1,0 +1,69 @@
+"""The agent's upgrade decisions and the RAUC output parsing, without RAUC or an API server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from maculaos.agent.upgrades import _entry, _in_charge, _wants_install
+from maculaos.api.nodeupgrade import AgentPhase, Grant, GrantAction, ReleaseTarget
+from maculaos.host.bundles import newest
+from maculaos.host.rauc import BundleInfo, _rauc_message, activates_installed
+from maculaos.host.upgrade import NodeFacts, UpgradeState
+
+TARGET = ReleaseTarget(version="0.2.0")
+GRANT = Grant(action=GrantAction.INSTALL, time="2026-11-25T10:00:00Z")
+FACTS = NodeFacts(version="0.1.0", slot="A", boot_id="b1")
+
+
+def test_a_grant_is_acted_on_once_and_an_interrupted_install_resumes() -> None:
+    assert _wants_install(None, TARGET, GRANT)
+    failed = UpgradeState(target_version="0.2.0", phase=AgentPhase.FAILED, grant_time=GRANT.time)
+    assert not _wants_install(failed, TARGET, GRANT), "no retry loop on the same grant"
+    assert _wants_install(failed, TARGET, Grant(action=GrantAction.INSTALL, time="2026-11-25T11:00:00Z"))
+    cut_short = UpgradeState(target_version="0.2.0", phase=AgentPhase.DOWNLOADING, grant_time=GRANT.time)
+    assert _wants_install(cut_short, TARGET, GRANT)
+    older = UpgradeState(target_version="0.1.5", phase=AgentPhase.SUCCEEDED, grant_time=GRANT.time)
+    assert _wants_install(older, TARGET, GRANT)
+
+
+def test_entry_reports_the_state_for_this_target_else_idle_or_already_there() -> None:
+    installed = UpgradeState(target_version="0.2.0", phase=AgentPhase.INSTALLED, message="in B")
+    assert _entry(installed, FACTS, TARGET) == {"phase": "Installed", "message": "in B", "targetVersion": "0.2.0"}
+    assert _entry(None, FACTS, TARGET)["phase"] == "Idle"
+    assert "not granted yet" in _entry(installed, FACTS, ReleaseTarget(version="0.3.0"))["message"]
+    there = NodeFacts(version="0.2.0", slot="B", boot_id="b2")
+    assert _entry(None, there, TARGET)["phase"] == "Succeeded"
+    assert _entry(None, FACTS, None) == {"phase": "Idle", "message": "no target version resolved yet",
+                                         "targetVersion": ""}
+
+
+def test_the_granting_object_is_in_charge_else_the_oldest() -> None:
+    def obj(created: str, grants: dict[str, object] | None = None) -> dict[str, object]:
+        return {"metadata": {"creationTimestamp": created}, "status": {"grants": grants or {}}}
+    objects = {"b": obj("2026-01-01T00:00:00Z"), "a": obj("2026-02-01T00:00:00Z")}
+    assert _in_charge(objects, "n1") == "b"
+    objects["a"] = obj("2026-02-01T00:00:00Z", {"n1": {"action": "Install", "time": "2026-11-25T10:00:00Z"}})
+    assert _in_charge(objects, "n1") == "a"
+    assert _in_charge(objects, "n2") == "b"
+
+
+def test_newest_version_compares_numbers_not_text() -> None:
+    infos: dict[Path, BundleInfo | None] = {
+        Path("a"): BundleInfo("c", "0.9.0"), Path("b"): BundleInfo("c", "0.10.0"), Path("c"): None}
+    assert newest(infos) == "0.10.0"
+    assert newest({}) == ""
+
+
+def test_rauc_messages_lose_timestamps_and_progress() -> None:
+    output = ("installing\n  0% Installing\n 20% Checking bundle\n"
+              "rauc-Message: 21:41:11.205: LastError: signature verification failed: Verify error\n"
+              "Installing `/x.raucb` failed\n")
+    assert _rauc_message(output) == "signature verification failed: Verify error; Installing `/x.raucb` failed"
+
+
+def test_activate_installed_is_read_from_system_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "system.conf"
+    conf.write_text("[system]\ncompatible=x\nactivate-installed=false\n")
+    assert not activates_installed(conf)
+    conf.write_text("[system]\ncompatible=x\n")
+    assert activates_installed(conf), "RAUC's default activates"
