@@ -16,6 +16,7 @@ from maculaos.api.common import (
     ABSOLUTE_PATH_PATTERN,
     ApiModel,
     Duration,
+    NodeEntry,
     ObjectStatus,
     Percent,
     PrinterColumn,
@@ -167,6 +168,113 @@ class DrainOptions(ApiModel):
     """Override pods' termination grace period; unset uses each pod's own."""
 
 
+class AgentPhase(StrEnum):
+    """Where a node's agent stands with an upgrade (status.nodes.<node>.phase; see the 4a/4b contract)."""
+
+    IDLE = "Idle"
+    DOWNLOADING = "Downloading"
+    INSTALLING = "Installing"
+    INSTALLED = "Installed"
+    FAILED = "Failed"
+    REBOOTING = "Rebooting"
+    COMMITTING = "Committing"
+    SUCCEEDED = "Succeeded"
+    ROLLED_BACK = "RolledBack"
+
+
+class NodeUpgradeNodeEntry(NodeEntry):
+    """What one node's agent reports about an upgrade. Written only by that node's agent."""
+
+    version: str = ""
+    """OS version running now."""
+    slot: str = ""
+    """Booted RAUC slot, e.g. A."""
+    boot_id: str = ""
+    """The host's boot ID; the operator detects a reboot by its change."""
+    target_version: str = ""
+    """The version this entry's phase refers to."""
+    progress: int | None = None
+    """0-100 while Downloading or Installing."""
+
+
+class GrantAction(StrEnum):
+    INSTALL = "Install"
+    REBOOT = "Reboot"
+    ROLLBACK = "Rollback"
+
+
+class Grant(ApiModel):
+    """What the operator allows one node to do now; an agent never upgrades without one."""
+
+    action: GrantAction
+    """Install (no disruption), Reboot (cordoned and drained) or Rollback (boot the previous slot)."""
+    time: str
+    """When the grant was given (RFC 3339)."""
+
+
+class ReleaseTarget(ApiModel):
+    """The release a rollout goes to, resolved by the operator from version, channel and source."""
+
+    version: str
+    """MaculaOS version."""
+    url: str | None = None
+    """Bundle URL (release index or source.url); absent for source.localPath."""
+    sha256: str | None = None
+    """Expected SHA-256 of the bundle, when known."""
+    size: int | None = None
+    """Bundle size in bytes, when known."""
+
+
+class NodeStage(StrEnum):
+    """The operator's own bookkeeping of one node in a rollout (status.rollout.<node>.stage)."""
+
+    INSTALLING = "Installing"
+    DRAINING = "Draining"
+    REBOOTING = "Rebooting"
+    VERIFYING = "Verifying"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    ROLLED_BACK = "RolledBack"
+    REVERTED = "Reverted"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STAGES
+
+    @property
+    def disruptive(self) -> bool:
+        return self in DISRUPTIVE_STAGES
+
+
+FINAL_STAGES = frozenset({NodeStage.SUCCEEDED, NodeStage.FAILED, NodeStage.ROLLED_BACK, NodeStage.REVERTED})
+DISRUPTIVE_STAGES = frozenset({NodeStage.DRAINING, NodeStage.REBOOTING, NodeStage.VERIFYING})
+
+
+class NodeProgress(ApiModel):
+    """The operator's record of one node in the rollout: everything it needs to resume after a restart."""
+
+    stage: NodeStage
+    """Installing, Draining, Rebooting, Verifying, or a final Succeeded, Failed, RolledBack, Reverted."""
+    target_version: str = ""
+    """The version this record is about."""
+    since: str = ""
+    """When the node entered this stage (RFC 3339)."""
+    rollback: bool = False
+    """The disruption in progress is an operator-requested rollback (failurePolicy PauseAndRollback)."""
+    cordoned: bool = False
+    """The operator cordoned this node and owes it an uncordon."""
+    forced: bool = False
+    """The drain timed out and drain.force is set: remaining pods are deleted."""
+    boot_id: str = ""
+    """The node's boot ID when the reboot was granted; a different one means it rebooted."""
+    healthy_since: str = ""
+    """Since when the node has been back, Ready and healthy (for healthCheckWait)."""
+    upgraded: bool = False
+    """This rollout changed the node's slot (not already at the target)."""
+    message: str = ""
+    """Why the node is where it is."""
+
+
 class NodeUpgradeStatus(ObjectStatus):
     phase: str = ""
     """Pending, Waiting (outside a window), Progressing, Paused, Succeeded or Failed."""
@@ -178,6 +286,20 @@ class NodeUpgradeStatus(ObjectStatus):
     """Nodes running the target version, health committed."""
     failed_nodes: int = 0
     """Nodes that failed or rolled back."""
+    disrupted_nodes: int = 0
+    """Nodes cordoned, draining, rebooting or not yet healthy right now."""
+    target: ReleaseTarget | None = None
+    """The release being rolled out, resolved by the operator."""
+    grants: dict[str, Grant] = Field(default_factory=dict)
+    """What each node may do now, by Node name. Written by the operator only."""
+    rollout: dict[str, NodeProgress] = Field(default_factory=dict)
+    """The operator's bookkeeping per node, by Node name (agents report in nodes)."""
+    canary_nodes: list[str] = Field(default_factory=list)
+    """The canary wave, chosen once (strategy canary)."""
+    last_node_finished_time: str = ""
+    """When the last node finished (for delayBetweenNodes)."""
+    last_check_time: str = ""
+    """When the release source was last checked."""
 
 
 class NodeUpgradeSpec(SelectorSpec):
