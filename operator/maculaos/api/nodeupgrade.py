@@ -39,8 +39,8 @@ IntOrPercent = Annotated[
         "x-kubernetes-int-or-string": True,
         "anyOf": [{"type": "integer"}, {"type": "string"}],
         "x-kubernetes-validations": [{
-            "rule": "type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')",
-            "message": "must be a count (0 or more) or a percentage such as 25%",
+            "rule": "type(self) == int ? self >= 1 : self.matches('^(100|[1-9]?[0-9])%$')",
+            "message": "must be a count (1 or more; paused: true holds a rollout) or a percentage such as 25%",
         }],
     }),
 ]
@@ -298,8 +298,6 @@ class NodeUpgradeStatus(ObjectStatus):
     """The canary wave, chosen once (strategy canary)."""
     last_node_finished_time: str = ""
     """When the last node finished (for delayBetweenNodes)."""
-    last_check_time: str = ""
-    """When the release source was last checked."""
 
 
 class NodeUpgradeSpec(SelectorSpec):

@@ -17,8 +17,10 @@ class ApiCluster:
     def __init__(self, api: client.ApiClient) -> None:
         self._core = client.CoreV1Api(api)
         custom = client.CustomObjectsApi(api)
+        #: The Nodes as listed, for callers that need more than labels (the rollout: Ready, unschedulable).
+        self.node_objects: list[client.V1Node] = list(self._core.list_node().items)
         self._nodes = {str(n.metadata.name): dict(n.metadata.labels or {})
-                       for n in self._core.list_node().items if n.metadata is not None}
+                       for n in self.node_objects if n.metadata is not None}
         self._meshroles = _specs(custom, "meshroles")
         self._backups = _specs(custom, "backups")
         self._secrets: dict[tuple[str, str], set[str] | None] = {}

@@ -422,12 +422,12 @@ class _Pass:
         if owed:
             self.plan.message += f"; rolling back {len(owed)} upgraded node(s), maxUnavailable at a time"
         for name in self.order:
-            progress = self.plan.rollout.get(name)
-            if progress is None or progress.stage is not NodeStage.SUCCEEDED or not progress.upgraded:
+            done = self.plan.rollout.get(name)
+            if done is None or done.stage is not NodeStage.SUCCEEDED or not done.upgraded:
                 continue
             if not self._take_slot(name):
                 break
-            self._start_disruption(name, progress.model_copy(update={"rollback": True}), "rolling back")
+            self._start_disruption(name, done.model_copy(update={"rollback": True}), "rolling back")
 
     def _take_slot(self, name: str) -> bool:
         if len(self.disrupted_nodes() - {name}) >= self.plan.max_unavailable:
