@@ -66,7 +66,6 @@ async def resync_forever(api: client.ApiClient, rollouts: Rollouts, interval: fl
             continue
         if written:
             log.info(f"resync updated {written} object(s)")
-        log.debug(f"API requests since start: {CountingApiClient.requests}")
 
 
 def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:

@@ -34,7 +34,7 @@ from maculaos.controller.reconcile import COMPONENT, judge, write
 from maculaos.controller.releases import ReleaseResolver, Resolution
 from maculaos.controller.rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
 from maculaos.controller.validation import validate
-from maculaos.kubeapi import MERGE_PATCH, post_event
+from maculaos.kubeapi import MERGE_PATCH, CountingApiClient, post_event
 
 log = logging.getLogger("maculaos.controller")
 
@@ -111,6 +111,9 @@ class Rollouts:
             custom.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, patch,
                                                       _content_type=MERGE_PATCH)
         self._act(body, plan)
+        if plan.phase != status.phase:
+            log.info(f"NodeUpgrade {name}: phase {status.phase or '(none)'} -> {plan.phase}: {plan.message} "
+                     f"[{CountingApiClient.requests} API requests since the operator started]")
         if outcome.event is not None:
             write(self.api, body, type(outcome)(status=None, event=outcome.event))
 
