@@ -311,3 +311,51 @@ def test_unreachable_release_index_is_reported(cluster: Cluster, operator: Proce
     condition = cluster.wait_condition("NodeUpgrade", "noindex", "False", ctype="ReleaseResolved")
     assert condition["message"] == f"release index {index_server}/missing.yaml: HTTP 404 Not Found"
     assert status(cluster, "noindex")["phase"] == "Pending"
+
+
+def test_operator_on_the_node_it_upgrades_does_not_evict_itself(
+        cluster: Cluster, operator_supervisor: OperatorSupervisor, created: Create,
+        fleet_of: Callable[[str, int], list[str]], namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The single-node case: the operator's pod runs on the node being upgraded (downward-API env says so)."""
+    nodes = fleet_of("solo", 1)
+    running_pod(cluster, namespace, "maculaos-operator", nodes[0], {"app": "maculaos"})
+    running_pod(cluster, namespace, "app-0", nodes[0], {"app": "app"})
+    if operator_supervisor.record is not None:
+        stop(operator_supervisor.record)
+    for key, value in (("NODE_NAME", nodes[0]), ("POD_NAME", "maculaos-operator"), ("POD_NAMESPACE", namespace)):
+        monkeypatch.setenv(key, value)
+    operator_supervisor.record = None
+    operator_supervisor.ensure_running()
+    agents = StandInAgents(cluster.api, "solo", nodes).start()
+    try:
+        created(upgrade("solo", "solo"))
+        final = wait_phase(cluster, "solo", "Succeeded", timeout=120)
+    finally:
+        agents.stop()
+        assert operator_supervisor.record is not None
+        stop(operator_supervisor.record)  # the next test's operator starts without this env
+        operator_supervisor.record = None
+    assert final["upgradedNodes"] == 1
+    pods = [p.metadata.name for p in client.CoreV1Api(cluster.api).list_namespaced_pod(namespace).items]
+    assert pods == ["maculaos-operator"], "the operator evicted itself, or the app was not drained"
+    assert cordoned(cluster, nodes) == []
+
+
+def test_deleting_the_upgrade_mid_drain_uncordons(cluster: Cluster, operator: ProcessRecord,
+                                                 fleet_of: Callable[[str, int], list[str]], namespace: str) -> None:
+    """No finalizers hold a NodeUpgrade, so it can vanish mid-rollout; the nodes it cordoned are released."""
+    nodes = fleet_of("orphan", 1)
+    running_pod(cluster, namespace, "web-0", nodes[0], {"app": "web"})
+    pdb(cluster, namespace, 1)
+    agents = StandInAgents(cluster.api, "orphan", nodes).start()
+    obj = upgrade("orphan", "orphan", drain={"timeout": "1h"})
+    try:
+        cluster.apply(obj)
+        cluster.wait_for(lambda: cordoned(cluster, nodes) == nodes, 60, "the node cordoned for its drain")
+        cluster.delete(obj)
+        cluster.wait_for(lambda: cordoned(cluster, nodes) == [], 30, "the orphaned node uncordoned")
+    finally:
+        agents.stop()
+        cluster.delete(obj)
+    annotations = client.CoreV1Api(cluster.api).read_node(nodes[0]).metadata.annotations or {}
+    assert "os.macula.io/cordoned-by" not in annotations

@@ -45,7 +45,10 @@ def resync_all(api: client.ApiClient, rollouts: Rollouts) -> int:
     custom = client.CustomObjectsApi(api)
     written = 0
     for model in KINDS:
-        for body in list_objects(custom, model.resource.plural):
+        bodies = list_objects(custom, model.resource.plural)
+        if model.resource.kind == ROLLOUT_KIND:
+            rollouts.release_orphans(cluster, {b["metadata"]["name"] for b in bodies})
+        for body in bodies:
             if model.resource.kind == ROLLOUT_KIND:
                 rollouts.reconcile(body["metadata"]["name"], cluster)
                 continue

@@ -40,6 +40,8 @@ log = logging.getLogger("maculaos.controller")
 
 PLURAL = "nodeupgrades"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+#: On a Node the operator cordoned: the NodeUpgrade that owes it an uncordon.
+CORDON_ANNOTATION = "os.macula.io/cordoned-by"
 #: Times a pass is retried at once when its status write loses the race with an agent's report.
 WRITE_ATTEMPTS = 3
 #: Status fields this module owns (the validation path in reconcile.py owns the rest).
@@ -74,9 +76,11 @@ class Rollouts:
         with self._guard:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
-            for attempt in range(WRITE_ATTEMPTS):
+            snapshot = cluster or ApiCluster(self.api)
+            for _ in range(WRITE_ATTEMPTS):
                 try:
-                    self._pass(name, cluster if attempt == 0 and cluster is not None else ApiCluster(self.api))
+                    # A retry re-reads the object (whose status moved) but keeps the Node snapshot.
+                    self._pass(name, snapshot)
                     return
                 except ApiException as exc:
                     if exc.status == 404:
@@ -133,9 +137,10 @@ class Rollouts:
     def _act(self, body: Mapping[str, Any], plan: Plan) -> None:
         """Uncordon before cordoning, so the number of cordoned nodes never overshoots in between."""
         core = client.CoreV1Api(self.api)
+        owner = str(body["metadata"]["name"])
         for name, unschedulable in [(n, False) for n in plan.uncordon] + [(n, True) for n in plan.cordon]:
             try:
-                core.patch_node(name, {"spec": {"unschedulable": unschedulable}})
+                set_cordon(core, name, owner if unschedulable else None)
             except ApiException as exc:
                 verb = "cordon" if unschedulable else "uncordon"
                 log.warning(f"NodeUpgrade {body['metadata']['name']}: cannot {verb} {name}: HTTP {exc.status}")
@@ -147,16 +152,36 @@ class Rollouts:
             post_event(self.api, body, note.type, note.reason, note.message, COMPONENT)
 
 
-def node_facts(nodes: list[client.V1Node]) -> dict[str, NodeFacts]:
+    def release_orphans(self, cluster: ApiCluster, upgrades: set[str]) -> list[str]:
+        """Uncordon nodes a NodeUpgrade cordoned and that no longer exists (deleted mid-rollout: there are
+        no finalizers to stop that); returns their names."""
+        core = client.CoreV1Api(self.api)
+        released = []
+        for node in cluster.node_objects:
+            owner = (node["metadata"].get("annotations") or {}).get(CORDON_ANNOTATION)
+            if owner is None or owner in upgrades:
+                continue
+            name = str(node["metadata"]["name"])
+            set_cordon(core, name, None)
+            log.warning(f"uncordoned {name}: NodeUpgrade {owner}, which cordoned it, was deleted mid-rollout")
+            released.append(name)
+        return released
+
+
+def set_cordon(core: client.CoreV1Api, node: str, owner: str | None) -> None:
+    """Cordon node for NodeUpgrade owner (marked in an annotation), or uncordon it (owner None)."""
+    core.patch_node(node, {"metadata": {"annotations": {CORDON_ANNOTATION: owner}},
+                           "spec": {"unschedulable": owner is not None}})
+
+
+def node_facts(nodes: list[dict[str, Any]]) -> dict[str, NodeFacts]:
     facts = {}
     for node in nodes:
-        if node.metadata is None:
-            continue
-        labels = node.metadata.labels or {}
-        conditions = (node.status.conditions if node.status else None) or []
-        ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
-        facts[str(node.metadata.name)] = NodeFacts(
-            ready=ready, unschedulable=bool(node.spec and node.spec.unschedulable),
+        labels = node["metadata"].get("labels") or {}
+        conditions = (node.get("status") or {}).get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        facts[str(node["metadata"]["name"])] = NodeFacts(
+            ready=ready, unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
             version=labels.get(VERSION_LABEL, ""), control_plane=CONTROL_PLANE_LABEL in labels)
     return facts
 
