@@ -185,3 +185,16 @@ def test_target_change_starts_over_for_the_new_version() -> None:
     f.target = ReleaseTarget(version="0.3.0")
     f.operator_pass()
     assert {p.target_version for p in f.persisted().rollout.values()} == {"0.3.0"}
+
+
+def test_a_node_that_went_not_ready_is_not_drained() -> None:
+    f = fleet(2, {"strategy": {"maxUnavailable": 2}})
+    while stages(f).get("node-00") != "Installing" or f.nodes["node-00"].phase != "Installed":
+        f.operator_pass()
+        f.agent_step("node-00")
+    f.nodes["node-00"].ready = False
+    f.operator_pass()
+    assert stages(f)["node-00"] == "Installing" and not f.nodes["node-00"].unschedulable
+    f.nodes["node-00"].ready = True
+    f.operator_pass()
+    assert stages(f)["node-00"] == "Draining"

@@ -423,7 +423,8 @@ class _Pass:
             self.plan.message += f"; rolling back {len(owed)} upgraded node(s), maxUnavailable at a time"
         for name in self.order:
             done = self.plan.rollout.get(name)
-            if done is None or done.stage is not NodeStage.SUCCEEDED or not done.upgraded:
+            if done is None or done.stage is not NodeStage.SUCCEEDED or not done.upgraded \
+                    or not self.facts(name).ready:
                 continue
             if not self._take_slot(name):
                 break
@@ -457,7 +458,7 @@ class _Pass:
                 continue
             report = self.report(name)
             installed = report.phase == AgentPhase.INSTALLED and report.target_version == target.version
-            if installed and delay_over and self._take_slot(name):
+            if installed and delay_over and self.facts(name).ready and self._take_slot(name):
                 self._start_disruption(name, progress, f"{target.version} installed")
         installing = sum(1 for p in self.plan.rollout.values() if p.stage is NodeStage.INSTALLING)
         for name in self.order:
