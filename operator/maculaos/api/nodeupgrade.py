@@ -39,8 +39,8 @@ IntOrPercent = Annotated[
         "x-kubernetes-int-or-string": True,
         "anyOf": [{"type": "integer"}, {"type": "string"}],
         "x-kubernetes-validations": [{
-            "rule": "type(self) == int ? self >= 0 : self.matches('^(100|[1-9]?[0-9])%$')",
-            "message": "must be a count (0 or more) or a percentage such as 25%",
+            "rule": "type(self) == int ? self >= 1 : self.matches('^(100|[1-9]?[0-9])%$')",
+            "message": "must be a count (1 or more; paused: true holds a rollout) or a percentage such as 25%",
         }],
     }),
 ]
@@ -225,6 +225,56 @@ class ReleaseTarget(ApiModel):
     """Bundle size in bytes, when known."""
 
 
+class NodeStage(StrEnum):
+    """The operator's own bookkeeping of one node in a rollout (status.rollout.<node>.stage)."""
+
+    INSTALLING = "Installing"
+    DRAINING = "Draining"
+    REBOOTING = "Rebooting"
+    VERIFYING = "Verifying"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    ROLLED_BACK = "RolledBack"
+    REVERTED = "Reverted"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STAGES
+
+    @property
+    def disruptive(self) -> bool:
+        return self in DISRUPTIVE_STAGES
+
+
+FINAL_STAGES = frozenset({NodeStage.SUCCEEDED, NodeStage.FAILED, NodeStage.ROLLED_BACK, NodeStage.REVERTED})
+DISRUPTIVE_STAGES = frozenset({NodeStage.DRAINING, NodeStage.REBOOTING, NodeStage.VERIFYING})
+
+
+class NodeProgress(ApiModel):
+    """The operator's record of one node in the rollout: everything it needs to resume after a restart."""
+
+    stage: NodeStage
+    """Installing, Draining, Rebooting, Verifying, or a final Succeeded, Failed, RolledBack, Reverted."""
+    target_version: str = ""
+    """The version this record is about."""
+    since: str = ""
+    """When the node entered this stage (RFC 3339)."""
+    rollback: bool = False
+    """The disruption in progress is an operator-requested rollback (failurePolicy PauseAndRollback)."""
+    cordoned: bool = False
+    """The operator cordoned this node and owes it an uncordon."""
+    forced: bool = False
+    """The drain timed out and drain.force is set: remaining pods are deleted."""
+    boot_id: str = ""
+    """The node's boot ID when the reboot was granted; a different one means it rebooted."""
+    healthy_since: str = ""
+    """Since when the node has been back, Ready and healthy (for healthCheckWait)."""
+    upgraded: bool = False
+    """This rollout changed the node's slot (not already at the target)."""
+    message: str = ""
+    """Why the node is where it is."""
+
+
 class NodeUpgradeStatus(ObjectStatus):
     phase: str = ""
     """Pending, Waiting (outside a window), Progressing, Paused, Succeeded or Failed."""
@@ -236,6 +286,18 @@ class NodeUpgradeStatus(ObjectStatus):
     """Nodes running the target version, health committed."""
     failed_nodes: int = 0
     """Nodes that failed or rolled back."""
+    disrupted_nodes: int = 0
+    """Nodes cordoned, draining, rebooting or not yet healthy right now."""
+    target: ReleaseTarget | None = None
+    """The release being rolled out, resolved by the operator."""
+    grants: dict[str, Grant] = Field(default_factory=dict)
+    """What each node may do now, by Node name. Written by the operator only."""
+    rollout: dict[str, NodeProgress] = Field(default_factory=dict)
+    """The operator's bookkeeping per node, by Node name (agents report in nodes)."""
+    canary_nodes: list[str] = Field(default_factory=list)
+    """The canary wave, chosen once (strategy canary)."""
+    last_node_finished_time: str = ""
+    """When the last node finished (for delayBetweenNodes)."""
 
 
 class NodeUpgradeSpec(SelectorSpec):

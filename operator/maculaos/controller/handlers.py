@@ -19,6 +19,8 @@ from kubernetes import client
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.controller.cluster import ApiCluster, list_objects
 from maculaos.controller.reconcile import judge, write
+from maculaos.controller.upgrades import Rollouts
+from maculaos.kubeapi import CountingApiClient
 
 #: Prefix of the annotations kopf keeps its handler progress in; the agents use their own, never this.
 ANNOTATION_PREFIX = "controller.os.macula.io"
@@ -26,17 +28,30 @@ ANNOTATION_PREFIX = "controller.os.macula.io"
 log = logging.getLogger("maculaos.controller")
 
 
-def reconcile_one(api: client.ApiClient, body: dict[str, Any]) -> None:
+#: Kinds whose objects drive a rollout (controller/upgrades.py) on top of being judged.
+ROLLOUT_KIND = "NodeUpgrade"
+
+
+def reconcile_one(api: client.ApiClient, body: dict[str, Any], rollouts: Rollouts) -> None:
+    if body.get("kind") == ROLLOUT_KIND:
+        rollouts.reconcile(body["metadata"]["name"])
+        return
     write(api, body, judge(body, ApiCluster(api)))
 
 
-def resync_all(api: client.ApiClient) -> int:
+def resync_all(api: client.ApiClient, rollouts: Rollouts) -> int:
     """Judge every object against one fresh snapshot of the cluster; returns how many were written."""
     cluster = ApiCluster(api)
     custom = client.CustomObjectsApi(api)
     written = 0
     for model in KINDS:
-        for body in list_objects(custom, model.resource.plural):
+        bodies = list_objects(custom, model.resource.plural)
+        if model.resource.kind == ROLLOUT_KIND:
+            rollouts.release_orphans(cluster, {b["metadata"]["name"] for b in bodies})
+        for body in bodies:
+            if model.resource.kind == ROLLOUT_KIND:
+                rollouts.reconcile(body["metadata"]["name"], cluster)
+                continue
             outcome = judge(body, cluster)
             if outcome.status is not None:
                 write(api, body, outcome)
@@ -44,11 +59,11 @@ def resync_all(api: client.ApiClient) -> int:
     return written
 
 
-async def resync_forever(api: client.ApiClient, interval: float) -> None:
+async def resync_forever(api: client.ApiClient, rollouts: Rollouts, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            written = await asyncio.to_thread(resync_all, api)
+            written = await asyncio.to_thread(resync_all, api, rollouts)
         except Exception:  # the next pass retries; a failing pass must not end the loop
             log.exception("resync pass failed")
             continue
@@ -59,11 +74,18 @@ async def resync_forever(api: client.ApiClient, interval: float) -> None:
 def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
     """Every handler of the controller, registered on a fresh registry (no import-time globals)."""
     registry = kopf.OperatorRegistry()
-    api = client.ApiClient()  # one connection pool for every API call of the controller
+    api = CountingApiClient()  # one connection pool for every API call of the controller
+    rollouts = Rollouts(api)
     resync_task: list[asyncio.Task[None]] = []
 
     async def on_change(body: kopf.Body, **_: Any) -> None:
-        await asyncio.to_thread(reconcile_one, api, dict(body))
+        await asyncio.to_thread(reconcile_one, api, dict(body), rollouts)
+
+    async def on_rollout_event(event: kopf.RawEvent, **_: Any) -> None:
+        """An agent's report (a status change kopf's update handlers do not see) moves the rollout now
+        rather than at the next resync."""
+        if event.get("type") in ("ADDED", "MODIFIED"):
+            await asyncio.to_thread(rollouts.reconcile, event["object"]["metadata"]["name"])
 
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         """Exclusive access comes from leader election, so kopf's peering is off; kopf keeps its progress
@@ -74,7 +96,7 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
             prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
         settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
         settings.posting.enabled = False  # Events are posted by reconcile.write, one per verdict change
-        resync_task.append(asyncio.create_task(resync_forever(api, resync_seconds)))
+        resync_task.append(asyncio.create_task(resync_forever(api, rollouts, resync_seconds)))
 
     async def stop_resync(**_: Any) -> None:
         for task in resync_task:
@@ -88,4 +110,5 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
     for model in KINDS:
         for decorator in (kopf.on.resume, kopf.on.create, kopf.on.update):
             decorator(GROUP, VERSION, model.resource.plural, registry=registry)(on_change)
+    kopf.on.event(GROUP, VERSION, "nodeupgrades", registry=registry)(on_rollout_event)
     return registry

@@ -1,0 +1,243 @@
+"""The I/O around the rollout planner for one NodeUpgrade: read, drain, plan, write status, act.
+
+Order within a pass, chosen so that a crash anywhere leaves nothing the next pass cannot finish:
+1. read the object fresh and the cluster (Nodes, the agents' reports in status.nodes);
+2. take a drain step on the nodes the last written status has in stage Draining;
+3. plan (pure, controller/rollout.py);
+4. write status with the object's resourceVersion as a precondition, so a stale pass (a slower thread,
+   a deposed leader) is refused with 409 instead of overwriting newer decisions;
+5. only then uncordon and cordon, and post the Events. Status records the intent first ("cordoned":
+   true), so a node is never cordoned without a record that owes it an uncordon.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from maculaos.api import GROUP, VERSION
+from maculaos.api.common import VERSION_LABEL
+from maculaos.api.nodeupgrade import NodeStage, NodeUpgradeNodeEntry, NodeUpgradeSpec, NodeUpgradeStatus
+from maculaos.controller.cluster import ApiCluster
+from maculaos.controller.conditions import merge_condition
+from maculaos.controller.drain import PodRef, drain_step
+from maculaos.controller.reconcile import COMPONENT, judge, write
+from maculaos.controller.releases import ReleaseResolver, Resolution
+from maculaos.controller.rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
+from maculaos.controller.validation import validate
+from maculaos.kubeapi import MERGE_PATCH, CountingApiClient, post_event
+
+log = logging.getLogger("maculaos.controller")
+
+PLURAL = "nodeupgrades"
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+#: On a Node the operator cordoned: the NodeUpgrade that owes it an uncordon.
+CORDON_ANNOTATION = "os.macula.io/cordoned-by"
+#: Times a pass is retried at once when its status write loses the race with an agent's report.
+WRITE_ATTEMPTS = 3
+#: Status fields this module owns (the validation path in reconcile.py owns the rest).
+_OPERATOR_MAPS = ("grants", "rollout")
+
+
+@dataclass(frozen=True)
+class Whereabouts:
+    """Where the operator itself runs (downward API env), so it neither drains itself nor goes first."""
+
+    node: str = ""
+    pod: PodRef | None = None
+
+    @classmethod
+    def from_env(cls) -> Whereabouts:
+        pod = os.environ.get("POD_NAME", "")
+        namespace = os.environ.get("POD_NAMESPACE", "")
+        return cls(node=os.environ.get("NODE_NAME", ""), pod=PodRef(namespace, pod) if pod and namespace else None)
+
+
+class Rollouts:
+    """Runs rollout passes; one at a time per object (kopf events and the resync share it)."""
+
+    def __init__(self, api: client.ApiClient, whereabouts: Whereabouts | None = None) -> None:
+        self.api = api
+        self.resolver = ReleaseResolver()
+        self.whereabouts = whereabouts or Whereabouts.from_env()
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def reconcile(self, name: str, cluster: ApiCluster | None = None) -> None:
+        with self._guard:
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            snapshot = cluster or ApiCluster(self.api)
+            for _ in range(WRITE_ATTEMPTS):
+                try:
+                    # A retry re-reads the object (whose status moved) but keeps the Node snapshot.
+                    self._pass(name, snapshot)
+                    return
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return
+                    if exc.status != 409:
+                        raise
+            log.info(f"NodeUpgrade {name}: status kept changing under this pass; the next one retries")
+
+    def _pass(self, name: str, cluster: ApiCluster) -> None:
+        custom = client.CustomObjectsApi(self.api)
+        body = cast(dict[str, Any], custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name))
+        outcome = judge(body, cluster)
+        verdict = validate("NodeUpgrade", name, body.get("spec") or {}, cluster)
+        if not verdict.valid or not isinstance(verdict.spec, NodeUpgradeSpec):
+            write(self.api, body, outcome)  # nothing moves while the spec is invalid; the message says why
+            return
+        spec = verdict.spec
+        raw_status = body.get("status") or {}
+        status = parse_status(raw_status)
+        resolution = self.resolver.resolve(spec)
+        nodes = node_facts(cluster.node_objects)
+        drains = self._drain(spec, status, nodes)
+        now = dt.datetime.now(dt.timezone.utc)
+        plan = plan_rollout(RolloutInput(
+            spec=spec, status=status, matched=verdict.matched_nodes, nodes=nodes,
+            reports=parse_reports(raw_status), now=now, target=resolution.target or status.target,
+            target_error=resolution.error, drains=drains, own_node=self.whereabouts.node))
+        judged = outcome.status or {}
+        wanted = status_patch(raw_status, judged, plan, resolution)
+        if wanted:
+            patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": wanted}
+            custom.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, patch,
+                                                      _content_type=MERGE_PATCH)
+        self._act(body, plan)
+        if plan.phase != status.phase:
+            log.info(f"NodeUpgrade {name}: phase {status.phase or '(none)'} -> {plan.phase}: {plan.message} "
+                     f"[{CountingApiClient.requests} API requests since the operator started]")
+        if outcome.event is not None:
+            write(self.api, body, type(outcome)(status=None, event=outcome.event))
+
+    def _drain(self, spec: NodeUpgradeSpec, status: NodeUpgradeStatus,
+               nodes: Mapping[str, NodeFacts]) -> dict[str, DrainReport]:
+        core = client.CoreV1Api(self.api)
+        reports = {}
+        for name, progress in sorted(status.rollout.items()):
+            if progress.stage is not NodeStage.DRAINING or name not in nodes:
+                continue
+            if not nodes[name].unschedulable:
+                reports[name] = DrainReport(done=False, message="waiting for the cordon")
+                continue
+            reports[name] = drain_step(core, name, spec.drain, progress.forced, self.whereabouts.pod)
+        return reports
+
+    def _act(self, body: Mapping[str, Any], plan: Plan) -> None:
+        """Uncordon before cordoning, so the number of cordoned nodes never overshoots in between."""
+        core = client.CoreV1Api(self.api)
+        owner = str(body["metadata"]["name"])
+        for name, unschedulable in [(n, False) for n in plan.uncordon] + [(n, True) for n in plan.cordon]:
+            try:
+                set_cordon(core, name, owner if unschedulable else None)
+            except ApiException as exc:
+                verb = "cordon" if unschedulable else "uncordon"
+                log.warning(f"NodeUpgrade {body['metadata']['name']}: cannot {verb} {name}: HTTP {exc.status}")
+                post_event(self.api, body, "Warning", "CordonFailed",
+                           f"{name}: cannot {verb}: HTTP {exc.status}; retrying on the next pass", COMPONENT)
+        for note in plan.events:
+            level = logging.INFO if note.type == "Normal" else logging.WARNING
+            log.log(level, f"NodeUpgrade {body['metadata']['name']}: {note.reason}: {note.message}")
+            post_event(self.api, body, note.type, note.reason, note.message, COMPONENT)
+
+
+    def release_orphans(self, cluster: ApiCluster, upgrades: set[str]) -> list[str]:
+        """Uncordon nodes a NodeUpgrade cordoned and that no longer exists (deleted mid-rollout: there are
+        no finalizers to stop that); returns their names."""
+        core = client.CoreV1Api(self.api)
+        released = []
+        for node in cluster.node_objects:
+            owner = (node["metadata"].get("annotations") or {}).get(CORDON_ANNOTATION)
+            if owner is None or owner in upgrades:
+                continue
+            name = str(node["metadata"]["name"])
+            set_cordon(core, name, None)
+            log.warning(f"uncordoned {name}: NodeUpgrade {owner}, which cordoned it, was deleted mid-rollout")
+            released.append(name)
+        return released
+
+
+def set_cordon(core: client.CoreV1Api, node: str, owner: str | None) -> None:
+    """Cordon node for NodeUpgrade owner (marked in an annotation), or uncordon it (owner None)."""
+    core.patch_node(node, {"metadata": {"annotations": {CORDON_ANNOTATION: owner}},
+                           "spec": {"unschedulable": owner is not None}})
+
+
+def node_facts(nodes: list[dict[str, Any]]) -> dict[str, NodeFacts]:
+    facts = {}
+    for node in nodes:
+        labels = node["metadata"].get("labels") or {}
+        conditions = (node.get("status") or {}).get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        facts[str(node["metadata"]["name"])] = NodeFacts(
+            ready=ready, unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
+            version=labels.get(VERSION_LABEL, ""), control_plane=CONTROL_PLANE_LABEL in labels)
+    return facts
+
+
+def parse_status(raw: Mapping[str, Any]) -> NodeUpgradeStatus:
+    """The operator's own fields; the agents' entries are parsed one by one in parse_reports."""
+    try:
+        return NodeUpgradeStatus.model_validate({k: v for k, v in raw.items() if k != "nodes"})
+    except ValidationError as exc:
+        # Only the operator writes these fields, so this is a bug or a hand edit: start the bookkeeping
+        # over rather than stall (grants are re-derived; final stages are lost, which the log says).
+        log.error(f"unreadable NodeUpgrade status, starting its bookkeeping over: {exc}")
+        return NodeUpgradeStatus()
+
+
+def parse_reports(raw: Mapping[str, Any]) -> dict[str, NodeUpgradeNodeEntry]:
+    reports = {}
+    for node, entry in (raw.get("nodes") or {}).items():
+        try:
+            reports[node] = NodeUpgradeNodeEntry.model_validate(entry)
+        except ValidationError:
+            log.warning(f"node {node} wrote an unreadable NodeUpgrade report; ignoring it")
+    return reports
+
+
+def status_patch(old: Mapping[str, Any], judged: Mapping[str, Any], plan: Plan,
+                 resolution: Resolution) -> dict[str, Any]:
+    """The merge patch from old status to the wanted one; empty when nothing changes."""
+    target = resolution.target
+    fields: dict[str, Any] = {**judged, **plan.status_fields()}
+    if target is not None:
+        fields["target"] = target.model_dump(by_alias=True, mode="json", exclude_none=True)
+        fields["targetVersion"] = target.version
+    fields["availableVersion"] = resolution.available or old.get("availableVersion", "")
+    conditions = list(judged.get("conditions") or old.get("conditions") or [])
+    for condition in plan.conditions() + [release_condition(resolution)]:
+        conditions = merge_condition(conditions, condition)
+    fields["conditions"] = conditions
+    for key in _OPERATOR_MAPS:  # a merge patch removes a map key only when told so with null
+        gone = set(old.get(key) or {}) - set(fields[key])
+        fields[key] = {**fields[key], **{k: None for k in gone}}
+    changed = {k: v for k, v in fields.items() if old.get(k) != v and k != "conditions"}
+    if not changed and _same_conditions(old.get("conditions") or [], conditions):
+        return {}
+    return fields
+
+
+def release_condition(resolution: Resolution) -> dict[str, Any]:
+    if resolution.error:
+        return {"type": "ReleaseResolved", "status": "False", "reason": "ReleaseError",
+                "message": resolution.error}
+    return {"type": "ReleaseResolved", "status": "True", "reason": "Resolved",
+            "message": f"target {resolution.target.version}" if resolution.target else ""}
+
+
+def _same_conditions(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> bool:
+    def key(conditions: list[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in conditions)
+    return key(old) == key(new)

@@ -1,0 +1,361 @@
+"""NodeUpgrade rollouts against the real control plane, with the operator as its own process.
+
+The node side is played by STAND-IN AGENTS (tests/integration/upgrade_agents.py) until the real agents
+of issue #4 (helper 4b) land; everything the operator does — grants, cordon, Eviction-API drains under
+real PodDisruptionBudgets, status — goes through the real API server and kube-controller-manager.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from maculaos.devenv.processes import ProcessRecord, stop
+from tests.integration.conftest import Cluster, OperatorSupervisor
+from tests.integration.upgrade_agents import Sampler, StandInAgents, simulated_fleet
+
+NEW = "0.2.0"
+Create = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def upgrade(name: str, prefix: str, **spec: Any) -> dict[str, Any]:
+    base = {"version": NEW, "source": {"localPath": "/var/lib/maculaos/bundles"},
+            "nodeSelector": {"matchLabels": {"upgrade-test": prefix}},
+            "healthCheckWait": "1s", "drain": {"timeout": "30s"}}
+    return {"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": name},
+            "spec": {**base, **spec}}
+
+
+def status(cluster: Cluster, name: str) -> dict[str, Any]:
+    return dict(cluster.get("NodeUpgrade", name).get("status") or {})
+
+
+def wait_phase(cluster: Cluster, name: str, phase: str, timeout: float = 120) -> dict[str, Any]:
+    cluster.wait_for(lambda: status(cluster, name).get("phase") == phase, timeout,
+                     lambda: f"NodeUpgrade {name} phase {phase}; status now {json.dumps(summary(cluster, name))}")
+    return status(cluster, name)
+
+
+def summary(cluster: Cluster, name: str) -> dict[str, Any]:
+    s = status(cluster, name)
+    return {"phase": s.get("phase"), "grants": s.get("grants"),
+            "rollout": {n: (p.get("stage"), p.get("message")) for n, p in (s.get("rollout") or {}).items()},
+            "conditions": [(c["type"], c["status"], c.get("message")) for c in s.get("conditions", [])]}
+
+
+def events(cluster: Cluster, name: str) -> list[tuple[str, str]]:
+    listing = client.CoreV1Api(cluster.api).list_namespaced_event(
+        "default", field_selector=f"involvedObject.kind=NodeUpgrade,involvedObject.name={name}")
+    return [(e.reason, e.message) for e in listing.items]
+
+
+def cordoned(cluster: Cluster, nodes: list[str]) -> list[str]:
+    core = client.CoreV1Api(cluster.api)
+    return [n for n in nodes if core.read_node(n).spec.unschedulable]
+
+
+@pytest.fixture
+def fleet_of(cluster: Cluster) -> Iterator[Callable[[str, int], list[str]]]:
+    stack: list[Any] = []
+
+    def make(prefix: str, count: int) -> list[str]:
+        context = simulated_fleet(cluster.api, prefix, count)
+        stack.append(context)
+        return context.__enter__()
+
+    yield make
+    for context in reversed(stack):
+        context.__exit__(None, None, None)
+
+
+def test_ten_nodes_rolling_with_max_unavailable_three(cluster: Cluster, operator: ProcessRecord, created: Create,
+                                                      fleet_of: Callable[[str, int], list[str]]) -> None:
+    nodes = fleet_of("roll", 10)
+    agents = StandInAgents(cluster.api, "roll", nodes).start()
+    sampler = Sampler(cluster.api, "roll", nodes).start()
+    try:
+        created(upgrade("roll", "roll", strategy={"maxUnavailable": 3}))
+        final = wait_phase(cluster, "roll", "Succeeded", timeout=180)
+    finally:
+        agents.stop()
+        sampler.stop()
+    assert not agents.errors
+    assert 1 <= sampler.peak <= 3, f"peak disruption {sampler.peak}"
+    assert final["upgradedNodes"] == 10 and final["failedNodes"] == 0 and final["grants"] == {}
+    assert all(s.boots_into_new == 1 for s in agents.states.values())
+    assert all(sampler.reboot_grants(n) == 1 for n in nodes)
+    assert cordoned(cluster, nodes) == []
+    core = client.CoreV1Api(cluster.api)
+    assert {core.read_node(n).metadata.labels["os.macula.io/version"] for n in nodes} == {NEW}
+
+
+def test_canary_stops_on_failure(cluster: Cluster, operator: ProcessRecord, created: Create,
+                                 fleet_of: Callable[[str, int], list[str]]) -> None:
+    nodes = fleet_of("canary", 6)
+    agents = StandInAgents(cluster.api, "canary", nodes, fail_health={nodes[1]}).start()
+    try:
+        created(upgrade("canary", "canary", failurePolicy={"maxFailedNodes": 3}, strategy={
+            "type": "canary", "maxUnavailable": 2, "canary": {"percentage": "34%", "successThreshold": "100%"}}))
+        final = wait_phase(cluster, "canary", "Failed")
+        cluster.wait_for(lambda: cordoned(cluster, nodes) == [], 30, "the canary nodes uncordoned")
+    finally:
+        agents.stop()
+    assert final["canaryNodes"] == nodes[:3]
+    failed = next(c for c in final["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "CanaryFailed"
+    assert "successThreshold" in failed["message"]
+    assert set(final["rollout"]) == set(nodes[:3]), "nodes beyond the canary wave were started"
+    assert final["rollout"][nodes[1]]["stage"] == "RolledBack"
+    assert "CanaryFailed" in [reason for reason, _ in events(cluster, "canary")]
+
+
+def test_failure_budget_pauses_and_rolls_back(cluster: Cluster, operator: ProcessRecord, created: Create,
+                                              fleet_of: Callable[[str, int], list[str]]) -> None:
+    nodes = fleet_of("budget", 4)
+    agents = StandInAgents(cluster.api, "budget", nodes, fail_install={nodes[2]}).start()
+    sampler = Sampler(cluster.api, "budget", nodes).start()
+    try:
+        created(upgrade("budget", "budget", failurePolicy={"maxFailedNodes": 0, "action": "PauseAndRollback"}))
+        wait_phase(cluster, "budget", "Failed")
+        cluster.wait_for(lambda: {p["stage"] for p in status(cluster, "budget")["rollout"].values()}
+                         == {"Reverted", "Failed"} and not cordoned(cluster, nodes), 120,
+                         lambda: f"upgraded nodes reverted: {summary(cluster, 'budget')}")
+    finally:
+        agents.stop()
+        sampler.stop()
+    final = status(cluster, "budget")
+    assert final["rollout"][nodes[2]]["stage"] == "Failed"
+    assert "sha256 mismatch" in final["rollout"][nodes[2]]["message"]
+    assert {n for n, p in final["rollout"].items() if p["stage"] == "Reverted"} == set(nodes[:2])
+    assert nodes[3] not in final["rollout"], "a node started after the budget was spent"
+    assert sampler.peak <= 1
+    assert all(s.version == "0.1.0" for s in agents.states.values())
+    assert "FailureBudgetExceeded" in [reason for reason, _ in events(cluster, "budget")]
+
+
+def test_closed_maintenance_window_waits(cluster: Cluster, operator: ProcessRecord, created: Create,
+                                         fleet_of: Callable[[str, int], list[str]]) -> None:
+    nodes = fleet_of("window", 2)
+    now = dt.datetime.now(dt.timezone.utc)
+    closed_day = (now + dt.timedelta(days=3)).strftime("%a")
+    created(upgrade("window", "window", maintenanceWindows=[
+        {"days": [closed_day], "start": "00:00", "end": "00:01", "timeZone": "Asia/Tokyo"}]))
+    final = wait_phase(cluster, "window", "Waiting")
+    progressing = next(c for c in final["conditions"] if c["type"] == "Progressing")
+    assert progressing["status"] == "False" and "outside every maintenance window" in progressing["message"]
+    assert final["grants"] == {} and cordoned(cluster, nodes) == []
+
+
+def running_pod(cluster: Cluster, namespace: str, name: str, node: str, labels: dict[str, str]) -> None:
+    """A pod bound to node and marked Running and Ready through the status subresource (there is no kubelet):
+    the API server ignores PodDisruptionBudgets for pods that are not Running."""
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespaced_pod(namespace, {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}})
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    core.patch_namespaced_pod_status(name, namespace, {"status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}})
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    core = client.CoreV1Api(cluster.api)
+    name = f"drain-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+
+
+def pdb(cluster: Cluster, namespace: str, min_available: int) -> None:
+    client.PolicyV1Api(cluster.api).create_namespaced_pod_disruption_budget(namespace, {
+        "metadata": {"name": "web"}, "spec": {"minAvailable": min_available,
+                                              "selector": {"matchLabels": {"app": "web"}}}})
+
+
+def test_pdb_blocking_drain_times_out_and_uncordons(cluster: Cluster, operator: ProcessRecord, created: Create,
+                                                    fleet_of: Callable[[str, int], list[str]], namespace: str) -> None:
+    nodes = fleet_of("pdb", 1)
+    running_pod(cluster, namespace, "web-0", nodes[0], {"app": "web"})
+    running_pod(cluster, namespace, "free-0", nodes[0], {"app": "free"})
+    pdb(cluster, namespace, 1)
+    cluster.wait_for(lambda: client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget(
+        "web", namespace).status.current_healthy == 1, 30, "the PDB counts web-0 healthy")
+    agents = StandInAgents(cluster.api, "pdb", nodes).start()
+    try:
+        created(upgrade("pdb", "pdb", drain={"timeout": "4s"}, failurePolicy={"maxFailedNodes": 1}))
+        final = wait_phase(cluster, "pdb", "Failed", timeout=60)
+    finally:
+        agents.stop()
+    progress = final["rollout"][nodes[0]]
+    assert progress["stage"] == "Failed"
+    assert "drain timed out after 4s" in progress["message"]
+    assert f"{namespace}/web-0 blocked by a PodDisruptionBudget" in progress["message"]
+    core = client.CoreV1Api(cluster.api)
+    assert [p.metadata.name for p in core.list_namespaced_pod(namespace).items] == ["web-0"], \
+        "the pod without a PDB should have been evicted, the protected one kept"
+    cluster.wait_for(lambda: cordoned(cluster, nodes) == [], 20, "the node uncordoned after the drain timeout")
+    assert agents.states[nodes[0]].boots_into_new == 0
+    assert "DrainTimeout" in [reason for reason, _ in events(cluster, "pdb")]
+
+
+def test_pdb_blocking_drain_with_force_deletes_after_timeout(
+        cluster: Cluster, operator: ProcessRecord, created: Create, fleet_of: Callable[[str, int], list[str]],
+        namespace: str) -> None:
+    nodes = fleet_of("force", 1)
+    running_pod(cluster, namespace, "web-0", nodes[0], {"app": "web"})
+    pdb(cluster, namespace, 1)
+    agents = StandInAgents(cluster.api, "force", nodes).start()
+    try:
+        created(upgrade("force", "force", drain={"timeout": "3s", "force": True, "gracePeriodSeconds": 0}))
+        final = wait_phase(cluster, "force", "Succeeded", timeout=60)
+    finally:
+        agents.stop()
+    assert final["rollout"][nodes[0]].get("forced") is True
+    assert client.CoreV1Api(cluster.api).list_namespaced_pod(namespace).items == []
+    assert "DrainForced" in [reason for reason, _ in events(cluster, "force")]
+    assert cordoned(cluster, nodes) == []
+
+
+def test_operator_killed_mid_rollout(cluster: Cluster, operator_supervisor: OperatorSupervisor, created: Create,
+                                     fleet_of: Callable[[str, int], list[str]]) -> None:
+    operator_supervisor.ensure_running()
+    nodes = fleet_of("restart", 5)
+    agents = StandInAgents(cluster.api, "restart", nodes, reboot_seconds=2.0).start()
+    sampler = Sampler(cluster.api, "restart", nodes).start()
+    kills = 0
+    try:
+        created(upgrade("restart", "restart", strategy={"maxUnavailable": 2}))
+        for stage in ("Draining", "Rebooting"):
+            cluster.wait_for(lambda: stage in {p.get("stage") for p in
+                                               (status(cluster, "restart").get("rollout") or {}).values()},
+                             60, f"a node in stage {stage}")
+            assert operator_supervisor.record is not None
+            os.killpg(operator_supervisor.record.pid, signal.SIGKILL)  # a crash, mid-stage
+            stop(operator_supervisor.record)  # reap it
+            kills += 1
+            operator_supervisor.ensure_running()
+        final = wait_phase(cluster, "restart", "Succeeded", timeout=180)
+    finally:
+        agents.stop()
+        sampler.stop()
+    assert kills == 2
+    assert final["upgradedNodes"] == 5 and not agents.errors
+    assert all(sampler.reboot_grants(n) == 1 for n in nodes), sorted(sampler.grants)
+    assert all(s.boots_into_new == 1 for s in agents.states.values())
+    assert sampler.peak <= 2 and cordoned(cluster, nodes) == []
+
+
+class _IndexHandler(http.server.BaseHTTPRequestHandler):
+    index = b""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path != "/index.yaml":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(self.index)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def index_server() -> Iterator[str]:
+    _IndexHandler.index = f"""channels:
+  stable:
+    - {{version: 0.1.0, url: "http://127.0.0.1/b-0.1.0.raucb", sha256: "{'a' * 64}", size: 10}}
+    - {{version: 0.3.0, url: "http://127.0.0.1/b-0.3.0.raucb", sha256: "{'b' * 64}", size: 30}}
+  beta:
+    - {{version: 0.4.0-rc.1, url: "http://127.0.0.1/b-0.4.0.raucb", sha256: "{'c' * 64}", size: 40}}
+""".encode()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _IndexHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_release_index_sets_the_target_and_auto_apply_false_only_reports(
+        cluster: Cluster, operator: ProcessRecord, created: Create, fleet_of: Callable[[str, int], list[str]],
+        index_server: str) -> None:
+    nodes = fleet_of("index", 2)
+    spec = upgrade("index", "index", autoApply=False, source={"releaseIndex": f"{index_server}/index.yaml"})
+    del spec["spec"]["version"]
+    spec["spec"]["channel"] = "stable"
+    created(spec)
+    cluster.wait_for(lambda: status(cluster, "index").get("availableVersion") == "0.3.0", 30,
+                     lambda: f"availableVersion 0.3.0: {summary(cluster, 'index')}")
+    final = status(cluster, "index")
+    assert final["target"] == {"version": "0.3.0", "url": "http://127.0.0.1/b-0.3.0.raucb",
+                               "sha256": "b" * 64, "size": 30}
+    assert final["phase"] == "Pending" and final["grants"] == {} and cordoned(cluster, nodes) == []
+    assert "autoApply is false" in next(c for c in final["conditions"] if c["type"] == "Progressing")["message"]
+
+
+def test_unreachable_release_index_is_reported(cluster: Cluster, operator: ProcessRecord, created: Create,
+                                               fleet_of: Callable[[str, int], list[str]], index_server: str) -> None:
+    fleet_of("noindex", 1)
+    created(upgrade("noindex", "noindex", source={"releaseIndex": f"{index_server}/missing.yaml"}))
+    condition = cluster.wait_condition("NodeUpgrade", "noindex", "False", ctype="ReleaseResolved")
+    assert condition["message"] == f"release index {index_server}/missing.yaml: HTTP 404 Not Found"
+    assert status(cluster, "noindex")["phase"] == "Pending"
+
+
+def test_operator_on_the_node_it_upgrades_does_not_evict_itself(
+        cluster: Cluster, operator_supervisor: OperatorSupervisor, created: Create,
+        fleet_of: Callable[[str, int], list[str]], namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The single-node case: the operator's pod runs on the node being upgraded (downward-API env says so)."""
+    nodes = fleet_of("solo", 1)
+    running_pod(cluster, namespace, "maculaos-operator", nodes[0], {"app": "maculaos"})
+    running_pod(cluster, namespace, "app-0", nodes[0], {"app": "app"})
+    if operator_supervisor.record is not None:
+        stop(operator_supervisor.record)
+    for key, value in (("NODE_NAME", nodes[0]), ("POD_NAME", "maculaos-operator"), ("POD_NAMESPACE", namespace)):
+        monkeypatch.setenv(key, value)
+    operator_supervisor.record = None
+    operator_supervisor.ensure_running()
+    agents = StandInAgents(cluster.api, "solo", nodes).start()
+    try:
+        created(upgrade("solo", "solo"))
+        final = wait_phase(cluster, "solo", "Succeeded", timeout=120)
+    finally:
+        agents.stop()
+        assert operator_supervisor.record is not None
+        stop(operator_supervisor.record)  # the next test's operator starts without this env
+        operator_supervisor.record = None
+    assert final["upgradedNodes"] == 1
+    pods = [p.metadata.name for p in client.CoreV1Api(cluster.api).list_namespaced_pod(namespace).items]
+    assert pods == ["maculaos-operator"], "the operator evicted itself, or the app was not drained"
+    assert cordoned(cluster, nodes) == []
+
+
+def test_deleting_the_upgrade_mid_drain_uncordons(cluster: Cluster, operator: ProcessRecord,
+                                                 fleet_of: Callable[[str, int], list[str]], namespace: str) -> None:
+    """No finalizers hold a NodeUpgrade, so it can vanish mid-rollout; the nodes it cordoned are released."""
+    nodes = fleet_of("orphan", 1)
+    running_pod(cluster, namespace, "web-0", nodes[0], {"app": "web"})
+    pdb(cluster, namespace, 1)
+    agents = StandInAgents(cluster.api, "orphan", nodes).start()
+    obj = upgrade("orphan", "orphan", drain={"timeout": "1h"})
+    try:
+        cluster.apply(obj)
+        cluster.wait_for(lambda: cordoned(cluster, nodes) == nodes, 60, "the node cordoned for its drain")
+        cluster.delete(obj)
+        cluster.wait_for(lambda: cordoned(cluster, nodes) == [], 30, "the orphaned node uncordoned")
+    finally:
+        agents.stop()
+        cluster.delete(obj)
+    annotations = client.CoreV1Api(cluster.api).read_node(nodes[0]).metadata.annotations or {}
+    assert "os.macula.io/cordoned-by" not in annotations

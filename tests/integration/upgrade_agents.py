@@ -1,0 +1,221 @@
+"""STAND-IN AGENTS for the operator's NodeUpgrade tests — a test driver, not the node side.
+
+Until the real node side (issue #4, helper 4b: RAUC, `maculaos agent run`, simulated reboots) lands,
+this thread plays each node's agent exactly as docs/nodeupgrade-contract describes, through the real API
+server: it writes only `status.nodes.<node>` (JSON merge patch), the Node's version label and its Ready
+condition, and detects nothing the real agent would not. A "reboot" flips the Node NotReady, changes the
+reported bootId, then brings the Node back Ready on the new version (or reports RolledBack for a node told
+to fail its health window). The lead swaps these tests to real agents at merge time.
+
+Also here: the simulated fleet (extra Nodes with a test label) and a sampler that records how many of
+them are disrupted at once and every grant the operator gives, for the tests' assertions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from maculaos.api.common import VERSION_LABEL
+from maculaos.devenv.nodes import SimulatedNode, register_node
+from maculaos.kubeapi import MERGE_PATCH, now_rfc3339
+
+GROUP, VERSION, PLURAL = "os.macula.io", "v1alpha1", "nodeupgrades"
+OLD = "0.1.0"
+
+
+@dataclass
+class AgentState:
+    name: str
+    boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    version: str = OLD
+    phase: str = "Idle"
+    target: str = ""
+    message: str = ""
+    down_since: float = 0.0
+    boots_into_new: int = 0
+    reported: bool = False
+
+
+class StandInAgents:
+    """Plays the agents of `nodes` for the NodeUpgrade `upgrade` until stopped."""
+
+    def __init__(self, api: client.ApiClient, upgrade: str, nodes: list[str], fail_install: set[str] = frozenset(),
+                 fail_health: set[str] = frozenset(), reboot_seconds: float = 0.5, period: float = 0.2) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.upgrade = upgrade
+        self.states = {n: AgentState(n) for n in nodes}
+        self.fail_install, self.fail_health = set(fail_install), set(fail_health)
+        self.reboot_seconds, self.period = reboot_seconds, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="stand-in-agents")
+        self.errors: list[str] = []
+
+    def start(self) -> StandInAgents:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                obj = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, self.upgrade)
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue
+                self.errors.append(str(exc))
+                continue
+            status = obj.get("status") or {}
+            for state in self.states.values():
+                try:
+                    self._step(state, (status.get("grants") or {}).get(state.name), status.get("target") or {})
+                except ApiException as exc:
+                    self.errors.append(f"{state.name}: {exc.status} {exc.reason}")
+
+    def _step(self, s: AgentState, grant: dict[str, Any] | None, target: dict[str, Any]) -> None:
+        if not s.reported:  # an agent reports its node once it sees the object, before any grant matters
+            self._report(s)
+            return
+        if s.down_since:
+            if time.monotonic() - s.down_since >= self.reboot_seconds:
+                self._boot(s)
+            return
+        if s.phase == "Committing":
+            if s.name in self.fail_health:
+                s.version, s.phase, s.message = OLD, "RolledBack", "health commit window failed: k3s not Ready"
+                self._set_version(s)
+            else:
+                s.phase = "Succeeded"
+            self._report(s)
+            return
+        action = (grant or {}).get("action")
+        if action == "Install" and s.phase in ("Idle", "Downloading"):
+            s.target = str(target.get("version", ""))
+            if s.phase == "Idle":
+                s.phase = "Downloading"
+            elif s.name in self.fail_install:
+                s.phase, s.message = "Failed", "sha256 mismatch: bundle is not the one the index names"
+            else:
+                s.phase = "Installed"
+            self._report(s)
+        elif action == "Reboot" and s.phase == "Installed":
+            self._go_down(s, "Rebooting")
+        elif action == "Rollback" and s.phase == "Succeeded":
+            self._go_down(s, "RollbackRebooting")
+
+    def _go_down(self, s: AgentState, phase: str) -> None:
+        s.phase = phase
+        self._report(s)
+        s.down_since = time.monotonic()
+        self._set_ready(s, False)
+
+    def _boot(self, s: AgentState) -> None:
+        s.down_since, s.boot_id = 0.0, str(uuid.uuid4())
+        if s.phase == "RollbackRebooting":
+            s.version, s.phase, s.message = OLD, "RolledBack", "Rollback granted by the operator"
+        else:
+            s.version, s.phase = s.target, "Committing"
+            s.boots_into_new += 1
+        self._set_version(s)
+        self._set_ready(s, True)
+        self._report(s)
+
+    def _report(self, s: AgentState) -> None:
+        s.reported = True
+        entry = {"phase": s.phase if s.phase != "RollbackRebooting" else "Rebooting", "message": s.message,
+                 "version": s.version, "bootId": s.boot_id, "targetVersion": s.target, "slot": "A",
+                 "lastUpdateTime": now_rfc3339()}
+        self.custom.patch_cluster_custom_object_status(
+            GROUP, VERSION, PLURAL, self.upgrade, {"status": {"nodes": {s.name: entry}}}, _content_type=MERGE_PATCH)
+
+    def _set_version(self, s: AgentState) -> None:
+        self.core.patch_node(s.name, {"metadata": {"labels": {VERSION_LABEL: s.version}}})
+
+    def _set_ready(self, s: AgentState, ready: bool) -> None:
+        node = self.core.read_node_status(s.name)
+        conditions = [c for c in node.status.conditions or [] if c.type != "Ready"]
+        now = now_rfc3339()
+        ready_condition = {"type": "Ready", "status": "True" if ready else "False",
+                           "reason": "KubeletReady" if ready else "KubeletNotReady",
+                           "message": "simulated reboot" if not ready else "kubelet is posting ready status",
+                           "lastHeartbeatTime": now, "lastTransitionTime": now}
+        self.core.patch_node_status(s.name, {"status": {"conditions": [
+            *[client.ApiClient().sanitize_for_serialization(c) for c in conditions], ready_condition]}})
+
+
+class Sampler:
+    """Samples the fleet every few tens of milliseconds: the most nodes disrupted (cordoned or NotReady)
+    at once, and every distinct grant (node, action, time) the operator wrote."""
+
+    def __init__(self, api: client.ApiClient, upgrade: str, nodes: list[str], period: float = 0.05) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.upgrade, self.nodes, self.period = upgrade, set(nodes), period
+        self.peak = 0
+        self.grants: set[tuple[str, str, str]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sampler")
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def disrupted(self) -> list[str]:
+        out = []
+        for node in self.core.list_node().items:
+            if node.metadata.name not in self.nodes:
+                continue
+            ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+            if node.spec.unschedulable or not ready:
+                out.append(node.metadata.name)
+        return out
+
+    def reboot_grants(self, node: str) -> int:
+        return sum(1 for n, action, _ in self.grants if n == node and action in ("Reboot", "Rollback"))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.peak = max(self.peak, len(self.disrupted()))
+                obj = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, self.upgrade)
+            except ApiException:
+                continue
+            for node, grant in ((obj.get("status") or {}).get("grants") or {}).items():
+                self.grants.add((node, grant["action"], grant["time"]))
+
+
+def fleet_nodes(prefix: str, count: int) -> list[SimulatedNode]:
+    return [SimulatedNode(name=f"{prefix}-{i:02d}", extra_labels={"upgrade-test": prefix}) for i in range(count)]
+
+
+@contextmanager
+def simulated_fleet(api: client.ApiClient, prefix: str, count: int) -> Iterator[list[str]]:
+    """Register count Ready Nodes labelled upgrade-test=<prefix>; delete them afterwards."""
+    core = client.CoreV1Api(api)
+    nodes = fleet_nodes(prefix, count)
+    for node in nodes:
+        register_node(core, node)
+    try:
+        yield [n.name for n in nodes]
+    finally:
+        for node in nodes:
+            try:
+                core.delete_node(node.name)
+            except ApiException:
+                pass
