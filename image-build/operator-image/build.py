@@ -103,7 +103,8 @@ def fetch_wheels(work: Path) -> Path:
     wheels = cache_dir() / f"wheels-{digest}"
     wheels.mkdir(parents=True, exist_ok=True)
     project = work / "project"
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", project, REPO)
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", project, REPO,
+        env={**os.environ, "SOURCE_DATE_EPOCH": str(source_date_epoch())})  # zip entry times
     project_wheel = next(project.glob("maculaos-*.whl"))
     platform_args = [f"--platform={p}" for p in WHEEL_PLATFORMS]
     run(sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
@@ -121,7 +122,13 @@ def install_python_packages(root: Path, project_wheel: Path) -> None:
         "--no-index", f"--find-links={project_wheel.parent}", "--only-binary=:all:",
         f"--python-version={PYTHON}", "--implementation=cp", *platform_args, "--no-compile",
         f"--target={root}{SITE}", project_wheel)
-    shutil.rmtree(root / SITE.lstrip("/") / "bin", ignore_errors=True)  # scripts with the host's shebang
+    site = root / SITE.lstrip("/")
+    shutil.rmtree(site / "bin", ignore_errors=True)  # scripts with the host's shebang
+    for info in site.glob("*.dist-info"):  # where the wheel came from: a path of the build machine
+        (info / "direct_url.json").unlink(missing_ok=True)
+        record = info / "RECORD"
+        lines = record.read_text().splitlines(keepends=True)
+        record.write_text("".join(line for line in lines if not line.startswith(f"{info.name}/direct_url.json,")))
     for cache in root.glob(f"{SITE.lstrip('/')}/**/__pycache__"):
         shutil.rmtree(cache)
     run("chroot", root, "python3", "-m", "compileall", "-q", "-j0", "--invalidation-mode=checked-hash", SITE)
@@ -143,6 +150,14 @@ def add_files(root: Path) -> None:
         passwd.write(f"maculaos:x:{USER_ID}:{USER_ID}:MaculaOS operator:/nonexistent:/usr/sbin/nologin\n")
     with (root / "etc/group").open("a") as group:
         group.write(f"maculaos:x:{USER_ID}:\n")
+
+
+def set_mtimes(trees: list[Path], epoch: int) -> None:
+    """What this builder wrote gets the epoch as its time, whatever the checkout's file times were (the
+    Debian files keep theirs, clamped later: their .pyc files are checked against them)."""
+    for tree in trees:
+        for path in [tree, *tree.rglob("*")]:
+            os.utime(path, (epoch, epoch), follow_symlinks=False)
 
 
 def image_config(version: str, epoch: int) -> ImageConfig:
@@ -170,6 +185,7 @@ def build(output: Path, refresh_base: bool) -> Path:
         run("tar", "-C", root, "--numeric-owner", "-xpf", base)
         install_python_packages(root, fetch_wheels(work))
         add_files(root)
+        set_mtimes([root / SITE.lstrip("/"), root / "usr/local/bin", root / "usr/local/sbin", root / "etc"], epoch)
         output.mkdir(parents=True, exist_ok=True)
         archive = output / f"maculaos-operator-{version}-{ARCH}.tar"
         write_archive(root, image_config(version, epoch), archive)
