@@ -41,6 +41,9 @@ WHEEL_PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2
 DPKG_OPTIONS = ["path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright",
                 "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/info/*",
                 "path-exclude=/usr/share/locale/*", "path-exclude=/usr/share/lintian/*"]
+# Caches and logs of the build, and the links dpkg's path-exclude left pointing at excluded files.
+CUSTOMIZE_HOOKS = ['rm -rf "$1"/var/cache/* "$1"/var/lib/apt/lists/* "$1"/var/log/*',
+                   'find "$1"/usr/share/doc "$1"/usr/share/man -xtype l -delete']
 SITE = f"/usr/local/lib/python{PYTHON}/dist-packages"
 USER_ID = 65532
 IMAGE_NAME = "ghcr.io/macula-io/maculaos-operator"
@@ -73,7 +76,7 @@ def cache_dir() -> Path:
 
 def base_key(epoch: int) -> str:
     """Everything the base tarball is made from; a change of any of them makes a new base."""
-    inputs = [SUITE, MIRROR, ARCH, *PACKAGES, *DPKG_OPTIONS, str(epoch // 86400 // 30)]
+    inputs = [SUITE, MIRROR, ARCH, *PACKAGES, *DPKG_OPTIONS, *CUSTOMIZE_HOOKS, str(epoch // 86400 // 30)]
     return hashlib.sha256("\n".join(inputs).encode()).hexdigest()[:16]
 
 
@@ -88,7 +91,7 @@ def build_base(epoch: int, refresh: bool) -> Path:
     started = time.monotonic()
     run("mmdebstrap", "--variant=essential", f"--architectures={ARCH}", f"--include={','.join(PACKAGES)}",
         f"--keyring={KEYRING}", *(f"--dpkgopt={o}" for o in DPKG_OPTIONS),
-        "--customize-hook=rm -rf \"$1\"/var/cache/* \"$1\"/var/lib/apt/lists/* \"$1\"/var/log/*",
+        *(f"--customize-hook={hook}" for hook in CUSTOMIZE_HOOKS),
         SUITE, partial, MIRROR, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
     partial.rename(target)
     log(f"base: built {target} in {time.monotonic() - started:.0f}s")

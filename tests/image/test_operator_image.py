@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILDER = REPO / "image-build" / "operator-image" / "build.py"
 SITE = "usr/local/lib/python3.13/dist-packages"
 MAX_COMPRESSED_MIB = 150
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1200)]
 
@@ -114,7 +116,7 @@ def test_python_files_are_compiled_for_the_images_interpreter(rootfs: Path) -> N
 
 
 def chroot(rootfs: Path, *args: str, user: str = "65532:65532") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["chroot", f"--userspec={user}", str(rootfs), *args], capture_output=True, text=True,
+    return subprocess.run([CHROOT, f"--userspec={user}", str(rootfs), *args], capture_output=True, text=True,
                           timeout=120, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
 
 

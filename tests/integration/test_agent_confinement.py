@@ -43,7 +43,7 @@ def as_agent(node: str | None = ME) -> list[str]:
 def agent_client(cluster: Cluster, node: str | None = ME) -> client.ApiClient:
     """A Python client that is node's agent, as the agent's own calls are made (merge patches, no reads
     first: kubectl would GET before patching, which the agent never does and may not)."""
-    api = kube_config.new_client_from_config(str(cluster.plane.kubeconfig))
+    api: client.ApiClient = kube_config.new_client_from_config(str(cluster.plane.kubeconfig))
     api.set_default_header("Impersonate-User", AGENT)
     api.set_default_header("Impersonate-Group", "system:serviceaccounts")
     if node is not None:  # the header name carries the extra's key, with its slash percent-encoded

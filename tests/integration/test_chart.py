@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -45,8 +46,8 @@ class Tools:
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self._run("kubectl", args, stdin, check)
 
-    def get(self, *args: str) -> dict[str, object]:
-        return dict(json.loads(self.kubectl("get", *args, "-o", "json").stdout))
+    def get(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
     def exists(self, *args: str) -> bool:
         return self.kubectl("get", *args, check=False).returncode == 0
@@ -121,33 +122,33 @@ def test_templates_pass_a_server_side_dry_run(tools: Tools, variant: str) -> Non
 
 def test_variants_render_what_they_say() -> None:
     """A few of the variants, read back: what each value is for."""
-    def kinds(*values: str) -> dict[str, list[dict[str, object]]]:
+    def kinds(*values: str) -> dict[str, list[Any]]:
         out = subprocess.run([str(REPO / ".tools" / "bin" / "helm"), "template", "maculaos", str(OPERATOR_CHART),
                               f"--namespace={NAMESPACE}", f"--kube-version={KUBE_VERSION}", *values],
                              capture_output=True, text=True, check=True).stdout
-        found: dict[str, list[dict[str, object]]] = {}
+        found: dict[str, list[Any]] = {}
         for doc in yaml.safe_load_all(out):
             if doc:
                 found.setdefault(doc["kind"], []).append(doc)
         return found
 
     default = kinds()
-    agent = default["DaemonSet"][0]["spec"]["template"]["spec"]  # type: ignore[index]
+    agent = default["DaemonSet"][0]["spec"]["template"]["spec"]
     assert agent["hostPID"] and agent["priorityClassName"] == "system-node-critical"
     assert agent["tolerations"] == [{"operator": "Exists"}]
     assert agent["nodeSelector"] == {"os.macula.io/maculaos": "true"}
     assert agent["containers"][0]["securityContext"]["privileged"] is True
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in \
         agent["containers"][0]["env"]
-    operator = default["Deployment"][0]["spec"]  # type: ignore[index]
+    operator = default["Deployment"][0]["spec"]
     assert operator["replicas"] == 2
     assert operator["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     assert [r["metadata"]["namespace"] for r in default["Role"] if "secrets" in r["metadata"]["name"]] == [NAMESPACE]
     no_agent = kinds("--set=agent.enabled=false")
     assert "DaemonSet" not in no_agent and "ValidatingAdmissionPolicy" not in no_agent
     anywhere = kinds("--set=operator.secretNamespaces={*}")
-    assert not [r for r in anywhere["Role"] if "secrets" in r["metadata"]["name"]]  # type: ignore[index]
-    assert any("secrets" in rule["resources"] for role in anywhere["ClusterRole"]  # type: ignore[index]
+    assert not [r for r in anywhere["Role"] if "secrets" in r["metadata"]["name"]]
+    assert any("secrets" in rule["resources"] for role in anywhere["ClusterRole"]
                for rule in role["rules"])
 
 
@@ -164,7 +165,7 @@ def test_kustomize_manifests_apply(tools: Tools) -> None:
     try:
         applied = tools.kubectl("apply", "-k", kustomize)
         assert "customresourcedefinition.apiextensions.k8s.io/meshroles.os.macula.io created" in applied.stdout
-        assert tools.get("deployment", "maculaos-operator", "-n", NAMESPACE)["spec"]["replicas"] == 2  # type: ignore[index]
+        assert tools.get("deployment", "maculaos-operator", "-n", NAMESPACE)["spec"]["replicas"] == 2
         assert tools.exists("validatingadmissionpolicy", "maculaos-agent-own-status")
         again = tools.kubectl("apply", "-k", kustomize)  # GitOps re-applies the same files forever
         assert "created" not in again.stdout, again.stdout
@@ -178,9 +179,9 @@ def wait_established(tools: Tools, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         crds = tools.get("crd", "-l", "app.kubernetes.io/part-of=maculaos")["items"]
-        served = [c for c in crds if any(k["type"] == "Established" and k["status"] == "True"  # type: ignore
-                                         for k in c.get("status", {}).get("conditions") or [])]  # type: ignore
-        if len(crds) == 5 and len(served) == 5:  # type: ignore[arg-type]
+        served = [c for c in crds if any(k["type"] == "Established" and k["status"] == "True"
+                                         for k in c.get("status", {}).get("conditions") or [])]
+        if len(crds) == 5 and len(served) == 5:
             return
         assert time.monotonic() < deadline, f"CRDs not established after {timeout:.0f}s: {len(served)} of 5"
         time.sleep(0.5)
@@ -188,7 +189,7 @@ def wait_established(tools: Tools, timeout: float = 60.0) -> None:
 
 def _crd_column_names(tools: Tools) -> list[str]:
     crd = tools.get("crd", "meshroles.os.macula.io")
-    return [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]  # type: ignore[index]
+    return [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
 
 
 def test_helm_install_upgrade_with_a_crd_change_and_uninstall(tools: Tools, tmp_path: Path) -> None:
@@ -198,7 +199,7 @@ def test_helm_install_upgrade_with_a_crd_change_and_uninstall(tools: Tools, tmp_
                            "--create-namespace")
     assert "holds the Lease" in installed.stdout and "are not in this cluster" not in installed.stdout, \
         "NOTES.txt tells what to do next, and finds the CRDs"
-    assert tools.get("deployment", "maculaos-operator", "-n", NAMESPACE)["spec"]["replicas"] == 2  # type: ignore[index]
+    assert tools.get("deployment", "maculaos-operator", "-n", NAMESPACE)["spec"]["replicas"] == 2
     assert tools.exists("daemonset", "maculaos-agent", "-n", NAMESPACE)
     tools.kubectl("apply", "-f", str(REPO / "examples" / "meshrole.yaml"))
 
@@ -218,7 +219,7 @@ def test_helm_install_upgrade_with_a_crd_change_and_uninstall(tools: Tools, tmp_
     assert "OBJECT-UID" in tools.kubectl("get", "meshroles", "-o", "wide").stdout
 
     tools.helm("upgrade", "maculaos", str(OPERATOR_CHART), f"--namespace={NAMESPACE}", "--set=operator.replicas=3")
-    assert tools.get("deployment", "maculaos-operator", "-n", NAMESPACE)["spec"]["replicas"] == 3  # type: ignore[index]
+    assert tools.get("deployment", "maculaos-operator", "-n", NAMESPACE)["spec"]["replicas"] == 3
 
     tools.helm("uninstall", "maculaos", f"--namespace={NAMESPACE}")
     for kind, name in (("clusterrole", "maculaos-agent"), ("validatingadmissionpolicy", "maculaos-agent-own-node")):
