@@ -68,6 +68,7 @@ def rootfs(layout: Path, image: dict[str, dict[str, object]], tmp_path_factory: 
     config = image["config"]
     assert ["sha256:" + hashlib.sha256(uncompressed).hexdigest()] == config["rootfs"]["diff_ids"]  # type: ignore[index]
     root = tmp_path_factory.mktemp("rootfs")
+    root.chmod(0o755)  # as a container runtime makes it: the layer has no entry for / itself
     layer_tar = root.parent / "layer.tar"
     layer_tar.write_bytes(uncompressed)
     subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-xpf", str(layer_tar)], check=True)
