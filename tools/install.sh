@@ -8,7 +8,9 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables iproute2 systemd rauc squashfs-tools dbus util-linux)
+DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables iproute2 systemd util-linux
+                 rauc squashfs-tools dbus             # real RAUC on simulated nodes (NodeUpgrade)
+                 mmdebstrap debian-archive-keyring)  # Debian 13 roots: the operator image (image-build/)
 
 log() { printf '[install] %s\n' "$*" >&2; }
 

@@ -13,26 +13,36 @@ from maculaos import __version__
 from maculaos.api.common import DEFAULT_NAMESPACE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_CRDS = REPO_ROOT / "crds"
+CHART_CRDS = REPO_ROOT / "charts" / "maculaos-crds" / "templates"
 
 
 def _crds_generate(args: argparse.Namespace) -> int:
-    from maculaos.api.crd import crd_files
+    from maculaos.api.crd import chart_crd_files, crd_files
 
-    out: Path = args.output
-    files = crd_files()
+    targets: list[tuple[Path, dict[str, str]]] = [(args.output, crd_files())]
+    chart_output = args.chart_output or (CHART_CRDS if args.output == REPO_CRDS else None)
+    if chart_output is not None:
+        targets.append((chart_output, chart_crd_files()))
     if args.check:
-        stale = [n for n, text in files.items() if not (out / n).exists() or (out / n).read_text() != text]
-        extra = sorted(p.name for p in out.glob("*.yaml") if p.name not in files)
-        if stale or extra:
-            print(f"crds/ is out of date ({', '.join(stale + extra)}): run `maculaos crds generate`",
+        problems = [f"{out}: {', '.join(names)}" for out, files in targets if (names := _stale(out, files))]
+        if problems:
+            print(f"generated CRDs are out of date ({'; '.join(problems)}): run `maculaos crds generate`",
                   file=sys.stderr)
             return 1
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (out / name).write_text(text)
-        print(out / name)
+    for out, files in targets:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (out / name).write_text(text)
+            print(out / name)
     return 0
+
+
+def _stale(out: Path, files: dict[str, str]) -> list[str]:
+    """Names in out that differ from files, are missing, or are left over (*.yaml only)."""
+    stale = [n for n, text in files.items() if not (out / n).exists() or (out / n).read_text() != text]
+    return stale + sorted(p.name for p in out.glob("*.yaml") if p.name not in files)
 
 
 def _configure_logging(fmt: str, verbose: bool) -> None:
@@ -172,6 +182,24 @@ def _dev_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_manifests(args: argparse.Namespace) -> int:
+    from maculaos.devenv.controlplane import default_bin_dir
+    from maculaos.devenv.manifests import render_manifests, stale_manifests
+
+    out: Path = args.output
+    files = render_manifests(default_bin_dir() / "helm", REPO_ROOT)
+    if args.check:
+        stale = stale_manifests(out, files)
+        if stale:
+            print(f"{out} is out of date ({', '.join(stale)}): run `maculaos dev manifests`", file=sys.stderr)
+        return 1 if stale else 0
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+        print(out / name)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maculaos", description=__doc__)
     parser.add_argument("--version", action="version", version=f"maculaos {__version__}")
@@ -179,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     crds = commands.add_parser("crds", help="CustomResourceDefinitions").add_subparsers(dest="action", required=True)
     generate = crds.add_parser("generate", help="write crds/*.yaml from the API models")
-    generate.add_argument("--output", type=Path, default=REPO_ROOT / "crds")
+    generate.add_argument("--output", type=Path, default=REPO_CRDS)
+    generate.add_argument("--chart-output", type=Path, default=None,
+                          help="where the maculaos-crds chart's CRD templates go (default: the chart's "
+                               "templates/ when --output is the repository's crds/, else none)")
     generate.add_argument("--check", action="store_true", help="fail if the files differ instead of writing")
     generate.set_defaults(func=_crds_generate)
 
@@ -259,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--workdir", type=Path, default=REPO_ROOT / ".demo")
     down.add_argument("--keep", action="store_true", help="keep the work directory (logs, node sandboxes)")
     down.set_defaults(func=_dev_down)
+    manifests = dev.add_parser("manifests", help="render deploy/kustomize/ from the charts and the API models")
+    manifests.add_argument("--output", type=Path, default=REPO_ROOT / "deploy" / "kustomize")
+    manifests.add_argument("--check", action="store_true", help="fail if the files differ instead of writing")
+    manifests.set_defaults(func=_dev_manifests)
     return parser
 
 

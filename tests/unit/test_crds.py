@@ -82,3 +82,25 @@ def test_defaults_from_factories_are_written_out() -> None:
     assert spec["bootstrapPeers"]["default"] == ["https://boot.macula.io:443"]
     assert spec["firewall"]["default"]["defaultPolicy"] == "drop"
     assert spec["firewall"]["properties"]["defaultPolicy"]["default"] == "drop"
+
+
+CHART_CRD_DIR = CRD_DIR.parent / "charts" / "maculaos-crds" / "templates"
+
+
+def test_chart_crds_are_the_crds_kept_on_uninstall() -> None:
+    """The maculaos-crds chart's templates are crds/ plus Helm's keep policy, nothing else."""
+    for plain in sorted(CRD_DIR.glob("*.yaml")):
+        chart = yaml.safe_load((CHART_CRD_DIR / plain.name).read_text())
+        assert chart["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        assert chart == yaml.safe_load(plain.read_text())
+    assert sorted(p.name for p in CHART_CRD_DIR.glob("*.yaml")) == sorted(p.name for p in CRD_DIR.glob("*.yaml"))
+
+
+def test_check_fails_on_a_stale_chart_template(tmp_path: Path) -> None:
+    crds, chart = tmp_path / "crds", tmp_path / "templates"
+    args = ["crds", "generate", "--output", str(crds), "--chart-output", str(chart)]
+    main(args)
+    assert main([*args, "--check"]) == 0
+    first = sorted(chart.glob("*.yaml"))[0]
+    first.write_text(first.read_text().replace("helm.sh/resource-policy: keep", "helm.sh/resource-policy: delete"))
+    assert main([*args, "--check"]) == 1

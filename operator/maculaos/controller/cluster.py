@@ -44,7 +44,9 @@ class ApiCluster:
         try:
             secret = self._core.read_namespaced_secret(name, namespace)
         except ApiException as exc:
-            if exc.status == 404:
+            # 403: the Helm chart grants Secrets only in chosen namespaces (operator.secretNamespaces); to
+            # the operator such a Secret is as absent as a missing one, and the message says both.
+            if exc.status in (403, 404):
                 return None
             raise
         return set((secret.data or {}).keys())

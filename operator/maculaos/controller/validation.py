@@ -40,7 +40,7 @@ class ClusterView(Protocol):
     def node_labels(self) -> Mapping[str, Mapping[str, str]]: ...
 
     def secret_keys(self, namespace: str, name: str) -> set[str] | None:
-        """Keys of the Secret, or None when it does not exist."""
+        """Keys of the Secret, or None when it does not exist or may not be read."""
 
     def backup_spec(self, name: str) -> Mapping[str, Any] | None:
         """Spec of the named Backup, or None when it does not exist."""
@@ -111,8 +111,8 @@ def _secret_problems(ref: SecretKeyRef | None, path: str, cluster: ClusterView) 
         return []
     keys = cluster.secret_keys(ref.namespace, ref.name)
     if keys is None:
-        return [Problem(f"{path}.name", f"Secret {ref.namespace}/{ref.name} does not exist",
-                        reason="SecretNotFound")]
+        return [Problem(f"{path}.name", f"Secret {ref.namespace}/{ref.name} does not exist or the operator may not "
+                                         f"read it (Helm value operator.secretNamespaces)", reason="SecretNotFound")]
     if ref.key not in keys:
         have = ", ".join(sorted(keys)) or "no keys"
         return [Problem(f"{path}.key", f"Secret {ref.namespace}/{ref.name} has no key {ref.key!r} (it has {have})",

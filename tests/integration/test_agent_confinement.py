@@ -1,0 +1,181 @@
+"""The agent's ServiceAccount, as the chart grants it, on the real API server: RBAC lets it read the kinds
+and patch status and Nodes, and the ValidatingAdmissionPolicy narrows that to its own node. Requests are
+made by impersonating node macula-nuc-01's agent, whose bound token would carry the node name as the user
+extra authentication.kubernetes.io/node-name."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from maculaos.agent.report import Reporter
+from maculaos.api import GROUP, VERSION
+from maculaos.api.common import DEFAULT_NAMESPACE
+from maculaos.kubeapi import MERGE_PATCH
+
+from .conftest import REPO, Cluster
+
+RELEASE = "maculaos"
+AGENT = f"system:serviceaccount:{DEFAULT_NAMESPACE}:{RELEASE}-agent"
+OPERATOR = f"system:serviceaccount:{DEFAULT_NAMESPACE}:{RELEASE}-operator"
+ME, OTHER = "macula-nuc-01", "macula-nuc-02"
+ROLE = "confinement-test"
+
+
+def helm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(cluster.plane.bin_dir / "helm"), f"--kubeconfig={cluster.plane.kubeconfig}", *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"helm {' '.join(args)} failed: {result.stderr}"
+    return result
+
+
+def as_agent(node: str | None = ME) -> list[str]:
+    """kubectl flags that impersonate the agent of node (None: a token that names no node)."""
+    extra = [] if node is None else [f"--as-user-extra=authentication.kubernetes.io/node-name={node}"]
+    return [f"--as={AGENT}", "--as-group=system:serviceaccounts", *extra]
+
+
+def agent_client(cluster: Cluster, node: str | None = ME) -> client.ApiClient:
+    """A Python client that is node's agent, as the agent's own calls are made (merge patches, no reads
+    first: kubectl would GET before patching, which the agent never does and may not)."""
+    api: client.ApiClient = kube_config.new_client_from_config(str(cluster.plane.kubeconfig))
+    api.set_default_header("Impersonate-User", AGENT)
+    api.set_default_header("Impersonate-Group", "system:serviceaccounts")
+    if node is not None:  # the header name carries the extra's key, with its slash percent-encoded
+        api.set_default_header("Impersonate-Extra-authentication.kubernetes.io%2fnode-name", node)
+    return api
+
+
+@pytest.fixture(scope="module")
+def chart(cluster: Cluster) -> Iterator[None]:
+    """The operator chart installed on the shared control plane (its pods stay Pending: no kubelet)."""
+    helm(cluster, "install", RELEASE, str(REPO / "charts" / "maculaos-operator"), f"--namespace={DEFAULT_NAMESPACE}")
+    cluster.wait_for(lambda: "agent-own-status" in cluster.kubectl(
+        "get", "validatingadmissionpolicybinding", "-o", "name").stdout, what="the policy binding")
+    try:
+        yield
+    finally:
+        helm(cluster, "uninstall", RELEASE, f"--namespace={DEFAULT_NAMESPACE}")
+
+
+@pytest.fixture
+def meshrole(cluster: Cluster, chart: None) -> Iterator[str]:
+    """A MeshRole whose status already has entries of both nodes and a controller field."""
+    cluster.apply({"apiVersion": "os.macula.io/v1alpha1", "kind": "MeshRole", "metadata": {"name": ROLE},
+                   "spec": {"nodeSelector": {"matchLabels": {"site": "nowhere"}}, "roles": ["bootstrap"]}})
+    status = {"status": {"matchedNodes": 0, "nodes": {ME: {"phase": "Applied"}, OTHER: {"phase": "Applied"}}}}
+    cluster.kubectl("patch", "meshrole", ROLE, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    try:
+        yield ROLE
+    finally:
+        cluster.kubectl("delete", "meshrole", ROLE, "--ignore-not-found")
+
+
+def patch_status(cluster: Cluster, body: dict[str, object], node: str | None = ME) -> str | None:
+    """Patch the MeshRole's status as node's agent; the API server's refusal, or None when accepted."""
+    custom = client.CustomObjectsApi(agent_client(cluster, node))
+    try:
+        custom.patch_cluster_custom_object_status(GROUP, VERSION, "meshroles", ROLE, {"status": body},
+                                                  _content_type=MERGE_PATCH)
+    except client.ApiException as exc:
+        return f"{exc.status} {exc.body}"
+    return None
+
+
+def test_the_agent_writes_its_own_entry(cluster: Cluster, meshrole: str) -> None:
+    reporter = Reporter(agent_client(cluster), ME)  # the agent's own writer
+    assert reporter.node_entry("meshroles", ROLE, {"phase": "Failed", "message": "nft refused"})
+    nodes = cluster.get("meshrole", ROLE)["status"]["nodes"]
+    assert nodes[ME]["phase"] == "Failed" and nodes[OTHER]["phase"] == "Applied"
+    assert reporter.node_entry("meshroles", ROLE, None), "removing its own entry is allowed"
+    assert ME not in cluster.get("meshrole", ROLE)["status"]["nodes"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"nodes": {OTHER: {"phase": "Failed"}}}, "not the entries of other nodes"),
+    ({"nodes": {OTHER: None}}, "not the entries of other nodes"),
+    ({"nodes": {"macula-new-99": {"phase": "Applied"}}}, "not the entries of other nodes"),
+    ({"matchedNodes": 7}, "not other status fields"),
+    ({"conditions": [{"type": "Ready", "status": "False", "reason": "Lie", "message": "x"}]},
+     "not other status fields"),
+])
+def test_the_agent_cannot_write_other_nodes_or_fields(cluster: Cluster, meshrole: str,
+                                                      body: dict[str, object], words: str) -> None:
+    before = cluster.get("meshrole", ROLE)["status"]
+    refusal = patch_status(cluster, body)
+    assert refusal is not None and refusal.startswith("403"), refusal
+    assert "denied request" in refusal and words in refusal and ME in refusal, refusal
+    assert cluster.get("meshrole", ROLE)["status"] == before
+
+
+def test_a_token_without_a_node_name_writes_nothing(cluster: Cluster, meshrole: str) -> None:
+    refusal = patch_status(cluster, {"nodes": {ME: {"phase": "Failed"}}}, node=None)
+    assert refusal is not None and "name no node" in refusal, refusal
+
+
+def test_the_agent_labels_only_its_own_node(cluster: Cluster, chart: None) -> None:
+    mine = Reporter(agent_client(cluster), ME)
+    assert mine.labels({"macula.io/role-gateway": "true"}, {})
+    assert cluster.get("node", ME)["metadata"]["labels"]["macula.io/role-gateway"] == "true"
+    core = client.CoreV1Api(agent_client(cluster))
+    with pytest.raises(client.ApiException) as refused:
+        core.patch_node(OTHER, {"metadata": {"labels": {"macula.io/role-gateway": "true"}}})
+    assert refused.value.status == 403 and f"may only update its own Node, not {OTHER}" in str(refused.value.body)
+    assert "macula.io/role-gateway" not in cluster.get("node", OTHER)["metadata"].get("labels", {})
+    cluster.kubectl("label", "node", ME, "macula.io/role-gateway-")
+
+
+def test_the_agent_sets_conditions_only_on_its_own_node(cluster: Cluster, chart: None) -> None:
+    assert Reporter(agent_client(cluster), ME).condition("MaculaHealthy", "True", "ChecksPass", "ok")
+    assert not Reporter(agent_client(cluster), OTHER).condition("MaculaHealthy", "False", "Lie", "spoofed"), \
+        "node macula-nuc-01's agent pretending to report for macula-nuc-02 is refused"
+    conditions = cluster.get("node", OTHER)["status"].get("conditions", [])
+    assert not any(c["type"] == "MaculaHealthy" and c["reason"] == "Lie" for c in conditions)
+
+
+@pytest.mark.parametrize("verb", [
+    ["get", "secrets", "-n", "kube-system"],
+    ["get", "secrets", "-n", DEFAULT_NAMESPACE],
+    ["delete", "meshrole", ROLE],
+    ["patch", "meshrole", ROLE, "--type=merge", "-p", '{"spec":{"roles":[]}}'],
+    ["create", "configmap", "x", "-n", DEFAULT_NAMESPACE],
+    ["delete", "node", OTHER],
+    ["get", "leases", "-n", DEFAULT_NAMESPACE],
+])
+def test_rbac_refuses_the_agent_everything_else(cluster: Cluster, meshrole: str, verb: list[str]) -> None:
+    result = cluster.kubectl(*verb, *as_agent(), check=False)
+    assert result.returncode != 0 and "forbidden" in result.stderr.lower(), result.stderr
+
+
+@pytest.mark.parametrize("verb, allowed", [
+    (["auth", "can-i", "get", "secrets", "-n", DEFAULT_NAMESPACE], True),
+    (["auth", "can-i", "get", "secrets", "-n", "kube-system"], False),
+    (["auth", "can-i", "list", "secrets", "-n", DEFAULT_NAMESPACE], False),
+    (["auth", "can-i", "patch", "meshroles.os.macula.io/status"], True),
+    (["auth", "can-i", "patch", "meshroles.os.macula.io"], True),
+    (["auth", "can-i", "delete", "meshroles.os.macula.io"], False),
+    (["auth", "can-i", "update", "leases", "-n", DEFAULT_NAMESPACE], True),
+    (["auth", "can-i", "update", "leases", "-n", "kube-system"], False),
+    (["auth", "can-i", "patch", "nodes"], False),
+    (["auth", "can-i", "create", "events", "-n", "default"], True),
+])
+def test_the_operator_has_what_it_calls_and_no_more(cluster: Cluster, chart: None, verb: list[str],
+                                                    allowed: bool) -> None:
+    result = cluster.kubectl(*verb, f"--as={OPERATOR}", check=False)
+    assert result.stdout.strip() == ("yes" if allowed else "no"), (verb, result.stdout, result.stderr)
+
+
+def test_the_policy_type_checks(cluster: Cluster, chart: None) -> None:
+    """The API server compiles and type-checks the CEL; warnings here would mean a rule that never holds."""
+    for name in (f"{RELEASE}-agent-own-status", f"{RELEASE}-agent-own-node"):
+        cluster.wait_for(lambda: "typeChecking" in cluster.get("validatingadmissionpolicy", name).get("status", {}),
+                         what=f"type checking of {name}")
+        checking = cluster.get("validatingadmissionpolicy", name)["status"]["typeChecking"]
+        assert not checking.get("expressionWarnings"), checking
+
+

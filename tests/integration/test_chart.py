@@ -1,0 +1,231 @@
+"""The charts and the kustomize manifests against a real API server of their own (the shared one has the
+CRDs installed without Helm, which a Helm release could not adopt): lint, values rejected by the schema,
+templates with varied values accepted by a server-side dry run, the kustomize output applied, and a Helm
+install, an upgrade that changes a CRD, and an uninstall that keeps the CRDs and users' objects.
+No `--wait` anywhere: without a kubelet pods stay Pending."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from maculaos.devenv.controlplane import ControlPlane
+from maculaos.devenv.manifests import KUBE_VERSION
+
+from .conftest import REPO
+
+OPERATOR_CHART = REPO / "charts" / "maculaos-operator"
+CRDS_CHART = REPO / "charts" / "maculaos-crds"
+NAMESPACE = "maculaos-system"
+
+
+class Tools:
+    """helm and kubectl against one private control plane."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    def _run(self, tool: str, args: tuple[str, ...], stdin: str | None, check: bool) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(self.plane.bin_dir / tool), f"--kubeconfig={self.plane.kubeconfig}", *args],
+                                input=stdin, capture_output=True, text=True, timeout=180)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self._run("helm", args, None, check)
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self._run("kubectl", args, stdin, check)
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def exists(self, *args: str) -> bool:
+        return self.kubectl("get", *args, check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path) -> Iterator[Tools]:
+    plane = ControlPlane(tmp_path_factory.mktemp("chart-controlplane"), bin_dir)
+    plane.start()
+    try:
+        yield Tools(plane)
+    finally:
+        plane.stop()
+
+
+def template(tools: Tools, chart: Path, *values: str) -> subprocess.CompletedProcess[str]:
+    return tools.helm("template", "maculaos", str(chart), f"--namespace={NAMESPACE}",
+                      f"--kube-version={KUBE_VERSION}", *values, check=False)
+
+
+def test_charts_lint_strict(tools: Tools) -> None:
+    for chart in (OPERATOR_CHART, CRDS_CHART):
+        result = tools.helm("lint", "--strict", str(chart), f"--kube-version={KUBE_VERSION}", check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+    result = tools.helm("lint", "--strict", str(OPERATOR_CHART), f"--kube-version={KUBE_VERSION}",
+                        "--set=agent.enabled=false,operator.replicas=1,operator.secretNamespaces={*}", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("value, words", [
+    ("operator.replicas=0", "operator.replicas"),
+    ("operator.replicas=two", "operator.replicas"),
+    ("operator.leaseDurationSeconds=1", "operator.leaseDurationSeconds"),
+    ("image.pullPolicy=Sometimes", "image.pullPolicy"),
+    ("image.tag=not a tag", "image.tag"),
+    ("agent.metricsPort=70000", "agent.metricsPort"),
+    ("agent.nodeSelector.site=" + "x" * 64, "agent.nodeSelector.site"),
+    ("operator.secretNamespaces={Bad_NS}", "operator.secretNamespaces"),
+    ("operator.resources.requests.memory=lots", "operator.resources.requests.memory"),
+    ("operator.replica=2", "operator"),
+])
+def test_values_schema_rejects_bad_values(tools: Tools, value: str, words: str) -> None:
+    result = template(tools, OPERATOR_CHART, f"--set={value}")
+    assert result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr
+    assert f"at '/{words.replace('.', '/')}" in result.stderr, result.stderr
+
+
+VARIANTS = {
+    "defaults": [],
+    "no-agent": ["--set=agent.enabled=false"],
+    "no-policy": ["--set=admissionPolicy.enabled=false"],
+    "one-replica": ["--set=operator.replicas=1,podDisruptionBudget.enabled=false"],
+    "every-node": ["--set-json=agent.nodeSelector={}", "--set=agent.metricsPort=0"],
+    "secrets-anywhere": ["--set=operator.secretNamespaces={*}"],
+    "secrets-listed": ["--set=operator.secretNamespaces={backups,maculaos-system}"],
+    "pinned-image": ["--set=image.repository=registry.local:5000/maculaos,image.tag=0.1.0@sha256:" + "a" * 64,
+                     "--set=image.pullPolicy=Never,operator.priorityClassName=system-cluster-critical"],
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_templates_pass_a_server_side_dry_run(tools: Tools, variant: str) -> None:
+    for namespace in (NAMESPACE, "backups"):
+        if not tools.exists("namespace", namespace):
+            tools.kubectl("create", "namespace", namespace)
+    rendered = template(tools, OPERATOR_CHART, *VARIANTS[variant])
+    assert rendered.returncode == 0, rendered.stderr
+    applied = tools.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered.stdout, check=False)
+    assert applied.returncode == 0, applied.stderr
+    assert "created (server dry run)" in applied.stdout
+
+
+def test_variants_render_what_they_say() -> None:
+    """A few of the variants, read back: what each value is for."""
+    def kinds(*values: str) -> dict[str, list[Any]]:
+        out = subprocess.run([str(REPO / ".tools" / "bin" / "helm"), "template", "maculaos", str(OPERATOR_CHART),
+                              f"--namespace={NAMESPACE}", f"--kube-version={KUBE_VERSION}", *values],
+                             capture_output=True, text=True, check=True).stdout
+        found: dict[str, list[Any]] = {}
+        for doc in yaml.safe_load_all(out):
+            if doc:
+                found.setdefault(doc["kind"], []).append(doc)
+        return found
+
+    default = kinds()
+    agent = default["DaemonSet"][0]["spec"]["template"]["spec"]
+    assert agent["hostPID"] and agent["priorityClassName"] == "system-node-critical"
+    assert agent["tolerations"] == [{"operator": "Exists"}]
+    assert agent["nodeSelector"] == {"os.macula.io/maculaos": "true"}
+    assert agent["containers"][0]["securityContext"]["privileged"] is True
+    assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in \
+        agent["containers"][0]["env"]
+    operator = default["Deployment"][0]["spec"]
+    assert operator["replicas"] == 2
+    assert operator["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert [r["metadata"]["namespace"] for r in default["Role"] if "secrets" in r["metadata"]["name"]] == [NAMESPACE]
+    no_agent = kinds("--set=agent.enabled=false")
+    assert "DaemonSet" not in no_agent and "ValidatingAdmissionPolicy" not in no_agent
+    anywhere = kinds("--set=operator.secretNamespaces={*}")
+    assert not [r for r in anywhere["Role"] if "secrets" in r["metadata"]["name"]]
+    assert any("secrets" in rule["resources"] for role in anywhere["ClusterRole"]
+               for rule in role["rules"])
+
+
+def test_kustomize_manifests_are_current() -> None:
+    from maculaos.cli import main
+
+    assert main(["dev", "manifests", "--check"]) == 0, "deploy/kustomize is out of date: run `maculaos dev manifests`"
+
+
+def test_kustomize_manifests_apply(tools: Tools) -> None:
+    kustomize = str(REPO / "deploy" / "kustomize")
+    dry = tools.kubectl("apply", "-k", kustomize, "--dry-run=server", check=False)
+    assert dry.returncode == 0, dry.stderr
+    try:
+        applied = tools.kubectl("apply", "-k", kustomize)
+        assert "customresourcedefinition.apiextensions.k8s.io/meshroles.os.macula.io created" in applied.stdout
+        assert tools.get("deployment", "maculaos-operator", "-n", NAMESPACE)["spec"]["replicas"] == 2
+        assert tools.exists("validatingadmissionpolicy", "maculaos-agent-own-status")
+        again = tools.kubectl("apply", "-k", kustomize)  # GitOps re-applies the same files forever
+        assert "created" not in again.stdout, again.stdout
+    finally:
+        tools.kubectl("delete", "-k", kustomize, "--ignore-not-found")
+    assert not tools.exists("crd", "meshroles.os.macula.io")
+
+
+def wait_established(tools: Tools, timeout: float = 60.0) -> None:
+    """Every MaculaOS CRD is served (kubectl wait fails on a CRD whose status is not written yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        crds = tools.get("crd", "-l", "app.kubernetes.io/part-of=maculaos")["items"]
+        served = [c for c in crds if any(k["type"] == "Established" and k["status"] == "True"
+                                         for k in c.get("status", {}).get("conditions") or [])]
+        if len(crds) == 5 and len(served) == 5:
+            return
+        assert time.monotonic() < deadline, f"CRDs not established after {timeout:.0f}s: {len(served)} of 5"
+        time.sleep(0.5)
+
+
+def _crd_column_names(tools: Tools) -> list[str]:
+    crd = tools.get("crd", "meshroles.os.macula.io")
+    return [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+
+
+def test_helm_install_upgrade_with_a_crd_change_and_uninstall(tools: Tools, tmp_path: Path) -> None:
+    tools.helm("install", "maculaos-crds", str(CRDS_CHART))
+    wait_established(tools)
+    installed = tools.helm("install", "maculaos", str(OPERATOR_CHART), f"--namespace={NAMESPACE}",
+                           "--create-namespace")
+    assert "holds the Lease" in installed.stdout and "are not in this cluster" not in installed.stdout, \
+        "NOTES.txt tells what to do next, and finds the CRDs"
+    assert tools.get("deployment", "maculaos-operator", "-n", NAMESPACE)["spec"]["replicas"] == 2
+    assert tools.exists("daemonset", "maculaos-agent", "-n", NAMESPACE)
+    tools.kubectl("apply", "-f", str(REPO / "examples" / "meshrole.yaml"))
+
+    # A new chart version whose MeshRole CRD has one more printer column: Helm must change the live CRD.
+    changed = tmp_path / "maculaos-crds"
+    shutil.copytree(CRDS_CHART, changed)
+    crd_file = changed / "templates" / "os.macula.io_meshroles.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
+    crd["spec"]["versions"][0]["additionalPrinterColumns"].append(
+        {"name": "Object-UID", "type": "string", "jsonPath": ".metadata.uid", "priority": 1})
+    crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
+    chart = yaml.safe_load((changed / "Chart.yaml").read_text())
+    (changed / "Chart.yaml").write_text(yaml.safe_dump({**chart, "version": "0.1.1"}))
+    assert "Object-UID" not in _crd_column_names(tools)
+    tools.helm("upgrade", "maculaos-crds", str(changed))
+    assert "Object-UID" in _crd_column_names(tools)
+    assert "OBJECT-UID" in tools.kubectl("get", "meshroles", "-o", "wide").stdout
+
+    tools.helm("upgrade", "maculaos", str(OPERATOR_CHART), f"--namespace={NAMESPACE}", "--set=operator.replicas=3")
+    assert tools.get("deployment", "maculaos-operator", "-n", NAMESPACE)["spec"]["replicas"] == 3
+
+    tools.helm("uninstall", "maculaos", f"--namespace={NAMESPACE}")
+    for kind, name in (("clusterrole", "maculaos-agent"), ("validatingadmissionpolicy", "maculaos-agent-own-node")):
+        assert not tools.exists(kind, name), f"{kind} {name} outlived its release"
+    assert not tools.exists("deployment", "maculaos-operator", "-n", NAMESPACE)
+    uninstalled = tools.helm("uninstall", "maculaos-crds")
+    assert "kept due to the resource policy" in uninstalled.stdout + uninstalled.stderr
+    assert tools.exists("crd", "meshroles.os.macula.io"), "the CRDs are kept: deleting them would delete every object"
+    assert tools.exists("meshroles", "--all-namespaces") and tools.kubectl("get", "meshroles", "-o", "name").stdout
