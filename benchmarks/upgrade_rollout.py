@@ -118,14 +118,17 @@ def main() -> None:
             if operator is not None:
                 stop(operator)
             plane.stop()
+    for run, r in enumerate(results):
+        print(f"run {run}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()))
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    med["idle_rss"] = results[0]["idle_rss"]  # later runs start after a rollout: not idle any more
     waves = -(-args.nodes // args.max_unavailable)
     print(f"| what | figure (median of {args.runs}) |\n| --- | --- |")
     print(f"| wall time, apply → Succeeded, {args.nodes} nodes, maxUnavailable {args.max_unavailable} "
           f"| {med['wall']:.1f} s ({med['wall'] / waves:.1f} s per wave of {args.max_unavailable}) |")
     print(f"| API requests by the operator during the rollout | {med['requests']:.0f} "
           f"({med['requests'] / args.nodes:.1f} per node) |")
-    print(f"| operator RSS: idle before the rollout (baseline) → peak during it | {med['idle_rss']:.0f} MiB → "
+    print(f"| operator RSS: idle before the first rollout (baseline) → peak during one | {med['idle_rss']:.0f} MiB → "
           f"{med['peak_rss']:.0f} MiB (ratio {med['peak_rss'] / med['idle_rss']:.2f}) |")
     print(f"| most nodes disrupted at once (sampled every 50 ms) | {med['peak_disrupted']:.0f} "
           f"(bound {args.max_unavailable}) |")
