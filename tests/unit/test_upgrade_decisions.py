@@ -24,6 +24,8 @@ def test_a_grant_is_acted_on_once_and_an_interrupted_install_resumes() -> None:
     assert _wants_install(cut_short, TARGET, GRANT)
     older = UpgradeState(target_version="0.1.5", phase=AgentPhase.SUCCEEDED, grant_time=GRANT.time)
     assert _wants_install(older, TARGET, GRANT)
+    rebooting = UpgradeState(target_version="0.1.5", phase=AgentPhase.REBOOTING, grant_time="earlier")
+    assert not _wants_install(rebooting, TARGET, GRANT), "no install while a reboot is under way"
 
 
 def test_entry_reports_the_state_for_this_target_else_idle_or_already_there() -> None:

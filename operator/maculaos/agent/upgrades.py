@@ -83,6 +83,10 @@ class UpgradeEngine:
             self.reporter.node_entry(PLURAL, name, None)
         state = self.upgrader.after_boot() if self.upgrader.state_file.exists() else None
         if not mine:
+            if state is not None and state.phase is AgentPhase.COMMITTING:  # the object went: still commit
+                defaults = NodeUpgradeSpec()
+                self.upgrader.commit(self.verdict(node), parse_duration(defaults.health_commit_window).total_seconds())
+                return True
             return False
         facts = self.upgrader.facts()
         in_charge = _in_charge(mine, self.node_name)
@@ -190,6 +194,8 @@ class UpgradeEngine:
 def _wants_install(state: UpgradeState | None, target: ReleaseTarget, grant: Grant) -> bool:
     """A grant is acted on once; a retry needs a new grant (another time). An install cut short by an
     agent restart is taken up again."""
+    if state is not None and state.phase in (AgentPhase.REBOOTING, AgentPhase.COMMITTING):
+        return False  # a reboot is under way: it ends first
     if state is None or state.target_version != target.version or state.grant_time != grant.time:
         return True
     return state.phase in ACTIVE

@@ -309,12 +309,19 @@ class SimulatedRaucNode:
         self.stop_agent()
         self.stop_rauc()
         booted = self.boot()
+        if (self.dir / "halted").exists():
+            return booted
         self.start_rauc()
         if had_agent and self.layout.agent_argv:
             self._spawn_agent()
         return booted
 
     def shutdown(self) -> None:
+        """Power off for good: a reboot hook still under way starts nothing afterwards, and what a hook
+        started (recorded in node.json, not in this object) is stopped too."""
+        (self.dir / "halted").touch()
+        if (self.dir / "node.json").exists():
+            self.layout = SimulatedRaucNode.load(self.dir).layout
         self.stop_agent()
         self.layout.agent = None
         self.stop_rauc()
