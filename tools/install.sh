@@ -79,6 +79,7 @@ install_go_tools() {
       "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
   build_cached restic "$RESTIC_VERSION" -- go_install "github.com/restic/restic/cmd/restic@$RESTIC_VERSION"
   build_cached rest-server "$(cat tools/rest-server/go.mod tools/rest-server/go.sum)" -- build_rest_server
+  build_cached versitygw "$VERSITYGW_VERSION" -- go_install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 }
 
 install_python_env() {

@@ -25,6 +25,8 @@ K3S_COPY = "/var/lib/maculaos/backup-staging/k3s-state.db"
 CREDENTIALS_DIR = Path("var/lib/maculaos/backup")
 CACHE_DIR = Path("var/cache/maculaos/restic")
 RUN_TAG = "maculaos-run"
+#: Repositories this process has opened (or created) already: later runs skip the extra `cat config`.
+_OPENED: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,16 @@ def run_job(job: BackupJob) -> JobReport:
         restic = job.restic_for(repo)
         tags = [f"{RUN_TAG}={job.run_id}"] if job.run_id else []
         try:
+            if repo.location not in _OPENED:  # once per process: every restic call re-derives the key
+                restic.ensure_initialized()
+                _OPENED.add(repo.location)
             restic.check_reachable()
-            try:  # the common case first: every extra restic call re-derives the key (scrypt)
+            try:
                 result = restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
             except ResticError as exc:
                 if exc.failure is not ResticFailure.NO_REPOSITORY:
                     raise
+                _OPENED.discard(repo.location)  # removed since: create it again
                 restic.ensure_initialized()
                 result = restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
             report.removed_snapshots += len(restic.forget(job.retention, job.node, job.name))

@@ -43,6 +43,7 @@ class ResticFailure(StrEnum):
     SNAPSHOT_NOT_FOUND = "SnapshotNotFound"
     CORRUPT = "RepositoryDamaged"
     INCLUDE_MISSING = "IncludePathMissing"
+    ACCESS_DENIED = "TargetAccessDenied"
     FAILED = "ResticFailed"
 
 
@@ -185,6 +186,11 @@ def _classify(code: int, stderr: str, repo: Repository) -> ResticError:
         return ResticError(ResticFailure.LOCKED, f"repository {where} is locked: {last}")
     if "no space left on device" in lower or "insufficient storage" in lower or "507" in last:
         return ResticError(ResticFailure.NO_SPACE, f"the backup target {where} is full: {last}")
+    if "access denied" in lower or "signature we calculated does not match" in lower or "invalidaccesskeyid" in lower or \
+            "401 unauthorized" in lower or "403 forbidden" in lower:
+        return ResticError(ResticFailure.ACCESS_DENIED, (
+            f"the backup target {where} refused the credentials: {last}; check the Secret the target's "
+            "credentials reference (s3: accessKeyIdSecretRef/secretAccessKeySecretRef, rest: credentialsSecretRef)"))
     if "connection refused" in lower or "no such host" in lower or "i/o timeout" in lower:
         return ResticError(ResticFailure.UNREACHABLE, f"cannot reach the backup target {where}: {last}")
     if "ciphertext verification failed" in lower or "pack" in lower and ("damaged" in lower or "invalid" in lower):
@@ -219,6 +225,9 @@ class Restic:
             result = subprocess.run(self._argv(args), env=self._env(), capture_output=True, text=True,
                                     timeout=timeout, stdin=stdin)
         except subprocess.TimeoutExpired as exc:
+            partial = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr or "")
+            if "bucket does not exist" in partial.lower():  # restic retries this for many minutes
+                raise ResticError(ResticFailure.NO_REPOSITORY, f"no bucket for {self.repo.display()}") from exc
             raise ResticError(ResticFailure.UNREACHABLE, (
                 f"restic {args[0]} on {self.repo.display()} gave no answer within {timeout:.0f}s")) from exc
         except FileNotFoundError as exc:
@@ -247,6 +256,8 @@ class Restic:
         """Open the repository, creating it on first use; True when it was created now. A repository
         that exists but does not open (wrong password, damage) is never re-initialised."""
         self.check_reachable()
+        if self.repo.location.startswith("s3:"):
+            return self._init_s3()
         try:
             self.run("cat", "config", timeout=120)
             return False
@@ -255,6 +266,18 @@ class Restic:
                 raise
         self.run("init", timeout=300)
         return True
+
+    def _init_s3(self) -> bool:
+        """On S3 restic retries a missing bucket for many minutes, so `init` comes first: it creates the
+        bucket, and on an existing repository it refuses without touching anything."""
+        try:
+            self.run("init", timeout=300)
+            return True
+        except ResticError as exc:
+            if "already" not in str(exc).lower():
+                raise
+        self.run("cat", "config", timeout=120)  # the password opens it (else WrongPassword)
+        return False
 
     # -- locks ------------------------------------------------------------------------------------------
 
