@@ -1,5 +1,5 @@
 # The two commands of the README, and their helpers.
-.PHONY: demo demo-stop test install crds lint
+.PHONY: demo demo-stop test install crds lint manifests operator-image
 
 install:
 	tools/install.sh
@@ -15,6 +15,14 @@ test: install
 
 crds:
 	.venv/bin/maculaos crds generate
+
+# deploy/kustomize from the charts (after `make crds` or a chart change)
+manifests: install
+	.venv/bin/maculaos dev manifests
+
+# The operator/agent OCI archive for k3s airgap import (root; see docs/install.md)
+operator-image: install
+	.venv/bin/python image-build/operator-image/build.py
 
 lint:
 	.venv/bin/mypy

@@ -1,28 +1,37 @@
-"""The agent's ServiceAccount, as the chart grants it, on the real API server: RBAC lets it read the kinds
-and patch status and Nodes, and the ValidatingAdmissionPolicy narrows that to its own node. Requests are
-made by impersonating node macula-nuc-01's agent, whose bound token would carry the node name as the user
-extra authentication.kubernetes.io/node-name."""
+"""The chart's ServiceAccounts on the real API server. The agent's: RBAC lets it read the kinds and patch
+status and Nodes, and the ValidatingAdmissionPolicy narrows that to its own node. Most requests impersonate
+node macula-nuc-01's agent with the user extra authentication.kubernetes.io/node-name; one uses a real
+token bound to a pod on that node, which carries the extra by itself. The operator's: it runs, as a
+process, on nothing but a token of its ServiceAccount.
+
+The release goes to its own namespace so its operator's Lease is not the one the session's operator holds."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 
 from maculaos.agent.report import Reporter
 from maculaos.api import GROUP, VERSION
 from maculaos.api.common import DEFAULT_NAMESPACE
+from maculaos.devenv.demo import start_operator
+from maculaos.devenv.processes import stop
 from maculaos.kubeapi import MERGE_PATCH
 
 from .conftest import REPO, Cluster
 
 RELEASE = "maculaos"
-AGENT = f"system:serviceaccount:{DEFAULT_NAMESPACE}:{RELEASE}-agent"
-OPERATOR = f"system:serviceaccount:{DEFAULT_NAMESPACE}:{RELEASE}-operator"
+NS = "maculaos-rbac-test"
+AGENT = f"system:serviceaccount:{NS}:{RELEASE}-agent"
+OPERATOR = f"system:serviceaccount:{NS}:{RELEASE}-operator"
 ME, OTHER = "macula-nuc-01", "macula-nuc-02"
 ROLE = "confinement-test"
 
@@ -54,13 +63,15 @@ def agent_client(cluster: Cluster, node: str | None = ME) -> client.ApiClient:
 @pytest.fixture(scope="module")
 def chart(cluster: Cluster) -> Iterator[None]:
     """The operator chart installed on the shared control plane (its pods stay Pending: no kubelet)."""
-    helm(cluster, "install", RELEASE, str(REPO / "charts" / "maculaos-operator"), f"--namespace={DEFAULT_NAMESPACE}")
+    helm(cluster, "install", RELEASE, str(REPO / "charts" / "maculaos-operator"), f"--namespace={NS}",
+         "--create-namespace")
     cluster.wait_for(lambda: "agent-own-status" in cluster.kubectl(
         "get", "validatingadmissionpolicybinding", "-o", "name").stdout, what="the policy binding")
     try:
         yield
     finally:
-        helm(cluster, "uninstall", RELEASE, f"--namespace={DEFAULT_NAMESPACE}")
+        helm(cluster, "uninstall", RELEASE, f"--namespace={NS}")
+        cluster.kubectl("delete", "namespace", NS, "--wait=false")
 
 
 @pytest.fixture
@@ -140,12 +151,12 @@ def test_the_agent_sets_conditions_only_on_its_own_node(cluster: Cluster, chart:
 
 @pytest.mark.parametrize("verb", [
     ["get", "secrets", "-n", "kube-system"],
-    ["get", "secrets", "-n", DEFAULT_NAMESPACE],
+    ["get", "secrets", "-n", NS],
     ["delete", "meshrole", ROLE],
     ["patch", "meshrole", ROLE, "--type=merge", "-p", '{"spec":{"roles":[]}}'],
-    ["create", "configmap", "x", "-n", DEFAULT_NAMESPACE],
+    ["create", "configmap", "x", "-n", NS],
     ["delete", "node", OTHER],
-    ["get", "leases", "-n", DEFAULT_NAMESPACE],
+    ["get", "leases", "-n", NS],
 ])
 def test_rbac_refuses_the_agent_everything_else(cluster: Cluster, meshrole: str, verb: list[str]) -> None:
     result = cluster.kubectl(*verb, *as_agent(), check=False)
@@ -153,13 +164,14 @@ def test_rbac_refuses_the_agent_everything_else(cluster: Cluster, meshrole: str,
 
 
 @pytest.mark.parametrize("verb, allowed", [
-    (["auth", "can-i", "get", "secrets", "-n", DEFAULT_NAMESPACE], True),
+    (["auth", "can-i", "get", "secrets", "-n", NS], True),
     (["auth", "can-i", "get", "secrets", "-n", "kube-system"], False),
-    (["auth", "can-i", "list", "secrets", "-n", DEFAULT_NAMESPACE], False),
+    (["auth", "can-i", "get", "secrets", "-n", DEFAULT_NAMESPACE], False),
+    (["auth", "can-i", "list", "secrets", "-n", NS], False),
     (["auth", "can-i", "patch", "meshroles.os.macula.io/status"], True),
     (["auth", "can-i", "patch", "meshroles.os.macula.io"], True),
     (["auth", "can-i", "delete", "meshroles.os.macula.io"], False),
-    (["auth", "can-i", "update", "leases", "-n", DEFAULT_NAMESPACE], True),
+    (["auth", "can-i", "update", "leases", "-n", NS], True),
     (["auth", "can-i", "update", "leases", "-n", "kube-system"], False),
     (["auth", "can-i", "patch", "nodes"], False),
     (["auth", "can-i", "create", "events", "-n", "default"], True),
@@ -179,3 +191,63 @@ def test_the_policy_type_checks(cluster: Cluster, chart: None) -> None:
         assert not checking.get("expressionWarnings"), checking
 
 
+
+
+def token_kubeconfig(cluster: Cluster, directory: Path, account: str, pod: str | None = None) -> Path:
+    """A kubeconfig holding a real token of the ServiceAccount (TokenRequest), bound to pod if given, as
+    the kubelet mounts into that pod."""
+    bound = [] if pod is None else ["--bound-object-kind=Pod", f"--bound-object-name={pod}"]
+    token = cluster.kubectl("create", "token", account, f"--namespace={NS}", "--duration=1h", *bound).stdout.strip()
+    config = yaml.safe_load(cluster.plane.kubeconfig.read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = account
+    path = directory / f"{account}.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_bound_token_of_a_pod_on_the_node_carries_its_name(cluster: Cluster, meshrole: str, tmp_path: Path) -> None:
+    """No impersonation: the agent pod's own token (its pod is assigned to the node, as the DaemonSet
+    controller does; without a kubelet it never starts) is what the policy reads."""
+    pod = f"agent-{ME}"
+    cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS},
+                   "spec": {"nodeName": ME, "serviceAccountName": f"{RELEASE}-agent",
+                            "containers": [{"name": "agent", "image": "ghcr.io/macula-io/maculaos-operator:0.1.0"}]}})
+    try:
+        api = kube_config.new_client_from_config(str(token_kubeconfig(cluster, tmp_path, f"{RELEASE}-agent", pod)))
+        review = client.AuthenticationV1Api(api).create_self_subject_review(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        user = review.status.user_info
+        assert user is not None and (user.extra or {}).get("authentication.kubernetes.io/node-name") == [ME], user
+        assert Reporter(api, ME).node_entry("meshroles", ROLE, {"phase": "Applied", "message": "real token"})
+        assert not Reporter(api, OTHER).node_entry("meshroles", ROLE, {"phase": "Failed"})
+        nodes = cluster.get("meshrole", ROLE)["status"]["nodes"]
+        assert nodes[ME]["message"] == "real token" and nodes[OTHER]["phase"] == "Applied"
+    finally:
+        cluster.kubectl("delete", "pod", pod, f"--namespace={NS}", "--grace-period=0", "--force", check=False)
+
+
+def test_the_operator_runs_on_its_service_accounts_rights(cluster: Cluster, chart: None, tmp_path: Path) -> None:
+    """`maculaos operator run` with only its ServiceAccount's token: it wins its Lease, judges objects
+    through kopf and resync passes, and is never refused (Backups of other tests name Secrets it may not
+    read: those are judged, not crashed on)."""
+    kubeconfig = token_kubeconfig(cluster, tmp_path, f"{RELEASE}-operator")
+    record = start_operator(kubeconfig, tmp_path, resync_seconds=1, name="operator-rbac",
+                            extra_args=(f"--namespace={NS}",))
+    name = "rbac-operator-test"
+    try:
+        cluster.wait_for(lambda: cluster.kubectl("get", "lease", "maculaos-controller", f"--namespace={NS}",
+                                                 check=False).returncode == 0, 60, "the operator's Lease")
+        cluster.apply({"apiVersion": "os.macula.io/v1alpha1", "kind": "MeshRole", "metadata": {"name": name},
+                       "spec": {"nodeSelector": {"matchLabels": {"site": "nowhere"}}, "roles": ["bootstrap"]}})
+        cluster.wait_for(lambda: cluster.get("meshrole", name).get("status", {}).get("conditions") is not None,
+                         30, "the MeshRole judged")
+        log = Path(record.log)
+        time.sleep(3)  # a few resync passes (one a second) over every object in the cluster
+        text = log.read_text()
+        for refusal in ("Forbidden", "forbidden", " 403", "resync pass failed", "Traceback"):
+            assert refusal not in text, f"{refusal!r} in the operator's log:\n{text[-3000:]}"
+        assert "is the leader" in text
+    finally:
+        cluster.kubectl("delete", "meshrole", name, "--ignore-not-found")
+        stop(record)
