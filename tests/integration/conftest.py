@@ -123,6 +123,11 @@ class OperatorSupervisor:
                                          resync_seconds=2)
         return self.record
 
+    def stop(self) -> None:
+        if self.record is not None:
+            stop(self.record)
+            self.record = None
+
 
 @pytest.fixture(scope="session")
 def operator_supervisor(cluster: Cluster) -> Iterator[OperatorSupervisor]:
@@ -139,6 +144,13 @@ def operator_supervisor(cluster: Cluster) -> Iterator[OperatorSupervisor]:
 def operator(operator_supervisor: OperatorSupervisor) -> ProcessRecord:
     """The operator as its own process, as in a pod, resyncing every 2 seconds."""
     return operator_supervisor.ensure_running()
+
+
+@pytest.fixture
+def no_operator(operator_supervisor: OperatorSupervisor) -> None:
+    """For tests where the test itself plays the operator: the real one must not act at the same time
+    (a later test's `operator` fixture starts it again)."""
+    operator_supervisor.stop()
 
 
 @pytest.fixture
