@@ -151,7 +151,7 @@ def test_the_agent_sets_conditions_only_on_its_own_node(cluster: Cluster, chart:
 
 @pytest.mark.parametrize("verb", [
     ["get", "secrets", "-n", "kube-system"],
-    ["get", "secrets", "-n", NS],
+    ["get", "secrets", "-n", NS],  # a list: the agent may only get Secrets by name
     ["delete", "meshrole", ROLE],
     ["patch", "meshrole", ROLE, "--type=merge", "-p", '{"spec":{"roles":[]}}'],
     ["create", "configmap", "x", "-n", NS],
@@ -173,7 +173,11 @@ def test_rbac_refuses_the_agent_everything_else(cluster: Cluster, meshrole: str,
     (["auth", "can-i", "delete", "meshroles.os.macula.io"], False),
     (["auth", "can-i", "update", "leases", "-n", NS], True),
     (["auth", "can-i", "update", "leases", "-n", "kube-system"], False),
-    (["auth", "can-i", "patch", "nodes"], False),
+    (["auth", "can-i", "patch", "nodes"], True),
+    (["auth", "can-i", "delete", "nodes"], False),
+    (["auth", "can-i", "create", "pods", "--subresource=eviction", "-n", "default"], True),
+    (["auth", "can-i", "delete", "pods", "-n", "default"], True),
+    (["auth", "can-i", "create", "pods", "-n", "default"], False),
     (["auth", "can-i", "create", "events", "-n", "default"], True),
 ])
 def test_the_operator_has_what_it_calls_and_no_more(cluster: Cluster, chart: None, verb: list[str],
