@@ -198,3 +198,18 @@ def test_a_node_that_went_not_ready_is_not_drained() -> None:
     f.nodes["node-00"].ready = True
     f.operator_pass()
     assert stages(f)["node-00"] == "Draining"
+
+
+def test_drain_timeout_counts_from_the_first_real_drain_step() -> None:
+    """An operator that crashed after recording Draining, before the cordon, and came back late."""
+    f = fleet(1, {"drain": {"timeout": "2m"}})
+    while f.nodes["node-00"].phase != "Installed":
+        f.operator_pass()
+        f.agent_step("node-00")
+    f.operator_pass(act=False)  # Draining written; the cordon never happened
+    assert stages(f)["node-00"] == "Draining" and not f.nodes["node-00"].unschedulable
+    f.now += dt.timedelta(minutes=10)
+    f.operator_pass()  # back: cordons, the drain has not run yet
+    assert stages(f)["node-00"] == "Draining" and f.nodes["node-00"].unschedulable
+    f.settle()
+    assert f.persisted().phase == "Succeeded"

@@ -263,6 +263,8 @@ class NodeProgress(ApiModel):
     """The disruption in progress is an operator-requested rollback (failurePolicy PauseAndRollback)."""
     cordoned: bool = False
     """The operator cordoned this node and owes it an uncordon."""
+    drain_started: str = ""
+    """When the first drain step ran on the cordoned node; drain.timeout counts from here."""
     forced: bool = False
     """The drain timed out and drain.force is set: remaining pods are deleted."""
     boot_id: str = ""

@@ -62,6 +62,8 @@ class DrainReport:
 
     done: bool
     message: str = ""
+    started: bool = True
+    """A drain step really ran (False: the node is not cordoned yet, so the timeout does not run)."""
 
 
 @dataclass(frozen=True)
@@ -287,8 +289,13 @@ class _Pass:
         if drain is not None and drain.done:
             self._grant_reboot(name, progress, "drained")
             return
+        if drain is not None and drain.started and not progress.drain_started:
+            progress = progress.model_copy(update={"drain_started": self.stamp})
+            self.plan.rollout[name] = progress
         timeout = parse_duration(self.spec.drain.timeout)
-        waited = self.elapsed(progress.since)
+        # The clock runs from the first real drain step: an operator that was down (or a cordon that has
+        # not landed yet) does not eat into the drain's time.
+        waited = self.elapsed(progress.drain_started) if progress.drain_started else dt.timedelta(0)
         detail = drain.message if drain else "drain not started yet"
         if waited < timeout:
             self.plan.rollout[name] = progress.model_copy(update={"message": f"draining: {detail}"})

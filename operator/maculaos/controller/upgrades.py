@@ -129,7 +129,7 @@ class Rollouts:
             if progress.stage is not NodeStage.DRAINING or name not in nodes:
                 continue
             if not nodes[name].unschedulable:
-                reports[name] = DrainReport(done=False, message="waiting for the cordon")
+                reports[name] = DrainReport(done=False, message="waiting for the cordon", started=False)
                 continue
             reports[name] = drain_step(core, name, spec.drain, progress.forced, self.whereabouts.pod)
         return reports
