@@ -111,7 +111,9 @@ def test_every_node_starts_as_a_peer(fleet: Fleet) -> None:
         fleet.cluster.wait_for(lambda n=node: "mdns discovery" in n.table() and n.enabled("macula-mesh.service"),
                                what=f"peer firewall and service on {node.name}")
         assert not node.enabled("macula-gateway.service")
-        assert fleet.node_labels(node.name).get("macula.io/role-peer") == "true"
+        # the label is written after the host change, in the same pass: wait for it too
+        fleet.cluster.wait_for(lambda n=node: fleet.node_labels(n.name).get("macula.io/role-peer") == "true",
+                               what=f"the peer label on {node.name}")
 
 
 def test_apply_change_and_delete(fleet: Fleet, created: Create, operator: ProcessRecord) -> None:
