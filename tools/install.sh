@@ -8,7 +8,8 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables iproute2 systemd)
+DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables iproute2 systemd
+  mmdebstrap debian-archive-keyring squashfs-tools qemu-system-x86 qemu-utils e2fsprogs)  # last line: image-build
 
 log() { printf '[install] %s\n' "$*" >&2; }
 
