@@ -26,5 +26,8 @@ ln -sfn /usr/share/zoneinfo/Etc/UTC /etc/localtime
 # The image's python compiles the image's Python code (3.13 .pyc files: no compile at first boot).
 python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash /usr/lib/python3/dist-packages >/dev/null
 
-# The initramfs with the MaculaOS boot script (scripts/macula, hooks/macula from the overlay).
+# The initramfs with the MaculaOS boot script (scripts/macula, hooks/macula from the overlay): only the
+# modules hooks/macula lists (storage, USB, file systems), not "most": a 38 MB initrd costs seconds per
+# boot under emulation and on small machines. zstd, as the squashfs.
+sed -i -e 's/^MODULES=.*/MODULES=list/' -e 's/^#\?COMPRESS=.*/COMPRESS=zstd/' /etc/initramfs-tools/initramfs.conf
 update-initramfs -u -k all

@@ -29,6 +29,8 @@ WHEEL_PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2
 DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*",
                 "path-include=/usr/share/doc/*/copyright", "path-exclude=/usr/share/locale/*",
                 "path-exclude=/usr/share/info/*"]
+# zstd level of the root: the default (15) took 7 min on a loaded 2-core machine; sizes in docs/benchmarks.md.
+SQUASHFS_ZSTD_LEVEL = 9
 K3S_MISSING = "not included (built without --k3s-binary; this machine cannot reach the upstream release)"
 
 
@@ -247,7 +249,8 @@ class ImageBuilder:
             shutil.copyfile(kernel, result.kernel)
             shutil.copyfile(initrd, result.initrd)
             result.squashfs.unlink(missing_ok=True)
-            _run(["mksquashfs", str(root), str(result.squashfs), "-comp", "zstd", "-noappend", "-quiet",
+            _run(["mksquashfs", str(root), str(result.squashfs), "-comp", "zstd", "-Xcompression-level",
+                  str(SQUASHFS_ZSTD_LEVEL), "-noappend", "-quiet",
                   "-no-progress"], "squashfs (zstd) of the root", env)
         (self.out / d.artifact("build-info")).write_text(self.build_info())
         self._checksums([result.squashfs, result.kernel, result.initrd])

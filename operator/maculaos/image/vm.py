@@ -37,7 +37,7 @@ def qemu_command(spec: VmSpec) -> list[str]:
     accel = os.environ.get("MACULAOS_QEMU_ACCEL", "tcg")
     accels = ["-accel", "kvm", "-accel", "tcg"] if accel == "kvm" else ["-accel", "tcg"]
     cmd = ["qemu-system-x86_64", *accels, "-machine", "q35", "-cpu", "max", "-m", str(spec.memory_mib),
-           "-smp", str(spec.cpus), "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
+           "-smp", str(spec.cpus), "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
            "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline,
            "-drive", f"file={spec.rootfs},format=raw,if=virtio,readonly=on"]
     if spec.data:
