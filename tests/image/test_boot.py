@@ -12,7 +12,7 @@ import yaml
 from maculaos.image.vm import Vm, VmSpec
 from tests.image.conftest import BuiltImage, boot_timeout
 
-pytestmark = [pytest.mark.image, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
 CMDLINE = "boot=macula rauc.slot=A console=ttyS0 macula.root=/dev/vda macula.data=/dev/vdb"
 CONFIG = {"maculaos": {"mesh": {"roles": {"bootstrap": True, "gateway": False}, "realm": "io.macula.imagetest"}}}
