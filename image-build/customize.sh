@@ -26,6 +26,11 @@ ln -sfn /usr/share/zoneinfo/Etc/UTC /etc/localtime
 # The image's python compiles the image's Python code (3.13 .pyc files: no compile at first boot).
 python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash /usr/lib/python3/dist-packages >/dev/null
 
+# Mark /etc and /var as up to date with /usr: otherwise every first boot of a data partition runs
+# ldconfig, the hwdb and journal catalog rebuilds (ConditionNeedsUpdate), minutes under emulation, for
+# nothing: the image's /usr never changes under a running node.
+touch /etc/.updated /var/.updated
+
 # The initramfs with the MaculaOS boot script (scripts/macula, hooks/macula from the overlay): only the
 # modules hooks/macula lists (storage, USB, file systems), not "most": a 38 MB initrd costs seconds per
 # boot under emulation and on small machines. zstd, as the squashfs.

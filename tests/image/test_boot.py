@@ -53,7 +53,7 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
         ready = vm.wait_for(r"MACULAOS-READY version=(\S+) mode=(\S+) apply=(\S+)", boot_timeout())
         assert ready.groups() == ("0.1.0", "disk", "success"), vm.tail()
         first = _probe(vm)
-        vm.wait_exit(120)
+        vm.wait_exit(boot_timeout())
     assert first["var-mark"] == "absent" and first["etc-mark"] == "absent", first
     assert first["usr-write"] == "refused", first
     assert first["root"] == "squashfs" and first["etc"] == "overlay", first
@@ -68,7 +68,7 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     with Vm(_spec(built_image, data, "disk"), tmp_path / "boot2.log") as vm:
         vm.wait_for(r"MACULAOS-READY", boot_timeout())
         second = _probe(vm)
-        vm.wait_exit(120)
+        vm.wait_exit(boot_timeout())
     assert second["var-mark"] == "present" and second["etc-mark"] == "present", second
     assert second["usr-write"] == "refused", second
 
@@ -79,7 +79,7 @@ def test_blank_data_disk_is_formatted_and_boots_without_config(built_image: Buil
         vm.wait_for(r"formatting the blank data partition /dev/vdb", boot_timeout())
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=no-config", boot_timeout())
         report = _probe(vm)
-        vm.wait_exit(120)
+        vm.wait_exit(boot_timeout())
     assert report["var"].startswith("/dev/vdb"), report
     result = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", str(data)], capture_output=True, text=True)
     assert result.stdout.strip() == "MACULA_DATA"
