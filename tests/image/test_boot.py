@@ -65,6 +65,7 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert first["firstboot"] == "firstboot" and first["extension-file"] == "present", first
     assert first["user"] == "macula", first
     assert first["k3s"] == "not", first                            # "not included (...)", said plainly
+    assert first["failed-units"] == "", first
 
     with Vm(_spec(built_image, data, "disk"), tmp_path / "boot2.log") as vm:
         vm.wait_for(r"MACULAOS-READY", boot_timeout())
@@ -82,6 +83,8 @@ def test_blank_data_disk_is_formatted_and_boots_without_config(built_image: Buil
         report = _probe(vm)
         vm.wait_exit(boot_timeout())
     assert report["var"].startswith("/dev/vdb"), report
+    assert report["firstboot"] == "firstboot", report              # /var/lib/maculaos made on a blank disk
+    assert report["failed-units"] == "", report
     result = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", str(data)], capture_output=True, text=True)
     assert result.stdout.strip() == "MACULA_DATA"
 
