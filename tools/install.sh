@@ -10,7 +10,8 @@ cd "$top"
 
 DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables iproute2 systemd util-linux
                  rauc squashfs-tools dbus             # real RAUC on simulated nodes (NodeUpgrade)
-                 mmdebstrap debian-archive-keyring)  # Debian 13 roots: the operator image (image-build/)
+                 mmdebstrap debian-archive-keyring    # Debian 13 roots: the OS image and the operator image
+                 qemu-system-x86 qemu-utils e2fsprogs)  # boot tests of the OS image
 
 log() { printf '[install] %s\n' "$*" >&2; }
 

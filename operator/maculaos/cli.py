@@ -8,9 +8,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from maculaos import __version__
 from maculaos.api.common import DEFAULT_NAMESPACE
+
+if TYPE_CHECKING:
+    from maculaos.image.definition import ImageDefinition
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_CRDS = REPO_ROOT / "crds"
@@ -197,6 +201,36 @@ def _dev_manifests(args: argparse.Namespace) -> int:
     for name, text in files.items():
         (out / name).write_text(text)
         print(out / name)
+def _image_definition(args: argparse.Namespace) -> "ImageDefinition":
+    from maculaos.image.definition import load_definition
+
+    definition = load_definition(args.definition, args.extend)
+    return definition.select(args.profiles.split(",")) if args.profiles else definition
+
+
+def _image_show(args: argparse.Namespace) -> int:
+    from maculaos.image.definition import DefinitionError
+
+    try:
+        definition = _image_definition(args)
+    except DefinitionError as exc:
+        print(f"maculaos image: {exc}", file=sys.stderr)
+        return 1
+    print(definition.model_dump_json(by_alias=True, indent=2))
+    return 0
+
+
+def _image_build(args: argparse.Namespace) -> int:
+    from maculaos.image.build import BuildError, BuildInputs, ImageBuilder, summary
+    from maculaos.image.definition import DefinitionError
+
+    try:
+        inputs = BuildInputs(_image_definition(args), REPO_ROOT, args.k3s_binary)
+        result = ImageBuilder(inputs, args.out, args.cache).build()
+    except (DefinitionError, BuildError) as exc:
+        print(f"maculaos image build failed: {exc}", file=sys.stderr)
+        return 1
+    print(summary(result))
     return 0
 
 
@@ -280,6 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--rauc-conf", type=Path, help="RAUC system.conf (default: <host root>/etc/rauc/system.conf)")
     upgrade.add_argument("--reboot-command", default="systemctl reboot")
     upgrade.set_defaults(func=_upgrade)
+    image = commands.add_parser("image", help="the MaculaOS OS image (image-build/)").add_subparsers(
+        dest="action", required=True)
+    for name, func, text in (("show", _image_show, "print the definition merged with its extensions"),
+                             ("build", _image_build, "build squashfs, kernel and initrd into --out")):
+        cmd = image.add_parser(name, help=text)
+        cmd.add_argument("--definition", type=Path, default=REPO_ROOT / "image-build" / "maculaos.yaml")
+        cmd.add_argument("--extend", type=Path, action="append", default=[], metavar="FILE",
+                         help="a custom build's additions (packages, overlays, files, firstboot), repeatable")
+        cmd.add_argument("--profiles", default="", help="comma-separated package profiles instead of the "
+                                                        "definition's `profiles`")
+        cmd.set_defaults(func=func)
+    cmd.add_argument("--out", type=Path, default=REPO_ROOT / "dist")
+    cmd.add_argument("--cache", type=Path, default=None, help="download cache (default ~/.cache/maculaos/image)")
+    cmd.add_argument("--k3s-binary", type=Path, default=None,
+                     help="a k3s binary to include; without it the image says plainly that k3s is missing")
 
     dev = commands.add_parser("dev", help="the local demo environment").add_subparsers(dest="action", required=True)
     up = dev.add_parser("up", help="start a control plane, simulated nodes, the operator, and apply examples/")

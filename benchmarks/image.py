@@ -1,0 +1,80 @@
+"""Boot-to-ready of a built MaculaOS image under QEMU TCG, and where the time goes.
+
+Usage: .venv/bin/python benchmarks/image.py [--dist DIR] [--runs 3] [--memory 1024]
+DIR holds macula-os-*.{kernel,initrd,squashfs} (default: the newest build the image tests cached).
+Each run boots a fresh data disk with a config.yaml (disk mode, the one-shot apply runs), and reports
+wall time to the initramfs handing over (baseline: kernel + initramfs only), to MACULAOS-READY, and the
+apply service's own run time inside the guest (Python start-up under emulation)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+
+from maculaos.image.build import default_cache  # noqa: E402
+from maculaos.image.vm import Vm, VmSpec  # noqa: E402
+
+CMDLINE = "boot=macula rauc.slot=A console=ttyS0 macula.root=/dev/vda macula.data=/dev/vdb macula.mode=disk"
+
+
+def newest_build() -> Path:
+    builds = sorted((default_cache() / "builds").glob("*/complete"), key=lambda p: p.stat().st_mtime)
+    if not builds:
+        raise SystemExit("no cached build: run the image tests or pass --dist")
+    return builds[-1].parent
+
+
+def one_boot(dist: Path, memory: int, tmp: Path) -> tuple[float, float, float, float]:
+    def one(fmt: str) -> Path:
+        return next(dist.glob(f"macula-os-*.{fmt}"))
+    tree = tmp / "tree" / "var/lib/maculaos"
+    tree.mkdir(parents=True, exist_ok=True)
+    (tree / "config.yaml").write_text("maculaos:\n  mesh:\n    roles: {bootstrap: true}\n")
+    disk = tmp / "data.img"
+    disk.unlink(missing_ok=True)
+    with disk.open("wb") as f:
+        f.truncate(512 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "MACULA_DATA", "-d", str(tmp / "tree"), str(disk)], check=True)
+    spec = VmSpec(one("kernel"), one("initrd"), one("squashfs"), disk, CMDLINE, memory_mib=memory)
+    with Vm(spec) as vm:
+        vm.wait_for(r"maculaos: root /dev/vda", 900)
+        handover = vm.elapsed()
+        ready = vm.wait_for(r"MACULAOS-READY .*uptime=([0-9.]+)s", 900)
+        wall = vm.elapsed()
+    times = re.findall(r"\[\s*([0-9.]+)\] maculaos\[\d+\]: mesh roles", vm.console)
+    return handover, wall, float(ready.group(1)), float(times[0]) if times else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dist", type=Path, default=None)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--memory", type=int, default=1024, help="MiB of RAM given to the VM")
+    args = parser.parse_args()
+    dist = args.dist or newest_build()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.runs):
+            rows.append(one_boot(dist, args.memory, Path(tmp)))
+            print(f"run: handover {rows[-1][0]:.1f} s, ready {rows[-1][1]:.1f} s (guest uptime "
+                  f"{rows[-1][2]:.1f} s), apply finished at guest {rows[-1][3]:.1f} s", flush=True)
+    med = [statistics.median(r[i] for r in rows) for i in range(4)]
+    squashfs = next(dist.glob("macula-os-*.squashfs")).stat().st_size / 2**20
+    print(f"\n| what | median of {args.runs} |\n| --- | --- |")
+    print(f"| QEMU start → initramfs hands over (baseline) | {med[0]:.1f} s |")
+    print(f"| QEMU start → MACULAOS-READY | {med[1]:.1f} s (ratio {med[1] / med[0]:.1f} to the baseline) |")
+    print(f"| guest uptime at MACULAOS-READY | {med[2]:.1f} s |")
+    print(f"| RAM given to the VM | {args.memory} MiB |")
+    print(f"| squashfs | {squashfs:.0f} MiB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+#!/bin/sh
+# Runs inside the new root (chroot, /proc /sys /dev mounted by mmdebstrap) after the packages and the
+# overlays are in: the steps that need the image's own tools. Arguments: the login user's name.
+set -eu
+user=$1
+
+# The login user; homes live under /var (the data partition): the root file system is read-only.
+mkdir -p /var/home
+if [ -d /home ] && [ ! -L /home ]; then rmdir /home; fi
+ln -sfn var/home /home
+useradd --create-home --home-dir /home/"$user" --shell /bin/bash --groups sudo --user-group "$user"
+passwd --lock "$user" >/dev/null
+
+# Units: the boot path and the DHCP network; a unit the image does not ship is skipped, not an error.
+for unit in maculaos-apply.service macula-firstboot.service macula-ready.service systemd-networkd.service \
+            systemd-resolved.service nftables.service ssh.service chrony.service avahi-daemon.service; do
+	if [ -e "/usr/lib/systemd/system/$unit" ]; then systemctl enable "$unit"; fi
+done
+# No waiting up to two minutes for a network at boot: nothing on the boot path needs one.
+systemctl mask systemd-networkd-wait-online.service
+
+# The read-only root has no place for these; systemd-firstboot would otherwise ask on the console.
+echo maculaos > /etc/hostname
+ln -sfn /usr/share/zoneinfo/Etc/UTC /etc/localtime
+
+# The image's python compiles the image's Python code (3.13 .pyc files: no compile at first boot).
+python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash /usr/lib/python3/dist-packages >/dev/null
+
+# Mark /etc and /var as up to date with /usr: otherwise every first boot of a data partition runs
+# ldconfig, the hwdb and journal catalog rebuilds (ConditionNeedsUpdate), minutes under emulation, for
+# nothing: the image's /usr never changes under a running node.
+touch /etc/.updated /var/.updated
+
+# The initramfs with the MaculaOS boot script (scripts/macula, hooks/macula from the overlay): only the
+# modules hooks/macula lists (storage, USB, file systems), not "most": a 38 MB initrd costs seconds per
+# boot under emulation and on small machines. zstd, as the squashfs.
+sed -i -e 's/^MODULES=.*/MODULES=list/' -e 's/^#\?COMPRESS=.*/COMPRESS=zstd/' /etc/initramfs-tools/initramfs.conf
+update-initramfs -u -k all

@@ -1,0 +1,274 @@
+"""`maculaos image build`: the definition -> a Debian 13 root (mmdebstrap) -> squashfs + kernel + initrd.
+
+Downloads are cached under ~/.cache/maculaos/image (apt's .debs through mmdebstrap's sync-in/sync-out
+hooks, the Python wheels through pip), so a re-run on the same machine downloads only what changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from maculaos import __version__
+from maculaos.image.definition import ImageDefinition
+
+# Build-machine tools, and the Debian package that brings each (named in a missing-tool error).
+TOOLS = {"mmdebstrap": "mmdebstrap", "mksquashfs": "squashfs-tools"}
+# The image's python3 (Debian 13): the platform the wheels are chosen for.
+IMAGE_PYTHON = "3.13"
+WHEEL_PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64", "any"]
+# Documentation and translations are not needed on a node; copyright files stay (licences).
+DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*",
+                "path-include=/usr/share/doc/*/copyright", "path-exclude=/usr/share/locale/*",
+                "path-exclude=/usr/share/info/*"]
+# zstd level of the root: the default (15) took 7 min on a loaded 2-core machine; sizes in docs/benchmarks.md.
+SQUASHFS_ZSTD_LEVEL = 9
+K3S_MISSING = "not included (built without --k3s-binary; this machine cannot reach the upstream release)"
+
+
+class BuildError(RuntimeError):
+    """The build cannot go on; the message says what to do."""
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "maculaos" / "image"
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Everything a build reads besides the network: its digest keys caches of finished builds."""
+
+    definition: ImageDefinition
+    repo_root: Path
+    k3s_binary: Path | None = None
+
+    @property
+    def image_build(self) -> Path:
+        return self.repo_root / "image-build"
+
+    def digest(self) -> str:
+        """sha256 over the definition, every file copied into the image, and the build code itself."""
+        h = hashlib.sha256(self.definition.model_dump_json(by_alias=True).encode())
+        files = [self.image_build / "customize.sh", self.repo_root / "tools" / "constraints.txt"]
+        trees = [*self.definition.overlays, self.repo_root / "operator" / "maculaos"]
+        for tree in trees:
+            files += sorted(p for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        if self.k3s_binary:
+            files.append(self.k3s_binary)
+        for f in files:
+            h.update(str(f).encode() + b"\0" + f.read_bytes() + b"\0")
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    squashfs: Path
+    kernel: Path
+    initrd: Path
+    seconds: float
+    k3s: str
+
+
+def source_date_epoch(repo_root: Path) -> int:
+    """$SOURCE_DATE_EPOCH, else the last commit's time (same inputs, same timestamps), else now."""
+    if "SOURCE_DATE_EPOCH" in os.environ:
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    git = subprocess.run(["git", "-C", str(repo_root), "log", "-1", "--format=%ct"],
+                         capture_output=True, text=True, check=False)
+    return int(git.stdout.strip()) if git.returncode == 0 and git.stdout.strip() else int(time.time())
+
+
+def _pins(constraints: Path, names: list[str]) -> list[str]:
+    """name==version for each Python distribution, from tools/constraints.txt (the tested pins)."""
+    def norm(name: str) -> str:
+        return name.lower().replace("_", "-").replace(".", "-")
+    pins = {}
+    for line in constraints.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[norm(name.strip())] = version.strip()
+    missing = [n for n in names if norm(n) not in pins]
+    if missing:
+        raise BuildError(f"python: {missing[0]} has no pin in {constraints}")
+    return [f"{n}=={pins[norm(n)]}" for n in names]
+
+
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    print(f"[image] {what}", file=sys.stderr, flush=True)
+    result = subprocess.run(cmd, env=env, check=False)
+    if result.returncode != 0:
+        raise BuildError(f"{what} failed (exit {result.returncode}): {shlex.join(cmd[:6])} ...")
+
+
+def _pip_target_args(platforms: list[str]) -> list[str]:
+    args = ["--only-binary=:all:", "--python-version", IMAGE_PYTHON, "--implementation", "cp"]
+    for p in platforms:
+        args += ["--platform", p]
+    return args
+
+
+class ImageBuilder:
+    """One build: payload (overlays, files, Python), the root by mmdebstrap, then the artefacts."""
+
+    def __init__(self, inputs: BuildInputs, out: Path, cache: Path | None = None) -> None:
+        self.inputs = inputs
+        self.definition = inputs.definition
+        self.out = out
+        self.cache = cache or default_cache()
+        self.epoch = source_date_epoch(inputs.repo_root)
+
+    def check_tools(self) -> None:
+        missing = [f"{tool} (Debian package {pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)]
+        if missing:
+            raise BuildError(f"missing build tools: {', '.join(missing)}; tools/install.sh installs them")
+        if os.geteuid() != 0:
+            raise BuildError("the image build runs mmdebstrap in root mode (files owned by root in the "
+                             "image): run it as root")
+
+    def fetch_wheels(self) -> list[Path]:
+        """The pinned wheels for the image's python, downloaded once into the cache."""
+        wheels = self.cache / "wheels"
+        pins = _pins(self.inputs.repo_root / "tools" / "constraints.txt", self.definition.python)
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(wheels),
+              *_pip_target_args(WHEEL_PLATFORMS), *pins], f"Python wheels for {IMAGE_PYTHON}: {' '.join(pins)}")
+        chosen = []
+        for pin in pins:
+            name, version = pin.split("==")
+            prefix = f"{name.lower().replace('-', '_')}-{version}-"
+            found = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(prefix)
+                     and ("cp313" in w.name or "none-any" in w.name or "abi3" in w.name)]
+            if not found:
+                raise BuildError(f"no wheel for {pin} and Python {IMAGE_PYTHON} in {wheels}")
+            chosen.append(sorted(found)[0])
+        return chosen
+
+    def build_info(self) -> str:
+        d = self.definition
+        k3s = K3S_MISSING
+        if self.inputs.k3s_binary:
+            k3s = "included: /usr/local/bin/k3s sha256 " + hashlib.sha256(self.inputs.k3s_binary.read_bytes()).hexdigest()
+        lines = {
+            "MACULAOS_VERSION": d.version,
+            "MACULAOS_ARCH": d.arch,
+            "DEBIAN_SUITE": d.suite,
+            "BUILD_EPOCH": str(self.epoch),
+            "BUILD_DATE": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.epoch)),
+            "BUILD_INPUTS": self.inputs.digest(),
+            "BUILD_TOOL": f"maculaos {__version__}",
+            "PROFILES": ",".join(d.profiles),
+            "EXTENSIONS": ",".join(p.name for p in d.extensions) or "none",
+            "K3S": k3s,
+        }
+        return "".join(f"{k}={shlex.quote(v)}\n" for k, v in lines.items())
+
+    def stage_payload(self, payload: Path, wheels: list[Path]) -> None:
+        """Everything the build adds on top of Debian's packages, as a tree copied over the root."""
+        d = self.definition
+        for overlay in d.overlays:
+            shutil.copytree(overlay, payload, symlinks=True, dirs_exist_ok=True)
+        for path, content in d.files.items():
+            target = payload / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        firstboot = payload / "usr/lib/maculaos/firstboot.sh"
+        firstboot.parent.mkdir(parents=True, exist_ok=True)
+        firstboot.write_text("# First-boot commands from the image definition and its extensions.\n"
+                             + "".join(f"{c}\n" for c in d.firstboot))
+        info = payload / "etc/maculaos/build-info"
+        info.parent.mkdir(parents=True, exist_ok=True)
+        info.write_text(self.build_info())
+        site = payload / "usr/lib/python3/dist-packages"
+        _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-compile",
+              "--target", str(site), *_pip_target_args(WHEEL_PLATFORMS), *map(str, wheels)],
+             "Python packages into the image")
+        shutil.copytree(self.inputs.repo_root / "operator" / "maculaos", site / "maculaos",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+        entry = payload / "usr/bin/maculaos"
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        entry.write_text("#!/usr/bin/python3\nimport sys\nfrom maculaos.cli import main\nsys.exit(main())\n")
+        entry.chmod(0o755)
+        if self.inputs.k3s_binary:
+            k3s = payload / "usr/local/bin/k3s"
+            k3s.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.inputs.k3s_binary, k3s)
+            k3s.chmod(0o755)
+
+    def mmdebstrap_command(self, root: Path, payload: Path) -> list[str]:
+        d = self.definition
+        debs = self.cache / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        customize = self.inputs.image_build / "customize.sh"
+        sources = []
+        for mirror in d.mirrors:
+            uri, _, suite = mirror.partition(" ")
+            sources.append(f"deb {uri} {suite or d.suite} {' '.join(d.components)}")
+        return [
+            "mmdebstrap", "--mode=root", "--variant=minbase", f"--architectures={d.arch}",
+            f"--include={','.join(d.debian_packages())}",
+            *(f"--dpkgopt={o}" for o in DPKG_OPTIONS),
+            "--aptopt=Acquire::Retries \"3\"",
+            # mmdebstrap's documented cache pattern: .debs in before, new ones out after installing.
+            "--skip=essential/unlink",
+            "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
+            f"--setup-hook=sync-in {debs} /var/cache/apt/archives/",
+            f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
+            f"--customize-hook=sync-in {payload} /",
+            f"--customize-hook=copy-in {customize} /tmp",
+            f"--customize-hook=chroot \"$1\" sh /tmp/customize.sh {d.user}",
+            "--customize-hook=rm -f \"$1\"/tmp/customize.sh",
+            d.suite, str(root), *sources,
+        ]
+
+    def build(self) -> BuildResult:
+        self.check_tools()
+        started = time.monotonic()
+        self.out.mkdir(parents=True, exist_ok=True)
+        work = self.cache / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        wheels = self.fetch_wheels()
+        env = os.environ | {"SOURCE_DATE_EPOCH": str(self.epoch)}
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            payload, root = Path(tmp) / "payload", Path(tmp) / "root"
+            payload.mkdir()
+            self.stage_payload(payload, wheels)
+            _run(self.mmdebstrap_command(root, payload), f"Debian {self.definition.suite} root by mmdebstrap "
+                 f"({len(self.definition.debian_packages())} packages)", env)
+            kernel, initrd = self._boot_files(root)
+            d = self.definition
+            result = BuildResult(self.out / d.artifact("squashfs"), self.out / d.artifact("kernel"),
+                                 self.out / d.artifact("initrd"), 0.0,
+                                 K3S_MISSING if not self.inputs.k3s_binary else "included")
+            shutil.copyfile(kernel, result.kernel)
+            shutil.copyfile(initrd, result.initrd)
+            result.squashfs.unlink(missing_ok=True)
+            _run(["mksquashfs", str(root), str(result.squashfs), "-comp", "zstd", "-Xcompression-level",
+                  str(SQUASHFS_ZSTD_LEVEL), "-noappend", "-quiet",
+                  "-no-progress"], "squashfs (zstd) of the root", env)
+        (self.out / d.artifact("build-info")).write_text(self.build_info())
+        self._checksums([result.squashfs, result.kernel, result.initrd])
+        return BuildResult(result.squashfs, result.kernel, result.initrd, time.monotonic() - started, result.k3s)
+
+    @staticmethod
+    def _boot_files(root: Path) -> tuple[Path, Path]:
+        kernels = sorted((root / "boot").glob("vmlinuz-*"))
+        initrds = sorted((root / "boot").glob("initrd.img-*"))
+        if len(kernels) != 1 or len(initrds) != 1:
+            raise BuildError(f"expected one kernel and one initrd in /boot, found {kernels} {initrds}")
+        return kernels[0], initrds[0]
+
+    def _checksums(self, files: list[Path]) -> None:
+        lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}\n" for f in files]
+        (self.out / "SHA256SUMS").write_text("".join(lines))
+
+
+def summary(result: BuildResult) -> str:
+    sizes = {p.name: p.stat().st_size for p in (result.squashfs, result.kernel, result.initrd)}
+    return json.dumps({"files": sizes, "seconds": round(result.seconds, 1), "k3s": result.k3s}, indent=2)

@@ -1,0 +1,122 @@
+"""Boot a built image in QEMU (direct kernel boot, serial console) and read what it prints on purpose.
+
+TCG by default: nested KVM did not work on the machines this was built on, and a test must never need it.
+MACULAOS_QEMU_ACCEL=kvm asks for KVM (QEMU falls back to TCG when KVM cannot start)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+
+class BootError(AssertionError):
+    """A marker did not appear in time, or QEMU ended; the message carries the console log."""
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    kernel: Path
+    initrd: Path
+    rootfs: Path
+    data: Path | None
+    cmdline: str
+    memory_mib: int = 1024
+    cpus: int = 1
+    network: bool = True
+    extra_args: tuple[str, ...] = field(default=())
+
+
+def qemu_command(spec: VmSpec) -> list[str]:
+    accel = os.environ.get("MACULAOS_QEMU_ACCEL", "tcg")
+    accels = ["-accel", "kvm", "-accel", "tcg"] if accel == "kvm" else ["-accel", "tcg"]
+    cmd = ["qemu-system-x86_64", *accels, "-machine", "q35", "-cpu", "max", "-m", str(spec.memory_mib),
+           "-smp", str(spec.cpus), "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
+           "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline,
+           "-drive", f"file={spec.rootfs},format=raw,if=virtio,readonly=on"]
+    if spec.data:
+        cmd += ["-drive", f"file={spec.data},format=raw,if=virtio"]
+    cmd += ["-nic", "user,model=virtio-net-pci"] if spec.network else ["-nic", "none"]
+    return cmd + list(spec.extra_args)
+
+
+class Vm:
+    """A running VM; use as a context manager so QEMU is always stopped."""
+
+    def __init__(self, spec: VmSpec, log: Path | None = None) -> None:
+        if not shutil.which("qemu-system-x86_64"):
+            raise BootError("qemu-system-x86_64 is missing (Debian package qemu-system-x86; tools/install.sh)")
+        self.spec = spec
+        self.log_path = log
+        self.console = ""
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(qemu_command(spec), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while chunk := os.read(fd, 4096):
+            text = chunk.decode(errors="replace").replace("\r", "")
+            with self._lock:
+                self.console += text
+            if self.log_path:
+                with self.log_path.open("a") as f:
+                    f.write(text)
+
+    def wait_for(self, pattern: str, timeout: float, since: int = 0) -> re.Match[str]:
+        """The first match of a regular expression on the console (from offset `since`)."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern, re.MULTILINE)
+        while True:
+            with self._lock:
+                match = regex.search(self.console, since)
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                raise BootError(f"QEMU ended (exit {self.proc.returncode}) before {pattern!r} appeared; "
+                                f"console:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise BootError(f"{pattern!r} did not appear within {timeout:.0f} s; console:\n{self.tail()}")
+            time.sleep(0.2)
+
+    def send(self, text: str) -> None:
+        """Type on the serial console."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def tail(self, chars: int = 6000) -> str:
+        with self._lock:
+            return self.console[-chars:]
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise BootError(f"the VM did not power off within {timeout:.0f} s; console:\n{self.tail()}") from exc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
