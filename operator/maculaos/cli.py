@@ -201,6 +201,9 @@ def _dev_manifests(args: argparse.Namespace) -> int:
     for name, text in files.items():
         (out / name).write_text(text)
         print(out / name)
+    return 0
+
+
 def _image_definition(args: argparse.Namespace) -> "ImageDefinition":
     from maculaos.image.definition import load_definition
 
