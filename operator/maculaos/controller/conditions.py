@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from maculaos.api.common import ConditionStatus, ConditionType
 from maculaos.controller.validation import Problem, Verdict
 from maculaos.kubeapi import now_rfc3339
 
+
+@dataclass(frozen=True)
+class EventNote:
+    """An Event the controller owes an object, decided by pure code and posted by the caller."""
+
+    type: str
+    reason: str
+    message: str
 
 def merge_condition(existing: Iterable[Mapping[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:
     """Replace the condition of new['type'], keeping lastTransitionTime when its status did not change."""

@@ -18,20 +18,13 @@ from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.meshrole import MeshRoleSpec
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
 from maculaos.controller.backups import backup_outcome, restore_fields
-from maculaos.controller.conditions import merge_condition, verdict_conditions
+from maculaos.controller.conditions import EventNote, merge_condition, verdict_conditions
 from maculaos.controller.validation import ClusterView, Verdict, validate
 from maculaos.kubeapi import MERGE_PATCH, post_event
 
 log = logging.getLogger("maculaos.controller")
 
 COMPONENT = "maculaos-controller"
-
-
-@dataclass(frozen=True)
-class EventNote:
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from maculaos.api.nodeupgrade import (
     ReleaseTarget,
     StrategyType,
 )
+from maculaos.controller.conditions import EventNote
 
 #: Time a node has to come back from its reboot, on top of its healthCommitWindow.
 BOOT_ALLOWANCE = dt.timedelta(minutes=10)
@@ -64,13 +65,6 @@ class DrainReport:
     message: str = ""
     started: bool = True
     """A drain step really ran (False: the node is not cordoned yet, so the timeout does not run)."""
-
-
-@dataclass(frozen=True)
-class EventNote:
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
