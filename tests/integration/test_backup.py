@@ -102,8 +102,10 @@ def test_on_demand_backup_then_restore_swaps_data(fleet: BackupFleet, created: C
         assert entry["lastSnapshotId"] and entry["filesNew"] >= 1 and entry["durationSeconds"] > 0
         snaps = fleet.snapshots(node, str(fleet.roots[node] / "var/backups/restic"))
         assert [s["id"] for s in snaps] == [entry["lastSnapshotId"]]
+    fleet.cluster.wait_for(lambda: fleet.cluster.get("Backup", "ondemand")["status"]["run"].get("completionTime"),
+                           what="the operator to close the run once every node reported")
     status = fleet.cluster.get("Backup", "ondemand")["status"]
-    assert status["run"]["reason"] == "OnDemand" and status["run"]["completionTime"]
+    assert status["run"]["reason"] == "OnDemand"
     fleet.cluster.wait_for(lambda: fleet.cluster.get("Backup", "ondemand")["status"].get("lastSuccessfulTime"),
                            what="lastSuccessfulTime")
     assert fleet.cluster.condition("Backup", "ondemand", "Failed")["status"] == "False"
