@@ -143,6 +143,10 @@ def test_variants_render_what_they_say() -> None:
     operator = default["Deployment"][0]["spec"]
     assert operator["replicas"] == 2
     assert operator["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    operator_env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+                    for e in operator["template"]["spec"]["containers"][0]["env"] if "valueFrom" in e}
+    assert operator_env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name",
+                            "NODE_NAME": "spec.nodeName"}, "a NodeUpgrade must know the operator's own pod and node"
     assert [r["metadata"]["namespace"] for r in default["Role"] if "secrets" in r["metadata"]["name"]] == [NAMESPACE]
     no_agent = kinds("--set=agent.enabled=false")
     assert "DaemonSet" not in no_agent and "ValidatingAdmissionPolicy" not in no_agent
