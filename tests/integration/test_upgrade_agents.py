@@ -1,7 +1,6 @@
 """Three real agents upgrade their simulated nodes with real RAUC, driven by NodeUpgrade grants.
 
-The last test is the whole story: the real operator plans the rollout, cordons, grants and uncordons.
-The tests before it pin the agent's side of the contract step by step (docs/architecture.md): there the
+The whole story with the real operator is test_upgrade_end_to_end.py. The tests here pin the agent's side of the contract step by step (docs/architecture.md): there the
 test itself writes status.target and status.grants, with the operator stopped (`no_operator`), so each
 grant and each refusal can be checked on its own. Everything else is real: the API server, three
 `maculaos agent run` processes, each node's `rauc service` on its own D-Bus, bundles fetched over HTTP
@@ -34,7 +33,6 @@ from tests.host.rauc_fixtures import (  # noqa: F401  (fixtures)
     release_of,
 )
 from tests.integration.conftest import Cluster
-from tests.integration.upgrade_agents import Sampler
 
 NAME = "fleet-0-2-0"
 NODES = [n.name for n in demo_fleet(3)]
@@ -178,40 +176,3 @@ def test_refusals_and_a_local_source_through_the_agents(rauc_fleet: RaucFleet, b
     assert node.slot_version(other) == "0.3.0"
 
 
-
-def test_the_operator_rolls_the_fleet_forward_and_a_sick_node_back(
-        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any, operator: Any) -> None:
-    """End to end: the real operator against the real agents and RAUC. One node at a time (maxUnavailable
-    1), each cordoned, rebooted into the new slot, health-committed and uncordoned; the node whose new slot
-    fails its HealthCheck rolls back by itself and counts against the failure budget."""
-    cluster = rauc_fleet.cluster
-    rauc_fleet.name = "fleet-to-0-3-0"
-    created({"apiVersion": "os.macula.io/v1alpha1", "kind": "HealthCheck", "metadata": {"name": "sickly-c"},
-             "spec": {"nodeSelector": {"matchLabels": {"macula.io/site": "shop"}},
-                      "checks": [{"name": "service-port", "type": "tcp", "tcp": {"port": 9}, "interval": "1s",
-                                  "timeout": "500ms"}]}})
-    release = release_of(bundle_server, bundles.newer, version="0.3.0")
-    boots = {n: rauc_fleet.nodes[n].booted() for n in NODES}
-    sampler = Sampler(cluster.api, rauc_fleet.name, NODES).start()
-    try:
-        created({"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": rauc_fleet.name},
-                 "spec": {"version": "0.3.0", "source": {"url": release.url, "sha256": release.sha256},
-                          "strategy": {"maxUnavailable": 1}, "failurePolicy": {"maxFailedNodes": 1},
-                          "healthCommitWindow": "12s", "healthCheckWait": "2s"}})
-        cluster.wait_for(lambda: (cluster.get("NodeUpgrade", rauc_fleet.name).get("status") or {}).get("phase")
-                         in ("Succeeded", "Failed"), timeout=300,
-                         what=lambda: f"the rollout to finish (now {cluster.get('NodeUpgrade', rauc_fleet.name)['status']})")
-    finally:
-        sampler.stop()
-    status = cluster.get("NodeUpgrade", rauc_fleet.name)["status"]
-    assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Failed", 2, 1), status
-    for node in ("macula-nuc-01", "macula-nuc-02"):
-        entry = rauc_fleet.entry(node)
-        assert (entry["phase"], entry["version"]) == ("Succeeded", "0.3.0"), entry
-        assert rauc_fleet.nodes[node].booted() != boots[node] and sampler.reboot_grants(node) == 1
-    entry = rauc_fleet.entry(SICKLY)
-    assert (entry["phase"], entry["version"], entry["slot"]) == ("RolledBack", "0.1.0", "A"), entry
-    assert "sickly-c/service-port failing" in entry["message"]
-    assert sampler.peak == 1, "never more than maxUnavailable nodes cordoned or down at once"
-    assert not any(cluster.get("Node", n).get("spec", {}).get("unschedulable") for n in NODES), "nobody left cordoned"
-    assert status["grants"] == {}, "no grant outlives the rollout"
