@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any
@@ -52,3 +53,31 @@ def post_event(api: client.ApiClient, obj: Mapping[str, Any], type_: str, reason
         source=client.V1EventSource(component=component, host=host),
         first_timestamp=now, last_timestamp=now, count=1)
     client.CoreV1Api(api).create_namespaced_event(EVENT_NAMESPACE, event)
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns old into new; empty when they are equal."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            inner = merge_patch(before, value)
+            if inner:
+                patch[key] = inner
+        elif before != value or key not in old:
+            patch[key] = copy.deepcopy(value)
+    return patch
+
+
+def apply_merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7386 applied to a copy of target."""
+    out = copy.deepcopy(dict(target))
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping):
+            before = out.get(key)
+            out[key] = apply_merge_patch(before if isinstance(before, Mapping) else {}, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -21,7 +21,7 @@ from maculaos.devenv.processes import ProcessRecord, is_running, stop
 from maculaos.host.config import read_config
 from maculaos.host.systemd import Systemd
 from tests.fakes import fake_systemctl
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, OperatorSupervisor
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
 NODES = [n.name for n in demo_fleet(3)]  # macula-nuc-01, macula-nuc-02 (warehouse), macula-pi-03 (shop)
@@ -97,6 +97,12 @@ def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 stop(node.agent)
                 print(Path(node.agent.log).read_text()[-3000:])
             delete_netns(node.netns)
+
+
+@pytest.fixture(autouse=True)
+def folding(operator: ProcessRecord) -> ProcessRecord:
+    """The agents write NodeReports; the operator folds them into status.nodes, which these tests read."""
+    return operator
 
 
 def meshrole(name: str, **spec: Any) -> dict[str, Any]:
@@ -204,7 +210,7 @@ def test_agent_killed_half_way_through_applying_finishes_after_restart(fleet: Fl
     assert 'comment "bootstrap"' in node.table()
 
 
-def test_api_server_outage(fleet: Fleet, created: Create) -> None:
+def test_api_server_outage(fleet: Fleet, created: Create, operator_supervisor: OperatorSupervisor) -> None:
     """30 s without an API server: agents stay up and hosts keep their state; afterwards changes flow."""
     created(meshrole("outage", nodeSelector={"matchLabels": {"kubernetes.io/hostname": "macula-nuc-01"}},
                      roles=["gateway"]))
@@ -214,6 +220,10 @@ def test_api_server_outage(fleet: Fleet, created: Create) -> None:
     fleet.cluster.plane.restart_apiserver(down_seconds=30)
     assert all(n.agent is not None and is_running(n.agent) for n in fleet.nodes.values())
     assert (nuc.mesh_config(), nuc.table()) == before
+    # The operator lost its Lease in the outage and exited by design; its Deployment would restart it.
+    fleet.cluster.wait_for(lambda: operator_supervisor.record is None or not is_running(operator_supervisor.record),
+                           timeout=30, what="the operator to give up its lost Lease")
+    operator_supervisor.ensure_running()
     created(meshrole("outage", nodeSelector={"matchLabels": {"kubernetes.io/hostname": "macula-nuc-01"}},
                      roles=["gateway", "bootstrap"]))
     fleet.wait_phase("outage", "macula-nuc-01", "Applied", generation=2)

@@ -69,11 +69,24 @@ def test_every_kind_is_in_the_maculaos_category_with_a_short_name(model: Any) ->
 
 
 def test_status_keeps_fields_kopf_and_agents_add() -> None:
-    for text in crd_files().values():
-        crd = yaml.safe_load(text)
-        status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    for model in KINDS:
+        status = build_crd(model)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
         assert status["x-kubernetes-preserve-unknown-fields"] is True
         assert "nodes" in status["properties"] and "conditions" in status["properties"]
+
+
+def test_the_node_report_is_all_status_keyed_by_object() -> None:
+    """NodeReport has no spec (nothing for a user to ask), a status subresource (the agent patches only
+    that), and entries under a key pattern, each with the uid of the object it is about."""
+    crd = yaml.safe_load(crd_files()["os.macula.io_nodereports.yaml"])
+    version = crd["spec"]["versions"][0]
+    root = version["schema"]["openAPIV3Schema"]
+    assert "spec" not in root["properties"] and "required" not in root
+    assert version["subresources"] == {"status": {}} and crd["spec"]["scope"] == "Cluster"
+    entries = root["properties"]["status"]["properties"]["entries"]
+    assert entries["additionalProperties"]["required"] == ["uid", "report"]
+    assert "Kind/name" in entries["x-kubernetes-validations"][0]["message"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Objects", "Updated", "Age"]
 
 
 def test_defaults_from_factories_are_written_out() -> None:

@@ -1,70 +1,212 @@
-"""Everything the agent writes to the API: only its own node's entries. status.nodes.<node> of each
-object (JSON merge patch touches no other key), its own Node's labels and conditions, and Events.
-What was written last is remembered, so an unchanged report costs nothing and a failed one is retried."""
+"""Everything the agent writes to the API: only its own node's things. Its NodeReport (named after the
+Node, one entry per object it acts on; the operator folds them into each object's status.nodes), its own
+Node's labels and conditions, and Events.
+
+The Reporter keeps what it wants the NodeReport to hold and what the API server last accepted, and sends
+the difference as one JSON merge patch: the entries of a whole pass go in one write, a failed write is
+carried by the next one, and an unchanged report costs nothing. Entries keep merge-patch semantics (a key
+left out stays, None removes it), as when agents patched status.nodes.<node> directly."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client
 
-from maculaos.api import GROUP, VERSION
-from maculaos.kubeapi import MERGE_PATCH, now_rfc3339, post_event
+from maculaos.api import GROUP, KINDS, VERSION
+from maculaos.api.nodereport import NodeReportSpec, report_key
+from maculaos.kubeapi import MERGE_PATCH, apply_merge_patch, merge_patch, now_rfc3339, post_event
 
 log = logging.getLogger("maculaos.agent")
+REPORTS = NodeReportSpec.resource.plural
+REQUEST_TIMEOUT = 15.0
+KIND_OF_PLURAL = {m.resource.plural: m.resource.kind for m in KINDS}
+
+#: (plural, name) -> the object as the agent knows it (its uid is what the entry refers to), or None when
+#: it is gone. The Node itself is looked up as ("nodes", node name).
+Lookup = Callable[[str, str], Mapping[str, Any] | None]
+
+
+def fetching_lookup(api: client.ApiClient) -> Lookup:
+    """A Lookup that asks the API server (for tools and tests; the agent looks into its watch caches)."""
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+
+    def lookup(plural: str, name: str) -> Mapping[str, Any] | None:
+        try:
+            if plural == "nodes":
+                meta: Any = core.read_node(name).metadata
+                return {"metadata": {"name": name, "uid": meta.uid}}
+            found: Any = custom.get_cluster_custom_object(GROUP, VERSION, plural, name)
+            return dict(found)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+    return lookup
 
 
 class Reporter:
-    def __init__(self, api: client.ApiClient, node: str) -> None:
+    def __init__(self, api: client.ApiClient, node: str, lookup: Lookup) -> None:
         self.node = node
         self._api = api
+        self._lookup = lookup
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
-        self._written: dict[tuple[str, str], dict[str, Any] | None] = {}
-        self._written_at: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()  # the state below
+        self._flushing = threading.Lock()  # one write at a time, so an older write never lands after a newer
+        self._wanted: dict[str, dict[str, Any]] = {}  # key -> {"uid", "report"}
+        self._stored: dict[str, dict[str, Any]] | None = None  # as the API server has it; None: not read yet
+        self._exists = False
+        self._compared: dict[str, Any] = {}
+        self._written_at: dict[str, float] = {}
         self._labels: dict[str, str | None] = {}
         self._conditions: dict[str, tuple[str, str, str]] = {}
         self._last_ok = True
 
+    # -- entries --------------------------------------------------------------------------------------
+
     def node_entry(self, plural: str, name: str, entry: dict[str, Any] | None,
                    significant: Callable[[dict[str, Any]], dict[str, Any]] = dict,
                    refresh_seconds: float | None = None) -> bool:
-        """Set (or with None remove) status.nodes.<this node> of one object. False when the API refused.
+        """Set (or with None remove) this node's entry about one object. False when the API refused.
 
         Written when significant(entry) changed, and, with refresh_seconds, that often to refresh the rest
         (probe outputs, run times) without a write on every probe."""
-        key = (plural, name)
-        comparable = None if entry is None else significant(entry)
+        return self.node_entries(plural, {name: entry}, significant, refresh_seconds)
+
+    def node_entries(self, plural: str, entries: Mapping[str, dict[str, Any] | None],
+                     significant: Callable[[dict[str, Any]], dict[str, Any]] = dict,
+                     refresh_seconds: float | None = None) -> bool:
+        """node_entry for several objects of one kind, in one write."""
+        with self._lock:
+            for name, entry in entries.items():
+                self._stage(plural, name, entry, significant, refresh_seconds)
+        return self.flush()
+
+    def _stage(self, plural: str, name: str, entry: dict[str, Any] | None,
+               significant: Callable[[dict[str, Any]], dict[str, Any]], refresh_seconds: float | None) -> None:
+        key = report_key(KIND_OF_PLURAL[plural], name)
+        obj = self._lookup(plural, name) if entry is not None else None
+        if entry is None or obj is None:  # removed, or the object is gone: nothing left to report on
+            self._wanted.pop(key, None)
+            self._compared[key] = None
+            return
+        comparable = significant(entry)
         age = time.monotonic() - self._written_at.get(key, float("-inf"))
-        stale = refresh_seconds is not None and entry is not None and age >= refresh_seconds
-        if key in self._written and self._written[key] == comparable and not stale:
-            return True
-        body = {"status": {"nodes": {self.node: None if entry is None else {**entry, "lastUpdateTime": now_rfc3339()}}}}
-        try:
-            self._custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body,
-                                                            _content_type=MERGE_PATCH)
-        except client.ApiException as exc:
-            if exc.status == 404:  # the object is gone: nothing left to report on
-                self._written[key] = comparable
-                return True
-            log.warning(f"cannot report on {plural}/{name}: {exc.status} {exc.reason}")
-            self._last_ok = False
-            return False
-        except Exception as exc:  # API server away: retried on the next pass
-            log.warning(f"cannot report on {plural}/{name}: {exc}")
-            self._last_ok = False
-            return False
-        self._last_ok = True
-        self._written[key] = comparable
+        stale = refresh_seconds is not None and age >= refresh_seconds
+        uid = str(obj["metadata"].get("uid", ""))
+        current = self._wanted.get(key)
+        if current is not None and current["uid"] == uid and self._compared.get(key) == comparable and not stale:
+            return
+        base = current["report"] if current is not None and current["uid"] == uid else {}
+        report = apply_merge_patch(base, {**entry, "lastUpdateTime": now_rfc3339()})
+        self._wanted[key] = {"uid": uid, "report": report}
+        self._compared[key] = comparable
         self._written_at[key] = time.monotonic()
+
+    def entries(self, plural: str) -> dict[str, dict[str, Any]]:
+        """This node's current entries about objects of one kind, by object name."""
+        prefix = f"{KIND_OF_PLURAL[plural]}/"
+        with self._lock:
+            return {k[len(prefix):]: copy.deepcopy(v["report"]) for k, v in self._wanted.items()
+                    if k.startswith(prefix) and k.count("/") == 1}
+
+    def prune(self, exists: Callable[[str, str], bool]) -> bool:
+        """Drop entries about objects that no longer exist (exists(plural, name)), e.g. deleted while the
+        agent was down."""
+        plural_of = {kind: plural for plural, kind in KIND_OF_PLURAL.items()}
+        with self._flushing:
+            if self._stored is None:
+                try:
+                    self._load()
+                except Exception as exc:
+                    log.warning(f"cannot read NodeReport {self.node}: {_describe(exc)}")
+                    return False
+        with self._lock:
+            for key in list(self._wanted):
+                kind, _, name = key.partition("/")
+                if kind in plural_of and "/" not in name and not exists(plural_of[kind], name):
+                    del self._wanted[key]
+        return self.flush()
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Send what changed since the API server last accepted the report. False when it could not."""
+        with self._flushing:
+            try:
+                ok = self._flush()
+            except Exception as exc:  # API server away or refusing: the next write carries it all
+                log.warning(f"cannot write NodeReport {self.node}: {_describe(exc)}")
+                ok = False
+            self._last_ok = ok
+            return ok
+
+    def _flush(self) -> bool:
+        if self._stored is None:
+            self._load()
+        with self._lock:
+            stored = self._stored or {}
+            wanted = copy.deepcopy(self._wanted)
+        patch = merge_patch(stored, wanted)
+        if not patch and self._exists:
+            return True
+        if not self._exists:
+            self._create()
+        body = {"status": {"entries": patch, "objects": len(wanted), "lastUpdateTime": now_rfc3339()}}
+        try:
+            self._custom.patch_cluster_custom_object_status(GROUP, VERSION, REPORTS, self.node, body,
+                                                            _content_type=MERGE_PATCH,
+                                                            _request_timeout=REQUEST_TIMEOUT)
+        except client.ApiException as exc:
+            if exc.status == 404:  # deleted behind our back: create it again on the next write, in full
+                with self._lock:
+                    self._stored, self._exists = {}, False
+            raise
+        with self._lock:
+            self._stored = apply_merge_patch(stored, patch)
         return True
 
+    def _load(self) -> None:
+        """What the NodeReport holds now (a restarted agent continues from it, merge semantics intact)."""
+        try:
+            body: Any = self._custom.get_cluster_custom_object(GROUP, VERSION, REPORTS, self.node,
+                                                               _request_timeout=REQUEST_TIMEOUT)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            stored, exists = {}, False
+        else:
+            stored, exists = dict((body.get("status") or {}).get("entries") or {}), True
+        with self._lock:
+            self._stored, self._exists = stored, exists
+            for key, value in stored.items():  # entries of an earlier run stay until replaced or pruned
+                self._wanted.setdefault(key, copy.deepcopy(value))
+
+    def _create(self) -> None:
+        node = self._lookup("nodes", self.node)
+        if node is None:
+            raise RuntimeError(f"Node {self.node} is not known (yet): its NodeReport needs it as owner")
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": NodeReportSpec.resource.kind,
+                "metadata": {"name": self.node, "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": node["metadata"]["uid"]}]}}
+        try:
+            self._custom.create_cluster_custom_object(GROUP, VERSION, REPORTS, body, _request_timeout=REQUEST_TIMEOUT)
+        except client.ApiException as exc:
+            if exc.status != 409:  # 409: it exists after all (an earlier write's create landed)
+                raise
+        self._exists = True
+
     def healthy(self) -> bool:
-        """Whether the last status write reached the API server (part of the agent's own health)."""
+        """Whether the last report write reached the API server (part of the agent's own health)."""
         return self._last_ok
+
+    # -- the Node and Events ---------------------------------------------------------------------------
 
     def labels(self, labels: dict[str, str | None], current: dict[str, str]) -> bool:
         """Set and remove labels on this node's Node object, where they differ from current."""
@@ -72,7 +214,7 @@ class Reporter:
         if not wanted:
             return True
         try:
-            self._core.patch_node(self.node, {"metadata": {"labels": wanted}})
+            self._core.patch_node(self.node, {"metadata": {"labels": wanted}}, _request_timeout=REQUEST_TIMEOUT)
         except Exception as exc:
             log.warning(f"cannot label node {self.node}: {exc}")
             return False
@@ -86,7 +228,7 @@ class Reporter:
         body = {"status": {"conditions": [{"type": ctype, "status": status, "reason": reason, "message": message,
                                            "lastHeartbeatTime": now, "lastTransitionTime": now}]}}
         try:
-            self._core.patch_node_status(self.node, body)
+            self._core.patch_node_status(self.node, body, _request_timeout=REQUEST_TIMEOUT)
         except Exception as exc:
             log.warning(f"cannot set condition {ctype} on node {self.node}: {exc}")
             return False
@@ -98,3 +240,9 @@ class Reporter:
             post_event(self._api, obj, type_, reason, f"{self.node}: {message}", "maculaos-agent", self.node)
         except Exception as exc:
             log.warning(f"cannot post event on {obj['metadata']['name']}: {exc}")
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, client.ApiException):
+        return f"{exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

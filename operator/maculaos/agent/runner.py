@@ -62,7 +62,7 @@ class Agent:
     def __init__(self, settings: AgentSettings, api: client.ApiClient) -> None:
         self.settings = settings
         self.dirty = threading.Event()
-        self.reporter = Reporter(api, settings.node_name)
+        self.reporter = Reporter(api, settings.node_name, self._lookup)
         self.systemd = Systemd(settings.host_root, live=settings.live_systemd,
                                systemctl=settings.systemctl if settings.live_systemd else "systemctl")
         self.health = HealthEngine(settings.host_root,
@@ -95,8 +95,23 @@ class Agent:
                                          relevance(settings.node_name), group=GROUP, version=VERSION,
                                          plural=UPGRADE_PLURAL)
 
+    def _caches(self) -> dict[str, WatchedCache]:
+        return {"nodes": self.node, MESH_PLURAL: self.meshroles, HEALTH_PLURAL: self.healthchecks,
+                BACKUPS: self.backups, RESTORES: self.restores, UPGRADE_PLURAL: self.nodeupgrades}
+
+    def _lookup(self, plural: str, name: str) -> dict[str, Any] | None:
+        """The object an entry is about, from the watch caches (the Reporter records its uid)."""
+        return self._caches()[plural].snapshot().get(name)
+
+    def _prune_reports(self) -> None:
+        """Entries about objects deleted while nobody reported on them (say, with the agent down) go; only
+        once every cache has listed, so an object is never taken for gone before it was seen."""
+        caches = self._caches()
+        if all(c.synced.is_set() for c in caches.values()):
+            self.reporter.prune(lambda plural, name: name in caches[plural].snapshot())
+
     def run(self, stop: threading.Event) -> None:
-        caches = (self.node, self.meshroles, self.healthchecks, self.backups, self.restores, self.nodeupgrades)
+        caches = tuple(self._caches().values())
         for cache in caches:
             cache.start()
         log.info(f"agent for node {self.settings.node_name} on host root {self.settings.host_root}")
@@ -147,10 +162,10 @@ class Agent:
         mine = {n: o for n, o in objects.items() if spec_selects(o.get("spec") or {}, labels)}
         entries = self.health.run_due(mine)
         for name, entry in entries.items():
-            self.reporter.node_entry(HEALTH_PLURAL, name, entry, significant, HEALTH_REFRESH_SECONDS)
             metrics.set_health(name, entry)
-        for name in _stale_entries(objects, entries, self.settings.node_name):
-            self.reporter.node_entry(HEALTH_PLURAL, name, None)
+        stale = _stale_entries(self.reporter.entries(HEALTH_PLURAL), entries)
+        self.reporter.node_entries(HEALTH_PLURAL, {**entries, **dict.fromkeys(stale)}, significant,
+                                   HEALTH_REFRESH_SECONDS)
         failing = sorted(n for n, e in entries.items() if e["phase"] != "Healthy")
         if failing:
             self.reporter.condition(HEALTHY_CONDITION, "False", "ChecksFailing",
@@ -182,25 +197,25 @@ class Agent:
         ok = self._converge_mesh(labels, _has_public_address(node), None if resync else self.applied_plan)
         metrics.record_pass(ok, time.monotonic() - started)
         self.last_pass = time.time()
+        if resync:
+            self._prune_reports()
 
     def _converge_mesh(self, labels: dict[str, str], public_address: bool, applied: MeshPlan | None) -> bool:
         objects = self.meshroles.snapshot()
         outcome = converge_mesh(objects, labels, self.settings.host_root, self.systemd, self.settings.nft,
                                 public_address, applied)
         self.applied_plan = outcome.applied
-        ok = all(self.reporter.node_entry(MESH_PLURAL, name, entry) for name, entry in outcome.entries.items())
-        for name in _stale_entries(objects, outcome.entries, self.settings.node_name):
-            ok = self.reporter.node_entry(MESH_PLURAL, name, None) and ok
+        stale = _stale_entries(self.reporter.entries(MESH_PLURAL), outcome.entries)
+        ok = self.reporter.node_entries(MESH_PLURAL, {**outcome.entries, **dict.fromkeys(stale)})
         if outcome.labels:
             ok = self.reporter.labels(outcome.labels, labels) and ok
         metrics.set_roles(outcome.labels)
         return ok and not any(e["phase"] != "Applied" for e in outcome.entries.values())
 
 
-def _stale_entries(objects: dict[str, dict[str, Any]], current: dict[str, Any], node: str) -> list[str]:
-    """Objects that still carry this node's entry although they no longer select it."""
-    return [name for name, obj in objects.items()
-            if name not in current and node in ((obj.get("status") or {}).get("nodes") or {})]
+def _stale_entries(reported: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Objects this node still has an entry about although they no longer select it."""
+    return [name for name in reported if name not in current]
 
 
 def _has_public_address(node: dict[str, Any]) -> bool:

@@ -268,6 +268,8 @@ class CustomResource(ApiModel):
 
     resource: ClassVar[ResourceInfo]
     status_model: ClassVar[type[ObjectStatus]] = ObjectStatus
+    has_spec: ClassVar[bool] = True
+    """False for a kind that is all status (NodeReport): its CRD has no spec."""
 
 
 class SelectorSpec(CustomResource):

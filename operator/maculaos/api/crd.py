@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from maculaos.api import CATEGORY, GROUP, KINDS, VERSION
+from maculaos.api import CATEGORY, CRD_KINDS, GROUP, VERSION
 from maculaos.api.common import CustomResource
 
 JsonDict = dict[str, Any]
@@ -102,7 +102,8 @@ def build_crd(model: type[CustomResource]) -> JsonDict:
     spec["description"] = info.description
     status = openapi_schema(model.status_model)
     status["x-kubernetes-preserve-unknown-fields"] = True
-    status["description"] = "What the operator and the nodes' agents observe. Written by them only."
+    status["description"] = ("What the operator and the nodes' agents observe. Written by them only." if model.has_spec
+                             else "What the node's agent reports. Written by that agent only.")
     root: JsonDict = {
         "type": "object",
         "description": info.description,
@@ -110,10 +111,10 @@ def build_crd(model: type[CustomResource]) -> JsonDict:
             "apiVersion": {"type": "string", "description": "APIVersion of this representation."},
             "kind": {"type": "string", "description": "Kind of this representation."},
             "metadata": {"type": "object"},
-            "spec": spec,
+            **({"spec": spec} if model.has_spec else {}),
             "status": status,
         },
-        "required": ["spec"],
+        **({"required": ["spec"]} if model.has_spec else {}),
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -153,7 +154,7 @@ def render_crd(model: type[CustomResource]) -> str:
 
 def crd_files() -> dict[str, str]:
     """File name -> YAML of every kind's CRD."""
-    return {f"{GROUP}_{m.resource.plural}.yaml": render_crd(m) for m in KINDS}
+    return {f"{GROUP}_{m.resource.plural}.yaml": render_crd(m) for m in CRD_KINDS}
 
 
 def render_chart_crd(model: type[CustomResource]) -> str:
@@ -170,4 +171,4 @@ def render_chart_crd(model: type[CustomResource]) -> str:
 
 def chart_crd_files() -> dict[str, str]:
     """File name -> template of every kind's CRD in charts/maculaos-crds/templates/."""
-    return {f"{GROUP}_{m.resource.plural}.yaml": render_chart_crd(m) for m in KINDS}
+    return {f"{GROUP}_{m.resource.plural}.yaml": render_chart_crd(m) for m in CRD_KINDS}

@@ -18,6 +18,7 @@ from kubernetes import client
 
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.controller.cluster import ApiCluster, list_objects
+from maculaos.controller.fold import DEBOUNCE_SECONDS, REPORTS, Folder
 from maculaos.controller.reconcile import judge, write
 from maculaos.controller.upgrades import Rollouts
 from maculaos.kubeapi import CountingApiClient
@@ -39,11 +40,11 @@ def reconcile_one(api: client.ApiClient, body: dict[str, Any], rollouts: Rollout
     write(api, body, judge(body, ApiCluster(api)))
 
 
-def resync_all(api: client.ApiClient, rollouts: Rollouts) -> int:
+def resync_all(api: client.ApiClient, rollouts: Rollouts, folder: Folder | None = None) -> int:
     """Judge every object against one fresh snapshot of the cluster; returns how many were written."""
     cluster = ApiCluster(api)
     custom = client.CustomObjectsApi(api)
-    written = 0
+    written = 0 if folder is None else folder.fold_all(cluster.node_labels().keys())
     for model in KINDS:
         bodies = list_objects(custom, model.resource.plural)
         if model.resource.kind == ROLLOUT_KIND:
@@ -59,11 +60,25 @@ def resync_all(api: client.ApiClient, rollouts: Rollouts) -> int:
     return written
 
 
-async def resync_forever(api: client.ApiClient, rollouts: Rollouts, interval: float) -> None:
+async def fold_forever(folder: Folder, wake: asyncio.Event) -> None:
+    """Fold the NodeReports into status.nodes shortly after they change (one write per object per burst)."""
+    while True:
+        await wake.wait()
+        await asyncio.sleep(DEBOUNCE_SECONDS)
+        wake.clear()
+        try:
+            await asyncio.to_thread(folder.fold_pending)
+        except Exception as exc:  # API server away: retried after a pause, and by the resync anyway
+            log.warning(f"folding node reports failed: {exc}")
+            await asyncio.sleep(1.0)
+            wake.set()
+
+
+async def resync_forever(api: client.ApiClient, rollouts: Rollouts, interval: float, folder: Folder) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            written = await asyncio.to_thread(resync_all, api, rollouts)
+            written = await asyncio.to_thread(resync_all, api, rollouts, folder)
         except Exception:  # the next pass retries; a failing pass must not end the loop
             log.exception("resync pass failed")
             continue
@@ -76,6 +91,8 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     api = CountingApiClient()  # one connection pool for every API call of the controller
     rollouts = Rollouts(api)
+    folder = Folder(api)
+    fold_wake = asyncio.Event()
     resync_task: list[asyncio.Task[None]] = []
 
     async def on_change(body: kopf.Body, **_: Any) -> None:
@@ -87,6 +104,11 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
         if event.get("type") in ("ADDED", "MODIFIED"):
             await asyncio.to_thread(rollouts.reconcile, event["object"]["metadata"]["name"])
 
+    async def on_report_event(event: kopf.RawEvent, **_: Any) -> None:
+        """A node's agent wrote its NodeReport: fold it into the objects' status.nodes soon."""
+        if folder.observe(event.get("type"), event["object"]):
+            fold_wake.set()
+
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         """Exclusive access comes from leader election, so kopf's peering is off; kopf keeps its progress
         in annotations under our prefix, never in status, which the node agents share."""
@@ -96,7 +118,9 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
             prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
         settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
         settings.posting.enabled = False  # Events are posted by reconcile.write, one per verdict change
-        resync_task.append(asyncio.create_task(resync_forever(api, rollouts, resync_seconds)))
+        resync_task.append(asyncio.create_task(resync_forever(api, rollouts, resync_seconds, folder)))
+        resync_task.append(asyncio.create_task(fold_forever(folder, fold_wake)))
+        fold_wake.set()  # the first fold reads every NodeReport
 
     async def stop_resync(**_: Any) -> None:
         for task in resync_task:
@@ -111,4 +135,5 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
         for decorator in (kopf.on.resume, kopf.on.create, kopf.on.update):
             decorator(GROUP, VERSION, model.resource.plural, registry=registry)(on_change)
     kopf.on.event(GROUP, VERSION, "nodeupgrades", registry=registry)(on_rollout_event)
+    kopf.on.event(GROUP, VERSION, REPORTS, registry=registry)(on_report_event)
     return registry

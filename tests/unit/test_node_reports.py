@@ -1,0 +1,86 @@
+"""The pure parts of node reports: merge patches (the agent's diff of its report, the operator's fold into
+status.nodes), report keys, and which entries a fold shows on an object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from maculaos.api.nodereport import parse_report_key, report_key
+from maculaos.controller.fold import Folder, folded_nodes, nodes_patch
+from maculaos.kubeapi import apply_merge_patch, merge_patch
+
+OLD = {"a": {"phase": "Applied", "message": "ok", "progress": 40}, "b": {"phase": "Failed"}, "c": [1, 2]}
+
+
+@pytest.mark.parametrize("new", [
+    OLD,
+    {},
+    {"a": {"phase": "Applied", "message": "ok"}},                 # a key dropped inside an entry
+    {"a": {"phase": "Applied", "message": "ok", "progress": 40}, "d": {"x": {}}},
+    {"a": "now a string", "b": {"phase": "Failed"}, "c": [2]},   # type changes and list replaced whole
+])
+def test_merge_patch_turns_old_into_new(new: dict[str, Any]) -> None:
+    patch = merge_patch(OLD, new)
+    assert apply_merge_patch(OLD, patch) == new
+    assert (patch == {}) == (new == OLD)
+
+
+def test_merge_patch_is_minimal() -> None:
+    assert merge_patch(OLD, {**OLD, "a": {**OLD["a"], "progress": 45}}) == {"a": {"progress": 45}}
+    assert merge_patch(OLD, {"a": OLD["a"], "c": OLD["c"]}) == {"b": None}
+
+
+def test_apply_merge_patch_leaves_its_input_alone() -> None:
+    before = {"a": {"x": 1}}
+    assert apply_merge_patch(before, {"a": {"x": None, "y": 2}}) == {"a": {"y": 2}}
+    assert before == {"a": {"x": 1}}
+
+
+def test_report_keys_round_trip_and_refuse_garbage() -> None:
+    assert report_key("MeshRole", "edge") == "MeshRole/edge"
+    assert parse_report_key("MeshRole/edge") == ("MeshRole", "", "edge")
+    assert parse_report_key(report_key("Thing", "x", "ns")) == ("Thing", "ns", "x")
+    with pytest.raises(ValueError, match="MeshRole/name"):
+        parse_report_key("edge")
+
+
+REPORTS = {
+    "n1": {"MeshRole/edge": {"uid": "u1", "report": {"phase": "Applied"}}},
+    "n2": {"MeshRole/edge": {"uid": "old-uid", "report": {"phase": "Failed"}},   # about a deleted namesake
+           "HealthCheck/edge": {"uid": "u9", "report": {"phase": "Healthy"}}},
+}
+
+
+def test_a_fold_shows_only_entries_about_this_very_object() -> None:
+    assert folded_nodes(REPORTS, "MeshRole/edge", "u1") == {"n1": {"phase": "Applied"}}
+    assert folded_nodes(REPORTS, "HealthCheck/edge", "u9") == {"n2": {"phase": "Healthy"}}
+    assert folded_nodes(REPORTS, "MeshRole/other", "u2") == {}
+
+
+def test_the_fold_patch_removes_nodes_that_stopped_reporting() -> None:
+    obj = {"kind": "MeshRole", "metadata": {"name": "edge", "uid": "u1"},
+           "status": {"nodes": {"n1": {"phase": "Applying", "progress": 3}, "gone": {"phase": "Applied"}},
+                      "matchedNodes": 2}}
+    assert nodes_patch(obj, REPORTS) == {"n1": {"phase": "Applied", "progress": None}, "gone": None}
+    obj["status"]["nodes"] = {"n1": {"phase": "Applied"}}
+    assert nodes_patch(obj, REPORTS) == {}
+
+
+def report(node: str, version: str, entries: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": node, "resourceVersion": version}, "status": {"entries": entries}}
+
+
+def test_the_folder_tracks_which_objects_changed_and_ignores_older_events() -> None:
+    folder = Folder(client.ApiClient())  # the watch bookkeeping only: it makes no request
+    entry = {"uid": "u1", "report": {"phase": "Applied"}}
+    assert folder.observe("ADDED", report("n1", "10", {"MeshRole/edge": entry}))
+    assert folder.pending()
+    assert not folder.observe("MODIFIED", report("n1", "11", {"MeshRole/edge": entry})), "nothing changed"
+    assert not folder.observe("MODIFIED", report("n1", "9", {})), "an event older than what is known"
+    assert folder.observe("MODIFIED", report("n1", "12", {"HealthCheck/h": entry}))
+    assert folder._dirty == {"MeshRole/edge", "HealthCheck/h"}
+    assert folder.observe("DELETED", report("n1", "13", {"HealthCheck/h": entry}))
+    assert folder._reports == {}
