@@ -1,8 +1,8 @@
-"""The chart's ServiceAccounts on the real API server. The agent's: RBAC lets it read the kinds and patch
-status and Nodes, and the ValidatingAdmissionPolicy narrows that to its own node. Most requests impersonate
-node macula-nuc-01's agent with the user extra authentication.kubernetes.io/node-name; one uses a real
-token bound to a pod on that node, which carries the extra by itself. The operator's: it runs, as a
-process, on nothing but a token of its ServiceAccount.
+"""The chart's ServiceAccounts on the real API server. The agent's: RBAC lets it read the kinds, create
+NodeReports and patch their status, and patch Nodes; the ValidatingAdmissionPolicies narrow that to its own
+node's NodeReport and Node. Most requests impersonate node macula-nuc-01's agent with the user extra
+authentication.kubernetes.io/node-name; one uses a real token bound to a pod on that node, which carries
+the extra by itself. The operator's: it runs, as a process, on nothing but a token of its ServiceAccount.
 
 The release goes to its own namespace so its operator's Lease is not the one the session's operator holds."""
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from maculaos.agent.report import Reporter
+from maculaos.agent.report import Reporter, fetching_lookup
 from maculaos.api import GROUP, VERSION
 from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.demo import start_operator
@@ -65,7 +65,7 @@ def chart(cluster: Cluster) -> Iterator[None]:
     """The operator chart installed on the shared control plane (its pods stay Pending: no kubelet)."""
     helm(cluster, "install", RELEASE, str(REPO / "charts" / "maculaos-operator"), f"--namespace={NS}",
          "--create-namespace")
-    cluster.wait_for(lambda: "agent-own-status" in cluster.kubectl(
+    cluster.wait_for(lambda: "agent-own-report" in cluster.kubectl(
         "get", "validatingadmissionpolicybinding", "-o", "name").stdout, what="the policy binding")
     try:
         yield
@@ -76,61 +76,106 @@ def chart(cluster: Cluster) -> Iterator[None]:
 
 @pytest.fixture
 def meshrole(cluster: Cluster, chart: None) -> Iterator[str]:
-    """A MeshRole whose status already has entries of both nodes and a controller field."""
+    """A MeshRole, and node ME without a NodeReport yet (earlier tests' agents may have left one)."""
     cluster.apply({"apiVersion": "os.macula.io/v1alpha1", "kind": "MeshRole", "metadata": {"name": ROLE},
                    "spec": {"nodeSelector": {"matchLabels": {"site": "nowhere"}}, "roles": ["bootstrap"]}})
-    status = {"status": {"matchedNodes": 0, "nodes": {ME: {"phase": "Applied"}, OTHER: {"phase": "Applied"}}}}
-    cluster.kubectl("patch", "meshrole", ROLE, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    cluster.kubectl("delete", "nodereport", ME, "--ignore-not-found")
     try:
         yield ROLE
     finally:
         cluster.kubectl("delete", "meshrole", ROLE, "--ignore-not-found")
 
 
-def patch_status(cluster: Cluster, body: dict[str, object], node: str | None = ME) -> str | None:
-    """Patch the MeshRole's status as node's agent; the API server's refusal, or None when accepted."""
-    custom = client.CustomObjectsApi(agent_client(cluster, node))
+def reporter(cluster: Cluster, api: client.ApiClient, node: str) -> Reporter:
+    """The agent's own writer; the lookup (the agent's watch caches) is played by the test's client."""
+    return Reporter(api, node, fetching_lookup(cluster.api))
+
+
+def report_of(cluster: Cluster, node: str) -> dict[str, object]:
+    return cluster.get("nodereport", node)
+
+
+def test_the_agent_writes_its_own_report(cluster: Cluster, meshrole: str) -> None:
+    mine = reporter(cluster, agent_client(cluster), ME)
+    assert mine.node_entry("meshroles", ROLE, {"phase": "Failed", "message": "nft refused"})
+    report = cluster.get("nodereport", ME)
+    node = cluster.get("node", ME)
+    assert report["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": ME, "uid": node["metadata"]["uid"]}]
+    entry = report["status"]["entries"][f"MeshRole/{ROLE}"]
+    assert entry["uid"] == cluster.get("meshrole", ROLE)["metadata"]["uid"]
+    assert entry["report"]["phase"] == "Failed" and report["status"]["objects"] == 1
+    assert mine.node_entry("meshroles", ROLE, None), "removing its own entry is allowed"
+    assert f"MeshRole/{ROLE}" not in cluster.get("nodereport", ME)["status"].get("entries", {})
+
+
+def as_agent_of(cluster: Cluster, node: str | None = ME) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(agent_client(cluster, node))
+
+
+def refusal(call: Callable[[], object]) -> str:
     try:
-        custom.patch_cluster_custom_object_status(GROUP, VERSION, "meshroles", ROLE, {"status": body},
-                                                  _content_type=MERGE_PATCH)
+        call()
     except client.ApiException as exc:
         return f"{exc.status} {exc.body}"
-    return None
+    raise AssertionError("the API server accepted it")
 
 
-def test_the_agent_writes_its_own_entry(cluster: Cluster, meshrole: str) -> None:
-    reporter = Reporter(agent_client(cluster), ME)  # the agent's own writer
-    assert reporter.node_entry("meshroles", ROLE, {"phase": "Failed", "message": "nft refused"})
-    nodes = cluster.get("meshrole", ROLE)["status"]["nodes"]
-    assert nodes[ME]["phase"] == "Failed" and nodes[OTHER]["phase"] == "Applied"
-    assert reporter.node_entry("meshroles", ROLE, None), "removing its own entry is allowed"
-    assert ME not in cluster.get("meshrole", ROLE)["status"]["nodes"]
+def new_report(name: str, owner: str | None) -> dict[str, object]:
+    owners = [] if owner is None else [{"apiVersion": "v1", "kind": "Node", "name": owner, "uid": "x"}]
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeReport",
+            "metadata": {"name": name, **({"ownerReferences": owners} if owners else {})}}
 
 
-@pytest.mark.parametrize("body, words", [
-    ({"nodes": {OTHER: {"phase": "Failed"}}}, "not the entries of other nodes"),
-    ({"nodes": {OTHER: None}}, "not the entries of other nodes"),
-    ({"nodes": {"macula-new-99": {"phase": "Applied"}}}, "not the entries of other nodes"),
-    ({"matchedNodes": 7}, "not other status fields"),
-    ({"conditions": [{"type": "Ready", "status": "False", "reason": "Lie", "message": "x"}]},
-     "not other status fields"),
+ENTRY = {"status": {"entries": {f"MeshRole/{ROLE}": {"uid": "u", "report": {"phase": "Applied"}}}}}
+
+
+def test_the_agent_cannot_write_another_nodes_report(cluster: Cluster, meshrole: str) -> None:
+    """Each node's report is its agent's alone: another node's agent can neither create nor change it."""
+    cluster.kubectl("delete", "nodereport", OTHER, "--ignore-not-found")
+    custom = as_agent_of(cluster)
+    words = f"may only write NodeReport {ME}, not {OTHER}"
+    assert words in refusal(lambda: custom.create_cluster_custom_object(GROUP, VERSION, "nodereports",
+                                                                        new_report(OTHER, OTHER)))
+    assert reporter(cluster, agent_client(cluster, OTHER), OTHER).node_entry("meshroles", ROLE, {"phase": "Ok"})
+    before = report_of(cluster, OTHER)
+    refused = refusal(lambda: custom.patch_cluster_custom_object_status(
+        GROUP, VERSION, "nodereports", OTHER, ENTRY, _content_type=MERGE_PATCH))
+    assert refused.startswith("403") and "denied request" in refused and words in refused, refused
+    assert report_of(cluster, OTHER) == before
+
+
+@pytest.mark.parametrize("owner, words", [
+    (None, "must be owned by Node macula-nuc-01"),
+    (OTHER, "must be owned by Node macula-nuc-01"),
 ])
-def test_the_agent_cannot_write_other_nodes_or_fields(cluster: Cluster, meshrole: str,
-                                                      body: dict[str, object], words: str) -> None:
-    before = cluster.get("meshrole", ROLE)["status"]
-    refusal = patch_status(cluster, body)
-    assert refusal is not None and refusal.startswith("403"), refusal
-    assert "denied request" in refusal and words in refusal and ME in refusal, refusal
-    assert cluster.get("meshrole", ROLE)["status"] == before
+def test_the_agents_report_belongs_to_its_node(cluster: Cluster, meshrole: str, owner: str | None,
+                                               words: str) -> None:
+    """Owned by its Node, a NodeReport is garbage-collected with it; an agent cannot make one that is not."""
+    refused = refusal(lambda: as_agent_of(cluster).create_cluster_custom_object(
+        GROUP, VERSION, "nodereports", new_report(ME, owner)))
+    assert refused.startswith("403") and words in refused, refused
+
+
+def test_the_agent_changes_only_its_reports_status(cluster: Cluster, meshrole: str) -> None:
+    """No metadata or spec changes, no delete, even of its own NodeReport (its Node's deletion removes it)."""
+    assert reporter(cluster, agent_client(cluster), ME).node_entry("meshroles", ROLE, {"phase": "Applied"})
+    custom = as_agent_of(cluster)
+    relabel = refusal(lambda: custom.patch_cluster_custom_object(
+        GROUP, VERSION, "nodereports", ME, {"metadata": {"labels": {"x": "y"}}}, _content_type=MERGE_PATCH))
+    delete = refusal(lambda: custom.delete_cluster_custom_object(GROUP, VERSION, "nodereports", ME))
+    assert relabel.startswith("403") and delete.startswith("403"), (relabel, delete)
+    assert "x" not in (cluster.get("nodereport", ME)["metadata"].get("labels") or {})
 
 
 def test_a_token_without_a_node_name_writes_nothing(cluster: Cluster, meshrole: str) -> None:
-    refusal = patch_status(cluster, {"nodes": {ME: {"phase": "Failed"}}}, node=None)
-    assert refusal is not None and "name no node" in refusal, refusal
+    refused = refusal(lambda: as_agent_of(cluster, None).create_cluster_custom_object(
+        GROUP, VERSION, "nodereports", new_report(ME, ME)))
+    assert "name no node" in refused, refused
 
 
 def test_the_agent_labels_only_its_own_node(cluster: Cluster, chart: None) -> None:
-    mine = Reporter(agent_client(cluster), ME)
+    mine = reporter(cluster, agent_client(cluster), ME)
     assert mine.labels({"macula.io/role-gateway": "true"}, {})
     assert cluster.get("node", ME)["metadata"]["labels"]["macula.io/role-gateway"] == "true"
     core = client.CoreV1Api(agent_client(cluster))
@@ -142,8 +187,8 @@ def test_the_agent_labels_only_its_own_node(cluster: Cluster, chart: None) -> No
 
 
 def test_the_agent_sets_conditions_only_on_its_own_node(cluster: Cluster, chart: None) -> None:
-    assert Reporter(agent_client(cluster), ME).condition("MaculaHealthy", "True", "ChecksPass", "ok")
-    assert not Reporter(agent_client(cluster), OTHER).condition("MaculaHealthy", "False", "Lie", "spoofed"), \
+    assert reporter(cluster, agent_client(cluster), ME).condition("MaculaHealthy", "True", "ChecksPass", "ok")
+    assert not reporter(cluster, agent_client(cluster), OTHER).condition("MaculaHealthy", "False", "Lie", "spoofed"), \
         "node macula-nuc-01's agent pretending to report for macula-nuc-02 is refused"
     conditions = cluster.get("node", OTHER)["status"].get("conditions", [])
     assert not any(c["type"] == "MaculaHealthy" and c["reason"] == "Lie" for c in conditions)
@@ -154,6 +199,8 @@ def test_the_agent_sets_conditions_only_on_its_own_node(cluster: Cluster, chart:
     ["get", "secrets", "-n", NS],  # a list: the agent may only get Secrets by name
     ["delete", "meshrole", ROLE],
     ["patch", "meshrole", ROLE, "--type=merge", "-p", '{"spec":{"roles":[]}}'],
+    ["patch", "meshrole", ROLE, "--subresource=status", "--type=merge", "-p", '{"status":{"nodes":{}}}'],
+    ["delete", "nodereport", ME],
     ["create", "configmap", "x", "-n", NS],
     ["delete", "node", OTHER],
     ["get", "leases", "-n", NS],
@@ -171,6 +218,8 @@ def test_rbac_refuses_the_agent_everything_else(cluster: Cluster, meshrole: str,
     (["auth", "can-i", "patch", "meshroles.os.macula.io/status"], True),
     (["auth", "can-i", "patch", "meshroles.os.macula.io"], True),
     (["auth", "can-i", "delete", "meshroles.os.macula.io"], False),
+    (["auth", "can-i", "watch", "nodereports.os.macula.io"], True),
+    (["auth", "can-i", "patch", "nodereports.os.macula.io/status"], False),
     (["auth", "can-i", "update", "leases", "-n", NS], True),
     (["auth", "can-i", "update", "leases", "-n", "kube-system"], False),
     (["auth", "can-i", "patch", "nodes"], True),
@@ -188,7 +237,7 @@ def test_the_operator_has_what_it_calls_and_no_more(cluster: Cluster, chart: Non
 
 def test_the_policy_type_checks(cluster: Cluster, chart: None) -> None:
     """The API server compiles and type-checks the CEL; warnings here would mean a rule that never holds."""
-    for name in (f"{RELEASE}-agent-own-status", f"{RELEASE}-agent-own-node"):
+    for name in (f"{RELEASE}-agent-own-report", f"{RELEASE}-agent-own-node"):
         cluster.wait_for(lambda: "typeChecking" in cluster.get("validatingadmissionpolicy", name).get("status", {}),
                          what=f"type checking of {name}")
         checking = cluster.get("validatingadmissionpolicy", name)["status"]["typeChecking"]
@@ -223,10 +272,12 @@ def test_a_bound_token_of_a_pod_on_the_node_carries_its_name(cluster: Cluster, m
             {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
         user = review.status.user_info
         assert user is not None and (user.extra or {}).get("authentication.kubernetes.io/node-name") == [ME], user
-        assert Reporter(api, ME).node_entry("meshroles", ROLE, {"phase": "Applied", "message": "real token"})
-        assert not Reporter(api, OTHER).node_entry("meshroles", ROLE, {"phase": "Failed"})
-        nodes = cluster.get("meshrole", ROLE)["status"]["nodes"]
-        assert nodes[ME]["message"] == "real token" and nodes[OTHER]["phase"] == "Applied"
+        assert reporter(cluster, api, ME).node_entry("meshroles", ROLE, {"phase": "Applied", "message": "real token"})
+        cluster.kubectl("delete", "nodereport", OTHER, "--ignore-not-found")
+        assert not reporter(cluster, api, OTHER).node_entry("meshroles", ROLE, {"phase": "Failed"})
+        assert cluster.get("nodereport", ME)["status"]["entries"][f"MeshRole/{ROLE}"]["report"]["message"] == \
+            "real token"
+        assert cluster.kubectl("get", "nodereport", OTHER, check=False).returncode != 0
     finally:
         cluster.kubectl("delete", "pod", pod, f"--namespace={NS}", "--grace-period=0", "--force", check=False)
 

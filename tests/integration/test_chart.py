@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from maculaos.api import CRD_KINDS
 from maculaos.devenv.controlplane import ControlPlane
 from maculaos.devenv.manifests import KUBE_VERSION
 
@@ -170,7 +171,7 @@ def test_kustomize_manifests_apply(tools: Tools) -> None:
         applied = tools.kubectl("apply", "-k", kustomize)
         assert "customresourcedefinition.apiextensions.k8s.io/meshroles.os.macula.io created" in applied.stdout
         assert tools.get("deployment", "maculaos-operator", "-n", NAMESPACE)["spec"]["replicas"] == 2
-        assert tools.exists("validatingadmissionpolicy", "maculaos-agent-own-status")
+        assert tools.exists("validatingadmissionpolicy", "maculaos-agent-own-report")
         again = tools.kubectl("apply", "-k", kustomize)  # GitOps re-applies the same files forever
         assert "created" not in again.stdout, again.stdout
     finally:
@@ -185,9 +186,10 @@ def wait_established(tools: Tools, timeout: float = 60.0) -> None:
         crds = tools.get("crd", "-l", "app.kubernetes.io/part-of=maculaos")["items"]
         served = [c for c in crds if any(k["type"] == "Established" and k["status"] == "True"
                                          for k in c.get("status", {}).get("conditions") or [])]
-        if len(crds) == 5 and len(served) == 5:
+        if len(crds) == len(CRD_KINDS) and len(served) == len(CRD_KINDS):
             return
-        assert time.monotonic() < deadline, f"CRDs not established after {timeout:.0f}s: {len(served)} of 5"
+        assert time.monotonic() < deadline, \
+            f"CRDs not established after {timeout:.0f}s: {len(served)} of {len(CRD_KINDS)}"
         time.sleep(0.5)
 
 
