@@ -1,5 +1,7 @@
 """Agent benchmarks: idle RSS and CPU of agent processes, MeshRole change → applied on every node, for
 3 agent processes and for 100 lightweight in-process agents (one thread set each, one shared client).
+"Applied" is read where users read it, the MeshRole's status.nodes: the agents write their NodeReports and
+the operator (a process, as in its pod) folds them in, so the figure includes the fold.
 
 Run: .venv/bin/python benchmarks/agent.py [--runs 10] [--scale 100]
 Prints markdown rows for docs/benchmarks.md. Needs root (network namespaces for real nft).
@@ -22,7 +24,8 @@ from kubernetes import config as kube_config
 from maculaos.agent.runner import Agent, AgentSettings
 from maculaos.api import GROUP, VERSION
 from maculaos.devenv.controlplane import ControlPlane
-from maculaos.devenv.demo import install_crds, start_agent
+from maculaos.api.common import DEFAULT_NAMESPACE
+from maculaos.devenv.demo import install_crds, start_agent, start_operator
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import SimulatedNode, create_host_root, register_node
 from maculaos.devenv.processes import stop
@@ -154,13 +157,19 @@ def main() -> None:
         root = Path(tmp)
         plane = ControlPlane(root / "controlplane")
         plane.start()
+        operator = None
         try:
             install_crds(plane.kubeconfig, plane.bin_dir, REPO / "crds")
+            core = client.CoreV1Api(kube_config.new_client_from_config(str(plane.kubeconfig)))
+            core.create_namespace({"metadata": {"name": DEFAULT_NAMESPACE}})
+            operator = start_operator(plane.kubeconfig, root / "logs", resync_seconds=30)
             if not args.scale_only:
                 three_processes(plane, root / "proc", args.runs)
             for tools in (["real", "noop"] if args.host_tools == "both" else [args.host_tools]):
                 in_process(plane, root / f"lite-{tools}", args.scale, max(3, args.runs // 2), tools)
         finally:
+            if operator is not None:
+                stop(operator)
             plane.stop()
             for netns in CREATED_NETNS:
                 delete_netns(netns)

@@ -9,6 +9,7 @@ restarts RAUC and the agent with the new boot state)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,8 +49,15 @@ class RaucFleet:
     name: str = NAME
 
     def entry(self, node: str) -> dict[str, Any]:
-        status = self.cluster.get("NodeUpgrade", self.name).get("status") or {}
-        return dict((status.get("nodes") or {}).get(node) or {})
+        """The node's entry, read as the operator folds it: from the node's NodeReport (the real operator,
+        which would copy it into status.nodes, is stopped), and only if it is about this very object."""
+        uid = self.cluster.get("NodeUpgrade", self.name)["metadata"]["uid"]
+        found = self.cluster.kubectl("get", "nodereport", node, "-o", "json", check=False)
+        if found.returncode != 0:
+            return {}
+        entries = (json.loads(found.stdout).get("status") or {}).get("entries") or {}
+        entry = entries.get(f"NodeUpgrade/{self.name}") or {}
+        return dict(entry["report"]) if entry.get("uid") == uid else {}
 
     def wait_phase(self, node: str, phase: str, timeout: float = 60) -> dict[str, Any]:
         self.cluster.wait_for(lambda: self.entry(node).get("phase") == phase, timeout,

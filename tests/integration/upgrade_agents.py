@@ -2,7 +2,8 @@
 
 Until the real node side (issue #4, helper 4b: RAUC, `maculaos agent run`, simulated reboots) lands,
 this thread plays each node's agent exactly as docs/nodeupgrade-contract describes, through the real API
-server: it writes only `status.nodes.<node>` (JSON merge patch), the Node's version label and its Ready
+server: it writes only its entry in the node's NodeReport (with the agent's own Reporter; the operator
+folds it into `status.nodes.<node>`), the Node's version label and its Ready
 condition, and detects nothing the real agent would not. A "reboot" flips the Node NotReady, changes the
 reported bootId, then brings the Node back Ready on the new version (or reports RolledBack for a node told
 to fail its health window). The lead swaps these tests to real agents at merge time.
@@ -24,6 +25,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from maculaos.agent.report import Reporter, fetching_lookup
 from maculaos.api.common import VERSION_LABEL
 from maculaos.devenv.nodes import SimulatedNode, register_node
 from maculaos.kubeapi import MERGE_PATCH, now_rfc3339
@@ -54,6 +56,7 @@ class StandInAgents:
         self.custom = client.CustomObjectsApi(api)
         self.upgrade = upgrade
         self.states = {n: AgentState(n) for n in nodes}
+        self.reporters = {n: Reporter(api, n, fetching_lookup(api)) for n in nodes}
         self.fail_install, self.fail_health = set(fail_install), set(fail_health)
         self.reboot_seconds, self.period = reboot_seconds, period
         self._stop = threading.Event()
@@ -137,8 +140,8 @@ class StandInAgents:
         entry = {"phase": s.phase if s.phase != "RollbackRebooting" else "Rebooting", "message": s.message,
                  "version": s.version, "bootId": s.boot_id, "targetVersion": s.target, "slot": "A",
                  "lastUpdateTime": now_rfc3339()}
-        self.custom.patch_cluster_custom_object_status(
-            GROUP, VERSION, PLURAL, self.upgrade, {"status": {"nodes": {s.name: entry}}}, _content_type=MERGE_PATCH)
+        if not self.reporters[s.name].node_entry(PLURAL, self.upgrade, entry):
+            self.errors.append(f"{s.name}: report not written")
 
     def _set_version(self, s: AgentState) -> None:
         self.core.patch_node(s.name, {"metadata": {"labels": {VERSION_LABEL: s.version}}})
