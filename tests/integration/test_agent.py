@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
+from maculaos.agent.report import Reporter, fetching_lookup
 from maculaos.devenv.demo import start_agent
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
-from maculaos.devenv.nodes import create_host_root, demo_fleet
+from maculaos.devenv.nodes import SimulatedNode, create_host_root, demo_fleet, register_node
 from maculaos.devenv.processes import ProcessRecord, is_running, stop
 from maculaos.host.config import read_config
 from maculaos.host.systemd import Systemd
@@ -305,3 +307,57 @@ def test_a_disk_over_threshold_is_cleaned_and_reported(fleet: Fleet, created: Cr
     fleet.cluster.wait_for(lambda: "logs: removed" in fleet.entry("disk", "macula-pi-03", "HealthCheck")
                            ["checks"]["var-lib"]["lastAction"], what="the clean-up report")
     assert "threshold 0%" in entry["checks"]["var-lib"]["output"]
+
+
+def test_three_agents_never_share_an_object(fleet: Fleet, created: Create) -> None:
+    """Each agent writes one object only, its own NodeReport, owned by its Node; the operator copies the
+    entries into the MeshRole. No annotations or finalizers appear on the reports or the MeshRole."""
+    created(meshrole("everyone", roles=["gateway"]))
+    for node in NODES:
+        fleet.wait_phase("everyone", node, "Applied")
+    mesh = fleet.cluster.get("MeshRole", "everyone")
+    for node in NODES:
+        report = fleet.cluster.get("NodeReport", node)
+        owner = fleet.cluster.get("Node", node)["metadata"]["uid"]
+        assert report["metadata"]["ownerReferences"] == [{"apiVersion": "v1", "kind": "Node", "name": node,
+                                                          "uid": owner}]
+        assert not report["metadata"].get("annotations") and not report["metadata"].get("finalizers")
+        writers = {m["manager"] for m in report["metadata"]["managedFields"]}
+        assert len(writers) == 1, f"NodeReport {node} written by {writers}"
+        entry = report["status"]["entries"]["MeshRole/everyone"]
+        assert entry["uid"] == mesh["metadata"]["uid"]
+        fleet.cluster.wait_for(lambda n=node, e=entry: fleet.entry("everyone", n) == e["report"],
+                               what=f"{node}'s entry folded as it is in its NodeReport")
+    assert not (mesh["metadata"].get("annotations") or {}).keys() - {"kubectl.kubernetes.io/last-applied-configuration"}
+    assert not mesh["metadata"].get("finalizers")
+    table = fleet.cluster.kubectl("get", "nodereports").stdout
+    assert table.split()[:4] == ["NAME", "OBJECTS", "UPDATED", "AGE"] and all(n in table for n in NODES)
+
+
+def test_entries_go_with_their_node_and_never_pass_to_a_namesake(fleet: Fleet, created: Create) -> None:
+    """A Node deleted takes its NodeReport (garbage collection) and its entries with it; an object deleted
+    and created again under the same name does not show entries written about the old one."""
+    core = client.CoreV1Api(fleet.cluster.api)
+    ghost = SimulatedNode(name="macula-ghost-99", site="nowhere")
+    register_node(core, ghost)
+    created(meshrole("haunted", nodeSelector={"matchLabels": {"macula.io/site": "nowhere"}}))
+    try:
+        ghost_agent = Reporter(fleet.cluster.api, ghost.name, fetching_lookup(fleet.cluster.api))
+        assert ghost_agent.node_entry("meshroles", "haunted", {"phase": "Applied", "message": "boo"})
+        fleet.wait_phase("haunted", ghost.name, "Applied")
+
+        fleet.cluster.delete(meshrole("haunted"))
+        fleet.cluster.wait_for(lambda: fleet.cluster.kubectl("get", "meshrole", "haunted", check=False).returncode,
+                               what="the MeshRole gone")
+        created(meshrole("haunted", nodeSelector={"matchLabels": {"macula.io/site": "nowhere"}}))
+        fleet.cluster.wait_condition("MeshRole", "haunted", "True")
+        assert "MeshRole/haunted" in fleet.cluster.get("NodeReport", ghost.name)["status"]["entries"]
+        assert fleet.entry("haunted", ghost.name) == {}, "an entry about the old object is not shown on the new"
+
+        assert ghost_agent.node_entry("meshroles", "haunted", {"phase": "Applied", "message": "again"})
+        fleet.wait_phase("haunted", ghost.name, "Applied")
+    finally:
+        core.delete_node(ghost.name)
+    fleet.cluster.wait_for(lambda: fleet.cluster.kubectl("get", "nodereport", ghost.name, check=False).returncode,
+                           timeout=60, what="the NodeReport garbage-collected with its Node")
+    fleet.cluster.wait_for(lambda: fleet.entry("haunted", ghost.name) == {}, what="the gone node's entry removed")

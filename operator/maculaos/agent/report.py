@@ -83,6 +83,7 @@ class Reporter:
                      significant: Callable[[dict[str, Any]], dict[str, Any]] = dict,
                      refresh_seconds: float | None = None) -> bool:
         """node_entry for several objects of one kind, in one write."""
+        self._ensure_loaded()
         with self._lock:
             for name, entry in entries.items():
                 self._stage(plural, name, entry, significant, refresh_seconds)
@@ -120,19 +121,25 @@ class Reporter:
         """Drop entries about objects that no longer exist (exists(plural, name)), e.g. deleted while the
         agent was down."""
         plural_of = {kind: plural for plural, kind in KIND_OF_PLURAL.items()}
-        with self._flushing:
-            if self._stored is None:
-                try:
-                    self._load()
-                except Exception as exc:
-                    log.warning(f"cannot read NodeReport {self.node}: {_describe(exc)}")
-                    return False
+        if not self._ensure_loaded():
+            return False
         with self._lock:
             for key in list(self._wanted):
                 kind, _, name = key.partition("/")
                 if kind in plural_of and "/" not in name and not exists(plural_of[kind], name):
                     del self._wanted[key]
         return self.flush()
+
+    def _ensure_loaded(self) -> bool:
+        """Read the NodeReport once before the first change, so entries continue from what it holds."""
+        with self._flushing:
+            if self._stored is None:
+                try:
+                    self._load()
+                except Exception as exc:  # API server away: the write that follows tries again
+                    log.warning(f"cannot read NodeReport {self.node}: {_describe(exc)}")
+                    return False
+        return True
 
     # -- writing --------------------------------------------------------------------------------------
 
