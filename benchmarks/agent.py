@@ -54,6 +54,13 @@ def change_to_applied(custom: client.CustomObjectsApi, nodes: list[str], runs: i
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MeshRole", "metadata": {"name": "bench"},
             "spec": {"roles": []}}
     custom.create_cluster_custom_object(GROUP, VERSION, "meshroles", body)
+    try:
+        return _toggle(custom, nodes, runs, timeout)
+    finally:
+        custom.delete_cluster_custom_object(GROUP, VERSION, "meshroles", "bench")
+
+
+def _toggle(custom: client.CustomObjectsApi, nodes: list[str], runs: int, timeout: float) -> list[float]:
     samples = []
     for i in range(runs + 1):
         started = time.perf_counter()
@@ -67,7 +74,6 @@ def change_to_applied(custom: client.CustomObjectsApi, nodes: list[str], runs: i
             time.sleep(0.05)
         if i:  # the first change also warms caches up: not counted
             samples.append(time.perf_counter() - started)
-    custom.delete_cluster_custom_object(GROUP, VERSION, "meshroles", "bench")
     return samples
 
 
