@@ -8,7 +8,6 @@ The release goes to its own namespace so its operator's Lease is not the one the
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator

@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from maculaos.agent.report import Reporter, fetching_lookup
 from maculaos.api.common import VERSION_LABEL
 from maculaos.devenv.nodes import SimulatedNode, register_node
-from maculaos.kubeapi import MERGE_PATCH, now_rfc3339
+from maculaos.kubeapi import now_rfc3339
 
 GROUP, VERSION, PLURAL = "os.macula.io", "v1alpha1", "nodeupgrades"
 OLD = "0.1.0"
