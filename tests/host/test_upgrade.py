@@ -151,8 +151,17 @@ def test_reboot_during_the_window_falls_back(rauc_node: SimulatedRaucNode, bundl
 
 
 def test_local_directory_source_picks_the_bundle_by_version(rauc_node: SimulatedRaucNode, bundles: Bundles) -> None:
-    usb = rauc_node.dir / "usb"
-    usb.mkdir()
+    """The agent sees the node's root at host_root, RAUC sees it at `/` (as in the DaemonSet, /host):
+    the bundle's path is handed over translated, and a directory outside the node's root is refused."""
+    outside = rauc_node.dir / "usb"
+    outside.mkdir()
+    (outside / bundles.newer.name).write_bytes(bundles.newer.read_bytes())
+    refused = upgrader_for(rauc_node).install(Release("0.3.0"), outside)
+    assert refused.phase is AgentPhase.FAILED and "outside the node's root" in refused.message, refused.message
+    assert_untouched(rauc_node)
+
+    usb = rauc_node.host_root / "media/usb"
+    usb.mkdir(parents=True)
     for bundle in (bundles.good, bundles.newer):
         (usb / bundle.name).write_bytes(bundle.read_bytes())
     assert install_and_reboot(rauc_node, Release("0.3.0"), usb) == "B"

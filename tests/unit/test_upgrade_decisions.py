@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from maculaos.agent.upgrades import _entry, _in_charge, _wants_install
 from maculaos.api.nodeupgrade import AgentPhase, Grant, GrantAction, ReleaseTarget
 from maculaos.host.bundles import newest
-from maculaos.host.rauc import BundleInfo, _rauc_message, activates_installed
+from maculaos.host.rauc import BundleInfo, Rauc, RaucError, _rauc_message, activates_installed
 from maculaos.host.upgrade import NodeFacts, UpgradeState
 
 TARGET = ReleaseTarget(version="0.2.0")
@@ -69,3 +71,19 @@ def test_activate_installed_is_read_from_system_conf(tmp_path: Path) -> None:
     assert not activates_installed(conf)
     conf.write_text("[system]\ncompatible=x\n")
     assert activates_installed(conf), "RAUC's default activates"
+
+
+def test_paths_are_handed_to_rauc_as_the_node_sees_them(tmp_path: Path) -> None:
+    """The DaemonSet's agent sees the node at /host; the node's RAUC (entered through nsenter) at /."""
+    rauc = Rauc("nsenter --target 1 --mount -- rauc", root=Path("/host"))
+    assert rauc.node_path(Path("/host/var/lib/maculaos/upgrade/bundles/x.raucb")) == \
+        "/var/lib/maculaos/upgrade/bundles/x.raucb"
+    assert rauc.node_path(Path("/host/media/usb/../usb/b.raucb")) == "/media/usb/b.raucb"
+    assert rauc.node_path(Path("/host")) == "/"
+    assert rauc._argv("install", "/b.raucb") == ["nsenter", "--target", "1", "--mount", "--", "rauc", "install",
+                                                 "/b.raucb"]
+    for outside in (Path("/hostile/b.raucb"), Path("/tmp/b.raucb"), Path("/host/../etc/rauc")):
+        with pytest.raises(RaucError, match="outside the node's root /host"):
+            rauc.node_path(outside)
+    on_the_node = Rauc(root=Path("/"))  # `maculaos upgrade` on the node itself: nothing to translate
+    assert on_the_node.node_path(Path("/var/lib/x.raucb")) == "/var/lib/x.raucb"

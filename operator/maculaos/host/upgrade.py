@@ -299,7 +299,8 @@ class NodeUpgrader:
 def upgrade_command(args: argparse.Namespace) -> int:
     """The body of `maculaos upgrade` (cli.py declares its flags)."""
     conf = args.rauc_conf or args.host_root / "etc/rauc/system.conf"
-    upgrader = NodeUpgrader(args.host_root, Rauc(args.rauc, conf if conf.exists() else None), args.reboot_command)
+    rauc = Rauc(args.rauc, conf if conf.exists() else None, root=args.host_root)
+    upgrader = NodeUpgrader(args.host_root, rauc, args.reboot_command)
     try:
         if args.check:
             return _check(upgrader, args)
