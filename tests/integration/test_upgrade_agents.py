@@ -85,7 +85,8 @@ def rauc_fleet(cluster: Cluster, bundles: Bundles, tmp_path_factory: pytest.Temp
             systemctl = fake_systemctl(root / f"systemd-{sim.name}")
             node.start_agent([sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={sim.name}",
                               f"--host-root={node.host_root}", f"--nft={nft}", f"--systemctl={systemctl}",
-                              "--resync-seconds=3", f"--reboot-command={node.reboot_hook}"],
+                              "--resync-seconds=3", f"--reboot-command={node.reboot_hook}",
+                              f"--rauc={node.rauc_command}"],
                              {"KUBECONFIG": str(cluster.plane.kubeconfig), "PYTHONUNBUFFERED": "1"})
         yield RaucFleet(cluster, nodes, namespaces)
     finally:

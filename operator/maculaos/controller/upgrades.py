@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from maculaos.api import GROUP, VERSION
 from maculaos.api.common import VERSION_LABEL
-from maculaos.api.nodeupgrade import NodeStage, NodeUpgradeNodeEntry, NodeUpgradeSpec, NodeUpgradeStatus
+from maculaos.api.nodeupgrade import Grant, NodeStage, NodeUpgradeNodeEntry, NodeUpgradeSpec, NodeUpgradeStatus
 from maculaos.controller.cluster import ApiCluster
 from maculaos.controller.conditions import merge_condition
 from maculaos.controller.drain import PodRef, drain_step
@@ -106,7 +106,8 @@ class Rollouts:
         now = dt.datetime.now(dt.timezone.utc)
         plan = plan_rollout(RolloutInput(
             spec=spec, status=status, matched=verdict.matched_nodes, nodes=nodes,
-            reports=parse_reports(raw_status), now=now, target=resolution.target or status.target,
+            reports=parse_reports(raw_status, str(body["metadata"].get("uid") or "")), now=now,
+            target=resolution.target or status.target,
             target_error=resolution.error, drains=drains, own_node=self.whereabouts.node))
         judged = outcome.status or {}
         wanted = status_patch(raw_status, judged, plan, resolution)
@@ -197,14 +198,31 @@ def parse_status(raw: Mapping[str, Any]) -> NodeUpgradeStatus:
         return NodeUpgradeStatus()
 
 
-def parse_reports(raw: Mapping[str, Any]) -> dict[str, NodeUpgradeNodeEntry]:
+def parse_reports(raw: Mapping[str, Any], uid: str) -> dict[str, NodeUpgradeNodeEntry]:
+    """The agents' entries as the planner may take them: each one's phase only as the answer to the grant
+    this object (uid) gave that node last (status.grants); see answer_to."""
+    grants = (raw.get("grants") or {})
     reports = {}
     for node, entry in (raw.get("nodes") or {}).items():
         try:
-            reports[node] = NodeUpgradeNodeEntry.model_validate(entry)
+            parsed = NodeUpgradeNodeEntry.model_validate(entry)
+            grant = Grant.model_validate(grants[node]) if grants.get(node) else None
         except ValidationError:
             log.warning(f"node {node} wrote an unreadable NodeUpgrade report; ignoring it")
+            continue
+        reports[node] = answer_to(parsed, uid, grant)
     return reports
+
+
+def answer_to(entry: NodeUpgradeNodeEntry, uid: str, grant: Grant | None) -> NodeUpgradeNodeEntry:
+    """entry as an answer to grant (given by the object uid): unchanged when it says it answers exactly
+    that grant; otherwise only its facts (version, slot, bootId) count and the phase is "" (no answer
+    yet). A phase the node holds for another grant, of this object or of a deleted one, is not taken at
+    face value: a Failed from an old object must not fail the node in a new one."""
+    seen = entry.observed_grant
+    if grant is not None and seen is not None and (seen.uid, seen.action, seen.time) == (uid, grant.action, grant.time):
+        return entry
+    return entry.model_copy(update={"phase": "", "message": "", "target_version": "", "progress": None})
 
 
 def status_patch(old: Mapping[str, Any], judged: Mapping[str, Any], plan: Plan,
