@@ -85,7 +85,7 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
         """An agent's report (a status change kopf's update handlers do not see) moves the rollout now
         rather than at the next resync."""
         if event.get("type") in ("ADDED", "MODIFIED"):
-            await asyncio.to_thread(rollouts.reconcile, event["object"]["metadata"]["name"])
+            await asyncio.to_thread(rollouts.reconcile_soon, event["object"]["metadata"]["name"])
 
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         """Exclusive access comes from leader election, so kopf's peering is off; kopf keeps its progress

@@ -70,24 +70,45 @@ class Rollouts:
         self.resolver = ReleaseResolver()
         self.whereabouts = whereabouts or Whereabouts.from_env()
         self._locks: dict[str, threading.Lock] = {}
+        self._waiting: set[str] = set()
         self._guard = threading.Lock()
 
     def reconcile(self, name: str, cluster: ApiCluster | None = None) -> None:
         with self._guard:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
-            snapshot = cluster or ApiCluster(self.api)
-            for _ in range(WRITE_ATTEMPTS):
-                try:
-                    # A retry re-reads the object (whose status moved) but keeps the Node snapshot.
-                    self._pass(name, snapshot)
+            self._run(name, cluster)
+
+    def reconcile_soon(self, name: str) -> bool:
+        """A pass for a watch event (an agent's report, our own write). Events arriving while such a pass
+        waits for its turn are folded into it: it reads the object fresh when it starts, so it sees what
+        they announced. With N agents reporting at once, that is a pass or two instead of N. Returns
+        whether this call ran a pass."""
+        with self._guard:
+            if name in self._waiting:
+                return False
+            self._waiting.add(name)
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            with self._guard:
+                self._waiting.discard(name)
+            self._run(name, None)
+        return True
+
+    def _run(self, name: str, cluster: ApiCluster | None) -> None:
+        """One pass, holding the object's lock."""
+        snapshot = cluster or ApiCluster(self.api)
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                # A retry re-reads the object (whose status moved) but keeps the Node snapshot.
+                self._pass(name, snapshot)
+                return
+            except ApiException as exc:
+                if exc.status == 404:
                     return
-                except ApiException as exc:
-                    if exc.status == 404:
-                        return
-                    if exc.status != 409:
-                        raise
-            log.info(f"NodeUpgrade {name}: status kept changing under this pass; the next one retries")
+                if exc.status != 409:
+                    raise
+        log.info(f"NodeUpgrade {name}: status kept changing under this pass; the next one retries")
 
     def _pass(self, name: str, cluster: ApiCluster) -> None:
         custom = client.CustomObjectsApi(self.api)

@@ -330,8 +330,8 @@ class NodeUpgrader:
                 return self._set(state, AgentPhase.COMMITTING, f"waiting for health: {verdict.reason}")
             return state
         reason = (f"health commit window ({window_seconds:.0f}s) failed: {verdict.reason}" if not verdict.ok else
-                  f"health commit window ({window_seconds:.0f}s) was over when the agent first checked "
-                  f"({elapsed:.0f}s after boot)")
+                  f"health commit window ({window_seconds:.0f}s) was over ({elapsed:.0f}s after boot) before "
+                  "the node was found healthy")
         if not auto_rollback:
             return self._set(state, AgentPhase.FAILED, f"{reason}; autoRollback is off: slot left unconfirmed "
                              "(the next reboot returns to the previous slot)")
