@@ -69,7 +69,8 @@ class UpgradeEngine:
             self.wake.clear()
 
     def converge(self) -> bool:
-        """One pass; True while a health commit window is open (the next pass comes within a second)."""
+        """One pass; True while a health commit window is open or a failed reboot command waits for its
+        retry (the next pass comes within a second)."""
         node = self._node().get(self.node_name)
         if node is None:
             return False
