@@ -30,7 +30,6 @@ from pathlib import Path
 from maculaos.api.nodeupgrade import AgentPhase
 from maculaos.devenv.rauc import SimulatedRaucNode, build_bundle, make_signing_cert
 from maculaos.host.bundles import Release
-from maculaos.host.rauc import Rauc
 from maculaos.host.upgrade import NodeUpgrader
 
 COMPATIBLE = "maculaos-amd64"
@@ -62,23 +61,25 @@ def main() -> None:
         cert, key = make_signing_cert(work / "keys", "fleet")
         bundle = build_bundle(work / "www" / "maculaos-0.2.0.raucb", "0.2.0", COMPATIBLE, cert, key,
                               payload_bytes=args.size_mib * 1024 * 1024, random_payload=True)
-        usb = work / "usb"
-        usb.mkdir()
+        node = SimulatedRaucNode(work / "node", "bench", COMPATIBLE, cert,
+                                 slot_size=(args.size_mib + 8) * 1024 * 1024).create()
+        node.start_rauc()
+        usb = node.host_root / "media/usb"  # the node's RAUC sees only its own root
+        usb.mkdir(parents=True)
         shutil.copy(bundle, usb / bundle.name)
         data = bundle.read_bytes()
         httpd, port = serve(bundle.parent)
         release = Release("0.2.0", f"http://127.0.0.1:{port}/{bundle.name}", hashlib.sha256(data).hexdigest(),
                           len(data))
-        node = SimulatedRaucNode(work / "node", "bench", COMPATIBLE, cert,
-                                 slot_size=(args.size_mib + 8) * 1024 * 1024).create()
-        node.start_rauc()
-        rauc = Rauc(conf=node.conf, bus_address=node.layout.bus_address)
+        rauc = node.rauc()
         upgrader = NodeUpgrader(node.host_root, rauc, "true")
         env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": node.layout.bus_address}
-        fetched = work / "fetched.raucb"
+        fetched = node.host_root / "tmp/fetched.raucb"
+        fetched.parent.mkdir(parents=True, exist_ok=True)
 
         def bare_install(path: Path) -> None:
-            subprocess.run(["rauc", "install", str(path)], env=env, check=True, capture_output=True)
+            subprocess.run([str(node.rauc_command), "install", rauc.node_path(path)], env=env, check=True,
+                           capture_output=True)
 
         def bare_download_install() -> None:
             subprocess.run(["curl", "-sSfo", str(fetched), release.url or ""], check=True)
@@ -96,7 +97,7 @@ def main() -> None:
             os.sync()
 
         samples: dict[str, list[float]] = {k: [] for k in ("bare", "agent", "bare-url", "agent-url")}
-        bare_install(bundle)  # warm caches once
+        bare_install(usb / bundle.name)  # warm caches once
         for _ in range(args.runs):
             for name, action in (("bare", lambda: bare_install(usb / bundle.name)),
                                  ("agent", lambda: agent(local=True)), ("bare-url", bare_download_install),

@@ -1,6 +1,11 @@
 """NodeUpgrade rollout benchmark: 50 simulated nodes, maxUnavailable 5, the operator as its own process.
 
 Run: .venv/bin/python benchmarks/upgrade_rollout.py [--nodes 50] [--max-unavailable 5] [--runs 1]
+         [--baseline REF]
+
+With --baseline, each run is done twice on the same control plane, alternating: once by the operator of
+REF (its `operator/` exported with `git archive` and put first on PYTHONPATH) and once by this checkout's,
+so the two are compared under the same load.
 
 The node side is played by the STAND-IN AGENTS of the integration tests (tests/integration/upgrade_agents.py;
 each "reboot" takes --reboot-seconds) until the real agents of issue #4 land. Reports, per run: wall time
@@ -32,7 +37,7 @@ sys.path.insert(0, str(REPO))  # for the stand-in agents, which live with the te
 from maculaos.api.common import DEFAULT_NAMESPACE  # noqa: E402
 from maculaos.devenv.controlplane import ControlPlane  # noqa: E402
 from maculaos.devenv.demo import install_crds, start_operator  # noqa: E402
-from maculaos.devenv.processes import ProcessRecord, stop  # noqa: E402
+from maculaos.devenv.processes import ProcessRecord, spawn, stop  # noqa: E402
 from tests.integration.upgrade_agents import Sampler, StandInAgents, simulated_fleet  # noqa: E402
 
 REQUESTS = re.compile(r"phase (\S+) -> (\S+):.*\[(\d+) API requests since the operator started\]")
@@ -54,9 +59,27 @@ def phase_counts(log: Path, name: str) -> dict[str, int]:
     return counts
 
 
+def export_operator(ref: str, into: Path) -> Path:
+    """The operator package of a git ref, to run the baseline from (on PYTHONPATH, before this checkout)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "operator"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "operator"
+
+
+def run_operator(plane: ControlPlane, log_dir: Path, name: str, resync: float, python_path: Path | None) -> ProcessRecord:
+    if python_path is None:
+        return start_operator(plane.kubeconfig, log_dir, resync_seconds=resync, name=name)
+    _, record = spawn(name, [sys.executable, "-m", "maculaos", "operator", "run", f"--resync-seconds={resync}"],
+                      log_dir, env={"KUBECONFIG": str(plane.kubeconfig), "PYTHONUNBUFFERED": "1",
+                                    "PYTHONPATH": str(python_path)})
+    return record
+
+
 def one_run(plane: ControlPlane, api: client.ApiClient, operator: ProcessRecord, args: argparse.Namespace,
-            run: int) -> dict[str, float]:
-    name = f"bench-{run}"
+            run: int, variant: str = "") -> dict[str, float]:
+    name = f"bench-{variant}{run}"
     with simulated_fleet(api, name, args.nodes) as nodes:
         idle_rss = rss_kib(operator.pid)
         agents = StandInAgents(api, name, nodes, reboot_seconds=args.reboot_seconds).start()
@@ -102,7 +125,11 @@ def main() -> None:
     parser.add_argument("--reboot-seconds", type=float, default=0.5)
     parser.add_argument("--resync-seconds", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--baseline", default="", help="git ref whose operator runs each rollout too")
     args = parser.parse_args()
+    if args.baseline:
+        compare(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         plane = ControlPlane(Path(tmp) / "controlplane")
         plane.start()
@@ -118,6 +145,43 @@ def main() -> None:
             if operator is not None:
                 stop(operator)
             plane.stop()
+    report(results, args)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Baseline and this checkout, alternating on one control plane; a fresh operator for each rollout."""
+    results: dict[str, list[dict[str, float]]] = {"baseline": [], "this": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = export_operator(args.baseline, Path(tmp) / "baseline")
+        plane = ControlPlane(Path(tmp) / "controlplane")
+        plane.start()
+        try:
+            install_crds(plane.kubeconfig, plane.bin_dir, REPO / "crds")
+            api = kube_config.new_client_from_config(str(plane.kubeconfig))
+            client.CoreV1Api(api).create_namespace({"metadata": {"name": DEFAULT_NAMESPACE}})
+            for run in range(args.runs):
+                for variant, path in (("baseline", baseline), ("this", None)):
+                    operator = run_operator(plane, Path(tmp) / "logs", f"operator-{variant}-{run}",
+                                            args.resync_seconds, path)
+                    try:
+                        time.sleep(25)  # the previous leader's Lease runs out; kopf start, first resync: idle
+                        results[variant].append(one_run(plane, api, operator, args, run, variant))
+                    finally:
+                        stop(operator)
+                    print(f"{variant} run {run}: " + ", ".join(f"{k} {v:.1f}" for k, v in results[variant][-1].items()),
+                          flush=True)
+        finally:
+            plane.stop()
+    med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in results.items()}
+    print(f"| what (median of {args.runs}) | baseline {args.baseline} | this checkout | ratio |\n| --- | --- | --- | --- |")
+    for key, label in (("wall", "wall time, apply → Succeeded (s)"), ("requests", "API requests by the operator"),
+                       ("peak_rss", "operator RSS peak (MiB)"), ("peak_disrupted", "most nodes disrupted at once"),
+                       ("reboots", "reboots into the new slot")):
+        a, b = med["baseline"][key], med["this"][key]
+        print(f"| {label} | {a:.0f} | {b:.0f} | {b / a if a else float('nan'):.2f} |")
+
+
+def report(results: list[dict[str, float]], args: argparse.Namespace) -> None:
     for run, r in enumerate(results):
         print(f"run {run}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()))
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}

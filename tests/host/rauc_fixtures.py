@@ -15,7 +15,6 @@ import pytest
 
 from maculaos.devenv.rauc import SimulatedRaucNode, build_bundle, make_signing_cert
 from maculaos.host.bundles import Release
-from maculaos.host.rauc import Rauc
 from maculaos.host.upgrade import NodeUpgrader
 
 COMPATIBLE = "maculaos-amd64"
@@ -130,4 +129,4 @@ def rauc_node(tmp_path: Path, bundles: Bundles) -> Iterator[SimulatedRaucNode]:
 
 def upgrader_for(node: SimulatedRaucNode, reboot_command: str = "true") -> NodeUpgrader:
     """The node's upgrader as the agent builds it after each boot (a new RAUC bus address each boot)."""
-    return NodeUpgrader(node.host_root, Rauc(conf=node.conf, bus_address=node.layout.bus_address), reboot_command)
+    return NodeUpgrader(node.host_root, node.rauc(), reboot_command)

@@ -151,8 +151,17 @@ def test_reboot_during_the_window_falls_back(rauc_node: SimulatedRaucNode, bundl
 
 
 def test_local_directory_source_picks_the_bundle_by_version(rauc_node: SimulatedRaucNode, bundles: Bundles) -> None:
-    usb = rauc_node.dir / "usb"
-    usb.mkdir()
+    """The agent sees the node's root at host_root, RAUC sees it at `/` (as in the DaemonSet, /host):
+    the bundle's path is handed over translated, and a directory outside the node's root is refused."""
+    outside = rauc_node.dir / "usb"
+    outside.mkdir()
+    (outside / bundles.newer.name).write_bytes(bundles.newer.read_bytes())
+    refused = upgrader_for(rauc_node).install(Release("0.3.0"), outside)
+    assert refused.phase is AgentPhase.FAILED and "outside the node's root" in refused.message, refused.message
+    assert_untouched(rauc_node)
+
+    usb = rauc_node.host_root / "media/usb"
+    usb.mkdir(parents=True)
     for bundle in (bundles.good, bundles.newer):
         (usb / bundle.name).write_bytes(bundle.read_bytes())
     assert install_and_reboot(rauc_node, Release("0.3.0"), usb) == "B"
@@ -187,3 +196,54 @@ def test_rollback_refused_when_the_other_slot_is_not_good(rauc_node: SimulatedRa
     assert not reboots.exists()
     assert_untouched(rauc_node)
 
+
+
+def test_a_failed_reboot_command_is_retried_with_backoff_and_never_run_twice(
+        rauc_node: SimulatedRaucNode, bundles: Bundles, bundle_server: BundleServer) -> None:
+    """The reboot command fails twice (systemd busy, say): the node stays Rebooting with the failure in
+    its message, tries again after 5 s and 15 s, and once the command went through it is never run again
+    for this reboot, however long the node takes to go down."""
+    runs, script = rauc_node.dir / "reboot-runs", rauc_node.dir / "flaky-reboot"
+    script.write_text(f'#!/bin/sh\necho x >> {runs}\n[ "$(wc -l < {runs})" -gt 2 ] && exit 0\n'
+                      'echo "Failed to start reboot.target: Transaction is destructive." >&2\nexit 1\n')
+    script.chmod(0o755)
+    now = [1_000_000.0]
+    upgrader = upgrader_for(rauc_node, str(script))
+    upgrader.clock = lambda: now[0]
+    assert upgrader.install(release_of(bundle_server, bundles.good), None).phase is AgentPhase.INSTALLED
+    state = upgrader.reboot("t1", "uid-1")
+    assert state.phase is AgentPhase.REBOOTING and state.reboot_attempts == 1 and not state.reboot_sent
+    assert "failed (attempt 1: Failed to start reboot.target" in state.message and "retrying in 5s" in state.message
+    assert upgrader.reboot_pending(state)
+    assert upgrader.retry_reboot().reboot_attempts == 1, "not before its backoff"
+    now[0] += 5
+    state = upgrader.retry_reboot()
+    assert state.reboot_attempts == 2 and "retrying in 15s" in state.message
+    now[0] += 15
+    state = upgrader.retry_reboot()
+    assert state.reboot_sent and not upgrader.reboot_pending(state) and state.phase is AgentPhase.REBOOTING
+    now[0] += 3600
+    upgrader.retry_reboot()
+    assert len(runs.read_text().splitlines()) == 3, "the reboot command ran until it went through, then never"
+    assert rauc_node.reboot() == "B"
+    assert upgrader_for(rauc_node).after_boot().phase is AgentPhase.COMMITTING
+
+
+def test_the_commit_window_counts_from_the_boot_not_from_the_agents_first_look(
+        rauc_node: SimulatedRaucNode, bundles: Bundles, bundle_server: BundleServer) -> None:
+    """The window opens at the kernel's boot time (btime of the host's /proc/stat), so an agent that
+    starts late cannot give the new slot more time than healthCommitWindow."""
+    assert install_and_reboot(rauc_node, release_of(bundle_server, bundles.good)) == "B"
+    booted = float((rauc_node.host_root / "proc/stat").read_text().split()[1])
+    upgrader = upgrader_for(rauc_node)
+    upgrader.clock = lambda: booted + 50  # the agent's first look, 50 s after the boot
+    state = upgrader.after_boot()
+    assert state.phase is AgentPhase.COMMITTING and state.commit_started == booted
+    waiting = upgrader.commit(HealthVerdict(False, "Node Ready is False"), window_seconds=60)
+    assert waiting.phase is AgentPhase.COMMITTING, "10 s of the window are left"
+    upgrader.clock = lambda: booted + 61
+    late = upgrader.commit(HEALTHY, window_seconds=60)
+    assert late.phase is AgentPhase.REBOOTING, "healthy, but after the window: not committed"
+    assert "was over (61s after boot) before the node was found healthy" in late.message
+    assert rauc_node.reboot() == "A"
+    assert upgrader_for(rauc_node).after_boot().phase is AgentPhase.ROLLED_BACK

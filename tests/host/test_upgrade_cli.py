@@ -14,13 +14,14 @@ from tests.host.rauc_fixtures import Bundles, bundles, rauc_node  # noqa: F401  
 def maculaos(node: SimulatedRaucNode, *args: str) -> subprocess.CompletedProcess[str]:
     reboot = f"touch {node.dir / 'reboot-requested'}"
     return subprocess.run([sys.executable, "-m", "maculaos", "upgrade", *args, f"--host-root={node.host_root}",
-                           f"--reboot-command={reboot}"], capture_output=True, text=True, timeout=120,
+                           f"--reboot-command={reboot}", f"--rauc={node.rauc_command}"],
+                          capture_output=True, text=True, timeout=120,
                           env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": node.layout.bus_address})
 
 
 def usb_with(node: SimulatedRaucNode, *bundle_files: Path) -> Path:
-    usb = node.dir / "usb"
-    usb.mkdir(exist_ok=True)
+    usb = node.host_root / "media/usb"
+    usb.mkdir(parents=True, exist_ok=True)
     for bundle in bundle_files:
         (usb / bundle.name).write_bytes(bundle.read_bytes())
     return usb
@@ -67,8 +68,8 @@ def test_apply_without_a_source_says_what_to_give(rauc_node: SimulatedRaucNode) 
     assert result.returncode == 1 and "give --from DIR, or --url with --version" in result.stderr
     result = maculaos(rauc_node, "--apply", f"--from={rauc_node.dir / 'no-such-usb'}")
     assert result.returncode == 1 and "no-such-usb does not exist on this node" in result.stderr
-    empty = rauc_node.dir / "empty-usb"
-    empty.mkdir()
+    empty = rauc_node.host_root / "media/empty-usb"
+    empty.mkdir(parents=True)
     result = maculaos(rauc_node, "--apply", f"--from={empty}")
     assert result.returncode == 1 and "no readable bundle" in result.stderr
     assert rauc_node.slot_state("B") == "bad"

@@ -133,8 +133,8 @@ def test_the_entry_point_runs_as_the_operator_user(rootfs: Path) -> None:
 
 
 def test_the_agents_host_tool_wrappers_enter_the_hosts_namespaces(rootfs: Path) -> None:
-    """The agent (privileged, hostPID) runs the host's nft and systemctl through these wrappers."""
-    for tool in ("nft", "systemctl"):
+    """The agent (privileged, hostPID) runs the host's nft, systemctl and rauc through these wrappers."""
+    for tool in ("nft", "systemctl", "rauc"):
         wrapper = rootfs / "usr/local/sbin" / f"host-{tool}"
         assert os.access(wrapper, os.X_OK)
         assert f"nsenter --target 1 --mount --uts --ipc --net --pid -- {tool}" in wrapper.read_text()

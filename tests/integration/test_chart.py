@@ -141,6 +141,10 @@ def test_variants_render_what_they_say() -> None:
     assert agent["containers"][0]["securityContext"]["privileged"] is True
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in \
         agent["containers"][0]["env"]
+    args = agent["containers"][0]["args"]
+    assert {"--host-root=/host", "--rauc=/usr/local/sbin/host-rauc",
+            "--reboot-command=/usr/local/sbin/host-systemctl reboot"} <= set(args), \
+        "the image has neither rauc nor systemctl: upgrades use the host's, which see the host at /"
     operator = default["Deployment"][0]["spec"]
     assert operator["replicas"] == 2
     assert operator["template"]["spec"]["securityContext"]["runAsNonRoot"] is True

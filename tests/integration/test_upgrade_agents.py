@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,6 +75,19 @@ class RaucFleet:
         self.operator_writes({"grants": {n: {"action": action, "time": now_rfc3339()} for n in nodes}})
 
 
+def refusable_reboot(node: SimulatedRaucNode) -> Path:
+    """The node's reboot hook behind a switch: a number N in `<node dir>/fail-reboots` makes the next N
+    reboot commands fail, as `systemctl reboot` does when systemd refuses the job."""
+    script = node.dir / "refusable-reboot"
+    switch = node.dir / "fail-reboots"
+    script.write_text(f'#!/bin/sh\nn=$(cat "{switch}" 2>/dev/null || echo 0)\n'
+                      f'if [ "$n" -gt 0 ]; then echo $((n - 1)) > "{switch}"; '
+                      'echo "Failed to start reboot.target: Transaction is destructive." >&2; exit 1; fi\n'
+                      f'exec "{node.reboot_hook}"\n')
+    script.chmod(0o755)
+    return script
+
+
 @pytest.fixture(scope="module")
 def rauc_fleet(cluster: Cluster, bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaucFleet]:
     root = tmp_path_factory.mktemp("raucfleet")
@@ -93,7 +107,8 @@ def rauc_fleet(cluster: Cluster, bundles: Bundles, tmp_path_factory: pytest.Temp
             systemctl = fake_systemctl(root / f"systemd-{sim.name}")
             node.start_agent([sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={sim.name}",
                               f"--host-root={node.host_root}", f"--nft={nft}", f"--systemctl={systemctl}",
-                              "--resync-seconds=3", f"--reboot-command={node.reboot_hook}"],
+                              "--resync-seconds=3", f"--reboot-command={refusable_reboot(node)}",
+                              f"--rauc={node.rauc_command}"],
                              {"KUBECONFIG": str(cluster.plane.kubeconfig), "PYTHONUNBUFFERED": "1"})
         yield RaucFleet(cluster, nodes, namespaces)
     finally:
@@ -115,7 +130,7 @@ def test_three_agents_upgrade_and_one_rolls_back(rauc_fleet: RaucFleet, bundles:
     release = release_of(bundle_server, bundles.good)
     created({"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": NAME},
              "spec": {"version": "0.2.0", "source": {"url": release.url, "sha256": release.sha256},
-                      "healthCommitWindow": "12s", "healthCheckWait": "2s"}})
+                      "healthCommitWindow": "40s", "healthCheckWait": "2s"}})
     rauc_fleet.operator_writes({"target": {"version": "0.2.0", "url": release.url, "sha256": release.sha256,
                                            "size": release.size}})
     before = {}
@@ -131,14 +146,14 @@ def test_three_agents_upgrade_and_one_rolls_back(rauc_fleet: RaucFleet, bundles:
 
     rauc_fleet.grant("Reboot", NODES)
     for node in (n for n in NODES if n != SICKLY):
-        entry = rauc_fleet.wait_phase(node, "Succeeded")
+        entry = rauc_fleet.wait_phase(node, "Succeeded", timeout=120)
         assert (entry["version"], entry["slot"]) == ("0.2.0", "B")
         assert entry["bootId"] != before[node]
         cluster.wait_for(lambda n=node: cluster.get("Node", n)["metadata"]["labels"].get(VERSION_LABEL) == "0.2.0",
                          what=f"{node} labelled with 0.2.0")
         assert rauc_fleet.nodes[node].slot_state("B") == "good"
 
-    entry = rauc_fleet.wait_phase(SICKLY, "RolledBack", timeout=90)
+    entry = rauc_fleet.wait_phase(SICKLY, "RolledBack", timeout=180)
     assert (entry["version"], entry["slot"]) == ("0.1.0", "A")
     assert "health commit window" in entry["message"] and "sickly-b/service-port failing" in entry["message"]
     assert rauc_fleet.nodes[SICKLY].slot_state("B") == "bad"

@@ -1,16 +1,27 @@
 """The whole NodeUpgrade story on fresh nodes: the real operator plans the rollout, cordons, grants and
 uncordons; three real agents install with real RAUC, reboot (simulated) and commit or roll back.
 
-Fresh nodes (this module's own fleet): a node whose upgrade state still holds an outcome for the same
-version from another NodeUpgrade reports that outcome to the new one before it acts on the new grant,
-and the operator takes it at face value. That is a known bug (see the closing note of this landing);
-the fix is for the entry to say which grant it answers."""
+The second test replays the bug the first landing's CI met on reused nodes (an outcome a node held for
+the same version from a deleted NodeUpgrade was taken as the new one's): entries now say which grant
+they answer (observedGrant) and the operator takes a phase only as the answer to its current grant."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from tests.host.rauc_fixtures import BundleServer, Bundles, bundle_server, bundles, release_of  # noqa: F401
+from kubernetes import client
+
+from maculaos.devenv.rauc import build_bundle
+
+from tests.host.rauc_fixtures import (  # noqa: F401  (fixtures)
+    COMPATIBLE,
+    BundleServer,
+    Bundles,
+    bundle_server,
+    bundles,
+    release_of,
+)
 from tests.integration.test_upgrade_agents import NODES, SICKLY, RaucFleet, rauc_fleet  # noqa: F401
 from tests.integration.upgrade_agents import Sampler
 
@@ -33,7 +44,7 @@ def test_the_operator_rolls_the_fleet_forward_and_a_sick_node_back(
         created({"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": rauc_fleet.name},
                  "spec": {"version": "0.3.0", "source": {"url": release.url, "sha256": release.sha256},
                           "strategy": {"maxUnavailable": 1}, "failurePolicy": {"maxFailedNodes": 1},
-                          "healthCommitWindow": "12s", "healthCheckWait": "2s"}})
+                          "healthCommitWindow": "40s", "healthCheckWait": "2s"}})
         cluster.wait_for(lambda: (cluster.get("NodeUpgrade", rauc_fleet.name).get("status") or {}).get("phase")
                          in ("Succeeded", "Failed"), timeout=300,
                          what=lambda: f"the rollout to finish (now {cluster.get('NodeUpgrade', rauc_fleet.name)['status']})")
@@ -51,3 +62,84 @@ def test_the_operator_rolls_the_fleet_forward_and_a_sick_node_back(
     assert sampler.peak == 1, "never more than maxUnavailable nodes cordoned or down at once"
     assert not any(cluster.get("Node", n).get("spec", {}).get("unschedulable") for n in NODES), "nobody left cordoned"
     assert status["grants"] == {}, "no grant outlives the rollout"
+
+
+WAREHOUSE = ["macula-nuc-01", "macula-nuc-02"]  # nuc-02 (a worker) goes first, nuc-01 (control plane) second
+
+
+def test_a_recreated_nodeupgrade_is_not_failed_by_the_outcome_of_the_deleted_one(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any, operator: Any) -> None:
+    """A NodeUpgrade to 0.4.0 with a wrong sha256 fails on both warehouse nodes (each node keeps Failed
+    for 0.4.0 on its disk). The user deletes it and creates it again, same name, right sha256. The
+    second node in line reports on the new object while the first upgrades; its old Failed must neither
+    be reported as the new object's nor taken by the operator: both nodes upgrade, none counts Failed.
+    On the way, nuc-01's first reboot command is refused: the agent retries it and says so."""
+    cluster = rauc_fleet.cluster
+    custom = client.CustomObjectsApi(cluster.api)
+    rauc_fleet.name = "redo-0-4-0"
+    bundle = build_bundle(bundles.dir / "good-0.4.0.raucb", "0.4.0", COMPATIBLE, bundles.cert,
+                          bundles.dir / "keys" / "fleet.key.pem")
+    release = release_of(bundle_server, bundle, version="0.4.0")
+
+    def nodeupgrade(sha256: str) -> dict[str, Any]:
+        return {"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": rauc_fleet.name},
+                "spec": {"version": "0.4.0", "source": {"url": release.url, "sha256": sha256},
+                         "nodeSelector": {"matchLabels": {"macula.io/site": "warehouse"}},
+                         "strategy": {"maxUnavailable": 1}, "failurePolicy": {"maxFailedNodes": 5},
+                         "healthCommitWindow": "40s", "healthCheckWait": "2s"}}
+
+    def status() -> dict[str, Any]:
+        return dict(cluster.get("NodeUpgrade", rauc_fleet.name).get("status") or {})
+
+    created(nodeupgrade("0" * 64))
+    for node in WAREHOUSE:  # one at a time: each gets its Install grant and fails it
+        cluster.wait_for(lambda n=node: (status().get("rollout") or {}).get(n, {}).get("stage") == "Failed",
+                         timeout=120, what=lambda: f"the wrong sha256 to fail the nodes (now {status()})")
+        assert "sha256 mismatch" in rauc_fleet.entry(node)["message"]
+    old_uid = cluster.get("NodeUpgrade", rauc_fleet.name)["metadata"]["uid"]
+    cluster.delete(nodeupgrade(""))
+
+    def gone() -> bool:
+        try:
+            custom.get_cluster_custom_object("os.macula.io", "v1alpha1", "nodeupgrades", rauc_fleet.name)
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+    cluster.wait_for(gone, timeout=30, what="the first NodeUpgrade to go")
+    (rauc_fleet.nodes["macula-nuc-01"].dir / "fail-reboots").write_text("1\n")
+    reboots = {n: _reboots(rauc_fleet, n) for n in WAREHOUSE}
+    sampler = Sampler(cluster.api, rauc_fleet.name, WAREHOUSE).start()
+    failed_seen: set[str] = set()
+    try:
+        created(nodeupgrade(release.sha256 or ""))
+        deadline = time.monotonic() + 300
+        while status().get("phase") not in ("Succeeded", "Failed") and time.monotonic() < deadline:
+            now = status()
+            failed_seen |= {n for n, e in (now.get("nodes") or {}).items() if e.get("phase") == "Failed"}
+            failed_seen |= {n for n, r in (now.get("rollout") or {}).items() if r.get("stage") == "Failed"}
+            time.sleep(0.1)
+    finally:
+        sampler.stop()
+    final = cluster.get("NodeUpgrade", rauc_fleet.name)
+    assert final["metadata"]["uid"] != old_uid
+    final_status = final["status"]
+    assert not failed_seen, f"the deleted object's Failed leaked into the new one: {failed_seen}"
+    assert (final_status["phase"], final_status["upgradedNodes"], final_status["failedNodes"]) == \
+        ("Succeeded", 2, 0), final_status
+    for node in WAREHOUSE:
+        entry = rauc_fleet.entry(node)
+        assert (entry["phase"], entry["version"]) == ("Succeeded", "0.4.0"), entry
+        assert entry["observedGrant"]["uid"] == final["metadata"]["uid"], entry
+        assert sampler.reboot_grants(node) == 1 and _reboots(rauc_fleet, node) == reboots[node] + 1, \
+            "one reboot per node, though nuc-01's first reboot command failed"
+    events = cluster.kubectl("get", "events", "-n", "default", "--field-selector",
+                             f"involvedObject.uid={final['metadata']['uid']}",
+                             "-o", "jsonpath={range .items[*]}{.reason} {.message}|{end}").stdout.split("|")
+    assert not [e for e in events if e.startswith(("InstallFailed", "UpgradeFailed"))], events
+    refused = [e for e in events if e.startswith("RebootFailed macula-nuc-01: ")]
+    assert len(refused) == 1 and "Transaction is destructive" in refused[0] and "retrying in 5s" in refused[0], events
+
+
+def _reboots(fleet: RaucFleet, node: str) -> int:
+    log = fleet.nodes[node].logs / "reboot.log"
+    return log.read_text().count(" rebooted into slot ") if log.exists() else 0

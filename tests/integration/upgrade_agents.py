@@ -45,6 +45,8 @@ class AgentState:
     down_since: float = 0.0
     boots_into_new: int = 0
     reported: bool = False
+    answers: dict[str, str] | None = None
+    """The grant the phase answers (observedGrant), as the real agent reports it."""
 
 
 class StandInAgents:
@@ -83,11 +85,12 @@ class StandInAgents:
             status = obj.get("status") or {}
             for state in self.states.values():
                 try:
-                    self._step(state, (status.get("grants") or {}).get(state.name), status.get("target") or {})
+                    self._step(state, (status.get("grants") or {}).get(state.name), status.get("target") or {},
+                               str(obj["metadata"]["uid"]))
                 except ApiException as exc:
                     self.errors.append(f"{state.name}: {exc.status} {exc.reason}")
 
-    def _step(self, s: AgentState, grant: dict[str, Any] | None, target: dict[str, Any]) -> None:
+    def _step(self, s: AgentState, grant: dict[str, Any] | None, target: dict[str, Any], uid: str) -> None:
         if not s.reported:  # an agent reports its node once it sees the object, before any grant matters
             self._report(s)
             return
@@ -104,7 +107,9 @@ class StandInAgents:
             self._report(s)
             return
         action = (grant or {}).get("action")
+        answer = {"uid": uid, "action": str(action), "time": str(grant.get("time"))} if grant else None
         if action == "Install" and s.phase in ("Idle", "Downloading"):
+            s.answers = answer
             s.target = str(target.get("version", ""))
             if s.phase == "Idle":
                 s.phase = "Downloading"
@@ -114,8 +119,10 @@ class StandInAgents:
                 s.phase = "Installed"
             self._report(s)
         elif action == "Reboot" and s.phase == "Installed":
+            s.answers = answer
             self._go_down(s, "Rebooting")
         elif action == "Rollback" and s.phase == "Succeeded":
+            s.answers = answer
             self._go_down(s, "RollbackRebooting")
 
     def _go_down(self, s: AgentState, phase: str) -> None:
@@ -139,7 +146,7 @@ class StandInAgents:
         s.reported = True
         entry = {"phase": s.phase if s.phase != "RollbackRebooting" else "Rebooting", "message": s.message,
                  "version": s.version, "bootId": s.boot_id, "targetVersion": s.target, "slot": "A",
-                 "lastUpdateTime": now_rfc3339()}
+                 "lastUpdateTime": now_rfc3339(), "observedGrant": s.answers}
         if not self.reporters[s.name].node_entry(PLURAL, self.upgrade, entry):
             self.errors.append(f"{s.name}: report not written")
 

@@ -51,9 +51,11 @@ class AgentSettings:
     restic: str = "restic"
     """restic command for Backups and Restores."""
     rauc: str = "rauc"
-    """rauc command; it talks to the node's RAUC service on $DBUS_SYSTEM_BUS_ADDRESS (default system bus)."""
+    """rauc command, run in the node's mount namespace (it sees host_root as `/`: paths given to it are
+    translated); it talks to the node's RAUC service on $DBUS_SYSTEM_BUS_ADDRESS (default system bus)."""
     rauc_conf: str = ""
-    """RAUC system.conf whose keyring verifies bundles; empty: <host root>/etc/rauc/system.conf."""
+    """RAUC system.conf whose keyring verifies bundles, under host_root; empty:
+    <host root>/etc/rauc/system.conf."""
     reboot_command: str = "systemctl reboot"
     """How the agent reboots the node when the operator grants it (simulated nodes pass a hook)."""
 
@@ -88,7 +90,7 @@ class Agent:
             lambda plural, name, entry: self.reporter.node_entry(plural, name, entry), self.reporter.event)
         conf = Path(settings.rauc_conf) if settings.rauc_conf else settings.host_root / "etc/rauc/system.conf"
         self.upgrades = UpgradeEngine(
-            settings.node_name, settings.host_root, Rauc(settings.rauc, conf if conf.exists() else None),
+            settings.node_name, settings.host_root, Rauc(settings.rauc, conf if conf.exists() else None, root=settings.host_root),
             settings.reboot_command, self.reporter, lambda: self.nodeupgrades.snapshot(), self.node.snapshot,
             self.healthchecks.snapshot, self._health_states)
         self.nodeupgrades = WatchedCache(UPGRADE_PLURAL, custom.list_cluster_custom_object, self.upgrades.wake.set,

@@ -69,7 +69,8 @@ class UpgradeEngine:
             self.wake.clear()
 
     def converge(self) -> bool:
-        """One pass; True while a health commit window is open (the next pass comes within a second)."""
+        """One pass; True while a health commit window is open or a failed reboot command waits for its
+        retry (the next pass comes within a second)."""
         node = self._node().get(self.node_name)
         if node is None:
             return False
@@ -82,12 +83,15 @@ class UpgradeEngine:
         for name in _stale(objects, mine, self.node_name):
             self.reporter.node_entry(PLURAL, name, None)
         state = self.upgrader.after_boot() if self.upgrader.state_file.exists() else None
+        failed_reboots = state.reboot_attempts if state is not None else 0
+        if state is not None and self.upgrader.reboot_pending(state):
+            state = self.upgrader.retry_reboot()
         if not mine:
             if state is not None and state.phase is AgentPhase.COMMITTING:  # the object went: still commit
                 defaults = NodeUpgradeSpec()
                 self.upgrader.commit(self.verdict(node), parse_duration(defaults.health_commit_window).total_seconds())
                 return True
-            return False
+            return state is not None and self.upgrader.reboot_pending(state)
         facts = self.upgrader.facts()
         in_charge = _in_charge(mine, self.node_name)
         for name, obj in mine.items():
@@ -103,10 +107,12 @@ class UpgradeEngine:
             return False
         state = self._act(obj, spec, node, state)
         facts = self.upgrader.facts()
-        entry = _entry(state, facts, _target(obj))
+        entry = _entry(state, facts, _target(obj), _uid(obj))
         self._announce(obj, state, entry)
+        if state is not None and self.upgrader.reboot_pending(state) and state.reboot_attempts > failed_reboots:
+            self.reporter.event(obj, "Warning", "RebootFailed", state.message)
         self._report(obj, entry, facts)
-        return state is not None and state.phase is AgentPhase.COMMITTING
+        return state is not None and (state.phase is AgentPhase.COMMITTING or self.upgrader.reboot_pending(state))
 
     def _act(self, obj: dict[str, Any], spec: NodeUpgradeSpec, node: dict[str, Any],
              state: UpgradeState | None) -> UpgradeState | None:
@@ -114,26 +120,29 @@ class UpgradeEngine:
             verdict = self.verdict(node)
             return self.upgrader.commit(verdict, parse_duration(spec.health_commit_window).total_seconds(),
                                         spec.auto_rollback)
-        target, grant = _target(obj), _grant(obj, self.node_name)
+        target, grant, uid = _target(obj), _grant(obj, self.node_name), _uid(obj)
         if grant is None:
             return state
-        if grant.action is GrantAction.INSTALL and target is not None and _wants_install(state, target, grant):
+        if grant.action is GrantAction.INSTALL and target is not None and _wants_install(state, target, grant, uid):
             release = Release(target.version, target.url, target.sha256, target.size)
             local = None  # a target with a url is downloaded; without one, localPath holds the bundle
             if not target.url and spec.source.local_path:
                 local = self.upgrader.host_root / Path(spec.source.local_path).relative_to("/")
             self._last_progress = None
-            return self.upgrader.install(release, local, grant.time,
-                                         lambda phase, pct, what: self._progress(obj, target, phase, pct, what))
+            return self.upgrader.install(
+                release, local, grant.time,
+                lambda phase, pct, what: self._progress(obj, target, grant, phase, pct, what), uid)
         if (grant.action is GrantAction.REBOOT and state is not None and state.phase is AgentPhase.INSTALLED
-                and target is not None and state.target_version == target.version):
-            self._report(obj, {**_entry(state, self.upgrader.facts(), target),
-                               "phase": AgentPhase.REBOOTING.value, "message": "rebooting into the new slot"},
-                         self.upgrader.facts())
-            return self.upgrader.reboot(grant.time)
-        if (grant.action is GrantAction.ROLLBACK and state is not None and state.grant_time != grant.time
+                and target is not None and state.target_version == target.version and state.grant_uid == uid):
+            self._report(obj, {**_entry(state, self.upgrader.facts(), target, uid),
+                               "phase": AgentPhase.REBOOTING.value, "message": "rebooting into the new slot",
+                               "observedGrant": _grant_ref(uid, grant)}, self.upgrader.facts())
+            return self.upgrader.reboot(grant.time, uid)
+        answered = state is not None and (state.grant_uid, state.grant_action, state.grant_time) == (
+            uid, grant.action.value, grant.time)
+        if (grant.action is GrantAction.ROLLBACK and state is not None and not answered
                 and state.phase in (AgentPhase.SUCCEEDED, AgentPhase.INSTALLED)):
-            return self.upgrader.rollback("rollback granted by the operator", grant.time)
+            return self.upgrader.rollback("rollback granted by the operator", grant.time, uid)
         return state
 
     def _announce(self, obj: dict[str, Any], state: UpgradeState | None, entry: dict[str, Any]) -> None:
@@ -148,14 +157,15 @@ class UpgradeEngine:
         self.reporter.event(obj, type_, f"Upgrade{state.phase.value}", state.message)
         self.upgrader.save(replace(state, announced=mark))
 
-    def _progress(self, obj: dict[str, Any], target: ReleaseTarget, phase: AgentPhase, pct: int, what: str) -> None:
+    def _progress(self, obj: dict[str, Any], target: ReleaseTarget, grant: Grant, phase: AgentPhase, pct: int,
+                  what: str) -> None:
         last = self._last_progress
         if last is not None and last[0] is phase and pct - last[1] < PROGRESS_STEP and pct != 100:
             return
         self._last_progress = (phase, pct)
         facts = self.upgrader.facts()
         self._report(obj, {"phase": phase.value, "message": what, "targetVersion": target.version,
-                           "progress": pct}, facts)
+                           "progress": pct, "observedGrant": _grant_ref(_uid(obj), grant)}, facts)
 
     def verdict(self, node: dict[str, Any]) -> HealthVerdict:
         """The new slot is healthy when the Node is Ready, every check of the HealthChecks selecting this
@@ -187,30 +197,45 @@ class UpgradeEngine:
 
     def _report(self, obj: dict[str, Any], entry: dict[str, Any], facts: NodeFacts) -> None:
         full = {"observedGeneration": obj["metadata"].get("generation"), "version": facts.version,
-                "slot": facts.slot, "bootId": facts.boot_id, "progress": None, **entry}  # None clears (merge patch)
+                "slot": facts.slot, "bootId": facts.boot_id, "progress": None, "observedGrant": None,
+                **entry}  # None clears (merge patch)
         self.reporter.node_entry(PLURAL, obj["metadata"]["name"], full)
 
 
-def _wants_install(state: UpgradeState | None, target: ReleaseTarget, grant: Grant) -> bool:
-    """A grant is acted on once; a retry needs a new grant (another time). An install cut short by an
-    agent restart is taken up again."""
+def _wants_install(state: UpgradeState | None, target: ReleaseTarget, grant: Grant, uid: str) -> bool:
+    """A grant is acted on once; a retry needs a new grant (another time, or another object). An install
+    cut short by an agent restart is taken up again."""
     if state is not None and state.phase in (AgentPhase.REBOOTING, AgentPhase.COMMITTING):
         return False  # a reboot is under way: it ends first
-    if state is None or state.target_version != target.version or state.grant_time != grant.time:
+    if state is None or state.target_version != target.version or state.grant_time != grant.time \
+            or state.grant_uid != uid:
         return True
     return state.phase in ACTIVE
 
 
-def _entry(state: UpgradeState | None, facts: NodeFacts, target: ReleaseTarget | None) -> dict[str, Any]:
+def _entry(state: UpgradeState | None, facts: NodeFacts, target: ReleaseTarget | None,
+           uid: str) -> dict[str, Any]:
+    """The phase of this object's last grant to the node (with the grant it answers); an outcome the node
+    holds for another object (a deleted one, or `maculaos upgrade`) is never reported as this one's."""
     if target is None:
         return {"phase": AgentPhase.IDLE.value, "message": "no target version resolved yet", "targetVersion": ""}
-    if state is not None and state.target_version == target.version and state.phase is not AgentPhase.IDLE:
-        return {"phase": state.phase.value, "message": state.message, "targetVersion": target.version}
+    if (state is not None and uid and state.grant_uid == uid and state.target_version == target.version
+            and state.phase is not AgentPhase.IDLE):
+        return {"phase": state.phase.value, "message": state.message, "targetVersion": target.version,
+                "observedGrant": {"uid": uid, "action": state.grant_action, "time": state.grant_time}}
     if facts.version == target.version:
         return {"phase": AgentPhase.SUCCEEDED.value, "message": f"running {facts.version} (slot {facts.slot})",
                 "targetVersion": target.version}
     return {"phase": AgentPhase.IDLE.value, "targetVersion": target.version,
             "message": f"running {facts.version or 'an unknown version'}; {target.version} not granted yet"}
+
+
+def _uid(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"].get("uid") or "")
+
+
+def _grant_ref(uid: str, grant: Grant) -> dict[str, str]:
+    return {"uid": uid, "action": grant.action.value, "time": grant.time}
 
 
 def _target(obj: dict[str, Any]) -> ReleaseTarget | None:

@@ -182,8 +182,30 @@ class AgentPhase(StrEnum):
     ROLLED_BACK = "RolledBack"
 
 
+class GrantAction(StrEnum):
+    INSTALL = "Install"
+    REBOOT = "Reboot"
+    ROLLBACK = "Rollback"
+
+
+class GrantRef(ApiModel):
+    """Which grant a report answers: the object (by uid: a deleted and recreated object of the same name
+    has another) and the grant (action and time)."""
+
+    uid: str = Field(max_length=64)
+    """metadata.uid of the NodeUpgrade that gave the grant."""
+    action: GrantAction
+    """Install, Reboot or Rollback."""
+    time: str = Field(max_length=64)
+    """status.grants.<node>.time of that grant."""
+
+
 class NodeUpgradeNodeEntry(NodeEntry):
     """What one node's agent reports about an upgrade. Written only by that node's agent."""
+
+    observed_grant: GrantRef | None = None
+    """The grant this entry's phase answers (like observedGeneration for the spec). The operator takes a
+    phase only as the answer to the grant it gave last; facts (version, slot, bootId) always count."""
 
     version: str = ""
     """OS version running now."""
@@ -195,12 +217,6 @@ class NodeUpgradeNodeEntry(NodeEntry):
     """The version this entry's phase refers to."""
     progress: int | None = None
     """0-100 while Downloading or Installing."""
-
-
-class GrantAction(StrEnum):
-    INSTALL = "Install"
-    REBOOT = "Reboot"
-    ROLLBACK = "Rollback"
 
 
 class Grant(ApiModel):

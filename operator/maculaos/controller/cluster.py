@@ -14,11 +14,14 @@ from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 
 
 class ApiCluster:
-    """The cluster as it is when constructed; cheap enough to build once per reconcile or resync pass."""
+    """The cluster as it is when constructed; cheap enough to build once per reconcile or resync pass.
+
+    Nodes are listed at once (every judgement needs them); MeshRoles and Backups only when first asked
+    for, and then kept for the pass: a NodeUpgrade pass, run on every agent report, needs neither."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._core = client.CoreV1Api(api)
-        custom = client.CustomObjectsApi(api)
+        self._custom = client.CustomObjectsApi(api)
         #: The Nodes as plain JSON (no client models: several times cheaper to decode for a fleet), for
         #: callers that need more than labels (the rollout: Ready, unschedulable, annotations).
         listing: Any = self._core.list_node(_preload_content=False)
@@ -28,8 +31,8 @@ class ApiCluster:
         self._servers = {str(n["metadata"]["name"]): str(n["metadata"]["annotations"][BACKUP_SERVER_ANNOTATION])
                          for n in self.node_objects
                          if BACKUP_SERVER_ANNOTATION in (n["metadata"].get("annotations") or {})}
-        self._meshroles = _specs(custom, "meshroles")
-        self._backups = _specs(custom, "backups")
+        self._meshroles: dict[str, dict[str, Any]] | None = None
+        self._backups: dict[str, dict[str, Any]] | None = None
         self._secrets: dict[tuple[str, str], set[str] | None] = {}
 
     def node_labels(self) -> Mapping[str, Mapping[str, str]]:
@@ -52,9 +55,13 @@ class ApiCluster:
         return set((secret.data or {}).keys())
 
     def backup_spec(self, name: str) -> Mapping[str, Any] | None:
+        if self._backups is None:
+            self._backups = _specs(self._custom, "backups")
         return self._backups.get(name)
 
     def meshroles(self) -> Mapping[str, Mapping[str, Any]]:
+        if self._meshroles is None:
+            self._meshroles = _specs(self._custom, "meshroles")
         return self._meshroles
 
     def backup_servers(self) -> Mapping[str, str]:

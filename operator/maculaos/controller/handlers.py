@@ -102,7 +102,7 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
         """An agent's report (a status change kopf's update handlers do not see) moves the rollout now
         rather than at the next resync."""
         if event.get("type") in ("ADDED", "MODIFIED"):
-            await asyncio.to_thread(rollouts.reconcile, event["object"]["metadata"]["name"])
+            await asyncio.to_thread(rollouts.reconcile_soon, event["object"]["metadata"]["name"])
 
     async def on_report_event(event: kopf.RawEvent, **_: Any) -> None:
         """A node's agent wrote its NodeReport: fold it into the objects' status.nodes soon."""

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from maculaos.api import GROUP, VERSION
 from maculaos.api.common import VERSION_LABEL
-from maculaos.api.nodeupgrade import NodeStage, NodeUpgradeNodeEntry, NodeUpgradeSpec, NodeUpgradeStatus
+from maculaos.api.nodeupgrade import Grant, NodeStage, NodeUpgradeNodeEntry, NodeUpgradeSpec, NodeUpgradeStatus
 from maculaos.controller.cluster import ApiCluster
 from maculaos.controller.conditions import merge_condition
 from maculaos.controller.drain import PodRef, drain_step
@@ -70,24 +70,45 @@ class Rollouts:
         self.resolver = ReleaseResolver()
         self.whereabouts = whereabouts or Whereabouts.from_env()
         self._locks: dict[str, threading.Lock] = {}
+        self._waiting: set[str] = set()
         self._guard = threading.Lock()
 
     def reconcile(self, name: str, cluster: ApiCluster | None = None) -> None:
         with self._guard:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
-            snapshot = cluster or ApiCluster(self.api)
-            for _ in range(WRITE_ATTEMPTS):
-                try:
-                    # A retry re-reads the object (whose status moved) but keeps the Node snapshot.
-                    self._pass(name, snapshot)
+            self._run(name, cluster)
+
+    def reconcile_soon(self, name: str) -> bool:
+        """A pass for a watch event (an agent's report, our own write). Events arriving while such a pass
+        waits for its turn are folded into it: it reads the object fresh when it starts, so it sees what
+        they announced. With N agents reporting at once, that is a pass or two instead of N. Returns
+        whether this call ran a pass."""
+        with self._guard:
+            if name in self._waiting:
+                return False
+            self._waiting.add(name)
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            with self._guard:
+                self._waiting.discard(name)
+            self._run(name, None)
+        return True
+
+    def _run(self, name: str, cluster: ApiCluster | None) -> None:
+        """One pass, holding the object's lock."""
+        snapshot = cluster or ApiCluster(self.api)
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                # A retry re-reads the object (whose status moved) but keeps the Node snapshot.
+                self._pass(name, snapshot)
+                return
+            except ApiException as exc:
+                if exc.status == 404:
                     return
-                except ApiException as exc:
-                    if exc.status == 404:
-                        return
-                    if exc.status != 409:
-                        raise
-            log.info(f"NodeUpgrade {name}: status kept changing under this pass; the next one retries")
+                if exc.status != 409:
+                    raise
+        log.info(f"NodeUpgrade {name}: status kept changing under this pass; the next one retries")
 
     def _pass(self, name: str, cluster: ApiCluster) -> None:
         custom = client.CustomObjectsApi(self.api)
@@ -106,7 +127,8 @@ class Rollouts:
         now = dt.datetime.now(dt.timezone.utc)
         plan = plan_rollout(RolloutInput(
             spec=spec, status=status, matched=verdict.matched_nodes, nodes=nodes,
-            reports=parse_reports(raw_status), now=now, target=resolution.target or status.target,
+            reports=parse_reports(raw_status, str(body["metadata"].get("uid") or "")), now=now,
+            target=resolution.target or status.target,
             target_error=resolution.error, drains=drains, own_node=self.whereabouts.node))
         judged = outcome.status or {}
         wanted = status_patch(raw_status, judged, plan, resolution)
@@ -197,14 +219,31 @@ def parse_status(raw: Mapping[str, Any]) -> NodeUpgradeStatus:
         return NodeUpgradeStatus()
 
 
-def parse_reports(raw: Mapping[str, Any]) -> dict[str, NodeUpgradeNodeEntry]:
+def parse_reports(raw: Mapping[str, Any], uid: str) -> dict[str, NodeUpgradeNodeEntry]:
+    """The agents' entries as the planner may take them: each one's phase only as the answer to the grant
+    this object (uid) gave that node last (status.grants); see answer_to."""
+    grants = (raw.get("grants") or {})
     reports = {}
     for node, entry in (raw.get("nodes") or {}).items():
         try:
-            reports[node] = NodeUpgradeNodeEntry.model_validate(entry)
+            parsed = NodeUpgradeNodeEntry.model_validate(entry)
+            grant = Grant.model_validate(grants[node]) if grants.get(node) else None
         except ValidationError:
             log.warning(f"node {node} wrote an unreadable NodeUpgrade report; ignoring it")
+            continue
+        reports[node] = answer_to(parsed, uid, grant)
     return reports
+
+
+def answer_to(entry: NodeUpgradeNodeEntry, uid: str, grant: Grant | None) -> NodeUpgradeNodeEntry:
+    """entry as an answer to grant (given by the object uid): unchanged when it says it answers exactly
+    that grant; otherwise only its facts (version, slot, bootId) count and the phase is "" (no answer
+    yet). A phase the node holds for another grant, of this object or of a deleted one, is not taken at
+    face value: a Failed from an old object must not fail the node in a new one."""
+    seen = entry.observed_grant
+    if grant is not None and seen is not None and (seen.uid, seen.action, seen.time) == (uid, grant.action, grant.time):
+        return entry
+    return entry.model_copy(update={"phase": "", "message": "", "target_version": "", "progress": None})
 
 
 def status_patch(old: Mapping[str, Any], judged: Mapping[str, Any], plan: Plan,

@@ -4,12 +4,16 @@ power button.
 Per node: two slot image files in the host root (rootfs.0 = A, rootfs.1 = B), a system.conf with
 `bootloader=custom` whose backend script keeps the bootloader environment in files (primary slot and
 each slot's state: good, pending = activated and not yet tried, trying = booted once and not confirmed,
-bad), a private dbus-daemon as the node's system bus, and `rauc service` in its own mount namespace with
-a file bind-mounted over /proc/cmdline (`rauc.slot=A`). A simulated boot is the firmware's part: pick the
-slot (a pending slot gets one try; a slot that used its try unconfirmed is skipped), write the kernel
-command line, a new boot ID and the slot's os-release into the host root. A reboot stops the node's agent
-and RAUC service, boots, and starts both again. Bundles are `format=plain` here (this kernel has no
-device-mapper for verity); test keys come from openssl.
+bad), a private dbus-daemon as the node's system bus, and `rauc service` in its own mount namespace,
+chrooted into the node's host root (this machine's /usr, /dev and /sys bind-mounted in, a real /proc
+with a file bind-mounted over /proc/cmdline: `rauc.slot=A`). So RAUC sees the host root as `/`, as on a
+real node, while the agent sees it at another path (as the DaemonSet's agent sees the host at /host);
+`host-rauc` in the node's directory enters the service's namespace and root as the chart's wrapper
+enters PID 1's (`nsenter`). A simulated boot is the firmware's part: pick the slot (a pending slot gets
+one try; a slot that used its try unconfirmed is skipped), write the kernel command line, a new boot ID,
+the boot time and the slot's os-release into the host root. A reboot stops the node's agent and RAUC
+service, boots, and starts both again. Bundles are `format=plain` here (this kernel has no device-mapper
+for verity); test keys come from openssl.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from maculaos.devenv.processes import ProcessRecord, is_running, spawn, stop
+from maculaos.host.rauc import Rauc
 
 SLOTS = (("rootfs.0", "A"), ("rootfs.1", "B"))
 SLOT_SIZE = 16 * 1024 * 1024
 
 BACKEND = """#!/bin/sh
 # The simulated bootloader environment (a real node keeps this in the GRUB env on its ESP).
-d={state}
+# Run by `rauc service` inside the node's root: paths are the node's own.
+d=/boot/bootenv
 case "$1" in
   get-primary) cat "$d/primary" ;;
   set-primary)
@@ -43,7 +49,7 @@ case "$1" in
   get-state)
     case "$(cat "$d/$2" 2>/dev/null)" in good|pending|trying) echo good ;; *) echo bad ;; esac ;;
   set-state) echo "$3" > "$d/$2" ;;
-  get-current) sed -n 's/.*rauc\\.slot=\\([^ ]*\\).*/\\1/p' {cmdline} ;;
+  get-current) sed -n 's/.*rauc\\.slot=\\([^ ]*\\).*/\\1/p' /proc/cmdline ;;
   *) echo "bootloader backend: unknown command $1" >&2; exit 1 ;;
 esac
 """
@@ -51,23 +57,23 @@ esac
 SYSTEM_CONF = """[system]
 compatible={compatible}
 bootloader=custom
-data-directory={data}
-mountprefix={mounts}
+data-directory=/var/lib/rauc
+mountprefix=/mnt/rauc
 activate-installed=false
 
 [handlers]
-bootloader-custom-backend={backend}
+bootloader-custom-backend=/etc/rauc/bootloader-backend
 
 [keyring]
-path={keyring}
+path=/etc/rauc/keyring.pem
 
 [slot.rootfs.0]
-device={root}/rootfs.0
+device=/rootfs.0
 type=raw
 bootname=A
 
 [slot.rootfs.1]
-device={root}/rootfs.1
+device=/rootfs.1
 type=raw
 bootname=B
 """
@@ -76,13 +82,22 @@ DBUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configu
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>system</type>
-  <listen>unix:tmpdir=/tmp</listen>
+  <listen>unix:abstract=/maculaos/rauc-{node}</listen>
   <auth>EXTERNAL</auth>
   <policy context="default">
     <allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/>
   </policy>
 </busconfig>
 """
+
+HOST_RAUC = """#!/bin/sh
+# The agent's door to this node's RAUC: the service's mount namespace and root, as the chart's host-rauc
+# enters PID 1's. Paths given to it are the node's own (the agent translates them from its host root).
+exec nsenter --target "$(cat {pidfile})" --mount --root --wd -- rauc "$@"
+"""
+
+#: What the chroot of `rauc service` borrows from this machine (its programs and devices).
+BORROWED = ("usr", "dev", "sys")
 
 REBOOT_HOOK = """#!/bin/sh
 # The simulated node's `systemctl reboot`: a detached process stops the agent, boots and starts it again.
@@ -151,6 +166,8 @@ class SimulatedRaucNode:
         self.cmdline = self.dir / "cmdline"
         self.conf = self.host_root / "etc" / "rauc" / "system.conf"
         self.reboot_hook = self.dir / "reboot"
+        self.rauc_command = self.dir / "host-rauc"
+        """The node's `rauc` as the agent runs it (inside the service's namespace and root)."""
         self.logs = self.dir / "logs"
         self.layout = NodeLayout(name=name, node_dir=str(self.dir), initial_version=version)
         self._compatible = compatible
@@ -177,7 +194,8 @@ class SimulatedRaucNode:
         """Lay out slots, bootloader, RAUC config and keyring in the host root; slot A holds the initial
         version and is good, B is empty."""
         for path in (self.boot_state, self.conf.parent, self.logs, self.host_root / "var/lib/rauc",
-                     self.host_root / "etc"):
+                     self.host_root / "etc", self.host_root / "mnt/rauc", self.host_root / "proc", self.host_root / "tmp",
+                     *(self.host_root / d for d in BORROWED)):
             path.mkdir(parents=True, exist_ok=True)
         for slot, _ in SLOTS:
             with open(self.host_root / slot, "wb") as f:
@@ -187,14 +205,18 @@ class SimulatedRaucNode:
         (self.boot_state / "B").write_text("bad\n")
         keyring = self.conf.parent / "keyring.pem"
         keyring.write_bytes(self._keyring.read_bytes())
-        backend = self.dir / "bootloader-backend"
-        backend.write_text(BACKEND.format(state=self.boot_state, cmdline=self.cmdline))
+        backend = self.conf.parent / "bootloader-backend"
+        backend.write_text(BACKEND)
         backend.chmod(0o755)
-        self.conf.write_text(SYSTEM_CONF.format(compatible=self._compatible, data=self.host_root / "var/lib/rauc",
-                                                mounts=self.dir / "mnt",
-                                                backend=backend, keyring=keyring, root=self.host_root))
+        self.conf.write_text(SYSTEM_CONF.format(compatible=self._compatible))
+        for name in ("bin", "lib", "lib64", "sbin"):  # merged /usr, as Debian lays it out
+            link = self.host_root / name
+            if not link.is_symlink() and not link.exists():
+                link.symlink_to(f"usr/{name}")
         self.reboot_hook.write_text(REBOOT_HOOK.format(python=sys.executable, node=self.dir))
         self.reboot_hook.chmod(0o755)
+        self.rauc_command.write_text(HOST_RAUC.format(pidfile=self.dir / "rauc.pid"))
+        self.rauc_command.chmod(0o755)
         self.save()
         self.boot()
         return self
@@ -232,6 +254,7 @@ class SimulatedRaucNode:
         boot_id = self.host_root / "proc/sys/kernel/random/boot_id"
         boot_id.parent.mkdir(parents=True, exist_ok=True)
         boot_id.write_text(f"{uuid.uuid4()}\n")
+        (self.host_root / "proc/stat").write_text(f"btime {int(time.time())}\n")  # the kernel's boot time
         version = self.slot_version(chosen)
         (self.host_root / "etc/os-release").write_text(
             f'NAME="MaculaOS"\nID=maculaos\nID_LIKE=debian\nVERSION_ID="{version}"\nPRETTY_NAME="MaculaOS {version}"\n')
@@ -254,18 +277,24 @@ class SimulatedRaucNode:
     # ---- RAUC service on its private bus
     def start_rauc(self) -> None:
         bus_conf = self.dir / "dbus.conf"
-        bus_conf.write_text(DBUS_CONF)
+        bus_conf.write_text(DBUS_CONF.format(node=uuid.uuid4().hex))
         out = subprocess.run(["dbus-daemon", f"--config-file={bus_conf}", "--fork", "--print-address=1",
                               "--print-pid=1"], capture_output=True, text=True, check=True).stdout.split()
         self.layout.bus_address, self.layout.dbus_pid = out[0], int(out[1])
-        script = f'mount --bind "{self.cmdline}" /proc/cmdline && exec rauc --conf="{self.conf}" service'
+        root = self.host_root
+        script = ("mount --make-rprivate / && "
+                  + "".join(f'mount --rbind /{d} "{root}/{d}" && ' for d in BORROWED)
+                  + f'mount -t proc proc "{root}/proc" && mount --bind "{self.cmdline}" "{root}/proc/cmdline" && '
+                  + f'exec chroot "{root}" rauc service')
         proc, record = spawn("rauc-service", ["unshare", "-m", "sh", "-c", script], self.logs,
                              env={"DBUS_SYSTEM_BUS_ADDRESS": self.layout.bus_address})
         self.layout.service = ProcessRecord(record.name, record.pid, "rauc", record.log)  # what exec leaves
+        (self.dir / "rauc.pid").write_text(f"{record.pid}\n")
         self.save()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            probe = subprocess.run(["rauc", "status", "--output-format=json"], capture_output=True, text=True,
+            probe = subprocess.run([str(self.rauc_command), "status", "--output-format=json"],
+                                   capture_output=True, text=True,
                                    env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.layout.bus_address})
             if probe.returncode == 0:
                 return
@@ -273,6 +302,10 @@ class SimulatedRaucNode:
                 break
             time.sleep(0.1)
         raise SimulationError(f"rauc service of {self.layout.name} did not come up; see {self.logs}/rauc-service.log")
+
+    def rauc(self) -> Rauc:
+        """The node's RAUC as its agent uses it (a new bus address after each boot)."""
+        return Rauc(str(self.rauc_command), self.conf, self.layout.bus_address, root=self.host_root)
 
     def stop_rauc(self) -> None:
         if self.layout.service is not None:

@@ -157,6 +157,10 @@ def local_bundles(directory: Path, rauc: Rauc) -> dict[Path, BundleInfo | None]:
     signature is checked by the install itself, before it writes anything."""
     if not directory.is_dir():
         raise BundleError(f"source directory {directory} does not exist on this node")
+    try:
+        rauc.node_path(directory)
+    except RaucError as exc:
+        raise BundleError(str(exc)) from None
     found: dict[Path, BundleInfo | None] = {}
     for path in sorted(directory.glob("*.raucb")):
         try:

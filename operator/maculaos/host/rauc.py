@@ -3,7 +3,12 @@ inactive slot through the node's RAUC service, read and change the slots' boot s
 
 Everything goes through the real `rauc` binary: `info` reads and verifies a bundle locally (keyring from
 the system.conf), the other commands talk to `rauc service` over the system D-Bus, whose address can be
-given (the simulated nodes each run a private bus)."""
+given (the simulated nodes each run a private bus).
+
+RAUC sees the node's root as `/`; the agent may see it elsewhere (the DaemonSet mounts the host at
+/host). Every path handed to `rauc` is therefore translated from the agent's view (under `root`) to the
+node's, and the command is expected to run in the node's mount namespace (the chart's `host-rauc`:
+`nsenter` into PID 1's). A path outside the node's root cannot be seen by the node's RAUC: refused."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import configparser
 import json
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,14 +78,24 @@ class RaucStatus:
 
 
 class Rauc:
-    """One node's RAUC: the command, its system.conf (for `info`) and the D-Bus its service is on."""
+    """One node's RAUC: the command, its system.conf (for `info`), the D-Bus its service is on, and where
+    the agent sees the node's root (`root`: what RAUC calls `/`)."""
 
     def __init__(self, command: str = "rauc", conf: Path | None = None, bus_address: str = "",
-                 timeout: float = 3600.0) -> None:
+                 timeout: float = 3600.0, root: Path = Path("/")) -> None:
         self.command = command
         self.conf = conf
+        """The system.conf as the agent sees it (read here too: activate-installed)."""
         self.bus_address = bus_address
         self.timeout = timeout
+        self.root = root
+
+    def node_path(self, path: Path) -> str:
+        """path (as the agent sees it) as the node's RAUC sees it."""
+        return node_path(self.root, path)
+
+    def _argv(self, *args: str) -> list[str]:
+        return [*shlex.split(self.command), *args]
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -88,7 +104,7 @@ class Rauc:
         return env
 
     def _run(self, *args: str, timeout: float = 60.0) -> str:
-        argv = [self.command, *args]
+        argv = self._argv(*args)
         try:
             result = subprocess.run(argv, capture_output=True, text=True, env=self._env(), timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -99,8 +115,8 @@ class Rauc:
 
     def info(self, bundle: Path, verify: bool = True) -> BundleInfo:
         """The bundle's manifest; with verify, only after RAUC checked its signature against the keyring."""
-        conf = [f"--conf={self.conf}"] if self.conf else []
-        args = [*conf, "info", "--output-format=json", *([] if verify else ["--no-verify"]), str(bundle)]
+        conf = [f"--conf={self.node_path(self.conf)}"] if self.conf else []
+        args = [*conf, "info", "--output-format=json", *([] if verify else ["--no-verify"]), self.node_path(bundle)]
         data = _json(self._run(*args))
         return BundleInfo(compatible=str(data.get("compatible") or ""), version=str(data.get("version") or ""))
 
@@ -121,7 +137,7 @@ class Rauc:
 
     def install(self, bundle: Path, progress: Progress | None = None) -> None:
         """`rauc install` into the inactive slot; RAUC checks signature and compatible before writing."""
-        argv = [self.command, "install", str(bundle)]
+        argv = self._argv("install", self.node_path(bundle))
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     env=self._env())
@@ -146,6 +162,17 @@ class Rauc:
     def mark_active(self, slot: str) -> None:
         """Make slot the one the bootloader boots next (`booted`, `other` or a slot name)."""
         self._run("status", "mark-active", slot)
+
+
+def node_path(root: Path, path: Path) -> str:
+    """path, which the agent sees under root, as the node sees it (root is the node's `/`)."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        inside = absolute.relative_to(Path(os.path.abspath(root)))
+    except ValueError:
+        raise RaucError(f"{absolute} is outside the node's root {root}: the node's RAUC cannot see it "
+                        f"(put bundles under {root})") from None
+    return "/" + inside.as_posix() if inside.parts else "/"
 
 
 def activates_installed(conf: Path) -> bool:

@@ -28,6 +28,9 @@ from maculaos.host.rauc import BundleInfo, Rauc, RaucError, RaucStatus, activate
 log = logging.getLogger("maculaos.upgrade")
 STATE_DIR = Path("var/lib/maculaos/upgrade")
 BOOT_ID = Path("proc/sys/kernel/random/boot_id")
+PROC_STAT = Path("proc/stat")
+#: Waits before retrying a reboot command that failed (seconds; the last repeats).
+REBOOT_BACKOFF = (5.0, 15.0, 60.0, 300.0)
 OS_RELEASE = Path("etc/os-release")
 
 #: progress(phase, percent, message): called while downloading and installing.
@@ -43,6 +46,10 @@ class UpgradeState:
     message: str = ""
     grant_time: str = ""
     """The grant (by its time) the phase answers; a new grant with another time is a new request."""
+    grant_uid: str = ""
+    """metadata.uid of the NodeUpgrade whose grant the phase answers ("" for `maculaos upgrade`)."""
+    grant_action: str = ""
+    """Install, Reboot or Rollback: the grant's action."""
     from_slot: str = ""
     """RAUC slot name running when the install started (the way back)."""
     to_slot: str = ""
@@ -52,9 +59,18 @@ class UpgradeState:
     """The boot ID when the reboot was requested; another one means the node rebooted."""
     commit_boot_id: str = ""
     commit_started: float = 0.0
-    """Wall time the health commit window opened (survives agent restarts within the boot)."""
+    """Wall time the health commit window opened: the boot of commit_boot_id itself, so an agent that
+    starts late does not extend the window."""
     rollback_reason: str = ""
     """Why the pending reboot goes back to the old slot ("" when it goes to the new one)."""
+    reboot_why: str = ""
+    """What the pending reboot is for (the phase message without the retry notes)."""
+    reboot_sent: bool = False
+    """The reboot command succeeded: it is never run again for this reboot."""
+    reboot_attempts: int = 0
+    """Failed runs of the reboot command for this reboot."""
+    reboot_retry_at: float = 0.0
+    """Wall time of the next try after a failed reboot command."""
     history: list[str] = field(default_factory=list)
     announced: str = ""
     """The outcome the agent last posted an Event about (object uid/version/phase)."""
@@ -120,10 +136,10 @@ class NodeUpgrader:
 
     # ---- Install: no disruption
     def install(self, release: Release, local_dir: Path | None, grant_time: str = "",
-                progress: StepProgress | None = None) -> UpgradeState:
+                progress: StepProgress | None = None, grant_uid: str = "") -> UpgradeState:
         """Get, verify and install release into the inactive slot; the running slot stays the next boot."""
-        state = UpgradeState(target_version=release.version, grant_time=grant_time,
-                             history=self.load().history)
+        state = UpgradeState(target_version=release.version, grant_time=grant_time, grant_uid=grant_uid,
+                             grant_action="Install", history=self.load().history)
         try:
             status = self.rauc.status()
         except RaucError as exc:
@@ -175,7 +191,7 @@ class NodeUpgrader:
             self.rauc.mark_active("booted")
 
     # ---- Reboot: disruption the operator allowed
-    def reboot(self, grant_time: str = "") -> UpgradeState:
+    def reboot(self, grant_time: str = "", grant_uid: str = "") -> UpgradeState:
         """Make the installed slot the next boot (one try) and reboot."""
         state = self.load()
         if state.phase is not AgentPhase.INSTALLED:
@@ -184,13 +200,12 @@ class NodeUpgrader:
             self.rauc.mark_active(state.to_slot)
         except RaucError as exc:
             return self._set(state, AgentPhase.FAILED, f"cannot make slot {state.to_slot} the next boot: {exc}")
-        boot_id = read_boot_id(self.host_root)
-        state = self._set(state, AgentPhase.REBOOTING, f"rebooting into {state.to_slot} ({state.target_version})",
-                          grant_time=grant_time or state.grant_time, reboot_boot_id=boot_id, rollback_reason="")
-        self._run_reboot()
-        return state
+        grant = {"grant_time": grant_time or state.grant_time, "grant_uid": grant_uid or state.grant_uid,
+                 "grant_action": "Reboot"}
+        return self._start_reboot(state, f"rebooting into {state.to_slot} ({state.target_version})",
+                                  rollback_reason="", **grant)
 
-    def rollback(self, reason: str, grant_time: str = "") -> UpgradeState:
+    def rollback(self, reason: str, grant_time: str = "", grant_uid: str = "") -> UpgradeState:
         """Boot the other slot (the previous version) again."""
         state = self.load()
         try:
@@ -199,25 +214,54 @@ class NodeUpgrader:
             if state.phase is AgentPhase.INSTALLED:  # never booted: nothing to reboot out of
                 self.rauc.mark_bad(other.name)
                 return self._set(state, AgentPhase.ROLLED_BACK, f"{reason}; slot {other.bootname} marked bad, "
-                                 f"still running {status.booted}", grant_time=grant_time or state.grant_time)
+                                 f"still running {status.booted}", grant_time=grant_time or state.grant_time,
+                                 grant_uid=grant_uid or state.grant_uid, grant_action="Rollback")
             if other.boot_status != "good":  # empty, or marked bad after a failed window: nothing to go back to
                 return self._set(state, state.phase, f"not rolled back: slot {other.bootname} is {other.boot_status} "
                                  f"(no good previous version); still running slot {status.booted}",
-                                 grant_time=grant_time or state.grant_time)
+                                 grant_time=grant_time or state.grant_time, grant_uid=grant_uid or state.grant_uid,
+                                 grant_action="Rollback")
             self.rauc.mark_active(other.name)
         except (RaucError, StopIteration) as exc:
             return self._set(state, AgentPhase.FAILED, f"cannot roll back: {exc}")
-        state = self._set(state, AgentPhase.REBOOTING, f"rolling back to slot {other.bootname}: {reason}",
-                          grant_time=grant_time or state.grant_time, reboot_boot_id=read_boot_id(self.host_root),
-                          rollback_reason=reason, from_slot=status.booted_slot().name, to_slot=other.name)
-        self._run_reboot()
-        return state
+        return self._start_reboot(state, f"rolling back to slot {other.bootname}: {reason}",
+                                  grant_time=grant_time or state.grant_time, grant_uid=grant_uid or state.grant_uid,
+                                  grant_action="Rollback", rollback_reason=reason,
+                                  from_slot=status.booted_slot().name, to_slot=other.name)
 
-    def _run_reboot(self) -> None:
+    def _start_reboot(self, state: UpgradeState, why: str, **changes: object) -> UpgradeState:
+        """Record the reboot (phase Rebooting, the boot ID it leaves), then run the reboot command."""
+        state = self._set(state, AgentPhase.REBOOTING, why, reboot_boot_id=read_boot_id(self.host_root),
+                          reboot_why=why, reboot_sent=False, reboot_attempts=0, reboot_retry_at=0.0, **changes)
+        return self._run_reboot(state)
+
+    def retry_reboot(self) -> UpgradeState:
+        """Run the reboot command again when it failed before (after its backoff) and the node has not
+        rebooted since. A command that succeeded is never run again for the same reboot."""
+        state = self.load()
+        if state.phase is not AgentPhase.REBOOTING or state.reboot_sent or self.clock() < state.reboot_retry_at:
+            return state
+        if read_boot_id(self.host_root) != state.reboot_boot_id:
+            return state  # it rebooted after all: after_boot takes it from here
+        return self._run_reboot(state)
+
+    def reboot_pending(self, state: UpgradeState) -> bool:
+        """A failed reboot command waits for its retry."""
+        return state.phase is AgentPhase.REBOOTING and not state.reboot_sent and state.reboot_attempts > 0
+
+    def _run_reboot(self, state: UpgradeState) -> UpgradeState:
         try:
-            subprocess.run(shlex.split(self.reboot_command), check=True, timeout=60, capture_output=True)
+            subprocess.run(shlex.split(self.reboot_command), check=True, timeout=60, capture_output=True, text=True)
         except (OSError, subprocess.SubprocessError) as exc:
-            log.error(f"reboot command {self.reboot_command!r} failed: {exc}")
+            attempts = state.reboot_attempts + 1
+            delay = REBOOT_BACKOFF[min(attempts, len(REBOOT_BACKOFF)) - 1]
+            detail = (getattr(exc, "stderr", "") or "").strip()[-300:] or str(exc)
+            log.error(f"reboot command {self.reboot_command!r} failed (attempt {attempts}): {detail}")
+            return self._set(state, AgentPhase.REBOOTING,
+                             f"{state.reboot_why or state.message}; the reboot command `{self.reboot_command}` "
+                             f"failed (attempt {attempts}: {detail}); retrying in {delay:.0f}s",
+                             reboot_attempts=attempts, reboot_retry_at=self.clock() + delay)
+        return self.save(replace(state, reboot_sent=True))
 
     # ---- after a boot
     def after_boot(self) -> UpgradeState:
@@ -253,15 +297,27 @@ class NodeUpgrader:
         if state.phase is AgentPhase.REBOOTING or state.commit_boot_id != boot_id:
             return self._set(state, AgentPhase.COMMITTING,
                              f"booted {read_os_version(self.host_root)} in slot {booted.bootname}; "
-                             "waiting for health", commit_boot_id=boot_id, commit_started=self.clock())
+                             "waiting for health", commit_boot_id=boot_id, commit_started=self._boot_time())
         return state
 
+    def _boot_time(self) -> float:
+        """When this boot began (the kernel's btime), so the commit window runs from the boot, not from
+        the agent's first run; the agent's clock if the kernel cannot say."""
+        booted = read_boot_time(self.host_root)
+        if booted is None:
+            log.warning(f"cannot read the boot time from {self.host_root / PROC_STAT}: the commit window "
+                        "counts from now")
+            return self.clock()
+        return booted
+
     def commit(self, verdict: HealthVerdict, window_seconds: float, auto_rollback: bool = True) -> UpgradeState:
-        """Inside the window: mark good as soon as the verdict is healthy; after it, mark bad and roll back."""
+        """Inside the window (counted from the boot): mark good as soon as the verdict is healthy; after it,
+        mark bad and roll back, also when the first look comes too late (an agent that started late)."""
         state = self.load()
         if state.phase is not AgentPhase.COMMITTING:
             return state
-        if verdict.ok:
+        elapsed = self.clock() - state.commit_started
+        if verdict.ok and elapsed < window_seconds:
             try:
                 self.rauc.mark_good("booted")
             except RaucError as exc:
@@ -269,12 +325,13 @@ class NodeUpgrader:
             version = read_os_version(self.host_root)
             return self._set(state, AgentPhase.SUCCEEDED, f"running {version} in slot "
                              f"{self.rauc.status().booted}, marked good")
-        elapsed = self.clock() - state.commit_started
         if elapsed < window_seconds:
             if state.message != f"waiting for health: {verdict.reason}":
                 return self._set(state, AgentPhase.COMMITTING, f"waiting for health: {verdict.reason}")
             return state
-        reason = f"health commit window ({window_seconds:.0f}s) failed: {verdict.reason}"
+        reason = (f"health commit window ({window_seconds:.0f}s) failed: {verdict.reason}" if not verdict.ok else
+                  f"health commit window ({window_seconds:.0f}s) was over ({elapsed:.0f}s after boot) before "
+                  "the node was found healthy")
         if not auto_rollback:
             return self._set(state, AgentPhase.FAILED, f"{reason}; autoRollback is off: slot left unconfirmed "
                              "(the next reboot returns to the previous slot)")
@@ -283,11 +340,8 @@ class NodeUpgrader:
             self.rauc.mark_active(state.from_slot)
         except RaucError as exc:
             log.error(f"mark-bad/mark-active failed ({exc}); the bootloader's one try still falls back")
-        state = self._set(state, AgentPhase.REBOOTING, f"rolling back to {state.from_slot}: {reason}",
-                          reboot_boot_id=read_boot_id(self.host_root), rollback_reason=reason,
-                          to_slot=state.from_slot, from_slot=state.to_slot)
-        self._run_reboot()
-        return state
+        return self._start_reboot(state, f"rolling back to {state.from_slot}: {reason}", rollback_reason=reason,
+                                  to_slot=state.from_slot, from_slot=state.to_slot)
 
     def _mark_good_quietly(self) -> None:
         try:
@@ -299,7 +353,8 @@ class NodeUpgrader:
 def upgrade_command(args: argparse.Namespace) -> int:
     """The body of `maculaos upgrade` (cli.py declares its flags)."""
     conf = args.rauc_conf or args.host_root / "etc/rauc/system.conf"
-    upgrader = NodeUpgrader(args.host_root, Rauc(args.rauc, conf if conf.exists() else None), args.reboot_command)
+    rauc = Rauc(args.rauc, conf if conf.exists() else None, root=args.host_root)
+    upgrader = NodeUpgrader(args.host_root, rauc, args.reboot_command)
     try:
         if args.check:
             return _check(upgrader, args)
@@ -308,7 +363,7 @@ def upgrade_command(args: argparse.Namespace) -> int:
                          AgentPhase.REBOOTING, AgentPhase.ROLLED_BACK)
         if args.commit:
             upgrader.after_boot()
-            return _show(upgrader.commit(HealthVerdict(True, ""), 0), AgentPhase.SUCCEEDED)
+            return _show(upgrader.commit(HealthVerdict(True, ""), float("inf")), AgentPhase.SUCCEEDED)
         release = _release(upgrader, args)
         state = upgrader.install(release, args.source_dir, grant_time="cli")
         if state.phase is AgentPhase.INSTALLED and not args.no_reboot:
@@ -371,6 +426,19 @@ def read_boot_id(host_root: Path) -> str:
         return (host_root / BOOT_ID).read_text().strip()
     except OSError:
         return ""
+
+
+def read_boot_time(host_root: Path) -> float | None:
+    """The kernel's boot time (btime of /proc/stat, seconds since the epoch), None when unreadable."""
+    try:
+        text = (host_root / PROC_STAT).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "btime" and value.strip().isdigit():
+            return float(value.strip())
+    return None
 
 
 def read_os_version(host_root: Path) -> str:
