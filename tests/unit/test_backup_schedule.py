@@ -17,6 +17,7 @@ from maculaos.controller.backups import assign_mesh_peers, backup_outcome, faile
 from maculaos.api.backup import RestoreSpec
 from maculaos.controller.schedule import admit_nodes, decide, scheduled_times
 from maculaos.host.restic import Restic, retention_args
+from maculaos.host.retention import RetentionState, retention_ceiling, retention_due
 
 UTC = dt.timezone.utc
 NODES = ["nuc-01", "nuc-02", "pi-03"]
@@ -178,6 +179,28 @@ def test_retention_always_keeps_the_newest_snapshot() -> None:
         "--keep-last", "1", "--keep-daily", "7", "--keep-within", "30d"]
     assert retention_args(Retention(keep_last=3, keep_weekly=4, keep_monthly=12, keep_yearly=2)) == [
         "--keep-last", "3", "--keep-weekly", "4", "--keep-monthly", "12", "--keep-yearly", "2"]
+
+
+def test_retention_is_due_for_an_unknown_count_over_the_ceiling_or_once_a_day() -> None:
+    now = dt.datetime(2026, 3, 10, 14, 0, tzinfo=dt.timezone.utc)
+    policy = Retention(keep_last=3, keep_daily=2)
+    assert retention_ceiling(policy) == 5
+    assert retention_ceiling(Retention(keep_last=0, keep_within="30d")) is None
+    assert retention_ceiling(Retention(keep_last=0, keep_yearly=1)) == 2  # keep-last is at least 1
+    earlier = now - dt.timedelta(hours=2)
+    assert retention_due(policy, RetentionState(), now, "UTC") == "snapshot count unknown"
+    assert retention_due(policy, RetentionState(4, earlier), now, "UTC") is None  # 5 after this run: within
+    assert retention_due(policy, RetentionState(5, earlier), now, "UTC") == "6 snapshots, the policy keeps at most 5"
+    yesterday = now - dt.timedelta(days=1)
+    assert retention_due(policy, RetentionState(1, yesterday), now, "UTC") == "not applied yet today"
+    # the day is the Backup's: 23:30 UTC on the 9th is already the 10th in Tokyo
+    late = dt.datetime(2026, 3, 9, 23, 30, tzinfo=dt.timezone.utc)
+    assert retention_due(policy, RetentionState(1, late), now, "UTC") == "not applied yet today"
+    assert retention_due(policy, RetentionState(1, late), now, "Asia/Tokyo") is None
+    # keepWithin has no count bound: only the daily pass applies it
+    within = Retention(keep_last=1, keep_within="7d")
+    assert retention_due(within, RetentionState(500, earlier), now, "UTC") is None
+    assert retention_due(within, RetentionState(500, yesterday), now, "UTC") == "not applied yet today"
 
 
 SECRETS = {"password": "repo-pw", "id": "AKIA", "key": "s3cr3t", "creds": "alice:pw"}
