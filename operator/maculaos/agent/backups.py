@@ -114,7 +114,13 @@ class BackupEngine:
         already = self.done_runs.get(name) == run_id or (
             entry.get("runId") == run_id and entry.get("phase") in (RunPhase.SUCCEEDED, RunPhase.FAILED))
         if run_id and not already and self.settings.node in (run.get("nodes") or []):
-            if self._delay_over(spec, run):
+            if self.settings.node in (run.get("timedOut") or []):  # too late: its slot went to another node
+                self.done_runs[name] = run_id
+                self._report_backup(name, obj, {**entry, "phase": RunPhase.FAILED, "runId": run_id,
+                                                "failure": "RunTimedOut", "lastError": "not started: timed out",
+                                                "message": f"run {run_id} not started: the operator timed this "
+                                                           f"node out after runTimeout {spec.run_timeout}"})
+            elif self._delay_over(spec, run):
                 self._run_backup(name, obj, spec, run_id, entry, status)
             elif entry.get("runId") != run_id:
                 self._report_backup(name, obj, {**entry, "phase": RunPhase.WAITING, "runId": run_id,
@@ -215,8 +221,10 @@ class BackupEngine:
         self.done_restores.add((name, uid))
         self.report(RESTORES, name, {"phase": RunPhase.RUNNING, "message": "restoring",
                                      "observedGeneration": obj["metadata"].get("generation")})
+        started = time.monotonic()
         outcome = self._restore(obj, backup)
-        self.report(RESTORES, name, {**outcome, "observedGeneration": obj["metadata"].get("generation")})
+        self.report(RESTORES, name, {**outcome, "durationSeconds": round(time.monotonic() - started, 3),
+                                     "observedGeneration": obj["metadata"].get("generation")})
         if outcome["phase"] == RunPhase.FAILED:
             self.notify(obj, "Warning", "RestoreFailed", outcome["message"])
 
@@ -234,8 +242,11 @@ class BackupEngine:
             choice = SnapshotChoice(snapshot_id=spec.snapshot.id, latest=bool(spec.snapshot.latest),
                                     before=_time(spec.snapshot.before))
             restic = job.restic_for(job.repositories[0])
+            started = time.monotonic()
             snapshot = choose_snapshot(restic.snapshots(source, spec.backup_name), choice,
                                        f"{job.repositories[0].display()} (node {source})")
+            log.info(f"restore {obj['metadata']['name']}: snapshot {snapshot.short_id} chosen in "
+                     f"{time.monotonic() - started:.1f}s")
             paths = restore_snapshot(restic, snapshot, self.settings.host_root, spec.paths, spec.target_path)
         except (TargetError, ResticError, ValidationError, OSError) as exc:
             return {"phase": RunPhase.FAILED, "message": str(exc)}
