@@ -133,3 +133,20 @@ def test_retention_runs_when_the_bound_or_the_day_calls_for_it(tmp_path: Path) -
     assert sixth["lastRetentionTime"] == fifth["lastRetentionTime"]
     assert sixth["snapshotCount"] == 3 and sixth["snapshotsRemoved"] == 0
     assert len(repo.snapshots(NODE, "nightly")) == 3
+
+
+def test_a_node_timed_out_before_it_started_does_not_start_late(tmp_path: Path) -> None:
+    """The operator gave the slot away (run.timedOut): running now would exceed maxConcurrentNodes, so the
+    node reports the run failed with the reason instead, and backs up nothing."""
+    host = tmp_path / "host"
+    (host / "var/lib/data").mkdir(parents=True)
+    clock, reports = Clock(), []
+    eng = engine(host, clock, reports)
+    run = {"id": "sched-1", "reason": "Scheduled", "scheduledTime": "2026-01-10T02:00:00Z", "nodes": [NODE],
+           "timedOut": [NODE]}
+    eng.tick({"nightly": backup_obj(run, runTimeout="30m")}, {}, {})
+    entry = reports[-1][2]
+    assert entry["phase"] == "Failed" and entry["failure"] == "RunTimedOut" and "runTimeout 30m" in entry["message"]
+    assert not (host / "var/backups/r").exists()
+    eng.tick({"nightly": backup_obj(run, runTimeout="30m")}, {}, {})
+    assert len(reports) == 1  # reported once
