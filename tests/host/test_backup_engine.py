@@ -12,6 +12,7 @@ from maculaos.agent.backups import BackupEngine, BackupSettings
 from maculaos.api.backup import node_start_delay
 from maculaos.api.common import SecretKeyRef
 from maculaos.devenv.controlplane import default_bin_dir
+from maculaos.host.restic import Restic, local_repository
 
 NODE = "macula-nuc-02"
 
@@ -85,3 +86,67 @@ def test_a_node_not_in_the_run_does_nothing(tmp_path: Path) -> None:
     assert reports == []
 
 
+
+
+def test_retention_runs_when_the_bound_or_the_day_calls_for_it(tmp_path: Path) -> None:
+    """keepLast 2 + keepDaily 1 keeps at most 3: runs forget on the first run (count unknown), not while the
+    count stays within 3 on the same day, at once when a run would make 4, and on the next day; the newest
+    snapshot always survives and the entry says when retention ran and what it removed."""
+    host = tmp_path / "host"
+    (host / "var/lib/data").mkdir(parents=True)
+    clock, reports = Clock(), []
+    eng = engine(host, clock, reports)
+    obj = backup_obj({}, retention={"keepLast": 2, "keepDaily": 1})
+    repo = Restic(local_repository(host / "var/backups/r", "pw"), str(default_bin_dir() / "restic"))
+
+    def run(run_id: str) -> dict[str, Any]:
+        (host / "var/lib/data/a.txt").write_text(run_id)
+        obj["status"]["run"] = {"id": run_id, "reason": "OnDemand", "nodes": [NODE]}
+        eng.tick({"nightly": obj}, {}, {})
+        entry = reports[-1][2]
+        assert entry["phase"] == "Succeeded", entry
+        obj["status"]["nodes"] = {NODE: entry}
+        clock.now += dt.timedelta(minutes=10)
+        return entry
+
+    first = run("r1")
+    assert first["lastRetentionTime"] == "2026-01-10T02:00:00Z" and first["lastRetentionRemoved"] == []
+    assert first["snapshotCount"] == 1 and first["lastRetentionReason"] == "snapshot count unknown"
+    second, third = run("r2"), run("r3")
+    assert third["lastRetentionTime"] == first["lastRetentionTime"] and third["snapshotsRemoved"] == 0
+    assert third["snapshotCount"] == 3 and len(repo.snapshots(NODE, "nightly")) == 3  # no forget ran
+    fourth = run("r4")  # would make 4: forget now; one day's worth keeps the last 2 (r4 is also the daily)
+    assert fourth["lastRetentionTime"] == "2026-01-10T02:30:00Z" and fourth["snapshotsRemoved"] == 2
+    assert sorted(fourth["lastRetentionRemoved"]) == sorted(e["lastSnapshotId"][:8] for e in (first, second))
+    kept = [s.id for s in repo.snapshots(NODE, "nightly")]
+    assert fourth["snapshotCount"] == 2 and kept == [third["lastSnapshotId"], fourth["lastSnapshotId"]]
+
+    clock.now = dt.datetime(2026, 1, 11, 2, 0, tzinfo=dt.timezone.utc)
+    fifth = run("r5")  # 3 is within the bound, but a new day: the exact policy again
+    assert fifth["lastRetentionReason"] == "not applied yet today"
+    assert fifth["lastRetentionRemoved"] == [third["lastSnapshotId"][:8]]
+    assert [s.id for s in repo.snapshots(NODE, "nightly")] == [fourth["lastSnapshotId"], fifth["lastSnapshotId"]]
+
+    fresh = engine(host, clock, reports)  # a restarted agent reads what it knew from its status entry
+    eng = fresh
+    sixth = run("r6")
+    assert sixth["lastRetentionTime"] == fifth["lastRetentionTime"]
+    assert sixth["snapshotCount"] == 3 and sixth["snapshotsRemoved"] == 0
+    assert len(repo.snapshots(NODE, "nightly")) == 3
+
+
+def test_a_node_timed_out_before_it_started_does_not_start_late(tmp_path: Path) -> None:
+    """The operator gave the slot away (run.timedOut): running now would exceed maxConcurrentNodes, so the
+    node reports the run failed with the reason instead, and backs up nothing."""
+    host = tmp_path / "host"
+    (host / "var/lib/data").mkdir(parents=True)
+    clock, reports = Clock(), []
+    eng = engine(host, clock, reports)
+    run = {"id": "sched-1", "reason": "Scheduled", "scheduledTime": "2026-01-10T02:00:00Z", "nodes": [NODE],
+           "timedOut": [NODE]}
+    eng.tick({"nightly": backup_obj(run, runTimeout="30m")}, {}, {})
+    entry = reports[-1][2]
+    assert entry["phase"] == "Failed" and entry["failure"] == "RunTimedOut" and "runTimeout 30m" in entry["message"]
+    assert not (host / "var/backups/r").exists()
+    eng.tick({"nightly": backup_obj(run, runTimeout="30m")}, {}, {})
+    assert len(reports) == 1  # reported once

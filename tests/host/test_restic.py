@@ -92,10 +92,10 @@ def test_backup_over_rest_server(rest_server: RestServer, host: Path) -> None:
 
 def test_retention_never_removes_the_newest(restic: Restic, host: Path) -> None:
     ids = [backup(restic, host) for _ in range(3)]
-    removed = restic.forget(Retention(keep_last=0, keep_within="1h"), NODE, "nightly")
+    removed = restic.forget(Retention(keep_last=0, keep_within="1h"), NODE, "nightly").removed
     assert removed == []  # all within the hour
     removed = restic.forget(Retention(keep_last=0, keep_daily=0, keep_within=None, keep_hourly=0, keep_weekly=0,
-                                      keep_monthly=0, keep_yearly=1), NODE, "nightly")
+                                      keep_monthly=0, keep_yearly=1), NODE, "nightly").removed
     # keep_yearly 1 keeps one of this year; keep-last is forced to 1 so the newest is the one kept
     assert sorted(removed) == sorted(ids[:2])
     assert [s.id for s in restic.snapshots(NODE, "nightly")] == [ids[2]]
@@ -107,7 +107,7 @@ def test_retention_spans_runs_and_incremental_runs_find_their_parent(restic: Res
     restic.ensure_initialized()
     ids = [restic.backup(host, INCLUDE, [], NODE, "nightly", [f"maculaos-run=r{i}"]).summary for i in range(3)]
     assert ids[1].files_unmodified == 3 and ids[2].files_new == 0
-    removed = restic.forget(Retention(keep_last=2), NODE, "nightly")
+    removed = restic.forget(Retention(keep_last=2), NODE, "nightly").removed
     assert removed == [ids[0].snapshot_id]
 
 
@@ -192,7 +192,7 @@ def test_stale_lock_of_a_dead_process_is_removed(restic: Restic, host: Path) -> 
     holder.wait(10)
     assert len(restic.locks()) == 1
     second = backup(restic, host)
-    removed = restic.forget(Retention(keep_last=1), NODE, "nightly")
+    removed = restic.forget(Retention(keep_last=1), NODE, "nightly").removed
     assert removed == [first] and restic.locks() == {}
     assert [s.id for s in restic.snapshots(NODE, "nightly")] == [second]
 

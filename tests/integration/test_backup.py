@@ -23,6 +23,7 @@ from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wr
 from maculaos.devenv.nodes import create_host_root, demo_fleet
 from maculaos.devenv.processes import ProcessRecord, stop
 from maculaos.devenv.restserver import RestServer, start_rest_server
+from maculaos.host.config import write_maculaos_section
 from tests.fakes import fake_systemctl
 from tests.integration.conftest import Cluster, OperatorSupervisor
 
@@ -188,16 +189,27 @@ def test_scheduled_runs_happen_once_each_across_an_operator_restart(
 
 @pytest.fixture
 def rest_servers(fleet: BackupFleet, cluster: Cluster) -> Iterator[dict[str, RestServer]]:
+    """A real rest-server per node, declared in each node's config.yaml: the agents advertise them."""
     servers = {n: start_rest_server(fleet.log_dir.parent / f"rest-{n}", fleet.log_dir, f"rest-server-{n}")
                for n in NODES}
     try:
         for node, server in servers.items():
-            cluster.kubectl("annotate", "--overwrite", "node", node, f"os.macula.io/backup-server={server.url}")
+            write_maculaos_section(fleet.roots[node], "backup_server", {"url": server.url})
+        for node, server in servers.items():
+            cluster.wait_for(lambda: advertised(cluster, node) == server.url, 30,
+                             what=f"{node}'s agent to advertise its rest-server")
         yield servers
     finally:
         for node, server in servers.items():
-            cluster.kubectl("annotate", "node", node, "os.macula.io/backup-server-")
+            write_maculaos_section(fleet.roots[node], "backup_server", None)
             server.stop()
+        for node in NODES:
+            cluster.wait_for(lambda: advertised(cluster, node) is None, 30, what=f"{node} to withdraw its server")
+
+
+def advertised(cluster: Cluster, node: str) -> str | None:
+    annotations = cluster.get("Node", node)["metadata"].get("annotations") or {}
+    return annotations.get("os.macula.io/backup-server")
 
 
 def test_mesh_copies_land_on_two_peers(fleet: BackupFleet, created: Create, operator: ProcessRecord,
@@ -215,3 +227,14 @@ def test_mesh_copies_land_on_two_peers(fleet: BackupFleet, created: Create, oper
         for holder in holders:
             assert (rest_servers[holder].data / node / "config").exists()
             assert len(fleet.snapshots(node, f"rest:{rest_servers[holder].url}/{node}/")) == 1
+
+    gone = NODES[0]
+    rest_servers[gone].stop()  # the server dies; its node's config still asks for it
+    fleet.cluster.wait_for(lambda: advertised(fleet.cluster, gone) is None, 30,
+                           what=f"{gone}'s agent to withdraw its stopped rest-server")
+    condition = next(c for c in fleet.cluster.get("Node", gone)["status"]["conditions"]
+                     if c["type"] == "MaculaBackupServer")
+    assert condition["status"] == "False" and condition["reason"] == "NotAnswering"
+    # two servers left cannot hold two copies for every node: the operator says so, naming the field
+    ready = fleet.cluster.wait_condition("Backup", "mesh", "False")
+    assert ready["reason"] == "NotEnoughPeers" and "only 2 node(s) offer a rest-server" in ready["message"]

@@ -17,6 +17,7 @@ from maculaos.controller.backups import assign_mesh_peers, backup_outcome, faile
 from maculaos.api.backup import RestoreSpec
 from maculaos.controller.schedule import admit_nodes, decide, scheduled_times
 from maculaos.host.restic import Restic, retention_args
+from maculaos.host.retention import RetentionState, retention_ceiling, retention_due
 
 UTC = dt.timezone.utc
 NODES = ["nuc-01", "nuc-02", "pi-03"]
@@ -109,6 +110,57 @@ def test_concurrency_limit_admits_nodes_as_others_finish() -> None:
     assert admit_nodes(run, NODES, entries, 2, at(2026, 1, 1, 0, 5))["completionTime"] == "2026-01-01T00:05:00Z"
 
 
+def test_a_node_that_never_reports_is_timed_out_and_frees_its_slot() -> None:
+    """maxConcurrentNodes 1: nuc-01 is let in and never reports. Within runTimeout it holds the slot; after
+    it, the operator marks it timed out, lets nuc-02 in, names nuc-01 in Failed, and a later report of
+    nuc-01's own wins over the timeout."""
+    timeout = dt.timedelta(minutes=30)
+    start = at(2026, 1, 1, 2)
+    run = admit_nodes({"id": "r1", "reason": "OnDemand", "startTime": "2026-01-01T02:00:00Z", "nodes": []},
+                      NODES, {}, 1, start, timeout)
+    assert run["nodes"] == ["nuc-01"] and run["admitted"] == [{"node": "nuc-01", "time": "2026-01-01T02:00:00Z"}]
+    run = admit_nodes(run, NODES, {}, 1, start + timeout, timeout)
+    assert run["nodes"] == ["nuc-01"] and run["timedOut"] == []  # not yet: the deadline is not passed
+    run = admit_nodes(run, NODES, {}, 1, start + timeout + dt.timedelta(seconds=1), timeout)
+    assert run["timedOut"] == ["nuc-01"] and run["nodes"] == ["nuc-01", "nuc-02"]
+    assert [a["node"] for a in run["admitted"]] == ["nuc-01", "nuc-02"] and not run.get("completionTime")
+    entries = {"nuc-02": {"runId": "r1", "phase": "Succeeded"}}
+    run = admit_nodes(run, NODES, entries, 1, start + dt.timedelta(minutes=40), timeout)
+    entries["pi-03"] = {"runId": "r1", "phase": "Succeeded"}
+    run = admit_nodes(run, NODES, entries, 1, start + dt.timedelta(minutes=50), timeout)
+    assert run["completionTime"] == "2026-01-01T02:50:00Z"  # every node done or timed out
+
+    status = {"run": run, "nodes": entries, "lastScheduledTime": "2026-01-01T02:00:00Z"}
+    outcome = backup_outcome(body(status), spec(runTimeout="30m"), NODES, {}, {}, start + dt.timedelta(hours=1))
+    failed = outcome.conditions[1]
+    assert failed["status"] == "True" and failed["reason"] == "RunTimedOut"
+    assert "nuc-01: did not report run r1 done within runTimeout 30m" in failed["message"]
+    status["nodes"] = entries | {"nuc-01": {"runId": "r1", "phase": "Succeeded"}}  # it was only slow
+    outcome = backup_outcome(body(status), spec(runTimeout="30m"), NODES, {}, {}, start + dt.timedelta(hours=1))
+    assert outcome.conditions[1]["status"] == "False"
+
+
+def test_a_scheduled_runs_deadline_counts_from_the_nodes_random_delay() -> None:
+    delay = node_start_delay("nuc-01", "sched-1", "2h")
+    assert delay > dt.timedelta(minutes=5)
+    start = at(2026, 1, 1, 2)
+    run = admit_nodes({"id": "sched-1", "reason": "Scheduled", "nodes": []}, NODES, {}, 1, start,
+                      dt.timedelta(minutes=1), "2h")
+    later = admit_nodes(run, NODES, {}, 1, start + delay, dt.timedelta(minutes=1), "2h")
+    assert later["timedOut"] == []
+    later = admit_nodes(run, NODES, {}, 1, start + delay + dt.timedelta(minutes=2), dt.timedelta(minutes=1), "2h")
+    assert later["timedOut"] == ["nuc-01"]
+
+
+def test_mesh_peers_of_a_node_no_longer_selected_are_removed_by_the_patch() -> None:
+    servers = {n: f"http://{n}:8000" for n in NODES}
+    status = {"lastScheduledTime": "2026-01-01T02:00:00Z",
+              "meshPeers": {"gone-04": ["http://nuc-01:8000"], "nuc-01": ["http://nuc-02:8000"]}}
+    mesh = spec(target={"mesh": {"replicationFactor": 1}})
+    peers = backup_outcome(body(status), mesh, NODES, servers, {}, at(2026, 1, 1, 3)).fields["meshPeers"]
+    assert peers["gone-04"] is None and all(peers[n] for n in NODES)
+
+
 @pytest.mark.parametrize(("expression", "after", "until", "expected"), [
     # spring forward in Brussels (29 March 2026, 02:00 -> 03:00): 02:30 does not exist, runs at 03:00 CEST
     ("30 2 * * *", at(2026, 3, 28, 2), at(2026, 3, 30, 2), ["2026-03-29T01:00:00+00:00", "2026-03-30T00:30:00+00:00"]),
@@ -178,6 +230,28 @@ def test_retention_always_keeps_the_newest_snapshot() -> None:
         "--keep-last", "1", "--keep-daily", "7", "--keep-within", "30d"]
     assert retention_args(Retention(keep_last=3, keep_weekly=4, keep_monthly=12, keep_yearly=2)) == [
         "--keep-last", "3", "--keep-weekly", "4", "--keep-monthly", "12", "--keep-yearly", "2"]
+
+
+def test_retention_is_due_for_an_unknown_count_over_the_ceiling_or_once_a_day() -> None:
+    now = dt.datetime(2026, 3, 10, 14, 0, tzinfo=dt.timezone.utc)
+    policy = Retention(keep_last=3, keep_daily=2)
+    assert retention_ceiling(policy) == 5
+    assert retention_ceiling(Retention(keep_last=0, keep_within="30d")) is None
+    assert retention_ceiling(Retention(keep_last=0, keep_yearly=1)) == 2  # keep-last is at least 1
+    earlier = now - dt.timedelta(hours=2)
+    assert retention_due(policy, RetentionState(), now, "UTC") == "snapshot count unknown"
+    assert retention_due(policy, RetentionState(4, earlier), now, "UTC") is None  # 5 after this run: within
+    assert retention_due(policy, RetentionState(5, earlier), now, "UTC") == "6 snapshots, the policy keeps at most 5"
+    yesterday = now - dt.timedelta(days=1)
+    assert retention_due(policy, RetentionState(1, yesterday), now, "UTC") == "not applied yet today"
+    # the day is the Backup's: 23:30 UTC on the 9th is already the 10th in Tokyo
+    late = dt.datetime(2026, 3, 9, 23, 30, tzinfo=dt.timezone.utc)
+    assert retention_due(policy, RetentionState(1, late), now, "UTC") == "not applied yet today"
+    assert retention_due(policy, RetentionState(1, late), now, "Asia/Tokyo") is None
+    # keepWithin has no count bound: only the daily pass applies it
+    within = Retention(keep_last=1, keep_within="7d")
+    assert retention_due(within, RetentionState(500, earlier), now, "UTC") is None
+    assert retention_due(within, RetentionState(500, yesterday), now, "UTC") == "not applied yet today"
 
 
 SECRETS = {"password": "repo-pw", "id": "AKIA", "key": "s3cr3t", "creds": "alice:pw"}

@@ -30,6 +30,7 @@ from maculaos.api.backup import BackupSpec, RestoreSpec, RunPhase, node_start_de
 from maculaos.api.common import SecretKeyRef, spec_selects
 from maculaos.host.backup_job import BackupJob, JobReport, run_job, save_local_job
 from maculaos.host.restic import ResticError
+from maculaos.host.retention import RetentionState
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
 from maculaos.kubeapi import now_rfc3339
 
@@ -82,6 +83,9 @@ class BackupEngine:
         """Backup name -> last run id this agent carried out (also in its status entry)."""
         self.done_restores: set[tuple[str, str]] = set()
         self.checked: dict[str, dt.datetime] = {}
+        self.retention: dict[str, tuple[tuple[str, ...], RetentionState]] = {}
+        """Backup name -> (targets, what the last run here learnt): newer than a status entry the watch
+        may lag on."""
 
     # -- one pass ---------------------------------------------------------------------------------------
 
@@ -110,7 +114,13 @@ class BackupEngine:
         already = self.done_runs.get(name) == run_id or (
             entry.get("runId") == run_id and entry.get("phase") in (RunPhase.SUCCEEDED, RunPhase.FAILED))
         if run_id and not already and self.settings.node in (run.get("nodes") or []):
-            if self._delay_over(spec, run):
+            if self.settings.node in (run.get("timedOut") or []):  # too late: its slot went to another node
+                self.done_runs[name] = run_id
+                self._report_backup(name, obj, {**entry, "phase": RunPhase.FAILED, "runId": run_id,
+                                                "failure": "RunTimedOut", "lastError": "not started: timed out",
+                                                "message": f"run {run_id} not started: the operator timed this "
+                                                           f"node out after runTimeout {spec.run_timeout}"})
+            elif self._delay_over(spec, run):
                 self._run_backup(name, obj, spec, run_id, entry, status)
             elif entry.get("runId") != run_id:
                 self._report_backup(name, obj, {**entry, "phase": RunPhase.WAITING, "runId": run_id,
@@ -140,14 +150,19 @@ class BackupEngine:
         base = {k: v for k, v in entry.items() if k not in ("lastUpdateTime",)}
         self._report_backup(name, obj, {**base, "phase": RunPhase.RUNNING, "runId": run_id,
                                         "message": f"backing up (run {run_id})", "runStartTime": now_rfc3339()})
+        state = RetentionState()
         try:
-            job = replace(self._job(name, spec, status), run_id=run_id)
+            job = self._job(name, spec, status)
+            state = self._retention_state(name, job, entry)
+            job = replace(job, run_id=run_id, retention_state=state, time_zone=spec.time_zone)
             save_local_job(job)
-            result = run_job(job)
+            result = run_job(job, self.clock())
         except (TargetError, ResticError, OSError) as exc:
             result = JobReport(ok=False, message=str(exc), failure=getattr(getattr(exc, "failure", None), "value",
                                                                                "TargetError"))
         self.done_runs[name] = run_id
+        self.retention[name] = (tuple(result.targets), RetentionState(
+            result.snapshot_count, _time(result.retention_time) or state.last_time))
         metrics.set_backup(name, result.ok, result.duration_seconds, result.bytes_added, time.time())
         self._report_backup(name, obj, {**base, **_entry_from(result, run_id, status.get("nextRunTime"))})
         if result.ok:
@@ -155,6 +170,14 @@ class BackupEngine:
         else:
             log.warning(f"backup {name} run {run_id} failed: {result.message}")
             self.notify(obj, "Warning", "BackupFailed", result.message)
+
+    def _retention_state(self, name: str, job: BackupJob, entry: Mapping[str, Any]) -> RetentionState:
+        """What is known of the snapshots in this job's repositories: nothing when the targets changed."""
+        targets = tuple(r.display() for r in job.repositories)
+        remembered = self.retention.get(name)
+        if remembered is not None:
+            return remembered[1] if remembered[0] == targets else RetentionState()
+        return _retention_state(entry) if tuple(entry.get("targets") or ()) == targets else RetentionState()
 
     def _check_if_due(self, name: str, obj: dict[str, Any], spec: BackupSpec, entry: dict[str, Any],
                       status: Mapping[str, Any]) -> None:
@@ -198,8 +221,10 @@ class BackupEngine:
         self.done_restores.add((name, uid))
         self.report(RESTORES, name, {"phase": RunPhase.RUNNING, "message": "restoring",
                                      "observedGeneration": obj["metadata"].get("generation")})
+        started = time.monotonic()
         outcome = self._restore(obj, backup)
-        self.report(RESTORES, name, {**outcome, "observedGeneration": obj["metadata"].get("generation")})
+        self.report(RESTORES, name, {**outcome, "durationSeconds": round(time.monotonic() - started, 3),
+                                     "observedGeneration": obj["metadata"].get("generation")})
         if outcome["phase"] == RunPhase.FAILED:
             self.notify(obj, "Warning", "RestoreFailed", outcome["message"])
 
@@ -217,8 +242,11 @@ class BackupEngine:
             choice = SnapshotChoice(snapshot_id=spec.snapshot.id, latest=bool(spec.snapshot.latest),
                                     before=_time(spec.snapshot.before))
             restic = job.restic_for(job.repositories[0])
+            started = time.monotonic()
             snapshot = choose_snapshot(restic.snapshots(source, spec.backup_name), choice,
                                        f"{job.repositories[0].display()} (node {source})")
+            log.info(f"restore {obj['metadata']['name']}: snapshot {snapshot.short_id} chosen in "
+                     f"{time.monotonic() - started:.1f}s")
             paths = restore_snapshot(restic, snapshot, self.settings.host_root, spec.paths, spec.target_path)
         except (TargetError, ResticError, ValidationError, OSError) as exc:
             return {"phase": RunPhase.FAILED, "message": str(exc)}
@@ -237,17 +265,28 @@ def _rfc(when: dt.datetime) -> str:
     return when.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def _retention_state(entry: Mapping[str, Any]) -> RetentionState:
+    """What the last runs' reports say of the repository (unknown after a failed run or a new agent)."""
+    count = entry.get("snapshotCount")
+    return RetentionState(snapshot_count=count if isinstance(count, int) else None,
+                          last_time=_time(entry.get("lastRetentionTime")))
+
+
 def _entry_from(result: JobReport, run_id: str, next_run: Any) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "phase": RunPhase.SUCCEEDED if result.ok else RunPhase.FAILED, "runId": run_id, "message": result.message,
         "lastRunTime": now_rfc3339(), "durationSeconds": result.duration_seconds, "nextRunTime": next_run,
         "lastError": "" if result.ok else result.message, "targets": result.targets,
+        "snapshotCount": result.snapshot_count, "snapshotsRemoved": result.removed_snapshots,
     }
+    if result.retention_time:
+        entry |= {"lastRetentionTime": result.retention_time, "lastRetentionRemoved": result.removed_ids,
+                  "lastRetentionReason": result.retention_reason}
     if result.ok:
         entry |= {"lastSnapshotId": result.snapshot_id, "lastSnapshotTime": result.snapshot_time,
                   "lastSuccessTime": result.snapshot_time, "filesNew": result.files_new,
                   "filesChanged": result.files_changed, "bytesNew": result.bytes_added,
-                  "bytesProcessed": result.bytes_processed, "snapshotsRemoved": result.removed_snapshots}
+                  "bytesProcessed": result.bytes_processed}
     else:
         entry["failure"] = result.failure
     return entry

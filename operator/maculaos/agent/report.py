@@ -227,6 +227,18 @@ class Reporter:
             return False
         return True
 
+    def annotations(self, annotations: dict[str, str | None], current: dict[str, str]) -> bool:
+        """Set and remove annotations on this node's Node object, where they differ from current."""
+        wanted = {k: v for k, v in annotations.items() if current.get(k) != v}
+        if not wanted:
+            return True
+        try:
+            self._core.patch_node(self.node, {"metadata": {"annotations": wanted}})
+        except Exception as exc:
+            log.warning(f"cannot annotate node {self.node}: {exc}")
+            return False
+        return True
+
     def condition(self, ctype: str, status: str, reason: str, message: str) -> bool:
         """One condition on this node's Node (strategic merge keyed by type: others stay)."""
         if self._conditions.get(ctype) == (status, reason, message):

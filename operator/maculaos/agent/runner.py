@@ -16,6 +16,8 @@ from kubernetes import client
 from maculaos.agent import metrics
 from maculaos.agent.backups import BACKUPS, RESTORES, TICK_SECONDS, BackupEngine, BackupSettings, backup_relevant
 from maculaos.agent.backups import read_secret_with
+from maculaos.agent.backup_server import CONDITION as BACKUP_SERVER_CONDITION
+from maculaos.agent.backup_server import advertisement
 from maculaos.agent.health import PLURAL as HEALTH_PLURAL
 from maculaos.agent.health import HealthEngine, significant
 from maculaos.agent.meshroles import PLURAL as MESH_PLURAL
@@ -25,6 +27,7 @@ from maculaos.agent.upgrades import PLURAL as UPGRADE_PLURAL
 from maculaos.agent.upgrades import UpgradeEngine, relevance
 from maculaos.agent.watch import WatchedCache, labels_and_addresses, spec_and_generation
 from maculaos.api import GROUP, VERSION
+from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.api.common import spec_selects
 from maculaos.host.mesh import MeshPlan
 from maculaos.host.rauc import Rauc
@@ -197,10 +200,20 @@ class Agent:
         started = time.monotonic()
         labels: dict[str, str] = dict(node["metadata"].get("labels") or {})
         ok = self._converge_mesh(labels, _has_public_address(node), None if resync else self.applied_plan)
+        ok = self._advertise_backup_server(node) and ok
         metrics.record_pass(ok, time.monotonic() - started)
         self.last_pass = time.time()
         if resync:
             self._prune_reports()
+
+    def _advertise_backup_server(self, node: dict[str, Any]) -> bool:
+        """os.macula.io/backup-server on this Node only while config.yaml asks and the server answers."""
+        ad = advertisement(self.settings.host_root, node)
+        current = dict(node["metadata"].get("annotations") or {})
+        ok = self.reporter.annotations({BACKUP_SERVER_ANNOTATION: ad.url}, current)
+        if ad.condition is not None:
+            ok = self.reporter.condition(BACKUP_SERVER_CONDITION, *ad.condition) and ok
+        return ok
 
     def _converge_mesh(self, labels: dict[str, str], public_address: bool, applied: MeshPlan | None) -> bool:
         objects = self.meshroles.snapshot()

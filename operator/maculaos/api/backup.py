@@ -155,6 +155,13 @@ class RunPhase(StrEnum):
     FAILED = "Failed"
 
 
+class RunAdmission(ApiModel):
+    node: str
+    """The node let in."""
+    time: str
+    """When (RFC 3339)."""
+
+
 class BackupRun(ApiModel):
     """The run the operator asks for; the agents of the listed nodes carry it out (status.run)."""
 
@@ -168,6 +175,11 @@ class BackupRun(ApiModel):
     """When the operator started the run."""
     nodes: list[str] = Field(default_factory=list)
     """Nodes allowed to run it now (at most maxConcurrentNodes of them busy at once)."""
+    admitted: list[RunAdmission] = Field(default_factory=list)
+    """When each node was let in: its runTimeout counts from then (plus its randomDelay). A list, not a
+    map, so that a new run's merge patch replaces the last run's entries instead of merging with them."""
+    timed_out: list[str] = Field(default_factory=list)
+    """Nodes that did not report the run done within runTimeout: their slot went to others."""
     completion_time: str | None = None
     """When every selected node had reported the run done."""
 
@@ -193,6 +205,12 @@ class BackupStatus(ObjectStatus):
 
 class BackupSpec(SelectorSpec):
     """Scheduled backups of host directories of the selected nodes."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!has(self.runTimeout) || duration(self.runTimeout) >= duration('1m')",
+         "message": "runTimeout must be at least 1m (a backup needs time to start and report)",
+         "fieldPath": ".runTimeout"},
+    ]})
 
     resource = ResourceInfo(
         kind="Backup", plural="backups", singular="backup", short_names=["mbk"],
@@ -222,6 +240,9 @@ class BackupSpec(SelectorSpec):
     the next. Missed runs are reported either way."""
     max_concurrent_nodes: int = Field(default=5, ge=1, le=1000)
     """How many nodes back up at the same time."""
+    run_timeout: Duration = "6h"
+    """How long a node may take to report a run done (after its randomDelay) before the operator marks
+    it timed out and gives its slot to the next node; at least 1m."""
     include: list[AbsolutePath] = Field(
         default_factory=lambda: ["/var/lib/maculaos", "/var/lib/data"], min_length=1, max_length=64)
     """Host paths to back up."""

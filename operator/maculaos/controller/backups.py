@@ -13,7 +13,7 @@ from typing import Any
 
 from maculaos.api.backup import BACKUP_SERVER_PATTERN, BackupSpec, RestoreSpec
 from maculaos.api.common import NodeSelector, parse_duration
-from maculaos.controller.schedule import admit_nodes, decide, parse_time, rfc3339, schedule_interval
+from maculaos.controller.schedule import admit_nodes, decide, node_done, parse_time, rfc3339, schedule_interval
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,12 @@ def stale_condition(spec: BackupSpec, entries: Mapping[str, Mapping[str, Any]], 
                        f"{_human(limit)}: {', '.join(stale[:10])}"}
 
 
-def failed_condition(entries: Mapping[str, Mapping[str, Any]], generation: int) -> dict[str, Any]:
-    failed = sorted((n, e) for n, e in entries.items() if e.get("phase") == "Failed")
+def failed_condition(entries: Mapping[str, Mapping[str, Any]], generation: int,
+                     timed_out: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Failed from the nodes' reports, and from nodes that never reported a run (timed_out: node ->
+    message); a node's own report of the run wins over the timeout."""
+    failed = sorted((n, e) for n, e in entries.items() if e.get("phase") == "Failed" and n not in (timed_out or {}))
+    failed += sorted((n, {"failure": "RunTimedOut", "message": m}) for n, m in (timed_out or {}).items())
     if not failed:
         return {"type": "Failed", "status": "False", "reason": "NoFailures", "message": "",
                 "observedGeneration": generation}
@@ -86,16 +90,23 @@ def backup_outcome(body: Mapping[str, Any], spec: BackupSpec, matched: Sequence[
     fields = dict(decision.fields)
     entries = _entries(status, matched)
     if "run" in fields:
-        fields["run"] = admit_nodes(fields["run"], matched, entries, spec.max_concurrent_nodes, now)
+        fields["run"] = admit_nodes(fields["run"], matched, entries, spec.max_concurrent_nodes, now,
+                                    parse_duration(spec.run_timeout), spec.random_delay)
     if spec.target.mesh is not None:
-        fields["meshPeers"] = assign_mesh_peers(matched, servers, spec.target.mesh.peer_selector, labels,
-                                                spec.target.mesh.replication_factor)
+        peers = assign_mesh_peers(matched, servers, spec.target.mesh.peer_selector, labels,
+                                  spec.target.mesh.replication_factor)
+        # a merge patch keeps keys it does not name: a node no longer selected is removed with null
+        fields["meshPeers"] = {n: None for n in status.get("meshPeers") or {} if n not in peers} | peers
     successes = [parse_time(e.get("lastSuccessTime")) for e in entries.values()]
     fields["lastSuccessfulTime"] = (rfc3339(min(t for t in successes if t)) if matched and len(successes) == len(matched)
                                     and all(successes) else None)
     created = parse_time(meta.get("creationTimestamp")) or now
+    run = fields.get("run") or {}
+    late = {n: f"did not report run {run.get('id')} done within runTimeout {spec.run_timeout}; its slot went "
+               "to the next node" for n in run.get("timedOut") or []
+            if n in matched and not node_done(entries.get(n), str(run.get("id")))}
     conditions = [stale_condition(spec, entries, matched, created, now, generation),
-                  failed_condition(entries, generation)]
+                  failed_condition(entries, generation, late)]
     event = decision.event
     if decision.new_run and event is None:
         run = fields["run"]

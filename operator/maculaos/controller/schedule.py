@@ -19,7 +19,7 @@ from typing import Any
 
 from croniter import croniter
 
-from maculaos.api.backup import RUN_NOW_ANNOTATION, BackupSpec, MissedRunPolicy
+from maculaos.api.backup import RUN_NOW_ANNOTATION, BackupSpec, MissedRunPolicy, node_start_delay
 
 #: A scheduled time handled later than this counts as missed (the operator was away over it).
 ON_TIME_GRACE = dt.timedelta(minutes=5)
@@ -132,7 +132,7 @@ def decide(spec: BackupSpec, status: Mapping[str, Any], annotations: Mapping[str
 
 def _new_run(run_id: str, reason: str, scheduled: dt.datetime, now: dt.datetime) -> dict[str, Any]:
     return {"id": run_id, "reason": reason, "scheduledTime": rfc3339(scheduled), "startTime": rfc3339(now),
-            "nodes": [], "completionTime": None}
+            "nodes": [], "admitted": [], "timedOut": [], "completionTime": None}
 
 
 def node_done(entry: Mapping[str, Any] | None, run_id: str) -> bool:
@@ -140,17 +140,28 @@ def node_done(entry: Mapping[str, Any] | None, run_id: str) -> bool:
 
 
 def admit_nodes(run: dict[str, Any], matched: Sequence[str], entries: Mapping[str, Mapping[str, Any]],
-                max_concurrent: int, now: dt.datetime) -> dict[str, Any]:
-    """Let more nodes start while fewer than max_concurrent are busy; mark the run complete when every
-    selected node reported it done."""
+                max_concurrent: int, now: dt.datetime, run_timeout: dt.timedelta = dt.timedelta(hours=6),
+                random_delay: str = "0s") -> dict[str, Any]:
+    """Let more nodes start while fewer than max_concurrent are busy; a node that has not reported the run
+    done within run_timeout of its admission (plus its share of randomDelay) is timed out and no longer
+    holds a slot; the run is complete when every selected node reported it done or timed out."""
     run = dict(run)
     allowed = [n for n in run.get("nodes") or []]
+    admitted = {str(a.get("node")): str(a.get("time")) for a in run.get("admitted") or [] if isinstance(a, dict)}
+    timed_out = [n for n in run.get("timedOut") or []]
     done = {n for n in matched if node_done(entries.get(n), run["id"])}
-    busy = [n for n in allowed if n in matched and n not in done]
+    for node in allowed:
+        since = parse_time(admitted.get(node)) or parse_time(run.get("startTime")) or now
+        delay = node_start_delay(node, run["id"], random_delay) if run.get("reason") == "Scheduled" else dt.timedelta(0)
+        if node in matched and node not in done and node not in timed_out and now > since + delay + run_timeout:
+            timed_out.append(node)
+    busy = [n for n in allowed if n in matched and n not in done and n not in timed_out]
     waiting = [n for n in sorted(matched) if n not in allowed]
-    allowed += waiting[:max(max_concurrent - len(busy), 0)]
-    run["nodes"] = allowed
-    if matched and all(n in done for n in matched) and not run.get("completionTime"):
+    newly = waiting[:max(max_concurrent - len(busy), 0)]
+    allowed += newly
+    admitted |= {n: rfc3339(now) for n in newly}
+    run |= {"nodes": allowed, "admitted": [{"node": n, "time": admitted[n]} for n in allowed if n in admitted],
+            "timedOut": timed_out}
+    if matched and all(n in done or n in timed_out for n in matched) and not run.get("completionTime"):
         run["completionTime"] = rfc3339(now)
     return run
-

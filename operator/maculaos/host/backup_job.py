@@ -17,7 +17,8 @@ from typing import Any
 from maculaos.api.backup import Retention
 from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.files import atomic_write
-from maculaos.host.restic import Repository, Restic, ResticError, ResticFailure
+from maculaos.host.restic import BackupResult, Repository, Restic, ResticError, ResticFailure
+from maculaos.host.retention import RetentionState, retention_due
 
 #: The k3s server's embedded datastore (sqlite/kine) and where its consistent copy goes before a backup.
 K3S_DATASTORE = "/var/lib/rancher/k3s/server/db/state.db"
@@ -25,8 +26,10 @@ K3S_COPY = "/var/lib/maculaos/backup-staging/k3s-state.db"
 CREDENTIALS_DIR = Path("var/lib/maculaos/backup")
 CACHE_DIR = Path("var/cache/maculaos/restic")
 RUN_TAG = "maculaos-run"
-#: Repositories this process has opened (or created) already: later runs skip the extra `cat config`.
+#: S3 repositories this process has opened (or created) already: later runs skip the extra `init`.
 _OPENED: set[str] = set()
+#: Removed snapshot ids a report names (the count is always complete).
+REMOVED_IDS_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,10 @@ class BackupJob:
     restic: str = "restic"
     run_id: str = ""
     """Tagged on the snapshot (maculaos-run=<id>), so a run can be traced to its snapshots."""
+    retention_state: RetentionState = field(default_factory=RetentionState)
+    """What the node knows since the last forget; the default (unknown) applies retention on every run."""
+    time_zone: str = "UTC"
+    """The Backup's time zone: retention runs at least once per calendar day in it."""
 
     def restic_for(self, repo: Repository) -> Restic:
         return Restic(repo, self.restic, cache_dir=self.host_root / CACHE_DIR)
@@ -66,6 +73,13 @@ class JobReport:
     failure: str = ""
     removed_snapshots: int = 0
     targets: list[str] = field(default_factory=list)
+    snapshot_count: int | None = None
+    """This node's snapshots of the Backup after the run (the largest over its targets); None if unknown."""
+    retention_time: str = ""
+    """When retention ran in this run (RFC 3339), empty when it was not due."""
+    retention_reason: str = ""
+    removed_ids: list[str] = field(default_factory=list)
+    """Short ids of snapshots retention removed in this run (at most REMOVED_IDS_SHOWN)."""
 
 
 def capture_k3s_datastore(host_root: Path) -> str | None:
@@ -88,9 +102,9 @@ def capture_k3s_datastore(host_root: Path) -> str | None:
     return K3S_COPY
 
 
-def run_job(job: BackupJob) -> JobReport:
-    """Back up to every repository and apply retention; a failure on one repository does not stop the
-    others, and the report names each."""
+def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
+    """Back up to every repository and apply retention when it is due (host/retention.py); a failure on
+    one repository does not stop the others, and the report names each."""
     started = time.monotonic()
     include, exclude = list(job.include), list(job.exclude)
     if job.include_k3s_datastore and capture_k3s_datastore(job.host_root):
@@ -99,23 +113,14 @@ def run_job(job: BackupJob) -> JobReport:
     report = JobReport(ok=True, message="", targets=[r.display() for r in job.repositories])
     notes: list[str] = []
     failures: list[str] = []
+    counts: list[int | None] = []
+    now = now or dt.datetime.now(dt.timezone.utc)
+    due = retention_due(job.retention, job.retention_state, now, job.time_zone)
     for repo in job.repositories:
         restic = job.restic_for(repo)
-        tags = [f"{RUN_TAG}={job.run_id}"] if job.run_id else []
         try:
-            if repo.location not in _OPENED:  # once per process: every restic call re-derives the key
-                restic.ensure_initialized()
-                _OPENED.add(repo.location)
-            restic.check_reachable()
-            try:
-                result = restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
-            except ResticError as exc:
-                if exc.failure is not ResticFailure.NO_REPOSITORY:
-                    raise
-                _OPENED.discard(repo.location)  # removed since: create it again
-                restic.ensure_initialized()
-                result = restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
-            report.removed_snapshots += len(restic.forget(job.retention, job.node, job.name))
+            result = _backup_one(job, restic, include, exclude)
+            counts.append(_retain(job, restic, report, due, now))
         except ResticError as exc:
             failures.append(str(exc))
             report.failure = report.failure or exc.failure.value
@@ -130,7 +135,9 @@ def run_job(job: BackupJob) -> JobReport:
             if result.warnings:
                 notes.append(f"{len(result.warnings)} file(s) unreadable, e.g. {result.warnings[0]}")
     report.duration_seconds = round(time.monotonic() - started, 3)
-    report.snapshot_time = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    report.snapshot_time = _rfc3339(dt.datetime.now(dt.timezone.utc))
+    known = [c for c in counts if c is not None]
+    report.snapshot_count = max(known) if known and len(known) == len(counts) else None
     done = len(job.repositories) - len(failures)
     if failures:
         report.ok = False
@@ -140,6 +147,41 @@ def run_job(job: BackupJob) -> JobReport:
         report.message = f"snapshot {report.snapshot_id[:8]} on {done} target(s)" + (
             f"; {'; '.join(notes)}" if notes else "")
     return report
+
+
+def _backup_one(job: BackupJob, restic: Restic, include: list[str], exclude: list[str]) -> BackupResult:
+    """restic backup; the repository is created on first use (restic says it does not exist). S3 is asked
+    first, once per process: restic retries a missing bucket for many minutes."""
+    tags = [f"{RUN_TAG}={job.run_id}"] if job.run_id else []
+    if restic.repo.location.startswith("s3:") and restic.repo.location not in _OPENED:
+        restic.ensure_initialized()
+        _OPENED.add(restic.repo.location)
+    restic.check_reachable()
+    try:
+        return restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
+    except ResticError as exc:
+        if exc.failure is not ResticFailure.NO_REPOSITORY:
+            raise
+    _OPENED.discard(restic.repo.location)
+    restic.ensure_initialized()
+    return restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
+
+
+def _retain(job: BackupJob, restic: Restic, report: JobReport, due: str | None, now: dt.datetime) -> int | None:
+    """Apply retention when due; the node's snapshot count after this run (None when unknown)."""
+    known = job.retention_state.snapshot_count
+    if due is None:
+        return None if known is None else known + 1
+    forgotten = restic.forget(job.retention, job.node, job.name)
+    report.removed_snapshots += len(forgotten.removed)
+    report.removed_ids += [i[:8] for i in forgotten.removed][:REMOVED_IDS_SHOWN - len(report.removed_ids)]
+    report.retention_time = _rfc3339(now)
+    report.retention_reason = due
+    return forgotten.kept
+
+
+def _rfc3339(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 # -- the node-local copy of the job --------------------------------------------------------------------

@@ -139,6 +139,16 @@ class BackupResult:
     warnings: list[str]
 
 
+@dataclass(frozen=True)
+class Forgotten:
+    """What one `restic forget` did to a node's snapshots of one Backup."""
+
+    removed: list[str]
+    """Ids of the snapshots removed."""
+    kept: int
+    """How many snapshots remain."""
+
+
 def retention_args(retention: Retention) -> list[str]:
     """restic forget flags for a GFS policy. keep-last is at least 1, so the newest snapshot (the last
     good one: only successful runs make snapshots) survives any policy."""
@@ -352,18 +362,21 @@ class Restic:
         raw = self.json(*args, timeout=300) or []
         return sorted((Snapshot.model_validate(s) for s in raw), key=lambda s: s.time)
 
-    def forget(self, retention: Retention, node: str, backup_name: str) -> list[str]:
-        """Apply retention to this node's snapshots of this Backup and prune; returns the removed ids."""
+    def forget(self, retention: Retention, node: str, backup_name: str) -> Forgotten:
+        """Apply retention to this node's snapshots of this Backup and prune; says what went and how many
+        stayed (restic prunes only when something was removed)."""
         # one group per node and Backup: grouping by tags would make each run (its own run tag) a group
         # whose newest snapshot is always kept, and grouping by paths would split it when include changes
         args = ["forget", "--host", node, "--tag", f"{BACKUP_TAG}={backup_name}", "--group-by", "host",
                 *retention_args(retention), "--prune"]
         out = self.with_lock_retry(*args, "--json").stdout
         removed: list[str] = []
+        kept = 0
         for group in _json_lines_or_list(out):
             if isinstance(group, dict):
                 removed += [str(s.get("id", "")) for s in (group.get("remove") or [])]
-        return removed
+                kept += len(group.get("keep") or [])
+        return Forgotten(removed, kept)
 
     def check(self, read_data_percent: int = 0) -> None:
         args = ["check"] + ([f"--read-data-subset={read_data_percent}%"] if read_data_percent else [])

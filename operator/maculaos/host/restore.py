@@ -9,14 +9,18 @@ ones already done. The previous data is deleted only after every swap succeeded.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from maculaos.host.restic import ROOT_TAG, Restic, ResticError, ResticFailure, Snapshot
+
+log = logging.getLogger("maculaos.restore")
 
 
 @dataclass(frozen=True)
@@ -90,13 +94,17 @@ def restore_snapshot(restic: Restic, snapshot: Snapshot, host_root: Path, paths:
     snap_root = Path(snapshot.tag_value(ROOT_TAG) or "/")
     token = uuid.uuid4().hex[:8]
     staged: list[_Staged] = []
+    started = time.monotonic()
     try:
         for path in wanted:
             staged.append(_stage(restic, snapshot, snap_root, host_root, path, target_dir, token))
+        restored = time.monotonic()
         _swap_all(staged, token)
     finally:
         for item in staged:
             shutil.rmtree(item.workdir, ignore_errors=True)
+    log.info(f"restored {', '.join(wanted)} from {snapshot.short_id}: restic {restored - started:.1f}s, "
+             f"swap and clean-up {time.monotonic() - restored:.1f}s")
     return wanted
 
 
