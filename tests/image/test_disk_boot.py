@@ -58,15 +58,16 @@ def test_disk_image_boots_from_grub_marks_a_good_and_falls_back_from_a_broken_b(
     esp_put(disk, {"B/vmlinuz": built_image.kernel, "B/initrd.img": built_image.initrd})
     boot_environment(disk, {"ORDER": "B A", "B_OK": "1", "B_TRY": "0"})
     with Vm(VmSpec.for_disk(disk, uefi_vars_copy(tmp_path / "vars.fd")), tmp_path / "uefi.log") as vm:
-        vm.wait_for(r"slot B did not boot in 3 tries: marked bad", boot_timeout() * 2)
+        vm.wait_for(r"slot B did not boot in 3 tries: marked bad", boot_timeout() * 3)
         vm.wait_for(r"Booting `MaculaOS 0\.1\.0 \(slot A\)'", boot_timeout())
         vm.wait_for(r"MACULAOS-READY", boot_timeout())
         second = _probe(vm)
         vm.wait_exit(boot_timeout())
         console = vm.console
-    tries = re.findall(r"Booting `MaculaOS 0\.1\.0 \(slot B\)'", console)
+    # One failed root per try (GRUB's own lines show twice under OVMF, which mirrors its console to serial).
     failures = re.findall(r"MACULAOS-BOOT-FAILED: cannot mount /dev/vda4 as squashfs", console)
-    assert len(tries) == 3 and len(failures) == 3, console[-3000:]
+    assert len(failures) == 3, console[-3000:]
+    assert console.index("marked bad, trying the next slot") > console.rindex("MACULAOS-BOOT-FAILED")
     assert second["rauc-booted"] == "A" and second["rauc-a"] == "good" and second["rauc-b"] == "bad", second
     assert second["var-mark"] == "present", second                # the same data partition as boot 1
     env = boot_environment(disk)
