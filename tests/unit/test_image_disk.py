@@ -185,3 +185,15 @@ def test_bundle_is_verity_signed_and_refused_under_another_ca(tmp_path: Path) ->
     refused = subprocess.run(["rauc", "info", f"--keyring={theirs.keyring}", str(bundle)], capture_output=True,
                              text=True)
     assert refused.returncode != 0 and "signature" in refused.stderr.lower()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--signing-key", "k.pem"], "--signing-key and --signing-cert go together"),
+    (["--signing-cert", "c.pem"], "--signing-key and --signing-cert go together"),
+    (["--signing-key", "missing.pem", "--signing-cert", "missing.pem"], "--signing-key: missing.pem is not a file"),
+])
+def test_image_build_refuses_bad_signing_flags_before_building(flags: list[str], message: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from maculaos.cli import main
+    assert main(["image", "build", "--out", "/nonexistent/out", *flags]) == 1
+    assert message in capsys.readouterr().err
