@@ -13,11 +13,17 @@ passwd --lock "$user" >/dev/null
 
 # Units: the boot path and the DHCP network; a unit the image does not ship is skipped, not an error.
 for unit in maculaos-apply.service macula-firstboot.service macula-ready.service systemd-networkd.service \
-            systemd-resolved.service nftables.service ssh.service chrony.service avahi-daemon.service; do
+            systemd-resolved.service nftables.service ssh.service chrony.service avahi-daemon.service \
+            maculaos-mark-good.service; do
 	if [ -e "/usr/lib/systemd/system/$unit" ]; then systemctl enable "$unit"; fi
 done
 # No waiting up to two minutes for a network at boot: nothing on the boot path needs one.
 systemctl mask systemd-networkd-wait-online.service
+
+# The ESP's mount point (the initramfs mounts it there on a MaculaOS disk: RAUC writes GRUB's environment).
+# systemd's GPT auto-mounter would mount the ESP a second time, at /efi, which the read-only root lacks.
+mkdir -p /boot/efi /etc/systemd/system-generators
+ln -sfn /dev/null /etc/systemd/system-generators/systemd-gpt-auto-generator
 
 # The read-only root has no place for these; systemd-firstboot would otherwise ask on the console.
 echo maculaos > /etc/hostname

@@ -11,7 +11,8 @@ cd "$top"
 DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables iproute2 systemd util-linux
                  rauc squashfs-tools dbus             # real RAUC on simulated nodes (NodeUpgrade)
                  mmdebstrap debian-archive-keyring    # Debian 13 roots: the OS image and the operator image
-                 qemu-system-x86 qemu-utils e2fsprogs)  # boot tests of the OS image
+                 qemu-system-x86 qemu-utils e2fsprogs   # boot tests of the OS image
+                 fdisk dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin ovmf xorriso)  # disk images, ISO
 
 log() { printf '[install] %s\n' "$*" >&2; }
 

@@ -224,13 +224,18 @@ def _image_show(args: argparse.Namespace) -> int:
 
 
 def _image_build(args: argparse.Namespace) -> int:
-    from maculaos.image.build import BuildError, BuildInputs, ImageBuilder, summary
+    from maculaos.image.build import BuildError, BuildInputs, ImageBuilder, default_cache, summary
     from maculaos.image.definition import DefinitionError
+    from maculaos.image.signing import SigningError, development_identity, given_identity
 
     try:
-        inputs = BuildInputs(_image_definition(args), REPO_ROOT, args.k3s_binary)
+        if bool(args.signing_key) != bool(args.signing_cert):
+            raise SigningError("--signing-key and --signing-cert go together")
+        signing = (given_identity(args.signing_key, args.signing_cert, args.keyring) if args.signing_key
+                   else development_identity(args.cache or default_cache()))
+        inputs = BuildInputs(_image_definition(args), REPO_ROOT, signing, args.k3s_binary)
         result = ImageBuilder(inputs, args.out, args.cache).build()
-    except (DefinitionError, BuildError) as exc:
+    except (DefinitionError, BuildError, SigningError) as exc:
         print(f"maculaos image build failed: {exc}", file=sys.stderr)
         return 1
     print(summary(result))
@@ -332,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--cache", type=Path, default=None, help="download cache (default ~/.cache/maculaos/image)")
     cmd.add_argument("--k3s-binary", type=Path, default=None,
                      help="a k3s binary to include; without it the image says plainly that k3s is missing")
+    cmd.add_argument("--signing-key", type=Path, default=None, help="PEM key that signs the RAUC bundle and "
+                     "SHA256SUMS; without it a throwaway development CA from the build cache signs (and says so)")
+    cmd.add_argument("--signing-cert", type=Path, default=None, help="PEM certificate of --signing-key")
+    cmd.add_argument("--keyring", type=Path, default=None,
+                     help="PEM CA certificate(s) the image trusts for bundles (default: --signing-cert)")
 
     dev = commands.add_parser("dev", help="the local demo environment").add_subparsers(dest="action", required=True)
     up = dev.add_parser("up", help="start a control plane, simulated nodes, the operator, and apply examples/")

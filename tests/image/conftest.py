@@ -12,6 +12,7 @@ import pytest
 
 from maculaos.image.build import BuildInputs, ImageBuilder, default_cache
 from maculaos.image.definition import load_definition
+from maculaos.image.signing import development_identity
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = Path(__file__).parent / "probe-extension.yaml"
@@ -25,19 +26,24 @@ class BuiltImage:
     kernel: Path
     initrd: Path
     build_info: str
+    out: Path
+    """The build's output folder: the disk image, qcow2, bundle, SHA256SUMS and the rest."""
+
+    def artifact(self, fmt: str) -> Path:
+        return self.out / self.squashfs.name.replace(".squashfs", f".{fmt}")
 
 
 @pytest.fixture(scope="session")
 def built_image() -> BuiltImage:
     definition = load_definition(REPO / "image-build" / "maculaos.yaml", [EXTENSION]).select(PROFILES)
-    inputs = BuildInputs(definition, REPO)
+    inputs = BuildInputs(definition, REPO, development_identity(default_cache()))
     out = default_cache() / "builds" / inputs.digest()
     names = [definition.artifact(f) for f in ("squashfs", "kernel", "initrd", "build-info")]
     if not (out / "complete").exists():
         shutil.rmtree(out, ignore_errors=True)
         ImageBuilder(inputs, out).build()
         (out / "complete").touch()
-    return BuiltImage(*(out / n for n in names[:3]), build_info=(out / names[3]).read_text())
+    return BuiltImage(*(out / n for n in names[:3]), build_info=(out / names[3]).read_text(), out=out)
 
 
 def boot_timeout() -> float:

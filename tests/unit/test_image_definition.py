@@ -93,6 +93,10 @@ def test_extension_may_not_replace_a_file_the_definition_writes(tmp_path: Path) 
     ({"kernel_cmdline": "boot=macula init=\"/bin/sh\""}, "kernel_cmdline: Value error, word 'init=\"/bin/sh\"'"),
     ({"packages": {"boot": ["UPPER"]}}, "packages.boot.0: String should match pattern"),
     ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
+    ({"disk": {"esp_mib": 16}}, "disk.esp_mib: Input should be greater than or equal to 64"),
+    ({"disk": {"slot_mib": 100000}}, "disk.slot_mib: Input should be less than or equal to 16384"),
+    ({"disk": {"data_mib": "big"}}, "disk.data_mib: Input should be a valid integer"),
+    ({"disk": {"swap_mib": 512}}, "disk.swap_mib: Extra inputs are not permitted"),
 ])
 def test_bad_definition_values_are_refused_naming_the_field(tmp_path: Path, changes: dict[str, object],
                                                             message: str) -> None:

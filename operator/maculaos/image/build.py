@@ -18,10 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maculaos import __version__
+from maculaos.image import disk, grub
+from maculaos.image.bundle import BundleError, build_bundle
 from maculaos.image.definition import ImageDefinition
+from maculaos.image.signing import SigningError, SigningIdentity, sign_file
 
 # Build-machine tools, and the Debian package that brings each (named in a missing-tool error).
-TOOLS = {"mmdebstrap": "mmdebstrap", "mksquashfs": "squashfs-tools"}
+TOOLS = {"mmdebstrap": "mmdebstrap", "mksquashfs": "squashfs-tools", "rauc": "rauc", "openssl": "openssl",
+         "zstd": "zstd", **disk.TOOLS}
 # The image's python3 (Debian 13): the platform the wheels are chosen for.
 IMAGE_PYTHON = "3.13"
 WHEEL_PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64", "any"]
@@ -48,6 +52,8 @@ class BuildInputs:
 
     definition: ImageDefinition
     repo_root: Path
+    signing: SigningIdentity
+    """Signs the bundle and SHA256SUMS; its keyring goes into the image (/etc/rauc/keyring.pem)."""
     k3s_binary: Path | None = None
 
     @property
@@ -63,6 +69,7 @@ class BuildInputs:
             files += sorted(p for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         if self.k3s_binary:
             files.append(self.k3s_binary)
+        files.append(self.signing.keyring)
         for f in files:
             h.update(str(f).encode() + b"\0" + f.read_bytes() + b"\0")
         return h.hexdigest()[:16]
@@ -75,6 +82,9 @@ class BuildResult:
     initrd: Path
     seconds: float
     k3s: str
+    outputs: tuple[Path, ...] = ()
+    """Every file in the output folder SHA256SUMS covers."""
+    signing: str = ""
 
 
 def source_date_epoch(repo_root: Path) -> int:
@@ -166,6 +176,7 @@ class ImageBuilder:
             "PROFILES": ",".join(d.profiles),
             "EXTENSIONS": ",".join(p.name for p in d.extensions) or "none",
             "K3S": k3s,
+            "SIGNING": self.inputs.signing.describe(),
         }
         return "".join(f"{k}={shlex.quote(v)}\n" for k, v in lines.items())
 
@@ -185,6 +196,9 @@ class ImageBuilder:
         info = payload / "etc/maculaos/build-info"
         info.parent.mkdir(parents=True, exist_ok=True)
         info.write_text(self.build_info())
+        keyring = payload / "etc/rauc/keyring.pem"
+        keyring.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.inputs.signing.keyring, keyring)
         site = payload / "usr/lib/python3/dist-packages"
         _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-compile",
               "--target", str(site), *_pip_target_args(WHEEL_PLATFORMS), *map(str, wheels)],
@@ -252,9 +266,44 @@ class ImageBuilder:
             _run(["mksquashfs", str(root), str(result.squashfs), "-comp", "zstd", "-Xcompression-level",
                   str(SQUASHFS_ZSTD_LEVEL), "-noappend", "-quiet",
                   "-no-progress"], "squashfs (zstd) of the root", env)
+            self._rootfs_tar(root, self.out / d.artifact("rootfs.tar.zst"), env)
         (self.out / d.artifact("build-info")).write_text(self.build_info())
-        self._checksums([result.squashfs, result.kernel, result.initrd])
-        return BuildResult(result.squashfs, result.kernel, result.initrd, time.monotonic() - started, result.k3s)
+        outputs = self.write_outputs()
+        return BuildResult(result.squashfs, result.kernel, result.initrd, time.monotonic() - started, result.k3s,
+                           outputs, self.inputs.signing.describe())
+
+    def write_outputs(self) -> tuple[Path, ...]:
+        """From the squashfs, kernel and initrd in the output folder: the raw disk image, qcow2, the signed
+        RAUC bundle, SHA256SUMS over everything and its detached signature."""
+        d = self.definition
+        art = {fmt: self.out / d.artifact(fmt) for fmt in ("squashfs", "kernel", "initrd", "build-info",
+                                                            "rootfs.tar.zst", "img", "qcow2", "raucb", "cert.pem")}
+        print("[image] raw disk image (GPT, GRUB BIOS+UEFI)", file=sys.stderr, flush=True)
+        try:
+            disk.build_disk(disk.DiskInputs(
+                squashfs=art["squashfs"], boot=disk.BootFiles(art["kernel"], art["initrd"]), version=d.version,
+                cmdline=d.kernel_cmdline, esp_mib=d.disk.esp_mib, slot_mib=d.disk.slot_mib,
+                data_mib=d.disk.data_mib, seed=self.inputs.digest(), epoch=self.epoch), art["img"])
+            print("[image] qcow2", file=sys.stderr, flush=True)
+            disk.qcow2(art["img"], art["qcow2"])
+            print("[image] RAUC bundle (verity, signed)", file=sys.stderr, flush=True)
+            build_bundle(art["squashfs"], art["raucb"], d.version, d.arch, self.inputs.digest(),
+                         self.inputs.signing)
+            shutil.copyfile(self.inputs.signing.cert, art["cert.pem"])
+            outputs = tuple(p for p in art.values() if p.exists())
+            sums = self._checksums(list(outputs))
+            sign_file(self.inputs.signing, sums)
+        except (disk.DiskError, grub.GrubError, BundleError, SigningError) as exc:
+            raise BuildError(str(exc)) from exc
+        return outputs
+
+    def _rootfs_tar(self, root: Path, target: Path, env: dict[str, str]) -> None:
+        """The root as a tar (containers, chroots, other installers): sorted, numeric owners, times
+        clamped to the build's epoch, zstd."""
+        _run(["tar", "--create", "--file", str(target), "--directory", str(root), "--sort=name",
+              "--numeric-owner", "--xattrs", f"--mtime=@{self.epoch}", "--clamp-mtime",
+              "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./run/*",
+              "--use-compress-program=zstd -T0 -q", "."], "rootfs tar (zstd)", env)
 
     @staticmethod
     def _boot_files(root: Path) -> tuple[Path, Path]:
@@ -264,11 +313,23 @@ class ImageBuilder:
             raise BuildError(f"expected one kernel and one initrd in /boot, found {kernels} {initrds}")
         return kernels[0], initrds[0]
 
-    def _checksums(self, files: list[Path]) -> None:
-        lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}\n" for f in files]
-        (self.out / "SHA256SUMS").write_text("".join(lines))
+    def _checksums(self, files: list[Path]) -> Path:
+        lines = [f"{_sha256(f)}  {f.name}\n" for f in sorted(files)]
+        sums = self.out / "SHA256SUMS"
+        sums.write_text("".join(lines))
+        return sums
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def summary(result: BuildResult) -> str:
-    sizes = {p.name: p.stat().st_size for p in (result.squashfs, result.kernel, result.initrd)}
-    return json.dumps({"files": sizes, "seconds": round(result.seconds, 1), "k3s": result.k3s}, indent=2)
+    files = result.outputs or (result.squashfs, result.kernel, result.initrd)
+    sizes = {p.name: p.stat().st_size for p in files}
+    return json.dumps({"files": sizes, "seconds": round(result.seconds, 1), "k3s": result.k3s,
+                       "signing": result.signing}, indent=2)

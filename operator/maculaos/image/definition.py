@@ -47,6 +47,17 @@ class Extension(BaseModel):
         return files
 
 
+class DiskSizes(BaseModel):
+    """Partition sizes of the raw disk image (GPT: bios_grub 1 MiB, ESP, rootfs-A, rootfs-B, data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    esp_mib: int = Field(128, ge=64, le=2048, description="GRUB, its environment, a kernel and initrd per slot")
+    slot_mib: int = Field(1024, ge=256, le=16384, description="each rootfs slot: room for later, larger versions")
+    data_mib: int = Field(512, ge=64, le=65536, description="the data partition in the image (an install "
+                                                              "gives it the rest of the disk)")
+
+
 class ImageDefinition(BaseModel):
     """image-build/maculaos.yaml: everything that decides what goes into the image."""
 
@@ -67,6 +78,7 @@ class ImageDefinition(BaseModel):
     files: dict[ImagePath, str] = Field(default_factory=dict, max_length=500)
     firstboot: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] = Field(
         default_factory=list, max_length=100)
+    disk: DiskSizes = Field(default_factory=DiskSizes)
     extra_packages: list[DebianPackage] = Field(default_factory=list, description="added by extensions")
     extensions: list[Path] = Field(default_factory=list, description="extension files merged in, in order")
 

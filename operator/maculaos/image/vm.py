@@ -20,26 +20,58 @@ class BootError(AssertionError):
     """A marker did not appear in time, or QEMU ended; the message carries the console log."""
 
 
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
 @dataclass(frozen=True)
 class VmSpec:
-    kernel: Path
-    initrd: Path
-    rootfs: Path
+    """Either a direct kernel boot (kernel, initrd, the squashfs and a data disk as separate drives) or a
+    whole MaculaOS disk (`disk`) that the firmware boots through its own boot loader."""
+
+    kernel: Path | None
+    initrd: Path | None
+    rootfs: Path | None
     data: Path | None
-    cmdline: str
+    cmdline: str = ""
     memory_mib: int = 1024
     cpus: int = 1
     network: bool = True
     extra_args: tuple[str, ...] = field(default=())
+    disk: Path | None = None
+    uefi_vars: Path | None = None
+    """A writable copy of OVMF's variable store: boot with UEFI firmware (OVMF) instead of SeaBIOS."""
+    reboot: bool = False
+    """Let the guest reboot (GRUB's try counter needs real reboots); otherwise a reboot ends QEMU."""
+
+    @classmethod
+    def for_disk(cls, disk: Path, uefi_vars: Path | None = None, reboot: bool = True,
+                 extra_args: tuple[str, ...] = ()) -> VmSpec:
+        return cls(None, None, None, None, disk=disk, uefi_vars=uefi_vars, reboot=reboot, extra_args=extra_args)
+
+
+def uefi_vars_copy(target: Path) -> Path:
+    """OVMF's empty variable store, copied: the firmware writes to it."""
+    shutil.copyfile(OVMF_VARS, target)
+    return target
 
 
 def qemu_command(spec: VmSpec) -> list[str]:
     accel = os.environ.get("MACULAOS_QEMU_ACCEL", "tcg")
     accels = ["-accel", "kvm", "-accel", "tcg"] if accel == "kvm" else ["-accel", "tcg"]
     cmd = ["qemu-system-x86_64", *accels, "-machine", "q35", "-cpu", "max", "-m", str(spec.memory_mib),
-           "-smp", str(spec.cpus), "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
-           "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline,
-           "-drive", f"file={spec.rootfs},format=raw,if=virtio,readonly=on"]
+           "-smp", str(spec.cpus), "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio"]
+    if not spec.reboot:
+        cmd.append("-no-reboot")
+    if spec.uefi_vars:
+        cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,file={spec.uefi_vars}"]
+    if spec.kernel and spec.initrd:
+        cmd += ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline]
+    if spec.rootfs:
+        cmd += ["-drive", f"file={spec.rootfs},format=raw,if=virtio,readonly=on"]
+    if spec.disk:
+        cmd += ["-drive", f"file={spec.disk},format=raw,if=virtio"]
     if spec.data:
         cmd += ["-drive", f"file={spec.data},format=raw,if=virtio"]
     cmd += ["-nic", "user,model=virtio-net-pci"] if spec.network else ["-nic", "none"]

@@ -1,0 +1,251 @@
+"""The MaculaOS disk layout (GPT: bios_grub, ESP, rootfs-A, rootfs-B, data) and the raw disk image, made
+without root mounts or loop devices: sfdisk on a plain file, the ESP by `mkfs.vfat -C` + mtools, the data
+partition by `mkfs.ext4 -d`, each written at its offset. `maculaos install` lays out a real disk from the
+same plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from maculaos.image import grub
+
+MIB = 1024 * 1024
+SECTOR = 512
+BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
+ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+# Plain "Linux filesystem data", not the discoverable root type: systemd-gpt-auto-generator must not
+# mount a slot on its own.
+LINUX_DATA = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+ESP_LABEL = "MACULA_ESP"
+DATA_LABEL = "MACULA_DATA"
+# Tools the disk outputs need, and the Debian package of each.
+TOOLS = {"sfdisk": "fdisk", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mmd": "mtools",
+         "mkfs.ext4": "e2fsprogs", "grub-mkimage": "grub-common", "grub-editenv": "grub-common",
+         "qemu-img": "qemu-utils"}
+
+
+class DiskError(RuntimeError):
+    """The disk cannot be made; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    name: str
+    """The GPT partition label: the initramfs and RAUC find partitions by it."""
+    type_guid: str
+    start_mib: int
+    size_mib: int | None
+    """None: the rest of the disk (the data partition of an install)."""
+
+    @property
+    def offset(self) -> int:
+        return self.start_mib * MIB
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    partitions: tuple[Partition, ...]
+    total_mib: int | None
+
+    def part(self, name: str) -> Partition:
+        return next(p for p in self.partitions if p.name == name)
+
+
+def plan(esp_mib: int, slot_mib: int, data_mib: int | None) -> DiskLayout:
+    """The layout, 1 MiB aligned: bios_grub (core.img), ESP (GRUB, kernels per slot, grubenv), the two
+    slots (squashfs written raw), data (ext4). data_mib None: data takes the rest of the disk."""
+    sizes: list[tuple[str, str, int | None]] = [("bios", BIOS_BOOT, 1), ("ESP", ESP, esp_mib),
+                                                ("rootfs-A", LINUX_DATA, slot_mib),
+                                                ("rootfs-B", LINUX_DATA, slot_mib), ("data", LINUX_DATA, data_mib)]
+    parts, start = [], 1
+    for number, (name, type_guid, size) in enumerate(sizes, 1):
+        parts.append(Partition(number, name, type_guid, start, size))
+        start += size or 0
+    return DiskLayout(tuple(parts), start + 1 if data_mib else None)  # +1 MiB: the backup GPT
+
+
+def sfdisk_script(layout: DiskLayout, seed: str) -> str:
+    """sfdisk input; GUIDs derived from `seed` (same inputs, same disk)."""
+    def guid(what: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"maculaos:{seed}:{what}")).upper()
+    lines = ["label: gpt", f"label-id: {guid('disk')}", "unit: sectors", "first-lba: 2048", ""]
+    for p in layout.partitions:
+        size = f" size={p.size_mib * MIB // SECTOR}," if p.size_mib else ""
+        lines.append(f"start={p.offset // SECTOR},{size} type={p.type_guid}, uuid={guid(p.name)}, name=\"{p.name}\"")
+    return "\n".join(lines) + "\n"
+
+
+def check_tools() -> None:
+    missing = [f"{tool} (Debian package {pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)]
+    if missing:
+        raise DiskError(f"missing tools for the disk image: {', '.join(missing)}; tools/install.sh installs them")
+
+
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise DiskError(f"{what} failed (exit {result.returncode}): {(result.stderr or result.stdout).strip()}")
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """What the ESP holds for one slot: the kernel and initramfs of the squashfs in that slot."""
+
+    kernel: Path
+    initrd: Path
+
+
+def make_esp(target: Path, size_mib: int, boot: dict[str, BootFiles], grub_cfg: str, volume_id: str,
+             epoch: int) -> Path:
+    """The ESP as a file: FAT32, EFI/BOOT/BOOTX64.EFI, grub/grub.cfg, grub/grubenv, <slot>/vmlinuz and
+    <slot>/initrd.img for each slot with a system."""
+    target.unlink(missing_ok=True)
+    _run(["mkfs.vfat", "-C", "-F", "32", "-s", "1", "-n", ESP_LABEL, "-i", volume_id, str(target),
+          str(size_mib * 1024)], "mkfs.vfat of the ESP")
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        files: dict[str, Path] = {
+            "EFI/BOOT/BOOTX64.EFI": grub.efi_image(staging / "BOOTX64.EFI"),
+            "grub/grubenv": grub.initial_environment(staging / "grubenv", list(boot)),
+        }
+        (staging / "grub.cfg").write_text(grub_cfg)
+        files["grub/grub.cfg"] = staging / "grub.cfg"
+        for slot, bf in boot.items():
+            files[f"{slot}/vmlinuz"], files[f"{slot}/initrd.img"] = bf.kernel, bf.initrd
+        env = os.environ | {"MTOOLS_SKIP_CHECK": "1"}
+        folders = sorted({str(Path(name).parent) for name in files} | {"EFI"})
+        _run(["mmd", "-i", str(target), *(f"::/{d}" for d in folders)], "mmd (ESP folders)", env)
+        for name, source in sorted(files.items()):
+            copy = staging / "copy"
+            shutil.copyfile(source, copy)
+            os.utime(copy, (epoch, epoch))
+            _run(["mcopy", "-m", "-i", str(target), str(copy), f"::/{name}"], f"mcopy {name} into the ESP", env)
+    return target
+
+
+def make_data(target: Path, size_mib: int, tree: Path | None, fs_uuid: str, epoch: int) -> Path:
+    """The data partition as a file: ext4 labelled MACULA_DATA, seeded from `tree` (e.g.
+    var/lib/maculaos/config.yaml) when given; /var itself is seeded from the image at first boot."""
+    target.unlink(missing_ok=True)
+    with target.open("wb") as f:
+        f.truncate(size_mib * MIB)
+    seed = ["-d", str(tree)] if tree else []
+    env = os.environ | {"E2FSPROGS_FAKE_TIME": str(epoch)}
+    _run(["mkfs.ext4", "-q", "-F", "-L", DATA_LABEL, "-U", fs_uuid, "-E", f"hash_seed={fs_uuid}",
+          "-T", "default", *seed, str(target)], "mkfs.ext4 of the data partition", env)
+    return target
+
+
+def write_at(disk: Path, offset: int, source: Path, limit: int) -> None:
+    """Copy `source` into `disk` at `offset`, skipping all-zero blocks (the image stays sparse)."""
+    size = source.stat().st_size
+    if size > limit:
+        raise DiskError(f"{source.name} is {size // MIB} MiB, its partition {limit // MIB} MiB")
+    block = MIB
+    zero = bytes(block)
+    with source.open("rb") as src, disk.open("r+b") as dst:
+        position = 0
+        while chunk := src.read(block):
+            if chunk != zero[:len(chunk)]:
+                dst.seek(offset + position)
+                dst.write(chunk)
+            position += len(chunk)
+
+
+@dataclass(frozen=True)
+class DiskInputs:
+    squashfs: Path
+    boot: BootFiles
+    version: str
+    cmdline: str
+    """The definition's kernel command line (grub.cfg sets rauc.slot and macula.mode per entry)."""
+    esp_mib: int
+    slot_mib: int
+    data_mib: int
+    seed: str
+    """Makes the GUIDs, the ESP's volume ID and the data file system's UUID (same inputs, same disk)."""
+    epoch: int
+    data_tree: Path | None = None
+
+
+def build_disk(inputs: DiskInputs, target: Path) -> DiskLayout:
+    """The raw disk image: slot A holds the system, slot B is empty (RAUC installs into it), GRUB boots
+    A on BIOS and UEFI machines."""
+    check_tools()
+    layout = plan(inputs.esp_mib, inputs.slot_mib, inputs.data_mib)
+    assert layout.total_mib is not None
+    target.unlink(missing_ok=True)
+    with target.open("wb") as f:
+        f.truncate(layout.total_mib * MIB)
+    result = subprocess.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(target)],
+                            input=sfdisk_script(layout, inputs.seed), capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise DiskError(f"sfdisk failed: {result.stderr.strip()}")
+    ids = uuid.uuid5(uuid.NAMESPACE_URL, f"maculaos:{inputs.seed}:filesystems")
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        work = Path(tmp)
+        esp = layout.part("ESP")
+        cfg = grub.grub_config(inputs.version, grub.boot_cmdline(inputs.cmdline))
+        make_esp(work / "esp.img", inputs.esp_mib, {"A": inputs.boot}, cfg, ids.hex[:8], inputs.epoch)
+        write_at(target, esp.offset, work / "esp.img", inputs.esp_mib * MIB)
+        write_at(target, layout.part("rootfs-A").offset, inputs.squashfs, inputs.slot_mib * MIB)
+        data = layout.part("data")
+        make_data(work / "data.img", inputs.data_mib, inputs.data_tree, str(ids), inputs.epoch)
+        write_at(target, data.offset, work / "data.img", inputs.data_mib * MIB)
+        bios = layout.part("bios")
+        core = grub.bios_core_image(work / "core.img", esp.number)
+        grub.install_bios(target, core, bios.offset // SECTOR, (bios.size_mib or 1) * MIB // SECTOR)
+    return layout
+
+
+def partition_table(disk: Path) -> DiskLayout:
+    """The layout of an existing disk or image, read back with sfdisk (sizes in whole MiB)."""
+    result = subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise DiskError(f"cannot read the partition table of {disk}: {result.stderr.strip()}")
+    table = json.loads(result.stdout)["partitiontable"]
+    parts = tuple(Partition(n, p.get("name", ""), p["type"], p["start"] * SECTOR // MIB, p["size"] * SECTOR // MIB)
+                  for n, p in enumerate(table["partitions"], 1))
+    return DiskLayout(parts, None)
+
+
+def boot_environment(disk: Path, values: dict[str, str] | None = None) -> dict[str, str]:
+    """Read (and with `values`, first change) the GRUB environment on a disk image's ESP, as RAUC would
+    on the node: for tests and for preparing an image before it is written out."""
+    esp = partition_table(disk).part("ESP")
+    image = f"{disk}@@{esp.offset}"
+    env = os.environ | {"MTOOLS_SKIP_CHECK": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "grubenv"
+        _run(["mcopy", "-n", "-i", image, "::/grub/grubenv", str(local)], "mcopy grubenv out of the ESP", env)
+        if values:
+            _run(["grub-editenv", str(local), "set", *(f"{k}={v}" for k, v in values.items())], "grub-editenv")
+            _run(["mcopy", "-o", "-i", image, str(local), "::/grub/grubenv"], "mcopy grubenv into the ESP", env)
+        listing = subprocess.run(["grub-editenv", str(local), "list"], capture_output=True, text=True, check=True)
+    return dict(line.split("=", 1) for line in listing.stdout.splitlines() if "=" in line)
+
+
+def esp_put(disk: Path, files: dict[str, Path]) -> None:
+    """Copy files onto a disk image's ESP (name on the ESP: source), replacing what is there."""
+    image = f"{disk}@@{partition_table(disk).part('ESP').offset}"
+    env = os.environ | {"MTOOLS_SKIP_CHECK": "1"}
+    for name in sorted(files):
+        folder = str(Path(name).parent)
+        if folder != ".":
+            subprocess.run(["mmd", "-D", "s", "-i", image, f"::/{folder}"], env=env, capture_output=True, check=False)
+        _run(["mcopy", "-o", "-i", image, str(files[name]), f"::/{name}"], f"mcopy {name} into the ESP", env)
+
+
+def qcow2(raw: Path, target: Path) -> Path:
+    """The raw image as qcow2 (compressed): for QEMU/libvirt/Proxmox."""
+    target.unlink(missing_ok=True)
+    _run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(target)], "qemu-img convert")
+    return target
