@@ -184,7 +184,7 @@ class ImageBuilder:
         # First, so that overlays and extension files may replace the k3s config.
         reference = airgap.stage(payload, operator_archive, self.inputs.repo_root, d.version, self.epoch)
         digest = hashlib.sha256(operator_archive.read_bytes()).hexdigest()
-        self.operator_reference = f"{reference} {airgap.SHARE.as_posix()}/images/{operator_archive.name} sha256 {digest}"
+        self.operator_reference = f"{reference} /{airgap.SHARE.as_posix()}/images/{operator_archive.name} sha256 {digest}"
         for overlay in d.overlays:
             shutil.copytree(overlay, payload, symlinks=True, dirs_exist_ok=True)
         for path, content in d.files.items():
