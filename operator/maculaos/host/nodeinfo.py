@@ -8,13 +8,14 @@ configured SSH keys in the login user's authorized_keys (host/logins.py)."""
 
 from __future__ import annotations
 
+import html
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
-from maculaos.host.config import read_config
+from maculaos.host.config import HostConfigError, read_config
 from maculaos.host.files import atomic_write
 from maculaos.host.logins import write_authorized_keys
 
@@ -46,12 +47,12 @@ class NodeInfo:
         """An avahi service group for `_macula._tcp` with the node's version, roles and realm as TXT."""
         txt = [f"version={self.version}", f"roles={','.join(self.roles)}", f"realm={self.realm}",
                f"k3s={'yes' if self.k3s else 'no'}"]
-        records = "".join(f"    <txt-record>{escape(t)}</txt-record>\n" for t in txt)
+        records = "".join(f"    <txt-record>{html.escape(t)}</txt-record>\n" for t in txt)
         return ("<?xml version=\"1.0\" standalone='no'?>\n"
                 "<!DOCTYPE service-group SYSTEM \"avahi-service.dtd\">\n"
                 "<!-- Written by maculaos node-info from config.yaml at boot and on change: edits are overwritten. -->\n"
                 "<service-group>\n"
-                f"  <name replace-wildcards=\"yes\">MaculaOS {escape(hostname_wildcard)}</name>\n"
+                f"  <name replace-wildcards=\"yes\">MaculaOS {html.escape(hostname_wildcard)}</name>\n"
                 "  <service>\n"
                 "    <type>_macula._tcp</type>\n"
                 f"    <port>{SERVICE_PORT}</port>\n"
@@ -100,3 +101,21 @@ def write_node_info(host_root: Path) -> list[Path]:
         if atomic_write(path, text, mode=0o644):
             changed.append(path)
     return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python3 -m maculaos.host.nodeinfo [HOST_ROOT]`: what macula-node-info.service runs at boot. The
+    same as `maculaos node-info --write`, without the CLI's imports (pydantic): seconds under emulation."""
+    args = sys.argv[1:] if argv is None else argv
+    host_root = Path(args[0]) if args else Path("/")
+    try:
+        for path in write_node_info(host_root):
+            print(f"wrote {path}")
+    except (HostConfigError, OSError) as exc:
+        print(f"maculaos node-info: nothing written: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
