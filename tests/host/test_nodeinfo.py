@@ -120,3 +120,21 @@ def test_realm_with_markup_is_escaped_in_the_avahi_file(node: Path) -> None:
     assert node_info(node, "--write").returncode == 0
     txt = [t.text for t in ET.parse(node / AVAHI_SERVICE).getroot().findall("service/txt-record")]
     assert "realm=io.<b>&" in txt
+
+
+def test_the_boot_entry_point_writes_the_same_without_the_cli(node: Path, tmp_path: Path) -> None:
+    """What macula-node-info.service runs: `python3 -m maculaos.host.nodeinfo`, which must not import
+    the CLI's heavy dependencies (pydantic), minutes under emulation on a loaded machine."""
+    _write_config(node, {"maculaos": {"mesh": {"roles": {"bootstrap": True}, "realm": "io.macula.boot"}}})
+    code = ("import sys, runpy; sys.argv = ['nodeinfo', sys.argv[1]]\n"
+            "try:\n    runpy.run_module('maculaos.host.nodeinfo', run_name='__main__')\n"
+            "except SystemExit as exit:\n"
+            "    heavy = [m for m in ('pydantic', 'kubernetes', 'maculaos.cli') if m in sys.modules]\n"
+            "    sys.exit(f'imported {heavy}' if heavy else exit.code)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(node)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "MACULAOS_REALM=io.macula.boot" in (node / SUMMARY).read_text()
+    config_file(node).write_text("ssh_authorized_keys: [42]\n")
+    result = subprocess.run([sys.executable, "-m", "maculaos.host.nodeinfo", str(node)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and "nothing written" in result.stderr and "ssh_authorized_keys[0]" in result.stderr
