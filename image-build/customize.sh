@@ -14,7 +14,9 @@ passwd --lock "$user" >/dev/null
 # Units: the boot path and the DHCP network; a unit the image does not ship is skipped, not an error.
 for unit in maculaos-apply.service macula-firstboot.service macula-ready.service systemd-networkd.service \
             systemd-resolved.service nftables.service ssh.service chrony.service avahi-daemon.service \
-            maculaos-mark-good.service; do
+            maculaos-mark-good.service \
+            macula-ssh-keygen.service macula-node-info.service macula-node-info.path macula-k3s-preload.service \
+            nats-server.service; do
 	if [ -e "/usr/lib/systemd/system/$unit" ]; then systemctl enable "$unit"; fi
 done
 # No waiting up to two minutes for a network at boot: nothing on the boot path needs one.
@@ -24,6 +26,15 @@ systemctl mask systemd-networkd-wait-online.service
 # systemd's GPT auto-mounter would mount the ESP a second time, at /efi, which the read-only root lacks.
 mkdir -p /boot/efi /etc/systemd/system-generators
 ln -sfn /dev/null /etc/systemd/system-generators/systemd-gpt-auto-generator
+
+# Nothing that identifies one node goes into an image shared by all of them: SSH host keys are made on
+# first boot (macula-ssh-keygen.service), the machine id by systemd (mmdebstrap leaves it empty).
+rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+
+# The login banner is MaculaOS's (overlay: /etc/motd, /etc/update-motd.d/10-maculaos), not uname's.
+rm -f /etc/update-motd.d/10-uname
 
 # The read-only root has no place for these; systemd-firstboot would otherwise ask on the console.
 echo maculaos > /etc/hostname

@@ -89,6 +89,22 @@ def _agent_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_info(args: argparse.Namespace) -> int:
+    """This node's version, mesh roles and realm (the login screen's and mDNS's source, seed 4.5/5.1)."""
+    from maculaos.host.config import HostConfigError
+    from maculaos.host.nodeinfo import read_node_info, write_node_info
+
+    try:
+        if args.write:
+            for path in write_node_info(args.host_root):
+                print(f"wrote {path}", file=sys.stderr)
+        print(read_node_info(args.host_root).summary(), end="")
+    except (HostConfigError, OSError) as exc:
+        print(f"maculaos node-info: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _agent_run(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -224,6 +240,7 @@ def _image_show(args: argparse.Namespace) -> int:
 
 
 def _image_build(args: argparse.Namespace) -> int:
+    from maculaos.image.airgap import AirgapError
     from maculaos.image.build import BuildError, BuildInputs, ImageBuilder, default_cache, summary
     from maculaos.image.definition import DefinitionError
     from maculaos.image.signing import SigningError, development_identity, given_identity
@@ -233,9 +250,10 @@ def _image_build(args: argparse.Namespace) -> int:
             raise SigningError("--signing-key and --signing-cert go together")
         signing = (given_identity(args.signing_key, args.signing_cert, args.keyring) if args.signing_key
                    else development_identity(args.cache or default_cache()))
-        inputs = BuildInputs(_image_definition(args), REPO_ROOT, signing, args.k3s_binary)
+        inputs = BuildInputs(_image_definition(args), REPO_ROOT, signing, args.k3s_binary,
+                             args.operator_image)
         result = ImageBuilder(inputs, args.out, args.cache).build()
-    except (DefinitionError, BuildError, SigningError) as exc:
+    except (DefinitionError, BuildError, SigningError, AirgapError) as exc:
         print(f"maculaos image build failed: {exc}", file=sys.stderr)
         return 1
     print(summary(result))
@@ -304,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_backup_commands(commands)
 
+    node_info = commands.add_parser("node-info", help="this node's version, mesh roles and realm")
+    node_info.add_argument("--write", action="store_true", help="also write /run/maculaos/node-info (read at "
+                                                                "login) and the avahi _macula._tcp service file")
+    node_info.add_argument("--host-root", type=Path, default=Path(os.environ.get("HOST_ROOT", "/")))
+    node_info.set_defaults(func=_node_info)
+
     upgrade = commands.add_parser("upgrade", help="A/B upgrade of this node with RAUC (no Kubernetes needed)")
     what = upgrade.add_mutually_exclusive_group(required=True)
     what.add_argument("--check", action="store_true", help="show slots and versions; with a source, verify "
@@ -342,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--signing-cert", type=Path, default=None, help="PEM certificate of --signing-key")
     cmd.add_argument("--keyring", type=Path, default=None,
                      help="PEM CA certificate(s) the image trusts for bundles (default: --signing-cert)")
+    cmd.add_argument("--operator-image", type=Path, default=None, metavar="ARCHIVE",
+                     help="the operator's OCI archive to pre-load (default: built from this checkout by "
+                          "image-build/operator-image/build.py, cached by its inputs)")
 
     dev = commands.add_parser("dev", help="the local demo environment").add_subparsers(dest="action", required=True)
     up = dev.add_parser("up", help="start a control plane, simulated nodes, the operator, and apply examples/")

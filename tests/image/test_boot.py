@@ -18,6 +18,14 @@ CMDLINE = "boot=macula rauc.slot=A console=ttyS0 macula.root=/dev/vda macula.dat
 CONFIG = {"maculaos": {"mesh": {"roles": {"bootstrap": True, "gateway": False}, "realm": "io.macula.imagetest"}}}
 
 
+def _ssh_key(tmp_path: Path) -> tuple[str, bytes]:
+    """A fresh ed25519 key pair: the public half goes into config.yaml, the private half onto the data
+    disk for the probe (which logs in over SSH as the login user with it)."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "image-test", "-f", str(key)], check=True)
+    return key.with_suffix(".pub").read_text().strip(), key.read_bytes()
+
+
 def _data_disk(tmp_path: Path, config: dict[str, object] | None) -> Path:
     """A data partition as a provisioner would hand it over: ext4 labelled MACULA_DATA, config.yaml in
     var/lib/maculaos (made without mounting: mkfs.ext4 -d); with no config, a blank disk."""
@@ -27,7 +35,12 @@ def _data_disk(tmp_path: Path, config: dict[str, object] | None) -> Path:
     if config is not None:
         tree = tmp_path / "data-tree"
         (tree / "var/lib/maculaos").mkdir(parents=True)
+        public, private = _ssh_key(tmp_path)
+        config = config | {"ssh_authorized_keys": [public]}
         (tree / "var/lib/maculaos/config.yaml").write_text(yaml.safe_dump(config))
+        (tree / "var/lib/maculaos-probe-key").mkdir(mode=0o700)
+        (tree / "var/lib/maculaos-probe-key/id_ed25519").write_bytes(private)
+        (tree / "var/lib/maculaos-probe-key/id_ed25519").chmod(0o600)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "MACULA_DATA", "-d", str(tree), str(disk)], check=True)
     return disk
 
@@ -66,6 +79,21 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert first["user"] == "macula", first
     assert first["k3s"] == "not", first                            # "not included (...)", said plainly
     assert first["failed-units"] == "", first
+    # What is inside the image (issue #6 contents), as a person at the console would check it:
+    assert first["k3s-node-label"] == "1" and first["k3s-version-label"] == "0.1.0", first
+    assert first["airgap-image"] == "maculaos-operator-0.1.0-amd64.tar", first   # copied to k3s's folders
+    assert first["airgap-image-copy"] == "same" and first["airgap-manifest-copy"] == "same", first
+    assert first["ssh"] == "active" and first["ssh-hostkey"].startswith("SHA256:"), first  # made at first boot
+    assert first["ssh-rsa-key"] == "absent", first
+    assert re.fullmatch(r"[0-9a-f]{32}", first["machine-id"]), first
+    assert first["gateway-unit"] == "disabled", first             # no role service the config did not ask for
+    assert first["nats"] == "active" and first["nats-listen"] == "127.0.0.1:4222,", first  # loopback only
+    assert first["mdns-port"] == "6443" and first["mdns-version"] == "0.1.0", first
+    assert first["mdns-roles"] == "peer,bootstrap" and first["mdns-realm"] == "io.macula.imagetest", first
+    assert first["node-info-mode"] == "644" and first["motd-roles"] == "peer,bootstrap", first
+    assert int(first["login-logo"]) >= 1, first                     # fastfetch's logo at an interactive login
+    assert first["login-roles"] == "peer,bootstrap" and first["login-realm"] == "io.macula.imagetest", first
+    assert first["ssh-login"] == "ssh-as-macula" and first["keys-file"] == "macula:600", first
 
     with Vm(_spec(built_image, data, "disk"), tmp_path / "boot2.log") as vm:
         vm.wait_for(r"MACULAOS-READY", boot_timeout())
@@ -73,6 +101,8 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
         vm.wait_exit(boot_timeout())
     assert second["var-mark"] == "present" and second["etc-mark"] == "present", second
     assert second["usr-write"] == "refused", second
+    # A node's identity is made once and kept: the same host key and machine id after a reboot.
+    assert second["ssh-hostkey"] == first["ssh-hostkey"] and second["machine-id"] == first["machine-id"], second
 
 
 def test_blank_data_disk_is_formatted_and_boots_without_config(built_image: BuiltImage, tmp_path: Path) -> None:

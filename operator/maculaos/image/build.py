@@ -20,6 +20,7 @@ from pathlib import Path
 from maculaos import __version__
 from maculaos.image import disk, grub
 from maculaos.image.bundle import BundleError, build_bundle
+from maculaos.image import airgap
 from maculaos.image.definition import ImageDefinition
 from maculaos.image.signing import SigningError, SigningIdentity, sign_file
 
@@ -55,6 +56,8 @@ class BuildInputs:
     signing: SigningIdentity
     """Signs the bundle and SHA256SUMS; its keyring goes into the image (/etc/rauc/keyring.pem)."""
     k3s_binary: Path | None = None
+    # A built operator archive (`--operator-image`); None: built from this checkout and cached.
+    operator_image: Path | None = None
 
     @property
     def image_build(self) -> Path:
@@ -64,12 +67,15 @@ class BuildInputs:
         """sha256 over the definition, every file copied into the image, and the build code itself."""
         h = hashlib.sha256(self.definition.model_dump_json(by_alias=True).encode())
         files = [self.image_build / "customize.sh", self.repo_root / "tools" / "constraints.txt"]
-        trees = [*self.definition.overlays, self.repo_root / "operator" / "maculaos"]
+        trees = [*self.definition.overlays, self.repo_root / "operator" / "maculaos",
+                 self.image_build / "operator-image", self.repo_root / "charts"]
         for tree in trees:
             files += sorted(p for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         if self.k3s_binary:
             files.append(self.k3s_binary)
         files.append(self.signing.keyring)
+        if self.operator_image:
+            files.append(self.operator_image)
         for f in files:
             h.update(str(f).encode() + b"\0" + f.read_bytes() + b"\0")
         return h.hexdigest()[:16]
@@ -134,6 +140,7 @@ class ImageBuilder:
         self.out = out
         self.cache = cache or default_cache()
         self.epoch = source_date_epoch(inputs.repo_root)
+        self.operator_reference = "not staged"
 
     def check_tools(self) -> None:
         missing = [f"{tool} (Debian package {pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)]
@@ -177,12 +184,18 @@ class ImageBuilder:
             "EXTENSIONS": ",".join(p.name for p in d.extensions) or "none",
             "K3S": k3s,
             "SIGNING": self.inputs.signing.describe(),
+            "LOGIN_USER": d.user,
+            "OPERATOR_IMAGE": self.operator_reference,
         }
         return "".join(f"{k}={shlex.quote(v)}\n" for k, v in lines.items())
 
-    def stage_payload(self, payload: Path, wheels: list[Path]) -> None:
+    def stage_payload(self, payload: Path, wheels: list[Path], operator_archive: Path) -> None:
         """Everything the build adds on top of Debian's packages, as a tree copied over the root."""
         d = self.definition
+        # First, so that overlays and extension files may replace the k3s config.
+        reference = airgap.stage(payload, operator_archive, self.inputs.repo_root, d.version, self.epoch)
+        digest = hashlib.sha256(operator_archive.read_bytes()).hexdigest()
+        self.operator_reference = f"{reference} /{airgap.SHARE.as_posix()}/images/{operator_archive.name} sha256 {digest}"
         for overlay in d.overlays:
             shutil.copytree(overlay, payload, symlinks=True, dirs_exist_ok=True)
         for path, content in d.files.items():
@@ -248,13 +261,16 @@ class ImageBuilder:
         work = self.cache / "work"
         work.mkdir(parents=True, exist_ok=True)
         wheels = self.fetch_wheels()
+        operator_archive = self.inputs.operator_image or airgap.operator_archive(
+            self.inputs.repo_root, self.cache, self.epoch)
         env = os.environ | {"SOURCE_DATE_EPOCH": str(self.epoch)}
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             payload, root = Path(tmp) / "payload", Path(tmp) / "root"
             payload.mkdir()
-            self.stage_payload(payload, wheels)
+            self.stage_payload(payload, wheels, operator_archive)
             _run(self.mmdebstrap_command(root, payload), f"Debian {self.definition.suite} root by mmdebstrap "
                  f"({len(self.definition.debian_packages())} packages)", env)
+            clamp_mtimes(root, self.epoch)
             kernel, initrd = self._boot_files(root)
             d = self.definition
             result = BuildResult(self.out / d.artifact("squashfs"), self.out / d.artifact("kernel"),
@@ -326,6 +342,23 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def clamp_mtimes(root: Path, epoch: int) -> int:
+    """Reproducible times: whatever the build itself wrote or removed (payload, maintainer scripts,
+    customize.sh, mmdebstrap's clean-up) gets the epoch; files from .debs keep their older times. .py
+    files are left alone: Debian's .pyc files record their source's time and would go stale. Returns
+    how many entries were changed."""
+    changed = 0
+    for top, dirs, files in os.walk(root):
+        for name in [*dirs, *files, ""]:
+            path = os.path.join(top, name) if name else top
+            if name.endswith(".py"):
+                continue
+            if os.lstat(path).st_mtime > epoch:
+                os.utime(path, (epoch, epoch), follow_symlinks=False)
+                changed += 1
+    return changed
 
 
 def summary(result: BuildResult) -> str:

@@ -1,0 +1,70 @@
+"""Who may log in: the login user's SSH keys from config.yaml's `ssh_authorized_keys` (seed 4.3).
+
+The image ships no password, no key and no host keys: a node is reached with the keys its provisioner
+put in config.yaml (the file is root's alone). The user's authorized_keys is managed: it holds exactly
+the configured keys, so removing a key from config.yaml revokes it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+from typing import Any
+
+from maculaos.host.config import HostConfigError, config_file
+from maculaos.host.files import atomic_write
+
+KEY_TYPES = frozenset({
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+})
+HEADER = "# Managed by MaculaOS from ssh_authorized_keys in /var/lib/maculaos/config.yaml: edit that file.\n"
+
+
+def authorized_keys(config: dict[str, Any], source: Path) -> list[str]:
+    """The configured public keys, each checked ("TYPE BASE64 [comment]" on one line); a bad one raises
+    HostConfigError naming its index, and nothing is written."""
+    keys = config.get("ssh_authorized_keys") or []
+    if not isinstance(keys, list):
+        raise HostConfigError(f"{source}: ssh_authorized_keys must be a list of public keys")
+    checked = []
+    for index, key in enumerate(keys):
+        where = f"{source}: ssh_authorized_keys[{index}]"
+        if not isinstance(key, str) or "\n" in key.strip() or "\r" in key:
+            raise HostConfigError(f"{where}: must be one line of text (an OpenSSH public key)")
+        words = key.split()
+        if len(words) < 2 or words[0] not in KEY_TYPES:
+            raise HostConfigError(f"{where}: not an OpenSSH public key (expected one of "
+                                  f"{', '.join(sorted(KEY_TYPES))} then the key)")
+        try:
+            blob = base64.b64decode(words[1], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise HostConfigError(f"{where}: the key is not base64: {exc}") from exc
+        if not blob.startswith(len(words[0]).to_bytes(4, "big") + words[0].encode()):
+            raise HostConfigError(f"{where}: the key's data is not a {words[0]} key")
+        checked.append(" ".join(words))
+    return checked
+
+
+def _account(host_root: Path, user: str) -> tuple[int, int, Path]:
+    for line in (host_root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) >= 6 and fields[0] == user:
+            return int(fields[2]), int(fields[3]), Path(fields[5])
+    raise HostConfigError(f"no user {user!r} in {host_root / 'etc/passwd'}")
+
+
+def write_authorized_keys(host_root: Path, config: dict[str, Any], user: str) -> bool:
+    """~user/.ssh/authorized_keys = the configured keys (0600, owned by the user); returns whether it
+    changed."""
+    keys = authorized_keys(config, config_file(host_root))
+    uid, gid, home = _account(host_root, user)
+    ssh_dir = host_root / home.relative_to("/") / ".ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = ssh_dir / "authorized_keys"
+    changed = atomic_write(target, HEADER + "".join(f"{k}\n" for k in keys), mode=0o600)
+    if os.geteuid() == 0:
+        for path in (ssh_dir, target):
+            os.chown(path, uid, gid)
+    return changed

@@ -1,0 +1,137 @@
+"""What is inside the built image, read from its squashfs without booting it (unsquashfs): the pre-loaded
+operator, its charts and the k3s config agree with each other (k3s itself is not available here: what
+k3s would do with them is not run); and nothing that identifies one node or one build run is in it (the
+pieces that commonly break a reproducible build). The boot tests check the same files from the console."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+import re
+import shlex
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from maculaos.image import airgap
+from tests.image.conftest import REPO, BuiltImage
+
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
+
+HELM = REPO / ".tools" / "bin" / "helm"
+KUBE_VERSION = "1.31.0"
+
+
+@pytest.fixture(scope="module")
+def root(built_image: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The few folders these tests read, unpacked from the squashfs."""
+    out = tmp_path_factory.mktemp("contents") / "root"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(out), str(built_image.squashfs), "usr/share/maculaos",
+                    "etc/rancher", "etc/maculaos", "etc/machine-id"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def listing(built_image: BuiltImage) -> list[tuple[str, int, datetime.datetime, str]]:
+    """(mode, size, mtime to the minute, path) of every entry in the squashfs."""
+    out = subprocess.run(["unsquashfs", "-lln", str(built_image.squashfs)], capture_output=True, text=True,
+                         check=True, env={"TZ": "UTC", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}).stdout
+    entries = []
+    pattern = re.compile(r"^(\S+) \S+ +(\d+|\d+,\s*\d+) (\d{4}-\d\d-\d\d \d\d:\d\d) squashfs-root(/.*?)(?: -> .*)?$")
+    for line in out.splitlines():
+        m = pattern.match(line)
+        if m:
+            size = int(m.group(2)) if "," not in m.group(2) else 0
+            when = datetime.datetime.strptime(m.group(3), "%Y-%m-%d %H:%M").replace(tzinfo=datetime.UTC)
+            entries.append((m.group(1), size, when, m.group(4)))
+    assert len(entries) > 10000, out[:500]
+    return entries
+
+
+def build_info(image: BuiltImage) -> dict[str, str]:
+    return {k: shlex.split(v)[0] if v else "" for k, _, v in (line.partition("=") for line in
+                                                             image.build_info.splitlines())}
+
+
+def render(chart: Path, values: str | None = None) -> list[dict[str, Any]]:
+    args = [str(HELM), "template", "maculaos", str(chart), f"--namespace={airgap.NAMESPACE}",
+            f"--kube-version={KUBE_VERSION}"]
+    if values is not None:
+        values_file = chart.with_suffix(".values.yaml")
+        values_file.write_text(values)
+        args.append(f"--values={values_file}")
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_the_preloaded_operator_matches_its_charts_and_the_k3s_config(
+        root: Path, built_image: BuiltImage, tmp_path: Path) -> None:
+    share = root / airgap.SHARE
+    archives = sorted((share / "images").iterdir())
+    assert [a.name for a in archives] == ["maculaos-operator-0.1.0-amd64.tar"]
+    reference = airgap.archive_reference(archives[0])
+    with tarfile.open(archives[0]) as tar:   # the name containerd imports it under (OCI index annotation)
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+    assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == reference
+    info = build_info(built_image)
+    line = [ln for ln in built_image.build_info.splitlines() if ln.startswith("OPERATOR_IMAGE=")][0]
+    assert reference in line and hashlib.sha256(archives[0].read_bytes()).hexdigest() in line, line
+    assert info["K3S"] == "not"                               # "not included (...)": never faked
+
+    docs = list(yaml.safe_load_all((share / "manifests" / airgap.MANIFEST_NAME).read_text()))
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("HelmChart", "maculaos-crds"), ("HelmChart", "maculaos-operator")]
+    charts = {}
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == "kube-system" and doc["spec"]["targetNamespace"] == airgap.NAMESPACE
+        chart = tmp_path / f"{doc['metadata']['name']}.tgz"
+        chart.write_bytes(base64.b64decode(doc["spec"]["chartContent"]))
+        charts[doc["metadata"]["name"]] = chart
+
+    crds = render(charts["maculaos-crds"])
+    repo_crds = {yaml.safe_load(p.read_text())["metadata"]["name"] for p in (REPO / "crds").glob("*.yaml")}
+    assert {d["metadata"]["name"] for d in crds if d["kind"] == "CustomResourceDefinition"} == repo_crds
+
+    rendered = render(charts["maculaos-operator"], docs[1]["spec"]["valuesContent"])
+    workloads = {d["kind"]: d for d in rendered if d["kind"] in ("Deployment", "DaemonSet")}
+    assert set(workloads) == {"Deployment", "DaemonSet"}
+    for kind, workload in workloads.items():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            assert container["image"] == reference, kind        # exactly the archive's name:tag
+            assert container["imagePullPolicy"] == "Never", kind  # never pulled: the node may be offline
+    # The agent DaemonSet runs on the nodes k3s labels from the image's config.yaml.
+    k3s = yaml.safe_load((root / airgap.K3S_CONFIG).read_text())
+    labels = dict(label.split("=", 1) for label in k3s["node-label"])
+    selector = workloads["DaemonSet"]["spec"]["template"]["spec"]["nodeSelector"]
+    assert selector and all(labels.get(k) == v for k, v in selector.items()), (selector, labels)
+    assert labels[airgap.VERSION_LABEL] == info["MACULAOS_VERSION"]
+
+
+def test_nothing_that_identifies_one_node_is_in_the_image(
+        root: Path, listing: list[tuple[str, int, datetime.datetime, str]]) -> None:
+    paths = {p for _, _, _, p in listing}
+    host_keys = sorted(p for p in paths if re.match(r"/etc/ssh/ssh_host_.*_key", p))
+    assert not host_keys, f"SSH host keys shipped to every node: {host_keys}"
+    assert (root / "etc/machine-id").read_bytes() == b"", "a machine id shared by every node"
+    assert "/var/lib/dbus/machine-id" not in paths
+
+
+def test_nothing_from_the_build_run_is_in_the_image(
+        built_image: BuiltImage, listing: list[tuple[str, int, datetime.datetime, str]]) -> None:
+    """The usual breakers of a reproducible image: apt lists and caches, logs, times of the build run."""
+    assert not [p for _, _, _, p in listing if p.startswith("/var/lib/apt/lists/") and "Packages" in p]
+    assert not [p for _, _, _, p in listing if p.endswith(".deb")]
+    assert not [p for m, s, _, p in listing if p.startswith("/var/log/") and m.startswith("-") and s > 0]
+    epoch = int(build_info(built_image)["BUILD_EPOCH"])
+    limit = datetime.datetime.fromtimestamp(epoch - epoch % 60, datetime.UTC)
+    newer = [p for _, _, when, p in listing if when > limit and not p.endswith(".py")]
+    assert not newer, f"{len(newer)} entries newer than SOURCE_DATE_EPOCH, e.g. {newer[:5]}"
+    pyc = [p for _, _, _, p in listing if "/dist-packages/maculaos/__pycache__/cli.cpython-313" in p]
+    assert pyc, "the maculaos package is not compiled for the image's Python"
