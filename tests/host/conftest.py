@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from maculaos.devenv.restserver import RestServer, start_rest_server
+
 UNIT = """[Unit]
 Description={description}
 
@@ -54,3 +56,13 @@ def netns_nft(tmp_path: Path) -> Iterator[str]:
         yield str(wrapper)
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def rest_server(tmp_path: Path) -> Iterator[RestServer]:
+    """A real rest-server on loopback, stopped after the test."""
+    server = start_rest_server(tmp_path / "rest-data", tmp_path / "logs")
+    try:
+        yield server
+    finally:
+        server.stop()

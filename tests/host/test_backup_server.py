@@ -14,20 +14,11 @@ import pytest
 
 from maculaos.agent.backup_server import CONDITION, advertisement
 from maculaos.devenv.processes import free_port
-from maculaos.devenv.restserver import RestServer, start_rest_server
+from maculaos.devenv.restserver import RestServer
 from maculaos.host.backup_server import probe_rest_server, server_setting
 
 NODE: dict[str, Any] = {"metadata": {"name": "macula-nuc-01"},
                         "status": {"addresses": [{"type": "InternalIP", "address": "10.0.3.7"}]}}
-
-
-@pytest.fixture
-def rest_server(tmp_path: Path) -> Iterator[RestServer]:
-    server = start_rest_server(tmp_path / "rest-data", tmp_path / "logs")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from maculaos.api.backup import Retention
 from maculaos.devenv.controlplane import default_bin_dir
 from maculaos.devenv.processes import free_port
-from maculaos.devenv.restserver import RestServer, start_rest_server
+from maculaos.devenv.restserver import RestServer
 from maculaos.host.restic import (
     Repository,
     Restic,
@@ -51,15 +50,6 @@ def host(tmp_path: Path) -> Path:
 @pytest.fixture
 def restic(tmp_path: Path) -> Restic:
     return Restic(local_repository(tmp_path / "repo", "correct horse"), RESTIC, hostname=os.uname().nodename)
-
-
-@pytest.fixture
-def rest_server(tmp_path: Path) -> Iterator[RestServer]:
-    server = start_rest_server(tmp_path / "rest-data", tmp_path / "logs")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 INCLUDE = ["/var/lib/maculaos", "/var/lib/data"]
