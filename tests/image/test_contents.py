@@ -83,7 +83,7 @@ def test_the_preloaded_operator_matches_its_charts_and_the_k3s_config(
     info = build_info(built_image)
     line = [ln for ln in built_image.build_info.splitlines() if ln.startswith("OPERATOR_IMAGE=")][0]
     assert reference in line and hashlib.sha256(archives[0].read_bytes()).hexdigest() in line, line
-    assert info["K3S"] == "not"                               # "not included (...)": never faked
+    assert info["K3S"].startswith("not included (")          # said plainly: never faked
 
     docs = list(yaml.safe_load_all((share / "manifests" / airgap.MANIFEST_NAME).read_text()))
     assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
