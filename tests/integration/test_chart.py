@@ -178,6 +178,7 @@ def test_kustomize_manifests_apply(tools: Tools) -> None:
         assert tools.exists("validatingadmissionpolicy", "maculaos-agent-own-report")
         again = tools.kubectl("apply", "-k", kustomize)  # GitOps re-applies the same files forever
         assert "created" not in again.stdout, again.stdout
+        wait_served(tools)
     finally:
         tools.kubectl("delete", "-k", kustomize, "--ignore-not-found")
     assert not tools.exists("crd", "meshroles.os.macula.io")
@@ -195,6 +196,17 @@ def wait_established(tools: Tools, timeout: float = 60.0) -> None:
         assert time.monotonic() < deadline, \
             f"CRDs not established after {timeout:.0f}s: {len(served)} of {len(CRD_KINDS)}"
         time.sleep(0.5)
+
+
+def wait_served(tools: Tools, timeout: float = 60.0) -> None:
+    """Every MaculaOS kind lists: a CRD deleted while its storage still initialises stays Terminating for
+    minutes (the API server's clean-up backs off after "storage is (re)initializing")."""
+    wait_established(tools, timeout)
+    deadline = time.monotonic() + timeout
+    for kind in CRD_KINDS:
+        while tools.kubectl("get", kind.resource.plural, "-A", check=False).returncode != 0:
+            assert time.monotonic() < deadline, f"{kind.resource.plural} not served after {timeout:.0f}s"
+            time.sleep(0.5)
 
 
 def _crd_column_names(tools: Tools) -> list[str]:

@@ -124,5 +124,7 @@ def create_host_root(root: Path, node: SimulatedNode) -> Path:
     (config_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "var" / "lib" / "data").mkdir(parents=True, exist_ok=True)
     (root / "etc" / "systemd" / "system").mkdir(parents=True, exist_ok=True)
-    shutil.copytree(IMAGE_OVERLAY, root, dirs_exist_ok=True)
+    # Not the image's RAUC config (real partitions): a simulated node's comes from devenv/rauc.py.
+    shutil.copytree(IMAGE_OVERLAY, root, dirs_exist_ok=True,
+                    ignore=lambda folder, names: ["rauc"] if Path(folder) == IMAGE_OVERLAY / "etc" else [])
     return root
