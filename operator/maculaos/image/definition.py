@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 # Debian policy 5.6.1: lower case letters, digits, + - . ; at least two characters, starting alnum.
 DebianPackage = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.-]+$", max_length=100)]
@@ -28,6 +28,16 @@ def _check_image_path(path: str) -> str:
     return path
 
 
+def _check_image_files(files: dict[str, str]) -> dict[str, str]:
+    for path in files:
+        _check_image_path(path)
+    return files
+
+
+# Files written into the image (path: content); the paths are checked as a whole, so errors name `files`.
+ImageFiles = Annotated[dict[ImagePath, str], AfterValidator(_check_image_files)]
+
+
 class Extension(BaseModel):
     """A custom build on top of the definition (seed 4.14.3): only adds, never removes."""
 
@@ -35,16 +45,9 @@ class Extension(BaseModel):
 
     packages: list[DebianPackage] = Field(default_factory=list, max_length=500)
     overlays: list[Path] = Field(default_factory=list, max_length=20)
-    files: dict[ImagePath, str] = Field(default_factory=dict, max_length=200)
+    files: ImageFiles = Field(default_factory=dict, max_length=200)
     firstboot: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] = Field(
         default_factory=list, max_length=100)
-
-    @field_validator("files")
-    @classmethod
-    def _paths(cls, files: dict[str, str]) -> dict[str, str]:
-        for path in files:
-            _check_image_path(path)
-        return files
 
 
 class DiskSizes(BaseModel):
@@ -75,7 +78,7 @@ class ImageDefinition(BaseModel):
     user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
     kernel_cmdline: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
     overlays: list[Path] = Field(default_factory=list, max_length=20)
-    files: dict[ImagePath, str] = Field(default_factory=dict, max_length=500)
+    files: ImageFiles = Field(default_factory=dict, max_length=500)
     firstboot: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] = Field(
         default_factory=list, max_length=100)
     disk: DiskSizes = Field(default_factory=DiskSizes)
@@ -93,13 +96,6 @@ class ImageDefinition(BaseModel):
         if "boot=macula" not in value.split():
             raise ValueError("must contain boot=macula (the MaculaOS initramfs script)")
         return value
-
-    @field_validator("files")
-    @classmethod
-    def _paths(cls, files: dict[str, str]) -> dict[str, str]:
-        for path in files:
-            _check_image_path(path)
-        return files
 
     def model_post_init(self, context: Any, /) -> None:
         unknown = [p for p in self.profiles if p not in self.packages_by_profile]
