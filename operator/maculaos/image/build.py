@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maculaos import __version__
-from maculaos.image import disk, grub
+from maculaos.image import debcache, disk, grub
 from maculaos.image.bundle import BundleError, build_bundle
 from maculaos.image import airgap
 from maculaos.image.definition import ImageDefinition
@@ -65,7 +65,9 @@ class BuildInputs:
 
     def digest(self) -> str:
         """sha256 over the definition, every file copied into the image, and the build code itself."""
-        h = hashlib.sha256(self.definition.model_dump_json(by_alias=True).encode())
+        located = {"overlays": [self._name(p) for p in self.definition.overlays],
+                   "extensions": [self._name(p) for p in self.definition.extensions]}
+        h = hashlib.sha256(self.definition.model_copy(update=located).model_dump_json(by_alias=True).encode())
         files = [self.image_build / "customize.sh", self.repo_root / "tools" / "constraints.txt"]
         trees = [*self.definition.overlays, self.repo_root / "operator" / "maculaos",
                  self.image_build / "operator-image", self.repo_root / "charts"]
@@ -77,8 +79,13 @@ class BuildInputs:
         if self.operator_image:
             files.append(self.operator_image)
         for f in files:
-            h.update(str(f).encode() + b"\0" + f.read_bytes() + b"\0")
+            h.update(str(self._name(f)).encode() + b"\0" + f.read_bytes() + b"\0")
         return h.hexdigest()[:16]
+
+    def _name(self, path: Path) -> Path:
+        """A path as the digest names it: relative to the checkout (two checkouts of one commit are the same
+        inputs), else its file name (an input from elsewhere counts by its content)."""
+        return path.relative_to(self.repo_root) if path.is_relative_to(self.repo_root) else Path(path.name)
 
 
 @dataclass(frozen=True)
@@ -213,9 +220,13 @@ class ImageBuilder:
         keyring.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.inputs.signing.keyring, keyring)
         site = payload / "usr/lib/python3/dist-packages"
-        _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-compile",
-              "--target", str(site), *_pip_target_args(WHEEL_PLATFORMS), *map(str, wheels)],
-             "Python packages into the image")
+        # By name from the wheel folder, not by file path: a path would be recorded in direct_url.json
+        # (the cache's location inside the image).
+        pins = [f"{w.name.split('-')[0]}=={w.name.split('-')[1]}" for w in wheels]
+        if wheels:
+            _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-compile",
+                  "--find-links", str(wheels[0].parent), "--target", str(site),
+                  *_pip_target_args(WHEEL_PLATFORMS), *pins], "Python packages into the image")
         shutil.copytree(self.inputs.repo_root / "operator" / "maculaos", site / "maculaos",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
         entry = payload / "usr/bin/maculaos"
@@ -227,11 +238,16 @@ class ImageBuilder:
             k3s.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.inputs.k3s_binary, k3s)
             k3s.chmod(0o755)
+        # The payload's own times (a checkout's, pip's) say nothing about the image: all are the epoch,
+        # .py files included (their .pyc files are hash-based: customize.sh).
+        for top, dirs, files in os.walk(payload):
+            for name in [*dirs, *files]:
+                os.utime(os.path.join(top, name), (self.epoch, self.epoch), follow_symlinks=False)
+        os.utime(payload, (self.epoch, self.epoch))
 
-    def mmdebstrap_command(self, root: Path, payload: Path) -> list[str]:
+    def mmdebstrap_command(self, root: Path, payload: Path, debs_in: Path, debs_out: Path) -> list[str]:
+        """debs_in: this build's snapshot of the .deb cache; debs_out: where its .debs go (see debcache)."""
         d = self.definition
-        debs = self.cache / "debs"
-        debs.mkdir(parents=True, exist_ok=True)
         customize = self.inputs.image_build / "customize.sh"
         sources = []
         for mirror in d.mirrors:
@@ -245,8 +261,8 @@ class ImageBuilder:
             # mmdebstrap's documented cache pattern: .debs in before, new ones out after installing.
             "--skip=essential/unlink",
             "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
-            f"--setup-hook=sync-in {debs} /var/cache/apt/archives/",
-            f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
+            f"--setup-hook=sync-in {debs_in} /var/cache/apt/archives/",
+            f"--customize-hook=sync-out /var/cache/apt/archives {debs_out}",
             f"--customize-hook=sync-in {payload} /",
             f"--customize-hook=copy-in {customize} /tmp",
             f"--customize-hook=chroot \"$1\" sh /tmp/customize.sh {d.user}",
@@ -266,10 +282,14 @@ class ImageBuilder:
         env = os.environ | {"SOURCE_DATE_EPOCH": str(self.epoch)}
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             payload, root = Path(tmp) / "payload", Path(tmp) / "root"
+            debs_in, debs_out = Path(tmp) / "debs-in", Path(tmp) / "debs-out"
             payload.mkdir()
+            debs_out.mkdir()
             self.stage_payload(payload, wheels, operator_archive)
-            _run(self.mmdebstrap_command(root, payload), f"Debian {self.definition.suite} root by mmdebstrap "
-                 f"({len(self.definition.debian_packages())} packages)", env)
+            debcache.snapshot(self.cache / "debs", debs_in)
+            _run(self.mmdebstrap_command(root, payload, debs_in, debs_out), f"Debian {self.definition.suite} "
+                 f"root by mmdebstrap ({len(self.definition.debian_packages())} packages)", env)
+            debcache.publish(debs_out, self.cache / "debs")
             clamp_mtimes(root, self.epoch)
             kernel, initrd = self._boot_files(root)
             d = self.definition
