@@ -14,7 +14,7 @@ passwd --lock "$user" >/dev/null
 # Units: the boot path and the DHCP network; a unit the image does not ship is skipped, not an error.
 for unit in maculaos-apply.service macula-firstboot.service macula-ready.service systemd-networkd.service \
             systemd-resolved.service nftables.service ssh.service chrony.service avahi-daemon.service \
-            maculaos-mark-good.service \
+            maculaos-mark-good.service macula-hostname.service \
             macula-ssh-keygen.service macula-node-info.service macula-node-info.path macula-k3s-preload.service \
             nats-server.service; do
 	if [ -e "/usr/lib/systemd/system/$unit" ]; then systemctl enable "$unit"; fi
@@ -37,7 +37,7 @@ rm -f /var/lib/dbus/machine-id
 rm -f /etc/update-motd.d/10-uname
 
 # The read-only root has no place for these; systemd-firstboot would otherwise ask on the console.
-echo maculaos > /etc/hostname
+echo maculaos > /etc/hostname          # the image's; each node gets its own at boot (macula-hostname.service)
 ln -sfn /usr/share/zoneinfo/Etc/UTC /etc/localtime
 
 # The image's python compiles the image's Python code (3.13 .pyc files: no compile at first boot).

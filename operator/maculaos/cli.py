@@ -72,7 +72,7 @@ def _agent_apply(args: argparse.Namespace) -> int:
     """Converge the host from its own config.yaml, without Kubernetes: the boot path of a node."""
     from maculaos.host.config import HostConfigError, read_config
     from maculaos.host.firewall import FirewallError
-    from maculaos.host.mesh import apply_mesh, plan_from_config
+    from maculaos.host.mesh import apply_mesh, plan_from_config, services_not_installed
     from maculaos.host.systemd import Systemd, SystemdError
 
     systemd = Systemd(args.host_root, live=args.live_systemd, systemctl=args.systemctl)
@@ -86,6 +86,8 @@ def _agent_apply(args: argparse.Namespace) -> int:
     print(f"mesh roles {roles}: config {'updated' if changes.config else 'unchanged'}, "
           f"units changed: {', '.join(changes.units) or 'none'}, "
           f"firewall {'reloaded' if changes.firewall else 'unchanged'}")
+    for warning in services_not_installed(args.host_root, plan):
+        print(f"maculaos agent apply: warning: {warning}")
     return 0
 
 

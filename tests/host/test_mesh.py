@@ -9,8 +9,12 @@ import pytest
 
 from maculaos.api.meshrole import MeshRoleName, MeshRoleSpec
 from maculaos.host.config import read_config
-from maculaos.host.mesh import MeshConflict, apply_mesh, plan_mesh
+from maculaos.agent.meshroles import converge_mesh
+from maculaos.host.mesh import SERVICE_PROGRAMS, MeshConflict, apply_mesh, plan_mesh, services_not_installed
 from maculaos.host.systemd import Systemd, SystemdError
+
+
+IMAGE_UNITS = Path(__file__).resolve().parents[2] / "image-build/overlay/usr/lib/systemd/system"
 
 
 def spec(**fields: object) -> MeshRoleSpec:
@@ -57,3 +61,37 @@ def test_nothing_changes_when_a_role_service_is_missing(host_root: Path, netns_n
     assert read_config(host_root) == before
     listed = subprocess.run([netns_nft, "list", "tables"], capture_output=True, text=True).stdout
     assert "maculaos" not in listed
+
+
+def test_a_role_whose_program_is_absent_is_reported_not_left_to_restart(host_root: Path, netns_nft: str) -> None:
+    """The image's role units start only when their program is there; the agent says which roles are
+    configured but not installed, in the MeshRole's entry for this node."""
+    meshrole = {"metadata": {"name": "b", "generation": 3}, "spec": {"roles": ["bootstrap"]}}
+    outcome = converge_mesh({"b": meshrole}, {}, host_root, Systemd(host_root), netns_nft, public_address=True)
+    entry = outcome.entries["b"]
+    assert entry["phase"] == "Applied" and entry["roles"] == "peer,bootstrap", entry
+    assert "bootstrap role configured but its service is not installed (macula-bootstrap.service: " \
+           "/usr/bin/macula-bootstrap is missing" in entry["message"], entry
+    assert "peer role configured" in entry["message"] and "gateway" not in entry["message"], entry
+    assert Systemd(host_root).is_enabled("macula-bootstrap.service")   # enabled: it starts once installed
+
+    programs = host_root / "usr/bin"
+    programs.mkdir(parents=True)
+    for name in ("macula-mesh", "macula-bootstrap"):
+        (programs / name).write_text("#!/bin/sh\n")
+    (programs / "macula-mesh").chmod(0o755)
+    (programs / "macula-bootstrap").chmod(0o644)                          # there, but not executable
+    assert services_not_installed(host_root, plan_mesh({"b": spec(roles=["bootstrap"])})) == [
+        "bootstrap role configured but its service is not installed (macula-bootstrap.service: "
+        "/usr/bin/macula-bootstrap is missing; the unit is skipped)"]
+    (programs / "macula-bootstrap").chmod(0o755)
+    outcome = converge_mesh({"b": meshrole}, {}, host_root, Systemd(host_root), netns_nft, public_address=True)
+    assert outcome.entries["b"]["message"] == "applied" and outcome.warnings == []
+
+
+@pytest.mark.parametrize("unit", sorted(SERVICE_PROGRAMS))
+def test_the_image_role_units_start_only_with_the_program_the_agent_checks(unit: str) -> None:
+    text = (IMAGE_UNITS / unit).read_text()
+    program = f"/{SERVICE_PROGRAMS[unit]}"
+    assert f"\nConditionFileIsExecutable={program}\n" in text
+    assert f"\nExecStart={program} " in text

@@ -87,6 +87,15 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert first["ssh-rsa-key"] == "absent", first
     assert re.fullmatch(r"[0-9a-f]{32}", first["machine-id"]), first
     assert first["gateway-unit"] == "disabled", first             # no role service the config did not ask for
+    # The bootstrap role's program is not in the image: its unit is skipped (not restarted in a loop) and
+    # the agent's boot apply says so.
+    assert (first["bootstrap-active"], first["bootstrap-condition"], first["bootstrap-restarts"]) == \
+        ("inactive", "no", "0"), first
+    assert first["apply-warning"] == "1", first
+    # Its own name, made from its machine id, everywhere the name is written and on mDNS.
+    assert re.fullmatch(r"macula-[0-9a-f]{8}", first["hostname"]), first
+    assert first["hostname"] == first["etc-hostname"] == first["made-hostname"] == first["hosts-name"], first
+    assert first["hostname-unit"] == "success" and first["mdns-host"] == f"{first['hostname']}.local", first
     assert first["nats"] == "active" and first["nats-listen"] == "127.0.0.1:4222,", first  # loopback only
     assert first["mdns-port"] == "6443" and first["mdns-version"] == "0.1.0", first
     assert first["mdns-roles"] == "peer,bootstrap" and first["mdns-realm"] == "io.macula.imagetest", first
@@ -103,6 +112,7 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert second["usr-write"] == "refused", second
     # A node's identity is made once and kept: the same host key and machine id after a reboot.
     assert second["ssh-hostkey"] == first["ssh-hostkey"] and second["machine-id"] == first["machine-id"], second
+    assert second["hostname"] == first["hostname"] and second["mdns-host"] == first["mdns-host"], second
 
 
 def test_blank_data_disk_is_formatted_and_boots_without_config(built_image: BuiltImage, tmp_path: Path) -> None:
@@ -115,6 +125,7 @@ def test_blank_data_disk_is_formatted_and_boots_without_config(built_image: Buil
     assert report["var"].startswith("/dev/vdb"), report
     assert report["firstboot"] == "firstboot", report              # /var/lib/maculaos made on a blank disk
     assert report["failed-units"] == "", report
+    assert re.fullmatch(r"macula-[0-9a-f]{8}", report["hostname"]) and report["hostname-unit"] == "success", report
     result = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", str(data)], capture_output=True, text=True)
     assert result.stdout.strip() == "MACULA_DATA"
 

@@ -135,3 +135,29 @@ def test_nothing_from_the_build_run_is_in_the_image(
     assert not newer, f"{len(newer)} entries newer than SOURCE_DATE_EPOCH, e.g. {newer[:5]}"
     pyc = [p for _, _, _, p in listing if "/dist-packages/maculaos/__pycache__/cli.cpython-313" in p]
     assert pyc, "the maculaos package is not compiled for the image's Python"
+
+
+def test_every_kernel_module_kept_has_what_it_depends_on(
+        built_image: BuiltImage, listing: list[tuple[str, int, datetime.datetime, str]],
+        tmp_path: Path) -> None:
+    """The build leaves out modules of hardware an edge node lacks (build.DPKG_OPTIONS); none left in may
+    need one left out (i915 needs rc-core, a media module), and the ones a NUC needs are there."""
+    paths = {p for _, _, _, p in listing}
+    deps_files = [p for p in paths if re.fullmatch(r"/usr/lib/modules/[^/]+/modules\.dep", p)]
+    assert len(deps_files) == 1, deps_files
+    modules = deps_files[0].removesuffix("/modules.dep")
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tmp_path / "r"), str(built_image.squashfs),
+                    deps_files[0].lstrip("/")], check=True, capture_output=True)
+    missing = []
+    for line in (tmp_path / "r" / deps_files[0].lstrip("/")).read_text().splitlines():
+        module, _, deps = line.partition(":")
+        missing += [f"{module} needs {d}" for d in deps.split() if f"{modules}/{d}" not in paths]
+    assert not missing, missing[:10]
+    kept = {p.removeprefix(modules + "/kernel/") for p in paths if p.startswith(modules + "/kernel/")}
+    for needed in ("drivers/gpu/drm/i915/i915.ko.xz", "drivers/media/rc/rc-core.ko.xz",
+                   "drivers/net/wireless/intel/iwlwifi/iwlwifi.ko.xz", "drivers/net/ethernet/realtek/r8169.ko.xz",
+                   "drivers/media/usb/uvc/uvcvideo.ko.xz", "sound/core/snd.ko.xz"):
+        assert needed in kept, needed
+    assert not [p for p in kept if p.startswith(("sound/soc/", "drivers/infiniband/", "drivers/staging/"))]
+    assert not [p for p in paths if p.startswith("/usr/share/vim/") and "/doc/" in p]
+    assert [p for p in paths if p.startswith("/usr/share/vim/") and p.endswith("/syntax/yaml.vim")]

@@ -3,6 +3,7 @@ the host: the maculaos.mesh config section, the role services, the firewall tabl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,10 @@ from maculaos.host.systemd import Systemd, SystemdError
 
 PEER_SERVICE = "macula-mesh.service"
 ROLE_SERVICES = {MeshRoleName.BOOTSTRAP: "macula-bootstrap.service", MeshRoleName.GATEWAY: "macula-gateway.service"}
+# The program each role service runs: the units start only when it is there (ConditionFileIsExecutable),
+# so a role configured on an image without its program is reported, not restarted in a loop.
+SERVICE_PROGRAMS = {PEER_SERVICE: Path("usr/bin/macula-mesh"), **{
+    unit: Path(f"usr/bin/{unit.removesuffix('.service')}") for unit in ROLE_SERVICES.values()}}
 ROLE_LABEL = "macula.io/role-{}"
 FIREWALL_STATE = Path("var/lib/maculaos/agent/firewall.nft")
 
@@ -133,3 +138,16 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     config_changed = write_maculaos_section(host_root, "mesh", plan.config_section())
     changed_units = tuple(u for u, on in wanted.items() if (on or systemd.exists(u)) and systemd.set_enabled(u, on))
     return MeshChanges(config=config_changed, units=changed_units, firewall=firewall_changed)
+
+
+def services_not_installed(host_root: Path, plan: MeshPlan) -> list[str]:
+    """One sentence per role the plan wants whose service program is not on the host (its unit is
+    enabled but systemd skips it): the role is configured, not running."""
+    wanted = [("peer", PEER_SERVICE)] + [(r.value, ROLE_SERVICES[r]) for r in sorted(plan.roles)]
+    return [f"{role} role configured but its service is not installed ({unit}: /{SERVICE_PROGRAMS[unit]} is "
+            f"missing; the unit is skipped)" for role, unit in wanted
+            if not _executable(host_root / SERVICE_PROGRAMS[unit])]
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)

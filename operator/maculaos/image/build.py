@@ -33,7 +33,20 @@ WHEEL_PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2
 # Documentation and translations are not needed on a node; copyright files stay (licences).
 DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*",
                 "path-include=/usr/share/doc/*/copyright", "path-exclude=/usr/share/locale/*",
-                "path-exclude=/usr/share/info/*"]
+                "path-exclude=/usr/share/info/*",
+                # vim's help, translations, tutor and spell files (27 MB unpacked), as man pages above.
+                *(f"path-exclude=/usr/share/vim/vim*/{d}/*" for d in ("doc", "lang", "tutor", "spell")),
+                # Kernel modules for hardware an edge node does not have (docs/benchmarks.md, "Image size"):
+                # sound cards (the sound core stays: thinkpad_acpi needs it), InfiniBand/RDMA and what only
+                # runs over it, ISDN, staging drivers, TV tuners, capture cards, radios. Not rc-core (i915 and
+                # amdgpu need it); tests/image/test_contents.py checks every module kept has its dependencies.
+                *(f"path-exclude=/usr/lib/modules/*/kernel/{d}" for d in (
+                    "sound/soc/*", "sound/pci/*", "sound/usb/*", "sound/firewire/*", "drivers/soundwire/*",
+                    "drivers/infiniband/*", "net/rds/*", "net/smc/*", "net/sunrpc/xprtrdma/*", "net/9p/9pnet_rdma.*",
+                    "drivers/nvme/host/nvme-rdma.*", "drivers/nvme/target/nvmet-rdma.*", "drivers/isdn/*",
+                    "drivers/staging/*", "drivers/media/dvb-frontends/*", "drivers/media/tuners/*",
+                    "drivers/media/pci/*", "drivers/media/radio/*", "drivers/media/usb/dvb-usb*",
+                    "drivers/media/*/b2c2/*", "drivers/base/regmap/regmap-sdw*", "drivers/mfd/cs42l43-sdw.*"))]
 # zstd level of the root: the default (15) took 7 min on a loaded 2-core machine; sizes in docs/benchmarks.md.
 SQUASHFS_ZSTD_LEVEL = 9
 K3S_MISSING = "not included (built without --k3s-binary; this machine cannot reach the upstream release)"

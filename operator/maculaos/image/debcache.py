@@ -42,8 +42,11 @@ def publish(new: Path, cache: Path) -> int:
     added = 0
     for deb in sorted(new.glob("*.deb")):
         target = cache / deb.name
-        if target.exists() and target.stat().st_size == deb.stat().st_size:
-            continue                    # .deb names carry name, version and architecture: same file
+        try:
+            if target.stat().st_size == deb.stat().st_size:
+                continue                # .deb names carry name, version and architecture: same file
+        except FileNotFoundError:
+            pass
         fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{deb.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out, deb.open("rb") as src:
