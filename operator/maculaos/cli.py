@@ -15,6 +15,7 @@ from maculaos.api.common import DEFAULT_NAMESPACE
 
 if TYPE_CHECKING:
     from maculaos.image.definition import ImageDefinition
+    from maculaos.image.install import Medium
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_CRDS = REPO_ROOT / "crds"
@@ -280,6 +281,26 @@ def _image_iso(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask_target(medium: "Medium") -> Path | None:
+    """The console installer (the ISO's Install entry without an install config): which disk."""
+    from maculaos.image import install as inst
+
+    if not sys.stdin.isatty():
+        print("MaculaOS installer: no macula.install.config= and no console to ask on. Install with "
+              "`sudo maculaos install /dev/X [--config config.yaml]`")
+        return None
+    print(f"MaculaOS {medium.version} installer. Disks of this machine:")
+    for path in inst.candidate_disks():
+        try:
+            target = inst.inspect_target(path)
+            why = "; ".join(inst.refusals(target, medium)) or "can be used"
+            print(f"  {path}  {target.size // 2**20} MiB  {why}")
+        except inst.InstallError as exc:
+            print(f"  {path}  {exc}")
+    answer = input("Disk to install onto (e.g. /dev/sda; empty: no install, the live system stays up): ")
+    return Path(answer.strip()) if answer.strip() else None
+
+
 def _install(args: argparse.Namespace) -> int:
     """Install the live medium's system onto a disk (seed 8.2); see maculaos.image.install."""
     from maculaos.image import install as inst
@@ -287,14 +308,15 @@ def _install(args: argparse.Namespace) -> int:
     try:
         medium = inst.read_medium(args.source)
         config_path, target_path = args.config, args.target
+        ask = not args.yes
         if args.auto:
             auto = inst.auto_settings(Path("/proc/cmdline").read_text(), args.source)
             config_path, target_path = config_path or auto.config, target_path or auto.target
-            if config_path is None and target_path is None:
-                disks = ", ".join(str(d) for d in inst.candidate_disks()) or "none found"
-                print(f"MaculaOS installer: no macula.install.config= on the kernel command line. Install "
-                      f"with `sudo maculaos install /dev/X [--config config.yaml]` (disks: {disks})")
-                return 0
+            ask = config_path is None and target_path is None  # the "Install" entry with no settings
+            if ask:
+                target_path = _ask_target(medium)
+                if target_path is None:
+                    return 0
         config_text = inst.check_config(config_path) if config_path else None
         if target_path is None:
             if not args.auto:
@@ -312,7 +334,7 @@ def _install(args: argparse.Namespace) -> int:
         print(f"MaculaOS {medium.version} onto {target.path} ({target.size // 2**20} MiB): ESP {medium.esp_mib} MiB, "
               f"slots A and B {medium.slot_mib} MiB each, data {data.size_mib} MiB"
               f"{', config.yaml from ' + str(config_path) if config_path else ''}. EVERYTHING ON {target.path} IS ERASED.")
-        if not (args.yes or args.auto):
+        if ask:
             answer = input(f"Type yes to erase {target.path} and install: ")
             if answer.strip() != "yes":
                 print("maculaos install: not confirmed, nothing written", file=sys.stderr)

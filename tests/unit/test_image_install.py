@@ -267,3 +267,40 @@ def test_install_refuses_before_writing_a_byte(medium: Medium, tmp_path: Path) -
     with pytest.raises(InstallError, match="needs at least 227 MiB"):
         install(inspect_target(small), medium, None)
     assert small.read_bytes() == b"KEEP" * 1024
+
+
+def test_cli_asks_before_erasing_and_writes_nothing_without_yes(medium: Medium, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from maculaos.cli import main
+    target = tmp_path / "disk.img"
+    target.write_bytes(b"KEEP" * 1024)
+    with target.open("r+b") as f:
+        f.truncate(300 * MIB)
+    before = target.read_bytes()
+    monkeypatch.setattr("builtins.input", lambda prompt: "no")
+    assert main(["install", "--source", str(medium.root), str(target)]) == 1
+    out = capsys.readouterr()
+    assert "EVERYTHING ON" in out.out and "not confirmed, nothing written" in out.err
+    assert target.read_bytes() == before
+    assert main(["install", "--source", str(medium.root), "--yes", str(target)]) == 0
+    assert "MACULAOS-INSTALLED" in capsys.readouterr().out
+    assert [p.name for p in partition_table(target).partitions][-1] == "data"
+
+
+def test_cli_without_a_target_names_the_disks_and_writes_nothing(medium: Medium,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from maculaos.cli import main
+    assert main(["install", "--source", str(medium.root)]) == 2
+    assert "which disk? `maculaos install /dev/X`" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_bad_config_before_touching_the_disk(medium: Medium, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from maculaos.cli import main
+    target = tmp_path / "disk.img"
+    target.write_bytes(b"KEEP")
+    (tmp_path / "bad.yaml").write_text("maculaos: [")
+    assert main(["install", "--source", str(medium.root), "--yes", "--config", str(tmp_path / "bad.yaml"),
+                 str(target)]) == 1
+    assert "is not valid YAML" in capsys.readouterr().err and target.read_bytes() == b"KEEP"
