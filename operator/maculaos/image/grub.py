@@ -198,7 +198,8 @@ def iso_config(version: str, cmdline: str, medium: str, default: str = "live", e
     """grub.cfg of the live/installer ISO (seed 4.10.1): live (default), install to disk, recovery.
     `cmdline` is the definition's without per-entry words; `extra` is appended to every entry (a custom
     ISO's unattended install settings, a serial console)."""
-    common = f"boot=macula macula.medium={medium} {cmdline} {extra}".strip()
+    # rauc.external: RAUC's word for "booted from an external medium": no booted slot to look for.
+    common = f"boot=macula macula.medium={medium} rauc.external {cmdline} {extra}".strip()
     entries = [("live", f"MaculaOS {version} live (runs from this medium; changes are kept in RAM only)", "live"),
                ("install", f"Install MaculaOS {version} to a disk", "install"),
                ("recovery", "Recovery mode (a shell before the root is mounted)", "recovery")]
