@@ -207,6 +207,10 @@ def install(target: Target, medium: Medium, config_text: str | None,
     why = refusals(target, medium, view)
     if why:
         raise InstallError("; ".join(why))
+    try:
+        disk.check_tools(exclude=("qemu-img",))
+    except disk.DiskError as exc:
+        raise InstallError(f"nothing written: {exc}") from exc
     layout = plan_install(target, medium)
     data = layout.part("data")
     assert data.size_mib is not None
