@@ -1,13 +1,15 @@
 """Boot-to-ready of a built MaculaOS image under QEMU TCG, and where the time goes.
 
-Usage: .venv/bin/python benchmarks/image.py [--dist DIR] [--runs 3] [--memory 1024] [--disk [--uefi]]
+Usage: .venv/bin/python benchmarks/image.py [--dist DIR] [--runs 3] [--memory 1024] [--disk|--iso [--uefi]]
 DIR holds macula-os-*.{kernel,initrd,squashfs} (default: the newest build the image tests cached).
 Each run boots a fresh data disk with a config.yaml (disk mode, the one-shot apply runs), and reports
 wall time to the initramfs handing over (baseline: kernel + initramfs only), to MACULAOS-READY, and the
 apply service's own run time inside the guest (Python start-up under emulation).
 --disk boots the raw disk image instead (firmware -> GRUB -> slot A, SeaBIOS or with --uefi OVMF; no
-config.yaml), and reports the wall time to GRUB booting the kernel, to the hand-over and to ready; the
-sizes of every output of the build are listed either way."""
+config.yaml), and reports the wall time to GRUB booting the kernel, to the hand-over and to ready.
+--iso boots the build's ISO (as a CD under SeaBIOS, as a USB stick under --uefi) into the live system:
+an ISO the build's own builder makes of the same files with console=ttyS0 added, so that the markers
+reach the serial line. The sizes of every output of the build are listed either way."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from maculaos.image.build import default_cache  # noqa: E402
+from maculaos.image.definition import load_definition  # noqa: E402
+from maculaos.image.iso import build_iso, inputs_for  # noqa: E402
 from maculaos.image.disk import boot_environment  # noqa: E402
 from maculaos.image.vm import Vm, VmSpec, uefi_vars_copy  # noqa: E402
 
@@ -57,18 +61,26 @@ def one_boot(dist: Path, memory: int, tmp: Path) -> tuple[float, float, float, f
     return handover, wall, float(ready.group(1)), float(times[0]) if times else float("nan")
 
 
-def one_disk_boot(dist: Path, memory: int, tmp: Path, uefi: bool) -> tuple[float, float, float, float]:
-    """Firmware -> GRUB -> slot A of a fresh copy of the raw image: (to GRUB booting the kernel, to the
-    initramfs hand-over, to MACULAOS-READY, guest uptime at ready)."""
+def one_disk_boot(dist: Path, memory: int, tmp: Path, uefi: bool, iso: bool = False
+                  ) -> tuple[float, float, float, float]:
+    """Firmware -> GRUB -> slot A of a fresh copy of the raw image, or the live system of the ISO: (to
+    GRUB booting the kernel, to the initramfs hand-over, to MACULAOS-READY, guest uptime at ready)."""
     disk = tmp / "disk.img"
-    subprocess.run(["cp", "--sparse=always", str(next(dist.glob("macula-os-*.img"))), str(disk)], check=True)
-    boot_environment(disk, {"EXTRA_CMDLINE": "console=ttyS0"})
+    if iso:
+        repo = Path(__file__).resolve().parents[1]
+        definition = load_definition(repo / "image-build" / "maculaos.yaml", [])
+        build_iso(inputs_for(definition, dist, 0, extra_cmdline="console=ttyS0"), disk)
+    else:
+        subprocess.run(["cp", "--sparse=always", str(next(dist.glob("macula-os-*.img"))), str(disk)], check=True)
+        boot_environment(disk, {"EXTRA_CMDLINE": "console=ttyS0"})
     spec = VmSpec.for_disk(disk, uefi_vars_copy(tmp / "vars.fd") if uefi else None)
+    if iso and not uefi:  # the ISO as a CD (El Torito) under SeaBIOS
+        spec = dataclasses.replace(spec, disk=None, extra_args=("-drive", f"file={disk},media=cdrom,if=ide,readonly=on"))
     spec = dataclasses.replace(spec, memory_mib=memory)
     with Vm(spec) as vm:
         vm.wait_for(r"Booting `MaculaOS", 900)
         grub = vm.elapsed()
-        vm.wait_for(r"maculaos: root /dev/vda", 900)
+        vm.wait_for(r"maculaos: root /dev/", 900)
         handover = vm.elapsed()
         ready = vm.wait_for(r"MACULAOS-READY .*uptime=([0-9.]+)s", 900)
         return grub, handover, vm.elapsed(), float(ready.group(1))
@@ -82,16 +94,17 @@ def sizes(dist: Path) -> None:
             print(f"| {path.name} | {st.st_size / 2**20:.1f} | {st.st_blocks * 512 / 2**20:.1f} |")
 
 
-def disk_main(dist: Path, runs: int, memory: int, uefi: bool) -> int:
+def disk_main(dist: Path, runs: int, memory: int, uefi: bool, iso: bool = False) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(runs):
-            rows.append(one_disk_boot(dist, memory, Path(tmp), uefi))
+            rows.append(one_disk_boot(dist, memory, Path(tmp), uefi, iso))
             print(f"run: GRUB boots the kernel {rows[-1][0]:.1f} s, hand-over {rows[-1][1]:.1f} s, ready "
                   f"{rows[-1][2]:.1f} s (guest uptime {rows[-1][3]:.1f} s)", flush=True)
     med = [statistics.median(r[i] for r in rows) for i in range(4)]
     firmware = "OVMF (UEFI)" if uefi else "SeaBIOS"
-    print(f"\n| what ({firmware}, raw disk image) | median of {runs} |\n| --- | --- |")
+    what = "ISO, live" + (" (USB stick)" if uefi else " (CD)") if iso else "raw disk image"
+    print(f"\n| what ({firmware}, {what}) | median of {runs} |\n| --- | --- |")
     print(f"| QEMU start → GRUB boots the kernel (firmware + GRUB + 5 s menu) | {med[0]:.1f} s |")
     print(f"| QEMU start → initramfs hands over | {med[1]:.1f} s |")
     print(f"| QEMU start → MACULAOS-READY | {med[2]:.1f} s |")
@@ -106,11 +119,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", type=int, default=1024, help="MiB of RAM given to the VM")
     parser.add_argument("--disk", action="store_true", help="boot the raw disk image through GRUB")
-    parser.add_argument("--uefi", action="store_true", help="with --disk: OVMF instead of SeaBIOS")
+    parser.add_argument("--iso", action="store_true", help="boot the ISO's live system through its GRUB")
+    parser.add_argument("--uefi", action="store_true", help="with --disk/--iso: OVMF instead of SeaBIOS")
     args = parser.parse_args()
     dist = args.dist or newest_build()
-    if args.disk:
-        return disk_main(dist, args.runs, args.memory, args.uefi)
+    if args.disk or args.iso:
+        return disk_main(dist, args.runs, args.memory, args.uefi, args.iso)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.runs):

@@ -15,6 +15,7 @@ from maculaos.api.common import DEFAULT_NAMESPACE
 
 if TYPE_CHECKING:
     from maculaos.image.definition import ImageDefinition
+    from maculaos.image.install import Medium
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_CRDS = REPO_ROOT / "crds"
@@ -262,6 +263,97 @@ def _image_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_iso(args: argparse.Namespace) -> int:
+    """A custom ISO from a finished build's files (e.g. one that installs unattended with a config)."""
+    from maculaos.image.build import source_date_epoch
+    from maculaos.image.definition import DefinitionError
+    from maculaos.image.install import InstallError, check_config
+    from maculaos.image.iso import IsoError, build_iso, inputs_for
+
+    try:
+        if args.install_config:
+            check_config(args.install_config)
+        inputs = inputs_for(_image_definition(args), args.build, source_date_epoch(REPO_ROOT),
+                            args.default or ("install" if args.install_config else "live"), args.cmdline_extra,
+                            args.install_config)
+        print(build_iso(inputs, args.out))
+    except (DefinitionError, IsoError, InstallError) as exc:
+        print(f"maculaos image iso failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _ask_target(medium: "Medium") -> Path | None:
+    """The console installer (the ISO's Install entry without an install config): which disk."""
+    from maculaos.image import install as inst
+
+    if not sys.stdin.isatty():
+        print("MaculaOS installer: no macula.install.config= and no console to ask on. Install with "
+              "`sudo maculaos install /dev/X [--config config.yaml]`")
+        return None
+    print(f"MaculaOS {medium.version} installer. Disks of this machine:")
+    for path in inst.candidate_disks():
+        try:
+            target = inst.inspect_target(path)
+            why = "; ".join(inst.refusals(target, medium)) or "can be used"
+            print(f"  {path}  {target.size // 2**20} MiB  {why}")
+        except inst.InstallError as exc:
+            print(f"  {path}  {exc}")
+    answer = input("Disk to install onto (e.g. /dev/sda; empty: no install, the live system stays up): ")
+    return Path(answer.strip()) if answer.strip() else None
+
+
+def _install(args: argparse.Namespace) -> int:
+    """Install the live medium's system onto a disk (seed 8.2); see maculaos.image.install."""
+    from maculaos.image import install as inst
+
+    try:
+        medium = inst.read_medium(args.source)
+        config_path, target_path = args.config, args.target
+        ask = not args.yes
+        if args.auto:
+            auto = inst.auto_settings(Path("/proc/cmdline").read_text(), args.source)
+            config_path, target_path = config_path or auto.config, target_path or auto.target
+            ask = config_path is None and target_path is None  # the "Install" entry with no settings
+            if ask:
+                target_path = _ask_target(medium)
+                if target_path is None:
+                    return 0
+        config_text = inst.check_config(config_path) if config_path else None
+        if target_path is None:
+            if not args.auto:
+                disks = ", ".join(str(d) for d in inst.candidate_disks()) or "none found"
+                print(f"maculaos install: which disk? `maculaos install /dev/X` (disks: {disks})", file=sys.stderr)
+                return 2
+            target = inst.choose_target(medium)
+        else:
+            target = inst.inspect_target(target_path)
+        why = inst.refusals(target, medium)
+        if why:
+            raise inst.InstallError("; ".join(why))
+        layout = inst.plan_install(target, medium)
+        data = layout.part("data")
+        print(f"MaculaOS {medium.version} onto {target.path} ({target.size // 2**20} MiB): ESP {medium.esp_mib} MiB, "
+              f"slots A and B {medium.slot_mib} MiB each, data {data.size_mib} MiB"
+              f"{', config.yaml from ' + str(config_path) if config_path else ''}. EVERYTHING ON {target.path} IS ERASED.")
+        if ask:
+            answer = input(f"Type yes to erase {target.path} and install: ")
+            if answer.strip() != "yes":
+                print("maculaos install: not confirmed, nothing written", file=sys.stderr)
+                return 1
+        inst.install(target, medium, config_text)
+    except inst.InstallError as exc:
+        print(f"MACULAOS-INSTALL-FAILED: {exc}" if args.auto else f"maculaos install: {exc}", file=sys.stderr)
+        return 1
+    except (EOFError, KeyboardInterrupt):
+        print("\nmaculaos install: not confirmed, nothing written", file=sys.stderr)
+        return 1
+    print(f"MACULAOS-INSTALLED target={target.path} version={medium.version}", flush=True)
+    if args.then != "none":
+        os.execvp("systemctl", ["systemctl", args.then])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maculaos", description=__doc__)
     parser.add_argument("--version", action="version", version=f"maculaos {__version__}")
@@ -371,6 +463,33 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--operator-image", type=Path, default=None, metavar="ARCHIVE",
                      help="the operator's OCI archive to pre-load (default: built from this checkout by "
                           "image-build/operator-image/build.py, cached by its inputs)")
+
+    iso = image.add_parser("iso", help="a custom live/installer ISO from a finished build (--build)")
+    iso.add_argument("--definition", type=Path, default=REPO_ROOT / "image-build" / "maculaos.yaml")
+    iso.add_argument("--extend", type=Path, action="append", default=[], metavar="FILE")
+    iso.add_argument("--profiles", default="")
+    iso.add_argument("--build", type=Path, default=REPO_ROOT / "dist", help="the build's output folder")
+    iso.add_argument("--out", type=Path, required=True, help="the ISO to write")
+    iso.add_argument("--install-config", type=Path, default=None, metavar="CONFIG_YAML",
+                     help="put this config.yaml on the ISO and make `install` the default entry: the ISO "
+                          "installs unattended onto the machine's only disk, then powers off")
+    iso.add_argument("--default", choices=["live", "install", "recovery"], default=None)
+    iso.add_argument("--cmdline-extra", default="", help="appended to every entry's kernel command line "
+                     "(e.g. macula.install.target=/dev/sda, console=ttyS0 for a serial console)")
+    iso.set_defaults(func=_image_iso)
+
+    inst = commands.add_parser("install", help="install MaculaOS from the live ISO/USB stick onto a disk")
+    inst.add_argument("target", type=Path, nargs="?", help="the whole disk (e.g. /dev/sda); erased")
+    inst.add_argument("--config", type=Path, default=None, help="a config.yaml for the new node "
+                      "(/var/lib/maculaos/config.yaml on its data partition)")
+    inst.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    inst.add_argument("--auto", action="store_true", help="unattended: settings from the kernel command line "
+                      "(macula.install.config=, macula.install.target=); maculaos-install.service runs it")
+    inst.add_argument("--then", choices=["none", "poweroff", "reboot"], default="none",
+                      help="after a successful install")
+    inst.add_argument("--source", type=Path, default=Path("/run/maculaos/medium"),
+                      help="the mounted live medium (default: the one this system booted from)")
+    inst.set_defaults(func=_install)
 
     dev = commands.add_parser("dev", help="the local demo environment").add_subparsers(dest="action", required=True)
     up = dev.add_parser("up", help="start a control plane, simulated nodes, the operator, and apply examples/")

@@ -15,7 +15,7 @@ from tests.image.conftest import BuiltImage
 
 pytestmark = pytest.mark.image
 
-OUTPUTS = ("img", "qcow2", "raucb", "squashfs", "kernel", "initrd", "rootfs.tar.zst", "build-info", "cert.pem")
+OUTPUTS = ("img", "qcow2", "iso", "raucb", "squashfs", "kernel", "initrd", "rootfs.tar.zst", "build-info", "cert.pem")
 
 
 def test_sha256sums_cover_every_output_and_are_signed(built_image: BuiltImage, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maculaos import __version__
-from maculaos.image import debcache, disk, grub
+from maculaos.image import debcache, disk, grub, iso
 from maculaos.image.bundle import BundleError, build_bundle
 from maculaos.image import airgap
 from maculaos.image.definition import ImageDefinition
@@ -322,11 +322,12 @@ class ImageBuilder:
                            outputs, self.inputs.signing.describe())
 
     def write_outputs(self) -> tuple[Path, ...]:
-        """From the squashfs, kernel and initrd in the output folder: the raw disk image, qcow2, the signed
-        RAUC bundle, SHA256SUMS over everything and its detached signature."""
+        """From the squashfs, kernel and initrd in the output folder: the raw disk image, qcow2, the hybrid
+        live/installer ISO, the signed RAUC bundle, SHA256SUMS over everything and its detached signature."""
         d = self.definition
         art = {fmt: self.out / d.artifact(fmt) for fmt in ("squashfs", "kernel", "initrd", "build-info",
-                                                            "rootfs.tar.zst", "img", "qcow2", "raucb", "cert.pem")}
+                                                            "rootfs.tar.zst", "img", "qcow2", "iso", "raucb",
+                                                            "cert.pem")}
         print("[image] raw disk image (GPT, GRUB BIOS+UEFI)", file=sys.stderr, flush=True)
         try:
             disk.build_disk(disk.DiskInputs(
@@ -335,6 +336,9 @@ class ImageBuilder:
                 data_mib=d.disk.data_mib, seed=self.inputs.digest(), epoch=self.epoch), art["img"])
             print("[image] qcow2", file=sys.stderr, flush=True)
             disk.qcow2(art["img"], art["qcow2"])
+            print("[image] hybrid ISO (BIOS+UEFI, CD or USB stick; live, install, recovery)", file=sys.stderr,
+                  flush=True)
+            iso.build_iso(iso.inputs_for(d, self.out, self.epoch), art["iso"])
             print("[image] RAUC bundle (verity, signed)", file=sys.stderr, flush=True)
             build_bundle(art["squashfs"], art["raucb"], d.version, d.arch, self.inputs.digest(),
                          self.inputs.signing)
@@ -342,7 +346,7 @@ class ImageBuilder:
             outputs = tuple(p for p in art.values() if p.exists())
             sums = self._checksums(list(outputs))
             sign_file(self.inputs.signing, sums)
-        except (disk.DiskError, grub.GrubError, BundleError, SigningError) as exc:
+        except (disk.DiskError, grub.GrubError, iso.IsoError, BundleError, SigningError) as exc:
             raise BuildError(str(exc)) from exc
         return outputs
 

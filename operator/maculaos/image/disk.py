@@ -1,7 +1,7 @@
 """The MaculaOS disk layout (GPT: bios_grub, ESP, rootfs-A, rootfs-B, data) and the raw disk image, made
-without root mounts or loop devices: sfdisk on a plain file, the ESP by `mkfs.vfat -C` + mtools, the data
-partition by `mkfs.ext4 -d`, each written at its offset. `maculaos install` lays out a real disk from the
-same plan."""
+without root mounts or loop devices: sfdisk on a plain file, the ESP by `mkfs.vfat --offset` + mtools, the data
+partition by `mkfs.ext4 -d`, each made in place at its offset. `maculaos install` (image/install.py) lays
+out a real disk through the same write_system."""
 
 from __future__ import annotations
 
@@ -83,8 +83,9 @@ def sfdisk_script(layout: DiskLayout, seed: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_tools() -> None:
-    missing = [f"{tool} (Debian package {pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)]
+def check_tools(exclude: tuple[str, ...] = ()) -> None:
+    missing = [f"{tool} (Debian package {pkg})" for tool, pkg in TOOLS.items()
+               if tool not in exclude and not shutil.which(tool)]
     if missing:
         raise DiskError(f"missing tools for the disk image: {', '.join(missing)}; tools/install.sh installs them")
 
@@ -103,13 +104,35 @@ class BootFiles:
     initrd: Path
 
 
-def make_esp(target: Path, size_mib: int, boot: dict[str, BootFiles], grub_cfg: str, volume_id: str,
-             epoch: int) -> Path:
-    """The ESP as a file: FAT32, EFI/BOOT/BOOTX64.EFI, grub/grub.cfg, grub/grubenv, <slot>/vmlinuz and
-    <slot>/initrd.img for each slot with a system."""
-    target.unlink(missing_ok=True)
-    _run(["mkfs.vfat", "-C", "-F", "32", "-s", "1", "-n", ESP_LABEL, "-i", volume_id, str(target),
-          str(size_mib * 1024)], "mkfs.vfat of the ESP")
+def make_fat(target: Path, offset: int, size_mib: int, label: str | None, volume_id: str,
+             files: dict[str, Path], epoch: int, fat32: bool = True) -> None:
+    """A FAT file system written in place at `offset` of `target` (an image file or a block device;
+    mkfs.vfat --offset, then mtools on `target@@offset`), holding `files` (name inside: source) with
+    the build's epoch as their time. A label costs reproducibility: mkfs.vfat (dosfstools 4.2) dates its
+    directory entry with the time of the build."""
+    fat = ["-F", "32", "-s", "1"] if fat32 else []
+    named = ["-n", label] if label else []
+    _run(["mkfs.vfat", "-I", f"--offset={offset // SECTOR}", *fat, *named, "-i", volume_id, str(target),
+          str(size_mib * 1024)], f"mkfs.vfat of {label or 'a FAT image'}", os.environ | {"SOURCE_DATE_EPOCH": str(epoch)})
+    env = os.environ | {"MTOOLS_SKIP_CHECK": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        # Staged as a tree with the epoch on every entry, copied by `mcopy -s -m` (which keeps the times):
+        # folders made by mmd would carry the time of the build.
+        tree = Path(tmp)
+        for name, source in files.items():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, tree / name)
+        for path in tree.rglob("*"):
+            os.utime(path, (epoch, epoch))
+        tops = sorted(str(p) for p in tree.iterdir())
+        if tops:
+            _run(["mcopy", "-s", "-m", "-i", f"{target}@@{offset}", *tops, "::/"], f"mcopy into {label or 'a FAT image'}", env)
+
+
+def make_esp(target: Path, offset: int, size_mib: int, boot: dict[str, BootFiles], grub_cfg: str,
+             volume_id: str, epoch: int) -> None:
+    """The ESP at `offset` of `target`: FAT32, EFI/BOOT/BOOTX64.EFI, grub/grub.cfg, grub/grubenv,
+    <slot>/vmlinuz and <slot>/initrd.img for each slot with a system."""
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
         files: dict[str, Path] = {
@@ -120,32 +143,22 @@ def make_esp(target: Path, size_mib: int, boot: dict[str, BootFiles], grub_cfg: 
         files["grub/grub.cfg"] = staging / "grub.cfg"
         for slot, bf in boot.items():
             files[f"{slot}/vmlinuz"], files[f"{slot}/initrd.img"] = bf.kernel, bf.initrd
-        env = os.environ | {"MTOOLS_SKIP_CHECK": "1"}
-        folders = sorted({str(Path(name).parent) for name in files} | {"EFI"})
-        _run(["mmd", "-i", str(target), *(f"::/{d}" for d in folders)], "mmd (ESP folders)", env)
-        for name, source in sorted(files.items()):
-            copy = staging / "copy"
-            shutil.copyfile(source, copy)
-            os.utime(copy, (epoch, epoch))
-            _run(["mcopy", "-m", "-i", str(target), str(copy), f"::/{name}"], f"mcopy {name} into the ESP", env)
-    return target
+        make_fat(target, offset, size_mib, ESP_LABEL, volume_id, files, epoch)
 
 
-def make_data(target: Path, size_mib: int, tree: Path | None, fs_uuid: str, epoch: int) -> Path:
-    """The data partition as a file: ext4 labelled MACULA_DATA, seeded from `tree` (e.g.
+def make_data(target: Path, offset: int, size_mib: int, tree: Path | None, fs_uuid: str, epoch: int) -> None:
+    """The data partition at `offset` of `target`: ext4 labelled MACULA_DATA, seeded from `tree` (e.g.
     var/lib/maculaos/config.yaml) when given; /var itself is seeded from the image at first boot."""
-    target.unlink(missing_ok=True)
-    with target.open("wb") as f:
-        f.truncate(size_mib * MIB)
     seed = ["-d", str(tree)] if tree else []
     env = os.environ | {"E2FSPROGS_FAKE_TIME": str(epoch)}
-    _run(["mkfs.ext4", "-q", "-F", "-L", DATA_LABEL, "-U", fs_uuid, "-E", f"hash_seed={fs_uuid}",
-          "-T", "default", *seed, str(target)], "mkfs.ext4 of the data partition", env)
-    return target
+    _run(["mkfs.ext4", "-q", "-F", "-L", DATA_LABEL, "-U", fs_uuid, "-E",
+          f"hash_seed={fs_uuid},offset={offset},nodiscard", "-T", "default", *seed, str(target),
+          f"{size_mib * 1024}k"], "mkfs.ext4 of the data partition", env)
 
 
-def write_at(disk: Path, offset: int, source: Path, limit: int) -> None:
-    """Copy `source` into `disk` at `offset`, skipping all-zero blocks (the image stays sparse)."""
+def write_at(disk: Path, offset: int, source: Path, limit: int, sparse: bool = True) -> None:
+    """Copy `source` into `disk` at `offset`. `sparse`: skip all-zero blocks (a new image file stays
+    sparse); a device that held something before gets every block."""
     size = source.stat().st_size
     if size > limit:
         raise DiskError(f"{source.name} is {size // MIB} MiB, its partition {limit // MIB} MiB")
@@ -154,10 +167,12 @@ def write_at(disk: Path, offset: int, source: Path, limit: int) -> None:
     with source.open("rb") as src, disk.open("r+b") as dst:
         position = 0
         while chunk := src.read(block):
-            if chunk != zero[:len(chunk)]:
+            if not sparse or chunk != zero[:len(chunk)]:
                 dst.seek(offset + position)
                 dst.write(chunk)
             position += len(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
 
 
 @dataclass(frozen=True)
@@ -176,33 +191,44 @@ class DiskInputs:
     data_tree: Path | None = None
 
 
+def write_system(target: Path, layout: DiskLayout, inputs: DiskInputs, sparse: bool) -> None:
+    """Everything of a MaculaOS disk onto `target` (a new image file, or the device `maculaos install`
+    writes): the GPT, the ESP with GRUB, slot A with the system (slot B stays empty: RAUC installs into
+    it), the data partition, and GRUB's BIOS boot code. One code path for the image and the installer."""
+    check_tools(exclude=("qemu-img",))  # the qcow2 needs it, not a disk (nor a node installing one)
+    result = subprocess.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "always",
+                             str(target)], input=sfdisk_script(layout, inputs.seed), capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise DiskError(f"sfdisk failed: {result.stderr.strip()}")
+    ids = uuid.uuid5(uuid.NAMESPACE_URL, f"maculaos:{inputs.seed}:filesystems")
+    esp, data, bios = layout.part("ESP"), layout.part("data"), layout.part("bios")
+    assert esp.size_mib and data.size_mib
+    cfg = grub.grub_config(inputs.version, grub.boot_cmdline(inputs.cmdline))
+    make_esp(target, esp.offset, esp.size_mib, {"A": inputs.boot}, cfg, ids.hex[:8], inputs.epoch)
+    write_at(target, layout.part("rootfs-A").offset, inputs.squashfs, inputs.slot_mib * MIB, sparse)
+    if not sparse:  # what an old system left in slot B must not look like a root file system
+        zero_at(target, layout.part("rootfs-B").offset, MIB)
+    make_data(target, data.offset, data.size_mib, inputs.data_tree, str(ids), inputs.epoch)
+    with tempfile.TemporaryDirectory() as tmp:
+        core = grub.bios_core_image(Path(tmp) / "core.img", esp.number)
+        grub.install_bios(target, core, bios.offset // SECTOR, (bios.size_mib or 1) * MIB // SECTOR)
+
+
+def zero_at(target: Path, offset: int, size: int) -> None:
+    with target.open("r+b") as f:
+        f.seek(offset)
+        f.write(bytes(size))
+
+
 def build_disk(inputs: DiskInputs, target: Path) -> DiskLayout:
-    """The raw disk image: slot A holds the system, slot B is empty (RAUC installs into it), GRUB boots
-    A on BIOS and UEFI machines."""
-    check_tools()
+    """The raw disk image: a sparse file of the planned size, then write_system."""
     layout = plan(inputs.esp_mib, inputs.slot_mib, inputs.data_mib)
     assert layout.total_mib is not None
     target.unlink(missing_ok=True)
     with target.open("wb") as f:
         f.truncate(layout.total_mib * MIB)
-    result = subprocess.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(target)],
-                            input=sfdisk_script(layout, inputs.seed), capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise DiskError(f"sfdisk failed: {result.stderr.strip()}")
-    ids = uuid.uuid5(uuid.NAMESPACE_URL, f"maculaos:{inputs.seed}:filesystems")
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        work = Path(tmp)
-        esp = layout.part("ESP")
-        cfg = grub.grub_config(inputs.version, grub.boot_cmdline(inputs.cmdline))
-        make_esp(work / "esp.img", inputs.esp_mib, {"A": inputs.boot}, cfg, ids.hex[:8], inputs.epoch)
-        write_at(target, esp.offset, work / "esp.img", inputs.esp_mib * MIB)
-        write_at(target, layout.part("rootfs-A").offset, inputs.squashfs, inputs.slot_mib * MIB)
-        data = layout.part("data")
-        make_data(work / "data.img", inputs.data_mib, inputs.data_tree, str(ids), inputs.epoch)
-        write_at(target, data.offset, work / "data.img", inputs.data_mib * MIB)
-        bios = layout.part("bios")
-        core = grub.bios_core_image(work / "core.img", esp.number)
-        grub.install_bios(target, core, bios.offset // SECTOR, (bios.size_mib or 1) * MIB // SECTOR)
+    write_system(target, layout, inputs, sparse=True)
     return layout
 
 

@@ -33,13 +33,18 @@ class GrubError(RuntimeError):
     pass
 
 
-def _mkimage(fmt: str, out: Path, prefix: str, modules: list[str]) -> Path:
-    directory = GRUB_LIB / fmt
+def _mkimage(fmt: str, out: Path, prefix: str, modules: list[str], config: str | None = None) -> Path:
+    directory = GRUB_LIB / ("i386-pc" if fmt.startswith("i386-pc") else fmt)
     if not directory.is_dir():
-        package = "grub-pc-bin" if fmt == "i386-pc" else "grub-efi-amd64-bin"
+        package = "grub-pc-bin" if fmt.startswith("i386-pc") else "grub-efi-amd64-bin"
         raise GrubError(f"{directory} is missing (Debian package {package}; tools/install.sh installs it)")
+    embedded = []
+    if config is not None:
+        early = out.with_name(out.name + ".early.cfg")
+        early.write_text(config)
+        embedded = ["-c", str(early)]
     result = subprocess.run(["grub-mkimage", "-O", fmt, "-d", str(directory), "-o", str(out), "-p", prefix,
-                             *modules], capture_output=True, text=True, check=False)
+                             *embedded, *modules], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise GrubError(f"grub-mkimage -O {fmt} failed: {result.stderr.strip()}")
     return out
@@ -53,6 +58,24 @@ def efi_image(out: Path) -> Path:
 def bios_core_image(out: Path, esp_partition: int) -> Path:
     """core.img: `(,gptN)` is partition N of the disk the BIOS booted, whatever its number."""
     return _mkimage("i386-pc", out, f"(,gpt{esp_partition})/grub", COMMON_MODULES + BIOS_MODULES)
+
+
+def _find_medium(label: str) -> str:
+    """The config built into the ISO's GRUB images: whatever the firmware booted from (CD drive, USB stick
+    as a hard disk), the medium is the file system with our label."""
+    return (f'search --no-floppy --label --set=root "{label}"\n'
+            'set prefix=($root)/boot/grub\n')
+
+
+def iso_bios_image(out: Path, label: str) -> Path:
+    """The ISO's El Torito BIOS image (cdboot.img + core.img); the hybrid MBR loads the same core.img
+    from a USB stick."""
+    return _mkimage("i386-pc-eltorito", out, "/boot/grub", COMMON_MODULES + BIOS_MODULES, _find_medium(label))
+
+
+def iso_efi_image(out: Path, label: str) -> Path:
+    """BOOTX64.EFI for the ISO's EFI boot image: finds the medium by label, reads /boot/grub/grub.cfg."""
+    return _mkimage("x86_64-efi", out, "/boot/grub", COMMON_MODULES + EFI_MODULES, _find_medium(label))
 
 
 def install_bios(disk: Path, core: Path, core_sector: int, core_sectors_max: int) -> None:
@@ -168,3 +191,28 @@ def boot_cmdline(kernel_cmdline: str) -> str:
     """The definition's kernel command line without the words grub.cfg sets per entry."""
     drop = ("rauc.slot=", "macula.mode=", "boot=macula")
     return " ".join(w for w in kernel_cmdline.split() if not w.startswith(drop))
+
+
+def iso_config(version: str, cmdline: str, medium: str, default: str = "live", extra: str = "",
+               timeout: int = 5) -> str:
+    """grub.cfg of the live/installer ISO (seed 4.10.1): live (default), install to disk, recovery.
+    `cmdline` is the definition's without per-entry words; `extra` is appended to every entry (a custom
+    ISO's unattended install settings, a serial console)."""
+    # rauc.external: RAUC's word for "booted from an external medium": no booted slot to look for.
+    common = f"boot=macula macula.medium={medium} rauc.external {cmdline} {extra}".strip()
+    entries = [("live", f"MaculaOS {version} live (runs from this medium; changes are kept in RAM only)", "live"),
+               ("install", f"Install MaculaOS {version} to a disk", "install"),
+               ("recovery", "Recovery mode (a shell before the root is mounted)", "recovery")]
+    body = "".join(f"""
+menuentry "{title}" --id {ident} {{
+  linux /live/vmlinuz macula.mode={mode} {common}
+  initrd /live/initrd.img
+}}""" for ident, title, mode in entries)
+    return f"""# MaculaOS live and installer medium (written by `maculaos image build`; operator/maculaos/image/grub.py).
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+set timeout={timeout}
+set default={default}
+{body}
+"""
