@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from maculaos.api.meshrole import ExtraPort, Firewall, FirewallPolicy, MeshRoleName, WireGuard
-from maculaos.host.firewall import FirewallError, apply_ruleset, check_ruleset, render_ruleset
+from maculaos.host.firewall import FirewallError, apply_ruleset, check_ruleset, render_ruleset, tcp_port_blocked
 
 GOLDEN = Path(__file__).parent / "golden"
 B, G = MeshRoleName.BOOTSTRAP, MeshRoleName.GATEWAY
@@ -79,3 +79,27 @@ def test_disabling_removes_the_table(tmp_path: Path, netns_nft: str) -> None:
     apply_ruleset(render_ruleset([], Firewall(), WireGuard()), state, netns_nft)
     assert apply_ruleset(render_ruleset([], Firewall(enabled=False), WireGuard()), state, netns_nft)
     assert list_table(netns_nft) == ""
+
+
+def test_the_backup_server_port_is_opened_and_read_back_from_the_kernel(netns_nft: str, tmp_path: Path) -> None:
+    """tcp_port_blocked reads the loaded ruleset (nft -j): a port no rule accepts is dropped under policy
+    drop; the backup-server rule, an extra port limited to sources, a role's port set admit; policy accept
+    and no table (firewall disabled) admit everything."""
+    state = tmp_path / "firewall.nft"
+    assert tcp_port_blocked(8000, netns_nft) is None  # nothing loaded: nothing of ours filters
+    script = render_ruleset([], Firewall(extra_ports=[ExtraPort(port=9100, sources=["10.0.0.0/8"])]), WireGuard(),
+                            backup_server_port=8000)
+    assert 'tcp dport 8000 accept comment "backup server"' in script
+    check_ruleset(script, netns_nft)
+    apply_ruleset(script, state, netns_nft)
+    assert [p for p in (8000, 9100, 2379, 22) if tcp_port_blocked(p, netns_nft)] == []
+    for port in (8001, 443):
+        assert tcp_port_blocked(port, netns_nft) == f"the node firewall (table inet maculaos) drops TCP port {port}"
+    apply_ruleset(render_ruleset([], Firewall(), WireGuard()), state, netns_nft)
+    assert tcp_port_blocked(8000, netns_nft) is not None
+    apply_ruleset(render_ruleset([], Firewall(default_policy=FirewallPolicy.ACCEPT), WireGuard()), state, netns_nft)
+    assert tcp_port_blocked(8000, netns_nft) is None
+    apply_ruleset(render_ruleset([], Firewall(enabled=False), WireGuard(), backup_server_port=8000), state, netns_nft)
+    assert tcp_port_blocked(8001, netns_nft) is None
+    unreadable = tcp_port_blocked(8000, str(tmp_path / "no-nft"))
+    assert unreadable is not None and unreadable.startswith("cannot read the firewall")

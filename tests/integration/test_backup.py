@@ -150,6 +150,17 @@ def test_wrong_password_fails_clearly_and_touches_nothing(fleet: BackupFleet, cr
     assert failed["reason"] == "WrongPassword" and node in failed["message"]
     assert len(fleet.snapshots(node, str(fleet.roots[node] / "var/backups/pw"))) == 1
 
+    # The password fixed, the next run succeeds: the entry no longer says why the previous one failed (its
+    # `failure` key used to survive, so a healthy node still read WrongPassword).
+    fleet.cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "other-pw",
+                         "namespace": "maculaos-system"}, "stringData": {"password": PASSWORD}})
+    run_now(fleet.cluster, "pw-second", "2")
+    entry = fleet.wait_entry("Backup", "pw-second", node, lambda e: e.get("phase") == "Succeeded")
+    assert "failure" not in entry and entry["lastError"] == "" and entry["lastSnapshotId"], entry
+    fleet.cluster.wait_condition("Backup", "pw-second", "False", ctype="Failed")
+    report = fleet.cluster.get("NodeReport", node)["status"]["entries"]["Backup/pw-second"]["report"]
+    assert "failure" not in report, report
+
 
 def test_scheduled_runs_happen_once_each_across_an_operator_restart(
         fleet: BackupFleet, created: Create, operator: ProcessRecord, operator_supervisor: OperatorSupervisor) -> None:

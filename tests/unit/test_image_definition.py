@@ -31,7 +31,8 @@ def test_shipped_definition_parses_and_names_outputs_per_seed_8_2() -> None:
     d = load_definition(DEFINITION)
     assert d.artifact("squashfs") == f"macula-os-{d.version}-amd64.squashfs"
     packages = d.debian_packages()
-    for needed in ("linux-image-amd64", "systemd", "python3", "nftables", "rauc", "restic", "openssh-server"):
+    for needed in ("linux-image-amd64", "systemd", "python3", "nftables", "rauc", "restic", "openssh-server",
+                   "restic-rest-server"):
         assert needed in packages
     assert len(packages) == len(set(packages))
     assert d.overlays == [(REPO / "image-build" / "overlay").resolve()]

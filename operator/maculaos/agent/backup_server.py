@@ -1,5 +1,6 @@
 """The agent advertises its node's rest-server to the operator: the Node annotation
-os.macula.io/backup-server=<URL> while config.yaml asks for it AND a rest-server answers there, removed
+os.macula.io/backup-server=<URL> while config.yaml asks for it AND a rest-server answers there AND the
+node's firewall admits its port (the agent's ruleset opens it: the one config setting does both), removed
 otherwise; the Node condition MaculaBackupServer says which and why. The agent is the annotation's only
 writer, so a server that stopped is withdrawn within one resync."""
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
-from maculaos.host.backup_server import probe_rest_server, server_setting
+from maculaos.host.backup_server import probe_rest_server, served_port, server_setting
 from maculaos.host.config import HostConfigError, read_config
 
 CONDITION = "MaculaBackupServer"
@@ -30,13 +31,16 @@ def internal_ip(node: Mapping[str, Any]) -> str | None:
     return next((str(a["address"]) for a in addresses if a.get("type") == "InternalIP" and a.get("address")), None)
 
 
-def advertisement(host_root: Path, node: Mapping[str, Any],
+def advertisement(host_root: Path, node: Mapping[str, Any], firewall: Callable[[int], str | None],
                   probe: Callable[[str], str | None] = probe_rest_server) -> Advertisement:
-    """What the Node should say about this node's rest-server now."""
+    """What the Node should say about this node's rest-server now. firewall(port) says why the node's
+    loaded ruleset drops that TCP port, or None (host/firewall.tcp_port_blocked): a server that answers
+    here but not to peers is not advertised."""
     conditions = (node.get("status") or {}).get("conditions") or []
     had_condition = any(c.get("type") == CONDITION for c in conditions)
     try:
-        setting = server_setting(read_config(host_root), internal_ip(node))
+        config = read_config(host_root)
+        setting = server_setting(config, internal_ip(node))
     except HostConfigError as exc:
         return Advertisement(None, ("False", "ConfigInvalid", f"not advertised: {exc}"))
     if setting is None:
@@ -47,5 +51,12 @@ def advertisement(host_root: Path, node: Mapping[str, Any],
     error = probe(setting.url)
     if error:
         return Advertisement(None, ("False", "NotAnswering", f"{error}; not advertised to peers"))
+    port = served_port(config)
+    blocked = firewall(port) if port is not None else None
+    if blocked:
+        return Advertisement(None, ("False", "Firewalled", (
+            f"rest-server answers at {setting.url} on this node, but {blocked}: peers cannot reach it; not "
+            "advertised (the agent opens the port with its next firewall pass; if it stays, look for the "
+            "MeshRole entry's error)")))
     return Advertisement(setting.url, ("True", "Serving", f"rest-server answers at {setting.url}; "
                                                           f"advertised as {BACKUP_SERVER_ANNOTATION}"))

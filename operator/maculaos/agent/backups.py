@@ -286,7 +286,7 @@ def _entry_from(result: JobReport, run_id: str, next_run: Any) -> dict[str, Any]
         entry |= {"lastSnapshotId": result.snapshot_id, "lastSnapshotTime": result.snapshot_time,
                   "lastSuccessTime": result.snapshot_time, "filesNew": result.files_new,
                   "filesChanged": result.files_changed, "bytesNew": result.bytes_added,
-                  "bytesProcessed": result.bytes_processed}
+                  "bytesProcessed": result.bytes_processed, "failure": None}  # None: merge-patch removes it
     else:
         entry["failure"] = result.failure
     return entry

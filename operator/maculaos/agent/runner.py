@@ -29,6 +29,7 @@ from maculaos.agent.watch import WatchedCache, labels_and_addresses, spec_and_ge
 from maculaos.api import GROUP, VERSION
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.api.common import spec_selects
+from maculaos.host.firewall import tcp_port_blocked
 from maculaos.host.mesh import MeshPlan
 from maculaos.host.rauc import Rauc
 from maculaos.host.systemd import Systemd
@@ -207,8 +208,9 @@ class Agent:
             self._prune_reports()
 
     def _advertise_backup_server(self, node: dict[str, Any]) -> bool:
-        """os.macula.io/backup-server on this Node only while config.yaml asks and the server answers."""
-        ad = advertisement(self.settings.host_root, node)
+        """os.macula.io/backup-server on this Node only while config.yaml asks, the server answers and the
+        firewall admits peers (it runs after the mesh pass, which opens the port)."""
+        ad = advertisement(self.settings.host_root, node, lambda port: tcp_port_blocked(port, self.settings.nft))
         current = dict(node["metadata"].get("annotations") or {})
         ok = self.reporter.annotations({BACKUP_SERVER_ANNOTATION: ad.url}, current)
         if ad.condition is not None:

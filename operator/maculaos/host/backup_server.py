@@ -11,15 +11,23 @@ import http.client
 import ssl
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maculaos.api.backup import BACKUP_SERVER_PATTERN
+from maculaos.host.files import atomic_write
+from maculaos.host.systemd import Systemd
 
 SECTION = "backup_server"
 DEFAULT_PORT = 8000
 PROBE_TIMEOUT = 3.0
+#: The image's unit running the Debian restic-rest-server over /var/lib/maculaos-backups (data partition).
+SERVICE = "maculaos-backup-server.service"
+BINARY = "/usr/bin/restic-rest-server"
+#: Its listen address, written from config.yaml (the unit starts only when this file exists).
+ENVIRONMENT = Path("var/lib/maculaos/backup-server.env")
 
 
 class BackupServerConfig(BaseModel):
@@ -32,7 +40,8 @@ class BackupServerConfig(BaseModel):
     url: str | None = Field(default=None, pattern=BACKUP_SERVER_PATTERN, max_length=2048)
     """How peers reach the server; default http://<the Node's InternalIP>:<port>."""
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
-    """The server's port when url is not given."""
+    """The port the node's rest-server (maculaos-backup-server.service) listens on; peers use it too
+    unless url says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,63 @@ def server_setting(config: dict[str, Any], internal_ip: str | None) -> ServerSet
                                    "from: set url to the address peers reach this node by")
     host = f"[{internal_ip}]" if ":" in internal_ip else internal_ip
     return ServerSetting(url=f"http://{host}:{parsed.port}")
+
+
+def _serving(config: dict[str, Any]) -> BackupServerConfig | None:
+    """The section when config.yaml asks to serve and it is valid (the advertisement names any fault)."""
+    maculaos = config.get("maculaos")
+    raw = maculaos.get(SECTION) if isinstance(maculaos, dict) else None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        parsed = BackupServerConfig.model_validate(raw)
+    except ValidationError:
+        return None
+    return parsed if parsed.enabled else None
+
+
+def served_port(config: dict[str, Any]) -> int | None:
+    """The TCP port peers reach this node's rest-server on, when config.yaml asks to serve: the firewall
+    opens it, so the one setting both serves and admits. The url's port when url is given (a proxy on this
+    node may stand in front), else port; None when the node does not serve."""
+    parsed = _serving(config)
+    if parsed is None:
+        return None
+    if parsed.url:
+        parts = urllib.parse.urlsplit(parsed.url)
+        try:
+            return parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # a port out of range
+            return None
+    return parsed.port
+
+
+def listen_port(config: dict[str, Any]) -> int | None:
+    """The port the node's own rest-server unit listens on (`port`), when config.yaml asks to serve."""
+    parsed = _serving(config)
+    return parsed.port if parsed is not None else None
+
+
+def service_environment(port: int) -> str:
+    return ("# Written by the MaculaOS agent from config.yaml maculaos.backup_server.port. Do not edit.\n"
+            f"LISTEN=:{port}\n")
+
+
+def converge_service(host_root: Path, config: dict[str, Any], systemd: Systemd) -> bool:
+    """Run the node's rest-server exactly while config.yaml asks for it: write its port, enable (and,
+    live, start or restart) the unit; disable (and stop) it otherwise. Returns whether anything changed.
+    A host without the unit or the server (a sandbox, an image built without the tools profile) is left
+    alone: the advertisement's probe then reports that nothing answers."""
+    if not (host_root / BINARY.lstrip("/")).exists() or not systemd.exists(SERVICE):
+        return False
+    port = listen_port(config)
+    if port is None:
+        return systemd.set_enabled(SERVICE, False)
+    rewritten = atomic_write(host_root / ENVIRONMENT, service_environment(port))
+    enabled = systemd.set_enabled(SERVICE, True)
+    if rewritten and not enabled and systemd.live:  # running on the old port: move it
+        systemd.restart(SERVICE)
+    return rewritten or enabled
 
 
 def probe_rest_server(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:

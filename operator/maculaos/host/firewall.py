@@ -5,10 +5,12 @@ so the node is never left with half a ruleset; a ruleset nft rejects is never lo
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from maculaos.api.meshrole import ExtraPort, Firewall, MeshRoleName, Protocol, WireGuard
 from maculaos.host.files import atomic_write
@@ -42,7 +44,8 @@ class Rule:
         return [f"{family} saddr {{ {', '.join(nets)} }} {accept}" for family, nets in by_family if nets]
 
 
-def role_rules(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard) -> list[Rule]:
+def role_rules(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard,
+               backup_server_port: int | None = None) -> list[Rule]:
     """The accept rules the roles and options call for, in a fixed order (diffs stay readable)."""
     rules: list[Rule] = []
     if firewall.allow_ssh:
@@ -61,6 +64,8 @@ def role_rules(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: Wir
         if MeshRoleName.GATEWAY in roles:
             rules.append(Rule(Protocol.TCP, (80, 443), "gateway"))
     rules += [_extra_rule(port) for port in firewall.extra_ports]
+    if backup_server_port is not None:  # config.yaml maculaos.backup_server: serving means admitting peers
+        rules.append(Rule(Protocol.TCP, (backup_server_port,), "backup server"))
     return rules
 
 
@@ -68,8 +73,10 @@ def _extra_rule(port: ExtraPort) -> Rule:
     return Rule(port.protocol, (port.port,), f"extra {port.protocol.value}/{port.port}", tuple(port.sources))
 
 
-def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard) -> str:
-    """The nft script that replaces table inet maculaos (or removes it when the firewall is disabled)."""
+def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard,
+                   backup_server_port: int | None = None) -> str:
+    """The nft script that replaces table inet maculaos (or removes it when the firewall is disabled).
+    backup_server_port: the node's rest-server port (config.yaml maculaos.backup_server), opened to peers."""
     header = f"# Managed by the MaculaOS agent from MeshRole objects. Do not edit.\ntable {TABLE}\ndelete table {TABLE}\n"
     if not firewall.enabled:
         return header
@@ -83,7 +90,7 @@ def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard:
     if firewall.allow_kubernetes:
         interfaces = ", ".join(f'"{name}"' for name in CNI_INTERFACES)
         body.append(f'iifname {{ {interfaces} }} accept comment "pods"')
-    body += [line for rule in role_rules(roles, firewall, wireguard) for line in rule.render()]
+    body += [line for rule in role_rules(roles, firewall, wireguard, backup_server_port) for line in rule.render()]
     indented = "\n".join(f"\t\t{line}" for line in body)
     return f"{header}table {TABLE} {{\n\tchain input {{\n{indented}\n\t}}\n}}\n"
 
@@ -102,6 +109,65 @@ def check_ruleset(script: str, nft: str = "nft") -> None:
 def table_present(nft: str = "nft") -> bool:
     result = subprocess.run([nft, "list", "table", *TABLE.split()], capture_output=True, text=True, timeout=30)
     return result.returncode == 0
+
+
+def tcp_port_blocked(port: int, nft: str = "nft") -> str | None:
+    """Why the loaded table inet maculaos drops new connections to this TCP port, or None when it admits
+    them (no table: nothing of ours filters; policy accept; or an accept rule for the port, possibly
+    limited to source networks the user chose). Reads the kernel's ruleset (`nft -j`), not our file, so a
+    ruleset that failed to load, or was changed behind the agent's back, counts as what it is."""
+    try:
+        result = subprocess.run([nft, "-j", "list", "table", *TABLE.split()], capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot read the firewall: {exc}"
+    if result.returncode != 0:
+        if result.stderr.startswith("Error: No such file or directory"):  # no table of ours
+            return None
+        return f"cannot read the firewall (nft: {result.stderr.strip() or result.returncode})"
+    try:
+        items = [next(iter(i.items())) for i in json.loads(result.stdout).get("nftables", []) if isinstance(i, dict)]
+    except (json.JSONDecodeError, StopIteration, AttributeError) as exc:
+        return f"cannot read the firewall: nft -j printed no ruleset ({exc})"
+    inputs = {c["name"] for kind, c in items if kind == "chain" and c.get("hook") == "input"}
+    policies = {c.get("policy", "accept") for kind, c in items if kind == "chain" and c.get("name") in inputs}
+    if not inputs or policies == {"accept"}:
+        return None
+    for kind, rule in items:
+        if kind == "rule" and rule.get("chain") in inputs and _accepts_tcp_port(rule.get("expr") or [], port):
+            return None
+    return f"the node firewall (table {TABLE}) drops TCP port {port}"
+
+
+def _accepts_tcp_port(expr: list[dict[str, Any]], port: int) -> bool:
+    """A rule of the form `[ip/ip6 saddr ...] tcp dport <port, set or range holding port> accept`."""
+    if not expr or "accept" not in expr[-1]:
+        return False
+    port_matched = False
+    for item in expr[:-1]:
+        if "counter" in item:
+            continue
+        match = item.get("match")
+        if not isinstance(match, dict) or match.get("op", "==") not in ("==", "in"):
+            return False
+        payload = (match.get("left") or {}).get("payload") or {}
+        field = (payload.get("protocol"), payload.get("field"))
+        if field == ("tcp", "dport") and _holds(match.get("right"), port):
+            port_matched = True
+        elif field not in (("ip", "saddr"), ("ip6", "saddr")):
+            return False
+    return port_matched
+
+
+def _holds(value: Any, port: int) -> bool:
+    if isinstance(value, int):
+        return value == port
+    if isinstance(value, dict) and "set" in value:
+        return any(_holds(v, port) for v in value["set"])
+    if isinstance(value, dict) and "range" in value:
+        low, high = value["range"]
+        return isinstance(low, int) and isinstance(high, int) and low <= port <= high
+    return False
 
 
 def apply_ruleset(script: str, state_file: Path, nft: str = "nft") -> bool:

@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from maculaos.api.meshrole import Firewall, MeshRoleName, MeshRoleSpec, TlsMode, WireGuard
+from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
+from maculaos.host.backup_server import converge_service, served_port
 from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
 from maculaos.host.systemd import Systemd, SystemdError
@@ -126,10 +128,11 @@ class MeshChanges:
 def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nft") -> MeshChanges:
     """Converge the host. Everything that can refuse is asked first (nft -c on the ruleset, the config file
     parses, the units exist), so a refusal leaves the host as it was; each step is idempotent, so a rerun
-    after a crash finishes the job."""
-    script = render_ruleset(plan.roles, plan.firewall, plan.wireguard)
+    after a crash finishes the job. config.yaml's maculaos.backup_server is the one switch of the node's
+    rest-server: its unit runs, and the firewall opens its port to peers, exactly while it asks."""
+    config = read_config(host_root)
+    script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, served_port(config))
     check_ruleset(script, nft)
-    read_config(host_root)
     wanted = {PEER_SERVICE: True} | {ROLE_SERVICES[r]: r in plan.roles for r in MeshRoleName}
     missing = [u for u, on in wanted.items() if on and not systemd.exists(u)]
     if missing:
@@ -137,6 +140,8 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     firewall_changed = apply_ruleset(script, host_root / FIREWALL_STATE, nft)
     config_changed = write_maculaos_section(host_root, "mesh", plan.config_section())
     changed_units = tuple(u for u, on in wanted.items() if (on or systemd.exists(u)) and systemd.set_enabled(u, on))
+    if converge_service(host_root, config, systemd):
+        changed_units += (BACKUP_SERVICE,)
     return MeshChanges(config=config_changed, units=changed_units, firewall=firewall_changed)
 
 
