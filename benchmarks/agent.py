@@ -125,22 +125,20 @@ def in_process(plane: ControlPlane, root: Path, count: int, runs: int, host_tool
     machine's cores; "noop": /bin/true stands for them, leaving only the API side (watch, select, plan,
     report), which is what grows with the fleet: on real nodes the host work runs on each node's own CPU."""
     nodes = fleet(plane, root, count, f"lite-{host_tools}", netns=host_tools == "real")
-    configuration = client.Configuration()
-    kube_config.load_kube_config(str(plane.kubeconfig), client_configuration=configuration)
-    configuration.connection_pool_maxsize = count * 4
-    api = client.ApiClient(configuration)
     stop_flag = threading.Event()
-    threads = []
+    agents = []
     for name, host, nft in nodes:
         tools: dict[str, Any] = ({"nft": str(nft)} if host_tools == "real"
                                  else {"nft": "true", "systemctl": "true", "live_systemd": True})
-        agent = Agent(AgentSettings(node_name=name, host_root=host, resync_seconds=300, **tools), api)
-        threads.append(threading.Thread(target=agent.run, args=(stop_flag,), daemon=True))
-        threads[-1].start()
+        # a client (connection pool) per agent, as each node has its own
+        api = kube_config.new_client_from_config(str(plane.kubeconfig))
+        agents.append(Agent(AgentSettings(node_name=name, host_root=host, resync_seconds=300, **tools), api))
+        threading.Thread(target=agents[-1].run, args=(stop_flag,), daemon=True).start()
     try:
-        time.sleep(max(10, count / 5))
+        wait_until_settled(agents)
         try:
-            samples = change_to_applied(client.CustomObjectsApi(api), [n for n, _, _ in nodes], runs, timeout=120)
+            custom = client.CustomObjectsApi(kube_config.new_client_from_config(str(plane.kubeconfig)))
+            samples = change_to_applied(custom, [n for n, _, _ in nodes], runs, timeout=120)
         except TimeoutError as exc:
             print(f"| MeshRole change → Applied on all {count} nodes (in-process agents, host tools {host_tools}) "
                   f"| not within 120 s ({exc}) | — |")
@@ -149,6 +147,17 @@ def in_process(plane: ControlPlane, root: Path, count: int, runs: int, host_tool
               f"| {quantiles(samples)} | {runs} changes |")
     finally:
         stop_flag.set()
+
+
+def wait_until_settled(agents: list[Agent], timeout: float = 300) -> None:
+    """Until every agent has listed everything and made its first pass, plus a few quiet seconds: a fleet
+    still starting up would be measured, not its response to a change."""
+    deadline = time.monotonic() + timeout
+    while not all(a.last_pass and all(c.synced.is_set() for c in a._caches().values()) for a in agents):
+        if time.monotonic() > deadline:
+            raise TimeoutError("agents did not finish starting")
+        time.sleep(0.5)
+    time.sleep(5)
 
 
 def main() -> None:

@@ -178,3 +178,32 @@ def test_good_examples_pass_the_server_schema(cluster: Cluster) -> None:
 
     for path in sorted((REPO / "examples").glob("*.yaml")):
         cluster.kubectl("create", "--dry-run=server", "-f", str(path))
+
+
+ENTRY = {"uid": "3f1c", "report": {"phase": "Applied"}}
+
+
+@pytest.mark.parametrize(("entries", "expected"), [
+    ({"meshrole/x": ENTRY}, ["status.entries", "every key must be Kind/name"]),
+    ({"MeshRole/Bad_Name": ENTRY}, ["status.entries", "every key must be Kind/name"]),
+    ({"MeshRole/a/b/c": ENTRY}, ["status.entries", "every key must be Kind/name"]),
+    ({"MeshRole/x": {"report": {"phase": "Applied"}}}, ["status.entries.MeshRole/x.uid", "Required value"]),
+    ({"MeshRole/x": {"uid": "3f1c"}}, ["status.entries.MeshRole/x.report", "Required value"]),
+], ids=["lowercase-kind", "bad-name", "too-many-parts", "no-uid", "no-report"])
+def test_a_node_report_with_a_bad_entry_is_rejected(cluster: Cluster, created: Any, entries: dict[str, Any],
+                                                     expected: list[str]) -> None:
+    """The agent's writes are checked at the door too: an entry the operator could not fold never lands."""
+    import json
+
+    report = created({"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeReport",
+                      "metadata": {"name": "schema-probe"}})
+    result = cluster.kubectl("patch", "nodereport", report["metadata"]["name"], "--subresource=status",
+                             "--type=merge", "--dry-run=server", "-p", json.dumps({"status": {"entries": entries}}),
+                             check=False)
+    assert result.returncode != 0, f"accepted: {entries}"
+    for text in expected:
+        assert text in result.stderr, f"{text!r} not in: {result.stderr}"
+    good = cluster.kubectl("patch", "nodereport", report["metadata"]["name"], "--subresource=status",
+                           "--type=merge", "--dry-run=server", "-p",
+                           json.dumps({"status": {"entries": {"MeshRole/x": ENTRY}}}), check=False)
+    assert good.returncode == 0, good.stderr

@@ -3,13 +3,16 @@ status.nodes), report keys, and which entries a fold shows on an object."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from maculaos.api.nodereport import parse_report_key, report_key
-from maculaos.controller.fold import Folder, folded_nodes, nodes_patch
+from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, Folder, folded_nodes, nodes_patch
+from maculaos.controller.handlers import fold_forever
 from maculaos.kubeapi import apply_merge_patch, merge_patch
 
 OLD = {"a": {"phase": "Applied", "message": "ok", "progress": 40}, "b": {"phase": "Failed"}, "c": [1, 2]}
@@ -84,3 +87,50 @@ def test_the_folder_tracks_which_objects_changed_and_ignores_older_events() -> N
     assert folder._dirty == {"MeshRole/edge", "HealthCheck/h"}
     assert folder.observe("DELETED", report("n1", "13", {"HealthCheck/h": entry}))
     assert folder._reports == {}
+
+
+class CountingFolder:
+    """Stands for Folder in fold_forever: counts the folds."""
+
+    def __init__(self) -> None:
+        self.folds: list[float] = []
+
+    def fold_pending(self) -> int:
+        self.folds.append(time.monotonic())
+        return 1
+
+
+def test_a_steady_stream_of_reports_is_folded_about_once_a_second_not_once_per_report() -> None:
+    """100 nodes reporting over a few seconds: each fold is a write every watcher of the object receives."""
+
+    async def scenario() -> list[float]:
+        folder = CountingFolder()
+        wake = asyncio.Event()
+        task = asyncio.create_task(fold_forever(folder, wake))  # type: ignore[arg-type]
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:  # a report every 50 ms for 3 s
+            wake.set()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(DEBOUNCE_SECONDS + 0.3)  # the last reports get their fold
+        task.cancel()
+        return [t - started for t in folder.folds]
+
+    folds = asyncio.run(scenario())
+    assert 2 <= len(folds) <= 5, folds  # not 60 (one per report), not 1 (only when the stream ends)
+    assert folds[0] <= MAX_DELAY_SECONDS + 0.3, folds
+    assert max(b - a for a, b in zip(folds, folds[1:])) <= MAX_DELAY_SECONDS + 0.3, folds
+
+
+def test_a_lone_report_is_folded_after_the_short_pause() -> None:
+    async def scenario() -> list[float]:
+        folder = CountingFolder()
+        wake = asyncio.Event()
+        task = asyncio.create_task(fold_forever(folder, wake))  # type: ignore[arg-type]
+        started = time.monotonic()
+        wake.set()
+        await asyncio.sleep(MAX_DELAY_SECONDS + 0.5)
+        task.cancel()
+        return [t - started for t in folder.folds]
+
+    folds = asyncio.run(scenario())
+    assert len(folds) == 1 and folds[0] < MAX_DELAY_SECONDS / 2, folds

@@ -16,19 +16,23 @@ log = logging.getLogger("maculaos.agent")
 
 Lister = Callable[..., Any]
 MAX_BACKOFF = 10.0
+#: How long one watch request lasts before the server ends it and the next resumes where it stopped.
+WATCH_SECONDS = 300
 
 
 class WatchedCache:
     """name -> object for one resource, kept current by a daemon thread; calls on_change after changes."""
 
     def __init__(self, what: str, lister: Lister, on_change: Callable[[], None],
-                 relevant: Callable[[dict[str, Any]], Any] = lambda obj: obj, **list_args: Any) -> None:
+                 relevant: Callable[[dict[str, Any]], Any] = lambda obj: obj, watch_seconds: int = WATCH_SECONDS,
+                 **list_args: Any) -> None:
         """relevant(obj) is what on_change cares about: an event that leaves it as it was (say, another
         node's status report) updates the cache quietly."""
         self.what = what
         self._relevant = relevant
         self._lister = lister
         self._list_args = list_args
+        self._watch_seconds = watch_seconds
         self._on_change = on_change
         self._objects: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -48,13 +52,16 @@ class WatchedCache:
 
     def _run(self) -> None:
         backoff = 1.0
+        version: str | None = None
         while not self._stop.is_set():
             try:
-                version = self._relist()
+                if version is None:
+                    version = self._relist()
                 backoff = 1.0
-                self._watch(version)
+                version = self._watch(version)
             except Exception as exc:  # any failure: keep the cache, back off, list again
                 log.warning(f"watch of {self.what} interrupted ({_short(exc)}); retrying in {backoff:.0f}s")
+                version = None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
@@ -66,16 +73,20 @@ class WatchedCache:
         self._on_change()
         return str(listing["metadata"].get("resourceVersion", ""))
 
-    def _watch(self, version: str) -> None:
-        stream = watch.Watch().stream(self._lister, resource_version=version, timeout_seconds=300,
+    def _watch(self, version: str) -> str:
+        """Watch from `version` until the server ends the watch; returns the newest version seen, where the
+        next watch resumes (a fleet of agents relisting every few minutes would load the API server for
+        nothing). An expired version (410) or a broken stream raises: the caller lists afresh."""
+        stream = watch.Watch().stream(self._lister, resource_version=version, timeout_seconds=self._watch_seconds,
                                       allow_watch_bookmarks=True, **self._list_args)
         for event in stream:
             if self._stop.is_set():
-                return
+                return version
             obj = _as_dict(event["object"])
             kind = event["type"]
             if kind == "ERROR":
                 raise ApiException(status=obj.get("code", 0), reason=obj.get("message", "watch error"))
+            version = str(obj["metadata"].get("resourceVersion") or version)
             if kind == "BOOKMARK":
                 continue
             name = obj["metadata"]["name"]
@@ -85,6 +96,7 @@ class WatchedCache:
                     self._objects[name] = obj
             if kind == "DELETED" or old is None or self._relevant(old) != self._relevant(obj):
                 self._on_change()
+        return version
 
 
 _SERIALIZER = client.ApiClient()  # only its sanitize_for_serialization is used: made once, not per event

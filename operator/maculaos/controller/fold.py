@@ -24,8 +24,11 @@ from maculaos.kubeapi import MERGE_PATCH, merge_patch
 
 log = logging.getLogger("maculaos.controller")
 
-#: How long a fold waits after the first report of a burst (a MeshRole change makes every node report).
+#: A fold waits until reports pause this long (a MeshRole change makes every node report within moments)...
 DEBOUNCE_SECONDS = 0.2
+#: ...but never longer than this after the first report of a burst: a large fleet reporting over several
+#: seconds gets a fold a second, not one per report (each fold is a status write every watcher receives).
+MAX_DELAY_SECONDS = 1.0
 REPORTS = NodeReportSpec.resource.plural
 PLURAL_OF_KIND = {m.resource.kind: m.resource.plural for m in KINDS}
 

@@ -18,7 +18,7 @@ from kubernetes import client
 
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.controller.cluster import ApiCluster, list_objects
-from maculaos.controller.fold import DEBOUNCE_SECONDS, REPORTS, Folder
+from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORTS, Folder
 from maculaos.controller.reconcile import judge, write
 from maculaos.controller.upgrades import Rollouts
 from maculaos.kubeapi import CountingApiClient
@@ -62,9 +62,16 @@ def resync_all(api: client.ApiClient, rollouts: Rollouts, folder: Folder | None 
 
 async def fold_forever(folder: Folder, wake: asyncio.Event) -> None:
     """Fold the NodeReports into status.nodes shortly after they change (one write per object per burst)."""
+    loop = asyncio.get_running_loop()
     while True:
         await wake.wait()
-        await asyncio.sleep(DEBOUNCE_SECONDS)
+        first = loop.time()
+        while (left := first + MAX_DELAY_SECONDS - loop.time()) > 0:
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), min(DEBOUNCE_SECONDS, left))
+            except TimeoutError:
+                break  # the burst paused
         wake.clear()
         try:
             await asyncio.to_thread(folder.fold_pending)

@@ -12,6 +12,10 @@ from maculaos.host.files import atomic_write
 
 CONFIG_PATH = Path("var/lib/maculaos/config.yaml")
 
+# libyaml's parser when present (it is in PyYAML's wheels): the agent reads this file on every pass.
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 
 class HostConfigError(RuntimeError):
     """The config file cannot be used as it is; the message names the file and what is wrong."""
@@ -27,7 +31,7 @@ def read_config(host_root: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=SafeLoader)
     except (OSError, UnicodeDecodeError) as exc:
         raise HostConfigError(f"cannot read {path}: {exc}") from exc
     except yaml.YAMLError as exc:
@@ -53,4 +57,4 @@ def write_maculaos_section(host_root: Path, section: str, value: dict[str, Any] 
         if maculaos.get(section) == value:
             return False
         maculaos[section] = value
-    return atomic_write(config_file(host_root), yaml.safe_dump(config, sort_keys=False), mode=0o600)
+    return atomic_write(config_file(host_root), yaml.dump(config, Dumper=SafeDumper, sort_keys=False), mode=0o600)
