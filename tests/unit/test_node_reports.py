@@ -100,37 +100,34 @@ class CountingFolder:
         return 1
 
 
-def test_a_steady_stream_of_reports_is_folded_about_once_a_second_not_once_per_report() -> None:
-    """100 nodes reporting over a few seconds: each fold is a write every watcher of the object receives."""
+def fold_times(reports_for: float, every: float, then_wait: float) -> list[float]:
+    """Run fold_forever while a report arrives every `every` seconds for `reports_for` seconds (at least
+    one), then `then_wait` more; returns when each fold ran, from the first report."""
 
-    async def scenario() -> list[float]:
-        folder = CountingFolder()
-        wake = asyncio.Event()
-        task = asyncio.create_task(fold_forever(folder, wake))  # type: ignore[arg-type]
-        started = time.monotonic()
-        while time.monotonic() - started < 3.0:  # a report every 50 ms for 3 s
-            wake.set()
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(DEBOUNCE_SECONDS + 0.3)  # the last reports get their fold
-        task.cancel()
-        return [t - started for t in folder.folds]
-
-    folds = asyncio.run(scenario())
-    assert 2 <= len(folds) <= 5, folds  # not 60 (one per report), not 1 (only when the stream ends)
-    assert folds[0] <= MAX_DELAY_SECONDS + 0.3, folds
-    assert max(b - a for a, b in zip(folds, folds[1:])) <= MAX_DELAY_SECONDS + 0.3, folds
-
-
-def test_a_lone_report_is_folded_after_the_short_pause() -> None:
     async def scenario() -> list[float]:
         folder = CountingFolder()
         wake = asyncio.Event()
         task = asyncio.create_task(fold_forever(folder, wake))  # type: ignore[arg-type]
         started = time.monotonic()
         wake.set()
-        await asyncio.sleep(MAX_DELAY_SECONDS + 0.5)
+        while time.monotonic() - started < reports_for:
+            await asyncio.sleep(every)
+            wake.set()
+        await asyncio.sleep(then_wait)
         task.cancel()
         return [t - started for t in folder.folds]
 
-    folds = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_steady_stream_of_reports_is_folded_about_once_a_second_not_once_per_report() -> None:
+    """100 nodes reporting over a few seconds: each fold is a write every watcher of the object receives."""
+    folds = fold_times(reports_for=3.0, every=0.05, then_wait=DEBOUNCE_SECONDS + 0.3)
+    assert 2 <= len(folds) <= 5, folds  # not 60 (one per report), not 1 (only when the stream ends)
+    assert folds[0] <= MAX_DELAY_SECONDS + 0.3, folds
+    assert max(b - a for a, b in zip(folds, folds[1:])) <= MAX_DELAY_SECONDS + 0.3, folds
+
+
+def test_a_lone_report_is_folded_after_the_short_pause() -> None:
+    folds = fold_times(reports_for=0.0, every=0.05, then_wait=MAX_DELAY_SECONDS + 0.5)
     assert len(folds) == 1 and folds[0] < MAX_DELAY_SECONDS / 2, folds
