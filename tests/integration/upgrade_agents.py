@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client
+import urllib3
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from maculaos.agent.report import Reporter, fetching_lookup
@@ -166,8 +167,9 @@ class StandInAgents:
 
 
 class Sampler:
-    """Samples the fleet every few tens of milliseconds: the most nodes disrupted (cordoned or NotReady)
-    at once, and every distinct grant (node, action, time) the operator wrote."""
+    """Samples the fleet every few tens of milliseconds for the most nodes disrupted (cordoned or NotReady)
+    at once, and watches the NodeUpgrade for every distinct grant (node, action, time) the operator wrote
+    and every rollout stage it passed through (a watch sees each write, however short-lived)."""
 
     def __init__(self, api: client.ApiClient, upgrade: str, nodes: list[str], period: float = 0.05) -> None:
         self.core = client.CoreV1Api(api)
@@ -175,16 +177,20 @@ class Sampler:
         self.upgrade, self.nodes, self.period = upgrade, set(nodes), period
         self.peak = 0
         self.grants: set[tuple[str, str, str]] = set()
+        self.stages: set[str] = set()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="sampler")
+        self._threads = [threading.Thread(target=self._sample, daemon=True, name="sampler"),
+                         threading.Thread(target=self._watch, daemon=True, name="sampler-watch")]
 
     def start(self) -> Sampler:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def disrupted(self) -> list[str]:
         out = []
@@ -199,15 +205,26 @@ class Sampler:
     def reboot_grants(self, node: str) -> int:
         return sum(1 for n, action, _ in self.grants if n == node and action in ("Reboot", "Rollback"))
 
-    def _run(self) -> None:
+    def _sample(self) -> None:
         while not self._stop.wait(self.period):
             try:
                 self.peak = max(self.peak, len(self.disrupted()))
-                obj = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, self.upgrade)
             except ApiException:
                 continue
-            for node, grant in ((obj.get("status") or {}).get("grants") or {}).items():
-                self.grants.add((node, grant["action"], grant["time"]))
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for event in watch.Watch().stream(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
+                                                  field_selector=f"metadata.name={self.upgrade}", timeout_seconds=2):
+                    if event["type"] == "ERROR":  # an expired resourceVersion: list again
+                        break
+                    status = event["object"].get("status") or {}
+                    for node, grant in (status.get("grants") or {}).items():
+                        self.grants.add((node, grant["action"], grant["time"]))
+                    self.stages.update(p.get("stage") for p in (status.get("rollout") or {}).values())
+            except (ApiException, urllib3.exceptions.HTTPError):
+                self._stop.wait(self.period)
 
 
 def fleet_nodes(prefix: str, count: int) -> list[SimulatedNode]:
