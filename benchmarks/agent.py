@@ -29,6 +29,7 @@ from maculaos.devenv.demo import install_crds, start_agent, start_operator
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import SimulatedNode, create_host_root, register_node
 from maculaos.devenv.processes import stop
+from maculaos.kuberest import Credentials, KubeClient
 
 REPO = Path(__file__).resolve().parents[1]
 CREATED_NETNS: list[str] = []
@@ -131,8 +132,8 @@ def in_process(plane: ControlPlane, root: Path, count: int, runs: int, host_tool
         tools: dict[str, Any] = ({"nft": str(nft)} if host_tools == "real"
                                  else {"nft": "true", "systemctl": "true", "live_systemd": True})
         # a client (connection pool) per agent, as each node has its own
-        api = kube_config.new_client_from_config(str(plane.kubeconfig))
-        agents.append(Agent(AgentSettings(node_name=name, host_root=host, resync_seconds=300, **tools), api))
+        kube = KubeClient(Credentials.from_kubeconfig(plane.kubeconfig))
+        agents.append(Agent(AgentSettings(node_name=name, host_root=host, resync_seconds=300, **tools), kube))
         threading.Thread(target=agents[-1].run, args=(stop_flag,), daemon=True).start()
     try:
         wait_until_settled(agents)

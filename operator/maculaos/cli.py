@@ -114,19 +114,16 @@ def _agent_run(args: argparse.Namespace) -> int:
 
     from maculaos.agent import metrics
     from maculaos.agent.runner import Agent, AgentSettings
-    from maculaos.kubeapi import load_kube_config
-
+    from maculaos.kuberest import Credentials, KubeClient
     from maculaos.logs import configure_json_logging
 
     configure_json_logging(node=args.node_name)
-    load_kube_config()
-    from kubernetes import client
 
     settings = AgentSettings(node_name=args.node_name, host_root=args.host_root, resync_seconds=args.resync_seconds,
                              nft=args.nft, systemctl=args.systemctl, live_systemd=args.live_systemd,
                              restic=args.restic, rauc=args.rauc, rauc_conf=args.rauc_conf,
                              reboot_command=args.reboot_command)
-    agent = Agent(settings, client.ApiClient())
+    agent = Agent(settings, KubeClient(Credentials.load()))
     if args.metrics_port:
         host, _, port = args.metrics_port.rpartition(":")
         metrics.serve(host or "0.0.0.0", int(port),

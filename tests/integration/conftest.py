@@ -22,6 +22,7 @@ from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
 from maculaos.devenv.demo import install_crds, start_operator
 from maculaos.devenv.nodes import demo_fleet, register_node
 from maculaos.devenv.processes import ProcessRecord, is_running, stop
+from maculaos.kuberest import Credentials, KubeClient
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,6 +31,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.integration)
+
+
+def kube_of(api: client.ApiClient) -> KubeClient:
+    """The agent's REST client with the same server, credentials and headers (impersonation) as api."""
+    conf = api.configuration
+    headers = {k: v for k, v in api.default_headers.items() if k.lower() != "user-agent"}
+    token = (conf.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip() or None
+    return KubeClient(Credentials(server=conf.host, ca_file=conf.ssl_ca_cert, cert_file=conf.cert_file,
+                                  key_file=conf.key_file, token=token), headers)
 
 
 @dataclass

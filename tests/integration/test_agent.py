@@ -24,7 +24,7 @@ from maculaos.devenv.processes import ProcessRecord, is_running, stop
 from maculaos.host.config import read_config
 from maculaos.host.systemd import Systemd
 from tests.fakes import fake_systemctl
-from tests.integration.conftest import Cluster, OperatorSupervisor
+from tests.integration.conftest import Cluster, OperatorSupervisor, kube_of
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
 NODES = [n.name for n in demo_fleet(3)]  # macula-nuc-01, macula-nuc-02 (warehouse), macula-pi-03 (shop)
@@ -347,7 +347,8 @@ def test_entries_go_with_their_node_and_never_pass_to_a_namesake(fleet: Fleet, c
     register_node(core, ghost)
     created(meshrole("haunted", nodeSelector={"matchLabels": {"macula.io/site": "nowhere"}}))
     try:
-        ghost_agent = Reporter(fleet.cluster.api, ghost.name, fetching_lookup(fleet.cluster.api))
+        kube = kube_of(fleet.cluster.api)
+        ghost_agent = Reporter(kube, ghost.name, fetching_lookup(kube))
         assert ghost_agent.node_entry("meshroles", "haunted", {"phase": "Applied", "message": "boo"})
         fleet.wait_phase("haunted", ghost.name, "Applied")
 

@@ -23,9 +23,9 @@ from maculaos.api import GROUP, VERSION
 from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.demo import start_operator
 from maculaos.devenv.processes import stop
-from maculaos.kubeapi import MERGE_PATCH
+from maculaos.kuberest import MERGE_PATCH, Credentials, KubeClient
 
-from .conftest import REPO, Cluster
+from .conftest import REPO, Cluster, kube_of
 
 RELEASE = "maculaos"
 NS = "maculaos-rbac-test"
@@ -87,7 +87,7 @@ def meshrole(cluster: Cluster, chart: None) -> Iterator[str]:
 
 def reporter(cluster: Cluster, api: client.ApiClient, node: str) -> Reporter:
     """The agent's own writer; the lookup (the agent's watch caches) is played by the test's client."""
-    return Reporter(api, node, fetching_lookup(cluster.api))
+    return Reporter(kube_of(api), node, fetching_lookup(kube_of(cluster.api)))
 
 
 def report_of(cluster: Cluster, node: str) -> dict[str, object]:
@@ -258,22 +258,34 @@ def token_kubeconfig(cluster: Cluster, directory: Path, account: str, pod: str |
     return path
 
 
-def test_a_bound_token_of_a_pod_on_the_node_carries_its_name(cluster: Cluster, meshrole: str, tmp_path: Path) -> None:
+def test_a_bound_token_of_a_pod_on_the_node_carries_its_name(cluster: Cluster, meshrole: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """No impersonation: the agent pod's own token (its pod is assigned to the node, as the DaemonSet
-    controller does; without a kubelet it never starts) is what the policy reads."""
+    controller does; without a kubelet it never starts) is what the policy reads. The agent's client finds
+    it as in a pod: the service account folder and KUBERNETES_SERVICE_HOST/PORT."""
     pod = f"agent-{ME}"
     cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS},
                    "spec": {"nodeName": ME, "serviceAccountName": f"{RELEASE}-agent",
                             "containers": [{"name": "agent", "image": "ghcr.io/macula-io/maculaos-operator:0.1.0"}]}})
     try:
-        api = kube_config.new_client_from_config(str(token_kubeconfig(cluster, tmp_path, f"{RELEASE}-agent", pod)))
+        kubeconfig = token_kubeconfig(cluster, tmp_path, f"{RELEASE}-agent", pod)
+        api = kube_config.new_client_from_config(str(kubeconfig))
         review = client.AuthenticationV1Api(api).create_self_subject_review(
             {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
         user = review.status.user_info
         assert user is not None and (user.extra or {}).get("authentication.kubernetes.io/node-name") == [ME], user
-        assert reporter(cluster, api, ME).node_entry("meshroles", ROLE, {"phase": "Applied", "message": "real token"})
+        account = tmp_path / "serviceaccount"
+        account.mkdir()
+        (account / "token").write_text(yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"])
+        (account / "ca.crt").write_bytes((cluster.plane.pki.directory / "ca.crt").read_bytes())
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(cluster.plane.api_port))
+        in_pod = Credentials.in_cluster(account)
+        assert in_pod is not None
+        kube, lookup = KubeClient(in_pod), fetching_lookup(kube_of(cluster.api))
+        assert Reporter(kube, ME, lookup).node_entry("meshroles", ROLE, {"phase": "Applied", "message": "real token"})
         cluster.kubectl("delete", "nodereport", OTHER, "--ignore-not-found")
-        assert not reporter(cluster, api, OTHER).node_entry("meshroles", ROLE, {"phase": "Failed"})
+        assert not Reporter(kube, OTHER, lookup).node_entry("meshroles", ROLE, {"phase": "Failed"})
         assert cluster.get("nodereport", ME)["status"]["entries"][f"MeshRole/{ROLE}"]["report"]["message"] == \
             "real token"
         assert cluster.kubectl("get", "nodereport", OTHER, check=False).returncode != 0

@@ -7,25 +7,15 @@ import threading
 import time
 from typing import Any
 
-from kubernetes import client
-from kubernetes import config as kube_config
-
+from maculaos.agent.report import object_path
 from maculaos.agent.watch import WatchedCache
 from maculaos.api import GROUP, VERSION
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, kube_of
 
 
 def test_an_ended_watch_resumes_without_listing_again(cluster: Cluster, created: Any) -> None:
-    custom = client.CustomObjectsApi(kube_config.new_client_from_config(str(cluster.plane.kubeconfig)))
-    calls: list[bool] = []
-
-    def lister(**kwargs: Any) -> Any:
-        calls.append(bool(kwargs.get("watch")))
-        return custom.list_cluster_custom_object(**kwargs)
-
     changed = threading.Event()
-    cache = WatchedCache("meshroles", lister, changed.set, watch_seconds=1,
-                         group=GROUP, version=VERSION, plural="meshroles")
+    cache = WatchedCache("meshroles", kube_of(cluster.api), object_path("meshroles"), changed.set, watch_seconds=1)
     cache.start()
     try:
         assert cache.synced.wait(30)
@@ -35,7 +25,7 @@ def test_an_ended_watch_resumes_without_listing_again(cluster: Cluster, created:
                  "spec": {}})
         assert changed.wait(15), "a change after several resumed watches was not seen"
         assert "watch-resume" in cache.snapshot()
-        assert calls.count(False) == 1, f"listed {calls.count(False)} times"
-        assert calls.count(True) >= 3
+        assert cache.lists == 1, f"listed {cache.lists} times"
+        assert cache.watches >= 3
     finally:
         cache.stop()

@@ -29,7 +29,8 @@ from kubernetes.client.exceptions import ApiException
 from maculaos.agent.report import Reporter, fetching_lookup
 from maculaos.api.common import VERSION_LABEL
 from maculaos.devenv.nodes import SimulatedNode, register_node
-from maculaos.kubeapi import now_rfc3339
+from maculaos.kuberest import now_rfc3339
+from tests.integration.conftest import kube_of
 
 GROUP, VERSION, PLURAL = "os.macula.io", "v1alpha1", "nodeupgrades"
 OLD = "0.1.0"
@@ -59,7 +60,8 @@ class StandInAgents:
         self.custom = client.CustomObjectsApi(api)
         self.upgrade = upgrade
         self.states = {n: AgentState(n) for n in nodes}
-        self.reporters = {n: Reporter(api, n, fetching_lookup(api)) for n in nodes}
+        kube = kube_of(api)
+        self.reporters = {n: Reporter(kube, n, fetching_lookup(kube)) for n in nodes}
         self.fail_install, self.fail_health = set(fail_install), set(fail_health)
         self.reboot_seconds, self.period = reboot_seconds, period
         self._stop = threading.Event()

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from croniter import croniter
-from kubernetes import client
 from pydantic import ValidationError
 
 from maculaos.agent import metrics
@@ -32,7 +31,7 @@ from maculaos.host.backup_job import BackupJob, JobReport, run_job, save_local_j
 from maculaos.host.restic import ResticError
 from maculaos.host.retention import RetentionState
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
-from maculaos.kubeapi import now_rfc3339
+from maculaos.kuberest import ApiError, KubeClient, now_rfc3339, resource_path
 
 log = logging.getLogger("maculaos.agent")
 BACKUPS = "backups"
@@ -51,13 +50,13 @@ def backup_relevant(obj: dict[str, Any]) -> Any:
     return obj["metadata"].get("generation"), obj.get("spec"), status.get("run"), status.get("meshPeers")
 
 
-def read_secret_with(core: client.CoreV1Api) -> Callable[[SecretKeyRef], str]:
+def read_secret_with(kube: KubeClient) -> Callable[[SecretKeyRef], str]:
     def read(ref: SecretKeyRef) -> str:
         try:
-            secret = core.read_namespaced_secret(ref.name, ref.namespace)
-        except client.ApiException as exc:
+            secret = kube.get(resource_path("v1", "secrets", ref.name, namespace=ref.namespace))
+        except ApiError as exc:
             raise TargetError(f"cannot read Secret {ref.namespace}/{ref.name}: {exc.status} {exc.reason}") from exc
-        data = (secret.data or {}).get(ref.key)
+        data = (secret.get("data") or {}).get(ref.key)
         if data is None:
             raise TargetError(f"Secret {ref.namespace}/{ref.name} has no key {ref.key!r}")
         return base64.b64decode(data).decode().strip()

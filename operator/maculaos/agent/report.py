@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubernetes import client
-
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.api.nodereport import NodeReportSpec, report_key
-from maculaos.kubeapi import MERGE_PATCH, apply_merge_patch, merge_patch, now_rfc3339, post_event
+from maculaos.kuberest import (EVENT_NAMESPACE, MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeClient,
+                               apply_merge_patch, event_body, merge_patch, now_rfc3339, resource_path)
 
 log = logging.getLogger("maculaos.agent")
 REPORTS = NodeReportSpec.resource.plural
@@ -32,31 +31,30 @@ KIND_OF_PLURAL = {m.resource.plural: m.resource.kind for m in KINDS}
 Lookup = Callable[[str, str], Mapping[str, Any] | None]
 
 
-def fetching_lookup(api: client.ApiClient) -> Lookup:
+def fetching_lookup(kube: KubeClient) -> Lookup:
     """A Lookup that asks the API server (for tools and tests; the agent looks into its watch caches)."""
-    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
 
     def lookup(plural: str, name: str) -> Mapping[str, Any] | None:
         try:
-            if plural == "nodes":
-                meta: Any = core.read_node(name).metadata
-                return {"metadata": {"name": name, "uid": meta.uid}}
-            found: Any = custom.get_cluster_custom_object(GROUP, VERSION, plural, name)
-            return dict(found)
-        except client.ApiException as exc:
+            return kube.get(resource_path("v1", "nodes", name) if plural == "nodes" else object_path(plural, name))
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
     return lookup
 
 
+def object_path(plural: str, name: str = "", subresource: str = "") -> str:
+    """The REST path of one of the MaculaOS kinds (or its collection)."""
+    return resource_path(f"{GROUP}/{VERSION}", plural, name, subresource=subresource)
+
+
 class Reporter:
-    def __init__(self, api: client.ApiClient, node: str, lookup: Lookup) -> None:
+    def __init__(self, kube: KubeClient, node: str, lookup: Lookup) -> None:
         self.node = node
-        self._api = api
+        self._kube = kube
         self._lookup = lookup
-        self._custom = client.CustomObjectsApi(api)
-        self._core = client.CoreV1Api(api)
+        self._node_path = resource_path("v1", "nodes", node)
         self._lock = threading.Lock()  # the state below
         self._flushing = threading.Lock()  # one write at a time, so an older write never lands after a newer
         self._wanted: dict[str, dict[str, Any]] = {}  # key -> {"uid", "report"}
@@ -167,10 +165,9 @@ class Reporter:
             self._create()
         body = {"status": {"entries": patch, "objects": len(wanted), "lastUpdateTime": now_rfc3339()}}
         try:
-            self._custom.patch_cluster_custom_object_status(GROUP, VERSION, REPORTS, self.node, body,
-                                                            _content_type=MERGE_PATCH,
-                                                            _request_timeout=REQUEST_TIMEOUT)
-        except client.ApiException as exc:
+            self._kube.request("PATCH", object_path(REPORTS, self.node, "status"), body, timeout=REQUEST_TIMEOUT,
+                               content_type=MERGE_PATCH)
+        except ApiError as exc:
             if exc.status == 404:  # deleted behind our back: create it again on the next write, in full
                 with self._lock:
                     self._stored, self._exists = {}, False
@@ -182,9 +179,8 @@ class Reporter:
     def _load(self) -> None:
         """What the NodeReport holds now (a restarted agent continues from it, merge semantics intact)."""
         try:
-            body: Any = self._custom.get_cluster_custom_object(GROUP, VERSION, REPORTS, self.node,
-                                                               _request_timeout=REQUEST_TIMEOUT)
-        except client.ApiException as exc:
+            body = self._kube.request("GET", object_path(REPORTS, self.node), timeout=REQUEST_TIMEOUT)
+        except ApiError as exc:
             if exc.status != 404:
                 raise
             stored, exists = {}, False
@@ -203,8 +199,8 @@ class Reporter:
                 "metadata": {"name": self.node, "ownerReferences": [
                     {"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": node["metadata"]["uid"]}]}}
         try:
-            self._custom.create_cluster_custom_object(GROUP, VERSION, REPORTS, body, _request_timeout=REQUEST_TIMEOUT)
-        except client.ApiException as exc:
+            self._kube.request("POST", object_path(REPORTS), body, timeout=REQUEST_TIMEOUT)
+        except ApiError as exc:
             if exc.status != 409:  # 409: it exists after all (an earlier write's create landed)
                 raise
         self._exists = True
@@ -221,7 +217,8 @@ class Reporter:
         if not wanted:
             return True
         try:
-            self._core.patch_node(self.node, {"metadata": {"labels": wanted}}, _request_timeout=REQUEST_TIMEOUT)
+            self._kube.request("PATCH", self._node_path, {"metadata": {"labels": wanted}}, timeout=REQUEST_TIMEOUT,
+                               content_type=MERGE_PATCH)
         except Exception as exc:
             log.warning(f"cannot label node {self.node}: {exc}")
             return False
@@ -233,7 +230,8 @@ class Reporter:
         if not wanted:
             return True
         try:
-            self._core.patch_node(self.node, {"metadata": {"annotations": wanted}})
+            self._kube.request("PATCH", self._node_path, {"metadata": {"annotations": wanted}},
+                               timeout=REQUEST_TIMEOUT, content_type=MERGE_PATCH)
         except Exception as exc:
             log.warning(f"cannot annotate node {self.node}: {exc}")
             return False
@@ -247,7 +245,8 @@ class Reporter:
         body = {"status": {"conditions": [{"type": ctype, "status": status, "reason": reason, "message": message,
                                            "lastHeartbeatTime": now, "lastTransitionTime": now}]}}
         try:
-            self._core.patch_node_status(self.node, body, _request_timeout=REQUEST_TIMEOUT)
+            self._kube.request("PATCH", f"{self._node_path}/status", body, timeout=REQUEST_TIMEOUT,
+                               content_type=STRATEGIC_MERGE_PATCH)
         except Exception as exc:
             log.warning(f"cannot set condition {ctype} on node {self.node}: {exc}")
             return False
@@ -256,12 +255,14 @@ class Reporter:
 
     def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         try:
-            post_event(self._api, obj, type_, reason, f"{self.node}: {message}", "maculaos-agent", self.node)
+            self._kube.request("POST", resource_path("v1", "events", namespace=EVENT_NAMESPACE),
+                               event_body(obj, type_, reason, f"{self.node}: {message}", "maculaos-agent", self.node),
+                               timeout=REQUEST_TIMEOUT)
         except Exception as exc:
             log.warning(f"cannot post event on {obj['metadata']['name']}: {exc}")
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, client.ApiException):
+    if isinstance(exc, ApiError):
         return f"{exc.status} {exc.reason}"
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

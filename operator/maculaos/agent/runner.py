@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-
 from maculaos.agent import metrics
 from maculaos.agent.backups import BACKUPS, RESTORES, TICK_SECONDS, BackupEngine, BackupSettings, backup_relevant
 from maculaos.agent.backups import read_secret_with
@@ -22,17 +20,17 @@ from maculaos.agent.health import PLURAL as HEALTH_PLURAL
 from maculaos.agent.health import HealthEngine, significant
 from maculaos.agent.meshroles import PLURAL as MESH_PLURAL
 from maculaos.agent.meshroles import converge_mesh
-from maculaos.agent.report import Reporter
+from maculaos.agent.report import Reporter, object_path
 from maculaos.agent.upgrades import PLURAL as UPGRADE_PLURAL
 from maculaos.agent.upgrades import UpgradeEngine, relevance
 from maculaos.agent.watch import WatchedCache, labels_and_addresses, spec_and_generation
-from maculaos.api import GROUP, VERSION
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.api.common import spec_selects
 from maculaos.host.firewall import tcp_port_blocked
 from maculaos.host.mesh import MeshPlan
 from maculaos.host.rauc import Rauc
 from maculaos.host.systemd import Systemd
+from maculaos.kuberest import KubeClient, resource_path
 
 log = logging.getLogger("maculaos.agent")
 DEBOUNCE_SECONDS = 0.05
@@ -65,41 +63,36 @@ class AgentSettings:
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, api: client.ApiClient) -> None:
+    def __init__(self, settings: AgentSettings, kube: KubeClient) -> None:
         self.settings = settings
         self.dirty = threading.Event()
-        self.reporter = Reporter(api, settings.node_name, self._lookup)
+        self.reporter = Reporter(kube, settings.node_name, self._lookup)
         self.systemd = Systemd(settings.host_root, live=settings.live_systemd,
                                systemctl=settings.systemctl if settings.live_systemd else "systemctl")
         self.health = HealthEngine(settings.host_root,
                                    Systemd(settings.host_root, live=True, systemctl=settings.systemctl),
                                    self._notify_health)
-        custom = client.CustomObjectsApi(api)
-        self.meshroles = WatchedCache(MESH_PLURAL, custom.list_cluster_custom_object, self.dirty.set,
-                                      spec_and_generation, group=GROUP, version=VERSION, plural=MESH_PLURAL)
-        self.healthchecks = WatchedCache(HEALTH_PLURAL, custom.list_cluster_custom_object, lambda: None,
-                                         group=GROUP, version=VERSION, plural=HEALTH_PLURAL)
-        self.node = WatchedCache("node", client.CoreV1Api(api).list_node, self.dirty.set, labels_and_addresses,
+        self.meshroles = WatchedCache(MESH_PLURAL, kube, object_path(MESH_PLURAL), self.dirty.set,
+                                      spec_and_generation)
+        self.healthchecks = WatchedCache(HEALTH_PLURAL, kube, object_path(HEALTH_PLURAL), lambda: None)
+        self.node = WatchedCache("node", kube, resource_path("v1", "nodes"), self.dirty.set, labels_and_addresses,
                                  field_selector=f"metadata.name={settings.node_name}")
         self.last_pass = 0.0
         self.applied_plan: MeshPlan | None = None
         self.backup_wake = threading.Event()
-        self.backups = WatchedCache(BACKUPS, custom.list_cluster_custom_object, self.backup_wake.set, backup_relevant,
-                                    group=GROUP, version=VERSION, plural=BACKUPS)
-        self.restores = WatchedCache(RESTORES, custom.list_cluster_custom_object, self.backup_wake.set,
-                                     spec_and_generation, group=GROUP, version=VERSION, plural=RESTORES)
+        self.backups = WatchedCache(BACKUPS, kube, object_path(BACKUPS), self.backup_wake.set, backup_relevant)
+        self.restores = WatchedCache(RESTORES, kube, object_path(RESTORES), self.backup_wake.set, spec_and_generation)
         self.backup_engine = BackupEngine(
             BackupSettings(settings.node_name, settings.host_root, settings.restic),
-            read_secret_with(client.CoreV1Api(api)),
+            read_secret_with(kube),
             lambda plural, name, entry: self.reporter.node_entry(plural, name, entry), self.reporter.event)
         conf = Path(settings.rauc_conf) if settings.rauc_conf else settings.host_root / "etc/rauc/system.conf"
         self.upgrades = UpgradeEngine(
             settings.node_name, settings.host_root, Rauc(settings.rauc, conf if conf.exists() else None, root=settings.host_root),
             settings.reboot_command, self.reporter, lambda: self.nodeupgrades.snapshot(), self.node.snapshot,
             self.healthchecks.snapshot, self._health_states)
-        self.nodeupgrades = WatchedCache(UPGRADE_PLURAL, custom.list_cluster_custom_object, self.upgrades.wake.set,
-                                         relevance(settings.node_name), group=GROUP, version=VERSION,
-                                         plural=UPGRADE_PLURAL)
+        self.nodeupgrades = WatchedCache(UPGRADE_PLURAL, kube, object_path(UPGRADE_PLURAL), self.upgrades.wake.set,
+                                         relevance(settings.node_name))
 
     def _caches(self) -> dict[str, WatchedCache]:
         return {"nodes": self.node, MESH_PLURAL: self.meshroles, HEALTH_PLURAL: self.healthchecks,

@@ -9,12 +9,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
+from maculaos.kuberest import ApiError, KubeClient
 
 log = logging.getLogger("maculaos.agent")
 
-Lister = Callable[..., Any]
 MAX_BACKOFF = 10.0
 #: How long one watch request lasts before the server ends it and the next resumes where it stopped.
 WATCH_SECONDS = 300
@@ -23,15 +21,17 @@ WATCH_SECONDS = 300
 class WatchedCache:
     """name -> object for one resource, kept current by a daemon thread; calls on_change after changes."""
 
-    def __init__(self, what: str, lister: Lister, on_change: Callable[[], None],
+    def __init__(self, what: str, kube: KubeClient, path: str, on_change: Callable[[], None],
                  relevant: Callable[[dict[str, Any]], Any] = lambda obj: obj, watch_seconds: int = WATCH_SECONDS,
-                 **list_args: Any) -> None:
-        """relevant(obj) is what on_change cares about: an event that leaves it as it was (say, another
-        node's status report) updates the cache quietly."""
+                 field_selector: str | None = None) -> None:
+        """path is the collection's REST path; relevant(obj) is what on_change cares about: an event that
+        leaves it as it was (say, another node's status report) updates the cache quietly."""
         self.what = what
         self._relevant = relevant
-        self._lister = lister
-        self._list_args = list_args
+        self._kube = kube
+        self._path = path
+        self._field_selector = field_selector
+        self.lists = self.watches = 0  # requests made (a resumed watch does not list again)
         self._watch_seconds = watch_seconds
         self._on_change = on_change
         self._objects: dict[str, dict[str, Any]] = {}
@@ -66,7 +66,8 @@ class WatchedCache:
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
     def _relist(self) -> str:
-        listing = _as_dict(self._lister(**self._list_args))
+        listing = self._kube.request("GET", self._path, query={"fieldSelector": self._field_selector})
+        self.lists += 1
         with self._lock:
             self._objects = {o["metadata"]["name"]: o for o in listing.get("items", [])}
         self.synced.set()
@@ -77,15 +78,17 @@ class WatchedCache:
         """Watch from `version` until the server ends the watch; returns the newest version seen, where the
         next watch resumes (a fleet of agents relisting every few minutes would load the API server for
         nothing). An expired version (410) or a broken stream raises: the caller lists afresh."""
-        stream = watch.Watch().stream(self._lister, resource_version=version, timeout_seconds=self._watch_seconds,
-                                      allow_watch_bookmarks=True, **self._list_args)
+        self.watches += 1
+        stream = self._kube.watch(self._path, resourceVersion=version, timeoutSeconds=self._watch_seconds,
+                                  allowWatchBookmarks=True, fieldSelector=self._field_selector)
         for event in stream:
             if self._stop.is_set():
                 return version
-            obj = _as_dict(event["object"])
+            obj = event["object"]
             kind = event["type"]
             if kind == "ERROR":
-                raise ApiException(status=obj.get("code", 0), reason=obj.get("message", "watch error"))
+                raise ApiError(int(obj.get("code") or 0), str(obj.get("reason") or "watch error"),
+                               str(obj.get("message") or ""))
             version = str(obj["metadata"].get("resourceVersion") or version)
             if kind == "BOOKMARK":
                 continue
@@ -97,16 +100,6 @@ class WatchedCache:
             if kind == "DELETED" or old is None or self._relevant(old) != self._relevant(obj):
                 self._on_change()
         return version
-
-
-_SERIALIZER = client.ApiClient()  # only its sanitize_for_serialization is used: made once, not per event
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    """Typed client objects (the Node) as the plain dicts custom objects already are."""
-    if isinstance(obj, dict):
-        return obj
-    return dict(_SERIALIZER.sanitize_for_serialization(obj))
 
 
 def _short(exc: Exception) -> str:

@@ -20,7 +20,7 @@ from kubernetes import client
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.api.nodereport import NodeReportSpec, parse_report_key, report_entries, report_key
 from maculaos.controller.cluster import list_objects
-from maculaos.kubeapi import MERGE_PATCH, merge_patch
+from maculaos.kuberest import MERGE_PATCH, merge_patch
 
 log = logging.getLogger("maculaos.controller")
 

@@ -20,7 +20,8 @@ from maculaos.api.nodeupgrade import NodeUpgradeSpec
 from maculaos.controller.backups import backup_outcome, restore_fields
 from maculaos.controller.conditions import EventNote, merge_condition, verdict_conditions
 from maculaos.controller.validation import ClusterView, Verdict, validate
-from maculaos.kubeapi import MERGE_PATCH, post_event
+from maculaos.kubeapi import post_event
+from maculaos.kuberest import MERGE_PATCH
 
 log = logging.getLogger("maculaos.controller")
 

@@ -34,7 +34,8 @@ from maculaos.controller.reconcile import COMPONENT, judge, write
 from maculaos.controller.releases import ReleaseResolver, Resolution
 from maculaos.controller.rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
 from maculaos.controller.validation import validate
-from maculaos.kubeapi import MERGE_PATCH, CountingApiClient, post_event
+from maculaos.kubeapi import CountingApiClient, post_event
+from maculaos.kuberest import MERGE_PATCH
 
 log = logging.getLogger("maculaos.controller")
 
