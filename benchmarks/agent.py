@@ -3,7 +3,7 @@
 "Applied" is read where users read it, the MeshRole's status.nodes: the agents write their NodeReports and
 the operator (a process, as in its pod) folds them in, so the figure includes the fold.
 
-Run: .venv/bin/python benchmarks/agent.py [--runs 10] [--scale 100]
+Run: .venv/bin/python benchmarks/agent.py [--runs 10] [--scale 100 (0: none)] [--baseline CHECKOUT]
 Prints markdown rows for docs/benchmarks.md. Needs root (network namespaces for real nft).
 """
 
@@ -28,7 +28,7 @@ from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.demo import install_crds, start_agent, start_operator
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import SimulatedNode, create_host_root, register_node
-from maculaos.devenv.processes import stop
+from maculaos.devenv.processes import ProcessRecord, stop
 from maculaos.kuberest import Credentials, KubeClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,20 +101,43 @@ def quantiles(samples: list[float]) -> str:
     return f"p50 {statistics.median(samples) * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms"
 
 
-def three_processes(plane: ControlPlane, root: Path, runs: int) -> None:
-    nodes = fleet(plane, root, 3, "proc")
-    agents = [start_agent(plane.kubeconfig, root / "logs", n, host, nft, resync_seconds=30) for n, host, nft in nodes]
+def idle_rss_and_cpu(plane: ControlPlane, root: Path, prefix: str,
+                     code: Path | None = None) -> tuple[list[ProcessRecord], list[str], float, float]:
+    """3 agent processes (from another source tree's operator/ when code is given) after they settled:
+    their median idle RSS (MiB) and CPU (% of one core over 30 s)."""
+    nodes = fleet(plane, root, 3, prefix)
+    saved = os.environ.get("PYTHONPATH")
+    if code is not None:
+        os.environ["PYTHONPATH"] = str(code / "operator")
     try:
-        time.sleep(20)  # started, synced, first pass done
-        before = [proc_stat(a.pid) for a in agents]
-        time.sleep(30)
-        after = [proc_stat(a.pid) for a in agents]
-        rss = statistics.median(a[0] for a in after) / 1024
-        cpu = statistics.median((a[1] - b[1]) / 30 * 100 for a, b in zip(after, before))
-        print(f"| agent RSS at idle (process, 1 MeshRole, 0 HealthCheck) | {rss:.0f} MiB | median of 3 agents |")
+        agents = [start_agent(plane.kubeconfig, root / "logs", n, host, nft, resync_seconds=30)
+                  for n, host, nft in nodes]
+    finally:
+        if code is not None:
+            os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
+    time.sleep(20)  # started, synced, first pass done
+    before = [proc_stat(a.pid) for a in agents]
+    time.sleep(30)
+    after = [proc_stat(a.pid) for a in agents]
+    rss = statistics.median(a[0] for a in after) / 1024
+    cpu = statistics.median((a[1] - b[1]) / 30 * 100 for a, b in zip(after, before))
+    return agents, [n for n, _, _ in nodes], rss, cpu
+
+
+def three_processes(plane: ControlPlane, root: Path, runs: int, baseline: Path | None) -> None:
+    if baseline is not None:
+        old, _, old_rss, old_cpu = idle_rss_and_cpu(plane, root, "base", baseline)
+        for agent in old:
+            stop(agent)
+        print(f"| baseline ({baseline}): agent RSS at idle | {old_rss:.0f} MiB | median of 3 agents |")
+        print(f"| baseline: agent CPU at idle | {old_cpu:.2f} % of one core | median of 3 agents over 30 s |")
+    agents, nodes, rss, cpu = idle_rss_and_cpu(plane, root, "proc")
+    try:
+        ratio = f"; ratio to baseline {rss / old_rss:.2f}" if baseline is not None else ""
+        print(f"| agent RSS at idle (process, 1 MeshRole, 0 HealthCheck) | {rss:.0f} MiB | median of 3 agents{ratio} |")
         print(f"| agent CPU at idle | {cpu:.2f} % of one core | median of 3 agents over 30 s |")
         custom = client.CustomObjectsApi(kube_config.new_client_from_config(str(plane.kubeconfig)))
-        samples = change_to_applied(custom, [n for n, _, _ in nodes], runs, timeout=30)
+        samples = change_to_applied(custom, nodes, runs, timeout=30)
         print(f"| MeshRole change → Applied on all 3 nodes (agent processes) | {quantiles(samples)} | {runs} changes |")
     finally:
         for agent in agents:
@@ -166,6 +189,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--scale", type=int, default=100)
     parser.add_argument("--scale-only", action="store_true", help="skip the agent-process rows")
+    parser.add_argument("--baseline", type=Path, help="another checkout (git worktree) whose agent's idle RSS and "
+                                                      "CPU are measured first, in the same run")
     parser.add_argument("--host-tools", choices=["real", "noop", "both"], default="both",
                         help="what the in-process agents run for nft/systemctl (see in_process)")
     args = parser.parse_args()
@@ -180,8 +205,9 @@ def main() -> None:
             core.create_namespace({"metadata": {"name": DEFAULT_NAMESPACE}})
             operator = start_operator(plane.kubeconfig, root / "logs", resync_seconds=30)
             if not args.scale_only:
-                three_processes(plane, root / "proc", args.runs)
-            for tools in (["real", "noop"] if args.host_tools == "both" else [args.host_tools]):
+                three_processes(plane, root / "proc", args.runs, args.baseline)
+            for tools in (["real", "noop"] if args.scale and args.host_tools == "both" else
+                          [args.host_tools] if args.scale else []):
                 in_process(plane, root / f"lite-{tools}", args.scale, max(3, args.runs // 2), tools)
         finally:
             if operator is not None:

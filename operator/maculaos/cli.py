@@ -110,20 +110,25 @@ def _node_info(args: argparse.Namespace) -> int:
 
 def _agent_run(args: argparse.Namespace) -> int:
     import signal
+    import ssl
     import threading
 
     from maculaos.agent import metrics
     from maculaos.agent.runner import Agent, AgentSettings
-    from maculaos.kuberest import Credentials, KubeClient
+    from maculaos.kuberest import ConfigError, Credentials, KubeClient
     from maculaos.logs import configure_json_logging
 
     configure_json_logging(node=args.node_name)
-
     settings = AgentSettings(node_name=args.node_name, host_root=args.host_root, resync_seconds=args.resync_seconds,
                              nft=args.nft, systemctl=args.systemctl, live_systemd=args.live_systemd,
                              restic=args.restic, rauc=args.rauc, rauc_conf=args.rauc_conf,
                              reboot_command=args.reboot_command)
-    agent = Agent(settings, KubeClient(Credentials.load()))
+    try:
+        kube = KubeClient(Credentials.load())
+    except (ConfigError, OSError, ssl.SSLError) as exc:
+        print(f"maculaos agent run: cannot reach the Kubernetes API: {exc}", file=sys.stderr)
+        return 2
+    agent = Agent(settings, kube)
     if args.metrics_port:
         host, _, port = args.metrics_port.rpartition(":")
         metrics.serve(host or "0.0.0.0", int(port),

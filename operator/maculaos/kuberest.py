@@ -138,7 +138,7 @@ class KubeClient:
     """JSON requests to one API server over a small connection pool (watches hold a connection each)."""
 
     def __init__(self, credentials: Credentials, headers: Mapping[str, str] | None = None,
-                 timeout: float = 30.0, connections: int = 10) -> None:
+                 timeout: float = 30.0, connections: int = 12) -> None:
         if not credentials.server.startswith("https://") and not credentials.server.startswith("http://"):
             raise ConfigError(f"API server URL {credentials.server!r} is not http(s)")
         self.credentials = credentials

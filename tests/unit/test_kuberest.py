@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from maculaos.cli import main
 from maculaos.kuberest import ConfigError, Credentials, KubeClient, resource_path
 
 
@@ -94,3 +95,11 @@ def test_paths() -> None:
     assert resource_path("v1", "nodes", "n1", subresource="status") == "/api/v1/nodes/n1/status"
     assert resource_path("v1", "secrets", "s", namespace="ns") == "/api/v1/namespaces/ns/secrets/s"
     assert resource_path("os.macula.io/v1alpha1", "meshroles", "m") == "/apis/os.macula.io/v1alpha1/meshroles/m"
+
+
+def test_the_agent_without_credentials_says_so_and_exits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    assert main(["agent", "run", "--node-name=n1", f"--host-root={tmp_path}"]) == 2
+    assert f"cannot reach the Kubernetes API: cannot read kubeconfig {tmp_path / 'absent'}" in capsys.readouterr().err
