@@ -10,6 +10,13 @@ if [ -d /home ] && [ ! -L /home ]; then rmdir /home; fi
 ln -sfn var/home /home
 useradd --create-home --home-dir /home/"$user" --shell /bin/bash --groups sudo --user-group "$user"
 passwd --lock "$user" >/dev/null
+# It administers the node without a password: it is reached only with config.yaml's SSH keys, or at the
+# console with its password_hash (the agent keeps /etc/shadow to that), as Debian's cloud images do.
+if [ -d /etc/sudoers.d ]; then   # a build without the base profile has no sudo
+	printf '%s ALL=(ALL:ALL) NOPASSWD: ALL\n' "$user" > /etc/sudoers.d/maculaos-login
+	chmod 0440 /etc/sudoers.d/maculaos-login
+	visudo -cq -f /etc/sudoers.d/maculaos-login
+fi
 
 # Units: the boot path and the DHCP network; a unit the image does not ship is skipped, not an error.
 for unit in maculaos-apply.service macula-firstboot.service macula-ready.service systemd-networkd.service \

@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from maculaos.host.config import HostConfigError, config_file
-from maculaos.host.logins import authorized_keys
+from maculaos.host.logins import authorized_keys, password_field
 from maculaos.host.nodeinfo import AVAHI_SERVICE, SUMMARY, read_node_info
 
+SHADOW = "root:*:20000:0:99999:7:::\nmacula:!:20000:0:99999:7:::\nnobody:*:20000:0:99999:7:::\n"
 BUILD_INFO = "MACULAOS_VERSION=0.2.0\nMACULAOS_ARCH=amd64\nK3S='not included (no binary)'\nLOGIN_USER=macula\n"
 
 
@@ -26,9 +27,16 @@ def node(tmp_path: Path) -> Path:
     (root / "etc/maculaos/build-info").write_text(BUILD_INFO)
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n"
                                      f"macula:x:{os.getuid()}:{os.getgid()}::/home/macula:/bin/bash\n")
+    (root / "etc/shadow").write_text(SHADOW)
+    (root / "etc/shadow").chmod(0o640)
     (root / "home/macula").mkdir(parents=True)
     (root / "var/lib/maculaos").mkdir(parents=True)
     return root
+
+
+def _hash(password: str) -> str:
+    return subprocess.run(["openssl", "passwd", "-6", password], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def _key(tmp_path: Path, name: str) -> str:
@@ -103,7 +111,43 @@ def test_bad_keys_are_refused_naming_the_entry(value: object, message: str) -> N
         authorized_keys({"ssh_authorized_keys": value}, Path("config.yaml"))
 
 
+def test_a_password_hash_lets_the_login_user_in_at_the_console_and_removing_it_locks_again(node: Path) -> None:
+    secret = _hash("at the shop")
+    _write_config(node, {"password_hash": secret})
+    result = node_info(node, "--write")
+    assert result.returncode == 0, result.stderr
+    root, macula, nobody = (node / "etc/shadow").read_text().splitlines()
+    assert macula.split(":")[:2] == ["macula", secret] and macula.split(":")[3:] == ["0", "99999", "7", "", "", ""]
+    assert int(macula.split(":")[2]) > 20000                        # changed today
+    assert (root, nobody) == tuple(SHADOW.splitlines()[0::2])      # other accounts untouched
+    assert (node / "etc/shadow").stat().st_mode & 0o777 == 0o640   # not made readable
+    assert node_info(node, "--write").returncode == 0
+    assert (node / "etc/shadow").read_text().splitlines()[1].split(":")[1] == secret
+    _write_config(node, {})
+    assert node_info(node, "--write").returncode == 0
+    assert (node / "etc/shadow").read_text().splitlines()[1].split(":")[1] == "!"
+
+
+@pytest.mark.parametrize("value", [
+    "at the shop",                                    # a password itself
+    "$1$salt$0123456789abcdefghijkl",                 # MD5-crypt: too weak to offer
+    "$6$salt$hash:with:colons",                       # would break /etc/shadow
+    "$6$salt$hash\nroot::0:0:99999:7:::",             # a line of its own
+    "$6$",
+    42,
+])
+def test_bad_password_hashes_are_refused_without_echoing_them(value: object) -> None:
+    with pytest.raises(HostConfigError, match="password_hash must be a crypt") as raised:
+        password_field({"password_hash": value}, Path("config.yaml"))
+    assert not isinstance(value, str) or len(value) < 4 or value not in str(raised.value)
+
+
 def test_a_bad_config_writes_nothing(node: Path, tmp_path: Path) -> None:
+    _write_config(node, {"ssh_authorized_keys": [_key(tmp_path, "alice")], "password_hash": "plaintext"})
+    result = node_info(node, "--write")
+    assert result.returncode == 1 and "password_hash" in result.stderr and "plaintext" not in result.stderr
+    assert not (node / "home/macula/.ssh/authorized_keys").exists()
+    assert (node / "etc/shadow").read_text() == SHADOW
     _write_config(node, {"maculaos": {"mesh": {"realm": "io.macula"}}, "ssh_authorized_keys": ["ssh-rsa nope!"]})
     result = node_info(node, "--write")
     assert result.returncode == 1 and "ssh_authorized_keys[0]" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 from pathlib import Path
@@ -15,6 +16,8 @@ from tests.image.conftest import BuiltImage, boot_timeout
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
 CMDLINE = "boot=macula rauc.slot=A console=ttyS0 macula.root=/dev/vda macula.data=/dev/vdb"
+#: The login user's console password ("at the shop"): `openssl passwd -6 -salt maculaostest 'at the shop'`.
+PASSWORD_HASH = "$6$maculaostest$Fady5z.mwrt5LiIA74mbbhasTx3t1vdvC23Xc2f/hUSVa/acNUzSvW1IZjpgM/xwwgtGsJ0s4sDTbYLOhF9/I1"
 CONFIG = {"maculaos": {"mesh": {"roles": {"bootstrap": True, "gateway": False}, "realm": "io.macula.imagetest"}}}
 
 
@@ -36,7 +39,7 @@ def _data_disk(tmp_path: Path, config: dict[str, object] | None) -> Path:
         tree = tmp_path / "data-tree"
         (tree / "var/lib/maculaos").mkdir(parents=True)
         public, private = _ssh_key(tmp_path)
-        config = config | {"ssh_authorized_keys": [public]}
+        config = config | {"ssh_authorized_keys": [public], "password_hash": PASSWORD_HASH}
         (tree / "var/lib/maculaos/config.yaml").write_text(yaml.safe_dump(config))
         (tree / "var/lib/maculaos-probe-key").mkdir(mode=0o700)
         (tree / "var/lib/maculaos-probe-key/id_ed25519").write_bytes(private)
@@ -102,7 +105,8 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert first["node-info-mode"] == "644" and first["motd-roles"] == "peer,bootstrap", first
     assert int(first["login-logo"]) >= 1, first                     # fastfetch's logo at an interactive login
     assert first["login-roles"] == "peer,bootstrap" and first["login-realm"] == "io.macula.imagetest", first
-    assert first["ssh-login"] == "ssh-as-macula" and first["keys-file"] == "macula:600", first
+    assert first["ssh-login"] == "ssh-as-macula,sudo-root" and first["keys-file"] == "macula:600", first
+    assert first["password"] == hashlib.sha256(f"{PASSWORD_HASH}\n".encode()).hexdigest()[:16], first
 
     with Vm(_spec(built_image, data, "disk"), tmp_path / "boot2.log") as vm:
         vm.wait_for(r"MACULAOS-READY", boot_timeout())
@@ -113,6 +117,7 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     # A node's identity is made once and kept: the same host key and machine id after a reboot.
     assert second["ssh-hostkey"] == first["ssh-hostkey"] and second["machine-id"] == first["machine-id"], second
     assert second["hostname"] == first["hostname"] and second["mdns-host"] == first["mdns-host"], second
+    assert second["password"] == first["password"], second
 
 
 def test_blank_data_disk_is_formatted_and_boots_without_config(built_image: BuiltImage, tmp_path: Path) -> None:

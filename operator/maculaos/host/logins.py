@@ -1,14 +1,19 @@
-"""Who may log in: the login user's SSH keys from config.yaml's `ssh_authorized_keys` (seed 4.3).
+"""Who may log in: the login user's SSH keys from config.yaml's `ssh_authorized_keys` (seed 4.3), and
+its console password from `password_hash`.
 
 The image ships no password, no key and no host keys: a node is reached with the keys its provisioner
-put in config.yaml (the file is root's alone). The user's authorized_keys is managed: it holds exactly
-the configured keys, so removing a key from config.yaml revokes it."""
+put in config.yaml (the file is root's alone). Both are managed: authorized_keys holds exactly the
+configured keys, and the password is the configured hash or locked, so removing either from config.yaml
+revokes it. A password is only ever a crypt(3) hash (seed 10: no plaintext passwords in config); a
+person at the node's keyboard needs it when the network is down."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,11 @@ KEY_TYPES = frozenset({
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
     "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
 })
+#: crypt(3) hashes of the methods Debian's libcrypt offers for new passwords: yescrypt (mkpasswd's default),
+#: gost-yescrypt, scrypt, bcrypt, SHA-512 and SHA-256 (`openssl passwd -6`).
+PASSWORD_HASH = re.compile(r"^\$(y|gy|7|2b|6|5)\$[./A-Za-z0-9$=,-]{8,}$")
+#: The shadow field of a user without a password (as the image ships it: `passwd --lock`).
+LOCKED = "!"
 HEADER = "# Managed by MaculaOS from ssh_authorized_keys in /var/lib/maculaos/config.yaml: edit that file.\n"
 
 
@@ -68,3 +78,43 @@ def write_authorized_keys(host_root: Path, config: dict[str, Any], user: str) ->
         for path in (ssh_dir, target):
             os.chown(path, uid, gid)
     return changed
+
+
+def password_field(config: dict[str, Any], source: Path) -> str:
+    """The login user's shadow password field: config.yaml's password_hash, or locked without one. A value
+    that is not a crypt hash raises HostConfigError (a plaintext password is refused, and not echoed)."""
+    value = config.get("password_hash")
+    if value is None:
+        return LOCKED
+    if not isinstance(value, str) or not PASSWORD_HASH.fullmatch(value):
+        raise HostConfigError(f"{source}: password_hash must be a crypt(3) hash such as `mkpasswd -m yescrypt` "
+                              "or `openssl passwd -6` print ($y$..., $6$...); a password itself is never "
+                              "accepted")
+    return value
+
+
+def write_password(host_root: Path, config: dict[str, Any], user: str) -> bool:
+    """Set user's password field in /etc/shadow (other users and fields untouched; the date of the last
+    change is today's when it changes); returns whether it changed. A host without a shadow file (a
+    sandbox) is left alone unless a password is asked for."""
+    field = password_field(config, config_file(host_root))
+    shadow = host_root / "etc/shadow"
+    if not shadow.exists():
+        if field == LOCKED:
+            return False
+        raise HostConfigError(f"password_hash: {shadow} does not exist")
+    lines = shadow.read_text().splitlines(keepends=True)
+    for index, line in enumerate(lines):
+        fields = line.rstrip("\n").split(":")
+        if fields[0] != user or len(fields) < 3:
+            continue
+        if fields[1] == field:
+            return False
+        fields[1], fields[2] = field, str((dt.date.today() - dt.date(1970, 1, 1)).days)
+        lines[index] = ":".join(fields) + "\n"
+        stat = shadow.stat()
+        atomic_write(shadow, "".join(lines), mode=stat.st_mode & 0o7777)
+        if os.geteuid() == 0:
+            os.chown(shadow, stat.st_uid, stat.st_gid)
+        return True
+    raise HostConfigError(f"password_hash: no user {user!r} in {shadow}")

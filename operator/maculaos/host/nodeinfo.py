@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maculaos.host.config import HostConfigError, read_config
+from maculaos.host.config import HostConfigError, config_file, read_config
 from maculaos.host.files import atomic_write
-from maculaos.host.logins import write_authorized_keys
+from maculaos.host.logins import authorized_keys, password_field, write_authorized_keys, write_password
 
 BUILD_INFO = Path("etc/maculaos/build-info")
 SUMMARY = Path("run/maculaos/node-info")
@@ -89,13 +89,17 @@ def read_node_info(host_root: Path, config: dict[str, Any] | None = None) -> Nod
 
 
 def write_node_info(host_root: Path) -> list[Path]:
-    """Write the summary, the avahi service file and the login user's SSH keys; returns the files that
-    changed. Everything is checked before anything is written."""
+    """Write the summary, the avahi service file and the login user's SSH keys and password; returns the
+    files that changed. Everything is checked before anything is written."""
     config = read_config(host_root)
     info = read_node_info(host_root, config)
+    authorized_keys(config, config_file(host_root))  # both checked before either is written
+    password_field(config, config_file(host_root))
     changed = []
     if write_authorized_keys(host_root, config, info.user):
         changed.append(host_root / "home" / info.user / ".ssh/authorized_keys")
+    if write_password(host_root, config, info.user):
+        changed.append(host_root / "etc/shadow")
     for rel, text in ((SUMMARY, info.summary()), (AVAHI_SERVICE, info.avahi_service())):
         path = host_root / rel
         if atomic_write(path, text, mode=0o644):

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from maculaos.host.config import HostConfigError
+from maculaos.host.logins import authorized_keys, password_field
 from maculaos.host.mesh import plan_from_config
 from maculaos.image import disk
 from maculaos.image.iso import INSTALL_CONFIG, MANIFEST, MEDIUM_ROOT
@@ -189,8 +191,12 @@ def check_config(config: Path) -> str:
         raise InstallError(f"--config {config} must hold a mapping at the top (maculaos: ...)")
     try:
         plan_from_config(data)
+        authorized_keys(data, config)  # a node nobody can log in to is worse than no install
+        password_field(data, config)
     except ValueError as exc:
         raise InstallError(f"--config {config}: the agent would refuse it: {exc}") from exc
+    except HostConfigError as exc:
+        raise InstallError(f"--config {config}: the login settings are refused: {exc}") from exc
     return text
 
 
