@@ -1,7 +1,8 @@
 """The agent advertises its node's rest-server to the operator: the Node annotation
 os.macula.io/backup-server=<URL> while config.yaml asks for it AND a rest-server answers there AND the
 node's firewall admits its port (the agent's ruleset opens it: the one config setting does both), removed
-otherwise; the Node condition MaculaBackupServer says which and why. The agent is the annotation's only
+otherwise; the Node condition MaculaBackupServer says which and why, and warns (ServingWithoutAuthentication)
+while anyone who reaches the port may use the server. The agent is the annotation's only
 writer, so a server that stopped is withdrawn within one resync."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
-from maculaos.host.backup_server import probe_rest_server, served_port, server_setting
+from maculaos.host.backup_server import open_server_warning, probe_rest_server, served_port, server_setting
 from maculaos.host.config import HostConfigError, read_config
 
 CONDITION = "MaculaBackupServer"
@@ -58,5 +59,9 @@ def advertisement(host_root: Path, node: Mapping[str, Any], firewall: Callable[[
             f"rest-server answers at {setting.url} on this node, but {blocked}: peers cannot reach it; not "
             "advertised (the agent opens the port with its next firewall pass; if it stays, look for the "
             "MeshRole entry's error)")))
-    return Advertisement(setting.url, ("True", "Serving", f"rest-server answers at {setting.url}; "
-                                                          f"advertised as {BACKUP_SERVER_ANNOTATION}"))
+    serving = f"rest-server answers at {setting.url}; advertised as {BACKUP_SERVER_ANNOTATION}"
+    if not setting.authenticated:
+        return Advertisement(setting.url, ("True", "ServingWithoutAuthentication",
+                                           f"{serving}; warning: {open_server_warning(setting.url)}"))
+    return Advertisement(setting.url, ("True", "Serving",
+                                       f"{serving}, for the users of maculaos.backup_server.htpasswd"))
