@@ -155,12 +155,6 @@ def served_port(config: dict[str, Any]) -> int | None:
     return parsed.port
 
 
-def listen_port(config: dict[str, Any]) -> int | None:
-    """The port the node's own rest-server unit listens on (`port`), when config.yaml asks to serve."""
-    parsed = _serving(config)
-    return parsed.port if parsed is not None else None
-
-
 def service_environment(port: int, authenticated: bool) -> str:
     """The unit's EnvironmentFile. ExecStart always names the htpasswd credential and appends an unbraced
     $AUTH, which systemd splits into words: empty (no words) leaves rest-server's default, authentication
