@@ -40,6 +40,8 @@ from tests.htpasswd import htpasswd_line
 OPEN: Callable[[int], str | None] = lambda port: None
 NODE: dict[str, Any] = {"metadata": {"name": "macula-nuc-01"},
                         "status": {"addresses": [{"type": "InternalIP", "address": "10.0.3.7"}]}}
+#: A user of a node's backup server, as `htpasswd -nB mesh` writes it.
+GOOD = htpasswd_line("mesh", "peer-secret")
 
 
 @pytest.fixture
@@ -88,6 +90,19 @@ def test_advertised_only_while_the_configured_server_answers(tmp_path: Path, res
     had = {**NODE, "status": {**NODE["status"], "conditions": [{"type": CONDITION, "status": "True"}]}}
     withdrawn = advertisement(host, had, OPEN)
     assert withdrawn.url is None and withdrawn.condition is not None and withdrawn.condition[1] == "NotConfigured"
+
+
+def test_the_warning_follows_what_the_server_does(tmp_path: Path, rest_server: RestServer) -> None:
+    """config.yaml has users, but the server at url lets anyone in (an image whose unit predates
+    authentication, say): the node is not reported as guarded."""
+    host = tmp_path / "host"
+    write_config(host, f"  backup_server:\n    url: {rest_server.url}\n    htpasswd: '{GOOD}'\n")
+    ad = advertisement(host, NODE, OPEN)
+    assert ad.url == rest_server.url and ad.condition is not None
+    assert ad.condition[:2] == ("True", "ServingWithoutAuthentication")
+    assert "htpasswd is set, but the server" in ad.condition[2] and "answers without credentials" in ad.condition[2]
+    ad = advertisement(host, NODE, OPEN, guarded=lambda url: True)
+    assert ad.condition is not None and ad.condition[1] == "Serving" and "htpasswd" in ad.condition[2]
 
 
 def test_url_defaults_to_the_nodes_internal_ip_and_port() -> None:
@@ -335,7 +350,7 @@ def test_the_image_unit_lets_in_only_the_htpasswd_users(host_root: Path, tmp_pat
 
         ad = advertisement(host_root, NODE, OPEN)
         assert ad.url == url and ad.condition is not None and ad.condition[1] == "Serving"
-        assert "htpasswd" in ad.condition[2] and "without authentication" not in ad.condition[2]
+        assert "asks for credentials, for the users of maculaos.backup_server.htpasswd" in ad.condition[2]
         assert backup_server_warnings(host_root) == []
     finally:
         stop(record)
@@ -364,9 +379,6 @@ def test_a_changed_htpasswd_or_mode_restarts_the_live_unit(host_root: Path, tmp_
     assert converge({"port": port, "htpasswd": one}) and restarts(systemctl, SERVICE) == 3
     assert converge({"port": port + 1, "htpasswd": one}) and restarts(systemctl, SERVICE) == 4
     assert not converge({"port": port + 1, "htpasswd": "mesh:not-a-hash"}) and restarts(systemctl, SERVICE) == 4
-
-
-GOOD = htpasswd_line("mesh", "peer-secret")
 
 
 @pytest.mark.parametrize(("htpasswd", "said"), [

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
-from maculaos.host.backup_server import open_server_warning, probe_rest_server, served_port, server_setting
+from maculaos.host.backup_server import (asks_for_credentials, open_server_warning, probe_rest_server, served_port,
+                                         server_setting)
 from maculaos.host.config import HostConfigError, read_config
 
 CONDITION = "MaculaBackupServer"
@@ -33,10 +34,12 @@ def internal_ip(node: Mapping[str, Any]) -> str | None:
 
 
 def advertisement(host_root: Path, node: Mapping[str, Any], firewall: Callable[[int], str | None],
-                  probe: Callable[[str], str | None] = probe_rest_server) -> Advertisement:
+                  probe: Callable[[str], str | None] = probe_rest_server,
+                  guarded: Callable[[str], bool] = asks_for_credentials) -> Advertisement:
     """What the Node should say about this node's rest-server now. firewall(port) says why the node's
     loaded ruleset drops that TCP port, or None (host/firewall.tcp_port_blocked): a server that answers
-    here but not to peers is not advertised."""
+    here but not to peers is not advertised. guarded(url) says whether the server really asks for
+    credentials: the warning follows what it does, not only what config.yaml says."""
     conditions = (node.get("status") or {}).get("conditions") or []
     had_condition = any(c.get("type") == CONDITION for c in conditions)
     try:
@@ -60,8 +63,11 @@ def advertisement(host_root: Path, node: Mapping[str, Any], firewall: Callable[[
             "advertised (the agent opens the port with its next firewall pass; if it stays, look for the "
             "MeshRole entry's error)")))
     serving = f"rest-server answers at {setting.url}; advertised as {BACKUP_SERVER_ANNOTATION}"
-    if not setting.authenticated:
-        return Advertisement(setting.url, ("True", "ServingWithoutAuthentication",
-                                           f"{serving}; warning: {open_server_warning(setting.url)}"))
-    return Advertisement(setting.url, ("True", "Serving",
-                                       f"{serving}, for the users of maculaos.backup_server.htpasswd"))
+    if not guarded(setting.url):
+        warning = (f"maculaos.backup_server.htpasswd is set, but the server at {setting.url} answers without "
+                   "credentials: anyone who reaches it can read, delete or fill every peer's backups (an image "
+                   "whose unit predates authentication ignores the htpasswd: upgrade the node)"
+                   if setting.authenticated else open_server_warning(setting.url))
+        return Advertisement(setting.url, ("True", "ServingWithoutAuthentication", f"{serving}; warning: {warning}"))
+    users = ", for the users of maculaos.backup_server.htpasswd" if setting.authenticated else ""
+    return Advertisement(setting.url, ("True", "Serving", f"{serving}; it asks for credentials{users}"))

@@ -228,9 +228,8 @@ def backup_server_warnings(host_root: Path) -> list[str]:
     return [open_server_warning(parsed.url or f"port {parsed.port}")]
 
 
-def probe_rest_server(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """None when a restic rest-server answers at url; otherwise what is wrong. A rest-server answers
-    `GET /` with 405 (only POST creates repositories) or, with authentication on, 401."""
+def _get_root(url: str, timeout: float) -> tuple[int, str, str] | str:
+    """GET <url>/ without credentials: (status, reason, Allow header), or why nothing answered."""
     parts = urllib.parse.urlsplit(url)
     conn: http.client.HTTPConnection
     if parts.scheme == "https":  # a liveness probe, no data: the peers' restic verifies the certificate
@@ -248,6 +247,23 @@ def probe_rest_server(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
         return f"no rest-server answers at {url}: {exc}"
     finally:
         conn.close()
-    if response.status == 401 or (response.status == 405 and "POST" in allow):
+    return response.status, response.reason, allow
+
+
+def probe_rest_server(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None when a restic rest-server answers at url; otherwise what is wrong. A rest-server answers
+    `GET /` with 405 (only POST creates repositories) or, with authentication on, 401."""
+    answer = _get_root(url, timeout)
+    if isinstance(answer, str):
+        return answer
+    status, reason, allow = answer
+    if status == 401 or (status == 405 and "POST" in allow):
         return None
-    return f"{url} answers, but not as a restic rest-server (GET / gave {response.status} {response.reason})"
+    return f"{url} answers, but not as a restic rest-server (GET / gave {status} {reason})"
+
+
+def asks_for_credentials(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the server at url refuses a request without credentials (401): what it does, whatever
+    config.yaml says (an image whose unit predates authentication ignores the htpasswd)."""
+    answer = _get_root(url, timeout)
+    return not isinstance(answer, str) and answer[0] == 401
