@@ -1,6 +1,7 @@
 """The one stand-in of the test suite: systemctl of a *running* system. These machines do not boot
 systemd as PID 1, so `is-active`, `restart` and `show --property=Result` cannot be asked of a real one;
-the VM tests (issue #6) do. Offline unit management uses the real `systemctl --root` everywhere."""
+the VM tests (issue #6) do. Offline unit management uses the real `systemctl --root` everywhere (also
+inside systemctl_over_root, which only records restarts)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,26 @@ def set_unit(systemctl: Path, unit: str, active: str = "active", result: str = "
     state = systemctl.parent / "state"
     (state / f"{unit}.active").write_text(active + "\n")
     (state / f"{unit}.result").write_text(result + "\n")
+
+
+OVER_ROOT = """#!/bin/sh
+# Stand-in for the running system's systemctl of a host whose unit files are in {root}: unit-file commands
+# go to the real `systemctl --root` (without --now: no service manager runs here); restarts are recorded.
+state={state}
+case "$1" in
+  restart) echo restart >> "$state/$2.restarts" ;;
+  *) args=""; for a in "$@"; do [ "$a" = --now ] || args="$args $a"; done
+     exec systemctl --root={root} $args ;;
+esac
+"""
+
+
+def systemctl_over_root(directory: Path, host_root: Path) -> Path:
+    """A running system's systemctl for a sandbox host root: enabling is real (`systemctl --root`), a
+    restart is recorded (count it with restarts())."""
+    state = directory / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    script = directory / "systemctl"
+    script.write_text(OVER_ROOT.format(state=state, root=host_root))
+    script.chmod(0o755)
+    return script

@@ -71,6 +71,7 @@ def _operator_run(args: argparse.Namespace) -> int:
 
 def _agent_apply(args: argparse.Namespace) -> int:
     """Converge the host from its own config.yaml, without Kubernetes: the boot path of a node."""
+    from maculaos.host.backup_server import backup_server_warnings
     from maculaos.host.config import HostConfigError, read_config
     from maculaos.host.firewall import FirewallError
     from maculaos.host.mesh import apply_mesh, plan_from_config, services_not_installed
@@ -87,7 +88,7 @@ def _agent_apply(args: argparse.Namespace) -> int:
     print(f"mesh roles {roles}: config {'updated' if changes.config else 'unchanged'}, "
           f"units changed: {', '.join(changes.units) or 'none'}, "
           f"firewall {'reloaded' if changes.firewall else 'unchanged'}")
-    for warning in services_not_installed(args.host_root, plan):
+    for warning in services_not_installed(args.host_root, plan) + backup_server_warnings(args.host_root):
         print(f"maculaos agent apply: warning: {warning}")
     return 0
 

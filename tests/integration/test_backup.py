@@ -3,7 +3,8 @@ sandbox host roots running the real restic 0.18 against local repositories and r
 loopback. Proves: an on-demand run backs up every node once; a scheduled run happens exactly once per
 scheduled time, also across an operator restart, with at most maxConcurrentNodes at a time; a Restore
 swaps the data back and a Restore of a missing snapshot fails and changes nothing; mesh copies land on
-the peers the operator chose."""
+the peers the operator chose, through rest-servers that ask for the users of each node's config.yaml
+htpasswd (a Backup without credentials is refused, and says which field to set)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,15 @@ from maculaos.devenv.processes import ProcessRecord, stop
 from maculaos.devenv.restserver import RestServer, start_rest_server
 from maculaos.host.config import write_maculaos_section
 from tests.fakes import fake_systemctl
+from tests.htpasswd import htpasswd_line
 from tests.integration.conftest import Cluster, OperatorSupervisor
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
 NODES = [n.name for n in demo_fleet(3)]
 PASSWORD = "correct horse battery staple"
+#: The user every node's rest-server lets in (config.yaml maculaos.backup_server.htpasswd) and its Secret.
+MESH_USER, MESH_PASSWORD = "mesh", "peers only, please"
+MESH_CREDENTIALS = {"name": "mesh-peers", "key": "basic"}
 
 
 @dataclass
@@ -48,8 +53,10 @@ class BackupFleet:
                               what=lambda: f"{kind}/{name} on {node} (now {self.entry(kind, name, node)})")
         return self.entry(kind, name, node)
 
-    def snapshots(self, node: str, repo: str) -> list[dict[str, Any]]:
+    def snapshots(self, node: str, repo: str, user: tuple[str, str] | None = None) -> list[dict[str, Any]]:
         env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": repo}
+        if user:
+            env |= {"RESTIC_REST_USERNAME": user[0], "RESTIC_REST_PASSWORD": user[1]}
         out = subprocess.run([str(default_bin_dir() / "restic"), "--no-cache", "snapshots", "--json", "--no-lock"],
                              env=env, capture_output=True, text=True, check=True).stdout
         return list(json.loads(out))
@@ -200,12 +207,19 @@ def test_scheduled_runs_happen_once_each_across_an_operator_restart(
 
 @pytest.fixture
 def rest_servers(fleet: BackupFleet, cluster: Cluster) -> Iterator[dict[str, RestServer]]:
-    """A real rest-server per node, declared in each node's config.yaml: the agents advertise them."""
-    servers = {n: start_rest_server(fleet.log_dir.parent / f"rest-{n}", fleet.log_dir, f"rest-server-{n}")
-               for n in NODES}
+    """A real rest-server per node, declared in each node's config.yaml with the htpasswd it serves (the
+    agents advertise them; the server asks for that user, as the image's unit does)."""
+    line = htpasswd_line(MESH_USER, MESH_PASSWORD)
+    htpasswd = fleet.log_dir.parent / "mesh.htpasswd"
+    htpasswd.write_text(f"{line}\n")
+    htpasswd.chmod(0o600)
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": MESH_CREDENTIALS["name"],
+                   "namespace": "maculaos-system"}, "stringData": {"basic": f"{MESH_USER}:{MESH_PASSWORD}"}})
+    servers = {n: start_rest_server(fleet.log_dir.parent / f"rest-{n}", fleet.log_dir, f"rest-server-{n}",
+                                    htpasswd=htpasswd) for n in NODES}
     try:
         for node, server in servers.items():
-            write_maculaos_section(fleet.roots[node], "backup_server", {"url": server.url})
+            write_maculaos_section(fleet.roots[node], "backup_server", {"url": server.url, "htpasswd": line})
         for node, server in servers.items():
             cluster.wait_for(lambda: advertised(cluster, node) == server.url, 30,
                              what=f"{node}'s agent to advertise its rest-server")
@@ -225,7 +239,12 @@ def advertised(cluster: Cluster, node: str) -> str | None:
 
 def test_mesh_copies_land_on_two_peers(fleet: BackupFleet, created: Create, operator: ProcessRecord,
                                        rest_servers: dict[str, RestServer]) -> None:
-    created(backup("mesh", {"mesh": {"replicationFactor": 2}}, schedule="0 3 1 1 *"))
+    for node in NODES:  # each server asks for its users: the agents advertise it as such
+        condition = next(c for c in fleet.cluster.get("Node", node)["status"]["conditions"]
+                         if c["type"] == "MaculaBackupServer")
+        assert condition["reason"] == "Serving" and "htpasswd" in condition["message"], condition
+    created(backup("mesh", {"mesh": {"replicationFactor": 2, "credentialsSecretRef": MESH_CREDENTIALS}},
+                   schedule="0 3 1 1 *"))
     fleet.cluster.wait_condition("Backup", "mesh", "True")
     run_now(fleet.cluster, "mesh", "go")
     by_url = {s.url: n for n, s in rest_servers.items()}
@@ -237,7 +256,25 @@ def test_mesh_copies_land_on_two_peers(fleet: BackupFleet, created: Create, oper
         assert node not in holders and len(holders) == 2
         for holder in holders:
             assert (rest_servers[holder].data / node / "config").exists()
-            assert len(fleet.snapshots(node, f"rest:{rest_servers[holder].url}/{node}/")) == 1
+            repo = f"rest:{rest_servers[holder].url}/{node}/"
+            assert len(fleet.snapshots(node, repo, (MESH_USER, MESH_PASSWORD))) == 1
+            with pytest.raises(subprocess.CalledProcessError):  # the copies are closed to anyone else
+                fleet.snapshots(node, repo)
+
+    # A Backup without the credentials is refused by every peer: it fails, saying which field to set, and
+    # the peers' copies stay as they were.
+    created(backup("mesh-open", {"mesh": {"replicationFactor": 2}}, schedule="0 3 1 1 *",
+                   nodeSelector={"matchLabels": {"kubernetes.io/hostname": NODES[1]}}))
+    fleet.cluster.wait_condition("Backup", "mesh-open", "True")
+    run_now(fleet.cluster, "mesh-open", "go")
+    entry = fleet.wait_entry("Backup", "mesh-open", NODES[1], lambda e: e.get("phase") in ("Succeeded", "Failed"))
+    assert entry["phase"] == "Failed" and entry["failure"] == "TargetAccessDenied", entry
+    assert "gives none" in entry["message"] and "spec.target.mesh.credentialsSecretRef" in entry["message"]
+    assert "401" in entry["message"] and "0 of 2 target(s) written" in entry["message"]
+    holders = [s for s in rest_servers.values() if (s.data / NODES[1] / "config").exists()]
+    assert len(holders) == 2
+    for server in holders:
+        assert len(fleet.snapshots(NODES[1], f"rest:{server.url}/{NODES[1]}/", (MESH_USER, MESH_PASSWORD))) == 1
 
     gone = NODES[0]
     rest_servers[gone].stop()  # the server dies; its node's config still asks for it

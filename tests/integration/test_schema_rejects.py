@@ -111,6 +111,18 @@ BAD = [
     ("backup-schedule-words", obj("Backup", {**BACKUP, "schedule": "every night"}), ["spec.schedule", "should match"]),
     ("backup-replication-range", obj("Backup", {**BACKUP, "target": {"mesh": {"replicationFactor": 9}}}),
      ["spec.target.mesh.replicationFactor", "less than or equal to 5"]),
+    ("backup-rest-credentials-name", obj("Backup", {**BACKUP, "target": {"rest": {
+        "url": "http://nas.lan:8000", "credentialsSecretRef": {"name": "Peers!", "key": "basic"}}}}),
+     ["spec.target.rest.credentialsSecretRef.name", "should match"]),
+    ("backup-mesh-credentials-name", obj("Backup", {**BACKUP, "target": {"mesh": {
+        "credentialsSecretRef": {"name": "Peers!", "key": "basic"}}}}),
+     ["spec.target.mesh.credentialsSecretRef.name", "should match"]),
+    ("backup-mesh-credentials-no-key", obj("Backup", {**BACKUP, "target": {"mesh": {
+        "credentialsSecretRef": {"name": "peers"}}}}),
+     ["spec.target.mesh.credentialsSecretRef.key", "Required value"]),
+    ("backup-mesh-credentials-inline", obj("Backup", {**BACKUP, "target": {"mesh": {
+        "credentials": "mesh:peer-secret"}}}),
+     ["unknown field \"spec.target.mesh.credentials\""]),
     ("backup-run-timeout-short", obj("Backup", {**BACKUP, "runTimeout": "30s"}),
      ["spec.runTimeout", "runTimeout must be at least 1m"]),
     ("backup-run-timeout-words", obj("Backup", {**BACKUP, "runTimeout": "six hours"}),

@@ -286,6 +286,13 @@ def test_rest_mesh_and_local_repositories() -> None:
     assert [r.location for r in repos] == ["rest:http://a:8000/pi-03/", "rest:http://b:8000/pi-03/"]
     with pytest.raises(TargetError, match="no peers assigned to pi-03"):
         repositories(mesh, "pi-03", Path("/host"), read_secret, {})
+    guarded = spec(target={"mesh": {"credentialsSecretRef": {"name": "peers", "key": "creds"}}})
+    repos = repositories(guarded, "pi-03", Path("/host"), read_secret, {"pi-03": ["http://a:8000", "http://b:8000"]})
+    assert [r.env for r in repos] == [{"RESTIC_REST_USERNAME": "alice", "RESTIC_REST_PASSWORD": "pw"}] * 2
+    for target, field in (({"mesh": {}}, "mesh"), ({"rest": {"url": "http://nas:8000"}}, "rest")):
+        target[field]["credentialsSecretRef"] = {"name": "peers", "key": "password"}  # holds no user:
+        with pytest.raises(TargetError, match=f"spec.target.{field}.credentialsSecretRef: .* must hold user:password"):
+            repositories(spec(target=target), "pi-03", Path("/host"), read_secret, {"pi-03": ["http://a:8000"]})
     local = spec()
     assert repositories(local, "pi-03", Path("/host"), read_secret, {})[0].location == "/host/backup"
     with pytest.raises(TargetError, match="cannot read another node's local repository"):

@@ -121,6 +121,21 @@ def test_mesh_replication_needs_enough_peers() -> None:
     assert "'pi-03:8000' is not a rest-server URL" in problems[0].message
 
 
+@pytest.mark.parametrize("target", ["rest", "mesh"])
+def test_target_credentials_secret_is_checked(target: str) -> None:
+    ref = {"name": "peers", "key": "basic"}
+    where = {"rest": {"url": "http://nas.lan:8000"}, "mesh": {"replicationFactor": 2}}[target]
+    spec = {**BACKUP, "target": {target: {**where, "credentialsSecretRef": ref}}}
+    cluster = Cluster(secrets={("maculaos-system", "repo"): {"password"}})
+    problems = validate("Backup", "b", spec, cluster).problems
+    assert fields(problems) == [f"spec.target.{target}.credentialsSecretRef.name"]
+    assert problems[0].reason == "SecretNotFound"
+    cluster.secrets[("maculaos-system", "peers")] = {"user"}
+    assert fields(validate("Backup", "b", spec, cluster).problems) == [f"spec.target.{target}.credentialsSecretRef.key"]
+    cluster.secrets[("maculaos-system", "peers")] = {"basic"}
+    assert validate("Backup", "b", spec, cluster).valid
+
+
 def test_meshrole_conflict_names_both_objects() -> None:
     cluster = Cluster(roles={"a": {"realm": "io.macula"}, "b": {"realm": "com.example",
                                                                 "nodeSelector": {"matchLabels": {"macula.io/site": "shop"}}}})

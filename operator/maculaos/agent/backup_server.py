@@ -1,7 +1,8 @@
 """The agent advertises its node's rest-server to the operator: the Node annotation
 os.macula.io/backup-server=<URL> while config.yaml asks for it AND a rest-server answers there AND the
 node's firewall admits its port (the agent's ruleset opens it: the one config setting does both), removed
-otherwise; the Node condition MaculaBackupServer says which and why. The agent is the annotation's only
+otherwise; the Node condition MaculaBackupServer says which and why, and warns (ServingWithoutAuthentication)
+while anyone who reaches the port may use the server. The agent is the annotation's only
 writer, so a server that stopped is withdrawn within one resync."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
-from maculaos.host.backup_server import probe_rest_server, served_port, server_setting
+from maculaos.host.backup_server import (asks_for_credentials, open_server_warning, probe_rest_server, served_port,
+                                         server_setting)
 from maculaos.host.config import HostConfigError, read_config
 
 CONDITION = "MaculaBackupServer"
@@ -32,10 +34,12 @@ def internal_ip(node: Mapping[str, Any]) -> str | None:
 
 
 def advertisement(host_root: Path, node: Mapping[str, Any], firewall: Callable[[int], str | None],
-                  probe: Callable[[str], str | None] = probe_rest_server) -> Advertisement:
+                  probe: Callable[[str], str | None] = probe_rest_server,
+                  guarded: Callable[[str], bool] = asks_for_credentials) -> Advertisement:
     """What the Node should say about this node's rest-server now. firewall(port) says why the node's
     loaded ruleset drops that TCP port, or None (host/firewall.tcp_port_blocked): a server that answers
-    here but not to peers is not advertised."""
+    here but not to peers is not advertised. guarded(url) says whether the server really asks for
+    credentials: the warning follows what it does, not only what config.yaml says."""
     conditions = (node.get("status") or {}).get("conditions") or []
     had_condition = any(c.get("type") == CONDITION for c in conditions)
     try:
@@ -58,5 +62,12 @@ def advertisement(host_root: Path, node: Mapping[str, Any], firewall: Callable[[
             f"rest-server answers at {setting.url} on this node, but {blocked}: peers cannot reach it; not "
             "advertised (the agent opens the port with its next firewall pass; if it stays, look for the "
             "MeshRole entry's error)")))
-    return Advertisement(setting.url, ("True", "Serving", f"rest-server answers at {setting.url}; "
-                                                          f"advertised as {BACKUP_SERVER_ANNOTATION}"))
+    serving = f"rest-server answers at {setting.url}; advertised as {BACKUP_SERVER_ANNOTATION}"
+    if not guarded(setting.url):
+        warning = (f"maculaos.backup_server.htpasswd is set, but the server at {setting.url} answers without "
+                   "credentials: anyone who reaches it can read, delete or fill every peer's backups (an image "
+                   "whose unit predates authentication ignores the htpasswd: upgrade the node)"
+                   if setting.authenticated else open_server_warning(setting.url))
+        return Advertisement(setting.url, ("True", "ServingWithoutAuthentication", f"{serving}; warning: {warning}"))
+    users = ", for the users of maculaos.backup_server.htpasswd" if setting.authenticated else ""
+    return Advertisement(setting.url, ("True", "Serving", f"{serving}; it asks for credentials{users}"))

@@ -2,7 +2,7 @@
 
 One repository per node (a sub-path named after the node), so nodes never contend for one repository's
 locks and a node's retention can only ever touch its own snapshots. Mesh targets get one repository per
-peer the operator assigned (status.meshPeers).
+peer the operator assigned (status.meshPeers), all with the mesh target's one credentialsSecretRef.
 """
 
 from __future__ import annotations
@@ -34,17 +34,32 @@ def repositories(spec: BackupSpec, node: str, host_root: Path, read_secret: Secr
                               "read another node's local repository")
         return [local_repository(host_root / target.local.path.lstrip("/"), password)]
     if target.rest is not None:
-        credentials = read_secret(target.rest.credentials_secret_ref) if target.rest.credentials_secret_ref else None
+        credentials = _basic_auth(read_secret, target.rest.credentials_secret_ref,
+                                  "spec.target.rest.credentialsSecretRef")
         return [rest_repository(f"{target.rest.url.rstrip('/')}/{node}", password, credentials)]
     if target.mesh is not None:
         peers = list(mesh_peers.get(node) or [])
         if not peers:
             raise TargetError(f"spec.target.mesh: no peers assigned to {node} yet (status.meshPeers); nodes "
                               "offer a rest-server with the os.macula.io/backup-server annotation")
-        return [rest_repository(f"{url.rstrip('/')}/{node}", password) for url in peers]
+        credentials = _basic_auth(read_secret, target.mesh.credentials_secret_ref,
+                                  "spec.target.mesh.credentialsSecretRef")
+        return [rest_repository(f"{url.rstrip('/')}/{node}", password, credentials) for url in peers]
     if target.s3 is not None:
         s3 = target.s3
         return [s3_repository(s3.endpoint, s3.bucket, s3.prefix.replace("${NODE_NAME}", node), password,
                               read_secret(s3.access_key_id_secret_ref), read_secret(s3.secret_access_key_secret_ref),
                               s3.region, s3.insecure_http)]
     raise TargetError("spec.target: set one of local, rest, mesh or s3")
+
+
+def _basic_auth(read_secret: SecretReader, ref: SecretKeyRef | None, field: str) -> str | None:
+    """A rest-server's user:password from the Secret key, or None when the target names none."""
+    if ref is None:
+        return None
+    value = read_secret(ref)
+    user, colon, secret = value.partition(":")
+    if not colon or not user or not secret:
+        raise TargetError(f"{field}: Secret {ref.namespace}/{ref.name} key {ref.key} must hold user:password "
+                          "(a user of the rest-server's htpasswd)")
+    return value

@@ -73,6 +73,9 @@ class MeshTarget(ApiModel):
     peer_selector: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=16, json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]})
     """Labels a node must carry to hold copies; empty allows every other node."""
+    credentials_secret_ref: SecretKeyRef | None = None
+    """HTTP basic-auth credentials as user:password in this Secret key, for every peer's rest-server (a
+    user of the peers' config.yaml maculaos.backup_server.htpasswd)."""
 
 
 class S3Target(ApiModel):

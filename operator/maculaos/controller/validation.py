@@ -201,6 +201,8 @@ def _check_backup(name: str, spec: CustomResource, nodes: list[str], cluster: Cl
         problems += _secret_problems(target.s3.secret_access_key_secret_ref,
                                      "spec.target.s3.secretAccessKeySecretRef", cluster)
     if target.mesh is not None:
+        problems += _secret_problems(target.mesh.credentials_secret_ref, "spec.target.mesh.credentialsSecretRef",
+                                     cluster)
         labels = cluster.node_labels()
         servers = {n: u for n, u in cluster.backup_servers().items() if re.fullmatch(BACKUP_SERVER_PATTERN, u)}
         for node, url in sorted(cluster.backup_servers().items()):

@@ -21,13 +21,14 @@ class RestServer:
 
 
 def start_rest_server(data: Path, log_dir: Path, name: str = "rest-server", port: int | None = None,
-                      bin_dir: Path | None = None) -> RestServer:
-    """rest-server without authentication on 127.0.0.1 (only loopback reaches it), repositories under data."""
+                      bin_dir: Path | None = None, htpasswd: Path | None = None) -> RestServer:
+    """rest-server on 127.0.0.1 (only loopback reaches it), repositories under data; it asks for the users
+    of the htpasswd file when one is given, else nobody authenticates (--no-auth)."""
     port = port or free_port()
     data.mkdir(parents=True, exist_ok=True)
     binary = (bin_dir or default_bin_dir()) / "rest-server"
-    proc, record = spawn(name, [str(binary), "--path", str(data), "--listen", f"127.0.0.1:{port}", "--no-auth"],
-                         log_dir)
+    auth = ["--htpasswd-file", str(htpasswd)] if htpasswd is not None else ["--no-auth"]
+    proc, record = spawn(name, [str(binary), "--path", str(data), "--listen", f"127.0.0.1:{port}", *auth], log_dir)
     wait_for_port(port, 15, proc)
     return RestServer(record, f"http://127.0.0.1:{port}", data)
 

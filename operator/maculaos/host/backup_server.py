@@ -8,15 +8,17 @@ rest-server's answer, so the operator never assigns peers to a server that is do
 from __future__ import annotations
 
 import http.client
+import re
 import ssl
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from maculaos.api.backup import BACKUP_SERVER_PATTERN
+from maculaos.host.config import HostConfigError, read_config
 from maculaos.host.files import atomic_write
 from maculaos.host.systemd import Systemd
 
@@ -26,8 +28,43 @@ PROBE_TIMEOUT = 3.0
 #: The image's unit running the Debian restic-rest-server over /var/lib/maculaos-backups (data partition).
 SERVICE = "maculaos-backup-server.service"
 BINARY = "/usr/bin/restic-rest-server"
-#: Its listen address, written from config.yaml (the unit starts only when this file exists).
+#: Its listen address and authentication mode, written from config.yaml (the unit starts only when this
+#: file exists).
 ENVIRONMENT = Path("var/lib/maculaos/backup-server.env")
+#: Who may use it: config.yaml's htpasswd lines, root-only; the unit gets a copy by LoadCredential=.
+HTPASSWD = Path("var/lib/maculaos/backup-server.htpasswd")
+HTPASSWD_MODE = 0o600
+#: Users as rest-server accepts them (it silently ignores others; ASCII only here) and the hashes it can
+#: check: bcrypt only (`htpasswd -B`); it also takes unsalted {SHA}, which is refused here as too weak.
+HTPASSWD_USER = re.compile(r"[A-Za-z0-9@._-]+")
+BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+HTPASSWD_HINT = "make lines with `htpasswd -nB <user>` (apache2-utils)"
+
+
+def check_htpasswd(text: str) -> str:
+    """The htpasswd value when every line is `user:bcrypt-hash` (blank and # lines skipped), at least one
+    user and no user twice; ValueError naming the line otherwise. rest-server itself would skip a bad line
+    (or refuse the whole file) and every peer would get 401 without a word why."""
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, colon, hashed = line.partition(":")
+        if not colon or any(c.isspace() for c in line):
+            raise ValueError(f"line {number}: expected user:hash with no spaces; {HTPASSWD_HINT}")
+        if not HTPASSWD_USER.fullmatch(user):
+            raise ValueError(f"line {number}: user {user!r} may only have letters, digits and @ . _ -")
+        if not BCRYPT_HASH.fullmatch(hashed):
+            raise ValueError(f"line {number}: the password of {user} is not a bcrypt hash ($2y$...): "
+                             f"{HTPASSWD_HINT}")
+        if user in seen:
+            raise ValueError(f"line {number}: user {user} is already on line {seen[user]}")
+        seen[user] = number
+    if not seen:
+        raise ValueError(f"has no user line; {HTPASSWD_HINT}, or remove the key to serve without "
+                         "authentication")
+    return text
 
 
 class BackupServerConfig(BaseModel):
@@ -42,6 +79,15 @@ class BackupServerConfig(BaseModel):
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     """The port the node's rest-server (maculaos-backup-server.service) listens on; peers use it too
     unless url says otherwise."""
+    htpasswd: str | None = Field(default=None, max_length=65536)
+    """Who may use the server: htpasswd lines, user:bcrypt-hash (from `htpasswd -nB <user>`); Backups
+    give user:password by target.mesh.credentialsSecretRef. Unset: anyone who reaches the port may read,
+    delete or fill the repositories (served with --no-auth, with a warning)."""
+
+    @field_validator("htpasswd")
+    @classmethod
+    def _htpasswd_lines(cls, value: str | None) -> str | None:
+        return None if value is None else check_htpasswd(value)
 
 
 @dataclass(frozen=True)
@@ -50,43 +96,47 @@ class ServerSetting:
 
     url: str | None = None
     error: str | None = None
+    authenticated: bool = False
+    """Whether the server asks for htpasswd credentials (else anyone reaching it may use it)."""
+
+
+def parse_section(config: dict[str, Any]) -> tuple[BackupServerConfig | None, str | None]:
+    """(the section, None), (None, None) when there is none, or (None, what is wrong, naming the key)."""
+    maculaos = config.get("maculaos")
+    raw = maculaos.get(SECTION) if isinstance(maculaos, dict) else None
+    if raw is None:
+        return None, None
+    if not isinstance(raw, dict):
+        return None, f"maculaos.{SECTION} must be a mapping (url, port, enabled, htpasswd)"
+    try:
+        return BackupServerConfig.model_validate(raw), None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        return None, f"maculaos.{SECTION}.{where}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def server_setting(config: dict[str, Any], internal_ip: str | None) -> ServerSetting | None:
     """The setting, or None when the node is not configured to serve (no section, or enabled: false)."""
-    raw = (config.get("maculaos") or {}).get(SECTION)
-    if raw is None:
+    parsed, error = parse_section(config)
+    if error:
+        return ServerSetting(error=error)
+    if parsed is None or not parsed.enabled:
         return None
-    if not isinstance(raw, dict):
-        return ServerSetting(error=f"maculaos.{SECTION} must be a mapping (url, port, enabled)")
-    try:
-        parsed = BackupServerConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(map(str, err["loc"]))
-        return ServerSetting(error=f"maculaos.{SECTION}.{where}: {err['msg']}")
-    if not parsed.enabled:
-        return None
+    authenticated = parsed.htpasswd is not None
     if parsed.url:
-        return ServerSetting(url=parsed.url.rstrip("/"))
+        return ServerSetting(url=parsed.url.rstrip("/"), authenticated=authenticated)
     if not internal_ip:
         return ServerSetting(error=f"maculaos.{SECTION}.url is not set and the Node has no InternalIP to build it "
                                    "from: set url to the address peers reach this node by")
     host = f"[{internal_ip}]" if ":" in internal_ip else internal_ip
-    return ServerSetting(url=f"http://{host}:{parsed.port}")
+    return ServerSetting(url=f"http://{host}:{parsed.port}", authenticated=authenticated)
 
 
 def _serving(config: dict[str, Any]) -> BackupServerConfig | None:
     """The section when config.yaml asks to serve and it is valid (the advertisement names any fault)."""
-    maculaos = config.get("maculaos")
-    raw = maculaos.get(SECTION) if isinstance(maculaos, dict) else None
-    if not isinstance(raw, dict):
-        return None
-    try:
-        parsed = BackupServerConfig.model_validate(raw)
-    except ValidationError:
-        return None
-    return parsed if parsed.enabled else None
+    parsed, _ = parse_section(config)
+    return parsed if parsed is not None and parsed.enabled else None
 
 
 def served_port(config: dict[str, Any]) -> int | None:
@@ -105,37 +155,81 @@ def served_port(config: dict[str, Any]) -> int | None:
     return parsed.port
 
 
-def listen_port(config: dict[str, Any]) -> int | None:
-    """The port the node's own rest-server unit listens on (`port`), when config.yaml asks to serve."""
-    parsed = _serving(config)
-    return parsed.port if parsed is not None else None
+def service_environment(port: int, authenticated: bool) -> str:
+    """The unit's EnvironmentFile. ExecStart always names the htpasswd credential and appends an unbraced
+    $AUTH, which systemd splits into words: empty (no words) leaves rest-server's default, authentication
+    on; `--no-auth` turns it off. So a missing AUTH line fails closed."""
+    auth = ("# AUTH empty: peers must give a user:password of maculaos.backup_server.htpasswd.\nAUTH=\n"
+            if authenticated else
+            "# WARNING: no maculaos.backup_server.htpasswd: anyone who reaches the port may read, delete or\n"
+            "# fill the repositories.\nAUTH=--no-auth\n")
+    return ("# Written by the MaculaOS agent from config.yaml maculaos.backup_server. Do not edit.\n"
+            f"LISTEN=:{port}\n{auth}")
 
 
-def service_environment(port: int) -> str:
-    return ("# Written by the MaculaOS agent from config.yaml maculaos.backup_server.port. Do not edit.\n"
-            f"LISTEN=:{port}\n")
+def htpasswd_file(htpasswd: str | None) -> str:
+    """The credential file's content; the unit's LoadCredential= needs it to exist even with --no-auth."""
+    if htpasswd is None:
+        return "# no users: config.yaml has no maculaos.backup_server.htpasswd (the server runs with --no-auth)\n"
+    return "# Written by the MaculaOS agent from config.yaml maculaos.backup_server.htpasswd. Do not edit.\n" + \
+        "".join(f"{line.strip()}\n" for line in htpasswd.splitlines() if line.strip())
+
+
+def _write_secret(path: Path, data: str) -> bool:
+    """atomic_write at HTPASSWD_MODE, also tightening a file left readable by someone else."""
+    changed = atomic_write(path, data, mode=HTPASSWD_MODE)
+    if path.stat().st_mode & 0o777 != HTPASSWD_MODE:
+        path.chmod(HTPASSWD_MODE)
+        changed = True
+    return changed
 
 
 def converge_service(host_root: Path, config: dict[str, Any], systemd: Systemd) -> bool:
-    """Run the node's rest-server exactly while config.yaml asks for it: write its port, enable (and,
-    live, start or restart) the unit; disable (and stop) it otherwise. Returns whether anything changed.
-    A host without the unit or the server (a sandbox, an image built without the tools profile) is left
-    alone: the advertisement's probe then reports that nothing answers."""
+    """Run the node's rest-server exactly while config.yaml asks for it: write its htpasswd (root-only),
+    port and authentication mode, enable (and, live, start, or restart when any of them changed) the unit;
+    disable (and stop) it otherwise. Returns whether anything changed. A bad section changes nothing (the
+    advertisement and the mesh pass name the key). A host without the unit or the server (a sandbox, an
+    image built without the tools profile) is left alone: the advertisement's probe then reports that
+    nothing answers."""
     if not (host_root / BINARY.lstrip("/")).exists() or not systemd.exists(SERVICE):
         return False
-    port = listen_port(config)
-    if port is None:
+    parsed, error = parse_section(config)
+    if error:
+        return False
+    if parsed is None or not parsed.enabled:
         return systemd.set_enabled(SERVICE, False)
-    rewritten = atomic_write(host_root / ENVIRONMENT, service_environment(port))
+    rewritten = _write_secret(host_root / HTPASSWD, htpasswd_file(parsed.htpasswd))
+    rewritten = atomic_write(host_root / ENVIRONMENT, service_environment(parsed.port, parsed.htpasswd is not None)) \
+        or rewritten
     enabled = systemd.set_enabled(SERVICE, True)
-    if rewritten and not enabled and systemd.live:  # running on the old port: move it
+    if rewritten and not enabled and systemd.live:  # running with the old port or users: restart
         systemd.restart(SERVICE)
     return rewritten or enabled
 
 
-def probe_rest_server(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """None when a restic rest-server answers at url; otherwise what is wrong. A rest-server answers
-    `GET /` with 405 (only POST creates repositories) or, with authentication on, 401."""
+def open_server_warning(url: str) -> str:
+    return (f"the backup server at {url} runs without authentication: anyone who reaches it can read, "
+            "delete or fill every peer's backups; set maculaos.backup_server.htpasswd in config.yaml "
+            "(lines from `htpasswd -nB <user>`) and give the mesh Backups target.mesh.credentialsSecretRef")
+
+
+def backup_server_warnings(host_root: Path) -> list[str]:
+    """What the mesh pass should say about this node's backup server: a bad config section (nothing was
+    changed), or a server open to anyone."""
+    try:
+        config = read_config(host_root)
+    except HostConfigError:
+        return []  # the mesh pass itself reports an unreadable config.yaml
+    parsed, error = parse_section(config)
+    if error:
+        return [f"backup server unit and files left as they were, its port closed to peers: {error}"]
+    if parsed is None or not parsed.enabled or parsed.htpasswd is not None:
+        return []
+    return [open_server_warning(parsed.url or f"port {parsed.port}")]
+
+
+def _get_root(url: str, timeout: float) -> tuple[int, str, str] | str:
+    """GET <url>/ without credentials: (status, reason, Allow header), or why nothing answered."""
     parts = urllib.parse.urlsplit(url)
     conn: http.client.HTTPConnection
     if parts.scheme == "https":  # a liveness probe, no data: the peers' restic verifies the certificate
@@ -153,6 +247,23 @@ def probe_rest_server(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
         return f"no rest-server answers at {url}: {exc}"
     finally:
         conn.close()
-    if response.status == 401 or (response.status == 405 and "POST" in allow):
+    return response.status, response.reason, allow
+
+
+def probe_rest_server(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None when a restic rest-server answers at url; otherwise what is wrong. A rest-server answers
+    `GET /` with 405 (only POST creates repositories) or, with authentication on, 401."""
+    answer = _get_root(url, timeout)
+    if isinstance(answer, str):
+        return answer
+    status, reason, allow = answer
+    if status == 401 or (status == 405 and "POST" in allow):
         return None
-    return f"{url} answers, but not as a restic rest-server (GET / gave {response.status} {response.reason})"
+    return f"{url} answers, but not as a restic rest-server (GET / gave {status} {reason})"
+
+
+def asks_for_credentials(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the server at url refuses a request without credentials (401): what it does, whatever
+    config.yaml says (an image whose unit predates authentication ignores the htpasswd)."""
+    answer = _get_root(url, timeout)
+    return not isinstance(answer, str) and answer[0] == 401

@@ -196,11 +196,11 @@ def _classify(code: int, stderr: str, repo: Repository) -> ResticError:
         return ResticError(ResticFailure.LOCKED, f"repository {where} is locked: {last}")
     if "no space left on device" in lower or "insufficient storage" in lower or "507" in last:
         return ResticError(ResticFailure.NO_SPACE, f"the backup target {where} is full: {last}")
-    if "access denied" in lower or "signature we calculated does not match" in lower or "invalidaccesskeyid" in lower or \
-            "401 unauthorized" in lower or "403 forbidden" in lower:
-        return ResticError(ResticFailure.ACCESS_DENIED, (
-            f"the backup target {where} refused the credentials: {last}; check the Secret the target's "
-            "credentials reference (s3: accessKeyIdSecretRef/secretAccessKeySecretRef, rest: credentialsSecretRef)"))
+    denied = ("access denied", "signature we calculated does not match", "invalidaccesskeyid", "401 unauthorized",
+              "403 forbidden")
+    if any(d in lower for d in denied):
+        said = next((line.strip() for line in text if any(d in line.lower() for d in denied)), last)
+        return _access_denied(repo, said)
     if "connection refused" in lower or "no such host" in lower or "i/o timeout" in lower:
         return ResticError(ResticFailure.UNREACHABLE, f"cannot reach the backup target {where}: {last}")
     if "ciphertext verification failed" in lower or "pack" in lower and ("damaged" in lower or "invalid" in lower):
@@ -208,6 +208,21 @@ def _classify(code: int, stderr: str, repo: Repository) -> ResticError:
             f"repository {where} is damaged: {last}; run `restic check` and see "
             "https://restic.readthedocs.io/en/stable/077_troubleshooting.html"))
     return ResticError(ResticFailure.FAILED, f"restic failed on {where} (exit {code}): {last}")
+
+
+def _access_denied(repo: Repository, said: str) -> ResticError:
+    where = repo.display()
+    if repo.location.startswith("rest:") and "RESTIC_REST_USERNAME" not in repo.env:
+        return ResticError(ResticFailure.ACCESS_DENIED, (
+            f"the backup target {where} asks for credentials and the Backup gives none ({said}): set "
+            "spec.target.rest.credentialsSecretRef, or spec.target.mesh.credentialsSecretRef for mesh peers, to "
+            "a Secret key holding user:password of a user in the server's htpasswd (on a MaculaOS peer: its "
+            "config.yaml maculaos.backup_server.htpasswd)"))
+    return ResticError(ResticFailure.ACCESS_DENIED, (
+        f"the backup target {where} refused the credentials ({said}): check the Secret the target's "
+        "credentials reference (s3: accessKeyIdSecretRef/secretAccessKeySecretRef; rest and mesh: "
+        "credentialsSecretRef, user:password of a user in the server's htpasswd, on a MaculaOS peer its "
+        "config.yaml maculaos.backup_server.htpasswd)"))
 
 
 class Restic:
