@@ -13,7 +13,8 @@ from kubernetes import client
 from maculaos.api.nodereport import parse_report_key, report_key
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, Folder, folded_nodes, nodes_patch
 from maculaos.controller.handlers import fold_forever
-from maculaos.kuberest import apply_merge_patch, merge_patch
+from maculaos.agent.report import Reporter
+from maculaos.kuberest import Credentials, KubeClient, apply_merge_patch, merge_patch
 
 OLD = {"a": {"phase": "Applied", "message": "ok", "progress": 40}, "b": {"phase": "Failed"}, "c": [1, 2]}
 
@@ -131,3 +132,18 @@ def test_a_steady_stream_of_reports_is_folded_about_once_a_second_not_once_per_r
 def test_a_lone_report_is_folded_after_the_short_pause() -> None:
     folds = fold_times(reports_for=0.0, every=0.05, then_wait=MAX_DELAY_SECONDS + 0.5)
     assert len(folds) == 1 and folds[0] < MAX_DELAY_SECONDS / 2, folds
+
+
+def test_an_entry_worked_out_for_a_deleted_object_never_lands_on_its_successor() -> None:
+    """The agent decides on the object it saw (uid a); by the time it reports, the watch cache may hold a
+    re-created namesake (uid b): the entry must not be filed under b (a deleted NodeUpgrade's Failed
+    would fail the new one). No API server here: the staged entries are what the next write would send."""
+    cache = {"uid": "b"}
+    reporter = Reporter(KubeClient(Credentials(server="https://127.0.0.1:9")), "n1",
+                        lambda plural, name: {"metadata": {"name": name, "uid": cache["uid"]}})
+    assert not reporter.node_entry("nodeupgrades", "redo", {"phase": "Failed"}, uid="a")  # no server: False
+    assert reporter.entries("nodeupgrades") == {}
+    reporter.node_entry("nodeupgrades", "redo", {"phase": "Idle"}, uid="b")
+    assert reporter.entries("nodeupgrades")["redo"]["phase"] == "Idle"
+    reporter.node_entry("nodeupgrades", "redo", {"phase": "Failed"}, uid="a")
+    assert reporter.entries("nodeupgrades")["redo"]["phase"] == "Idle"

@@ -70,35 +70,40 @@ class Reporter:
 
     def node_entry(self, plural: str, name: str, entry: dict[str, Any] | None,
                    significant: Callable[[dict[str, Any]], dict[str, Any]] = dict,
-                   refresh_seconds: float | None = None) -> bool:
+                   refresh_seconds: float | None = None, uid: str | None = None) -> bool:
         """Set (or with None remove) this node's entry about one object. False when the API refused.
 
         Written when significant(entry) changed, and, with refresh_seconds, that often to refresh the rest
-        (probe outputs, run times) without a write on every probe."""
-        return self.node_entries(plural, {name: entry}, significant, refresh_seconds)
+        (probe outputs, run times) without a write on every probe. With uid (the object the entry was
+        worked out for), an entry is dropped when the object by that name is now another one: a deleted
+        and re-created object must never receive what was meant for its predecessor."""
+        return self.node_entries(plural, {name: entry}, significant, refresh_seconds, {name: uid} if uid else None)
 
     def node_entries(self, plural: str, entries: Mapping[str, dict[str, Any] | None],
                      significant: Callable[[dict[str, Any]], dict[str, Any]] = dict,
-                     refresh_seconds: float | None = None) -> bool:
+                     refresh_seconds: float | None = None, uids: Mapping[str, str] | None = None) -> bool:
         """node_entry for several objects of one kind, in one write."""
         self._ensure_loaded()
         with self._lock:
             for name, entry in entries.items():
-                self._stage(plural, name, entry, significant, refresh_seconds)
+                self._stage(plural, name, entry, significant, refresh_seconds, (uids or {}).get(name))
         return self.flush()
 
     def _stage(self, plural: str, name: str, entry: dict[str, Any] | None,
-               significant: Callable[[dict[str, Any]], dict[str, Any]], refresh_seconds: float | None) -> None:
+               significant: Callable[[dict[str, Any]], dict[str, Any]], refresh_seconds: float | None,
+               meant_for: str | None) -> None:
         key = report_key(KIND_OF_PLURAL[plural], name)
         obj = self._lookup(plural, name) if entry is not None else None
         if entry is None or obj is None:  # removed, or the object is gone: nothing left to report on
             self._wanted.pop(key, None)
             self._compared[key] = None
             return
+        uid = str(obj["metadata"].get("uid", ""))
+        if meant_for is not None and meant_for != uid:  # replaced since: the next pass reports on the new one
+            return
         comparable = significant(entry)
         age = time.monotonic() - self._written_at.get(key, float("-inf"))
         stale = refresh_seconds is not None and age >= refresh_seconds
-        uid = str(obj["metadata"].get("uid", ""))
         current = self._wanted.get(key)
         if current is not None and current["uid"] == uid and self._compared.get(key) == comparable and not stale:
             return

@@ -199,7 +199,7 @@ class UpgradeEngine:
         full = {"observedGeneration": obj["metadata"].get("generation"), "version": facts.version,
                 "slot": facts.slot, "bootId": facts.boot_id, "progress": None, "observedGrant": None,
                 **entry}  # None clears (merge patch)
-        self.reporter.node_entry(PLURAL, obj["metadata"]["name"], full)
+        self.reporter.node_entry(PLURAL, obj["metadata"]["name"], full, uid=_uid(obj))
 
 
 def _wants_install(state: UpgradeState | None, target: ReleaseTarget, grant: Grant, uid: str) -> bool:
