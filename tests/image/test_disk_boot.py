@@ -1,6 +1,8 @@
 """The raw disk image booted the way a machine boots it: firmware -> GRUB -> slot A. One test, two boots
 (each costs minutes under TCG): SeaBIOS boots slot A, which is marked good; then, with OVMF (UEFI), a
-broken slot B first in ORDER is tried three times and GRUB falls back to A, which stays good."""
+broken slot B first in ORDER is tried three times and GRUB falls back to A, which stays good. The disk is
+512 MiB larger than the image (as a bigger disk it was written onto): the first boot grows the data
+partition and its ext4 to the end of it, the second finds nothing to do."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
 # The serial console last (so /dev/console is the serial line the test reads); failed roots reboot at once.
 TEST_CMDLINE = "console=ttyS0 macula.rescue_timeout=1"
+GROW_MIB = 512
 
 
 def _copy(image: Path, tmp_path: Path) -> Path:
@@ -31,6 +34,8 @@ def test_disk_image_boots_from_grub_marks_a_good_and_falls_back_from_a_broken_b(
         built_image: BuiltImage, tmp_path: Path) -> None:
     disk = _copy(built_image.artifact("img"), tmp_path)
     assert boot_environment(disk, {"EXTRA_CMDLINE": TEST_CMDLINE})["A_TRY"] == "0"
+    built = partition_table(disk)
+    subprocess.run(["qemu-img", "resize", "-q", "-f", "raw", str(disk), f"+{GROW_MIB}M"], check=True)
 
     # 1. SeaBIOS -> GRUB (i386-pc core.img in the bios_grub partition) -> slot A.
     with Vm(VmSpec.for_disk(disk), tmp_path / "bios.log") as vm:
@@ -47,6 +52,15 @@ def test_disk_image_boots_from_grub_marks_a_good_and_falls_back_from_a_broken_b(
     assert first["root"] == "squashfs" and first["usr-write"] == "refused", first
     assert first["var"].startswith("/dev/vda5"), first           # the data partition of the same disk
     assert first["failed-units"] == "", first
+    # The data partition took the added space (less the backup GPT's last MiB), its ext4 all of it.
+    data_mib = built.part("data").size_mib or 0
+    grown = int(first["data-part-mib"])
+    assert (first["data-grown"], first["grow-data"]) == ("2", "success"), first   # partition, file system
+    assert data_mib + GROW_MIB - 1 <= grown <= data_mib + GROW_MIB + 1, (data_mib, first)
+    assert grown - 1 <= int(first["data-fs-mib"]) <= grown, first
+    table = partition_table(disk)
+    assert table.part("data").size_mib == grown, table
+    assert [p for p in table.partitions if p.name != "data"] == [p for p in built.partitions if p.name != "data"]
     env = boot_environment(disk)
     assert (env["A_OK"], env["A_TRY"], env["B_OK"]) == ("1", "0", "0"), env
 
@@ -70,5 +84,7 @@ def test_disk_image_boots_from_grub_marks_a_good_and_falls_back_from_a_broken_b(
     assert console.index("marked bad, trying the next slot") > console.rindex("MACULAOS-BOOT-FAILED")
     assert second["rauc-booted"] == "A" and second["rauc-a"] == "good" and second["rauc-b"] == "bad", second
     assert second["var-mark"] == "present", second                # the same data partition as boot 1
+    assert (second["data-part-mib"], second["data-fs-mib"]) == (first["data-part-mib"], first["data-fs-mib"])
+    assert (second["data-grown"], second["grow-data"]) == ("0", "success"), second   # nothing left to grow
     env = boot_environment(disk)
     assert (env["A_OK"], env["A_TRY"], env["B_OK"], env["B_TRY"]) == ("1", "0", "0", "0"), env

@@ -315,7 +315,7 @@ class ImageBuilder:
             _run(["mksquashfs", str(root), str(result.squashfs), "-comp", "zstd", "-Xcompression-level",
                   str(SQUASHFS_ZSTD_LEVEL), "-noappend", "-quiet",
                   "-no-progress"], "squashfs (zstd) of the root", env)
-            self._rootfs_tar(root, self.out / d.artifact("rootfs.tar.zst"), env)
+            rootfs_tar(root, self.out / d.artifact("rootfs.tar.zst"), self.epoch)
         (self.out / d.artifact("build-info")).write_text(self.build_info())
         outputs = self.write_outputs()
         return BuildResult(result.squashfs, result.kernel, result.initrd, time.monotonic() - started, result.k3s,
@@ -350,14 +350,6 @@ class ImageBuilder:
             raise BuildError(str(exc)) from exc
         return outputs
 
-    def _rootfs_tar(self, root: Path, target: Path, env: dict[str, str]) -> None:
-        """The root as a tar (containers, chroots, other installers): sorted, numeric owners, times
-        clamped to the build's epoch, zstd."""
-        _run(["tar", "--create", "--file", str(target), "--directory", str(root), "--sort=name",
-              "--numeric-owner", "--xattrs", f"--mtime=@{self.epoch}", "--clamp-mtime",
-              "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./run/*",
-              "--use-compress-program=zstd -T0 -q", "."], "rootfs tar (zstd)", env)
-
     @staticmethod
     def _boot_files(root: Path) -> tuple[Path, Path]:
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
@@ -379,6 +371,19 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def rootfs_tar(root: Path, target: Path, epoch: int) -> None:
+    """The root as a tar (containers, chroots, other installers), the same bytes from the same tree:
+    sorted, numeric owners, times clamped to the epoch, zstd. `--xattrs` makes it a POSIX (pax) tar, whose
+    extended headers would carry each file's atime and ctime (the times of this build) and a folder name
+    with tar's process id: both are left out."""
+    _run(["tar", "--create", "--file", str(target), "--directory", str(root), "--sort=name",
+          "--numeric-owner", "--xattrs", f"--mtime=@{epoch}", "--clamp-mtime",
+          "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+          "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./run/*",
+          "--use-compress-program=zstd -T0 -q", "."], "rootfs tar (zstd)",
+         os.environ | {"SOURCE_DATE_EPOCH": str(epoch)})
 
 
 def clamp_mtimes(root: Path, epoch: int) -> int:

@@ -26,7 +26,7 @@ LINUX_DATA = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 ESP_LABEL = "MACULA_ESP"
 DATA_LABEL = "MACULA_DATA"
 # Tools the disk outputs need, and the Debian package of each.
-TOOLS = {"sfdisk": "fdisk", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mmd": "mtools",
+TOOLS = {"sfdisk": "fdisk", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mmd": "mtools", "mlabel": "mtools",
          "mkfs.ext4": "e2fsprogs", "grub-mkimage": "grub-common", "grub-editenv": "grub-common",
          "qemu-img": "qemu-utils"}
 
@@ -108,13 +108,15 @@ def make_fat(target: Path, offset: int, size_mib: int, label: str | None, volume
              files: dict[str, Path], epoch: int, fat32: bool = True) -> None:
     """A FAT file system written in place at `offset` of `target` (an image file or a block device;
     mkfs.vfat --offset, then mtools on `target@@offset`), holding `files` (name inside: source) with
-    the build's epoch as their time. A label costs reproducibility: mkfs.vfat (dosfstools 4.2) dates its
-    directory entry with the time of the build."""
+    the build's epoch as their time. The label is written by mlabel, not `mkfs.vfat -n`: mkfs.vfat
+    (dosfstools 4.2) dates the label's directory entry with the time of the build, mtools (4.0.32 here)
+    takes SOURCE_DATE_EPOCH."""
     fat = ["-F", "32", "-s", "1"] if fat32 else []
-    named = ["-n", label] if label else []
-    _run(["mkfs.vfat", "-I", f"--offset={offset // SECTOR}", *fat, *named, "-i", volume_id, str(target),
-          str(size_mib * 1024)], f"mkfs.vfat of {label or 'a FAT image'}", os.environ | {"SOURCE_DATE_EPOCH": str(epoch)})
-    env = os.environ | {"MTOOLS_SKIP_CHECK": "1"}
+    _run(["mkfs.vfat", "-I", f"--offset={offset // SECTOR}", *fat, "-i", volume_id, str(target),
+          str(size_mib * 1024)], f"mkfs.vfat of {label or 'a FAT image'}")
+    env = os.environ | {"MTOOLS_SKIP_CHECK": "1", "SOURCE_DATE_EPOCH": str(epoch)}
+    if label:
+        _run(["mlabel", "-i", f"{target}@@{offset}", f"::{label}"], f"mlabel {label}", env)
     with tempfile.TemporaryDirectory() as tmp:
         # Staged as a tree with the epoch on every entry, copied by `mcopy -s -m` (which keeps the times):
         # folders made by mmd would carry the time of the build.
