@@ -187,12 +187,6 @@ class KubeClient:
     def get(self, path: str, **query: Any) -> dict[str, Any]:
         return self.request("GET", path, query=query)
 
-    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self.request("POST", path, dict(body))
-
-    def patch(self, path: str, body: Mapping[str, Any], content_type: str = MERGE_PATCH) -> dict[str, Any]:
-        return self.request("PATCH", path, dict(body), content_type=content_type)
-
     def watch(self, path: str, **query: Any) -> Iterator[dict[str, Any]]:
         """The events of one watch request (`timeoutSeconds` in query ends it server-side), as they come."""
         headers = {**self._headers, **self._auth()}

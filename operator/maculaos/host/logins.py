@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from maculaos.host.config import HostConfigError, config_file
+from maculaos.host.config import HostConfigError
 from maculaos.host.files import atomic_write
 
 KEY_TYPES = frozenset({
@@ -65,10 +65,9 @@ def _account(host_root: Path, user: str) -> tuple[int, int, Path]:
     raise HostConfigError(f"no user {user!r} in {host_root / 'etc/passwd'}")
 
 
-def write_authorized_keys(host_root: Path, config: dict[str, Any], user: str) -> bool:
-    """~user/.ssh/authorized_keys = the configured keys (0600, owned by the user); returns whether it
-    changed."""
-    keys = authorized_keys(config, config_file(host_root))
+def write_authorized_keys(host_root: Path, keys: list[str], user: str) -> bool:
+    """~user/.ssh/authorized_keys = keys, as authorized_keys() checked them (0600, owned by the user);
+    returns whether it changed."""
     uid, gid, home = _account(host_root, user)
     ssh_dir = host_root / home.relative_to("/") / ".ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -93,11 +92,10 @@ def password_field(config: dict[str, Any], source: Path) -> str:
     return value
 
 
-def write_password(host_root: Path, config: dict[str, Any], user: str) -> bool:
-    """Set user's password field in /etc/shadow (other users and fields untouched; the date of the last
-    change is today's when it changes); returns whether it changed. A host without a shadow file (a
-    sandbox) is left alone unless a password is asked for."""
-    field = password_field(config, config_file(host_root))
+def write_password(host_root: Path, field: str, user: str) -> bool:
+    """Set user's password field (as password_field() gave it) in /etc/shadow (other users and fields
+    untouched; the date of the last change is today's when it changes); returns whether it changed. A host
+    without a shadow file (a sandbox) is left alone unless a password is asked for."""
     shadow = host_root / "etc/shadow"
     if not shadow.exists():
         if field == LOCKED:

@@ -93,12 +93,12 @@ def write_node_info(host_root: Path) -> list[Path]:
     files that changed. Everything is checked before anything is written."""
     config = read_config(host_root)
     info = read_node_info(host_root, config)
-    authorized_keys(config, config_file(host_root))  # both checked before either is written
-    password_field(config, config_file(host_root))
+    keys = authorized_keys(config, config_file(host_root))  # both checked before either is written
+    password = password_field(config, config_file(host_root))
     changed = []
-    if write_authorized_keys(host_root, config, info.user):
+    if write_authorized_keys(host_root, keys, info.user):
         changed.append(host_root / "home" / info.user / ".ssh/authorized_keys")
-    if write_password(host_root, config, info.user):
+    if write_password(host_root, password, info.user):
         changed.append(host_root / "etc/shadow")
     for rel, text in ((SUMMARY, info.summary()), (AVAHI_SERVICE, info.avahi_service())):
         path = host_root / rel
