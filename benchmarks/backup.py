@@ -1,7 +1,8 @@
 """Backup benchmarks (issue #5): 1 GiB of mixed files backed up through the operator and an agent process
 vs plain restic on the same data in the same run; restore throughput; the agent's peak RSS during a backup.
 
-Run: .venv/bin/python benchmarks/backup.py [--rounds 3] [--restore-rounds 3] [--workdir /tmp/maculaos-backup-bench]
+Run: .venv/bin/python benchmarks/backup.py [--first-rounds 3] [--rounds 3] [--restore-rounds 3]
+     [--workdir /tmp/maculaos-backup-bench]
 Prints markdown rows for docs/benchmarks.md. Needs root (a network namespace for the agent's nft).
 The data (about 2.5 GiB with the repositories) is written under --workdir and deleted at the end.
 """
@@ -74,9 +75,13 @@ def change_one_percent(root: Path, total: int, rng: random.Random) -> int:
     return changed + stretch
 
 
-def plain_backup(repo: Path, cache: Path, data: Path) -> float:
+def plain_backup(repo: Path, cache: Path, data: Path, init: bool = False) -> float:
+    """One plain `restic backup`; with init, `restic init` first, timed too (the agent's first run must
+    create its repository as well)."""
     env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(repo)}
     started = time.perf_counter()
+    if init:
+        subprocess.run([RESTIC, "--no-cache", "init"], env=env, check=True, capture_output=True)
     subprocess.run([RESTIC, "--cache-dir", str(cache), "backup", "--json", "--host", NODE, str(data)], env=env,
                    check=True, capture_output=True)
     return time.perf_counter() - started
@@ -157,9 +162,9 @@ class Through:
                     break
         return obj
 
-    def backup(self, token: str) -> tuple[float, dict[str, Any]]:
+    def backup(self, token: str, name: str = "bench") -> tuple[float, dict[str, Any]]:
         started = time.perf_counter()
-        self.custom.patch_cluster_custom_object(GROUP, VERSION, "backups", "bench", {
+        self.custom.patch_cluster_custom_object(GROUP, VERSION, "backups", name, {
             "metadata": {"annotations": {"os.macula.io/run-now": token}}})
 
         def done(obj: dict[str, Any]) -> bool:
@@ -168,7 +173,7 @@ class Through:
             return run.get("reason") == "OnDemand" and _token_matches(str(run.get("id")), token) and \
                 entry.get("runId") == run.get("id") and entry.get("phase") in ("Succeeded", "Failed")
 
-        entry = _entry(self.wait("backups", "bench", done))
+        entry = _entry(self.wait("backups", name, done))
         if entry["phase"] != "Succeeded":
             raise RuntimeError(f"backup through the agent failed: {entry.get('message')}")
         return time.perf_counter() - started, entry
@@ -211,17 +216,52 @@ def setup_cluster(plane: ControlPlane, root: Path) -> tuple[client.ApiClient, Pa
     operator = start_operator(plane.kubeconfig, root / "logs", resync_seconds=2)
     agent = start_agent(plane.kubeconfig, root / "logs", NODE, host, nft_wrapper(root / "nft", netns),
                         resync_seconds=30)
+    create_backup(api, "bench")
+    return api, host, operator, agent, netns
+
+
+def create_backup(api: client.ApiClient, name: str) -> None:
+    """A Backup of /var/lib/data into its own local repository /var/backups/<name>, run on demand only."""
     client.CustomObjectsApi(api).create_cluster_custom_object(GROUP, VERSION, "backups", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Backup", "metadata": {"name": "bench"},
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Backup", "metadata": {"name": name},
         "spec": {"schedule": "0 3 1 1 *", "include": ["/var/lib/data"], "exclude": [],
-                 "includeK3sDatastore": False, "target": {"local": {"path": "/var/backups/bench"}},
+                 "includeK3sDatastore": False, "target": {"local": {"path": f"/var/backups/{name}"}},
                  "repositoryPasswordSecretRef": {"name": "bench", "key": "password"},
                  "retention": {"keepLast": 100}}})
-    return api, host, operator, agent, netns
+
+
+def first_backups(api: client.ApiClient, through: Through, host: Path, root: Path, data: Path,
+                  rounds: int) -> tuple[list[float], list[float]]:
+    """First backups into new repositories, each side creating its own (init timed on both). Round 0 is
+    the Backup "bench" and plain-repo, which the incremental rounds go on from; later rounds use a Backup
+    of their own, deleted with both repositories afterwards (1 GiB each). Who goes first alternates."""
+    agent_times: list[float] = []
+    plain_times: list[float] = []
+    for i in range(rounds):
+        name, plain_repo = ("bench", root / "plain-repo") if i == 0 else (f"bench-first-{i}", root / f"plain-{i}")
+        if i:
+            create_backup(api, name)
+            time.sleep(3)  # the agent has seen it
+        subprocess.run(["sync"], check=True)
+        if i % 2 == 0:
+            plain_times.append(plain_backup(plain_repo, root / "plain-cache", data, init=True))
+            took, got = through.backup(f"first-{i}", name)
+        else:
+            took, got = through.backup(f"first-{i}", name)
+            plain_times.append(plain_backup(plain_repo, root / "plain-cache", data, init=True))
+        agent_times.append(took)
+        print(f"  first backup {i}: agent {took:.2f} s (restic calls inside {got['durationSeconds']:.2f} s), "
+              f"plain init + backup {plain_times[-1]:.2f} s")
+        if i:
+            client.CustomObjectsApi(api).delete_cluster_custom_object(GROUP, VERSION, "backups", name)
+            shutil.rmtree(host / f"var/backups/{name}")
+            shutil.rmtree(plain_repo)
+    return agent_times, plain_times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--first-rounds", type=int, default=3, help="first backups, each into new repositories")
     parser.add_argument("--rounds", type=int, default=3, help="incremental rounds (1% changed each)")
     parser.add_argument("--restore-rounds", type=int, default=3, help="restores each (order rotates)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/maculaos-backup-bench"))
@@ -240,19 +280,17 @@ def main() -> None:
         total = make_data(data)
         subprocess.run(["sync"], check=True)
         plain_repo, plain_cache = root / "plain-repo", root / "plain-cache"
-        env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(plain_repo)}
-        subprocess.run([RESTIC, "--no-cache", "init"], env=env, check=True, capture_output=True)
         through = Through(api)
         time.sleep(5)  # agent synced
         print(f"data: {total / MIB:.0f} MiB in {sum(1 for _ in data.rglob('*'))} entries")
 
-        plain_first = plain_backup(plain_repo, plain_cache, data)
         with PeakRss(agent.pid) as peak:
-            agent_first, entry = through.backup("first")
-        print(f"| first backup, {total / MIB:.0f} MiB | agent {agent_first:.1f} s (restic inside: "
-              f"{entry['durationSeconds']:.1f} s) | plain restic {plain_first:.1f} s | ratio "
-              f"{agent_first / plain_first:.2f} |")
-        print(f"| agent peak RSS during the first backup | agent process {peak.agent_peak_kib() / 1024:.0f} MiB, "
+            agent_firsts, plain_firsts = first_backups(api, through, host, root, data, args.first_rounds)
+        agent_first, plain_first = statistics.median(agent_firsts), statistics.median(plain_firsts)
+        first_ratio = statistics.median(a / p for a, p in zip(agent_firsts, plain_firsts))
+        print(f"| first backup, {total / MIB:.0f} MiB, new repository (median of {args.first_rounds}) | agent "
+              f"{agent_first:.1f} s | plain restic init + backup {plain_first:.1f} s | ratio {first_ratio:.2f} |")
+        print(f"| agent peak RSS during the first backups | agent process {peak.agent_peak_kib() / 1024:.0f} MiB, "
               f"its restic child {peak.child_peak / 1024:.0f} MiB | | |")
 
         rng = random.Random(11)
@@ -306,7 +344,7 @@ def main() -> None:
               f"({plain_r:.1f} s) | ratio {agent_r / plain_r:.2f} |")
         print(f"| restore, host layer alone (same restic calls, no agent) | {statistics.median(host_rs):.1f} s | "
               f"{plain_r:.1f} s | ratio {statistics.median(host_rs) / plain_r:.2f} |")
-        print(json.dumps({"first": [agent_first, plain_first], "incremental": [agent_times, plain_times],
+        print(json.dumps({"first": [agent_firsts, plain_firsts], "incremental": [agent_times, plain_times],
                           "restore": [agent_rs, plain_rs, inside, host_rs]}))
     finally:
         for proc in processes:

@@ -25,12 +25,13 @@ class Clock:
         return self.now
 
 
-def engine(host: Path, clock: Clock, reports: list[tuple[str, str, dict[str, Any]]]) -> BackupEngine:
+def engine(host: Path, clock: Clock, reports: list[tuple[str, str, dict[str, Any]]],
+           restic: str = str(default_bin_dir() / "restic")) -> BackupEngine:
     def report(plural: str, name: str, entry: dict[str, Any]) -> bool:
         reports.append((plural, name, entry))
         return True
 
-    return BackupEngine(BackupSettings(NODE, host, str(default_bin_dir() / "restic")),
+    return BackupEngine(BackupSettings(NODE, host, restic),
                         lambda ref: {"password": "pw"}[ref.key], report, lambda *_: None, clock)
 
 
@@ -133,6 +134,36 @@ def test_retention_runs_when_the_bound_or_the_day_calls_for_it(tmp_path: Path) -
     assert sixth["lastRetentionTime"] == fifth["lastRetentionTime"]
     assert sixth["snapshotCount"] == 3 and sixth["snapshotsRemoved"] == 0
     assert len(repo.snapshots(NODE, "nightly")) == 3
+
+
+def test_a_repository_created_by_the_run_is_not_asked_to_forget(tmp_path: Path) -> None:
+    """The first run creates the repository: its one snapshot stays under any policy, so retention is
+    recorded as applied without a `restic forget` (a lock and a key derivation: a third of a first backup's
+    overhead). A restarted agent that lost its count on an existing repository does run forget."""
+    host = tmp_path / "host"
+    (host / "var/lib/data").mkdir(parents=True)
+    (host / "var/lib/data/a.txt").write_text("a")
+    calls = tmp_path / "restic-calls"
+    shim = tmp_path / "restic"
+    shim.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {default_bin_dir() / "restic"} "$@"\n')
+    shim.chmod(0o755)
+    clock, reports = Clock(), []
+    obj = backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]}, retention={"keepLast": 1})
+
+    engine(host, clock, reports, str(shim)).tick({"nightly": obj}, {}, {})
+    first = reports[-1][2]
+    assert first["phase"] == "Succeeded" and first["snapshotCount"] == 1, first
+    assert first["lastRetentionTime"] == "2026-01-10T02:00:00Z" and first["lastRetentionRemoved"] == []
+    assert "init" in calls.read_text().split() and "forget" not in calls.read_text().split()
+
+    calls.unlink()
+    clock.now += dt.timedelta(minutes=10)
+    obj["status"] = {"run": {"id": "r2", "reason": "OnDemand", "nodes": [NODE]}}  # the status entry is lost
+    engine(host, clock, reports, str(shim)).tick({"nightly": obj}, {}, {})
+    second = reports[-1][2]
+    assert second["phase"] == "Succeeded" and second["snapshotsRemoved"] == 1, second
+    assert second["lastRetentionRemoved"] == [first["lastSnapshotId"][:8]] and second["snapshotCount"] == 1
+    assert "forget" in calls.read_text().split() and "init" not in calls.read_text().split()
 
 
 def test_a_node_timed_out_before_it_started_does_not_start_late(tmp_path: Path) -> None:

@@ -118,6 +118,10 @@ def test_url_defaults_to_the_nodes_internal_ip_and_port() -> None:
     ("  backup_server:\n    port: 0\n", "maculaos.backup_server.port"),
     ("  backup_server:\n    port: 70000\n", "maculaos.backup_server.port"),
     ("  backup_server:\n    adress: http://10.0.3.7:8000\n", "maculaos.backup_server.adress"),
+    ("  backup_server:\n    sources: [10.0.3.7/24]\n", "sources: entry 0 ('10.0.3.7/24') is not a network in CIDR"),
+    ("  backup_server:\n    sources: [10.0.3.0/24, 10.0.0.0/33]\n", "sources: entry 1 ('10.0.0.0/33')"),
+    ("  backup_server:\n    sources: [shop-lan]\n", "maculaos.backup_server.sources: entry 0 ('shop-lan')"),
+    ("  backup_server:\n    sources: 10.0.3.0/24\n", "maculaos.backup_server.sources"),
     ("  backup_server:\n    enabled: maybe\n", "maculaos.backup_server.enabled"),
     ("  backup_server: http://10.0.3.7:8000\n", "maculaos.backup_server must be a mapping"),
     ("  backup_server: {}\n", "has no InternalIP"),
@@ -155,6 +159,15 @@ def test_a_firewalled_server_is_not_advertised_until_the_config_opens_its_port(
     assert f'tcp dport {port} accept comment "backup server"' in table
     ad = advertisement(host_root, NODE, blocked)
     assert ad.url == rest_server.url and ad.condition is not None and ad.condition[1].startswith("Serving")
+
+    write_maculaos_section(host_root, "backup_server", {"url": rest_server.url,
+                                                         "sources": ["192.168.10.0/24", "fd00:10::/64"]})
+    apply_mesh(host_root, plan_mesh({}), Systemd(host_root), netns_nft)
+    table = subprocess.run([netns_nft, "list", "table", "inet", "maculaos"], capture_output=True, text=True).stdout
+    assert f'ip saddr 192.168.10.0/24 tcp dport {port} accept comment "backup server"' in table, table
+    assert f'ip6 saddr fd00:10::/64 tcp dport {port} accept comment "backup server"' in table, table
+    assert f'\ttcp dport {port} accept' not in table  # no longer open to everyone
+    assert blocked(port) is None  # open to the networks the user chose: advertised
 
     write_maculaos_section(host_root, "backup_server", {"url": rest_server.url, "enabled": False})
     apply_mesh(host_root, plan_mesh({}), Systemd(host_root), netns_nft)

@@ -17,7 +17,7 @@ from typing import Any
 from maculaos.api.backup import Retention
 from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.files import atomic_write
-from maculaos.host.restic import BackupResult, Repository, Restic, ResticError, ResticFailure
+from maculaos.host.restic import BackupResult, Forgotten, Repository, Restic, ResticError, ResticFailure
 from maculaos.host.retention import RetentionState, retention_due
 
 #: The k3s server's embedded datastore (sqlite/kine) and where its consistent copy goes before a backup.
@@ -119,8 +119,8 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
     for repo in job.repositories:
         restic = job.restic_for(repo)
         try:
-            result = _backup_one(job, restic, include, exclude)
-            counts.append(_retain(job, restic, report, due, now))
+            result, created = _backup_one(job, restic, include, exclude)
+            counts.append(_retain(job, restic, report, due, now, created))
         except ResticError as exc:
             failures.append(str(exc))
             report.failure = report.failure or exc.failure.value
@@ -149,30 +149,36 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
     return report
 
 
-def _backup_one(job: BackupJob, restic: Restic, include: list[str], exclude: list[str]) -> BackupResult:
-    """restic backup; the repository is created on first use (restic says it does not exist). S3 is asked
-    first, once per process: restic retries a missing bucket for many minutes."""
+def _backup_one(job: BackupJob, restic: Restic, include: list[str],
+                exclude: list[str]) -> tuple[BackupResult, bool]:
+    """restic backup, and whether this run created the repository: it is created on first use (restic
+    says it does not exist). S3 is asked first, once per process: restic retries a missing bucket for many
+    minutes."""
     tags = [f"{RUN_TAG}={job.run_id}"] if job.run_id else []
+    created = False
     if restic.repo.location.startswith("s3:") and restic.repo.location not in _OPENED:
-        restic.ensure_initialized()
+        created = restic.ensure_initialized()
         _OPENED.add(restic.repo.location)
     restic.check_reachable()
     try:
-        return restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
+        return restic.backup(job.host_root, include, exclude, job.node, job.name, tags), created
     except ResticError as exc:
         if exc.failure is not ResticFailure.NO_REPOSITORY:
             raise
     _OPENED.discard(restic.repo.location)
-    restic.ensure_initialized()
-    return restic.backup(job.host_root, include, exclude, job.node, job.name, tags)
+    created = restic.ensure_initialized()
+    return restic.backup(job.host_root, include, exclude, job.node, job.name, tags), created
 
 
-def _retain(job: BackupJob, restic: Restic, report: JobReport, due: str | None, now: dt.datetime) -> int | None:
-    """Apply retention when due; the node's snapshot count after this run (None when unknown)."""
+def _retain(job: BackupJob, restic: Restic, report: JobReport, due: str | None, now: dt.datetime,
+            created: bool) -> int | None:
+    """Apply retention when due; the node's snapshot count after this run (None when unknown). In a
+    repository this run created, the outcome is known without asking restic: the one snapshot stays under
+    any policy (keep-last is at least 1), so the `forget` (a lock and a key derivation) is skipped."""
     known = job.retention_state.snapshot_count
     if due is None:
         return None if known is None else known + 1
-    forgotten = restic.forget(job.retention, job.node, job.name)
+    forgotten = Forgotten([], 1) if created else restic.forget(job.retention, job.node, job.name)
     report.removed_snapshots += len(forgotten.removed)
     report.removed_ids += [i[:8] for i in forgotten.removed][:REMOVED_IDS_SHOWN - len(report.removed_ids)]
     report.retention_time = _rfc3339(now)

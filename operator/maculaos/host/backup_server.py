@@ -8,6 +8,7 @@ rest-server's answer, so the operator never assigns peers to a server that is do
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import re
 import ssl
 import urllib.parse
@@ -79,10 +80,24 @@ class BackupServerConfig(BaseModel):
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     """The port the node's rest-server (maculaos-backup-server.service) listens on; peers use it too
     unless url says otherwise."""
+    sources: list[str] = Field(default_factory=list, max_length=32)
+    """Networks (CIDR) the firewall lets reach the port, e.g. the shop's LAN; empty lets in anyone who can
+    route to the node."""
     htpasswd: str | None = Field(default=None, max_length=65536)
     """Who may use the server: htpasswd lines, user:bcrypt-hash (from `htpasswd -nB <user>`); Backups
     give user:password by target.mesh.credentialsSecretRef. Unset: anyone who reaches the port may read,
     delete or fill the repositories (served with --no-auth, with a warning)."""
+
+    @field_validator("sources")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for number, network in enumerate(value):
+            try:
+                ipaddress.ip_network(network, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"entry {number} ({network!r}) is not a network in CIDR form, such as "
+                                 f"192.168.10.0/24: {exc}") from exc
+        return value
 
     @field_validator("htpasswd")
     @classmethod
@@ -153,6 +168,12 @@ def served_port(config: dict[str, Any]) -> int | None:
         except ValueError:  # a port out of range
             return None
     return parsed.port
+
+
+def served_sources(config: dict[str, Any]) -> tuple[str, ...]:
+    """The networks the firewall admits to the served port (empty: any)."""
+    parsed = _serving(config)
+    return tuple(parsed.sources) if parsed is not None else ()
 
 
 def service_environment(port: int, authenticated: bool) -> str:

@@ -45,7 +45,7 @@ class Rule:
 
 
 def role_rules(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard,
-               backup_server_port: int | None = None) -> list[Rule]:
+               backup_server_port: int | None = None, backup_server_sources: tuple[str, ...] = ()) -> list[Rule]:
     """The accept rules the roles and options call for, in a fixed order (diffs stay readable)."""
     rules: list[Rule] = []
     if firewall.allow_ssh:
@@ -65,7 +65,7 @@ def role_rules(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: Wir
             rules.append(Rule(Protocol.TCP, (80, 443), "gateway"))
     rules += [_extra_rule(port) for port in firewall.extra_ports]
     if backup_server_port is not None:  # config.yaml maculaos.backup_server: serving means admitting peers
-        rules.append(Rule(Protocol.TCP, (backup_server_port,), "backup server"))
+        rules.append(Rule(Protocol.TCP, (backup_server_port,), "backup server", backup_server_sources))
     return rules
 
 
@@ -74,9 +74,10 @@ def _extra_rule(port: ExtraPort) -> Rule:
 
 
 def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard,
-                   backup_server_port: int | None = None) -> str:
+                   backup_server_port: int | None = None, backup_server_sources: tuple[str, ...] = ()) -> str:
     """The nft script that replaces table inet maculaos (or removes it when the firewall is disabled).
-    backup_server_port: the node's rest-server port (config.yaml maculaos.backup_server), opened to peers."""
+    backup_server_port: the node's rest-server port (config.yaml maculaos.backup_server), opened to peers
+    (only from backup_server_sources when given)."""
     header = f"# Managed by the MaculaOS agent from MeshRole objects. Do not edit.\ntable {TABLE}\ndelete table {TABLE}\n"
     if not firewall.enabled:
         return header
@@ -90,7 +91,8 @@ def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard:
     if firewall.allow_kubernetes:
         interfaces = ", ".join(f'"{name}"' for name in CNI_INTERFACES)
         body.append(f'iifname {{ {interfaces} }} accept comment "pods"')
-    body += [line for rule in role_rules(roles, firewall, wireguard, backup_server_port) for line in rule.render()]
+    rules = role_rules(roles, firewall, wireguard, backup_server_port, backup_server_sources)
+    body += [line for rule in rules for line in rule.render()]
     indented = "\n".join(f"\t\t{line}" for line in body)
     return f"{header}table {TABLE} {{\n\tchain input {{\n{indented}\n\t}}\n}}\n"
 
