@@ -18,7 +18,10 @@ pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 CMDLINE = "boot=macula rauc.slot=A console=ttyS0 macula.root=/dev/vda macula.data=/dev/vdb"
 #: The login user's console password ("at the shop"): `openssl passwd -6 -salt maculaostest 'at the shop'`.
 PASSWORD_HASH = "$6$maculaostest$Fady5z.mwrt5LiIA74mbbhasTx3t1vdvC23Xc2f/hUSVa/acNUzSvW1IZjpgM/xwwgtGsJ0s4sDTbYLOhF9/I1"
-CONFIG = {"maculaos": {"mesh": {"roles": {"bootstrap": True, "gateway": False}, "realm": "io.macula.imagetest"}}}
+#: The backup server's one user, probe:probe-pass (`htpasswd -nbB -C 5 probe probe-pass`).
+BACKUP_USER = "probe:$2y$05$UfYRbF1ZKbtMKeCua.Z9KuKetmtlDSLRNg.V/wcgFH6l3Ix4oPtUm"
+CONFIG = {"maculaos": {"mesh": {"roles": {"bootstrap": True, "gateway": False}, "realm": "io.macula.imagetest"},
+                       "backup_server": {"port": 8000, "sources": ["10.0.2.0/24"], "htpasswd": BACKUP_USER}}}
 
 
 def _ssh_key(tmp_path: Path) -> tuple[str, bytes]:
@@ -107,6 +110,13 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert first["login-roles"] == "peer,bootstrap" and first["login-realm"] == "io.macula.imagetest", first
     assert first["ssh-login"] == "ssh-as-macula,sudo-root" and first["keys-file"] == "macula:600", first
     assert first["password"] == hashlib.sha256(f"{PASSWORD_HASH}\n".encode()).hexdigest()[:16], first
+    # The node's rest-server for peers' mesh backups, from config.yaml, under the image's real systemd and
+    # Debian's restic-rest-server: its users only, repositories on the data partition, port open to the
+    # configured network alone.
+    assert first["backup-server"] == "active" and first["backup-server-user"] == "restic-rest-server", first
+    assert (first["backup-anonymous"], first["backup-wrong-password"], first["backup-create"]) == \
+        ("401", "401", "200"), first
+    assert first["backup-repo"] == "on-data" and first["backup-rule"] == "10.0.2.0/24", first
 
     with Vm(_spec(built_image, data, "disk"), tmp_path / "boot2.log") as vm:
         vm.wait_for(r"MACULAOS-READY", boot_timeout())
@@ -118,6 +128,7 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert second["ssh-hostkey"] == first["ssh-hostkey"] and second["machine-id"] == first["machine-id"], second
     assert second["hostname"] == first["hostname"] and second["mdns-host"] == first["mdns-host"], second
     assert second["password"] == first["password"], second
+    assert second["backup-server"] == "active" and second["backup-repo"] == "on-data", second
 
 
 def test_blank_data_disk_is_formatted_and_boots_without_config(built_image: BuiltImage, tmp_path: Path) -> None:
