@@ -205,6 +205,8 @@ def test_unattended_settings_come_from_the_kernel_command_line(tmp_path: Path) -
     ("maculaos:\n  mesh:\n    roles:\n      bootstrap: maybe\n", "the agent would refuse it: maculaos.mesh.roles.bootstrap"),
     ("password_hash: at the shop\n", "login settings are refused: .*password_hash must be a crypt"),
     ("ssh_authorized_keys: [nope]\n", r"login settings are refused: .*ssh_authorized_keys\[0\]"),
+    ("maculaos:\n  backup_server:\n    sources: [10.0.3.7/24]\n",
+     r"the agent would refuse it: maculaos.backup_server.sources: entry 0 \('10.0.3.7/24'\)"),
 ])
 def test_a_config_the_agent_would_refuse_is_refused_before_anything_is_written(
         tmp_path: Path, text: str, message: str) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from maculaos.host.backup_server import parse_section
 from maculaos.host.config import HostConfigError
 from maculaos.host.logins import authorized_keys, password_field
 from maculaos.host.mesh import plan_from_config
@@ -193,6 +194,9 @@ def check_config(config: Path) -> str:
         plan_from_config(data)
         authorized_keys(data, config)  # a node nobody can log in to is worse than no install
         password_field(data, config)
+        _, backup_server_error = parse_section(data)  # else the node boots serving nothing, and says so late
+        if backup_server_error:
+            raise ValueError(backup_server_error)
     except ValueError as exc:
         raise InstallError(f"--config {config}: the agent would refuse it: {exc}") from exc
     except HostConfigError as exc:
