@@ -23,7 +23,7 @@ for unit in maculaos-apply.service macula-firstboot.service macula-ready.service
             systemd-resolved.service nftables.service ssh.service chrony.service avahi-daemon.service \
             maculaos-mark-good.service macula-hostname.service maculaos-install.service macula-grow-data.service \
             macula-ssh-keygen.service macula-node-info.service macula-node-info.path macula-k3s-preload.service \
-            nats-server.service; do
+            nats-server.service k3s.service; do
 	if [ -e "/usr/lib/systemd/system/$unit" ]; then systemctl enable "$unit"; fi
 done
 # No waiting up to two minutes for a network at boot: nothing on the boot path needs one.

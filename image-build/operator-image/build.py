@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the operator/agent OCI image without Docker: a pinned Debian base made by mmdebstrap (cached by its
 inputs), the maculaos wheel and its pinned dependencies compiled by the image's own Python, written as one
-OCI archive (also loadable as a docker-archive) that k3s imports from /var/lib/rancher/k3s/agent/images/.
+OCI archive with one zstd layer (also loadable as a docker-archive) that k3s imports from
+/var/lib/rancher/k3s/agent/images/.
 
 Reproducible: every timestamp is SOURCE_DATE_EPOCH (default: the last commit's time), files are written in
 sorted order with numeric owners, and the .pyc files are hash-checked, not timestamped.
@@ -45,6 +46,10 @@ DPKG_OPTIONS = ["path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/
 CUSTOMIZE_HOOKS = ['rm -rf "$1"/var/cache/* "$1"/var/lib/apt/lists/* "$1"/var/log/*',
                    'find "$1"/usr/share/doc "$1"/usr/share/man -xtype l -delete']
 SITE = f"/usr/local/lib/python{PYTHON}/dist-packages"
+# Parts of installed distributions nothing in the image imports (tests/image/test_operator_image.py imports the
+# operator and the agent without them): the Kubernetes client's asyncio copy (64 MB unpacked, kopf talks to
+# the API through aiohttp itself). Each node keeps the unpacked image on its data partition.
+UNUSED_PACKAGE_PARTS = ["kubernetes/aio"]
 USER_ID = 65532
 IMAGE_NAME = "ghcr.io/macula-io/maculaos-operator"
 
@@ -127,11 +132,14 @@ def install_python_packages(root: Path, project_wheel: Path) -> None:
         f"--target={root}{SITE}", project_wheel)
     site = root / SITE.lstrip("/")
     shutil.rmtree(site / "bin", ignore_errors=True)  # scripts with the host's shebang
+    for part in UNUSED_PACKAGE_PARTS:
+        shutil.rmtree(site / part)  # fails loudly if a new version moved it: look again
     for info in site.glob("*.dist-info"):  # where the wheel came from: a path of the build machine
         (info / "direct_url.json").unlink(missing_ok=True)
         record = info / "RECORD"
+        removed = (f"{info.name}/direct_url.json,", *(f"{part}/" for part in UNUSED_PACKAGE_PARTS))
         lines = record.read_text().splitlines(keepends=True)
-        record.write_text("".join(line for line in lines if not line.startswith(f"{info.name}/direct_url.json,")))
+        record.write_text("".join(line for line in lines if not line.startswith(removed)))
     for cache in root.glob(f"{SITE.lstrip('/')}/**/__pycache__"):
         shutil.rmtree(cache)
     run("chroot", root, "python3", "-m", "compileall", "-q", "-j0", "--invalidation-mode=checked-hash", SITE)

@@ -84,6 +84,8 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert first["firstboot"] == "firstboot" and first["extension-file"] == "present", first
     assert first["user"] == "macula", first
     assert first["k3s"] == "not", first                            # "not included (...)", said plainly
+    # Its unit is enabled in every image and skipped by its condition when the binary is not there.
+    assert (first["k3s-unit"], first["k3s-condition"], first["k3s-active"]) == ("enabled", "no", "inactive"), first
     assert first["failed-units"] == "", first
     # What is inside the image (issue #6 contents), as a person at the console would check it:
     assert first["k3s-node-label"] == "1" and first["k3s-version-label"] == "0.1.0", first

@@ -4,7 +4,6 @@ in it, and its entry point run in a chroot as the operator's non-root user."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -61,10 +60,22 @@ def image(layout: Path) -> dict[str, dict[str, object]]:
     return {"index": index, "manifest": manifest, "config": config}
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def decompress_layer(media_type: str, data: bytes) -> bytes:
+    """As containerd does: by the media type, which must say what the bytes are."""
+    assert media_type == "application/vnd.oci.image.layer.v1.tar+zstd", media_type
+    assert data.startswith(ZSTD_MAGIC), "the layer says zstd but is not a zstd frame"
+    return subprocess.run(["zstd", "-d", "-q", "-c"], input=data, capture_output=True, check=True).stdout
+
+
 @pytest.fixture(scope="module")
 def rootfs(layout: Path, image: dict[str, dict[str, object]], tmp_path_factory: pytest.TempPathFactory) -> Path:
     layer = image["manifest"]["layers"][0]  # type: ignore[index]
-    uncompressed = gzip.decompress(blob(layout, layer["digest"]))
+    data = blob(layout, layer["digest"])
+    assert layer["size"] == len(data)
+    uncompressed = decompress_layer(layer["mediaType"], data)
     config = image["config"]
     assert ["sha256:" + hashlib.sha256(uncompressed).hexdigest()] == config["rootfs"]["diff_ids"]  # type: ignore[index]
     root = tmp_path_factory.mktemp("rootfs")
@@ -109,6 +120,9 @@ def test_python_files_are_compiled_for_the_images_interpreter(rootfs: Path) -> N
     site = rootfs / SITE
     wrong = [p for p in site.rglob("*.pyc") if ".cpython-313." not in p.name]
     assert not wrong, f"bytecode of another Python: {wrong[:3]}"
+    assert not (site / "kubernetes" / "aio").exists(), "the client's unused asyncio copy (build.UNUSED_PACKAGE_PARTS)"
+    record = next(site.glob("kubernetes-*.dist-info")) / "RECORD"
+    assert "kubernetes/aio/" not in record.read_text(), "RECORD lists files the image does not have"
     for module in ("maculaos/cli.py", "maculaos/agent/runner.py", "kopf/__init__.py", "kubernetes/__init__.py"):
         source = site / module
         compiled = source.parent / "__pycache__" / f"{source.stem}.cpython-313.pyc"

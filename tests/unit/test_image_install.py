@@ -17,7 +17,7 @@ from maculaos.image.disk import MIB, BootFiles, boot_environment, partition_tabl
 from maculaos.image.install import (InstallError, Medium, SystemView, Target, auto_settings, candidate_disks,
                                     check_config, choose_target, inspect_target, install, plan_install,
                                     read_medium, refusals)
-from maculaos.image.iso import IsoInputs, build_iso, volume_label
+from maculaos.image.iso import IsoInputs, build_iso, efi_image_mib, volume_label
 
 CMDLINE = "boot=macula macula.mode=disk rauc.slot=A console=ttyS0 console=tty0 ro quiet"
 GOLDEN = Path(__file__).parent / "golden"
@@ -66,6 +66,18 @@ def test_iso_is_reproducible_with_bios_and_uefi_boot_images_for_cd_and_usb(tmp_p
     assert any(p["type"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" for p in table["partitiontable"]["partitions"])
     blkid = subprocess.run(["blkid", "-o", "export", str(one)], capture_output=True, text=True).stdout
     assert "TYPE=iso9660" in blkid and "LABEL=MACULAOS_9_9_9_AMD64" in blkid
+
+
+def test_the_isos_efi_image_is_sized_to_its_grub(medium: Medium, tmp_path: Path) -> None:
+    """Every MiB of efi.img is a MiB of the ISO: the FAT image holds BOOTX64.EFI with one MiB spare."""
+    image = medium.root / "boot/grub/efi.img"
+    env = os.environ | {"MTOOLS_SKIP_CHECK": "1"}
+    subprocess.run(["mcopy", "-i", str(image), "::EFI/BOOT/BOOTX64.EFI", str(tmp_path / "x.efi")], env=env,
+                   check=True, capture_output=True)
+    efi = (tmp_path / "x.efi").stat().st_size
+    assert efi > 100_000                                          # a real GRUB, read back from the FAT
+    assert image.stat().st_size == efi_image_mib(efi) * 2**20 <= efi + 2 * 2**20
+    assert [efi_image_mib(n) for n in (1, 2**20, 2**20 + 1)] == [2, 2, 3]
 
 
 def test_iso_menu_matches_golden_and_passes_grubs_syntax_check(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def operator_inputs_digest(repo_root: Path, epoch: int) -> str:
 
 def operator_archive(repo_root: Path, cache: Path, epoch: int) -> Path:
     """The operator archive for these inputs: from the cache, else built by image-build/operator-image
-    (minutes: mmdebstrap of its base, 30 wheels, one gzip layer) and kept for the next build."""
+    (minutes: mmdebstrap of its base, 30 wheels, one zstd layer) and kept for the next build."""
     out = cache / "operator" / operator_inputs_digest(repo_root, epoch)
     done = out / "complete"
     if not done.exists():

@@ -34,6 +34,14 @@ WHEEL_PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2
 DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*",
                 "path-include=/usr/share/doc/*/copyright", "path-exclude=/usr/share/locale/*",
                 "path-exclude=/usr/share/info/*",
+                # GRUB's prebuilt EFI images (5 MB compressed): `maculaos install` and the build make their own with
+                # grub-mkimage from the module folders.
+                "path-exclude=/usr/lib/grub/*-efi/monolithic/*",
+                # git's server and mail helpers, 2.3 MB each (a statically linked libgit apiece): daemon,
+                # http-backend, shell, http-push, imap-send, scalar. Clone, fetch, pull and push over ssh and
+                # https stay.
+                *(f"path-exclude=/usr/{d}/{tool}" for d in ("bin", "lib/git-core") for tool in (
+                    "git-daemon", "git-http-backend", "git-shell", "git-http-push", "git-imap-send", "scalar")),
                 # vim's help, translations, tutor and spell files (27 MB unpacked), as man pages above.
                 *(f"path-exclude=/usr/share/vim/vim*/{d}/*" for d in ("doc", "lang", "tutor", "spell")),
                 # Kernel modules for hardware an edge node does not have (docs/benchmarks.md, "Image size"):
@@ -49,6 +57,9 @@ DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*"
                     "drivers/media/*/b2c2/*", "drivers/base/regmap/regmap-sdw*", "drivers/mfd/cs42l43-sdw.*"))]
 # zstd level of the root: the default (15) took 7 min on a loaded 2-core machine; sizes in docs/benchmarks.md.
 SQUASHFS_ZSTD_LEVEL = 9
+# Block size: 256 KiB compresses 4 MB better than the default 128 KiB; 1 MiB 4 MB more but doubles the
+# decompression a cold Python start pays (small files share fragment blocks): docs/benchmarks.md.
+SQUASHFS_BLOCK = 256 * 1024
 K3S_MISSING = "not included (built without --k3s-binary; this machine cannot reach the upstream release)"
 
 
@@ -313,7 +324,7 @@ class ImageBuilder:
             shutil.copyfile(initrd, result.initrd)
             result.squashfs.unlink(missing_ok=True)
             _run(["mksquashfs", str(root), str(result.squashfs), "-comp", "zstd", "-Xcompression-level",
-                  str(SQUASHFS_ZSTD_LEVEL), "-noappend", "-quiet",
+                  str(SQUASHFS_ZSTD_LEVEL), "-b", str(SQUASHFS_BLOCK), "-noappend", "-quiet",
                   "-no-progress"], "squashfs (zstd) of the root", env)
             rootfs_tar(root, self.out / d.artifact("rootfs.tar.zst"), self.epoch)
         (self.out / d.artifact("build-info")).write_text(self.build_info())

@@ -33,7 +33,9 @@ MEDIUM_ROOT = Path("/run/maculaos/medium")
 MANIFEST = "maculaos/install.json"
 INSTALL_CONFIG = "maculaos/install.yaml"
 LIVE = {"kernel": "live/vmlinuz", "initrd": "live/initrd.img", "squashfs": "live/root.squashfs"}
-EFI_IMAGE_MIB = 8
+EFI_IMAGE_SPARE_MIB = 1
+"""Room left in the FAT image around BOOTX64.EFI (FAT tables, root folder): the image is sized to its
+content, since every MiB of it is a MiB of the ISO (it was 8 MiB around a 0.8 MB GRUB)."""
 
 
 class IsoError(RuntimeError):
@@ -87,6 +89,11 @@ def manifest(inputs: IsoInputs) -> dict[str, object]:
             "files": LIVE}
 
 
+def efi_image_mib(efi_bytes: int) -> int:
+    """The FAT image's size for a BOOTX64.EFI of efi_bytes: the file rounded up to whole MiB, plus spare."""
+    return -(-efi_bytes // disk.MIB) + EFI_IMAGE_SPARE_MIB
+
+
 def _stage(inputs: IsoInputs, staging: Path, label: str) -> None:
     extra = inputs.extra_cmdline
     if inputs.install_config:
@@ -107,10 +114,11 @@ def _stage(inputs: IsoInputs, staging: Path, label: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         efi = grub.iso_efi_image(Path(tmp) / "BOOTX64.EFI", label)
         image = grub_dir / "efi.img"
+        size_mib = efi_image_mib(efi.stat().st_size)
         with image.open("wb") as f:
-            f.truncate(EFI_IMAGE_MIB * disk.MIB)
+            f.truncate(size_mib * disk.MIB)
         volume_id = uuid.uuid5(uuid.NAMESPACE_URL, f"maculaos:iso:{label}:{inputs.epoch}").hex[:8]
-        disk.make_fat(image, 0, EFI_IMAGE_MIB, None, volume_id, {"EFI/BOOT/BOOTX64.EFI": efi},
+        disk.make_fat(image, 0, size_mib, None, volume_id, {"EFI/BOOT/BOOTX64.EFI": efi},
                       inputs.epoch, fat32=False)
     grub.iso_bios_image(grub_dir / "bios.img", label)
     for path in grub_dir.glob("*.early.cfg"):
