@@ -43,7 +43,7 @@ def test_arm64_outputs_are_arm64_through_and_through(built_arm64_image: BuiltIma
     kernel = image.kernel.read_bytes()[:0x40]
     assert kernel[0x38:0x3C] == b"ARM\x64" or kernel[4:8] == b"zimg", kernel
     # The image's own programs and the compiled Python wheels are aarch64.
-    assert _elf_machine(_cat(image, "usr/bin/python3")[:64]) == ELF_MACHINE_AARCH64
+    assert _elf_machine(_cat(image, "usr/bin/python3.13")[:64]) == ELF_MACHINE_AARCH64
     cores = subprocess.run(["unsquashfs", "-lc", str(image.squashfs), "usr/lib/python3/dist-packages/pydantic_core"],
                            capture_output=True, text=True, check=True).stdout.split()
     so = [p.split("squashfs-root/", 1)[1] for p in cores if p.endswith(".so")]
