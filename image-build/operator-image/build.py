@@ -7,7 +7,7 @@ OCI archive with one zstd layer (also loadable as a docker-archive) that k3s imp
 Reproducible: every timestamp is SOURCE_DATE_EPOCH (default: the last commit's time), files are written in
 sorted order with numeric owners, and the .pyc files are hash-checked, not timestamped.
 
-Usage: image-build/operator-image/build.py [--output DIR] [--refresh-base]   (as root: mmdebstrap, chroot)
+Usage: image-build/operator-image/build.py [--output DIR] [--refresh-base] [--arch arm64]   (as root: mmdebstrap, chroot)
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 PACKAGES = ["python3", "tzdata", "util-linux"]
 PYTHON = "3.13"
-ARCH = "amd64"
-WHEEL_PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64",
-                   "manylinux_2_34_x86_64", "any"]
+ARCH = "amd64"                  # the default; --arch arm64 builds under qemu-user-static (binfmt_misc)
+# Debian architecture -> the wheel platform tags pip may choose for it.
+WHEEL_PLATFORMS = {machine_arch: [f"manylinux_2_17_{m}", f"manylinux2014_{m}", f"manylinux_2_28_{m}",
+                                  f"manylinux_2_34_{m}", "any"]
+                   for machine_arch, m in (("amd64", "x86_64"), ("arm64", "aarch64"))}
 # Documentation, manual pages and translations are of no use in a container; copyrights stay.
 DPKG_OPTIONS = ["path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright",
                 "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/info/*",
@@ -79,22 +81,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MACULAOS_IMAGE_CACHE", f"{base}/maculaos/operator-image"))
 
 
-def base_key(epoch: int) -> str:
+def base_key(epoch: int, arch: str) -> str:
     """Everything the base tarball is made from; a change of any of them makes a new base."""
-    inputs = [SUITE, MIRROR, ARCH, *PACKAGES, *DPKG_OPTIONS, *CUSTOMIZE_HOOKS, str(epoch // 86400 // 30)]
+    inputs = [SUITE, MIRROR, arch, *PACKAGES, *DPKG_OPTIONS, *CUSTOMIZE_HOOKS, str(epoch // 86400 // 30)]
     return hashlib.sha256("\n".join(inputs).encode()).hexdigest()[:16]
 
 
-def build_base(epoch: int, refresh: bool) -> Path:
+def build_base(epoch: int, refresh: bool, arch: str) -> Path:
     """The Debian base as a tarball, cached by its inputs (and the month, so security fixes arrive)."""
-    target = cache_dir() / f"base-{SUITE}-{base_key(epoch)}.tar"
+    target = cache_dir() / f"base-{SUITE}-{base_key(epoch, arch)}.tar"
     if target.exists() and not refresh:
         log(f"base: cached {target}")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial.tar")
     started = time.monotonic()
-    run("mmdebstrap", "--variant=essential", f"--architectures={ARCH}", f"--include={','.join(PACKAGES)}",
+    run("mmdebstrap", "--variant=essential", f"--architectures={arch}", f"--include={','.join(PACKAGES)}",
         f"--keyring={KEYRING}", *(f"--dpkgopt={o}" for o in DPKG_OPTIONS),
         *(f"--customize-hook={hook}" for hook in CUSTOMIZE_HOOKS),
         SUITE, partial, MIRROR, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
@@ -103,7 +105,7 @@ def build_base(epoch: int, refresh: bool) -> Path:
     return target
 
 
-def fetch_wheels(work: Path) -> Path:
+def fetch_wheels(work: Path, arch: str) -> Path:
     """The project's wheel and every dependency as a wheel for the image's Python, pinned by
     tools/constraints.txt; downloads are cached per constraints file."""
     constraints = REPO / "tools" / "constraints.txt"
@@ -114,7 +116,7 @@ def fetch_wheels(work: Path) -> Path:
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", project, REPO,
         env={**os.environ, "SOURCE_DATE_EPOCH": str(source_date_epoch())})  # zip entry times
     project_wheel = next(project.glob("maculaos-*.whl"))
-    platform_args = [f"--platform={p}" for p in WHEEL_PLATFORMS]
+    platform_args = [f"--platform={p}" for p in WHEEL_PLATFORMS[arch]]
     run(sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
         "--only-binary=:all:", f"--python-version={PYTHON}", "--implementation=cp", *platform_args,
         "-c", constraints, "-d", wheels, project_wheel)
@@ -122,10 +124,10 @@ def fetch_wheels(work: Path) -> Path:
     return wheels / project_wheel.name
 
 
-def install_python_packages(root: Path, project_wheel: Path) -> None:
+def install_python_packages(root: Path, project_wheel: Path, arch: str) -> None:
     """Install with the host's pip into the image's site directory (no pip in the image), then compile
     with the image's own interpreter so the .pyc files match it."""
-    platform_args = [f"--platform={p}" for p in WHEEL_PLATFORMS]
+    platform_args = [f"--platform={p}" for p in WHEEL_PLATFORMS[arch]]
     run(sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir",
         "--no-index", f"--find-links={project_wheel.parent}", "--only-binary=:all:",
         f"--python-version={PYTHON}", "--implementation=cp", *platform_args, "--no-compile",
@@ -171,9 +173,9 @@ def set_mtimes(trees: list[Path], epoch: int) -> None:
             os.utime(path, (epoch, epoch), follow_symlinks=False)
 
 
-def image_config(version: str, epoch: int) -> ImageConfig:
+def image_config(version: str, epoch: int, arch: str = ARCH) -> ImageConfig:
     return ImageConfig(
-        name=IMAGE_NAME, tag=version, architecture=ARCH, created_epoch=epoch,
+        name=IMAGE_NAME, tag=version, architecture=arch, created_epoch=epoch,
         user=f"{USER_ID}:{USER_ID}", entrypoint=["/usr/local/bin/maculaos"], cmd=["--help"],
         env=["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"],
@@ -184,22 +186,22 @@ def image_config(version: str, epoch: int) -> ImageConfig:
                 "io.macula.os.base": f"debian:{SUITE} ({MIRROR})"})
 
 
-def build(output: Path, refresh_base: bool) -> Path:
+def build(output: Path, refresh_base: bool, arch: str = ARCH) -> Path:
     epoch = source_date_epoch()
     version = project_version()
     started = time.monotonic()
-    base = build_base(epoch, refresh_base)
+    base = build_base(epoch, refresh_base, arch)
     with tempfile.TemporaryDirectory(prefix="operator-image-") as tmp:
         work = Path(tmp)
         root = work / "rootfs"
         root.mkdir()
         run("tar", "-C", root, "--numeric-owner", "-xpf", base)
-        install_python_packages(root, fetch_wheels(work))
+        install_python_packages(root, fetch_wheels(work, arch), arch)
         add_files(root)
         set_mtimes([root / SITE.lstrip("/"), root / "usr/local/bin", root / "usr/local/sbin", root / "etc"], epoch)
         output.mkdir(parents=True, exist_ok=True)
-        archive = output / f"maculaos-operator-{version}-{ARCH}.tar"
-        write_archive(root, image_config(version, epoch), archive)
+        archive = output / f"maculaos-operator-{version}-{arch}.tar"
+        write_archive(root, image_config(version, epoch, arch), archive)
     log(f"wrote {archive} ({archive.stat().st_size / 2**20:.1f} MiB) in {time.monotonic() - started:.0f}s")
     return archive
 
@@ -208,11 +210,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REPO / "build" / "operator-image")
     parser.add_argument("--refresh-base", action="store_true", help="rebuild the cached Debian base")
+    parser.add_argument("--arch", choices=sorted(WHEEL_PLATFORMS), default=ARCH,
+                        help="the image's architecture (a foreign one runs under qemu-user-static)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("build.py needs root (mmdebstrap and chroot)", file=sys.stderr)
         return 1
-    build(args.output, args.refresh_base)
+    build(args.output, args.refresh_base, args.arch)
     return 0
 
 

@@ -230,6 +230,8 @@ def _image_definition(args: argparse.Namespace) -> "ImageDefinition":
     from maculaos.image.definition import load_definition
 
     definition = load_definition(args.definition, args.extend)
+    if getattr(args, "arch", None):
+        definition = definition.for_arch(args.arch)
     return definition.select(args.profiles.split(",")) if args.profiles else definition
 
 
@@ -453,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a custom build's additions (packages, overlays, files, firstboot), repeatable")
         cmd.add_argument("--profiles", default="", help="comma-separated package profiles instead of the "
                                                         "definition's `profiles`")
+        cmd.add_argument("--arch", default="", help="amd64 or arm64 instead of the definition's `arch` (a "
+                                                    "foreign one is built under qemu-user-static)")
         cmd.set_defaults(func=func)
     cmd.add_argument("--out", type=Path, default=REPO_ROOT / "dist")
     cmd.add_argument("--cache", type=Path, default=None, help="download cache (default ~/.cache/maculaos/image)")

@@ -33,9 +33,10 @@ class BuiltImage:
         return self.out / self.squashfs.name.replace(".squashfs", f".{fmt}")
 
 
-@pytest.fixture(scope="session")
-def built_image() -> BuiltImage:
+def build_for(arch: str) -> BuiltImage:
+    """The tests' image for one architecture, built once and kept in the cache by its inputs' digest."""
     definition = load_definition(REPO / "image-build" / "maculaos.yaml", [EXTENSION]).select(PROFILES)
+    definition = definition.for_arch(arch)
     inputs = BuildInputs(definition, REPO, development_identity(default_cache()))
     out = default_cache() / "builds" / inputs.digest()
     names = [definition.artifact(f) for f in ("squashfs", "kernel", "initrd", "build-info")]
@@ -44,6 +45,28 @@ def built_image() -> BuiltImage:
         ImageBuilder(inputs, out).build()
         (out / "complete").touch()
     return BuiltImage(*(out / n for n in names[:3]), build_info=(out / names[3]).read_text(), out=out)
+
+
+@pytest.fixture(scope="session")
+def built_image() -> BuiltImage:
+    return build_for("amd64")
+
+
+@pytest.fixture(scope="session")
+def built_arm64_image() -> BuiltImage:
+    """The same image for arm64, built under qemu-user-static (tens of minutes: tests marked `arm64`)."""
+    return build_for("arm64")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The arm64 tests run only when asked (`-m arm64`): building under qemu-user-static takes longer than
+    CI's time limit leaves room for."""
+    if "arm64" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="arm64 image: built under emulation, slow; run with -m arm64")
+    for item in items:
+        if item.get_closest_marker("arm64"):
+            item.add_marker(skip)
 
 
 def boot_timeout() -> float:

@@ -67,6 +67,7 @@ def test_profiles_select_package_lists() -> None:
     ({"overlays": ["does-not-exist"]}, "overlays: .*does-not-exist is not a folder"),
     ({"images": ["registry/app:1"]}, "images: Extra inputs are not permitted"),
     ({"firstboot": [""]}, "firstboot.0: String should have at least 1 character"),
+    ({"packages": ["raspi-firmware [armhf]"]}, "packages: Value error, 'raspi-firmware \\[armhf\\]': 'armhf' is not"),
 ])
 def test_bad_extension_values_are_refused_naming_the_field(tmp_path: Path, ext: dict[str, object],
                                                            message: str) -> None:
@@ -85,7 +86,12 @@ def test_extension_may_not_replace_a_file_the_definition_writes(tmp_path: Path) 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"version": "1.0"}, "version: String should match pattern"),
     ({"suite": "bookworm"}, "suite: String should match pattern"),
-    ({"arch": "riscv64"}, "arch: String should match pattern"),
+    ({"arch": "riscv64"}, "arch: Input should be 'amd64' or 'arm64'"),
+    ({"arch": "x86_64"}, "arch: Input should be 'amd64' or 'arm64'"),      # the kernel's name, not Debian's
+    ({"packages": {"boot": ["grub-pc-bin [arm46]"]}},
+     "packages: Value error, boot: 'grub-pc-bin \\[arm46\\]': 'arm46' is not an architecture MaculaOS builds"),
+    ({"packages": {"boot": ["grub-pc-bin [amd64"]}}, "packages.boot.0: String should match pattern"),
+    ({"packages": {"boot": ["grub-pc-bin []"]}}, "packages.boot.0: String should match pattern"),
     ({"mirrors": []}, "mirrors: List should have at least 1 item"),
     ({"mirrors": ["ftp://example.org/debian"]}, "mirrors.0: String should match pattern"),
     ({"profiles": ["boot", "gui"]}, "'gui' is not a key of packages"),
@@ -118,3 +124,39 @@ def test_python_pins_come_from_constraints(tmp_path: Path) -> None:
     assert _pins(constraints, ["pydantic", "pyyaml"]) == ["pydantic==2.14.4", "pyyaml==6.0.4"]
     with pytest.raises(BuildError, match="python: kopf has no pin"):
         _pins(constraints, ["kopf"])
+
+
+def test_amd64_builds_exactly_the_packages_it_did_before_architectures_were_added() -> None:
+    """The list a plain build installed before "[arch]" entries existed (the amd64 image's inputs)."""
+    expected = ("linux-image-amd64 initramfs-tools busybox e2fsprogs systemd systemd-sysv udev dbus kmod zstd "
+                "grub-common dosfstools fdisk cloud-guest-utils mtools grub-pc-bin grub-efi-amd64-bin python3 "
+                "nftables iproute2 systemd-resolved ca-certificates openssh-server sudo less rauc rauc-service "
+                "restic restic-rest-server wireguard-tools cryptsetup chrony avahi-daemon avahi-utils curl jq "
+                "vim nano htop btop tmux rsync git fastfetch nats-server firmware-linux-free "
+                "firmware-misc-nonfree firmware-realtek firmware-iwlwifi intel-microcode amd64-microcode").split()
+    assert load_definition(DEFINITION).debian_packages() == expected
+    assert load_definition(DEFINITION).for_arch("amd64").debian_packages() == expected
+
+
+def test_arm64_swaps_the_architecture_specific_packages_and_keeps_the_rest() -> None:
+    amd64 = load_definition(DEFINITION)
+    arm64 = amd64.for_arch("arm64")
+    assert arm64.arch == "arm64" and arm64.artifact("raucb") == f"macula-os-{arm64.version}-arm64.raucb"
+    only_amd64 = set(amd64.debian_packages()) - set(arm64.debian_packages())
+    only_arm64 = set(arm64.debian_packages()) - set(amd64.debian_packages())
+    assert only_amd64 == {"linux-image-amd64", "grub-pc-bin", "grub-efi-amd64-bin", "intel-microcode",
+                          "amd64-microcode"}
+    assert only_arm64 == {"linux-image-arm64", "grub-efi-arm64-bin"}
+
+
+def test_an_extension_may_restrict_a_package_to_one_architecture(tmp_path: Path) -> None:
+    ext = _write(tmp_path, "custom.yaml", {"packages": ["raspi-firmware [arm64]", "python3-numpy"]})
+    assert "raspi-firmware" in load_definition(DEFINITION, [ext]).for_arch("arm64").debian_packages()
+    amd64 = load_definition(DEFINITION, [ext]).debian_packages()
+    assert "raspi-firmware" not in amd64 and "python3-numpy" in amd64
+
+
+@pytest.mark.parametrize("arch", ["riscv64", "x86_64", "", "ARM64"])
+def test_an_unknown_arch_option_is_refused(arch: str) -> None:
+    with pytest.raises(DefinitionError, match=f"--arch: '{arch}' is not one of amd64, arm64"):
+        load_definition(DEFINITION).for_arch(arch)

@@ -63,6 +63,22 @@ def archive_reference(archive: Path) -> str:
     return str(tags[0])
 
 
+def archive_architecture(archive: Path) -> str:
+    """The architecture an image archive's config names (an amd64 operator in an arm64 node would never
+    start: exec format error, long after the build)."""
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("manifest.json")
+            config_name = json.load(member)[0]["Config"] if member else ""
+            config = tar.extractfile(config_name) if config_name else None
+            arch = json.load(config).get("architecture", "") if config else ""
+    except (OSError, KeyError, IndexError, ValueError, tarfile.TarError) as exc:
+        raise AirgapError(f"{archive}: not an image archive with a manifest.json and config: {exc}") from exc
+    if not arch:
+        raise AirgapError(f"{archive}: its image config names no architecture")
+    return str(arch)
+
+
 def operator_values(reference: str) -> dict[str, object]:
     """The operator chart's values on a MaculaOS node: exactly the pre-loaded image, never pulled."""
     repository, _, tag = reference.rpartition(":")
@@ -126,9 +142,9 @@ def stage(payload: Path, archive: Path, repo_root: Path, version: str, epoch: in
     return reference
 
 
-def operator_inputs_digest(repo_root: Path, epoch: int) -> str:
-    """What the operator archive is made from: its builder, the package, the pins, the epoch."""
-    h = hashlib.sha256(str(epoch).encode())
+def operator_inputs_digest(repo_root: Path, epoch: int, arch: str = "amd64") -> str:
+    """What the operator archive is made from: its builder, the package, the pins, the epoch, the arch."""
+    h = hashlib.sha256(f"{epoch} {arch}".encode())
     files = [repo_root / "pyproject.toml", repo_root / "tools" / "constraints.txt"]
     for tree in (repo_root / "image-build" / "operator-image", repo_root / "operator" / "maculaos"):
         files += sorted(p for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
@@ -137,21 +153,22 @@ def operator_inputs_digest(repo_root: Path, epoch: int) -> str:
     return h.hexdigest()[:16]
 
 
-def operator_archive(repo_root: Path, cache: Path, epoch: int) -> Path:
+def operator_archive(repo_root: Path, cache: Path, epoch: int, arch: str = "amd64") -> Path:
     """The operator archive for these inputs: from the cache, else built by image-build/operator-image
-    (minutes: mmdebstrap of its base, 30 wheels, one zstd layer) and kept for the next build."""
-    out = cache / "operator" / operator_inputs_digest(repo_root, epoch)
+    (minutes: mmdebstrap of its base, 30 wheels, one zstd layer; more under emulation for a foreign arch)
+    and kept for the next build."""
+    out = cache / "operator" / operator_inputs_digest(repo_root, epoch, arch)
     done = out / "complete"
     if not done.exists():
         print(f"[image] operator image (cached in {out})", file=sys.stderr, flush=True)
         builder = repo_root / "image-build" / "operator-image" / "build.py"
         env = os.environ | {"SOURCE_DATE_EPOCH": str(epoch)}
-        result = subprocess.run([sys.executable, str(builder), f"--output={out}"], env=env, check=False)
+        result = subprocess.run([sys.executable, str(builder), f"--output={out}", f"--arch={arch}"], env=env, check=False)
         if result.returncode != 0:
             raise AirgapError(f"the operator image build failed (exit {result.returncode}): {builder}; "
                               "or give a built archive with --operator-image PATH")
         done.touch()
-    found = sorted(out.glob("maculaos-operator-*.tar"))
+    found = sorted(out.glob(f"maculaos-operator-*-{arch}.tar"))
     if len(found) != 1:
         raise AirgapError(f"expected one operator archive in {out}, found {[p.name for p in found]}")
     return found[0]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maculaos import __version__
-from maculaos.image import debcache, disk, grub, iso
-from maculaos.image.bundle import BundleError, build_bundle
+from maculaos.image import debcache, disk, emulation, grub, iso
+from maculaos.image.bundle import BundleError, build_bundle, compatible
 from maculaos.image import airgap
 from maculaos.image.definition import ImageDefinition
 from maculaos.image.signing import SigningError, SigningIdentity, sign_file
@@ -30,6 +30,13 @@ TOOLS = {"mmdebstrap": "mmdebstrap", "mksquashfs": "squashfs-tools", "rauc": "ra
 # The image's python3 (Debian 13): the platform the wheels are chosen for.
 IMAGE_PYTHON = "3.13"
 WHEEL_PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64", "any"]
+# The same for every architecture the definition allows (Debian name -> wheel platform tags).
+WHEEL_PLATFORMS_BY_ARCH = {"amd64": WHEEL_PLATFORMS,
+                           "arm64": ["manylinux_2_17_aarch64", "manylinux2014_aarch64", "manylinux_2_28_aarch64",
+                                     "any"]}
+# Outputs with a boot loader: GRUB for BIOS and UEFI on x86 only so far (grub.py, disk.py, iso.py). Other
+# architectures get the root, its boot files, the rootfs tar and the RAUC bundle (image-build/README.md).
+BOOTABLE_ARCHES = ("amd64",)
 # Documentation and translations are not needed on a node; copyright files stay (licences).
 DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*",
                 "path-include=/usr/share/doc/*/copyright", "path-exclude=/usr/share/locale/*",
@@ -148,6 +155,22 @@ def _pins(constraints: Path, names: list[str]) -> list[str]:
     return [f"{n}=={pins[norm(n)]}" for n in names]
 
 
+def choose_wheels(folder: Path, pins: list[str], platforms: list[str]) -> list[Path]:
+    """The wheel of each pin for the image's Python in `folder`, which holds the wheels of every
+    architecture built on this machine: one for these platform tags, or a pure-Python one."""
+    chosen = []
+    for pin in pins:
+        name, version = pin.split("==")
+        prefix = f"{name.lower().replace('-', '_')}-{version}-"
+        found = [w for w in folder.glob("*.whl") if w.name.lower().startswith(prefix)
+                 and ("cp313" in w.name or "none-any" in w.name or "abi3" in w.name)
+                 and any(tag in platforms for tag in w.name[:-len(".whl")].split("-")[-1].split("."))]
+        if not found:
+            raise BuildError(f"no wheel for {pin}, Python {IMAGE_PYTHON} and {platforms[0]} in {folder}")
+        chosen.append(sorted(found)[0])
+    return chosen
+
+
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
     print(f"[image] {what}", file=sys.stderr, flush=True)
     result = subprocess.run(cmd, env=env, check=False)
@@ -180,23 +203,35 @@ class ImageBuilder:
         if os.geteuid() != 0:
             raise BuildError("the image build runs mmdebstrap in root mode (files owned by root in the "
                              "image): run it as root")
+        try:
+            how = emulation.check(self.definition.arch)
+        except emulation.EmulationError as exc:
+            raise BuildError(str(exc)) from exc
+        print(f"[image] {self.definition.arch} on this {emulation.host_arch()} machine: {how}", file=sys.stderr,
+              flush=True)
+
+    @property
+    def wheel_platforms(self) -> list[str]:
+        return WHEEL_PLATFORMS_BY_ARCH[self.definition.arch]
 
     def fetch_wheels(self) -> list[Path]:
         """The pinned wheels for the image's python, downloaded once into the cache."""
         wheels = self.cache / "wheels"
         pins = _pins(self.inputs.repo_root / "tools" / "constraints.txt", self.definition.python)
         _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(wheels),
-              *_pip_target_args(WHEEL_PLATFORMS), *pins], f"Python wheels for {IMAGE_PYTHON}: {' '.join(pins)}")
-        chosen = []
-        for pin in pins:
-            name, version = pin.split("==")
-            prefix = f"{name.lower().replace('-', '_')}-{version}-"
-            found = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(prefix)
-                     and ("cp313" in w.name or "none-any" in w.name or "abi3" in w.name)]
-            if not found:
-                raise BuildError(f"no wheel for {pin} and Python {IMAGE_PYTHON} in {wheels}")
-            chosen.append(sorted(found)[0])
-        return chosen
+              *_pip_target_args(self.wheel_platforms), *pins],
+             f"Python wheels for {IMAGE_PYTHON} on {self.definition.arch}: {' '.join(pins)}")
+        return choose_wheels(wheels, pins, self.wheel_platforms)
+
+    def check_operator_archive(self, archive: Path) -> None:
+        """The pre-loaded operator image must be built for the image's architecture."""
+        try:
+            archive_arch = airgap.archive_architecture(archive)
+        except airgap.AirgapError as exc:
+            raise BuildError(str(exc)) from exc
+        if archive_arch != self.definition.arch:
+            raise BuildError(f"--operator-image {archive} is built for {archive_arch}, this image for "
+                             f"{self.definition.arch}: its pods could not start on the node")
 
     def build_info(self) -> str:
         d = self.definition
@@ -240,6 +275,7 @@ class ImageBuilder:
         info = payload / "etc/maculaos/build-info"
         info.parent.mkdir(parents=True, exist_ok=True)
         info.write_text(self.build_info())
+        self._rauc_compatible(payload / "etc/rauc/system.conf")
         keyring = payload / "etc/rauc/keyring.pem"
         keyring.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.inputs.signing.keyring, keyring)
@@ -250,7 +286,7 @@ class ImageBuilder:
         if wheels:
             _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-compile",
                   "--find-links", str(wheels[0].parent), "--target", str(site),
-                  *_pip_target_args(WHEEL_PLATFORMS), *pins], "Python packages into the image")
+                  *_pip_target_args(self.wheel_platforms), *pins], "Python packages into the image")
         shutil.copytree(self.inputs.repo_root / "operator" / "maculaos", site / "maculaos",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
         entry = payload / "usr/bin/maculaos"
@@ -268,6 +304,20 @@ class ImageBuilder:
             for name in [*dirs, *files]:
                 os.utime(os.path.join(top, name), (self.epoch, self.epoch), follow_symlinks=False)
         os.utime(payload, (self.epoch, self.epoch))
+
+    def _rauc_compatible(self, conf: Path) -> None:
+        """RAUC's compatible in the image is the one its bundles carry (maculaos-<arch>): the overlay's
+        system.conf names amd64's; a build for another architecture rewrites that one line."""
+        if not conf.exists():
+            return
+        lines = conf.read_text().splitlines(keepends=True)
+        found = [i for i, line in enumerate(lines) if line.startswith("compatible=")]
+        if len(found) != 1:
+            raise BuildError(f"{conf}: expected one compatible= line, found {len(found)}")
+        wanted = f"compatible={compatible(self.definition.arch)}\n"
+        if lines[found[0]] != wanted:
+            lines[found[0]] = wanted
+            conf.write_text("".join(lines))
 
     def mmdebstrap_command(self, root: Path, payload: Path, debs_in: Path, debs_out: Path) -> list[str]:
         """debs_in: this build's snapshot of the .deb cache; debs_out: where its .debs go (see debcache)."""
@@ -296,13 +346,16 @@ class ImageBuilder:
 
     def build(self) -> BuildResult:
         self.check_tools()
+        if self.inputs.operator_image:      # before any download
+            self.check_operator_archive(self.inputs.operator_image)
         started = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
         work = self.cache / "work"
         work.mkdir(parents=True, exist_ok=True)
         wheels = self.fetch_wheels()
         operator_archive = self.inputs.operator_image or airgap.operator_archive(
-            self.inputs.repo_root, self.cache, self.epoch)
+            self.inputs.repo_root, self.cache, self.epoch, self.definition.arch)
+        self.check_operator_archive(operator_archive)
         env = os.environ | {"SOURCE_DATE_EPOCH": str(self.epoch)}
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             payload, root = Path(tmp) / "payload", Path(tmp) / "root"
@@ -339,6 +392,8 @@ class ImageBuilder:
         art = {fmt: self.out / d.artifact(fmt) for fmt in ("squashfs", "kernel", "initrd", "build-info",
                                                             "rootfs.tar.zst", "img", "qcow2", "iso", "raucb",
                                                             "cert.pem")}
+        if d.arch not in BOOTABLE_ARCHES:
+            return self._outputs_without_boot_media(art)
         print("[image] raw disk image (GPT, GRUB BIOS+UEFI)", file=sys.stderr, flush=True)
         try:
             disk.build_disk(disk.DiskInputs(
@@ -358,6 +413,22 @@ class ImageBuilder:
             sums = self._checksums(list(outputs))
             sign_file(self.inputs.signing, sums)
         except (disk.DiskError, grub.GrubError, iso.IsoError, BundleError, SigningError) as exc:
+            raise BuildError(str(exc)) from exc
+        return outputs
+
+    def _outputs_without_boot_media(self, art: dict[str, Path]) -> tuple[Path, ...]:
+        """An architecture without a boot loader here yet (arm64: GRUB's arm64-efi modules are not
+        installable on an amd64 build machine): the signed bundle and SHA256SUMS over what there is."""
+        d = self.definition
+        print(f"[image] no disk image, qcow2 or ISO for {d.arch} yet; RAUC bundle (verity, signed)",
+              file=sys.stderr, flush=True)
+        try:
+            build_bundle(art["squashfs"], art["raucb"], d.version, d.arch, self.inputs.digest(),
+                         self.inputs.signing)
+            shutil.copyfile(self.inputs.signing.cert, art["cert.pem"])
+            outputs = tuple(p for fmt, p in art.items() if p.exists() and fmt not in ("img", "qcow2", "iso"))
+            sign_file(self.inputs.signing, self._checksums(list(outputs)))
+        except (BundleError, SigningError) as exc:
             raise BuildError(str(exc)) from exc
         return outputs
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self, cast
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-# Debian policy 5.6.1: lower case letters, digits, + - . ; at least two characters, starting alnum.
-DebianPackage = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.-]+$", max_length=100)]
+# The architectures an image can be built for (Debian's names). A foreign one is built under emulation
+# (qemu-user-static and binfmt_misc: maculaos.image.emulation).
+ARCHES = ("amd64", "arm64")
+Arch = Literal["amd64", "arm64"]
+# Debian policy 5.6.1: lower case letters, digits, + - . ; at least two characters, starting alnum. An entry
+# may end in an architecture restriction as in Build-Depends, "grub-pc-bin [amd64]": only in those builds.
+DebianPackage = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.-]+( \[[a-z0-9 ]+\])?$",
+                                                 max_length=100)]
 ImagePath = Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$", max_length=1024)]
 # What a kernel command line word may hold here: no quoting, no newline.
 CmdlineWord = re.compile(r"^[A-Za-z0-9_.,:/=+@-]+$")
@@ -34,6 +40,20 @@ def _check_image_files(files: dict[str, str]) -> dict[str, str]:
     return files
 
 
+def split_restriction(entry: str) -> tuple[str, list[str]]:
+    """"grub-pc-bin [amd64]" -> ("grub-pc-bin", ["amd64"]); an entry without one -> (entry, [])."""
+    name, _, rest = entry.partition(" [")
+    return name, rest.rstrip("]").split() if rest else []
+
+
+def _check_restriction(entry: str, where: str = "") -> None:
+    _, arches = split_restriction(entry)
+    unknown = [a for a in arches if a not in ARCHES]
+    if unknown:
+        raise ValueError(f"{where}{entry!r}: {unknown[0]!r} is not an architecture MaculaOS builds "
+                         f"({', '.join(ARCHES)})")
+
+
 # Files written into the image (path: content); the paths are checked as a whole, so errors name `files`.
 ImageFiles = Annotated[dict[ImagePath, str], AfterValidator(_check_image_files)]
 
@@ -48,6 +68,13 @@ class Extension(BaseModel):
     files: ImageFiles = Field(default_factory=dict, max_length=200)
     firstboot: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] = Field(
         default_factory=list, max_length=100)
+
+    @field_validator("packages")
+    @classmethod
+    def _package_arches(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            _check_restriction(entry)
+        return value
 
 
 class DiskSizes(BaseModel):
@@ -66,7 +93,7 @@ class ImageDefinition(BaseModel):
 
     name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")]
     version: Annotated[str, StringConstraints(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$")]
-    arch: Annotated[str, StringConstraints(pattern=r"^(amd64)$")]
+    arch: Arch = Field(description="the default architecture; `maculaos image build --arch` picks another")
     suite: Annotated[str, StringConstraints(pattern=r"^trixie$")]
     mirrors: list[Annotated[str, StringConstraints(pattern=r"^(https?|file)://\S+( [a-z0-9-]+)?$")]] = Field(
         min_length=1, max_length=10)
@@ -97,11 +124,25 @@ class ImageDefinition(BaseModel):
             raise ValueError("must contain boot=macula (the MaculaOS initramfs script)")
         return value
 
+    @field_validator("packages_by_profile")
+    @classmethod
+    def _package_arches(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for profile, names in value.items():
+            for entry in names:
+                _check_restriction(entry, f"{profile}: ")
+        return value
+
     def model_post_init(self, context: Any, /) -> None:
         unknown = [p for p in self.profiles if p not in self.packages_by_profile]
         if unknown:
             raise ValueError(f"profiles: {unknown[0]!r} is not a key of packages "
                              f"({', '.join(self.packages_by_profile)})")
+
+    def for_arch(self, arch: str) -> Self:
+        """This definition built for another architecture (`--arch`)."""
+        if arch not in ARCHES:
+            raise DefinitionError(f"--arch: {arch!r} is not one of {', '.join(ARCHES)}")
+        return self.model_copy(update={"arch": cast(Arch, arch)})
 
     def select(self, profiles: list[str]) -> Self:
         """This definition with another choice of profiles (`--profiles`)."""
@@ -125,8 +166,10 @@ class ImageDefinition(BaseModel):
         })
 
     def debian_packages(self) -> list[str]:
-        """Every Debian package to install: the chosen profiles, then the extensions' packages."""
-        names = [p for prof in self.profiles for p in self.packages_by_profile[prof]] + self.extra_packages
+        """Every Debian package to install for this architecture: the chosen profiles, then the extensions'
+        packages; an entry restricted to other architectures ("name [arm64]") is left out."""
+        entries = [p for prof in self.profiles for p in self.packages_by_profile[prof]] + self.extra_packages
+        names = [name for name, arches in map(split_restriction, entries) if not arches or self.arch in arches]
         return list(dict.fromkeys(names))
 
     def artifact(self, fmt: str) -> str:

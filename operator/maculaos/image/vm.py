@@ -22,6 +22,13 @@ class BootError(AssertionError):
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# The emulator and machine per image architecture. arm64: QEMU's generic `virt` board (PL011 serial:
+# console=ttyAMA0) with a Cortex-A57, which TCG emulates faster than `max` (no pointer authentication);
+# Debian's AAVMF (qemu-efi-aarch64) as firmware: the kernel is started as an EFI application.
+QEMU = {"amd64": ("qemu-system-x86_64", ("-machine", "q35", "-cpu", "max"), "qemu-system-x86"),
+        "arm64": ("qemu-system-aarch64", ("-machine", "virt", "-cpu", "cortex-a57"), "qemu-system-arm")}
+AAVMF_CODE = Path("/usr/share/AAVMF/AAVMF_CODE.fd")
+AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ class VmSpec:
     """A writable copy of OVMF's variable store: boot with UEFI firmware (OVMF) instead of SeaBIOS."""
     reboot: bool = False
     """Let the guest reboot (GRUB's try counter needs real reboots); otherwise a reboot ends QEMU."""
+    arch: str = "amd64"
+    """The image's architecture: which QEMU (see QEMU); arm64 always boots through AAVMF (UEFI)."""
 
     @classmethod
     def for_disk(cls, disk: Path, uefi_vars: Path | None = None, reboot: bool = True,
@@ -50,20 +59,24 @@ class VmSpec:
         return cls(None, None, None, None, disk=disk, uefi_vars=uefi_vars, reboot=reboot, extra_args=extra_args)
 
 
-def uefi_vars_copy(target: Path) -> Path:
-    """OVMF's empty variable store, copied: the firmware writes to it."""
-    shutil.copyfile(OVMF_VARS, target)
+def uefi_vars_copy(target: Path, arch: str = "amd64") -> Path:
+    """OVMF's (AAVMF's on arm64) empty variable store, copied: the firmware writes to it."""
+    shutil.copyfile(AAVMF_VARS if arch == "arm64" else OVMF_VARS, target)
     return target
 
 
 def qemu_command(spec: VmSpec) -> list[str]:
     accel = os.environ.get("MACULAOS_QEMU_ACCEL", "tcg")
     accels = ["-accel", "kvm", "-accel", "tcg"] if accel == "kvm" else ["-accel", "tcg"]
-    cmd = ["qemu-system-x86_64", *accels, "-machine", "q35", "-cpu", "max", "-m", str(spec.memory_mib),
+    binary, machine, _ = QEMU[spec.arch]
+    cmd = [binary, *accels, *machine, "-m", str(spec.memory_mib),
            "-smp", str(spec.cpus), "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio"]
     if not spec.reboot:
         cmd.append("-no-reboot")
-    if spec.uefi_vars:
+    if spec.uefi_vars and spec.arch == "arm64":
+        cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={AAVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,file={spec.uefi_vars}"]
+    elif spec.uefi_vars:
         cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
                 "-drive", f"if=pflash,format=raw,file={spec.uefi_vars}"]
     if spec.kernel and spec.initrd:
@@ -82,8 +95,9 @@ class Vm:
     """A running VM; use as a context manager so QEMU is always stopped."""
 
     def __init__(self, spec: VmSpec, log: Path | None = None) -> None:
-        if not shutil.which("qemu-system-x86_64"):
-            raise BootError("qemu-system-x86_64 is missing (Debian package qemu-system-x86; tools/install.sh)")
+        binary, _, package = QEMU[spec.arch]
+        if not shutil.which(binary):
+            raise BootError(f"{binary} is missing (Debian package {package}; tools/install.sh)")
         self.spec = spec
         self.log_path = log
         self.console = ""
