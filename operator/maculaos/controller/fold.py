@@ -2,10 +2,11 @@
 decisions) read every node's entry where they always have: on the object.
 
 Each node's agent writes only its own NodeReport (one object per node: no two writers share an object).
-The operator watches them, waits a moment for a burst of reports to land, and writes one merge patch of
-status.nodes per object whose entries changed. status.nodes is derived, never edited: an entry shows when
-a node reports on the object (and on this very object: its uid), and goes when the node stops reporting
-on it, when its NodeReport goes (garbage-collected with its Node), or when its Node is gone.
+The operator watches them and writes one merge patch of status.nodes per object whose entries changed: at
+once for a report after a quiet spell, after a short pause within a burst of reports. status.nodes is
+derived, never edited: an entry shows when a node reports on the object (and on this very object: its
+uid), and goes when the node stops reporting on it, when its NodeReport goes (garbage-collected with its
+Node), or when its Node is gone.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from maculaos.kuberest import MERGE_PATCH, merge_patch
 
 log = logging.getLogger("maculaos.controller")
 
-#: A fold waits until reports pause this long (a MeshRole change makes every node report within moments)...
+#: Within a burst (a MeshRole change makes every node report within moments), a fold waits until reports
+#: pause this long...
 DEBOUNCE_SECONDS = 0.2
 #: ...but never longer than this after the first report of a burst: a large fleet reporting over several
 #: seconds gets a fold a second, not one per report (each fold is a status write every watcher receives).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any
 
 import kopf
@@ -60,18 +61,23 @@ def resync_all(api: client.ApiClient, rollouts: Rollouts, folder: Folder | None 
     return written
 
 
-async def fold_forever(folder: Folder, wake: asyncio.Event) -> None:
-    """Fold the NodeReports into status.nodes shortly after they change (one write per object per burst)."""
+async def fold_forever(folder: Folder, wake: asyncio.Event, debounce: float = DEBOUNCE_SECONDS,
+                       max_delay: float = MAX_DELAY_SECONDS) -> None:
+    """Fold the NodeReports into status.nodes as they change. A report after a quiet spell is folded at
+    once (a lone on-demand backup's result shows without delay); reports arriving while folds are recent
+    wait for the burst to pause (at most max_delay), so a fleet's burst costs about one write a second."""
     loop = asyncio.get_running_loop()
+    last_fold = -math.inf
     while True:
         await wake.wait()
         first = loop.time()
-        while (left := first + MAX_DELAY_SECONDS - loop.time()) > 0:
-            wake.clear()
-            try:
-                await asyncio.wait_for(wake.wait(), min(DEBOUNCE_SECONDS, left))
-            except TimeoutError:
-                break  # the burst paused
+        if first - last_fold < max_delay:  # within a burst: let the rest of it land first
+            while (left := first + max_delay - loop.time()) > 0:
+                wake.clear()
+                try:
+                    await asyncio.wait_for(wake.wait(), min(debounce, left))
+                except TimeoutError:
+                    break  # the burst paused
         wake.clear()
         try:
             await asyncio.to_thread(folder.fold_pending)
@@ -79,6 +85,7 @@ async def fold_forever(folder: Folder, wake: asyncio.Event) -> None:
             log.warning(f"folding node reports failed: {exc}")
             await asyncio.sleep(1.0)
             wake.set()
+        last_fold = loop.time()
 
 
 async def resync_forever(api: client.ApiClient, rollouts: Rollouts, interval: float, folder: Folder) -> None:
