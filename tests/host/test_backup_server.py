@@ -27,7 +27,8 @@ from maculaos.devenv.nodes import IMAGE_OVERLAY
 from maculaos.devenv.processes import ProcessRecord, free_port, spawn, stop, wait_for_port
 from maculaos.devenv.restserver import RestServer
 from maculaos.host.backup_server import (BINARY, ENVIRONMENT, HTPASSWD, SERVICE, backup_server_warnings,
-                                         converge_service, probe_rest_server, served_port, server_setting)
+                                         converge_service, probe_rest_server, served_port, served_rule,
+                                         server_setting)
 from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.firewall import tcp_port_blocked
 from maculaos.host.mesh import apply_mesh, plan_mesh
@@ -183,6 +184,13 @@ def test_a_firewalled_server_is_not_advertised_until_the_config_opens_its_port(
 def test_the_port_the_firewall_opens_is_the_one_peers_use(section: Any, port: int | None) -> None:
     assert served_port({"maculaos": {"backup_server": section}}) == port
     assert served_port({"maculaos": {}}) is None and served_port({"maculaos": "x"}) is None
+
+
+def test_the_firewall_rule_pairs_the_port_with_the_admitted_networks() -> None:
+    section = {"url": "http://10.0.3.7:9000/", "sources": ["10.0.3.0/24", "fd00::/64"]}
+    assert served_rule({"maculaos": {"backup_server": section}}) == (9000, ("10.0.3.0/24", "fd00::/64"))
+    assert served_rule({"maculaos": {"backup_server": {"port": 8100}}}) == (8100, ())
+    assert served_rule({"maculaos": {"backup_server": {"enabled": False}}}) is None
 
 
 def install_image_unit(host_root: Path) -> Path:

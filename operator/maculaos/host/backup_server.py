@@ -154,26 +154,28 @@ def _serving(config: dict[str, Any]) -> BackupServerConfig | None:
     return parsed if parsed is not None and parsed.enabled else None
 
 
-def served_port(config: dict[str, Any]) -> int | None:
-    """The TCP port peers reach this node's rest-server on, when config.yaml asks to serve: the firewall
-    opens it, so the one setting both serves and admits. The url's port when url is given (a proxy on this
-    node may stand in front), else port; None when the node does not serve."""
+def served_rule(config: dict[str, Any]) -> tuple[int, tuple[str, ...]] | None:
+    """The TCP port peers reach this node's rest-server on and the networks admitted to it (empty: any),
+    when config.yaml asks to serve: the firewall opens it, so the one setting both serves and admits. The
+    url's port when url is given (a proxy on this node may stand in front), else port; None when the node
+    does not serve."""
     parsed = _serving(config)
     if parsed is None:
         return None
+    port = parsed.port
     if parsed.url:
         parts = urllib.parse.urlsplit(parsed.url)
         try:
-            return parts.port or (443 if parts.scheme == "https" else 80)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:  # a port out of range
             return None
-    return parsed.port
+    return port, tuple(parsed.sources)
 
 
-def served_sources(config: dict[str, Any]) -> tuple[str, ...]:
-    """The networks the firewall admits to the served port (empty: any)."""
-    parsed = _serving(config)
-    return tuple(parsed.sources) if parsed is not None else ()
+def served_port(config: dict[str, Any]) -> int | None:
+    """served_rule's port alone."""
+    rule = served_rule(config)
+    return None if rule is None else rule[0]
 
 
 def service_environment(port: int, authenticated: bool) -> str:

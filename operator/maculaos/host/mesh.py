@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from maculaos.api.meshrole import Firewall, MeshRoleName, MeshRoleSpec, TlsMode, WireGuard
 from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
-from maculaos.host.backup_server import converge_service, served_port, served_sources
+from maculaos.host.backup_server import converge_service, served_rule
 from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
 from maculaos.host.systemd import Systemd, SystemdError
@@ -131,7 +131,8 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     after a crash finishes the job. config.yaml's maculaos.backup_server is the one switch of the node's
     rest-server: its unit runs, and the firewall opens its port to peers, exactly while it asks."""
     config = read_config(host_root)
-    script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, served_port(config), served_sources(config))
+    port, sources = served_rule(config) or (None, ())
+    script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, port, sources)
     check_ruleset(script, nft)
     wanted = {PEER_SERVICE: True} | {ROLE_SERVICES[r]: r in plan.roles for r in MeshRoleName}
     missing = [u for u, on in wanted.items() if on and not systemd.exists(u)]
