@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from maculaos.image.build import BuildInputs, ImageBuilder, default_cache
+from maculaos.image.cacheuse import COMPLETE, evict_unused, mark_used
 from maculaos.image.definition import load_definition
 from maculaos.image.signing import development_identity
 
@@ -40,10 +41,11 @@ def build_for(arch: str) -> BuiltImage:
     inputs = BuildInputs(definition, REPO, development_identity(default_cache()))
     out = default_cache() / "builds" / inputs.digest()
     names = [definition.artifact(f) for f in ("squashfs", "kernel", "initrd", "build-info")]
-    if not (out / "complete").exists():
+    if not (out / COMPLETE).exists():
         shutil.rmtree(out, ignore_errors=True)
         ImageBuilder(inputs, out).build()
-        (out / "complete").touch()
+    mark_used(out)
+    evict_unused(out.parent)
     return BuiltImage(*(out / n for n in names[:3]), build_info=(out / names[3]).read_text(), out=out)
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from maculaos.image.cacheuse import COMPLETE, evict_unused, mark_used
+
 # Where the image keeps the files, and where k3s reads them (the preload unit copies one to the other).
 SHARE = Path("usr/share/maculaos/k3s")
 K3S_IMAGES = Path("var/lib/rancher/k3s/agent/images")
@@ -158,8 +160,7 @@ def operator_archive(repo_root: Path, cache: Path, epoch: int, arch: str = "amd6
     (minutes: mmdebstrap of its base, 30 wheels, one zstd layer; more under emulation for a foreign arch)
     and kept for the next build."""
     out = cache / "operator" / operator_inputs_digest(repo_root, epoch, arch)
-    done = out / "complete"
-    if not done.exists():
+    if not (out / COMPLETE).exists():
         print(f"[image] operator image (cached in {out})", file=sys.stderr, flush=True)
         builder = repo_root / "image-build" / "operator-image" / "build.py"
         env = os.environ | {"SOURCE_DATE_EPOCH": str(epoch)}
@@ -167,7 +168,8 @@ def operator_archive(repo_root: Path, cache: Path, epoch: int, arch: str = "amd6
         if result.returncode != 0:
             raise AirgapError(f"the operator image build failed (exit {result.returncode}): {builder}; "
                               "or give a built archive with --operator-image PATH")
-        done.touch()
+    mark_used(out)
+    evict_unused(out.parent)
     found = sorted(out.glob(f"maculaos-operator-*-{arch}.tar"))
     if len(found) != 1:
         raise AirgapError(f"expected one operator archive in {out}, found {[p.name for p in found]}")
