@@ -147,7 +147,8 @@ def stage(payload: Path, archive: Path, repo_root: Path, version: str, epoch: in
 def operator_inputs_digest(repo_root: Path, epoch: int, arch: str = "amd64") -> str:
     """What the operator archive is made from: its builder, the package, the pins, the epoch, the arch."""
     h = hashlib.sha256(f"{epoch} {arch}".encode())
-    files = [repo_root / "pyproject.toml", repo_root / "tools" / "constraints.txt"]
+    # README.md: the wheel's metadata carries it (pyproject's readme).
+    files = [repo_root / "pyproject.toml", repo_root / "README.md", repo_root / "tools" / "constraints.txt"]
     for tree in (repo_root / "image-build" / "operator-image", repo_root / "operator" / "maculaos"):
         files += sorted(p for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for f in files:

@@ -99,7 +99,9 @@ class BuildInputs:
         located = {"overlays": [self._name(p) for p in self.definition.overlays],
                    "extensions": [self._name(p) for p in self.definition.extensions]}
         h = hashlib.sha256(self.definition.model_copy(update=located).model_dump_json(by_alias=True).encode())
-        files = [self.image_build / "customize.sh", self.repo_root / "tools" / "constraints.txt"]
+        # pyproject.toml and README.md: the operator archive's wheel is built from them.
+        files = [self.image_build / "customize.sh", self.repo_root / "tools" / "constraints.txt",
+                 self.repo_root / "pyproject.toml", self.repo_root / "README.md"]
         trees = [*self.definition.overlays, self.repo_root / "operator" / "maculaos",
                  self.image_build / "operator-image", self.repo_root / "charts"]
         for tree in trees:
