@@ -103,3 +103,31 @@ def test_the_backup_server_port_is_opened_and_read_back_from_the_kernel(netns_nf
     assert tcp_port_blocked(8001, netns_nft) is None
     unreadable = tcp_port_blocked(8000, str(tmp_path / "no-nft"))
     assert unreadable is not None and unreadable.startswith("cannot read the firewall")
+
+
+def test_another_table_that_drops_the_port_blocks_it_too(netns_nft: str, tmp_path: Path) -> None:
+    """A drop in any table's input chain is final: a user's own table with policy drop keeps peers out even
+    where ours accepts, until it accepts the port itself. Tables of other families do not filter TCP."""
+    apply_ruleset(render_ruleset([], Firewall(), WireGuard(), backup_server_port=8000), tmp_path / "fw.nft", netns_nft)
+    subprocess.run([netns_nft, "-f", "-"], check=True, text=True, input="""
+table arp guard {
+  chain input { type filter hook input priority 0; policy drop; }
+}
+table ip shop {
+  chain input {
+    type filter hook input priority 10; policy drop;
+    tcp dport 22 accept
+    jump allowed
+  }
+  chain allowed { tcp dport 8000 accept; }
+}
+""")
+    assert tcp_port_blocked(8000, netns_nft) == (
+        "the firewall drops TCP port 8000 in table ip shop (table ip shop is not MaculaOS's: its input chain "
+        "needs a rule `tcp dport 8000 accept`)")
+    assert tcp_port_blocked(22, netns_nft) is None
+    subprocess.run([netns_nft, "add", "rule", "ip", "shop", "input", "ip", "saddr", "10.0.0.0/8", "tcp", "dport",
+                    "8000", "accept"], check=True)
+    assert tcp_port_blocked(8000, netns_nft) is None
+    apply_ruleset(render_ruleset([], Firewall(), WireGuard()), tmp_path / "fw.nft", netns_nft)
+    assert tcp_port_blocked(8000, netns_nft) == "the node firewall (table inet maculaos) drops TCP port 8000"

@@ -16,6 +16,8 @@ from maculaos.api.meshrole import ExtraPort, Firewall, MeshRoleName, Protocol, W
 from maculaos.host.files import atomic_write
 
 TABLE = "inet maculaos"
+#: The nft families whose input hook sees TCP to this host (arp's and bridge's do not filter it).
+IP_FAMILIES = ("inet", "ip", "ip6")
 # k3s: API server, kubelet, embedded etcd (servers); flannel's VXLAN and WireGuard backends.
 KUBERNETES_TCP_PORTS = (6443, 10250, 2379, 2380)
 KUBERNETES_UDP_PORTS = (8472, 51820, 51821)
@@ -114,31 +116,36 @@ def table_present(nft: str = "nft") -> bool:
 
 
 def tcp_port_blocked(port: int, nft: str = "nft") -> str | None:
-    """Why the loaded table inet maculaos drops new connections to this TCP port, or None when it admits
-    them (no table: nothing of ours filters; policy accept; or an accept rule for the port, possibly
-    limited to source networks the user chose). Reads the kernel's ruleset (`nft -j`), not our file, so a
-    ruleset that failed to load, or was changed behind the agent's back, counts as what it is."""
+    """Why the loaded ruleset drops new connections to this TCP port, or None when it admits them. A drop
+    in any table's input base chain is final, so every table counts, ours and any other (a user's own
+    table, or one a package added): each whose input chain has policy drop must accept the port in that
+    chain (`[ip/ip6 saddr ...] tcp dport <port> accept`, sources the user chose allowed). Rules reached
+    only by a jump are not followed, and an ip6 table counts even if peers come over IPv4: such a table
+    counts as dropping the port (the server is not advertised, and the message names the table to change). Reads the kernel's ruleset (`nft -j`), not our
+    file, so a ruleset that failed to load, or was changed behind the agent's back, counts as what it is."""
     try:
-        result = subprocess.run([nft, "-j", "list", "table", *TABLE.split()], capture_output=True, text=True,
-                                timeout=30)
+        result = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"cannot read the firewall: {exc}"
     if result.returncode != 0:
-        if result.stderr.startswith("Error: No such file or directory"):  # no table of ours
-            return None
         return f"cannot read the firewall (nft: {result.stderr.strip() or result.returncode})"
     try:
         items = [next(iter(i.items())) for i in json.loads(result.stdout).get("nftables", []) if isinstance(i, dict)]
     except (json.JSONDecodeError, StopIteration, AttributeError) as exc:
         return f"cannot read the firewall: nft -j printed no ruleset ({exc})"
-    inputs = {c["name"] for kind, c in items if kind == "chain" and c.get("hook") == "input"}
-    policies = {c.get("policy", "accept") for kind, c in items if kind == "chain" and c.get("name") in inputs}
-    if not inputs or policies == {"accept"}:
+    dropping = {(c.get("family"), c.get("table"), c.get("name")) for kind, c in items
+                if kind == "chain" and c.get("family") in IP_FAMILIES and c.get("hook") == "input"
+                and c.get("policy", "accept") == "drop"}
+    admitting = {(r.get("family"), r.get("table"), r.get("chain")) for kind, r in items
+                 if kind == "rule" and _accepts_tcp_port(r.get("expr") or [], port)}
+    blocked = sorted(f"{family} {table}" for family, table, chain in dropping - admitting)
+    if not blocked:
         return None
-    for kind, rule in items:
-        if kind == "rule" and rule.get("chain") in inputs and _accepts_tcp_port(rule.get("expr") or [], port):
-            return None
-    return f"the node firewall (table {TABLE}) drops TCP port {port}"
+    if blocked == [TABLE]:
+        return f"the node firewall (table {TABLE}) drops TCP port {port}"
+    others = [t for t in blocked if t != TABLE]
+    return (f"the firewall drops TCP port {port} in table {', table '.join(blocked)} (table "
+            f"{', table '.join(others)} is not MaculaOS's: its input chain needs a rule `tcp dport {port} accept`)")
 
 
 def _accepts_tcp_port(expr: list[dict[str, Any]], port: int) -> bool:
