@@ -1,7 +1,7 @@
 """Which firmware files the image keeps: those the image's own kernel modules name (`modinfo -F firmware`),
 plus the definition's `firmware.keep` patterns, less its `firmware.drop` ones (keep wins).
 
-Debian's firmware packages carry every version of every blob for every chip a package covers (171 MB for
+Debian's firmware packages carry every version of every blob for every chip a package covers (200 MB for
 the hardware profile, docs/benchmarks.md); a driver names the files it may load in its module's
 `firmware=` lines. A name may be a glob (`ath11k/WCN6855/hw2.0/*`), and drivers that try API versions
 from newest down (iwlwifi `iwlwifi-so-a0-gf-a0-89.ucode`, ath10k `firmware-5.bin`) name only the newest:
