@@ -11,6 +11,7 @@ cd "$top"
 DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables iproute2 systemd util-linux
                  rauc squashfs-tools dbus             # real RAUC on simulated nodes (NodeUpgrade)
                  mmdebstrap debian-archive-keyring    # Debian 13 roots: the OS image and the operator image
+                 kmod binutils                        # the image's firmware selection (modinfo) and its tests
                  qemu-system-x86 qemu-utils e2fsprogs   # boot tests of the OS image
                  fdisk dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin ovmf xorriso  # disk images, ISO
                  qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64)  # arm64 image: build, boot

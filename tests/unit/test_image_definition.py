@@ -133,7 +133,8 @@ def test_amd64_builds_exactly_the_packages_it_did_before_architectures_were_adde
                 "nftables iproute2 systemd-resolved ca-certificates openssh-server sudo less rauc rauc-service "
                 "restic restic-rest-server wireguard-tools cryptsetup chrony avahi-daemon avahi-utils curl jq "
                 "vim nano htop btop tmux rsync git fastfetch nats-server firmware-linux-free "
-                "firmware-misc-nonfree firmware-realtek firmware-iwlwifi intel-microcode amd64-microcode").split()
+                "firmware-misc-nonfree firmware-realtek firmware-iwlwifi firmware-intel-graphics intel-microcode "
+                "amd64-microcode").split()
     assert load_definition(DEFINITION).debian_packages() == expected
     assert load_definition(DEFINITION).for_arch("amd64").debian_packages() == expected
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maculaos import __version__
-from maculaos.image import debcache, disk, emulation, grub, iso
+from maculaos.image import debcache, disk, emulation, firmware, grub, iso
 from maculaos.image.bundle import BundleError, build_bundle, compatible
 from maculaos.image import airgap
 from maculaos.image.definition import ImageDefinition
@@ -26,7 +26,7 @@ from maculaos.image.signing import SigningError, SigningIdentity, sign_file
 
 # Build-machine tools, and the Debian package that brings each (named in a missing-tool error).
 TOOLS = {"mmdebstrap": "mmdebstrap", "mksquashfs": "squashfs-tools", "rauc": "rauc", "openssl": "openssl",
-         "zstd": "zstd", **disk.TOOLS}
+         "zstd": "zstd", "modinfo": "kmod", **disk.TOOLS}
 # The image's python3 (Debian 13): the platform the wheels are chosen for.
 IMAGE_PYTHON = "3.13"
 WHEEL_PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64", "any"]
@@ -131,6 +131,8 @@ class BuildResult:
     outputs: tuple[Path, ...] = ()
     """Every file in the output folder SHA256SUMS covers."""
     signing: str = ""
+    firmware: str = ""
+    """What the firmware selection kept and removed (maculaos.image.firmware)."""
 
 
 def source_date_epoch(repo_root: Path) -> int:
@@ -321,9 +323,21 @@ class ImageBuilder:
             lines[found[0]] = wanted
             conf.write_text("".join(lines))
 
-    def mmdebstrap_command(self, root: Path, payload: Path, debs_in: Path, debs_out: Path) -> list[str]:
-        """debs_in: this build's snapshot of the .deb cache; debs_out: where its .debs go (see debcache)."""
+    def mmdebstrap_command(self, root: Path, payload: Path, debs_in: Path, debs_out: Path,
+                           firmware_files: tuple[Path, Path] | None = None) -> list[str]:
+        """debs_in: this build's snapshot of the .deb cache; debs_out: where its .debs go (see debcache);
+        firmware_files: the firmware policy (JSON) the selection step reads and the summary it writes."""
         d = self.definition
+        firmware_hooks: list[str] = []
+        if firmware_files:
+            policy, report = firmware_files
+            # Before the overlays (their firmware is never removed) and customize.sh (the initramfs and its
+            # early microcode are built from the kept files). This Python and this checkout's package.
+            package_root = Path(__file__).resolve().parents[2]
+            firmware_hooks = [f"--customize-hook=PYTHONPATH={shlex.quote(str(package_root))} "
+                              f"{shlex.quote(sys.executable)} -m maculaos.image.firmware {step} \"$1\" "
+                              f"{shlex.quote(str(policy))} {shlex.quote(str(report))}"
+                              for step in ("select", "initramfs-only")]
         customize = self.inputs.image_build / "customize.sh"
         sources = []
         for mirror in d.mirrors:
@@ -339,9 +353,11 @@ class ImageBuilder:
             "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
             f"--setup-hook=sync-in {debs_in} /var/cache/apt/archives/",
             f"--customize-hook=sync-out /var/cache/apt/archives {debs_out}",
+            *firmware_hooks[:1],
             f"--customize-hook=sync-in {payload} /",
             f"--customize-hook=copy-in {customize} /tmp",
             f"--customize-hook=chroot \"$1\" sh /tmp/customize.sh {d.user}",
+            *firmware_hooks[1:],
             "--customize-hook=rm -f \"$1\"/tmp/customize.sh",
             d.suite, str(root), *sources,
         ]
@@ -366,15 +382,20 @@ class ImageBuilder:
             debs_out.mkdir()
             self.stage_payload(payload, wheels, operator_archive)
             debcache.snapshot(self.cache / "debs", debs_in)
-            _run(self.mmdebstrap_command(root, payload, debs_in, debs_out), f"Debian {self.definition.suite} "
-                 f"root by mmdebstrap ({len(self.definition.debian_packages())} packages)", env)
+            policy, report = Path(tmp) / "firmware-policy.json", Path(tmp) / "firmware-report.json"
+            policy.write_text(self.definition.firmware.model_dump_json())
+            _run(self.mmdebstrap_command(root, payload, debs_in, debs_out, (policy, report)),
+                 f"Debian {self.definition.suite} root by mmdebstrap "
+                 f"({len(self.definition.debian_packages())} packages)", env)
+            firmware_summary = firmware.Selection(**json.loads(report.read_text())).describe()
             debcache.publish(debs_out, self.cache / "debs")
             clamp_mtimes(root, self.epoch)
             kernel, initrd = self._boot_files(root)
             d = self.definition
             result = BuildResult(self.out / d.artifact("squashfs"), self.out / d.artifact("kernel"),
                                  self.out / d.artifact("initrd"), 0.0,
-                                 K3S_MISSING if not self.inputs.k3s_binary else "included")
+                                 K3S_MISSING if not self.inputs.k3s_binary else "included",
+                                 firmware=firmware_summary)
             shutil.copyfile(kernel, result.kernel)
             shutil.copyfile(initrd, result.initrd)
             result.squashfs.unlink(missing_ok=True)
@@ -385,7 +406,7 @@ class ImageBuilder:
         (self.out / d.artifact("build-info")).write_text(self.build_info())
         outputs = self.write_outputs()
         return BuildResult(result.squashfs, result.kernel, result.initrd, time.monotonic() - started, result.k3s,
-                           outputs, self.inputs.signing.describe())
+                           outputs, self.inputs.signing.describe(), result.firmware)
 
     def write_outputs(self) -> tuple[Path, ...]:
         """From the squashfs, kernel and initrd in the output folder: the raw disk image, qcow2, the hybrid
@@ -491,4 +512,4 @@ def summary(result: BuildResult) -> str:
     files = result.outputs or (result.squashfs, result.kernel, result.initrd)
     sizes = {p.name: p.stat().st_size for p in files}
     return json.dumps({"files": sizes, "seconds": round(result.seconds, 1), "k3s": result.k3s,
-                       "signing": result.signing}, indent=2)
+                       "signing": result.signing, "firmware": result.firmware}, indent=2)

@@ -54,6 +54,39 @@ def _check_restriction(entry: str, where: str = "") -> None:
                          f"({', '.join(ARCHES)})")
 
 
+def _check_firmware_pattern(pattern: str) -> str:
+    if pattern.startswith("/") or ".." in pattern.split("/"):
+        raise ValueError(f"{pattern!r} must be a path relative to /usr/lib/firmware, without '..'")
+    return pattern
+
+
+# A glob over paths relative to /usr/lib/firmware (fnmatch: `*` also matches `/`), as modinfo names them.
+FirmwarePattern = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.,*?\[\]/+-]+$", max_length=200),
+                            AfterValidator(_check_firmware_pattern)]
+
+
+class FirmwareExtra(BaseModel):
+    """An extension's firmware: more patterns to keep (an extension only adds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep: list[FirmwarePattern] = Field(default_factory=list, max_length=200)
+
+
+class Firmware(BaseModel):
+    """What the build keeps of /usr/lib/firmware (maculaos.image.firmware): the files the image's kernel
+    modules name, plus `keep`, less `drop`; a file matching both is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    select: Literal["modules", "all"] = Field("modules", description="`modules`: only what a module names "
+                                              "(and keep); `all`: every file the packages install")
+    keep: list[FirmwarePattern] = Field(default_factory=list, max_length=500)
+    drop: list[FirmwarePattern] = Field(default_factory=list, max_length=500)
+    initramfs_only: list[FirmwarePattern] = Field(default_factory=list, max_length=50, description=(
+        "kept for the initramfs (early microcode), then removed from the root once it is built"))
+
+
 # Files written into the image (path: content); the paths are checked as a whole, so errors name `files`.
 ImageFiles = Annotated[dict[ImagePath, str], AfterValidator(_check_image_files)]
 
@@ -68,6 +101,7 @@ class Extension(BaseModel):
     files: ImageFiles = Field(default_factory=dict, max_length=200)
     firstboot: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] = Field(
         default_factory=list, max_length=100)
+    firmware: FirmwareExtra = Field(default_factory=FirmwareExtra)
 
     @field_validator("packages")
     @classmethod
@@ -109,6 +143,7 @@ class ImageDefinition(BaseModel):
     firstboot: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] = Field(
         default_factory=list, max_length=100)
     disk: DiskSizes = Field(default_factory=DiskSizes)
+    firmware: Firmware = Field(default_factory=Firmware)
     extra_packages: list[DebianPackage] = Field(default_factory=list, description="added by extensions")
     extensions: list[Path] = Field(default_factory=list, description="extension files merged in, in order")
 
@@ -162,6 +197,7 @@ class ImageDefinition(BaseModel):
             "overlays": self.overlays + ext.overlays,
             "files": self.files | ext.files,
             "firstboot": self.firstboot + ext.firstboot,
+            "firmware": self.firmware.model_copy(update={"keep": self.firmware.keep + ext.firmware.keep}),
             "extensions": self.extensions + [source],
         })
 
