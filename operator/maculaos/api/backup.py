@@ -27,6 +27,7 @@ from maculaos.api.common import (
     ResourceInfo,
     SecretKeyRef,
     SelectorSpec,
+    BACKUP_SERVER_PATTERN as BACKUP_SERVER_PATTERN,
     age_column,
     parse_duration,
     ready_column,
@@ -37,7 +38,6 @@ from maculaos.api.common import (
 RUN_NOW_ANNOTATION = "os.macula.io/run-now"
 #: Annotation on a Node that serves a restic rest-server for mesh backups: the server's base URL.
 BACKUP_SERVER_ANNOTATION = "os.macula.io/backup-server"
-BACKUP_SERVER_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
 
 CRON_PATTERN = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"
 AbsolutePath = Annotated[str, Field(pattern=ABSOLUTE_PATH_PATTERN, max_length=4096)]

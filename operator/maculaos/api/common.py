@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+#: A node's restic rest-server URL (annotation and config.yaml); here, not in backup.py, so that the boot's
+#: apply (host/backup_server.py) does not build the Backup models.
+BACKUP_SERVER_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
+
 GROUP = "os.macula.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"

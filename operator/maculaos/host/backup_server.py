@@ -7,10 +7,8 @@ rest-server's answer, so the operator never assigns peers to a server that is do
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import re
-import ssl
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from maculaos.api.backup import BACKUP_SERVER_PATTERN
+from maculaos.api.common import BACKUP_SERVER_PATTERN
 from maculaos.host.config import HostConfigError, read_config
 from maculaos.host.files import atomic_write
 from maculaos.host.systemd import Systemd
@@ -253,6 +251,9 @@ def backup_server_warnings(host_root: Path) -> list[str]:
 
 def _get_root(url: str, timeout: float) -> tuple[int, str, str] | str:
     """GET <url>/ without credentials: (status, reason, Allow header), or why nothing answered."""
+    import http.client  # here, not at the top: the boot's apply imports this module and never probes
+    import ssl
+
     parts = urllib.parse.urlsplit(url)
     conn: http.client.HTTPConnection
     if parts.scheme == "https":  # a liveness probe, no data: the peers' restic verifies the certificate
