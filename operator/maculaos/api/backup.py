@@ -27,7 +27,6 @@ from maculaos.api.common import (
     ResourceInfo,
     SecretKeyRef,
     SelectorSpec,
-    BACKUP_SERVER_PATTERN as BACKUP_SERVER_PATTERN,
     age_column,
     parse_duration,
     ready_column,

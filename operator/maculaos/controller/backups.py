@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from maculaos.api.backup import BACKUP_SERVER_PATTERN, BackupSpec, RestoreSpec
-from maculaos.api.common import NodeSelector, parse_duration
+from maculaos.api.backup import BackupSpec, RestoreSpec
+from maculaos.api.common import BACKUP_SERVER_PATTERN, NodeSelector, parse_duration
 from maculaos.controller.schedule import admit_nodes, decide, node_done, parse_time, rfc3339, schedule_interval
 
 

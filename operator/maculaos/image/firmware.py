@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,11 @@ def _plain(rel: str) -> str:
     return rel
 
 
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    """Whether a firmware path (its compression suffix aside) matches one of the glob patterns."""
+    return any(fnmatch.fnmatchcase(_plain(rel), p) for p in patterns)
+
+
 def _listing(tree: Path) -> tuple[dict[str, int], dict[str, str]]:
     """Regular files (relative path -> size) and symlinks (relative path -> target, relative to tree; a
     target outside the tree is kept as an absolute path and never removed)."""
@@ -145,12 +151,9 @@ def select(tree: Path, policy: Policy) -> Selection:
     for rel in everything:
         plain.setdefault(_plain(rel), []).append(rel)
 
-    def matches(rel: str, patterns: tuple[str, ...]) -> bool:
-        return any(fnmatch.fnmatchcase(_plain(rel), p) for p in patterns)
-
     wanted = {rel for name in referenced(set(plain), policy.names) for rel in plain[name]}
-    wanted = {rel for rel in wanted if not matches(rel, policy.drop)}
-    wanted |= {rel for rel in everything if matches(rel, policy.keep)}
+    wanted = {rel for rel in wanted if not _matches(rel, policy.drop)}
+    wanted |= {rel for rel in everything if _matches(rel, policy.keep)}
     # A link that stays keeps what it points at (through chains of links).
     todo = [rel for rel in wanted if rel in links]
     while todo:
@@ -192,7 +195,7 @@ def remove_initramfs_only(root: Path, patterns: list[str]) -> tuple[int, int]:
     if not tree.is_dir() or not patterns:
         return 0, 0
     files, links = _listing(tree)
-    gone = [rel for rel in [*files, *links] if any(fnmatch.fnmatchcase(_plain(rel), p) for p in patterns)]
+    gone = [rel for rel in [*files, *links] if _matches(rel, patterns)]
     for rel in gone:
         (tree / rel).unlink()
     _remove_empty_folders(tree)
