@@ -40,6 +40,19 @@ rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id
 
+# mDNS over IPv4 only, and only IPv4 addresses in it. avahi takes its own probe, echoed back by the
+# kernel, for another host's when the addresses it publishes change while it probes (avahi issue #117,
+# unfixed in 0.8), and renames the node on mDNS <name>-2, -3...: at every boot an IPv6 router
+# advertisement replaces the link-local address (avahi publishes IPv6 addresses over IPv4 too, unless
+# told not to), and a prefix change does it again later. A node's IPv4 address changes far less often. A
+# dual-stack LAN still finds the node; an IPv6-only LAN has no mDNS discovery (the mesh is not affected).
+if [ -e /etc/avahi/avahi-daemon.conf ]; then
+	sed -i -e 's/^#\?use-ipv6=.*/use-ipv6=no/' -e 's/^#\?publish-aaaa-on-ipv4=.*/publish-aaaa-on-ipv4=no/' \
+		/etc/avahi/avahi-daemon.conf
+	grep -qx 'use-ipv6=no' /etc/avahi/avahi-daemon.conf
+	grep -qx 'publish-aaaa-on-ipv4=no' /etc/avahi/avahi-daemon.conf
+fi
+
 # The login banner is MaculaOS's (overlay: /etc/motd, /etc/update-motd.d/10-maculaos), not uname's.
 rm -f /etc/update-motd.d/10-uname
 
