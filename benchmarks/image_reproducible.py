@@ -3,9 +3,10 @@ extension) once more, with the SOURCE_DATE_EPOCH of a finished build of the same
 checksums of the squashfs, kernel, initrd, rootfs tar, disk image, qcow2 and ISO (and reports the
 bundle's); when the squashfs differs, unpacks both and lists the files whose content or metadata differ.
 
-Usage: sudo .venv/bin/python benchmarks/image_reproducible.py [--against DIR] [--keep]
+Usage: sudo .venv/bin/python benchmarks/image_reproducible.py [--shipped] [--against DIR] [--keep]
 DIR: a finished build (default: the image tests' cached build of the current inputs, built first when
-missing). One full build:
+missing). --shipped: the shipped definition instead (every profile, the hardware firmware included, no
+probe), against a build of it (`maculaos image build --out DIR`, required then). One full build:
 about 10 minutes warm on this machine. The operator archive inside comes from the same cache (its own
 reproducibility is checked by tests/image/test_operator_image.py)."""
 
@@ -68,14 +69,17 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--against", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the second build and the unpacked trees")
+    parser.add_argument("--shipped", action="store_true", help="the shipped image, not the boot tests'")
     args = parser.parse_args()
-    definition = load_definition(REPO / "image-build" / "maculaos.yaml",
-                                 [REPO / "tests" / "image" / "probe-extension.yaml"]).select(PROFILES)
+    if args.shipped and not args.against:
+        parser.error("--shipped needs --against DIR (a finished `maculaos image build --out DIR`)")
+    definition = load_definition(REPO / "image-build" / "maculaos.yaml") if args.shipped else load_definition(
+        REPO / "image-build" / "maculaos.yaml", [REPO / "tests" / "image" / "probe-extension.yaml"]).select(PROFILES)
     inputs = BuildInputs(definition, REPO, development_identity(default_cache()))
     against = args.against or default_cache() / "builds" / inputs.digest()
-    if not (against / "complete").exists():
-        if args.against:
-            raise SystemExit(f"no finished build in {against}")
+    if args.against and not (against / "SHA256SUMS").exists():
+        raise SystemExit(f"no finished build in {against}")
+    if not args.against and not (against / "complete").exists():
         print(f"first build (as the image tests' fixture) into {against}", file=sys.stderr)
         ImageBuilder(inputs, against).build()
         (against / "complete").touch()

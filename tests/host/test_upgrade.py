@@ -3,12 +3,15 @@ into it, commit or roll back; every refusal leaves the running slot untouched an
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from maculaos.api.nodeupgrade import AgentPhase
 from maculaos.devenv.rauc import SimulatedRaucNode
 from maculaos.host.bundles import Release
 from maculaos.host.upgrade import HealthVerdict, read_boot_id
+from maculaos.image.bundle import build_bundle
+from maculaos.image.signing import given_identity
 from tests.host.rauc_fixtures import (  # noqa: F401  (fixtures)
     BundleServer,
     Bundles,
@@ -247,3 +250,38 @@ def test_the_commit_window_counts_from_the_boot_not_from_the_agents_first_look(
     assert "was over (61s after boot) before the node was found healthy" in late.message
     assert rauc_node.reboot() == "A"
     assert upgrader_for(rauc_node).after_boot().phase is AgentPhase.ROLLED_BACK
+
+
+def _image_bundle(bundles: Bundles, tmp_path: Path, version: str) -> tuple[Path, bytes]:
+    """A bundle as `maculaos image build` makes it (plain: this kernel has no dm-verity), signed by the
+    fleet's key; returns it and its squashfs."""
+    tree, squashfs = tmp_path / "tree", tmp_path / "root.squashfs"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "os-release").write_text(f"ID=maculaos\nVERSION_ID={version}\n")
+    subprocess.run(["mksquashfs", str(tree), str(squashfs), "-quiet", "-no-progress"], check=True)
+    kernel, initrd = tmp_path / "kernel", tmp_path / "initrd"
+    kernel.write_text(f"kernel {version}\n")
+    initrd.write_text(f"initramfs {version}\n")
+    identity = given_identity(bundles.cert.with_name("fleet.key.pem"), bundles.cert)
+    bundle = build_bundle(squashfs, kernel, initrd, bundles.dir / f"image-{version}.raucb", version, "amd64",
+                          "test", identity, fmt="plain")
+    return bundle, squashfs.read_bytes()
+
+
+def test_image_bundle_puts_its_kernel_and_initramfs_in_the_new_slots_esp_folder(
+        rauc_node: SimulatedRaucNode, bundles: Bundles, bundle_server: BundleServer, tmp_path: Path) -> None:
+    """The image build's own bundle: the inactive slot gets the squashfs, and the bundle's hook puts the
+    bundle's kernel and initramfs in that slot's ESP folder, where GRUB reads them (the squashfs has none)."""
+    bundle, squashfs = _image_bundle(bundles, tmp_path, "0.2.0")
+    esp = rauc_node.host_root / "boot/efi"
+    (esp / "B").mkdir(parents=True)
+    (esp / "B" / "vmlinuz").write_text("the kernel of the slot's previous system\n")
+
+    state = upgrader_for(rauc_node).install(release_of(bundle_server, bundle), None)
+
+    assert state.phase is AgentPhase.INSTALLED, state.message
+    assert (esp / "B" / "vmlinuz").read_text() == "kernel 0.2.0\n"
+    assert (esp / "B" / "initrd.img").read_text() == "initramfs 0.2.0\n"
+    assert sorted(p.name for p in (esp / "B").iterdir()) == ["initrd.img", "vmlinuz"]  # no .new left over
+    assert not (esp / "A").exists()                                       # the running slot's are not touched
+    assert (rauc_node.host_root / "rootfs.1").read_bytes()[:len(squashfs)] == squashfs

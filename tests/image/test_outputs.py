@@ -48,6 +48,19 @@ def test_bundle_passes_the_images_own_keyring_and_not_another(built_image: Built
     assert refused.returncode != 0 and "signature" in refused.stderr.lower(), refused.stderr
 
 
+def test_bundle_carries_the_kernel_and_initramfs_and_the_squashfs_does_not(built_image: BuiltImage) -> None:
+    """GRUB reads each slot's kernel from the ESP: the bundle's hook copies them there from the bundle, so
+    the squashfs does not carry a second copy (the ISO would hold it twice)."""
+    bundle = built_image.artifact("raucb")
+    for name, fmt in (("vmlinuz", "kernel"), ("initrd.img", "initrd")):
+        inside = subprocess.run(["unsquashfs", "-cat", str(bundle), name], capture_output=True, check=True).stdout
+        assert inside == built_image.artifact(fmt).read_bytes(), name
+    listing = subprocess.run(["unsquashfs", "-l", "-d", "", str(built_image.squashfs)], capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert "/boot" in listing                                          # config-*, System.map-* stay
+    assert [p for p in listing if Path(p).name.startswith(("vmlinuz", "initrd.img"))] == []
+
+
 def test_image_says_it_was_signed_by_a_throwaway_development_ca(built_image: BuiltImage) -> None:
     assert "SIGNING='development CA (throwaway" in built_image.build_info
 

@@ -170,12 +170,14 @@ def test_given_signing_inputs_are_checked_before_a_build(tmp_path: Path) -> None
 
 def test_bundle_is_verity_signed_and_refused_under_another_ca(tmp_path: Path) -> None:
     ours, theirs = development_identity(tmp_path / "ours"), development_identity(tmp_path / "theirs")
-    squashfs = tmp_path / "root.squashfs"
+    squashfs, kernel, initrd = tmp_path / "root.squashfs", tmp_path / "kernel", tmp_path / "initrd"
     tree = tmp_path / "tree"
-    (tree / "boot").mkdir(parents=True)
-    (tree / "boot" / "vmlinuz-6.1").write_text("kernel")
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "os-release").write_text("ID=maculaos\n")
     subprocess.run(["mksquashfs", str(tree), str(squashfs), "-quiet", "-no-progress"], check=True)
-    bundle = build_bundle(squashfs, tmp_path / "b.raucb", "9.9.9", "amd64", "testbuild", ours)
+    kernel.write_text("kernel")
+    initrd.write_text("initrd")
+    bundle = build_bundle(squashfs, kernel, initrd, tmp_path / "b.raucb", "9.9.9", "amd64", "testbuild", ours)
     info = subprocess.run(["rauc", "info", f"--keyring={ours.keyring}", "--output-format=json", str(bundle)],
                           capture_output=True, text=True)
     assert info.returncode == 0, info.stderr

@@ -150,10 +150,28 @@ def test_a_root_without_firmware_is_left_alone(tmp_path: Path) -> None:
 
 def test_the_shipped_definition_keeps_microcode_only_for_the_initramfs_and_says_so() -> None:
     d = load_definition(DEFINITION)
-    assert d.firmware.select == "modules" and "intel/ibt-*" in d.firmware.keep
+    assert d.firmware.select == "modules"
     assert d.firmware.initramfs_only == ["intel-ucode/*", "amd-ucode/*"]
     assert "IUCODE_TOOL_SCANCPUS=no" in d.files["/etc/default/intel-microcode"]
     assert "AMD64UCODE_INITRAMFS=early" in d.files["/etc/default/amd64-microcode"]
+
+
+def test_bluetooth_firmware_is_dropped_until_an_extension_keeps_it(tmp_path: Path) -> None:
+    """No Bluetooth stack in the image: its firmware goes, though btintel/btrtl name some of it; an
+    extension that adds bluez brings it back with `keep` (keep wins over drop)."""
+    files = ["intel/ibt-0040-0041.sfi", "rtl_bt/rtl8852bu_fw.bin", "iwlwifi-so-a0-gf-a0-89.ucode"]
+    names = frozenset({"intel/ibt-0040-0041.sfi", "rtl_bt/rtl8852bu_fw.bin", "iwlwifi-so-a0-gf-a0-89.ucode"})
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"blob")
+    shipped = load_definition(DEFINITION).firmware
+    ext = tmp_path / "bluez.yaml"
+    ext.write_text("packages: [bluez]\nfirmware:\n  keep: [intel/ibt-*, rtl_bt/*]\n")
+    extended = load_definition(DEFINITION, [ext]).firmware
+    assert firmware.select(tmp_path, firmware.Policy(tuple(shipped.keep), tuple(shipped.drop), names)).kept == \
+        ("iwlwifi-so-a0-gf-a0-89.ucode",)
+    assert firmware.select(tmp_path, firmware.Policy(tuple(extended.keep), tuple(extended.drop), names)).kept == \
+        tuple(sorted(files))
 
 
 def test_an_extension_adds_firmware_to_keep(tmp_path: Path) -> None:

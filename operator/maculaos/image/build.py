@@ -62,8 +62,9 @@ DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*"
                     "drivers/staging/*", "drivers/media/dvb-frontends/*", "drivers/media/tuners/*",
                     "drivers/media/pci/*", "drivers/media/radio/*", "drivers/media/usb/dvb-usb*",
                     "drivers/media/*/b2c2/*", "drivers/base/regmap/regmap-sdw*", "drivers/mfd/cs42l43-sdw.*"))]
-# zstd level of the root: the default (15) took 7 min on a loaded 2-core machine; sizes in docs/benchmarks.md.
-SQUASHFS_ZSTD_LEVEL = 9
+# zstd level of the root: 15 (mksquashfs's default) packs the shipped root 9.7 MB (3.5 %) smaller than 9 for
+# ~1 min more of build; zstd decompresses as fast either way (docs/benchmarks.md). 19 took 7 min.
+SQUASHFS_ZSTD_LEVEL = 15
 # Block size: 256 KiB compresses 4 MB better than the default 128 KiB; 1 MiB 4 MB more but doubles the
 # decompression a cold Python start pays (small files share fragment blocks): docs/benchmarks.md.
 SQUASHFS_BLOCK = 256 * 1024
@@ -398,6 +399,7 @@ class ImageBuilder:
                                  firmware=firmware_summary)
             shutil.copyfile(kernel, result.kernel)
             shutil.copyfile(initrd, result.initrd)
+            drop_boot_files(root, kernel, initrd)
             result.squashfs.unlink(missing_ok=True)
             _run(["mksquashfs", str(root), str(result.squashfs), "-comp", "zstd", "-Xcompression-level",
                   str(SQUASHFS_ZSTD_LEVEL), "-b", str(SQUASHFS_BLOCK), "-noappend", "-quiet",
@@ -429,8 +431,8 @@ class ImageBuilder:
                   flush=True)
             iso.build_iso(iso.inputs_for(d, self.out, self.epoch), art["iso"])
             print("[image] RAUC bundle (verity, signed)", file=sys.stderr, flush=True)
-            build_bundle(art["squashfs"], art["raucb"], d.version, d.arch, self.inputs.digest(),
-                         self.inputs.signing)
+            build_bundle(art["squashfs"], art["kernel"], art["initrd"], art["raucb"], d.version, d.arch,
+                         self.inputs.digest(), self.inputs.signing)
             shutil.copyfile(self.inputs.signing.cert, art["cert.pem"])
             outputs = tuple(p for p in art.values() if p.exists())
             sums = self._checksums(list(outputs))
@@ -446,8 +448,8 @@ class ImageBuilder:
         print(f"[image] no disk image, qcow2 or ISO for {d.arch} yet; RAUC bundle (verity, signed)",
               file=sys.stderr, flush=True)
         try:
-            build_bundle(art["squashfs"], art["raucb"], d.version, d.arch, self.inputs.digest(),
-                         self.inputs.signing)
+            build_bundle(art["squashfs"], art["kernel"], art["initrd"], art["raucb"], d.version, d.arch,
+                         self.inputs.digest(), self.inputs.signing)
             shutil.copyfile(self.inputs.signing.cert, art["cert.pem"])
             outputs = tuple(p for fmt, p in art.items() if p.exists() and fmt not in ("img", "qcow2", "iso"))
             sign_file(self.inputs.signing, self._checksums(list(outputs)))
@@ -468,6 +470,19 @@ class ImageBuilder:
         sums = self.out / "SHA256SUMS"
         sums.write_text("".join(lines))
         return sums
+
+
+def drop_boot_files(root: Path, kernel: Path, initrd: Path) -> None:
+    """Take the kernel and initramfs out of the root, and the links to them (Debian's /vmlinuz and
+    /initrd.img). Nothing on a node reads them there: GRUB reads each slot's copy on the ESP, put there by
+    the disk image, `maculaos install` (from the ISO's /live) and the update bundle, which carry them
+    beside the squashfs. In the squashfs as well, they were in the ISO twice: 25-30 MB."""
+    for link in (*root.glob("vmlinuz*"), *root.glob("initrd.img*"), *(root / "boot").glob("vmlinuz*"),
+                 *(root / "boot").glob("initrd.img*")):
+        if link.is_symlink():
+            link.unlink()
+    kernel.unlink()
+    initrd.unlink()
 
 
 def _sha256(path: Path) -> str:

@@ -1,36 +1,34 @@
 """The update bundle of a build: a signed RAUC bundle of the rootfs squashfs (format=verity: Debian 12's
-RAUC 1.8 on the build machine creates it, Debian 13's RAUC on the node streams and checks it), with a
-hook that puts the new slot's kernel and initramfs on the ESP, where GRUB reads them."""
+RAUC 1.8 on the build machine creates it, Debian 13's RAUC on the node streams and checks it), with the
+slot's kernel and initramfs beside it and a hook that puts them on the ESP, where GRUB reads them."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from maculaos.image.signing import SigningIdentity
 
-# GRUB cannot read a zstd squashfs, so each slot's kernel and initramfs live on the ESP (/A, /B). RAUC
-# writes the squashfs into the slot, then this hook copies that slot's boot files next to GRUB; the slot
-# is not booted (RAUC installs only into the inactive one), and each file is renamed into place.
+# GRUB cannot read a zstd squashfs, so each slot's kernel and initramfs live on the ESP (/A, /B). They are
+# not in the squashfs (the ISO would carry them twice): the bundle holds them as files next to the slot
+# image, and after RAUC wrote the squashfs into the slot this hook copies them from the mounted bundle
+# next to GRUB. The slot is not booted (RAUC installs only into the inactive one), and each file is
+# renamed into place, so a failed copy leaves the slot's old files whole and RAUC marks the install failed.
 HOOK = """#!/bin/sh
 # MaculaOS bundle hook (operator/maculaos/image/bundle.py): after RAUC wrote the rootfs into a slot, put
-# that slot's kernel and initramfs on the ESP as /boot/efi/<bootname>/vmlinuz and initrd.img.
+# the bundle's kernel and initramfs on the ESP as /boot/efi/<bootname>/vmlinuz and initrd.img.
 set -eu
 [ "$1" = slot-post-install ] || exit 0
 [ "$RAUC_SLOT_CLASS" = rootfs ] || exit 0
 dir=/boot/efi/$RAUC_SLOT_BOOTNAME
-mnt=$(mktemp -d /run/maculaos-slot.XXXXXX)
-mount -t squashfs -o ro "$RAUC_SLOT_DEVICE" "$mnt"
-trap 'umount "$mnt"; rmdir "$mnt"' EXIT
 mkdir -p "$dir"
-for pair in "vmlinuz vmlinuz-" "initrd.img initrd.img-"; do
-\tset -- $pair
-\tsrc=$(ls "$mnt"/boot/"$2"* | head -n 1)
-\tcp "$src" "$dir/$1.new"
+for name in vmlinuz initrd.img; do
+\tcp "$RAUC_BUNDLE_MOUNT_POINT/$name" "$dir/$name.new"
 \tsync
-\tmv "$dir/$1.new" "$dir/$1"
+\tmv "$dir/$name.new" "$dir/$name"
 done
 sync
 """
@@ -45,16 +43,25 @@ def compatible(arch: str) -> str:
     return f"maculaos-{arch}"
 
 
-def build_bundle(squashfs: Path, target: Path, version: str, arch: str, build: str,
+def _place(source: Path, target: Path) -> None:
+    """A hard link when both are on one file system (no copy of a 300 MB squashfs), else a copy."""
+    if source.stat().st_dev == target.parent.stat().st_dev:
+        os.link(source, target)
+    else:
+        shutil.copyfile(source, target)
+
+
+def build_bundle(squashfs: Path, kernel: Path, initrd: Path, target: Path, version: str, arch: str, build: str,
                  identity: SigningIdentity, fmt: str = "verity") -> Path:
-    """`rauc bundle` of the squashfs. The squashfs is already zstd: the bundle's own squashfs stores it
-    without compressing it again."""
+    """`rauc bundle` of the squashfs, the kernel and the initramfs. All three are already compressed: the
+    bundle's own squashfs stores them without compressing them again."""
     target.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         content = Path(tmp) / "content"
         content.mkdir()
-        os.link(squashfs, content / "rootfs.squashfs") if squashfs.stat().st_dev == content.stat().st_dev \
-            else (content / "rootfs.squashfs").write_bytes(squashfs.read_bytes())
+        _place(squashfs, content / "rootfs.squashfs")
+        _place(kernel, content / "vmlinuz")
+        _place(initrd, content / "initrd.img")
         (content / "hook.sh").write_text(HOOK)
         (content / "hook.sh").chmod(0o755)
         (content / "manifest.raucm").write_text(
