@@ -62,7 +62,7 @@ DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*"
                     "drivers/staging/*", "drivers/media/dvb-frontends/*", "drivers/media/tuners/*",
                     "drivers/media/pci/*", "drivers/media/radio/*", "drivers/media/usb/dvb-usb*",
                     "drivers/media/*/b2c2/*", "drivers/base/regmap/regmap-sdw*", "drivers/mfd/cs42l43-sdw.*"))]
-# zstd level of the root: 15 (mksquashfs's default) packs the shipped root 9.7 MB (3.5 %) smaller than 9 for
+# zstd level of the root: 15 (mksquashfs's default) packs the shipped root 9.2 MB (3.4 %) smaller than 9 for
 # ~1 min more of build; zstd decompresses as fast either way (docs/benchmarks.md). 19 took 7 min.
 SQUASHFS_ZSTD_LEVEL = 15
 # Block size: 256 KiB compresses 4 MB better than the default 128 KiB; 1 MiB 4 MB more but doubles the
