@@ -1,12 +1,15 @@
-"""The raw disk image booted the way a machine boots it: firmware -> GRUB -> slot A. One test, two boots
-(each costs minutes under TCG): SeaBIOS boots slot A, which is marked good; then, with OVMF (UEFI), a
+"""The raw disk image booted the way a machine boots it: firmware -> GRUB -> slot A. One test, three boots
+(each costs minutes under TCG): SeaBIOS boots slot A, which is marked good, and RAUC there installs the
+build's own bundle into slot B; SeaBIOS then boots B, which is marked good; then, with OVMF (UEFI), a
 broken slot B first in ORDER is tried three times and GRUB falls back to A, which stays good. The disk is
 512 MiB larger than the image (as a bigger disk it was written onto): the first boot grows the data
-partition and its ext4 to the end of it, the second finds nothing to do."""
+partition and its ext4 to the end of it, the others find nothing to do."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from maculaos.image.vm import Vm, VmSpec, uefi_vars_copy
 from tests.image.conftest import BuiltImage, boot_timeout
 from tests.image.test_boot import _probe
 
-pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.image, pytest.mark.timeout(5400)]
 
 # The serial console last (so /dev/console is the serial line the test reads); failed roots reboot at once.
 TEST_CMDLINE = "console=ttyS0 macula.rescue_timeout=1"
@@ -30,15 +33,36 @@ def _copy(image: Path, tmp_path: Path) -> Path:
     return disk
 
 
-def test_disk_image_boots_from_grub_marks_a_good_and_falls_back_from_a_broken_b(
+def _update_disk(bundle: Path, tmp_path: Path) -> Path:
+    """A disk labelled MACULA-UPDATE holding the bundle: the probe installs it with RAUC."""
+    folder, disk = tmp_path / "update", tmp_path / "update.img"
+    folder.mkdir()
+    shutil.copyfile(bundle, folder / "update.raucb")
+    with disk.open("wb") as f:
+        f.truncate(bundle.stat().st_size + 64 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-L", "MACULA-UPDATE", "-d", str(folder), str(disk)], check=True)
+    return disk
+
+
+def _esp_file(disk: Path, name: str, target: Path) -> bytes:
+    image = f"{disk}@@{partition_table(disk).part('ESP').offset}"
+    subprocess.run(["mcopy", "-n", "-i", image, f"::/{name}", str(target)], check=True,
+                   env=os.environ | {"MTOOLS_SKIP_CHECK": "1"})
+    return target.read_bytes()
+
+
+def test_disk_image_boots_from_grub_marks_a_good_updates_b_and_falls_back_from_a_broken_b(
         built_image: BuiltImage, tmp_path: Path) -> None:
     disk = _copy(built_image.artifact("img"), tmp_path)
     assert boot_environment(disk, {"EXTRA_CMDLINE": TEST_CMDLINE})["A_TRY"] == "0"
     built = partition_table(disk)
     subprocess.run(["qemu-img", "resize", "-q", "-f", "raw", str(disk), f"+{GROW_MIB}M"], check=True)
+    update_disk = _update_disk(built_image.artifact("raucb"), tmp_path)
+    update = ("-drive", f"file={update_disk},format=raw,if=virtio,readonly=on")
 
-    # 1. SeaBIOS -> GRUB (i386-pc core.img in the bios_grub partition) -> slot A.
-    with Vm(VmSpec.for_disk(disk), tmp_path / "bios.log") as vm:
+    # 1. SeaBIOS -> GRUB (i386-pc core.img in the bios_grub partition) -> slot A; then RAUC installs the
+    #    build's bundle (verity, signed by the build's CA, in the image's keyring) into slot B.
+    with Vm(VmSpec.for_disk(disk, extra_args=update), tmp_path / "bios.log") as vm:
         vm.wait_for(r"Booting `MaculaOS 0\.1\.0 \(slot A\)'", boot_timeout())
         vm.wait_for(r"MACULAOS-MARK-GOOD slot=A", boot_timeout())
         ready = vm.wait_for(r"MACULAOS-READY version=(\S+) mode=(\S+)", boot_timeout())
@@ -61,10 +85,27 @@ def test_disk_image_boots_from_grub_marks_a_good_and_falls_back_from_a_broken_b(
     table = partition_table(disk)
     assert table.part("data").size_mib == grown, table
     assert [p for p in table.partitions if p.name != "data"] == [p for p in built.partitions if p.name != "data"]
+    # The update: RAUC wrote slot B (the next boot stayed A until the probe, as the agent, activated B);
+    # the bundle's hook put the bundle's boot files on the ESP.
+    assert (first["update"], first["update-installed-primary"]) == ("0", "rootfs.0"), first
+    assert (first["update-primary"], first["update-b"]) == ("rootfs.1", "good"), first
+    assert _esp_file(disk, "B/vmlinuz", tmp_path / "b-kernel") == built_image.kernel.read_bytes()
+    assert _esp_file(disk, "B/initrd.img", tmp_path / "b-initrd") == built_image.initrd.read_bytes()
     env = boot_environment(disk)
-    assert (env["A_OK"], env["A_TRY"], env["B_OK"]) == ("1", "0", "0"), env
+    assert (env["A_OK"], env["A_TRY"], env["B_OK"], env["ORDER"]) == ("1", "0", "1", "B A"), env
 
-    # 2. Slot B "installed" but broken: its kernel on the ESP, its partition zeroed, first in ORDER.
+    # 2. The updated slot B boots from its own kernel and squashfs and is marked good.
+    with Vm(VmSpec.for_disk(disk), tmp_path / "updated.log") as vm:
+        vm.wait_for(r"Booting `MaculaOS \S+ \(slot B\)'", boot_timeout())
+        vm.wait_for(r"MACULAOS-MARK-GOOD slot=B", boot_timeout())
+        vm.wait_for(r"MACULAOS-READY", boot_timeout())
+        updated = _probe(vm)
+        vm.wait_exit(boot_timeout())
+    assert (updated["rauc-booted"], updated["rauc-a"], updated["rauc-b"]) == ("B", "good", "good"), updated
+    assert updated["root"] == "squashfs" and updated["var-mark"] == "present", updated   # same data partition
+    assert updated["failed-units"] == "", updated
+
+    # 3. Slot B installed again but broken: its kernel on the ESP, its partition zeroed, first in ORDER.
     b = partition_table(disk).part("rootfs-B")
     with disk.open("r+b") as f:
         f.seek(b.offset)
