@@ -64,13 +64,26 @@ def chart(cluster: Cluster) -> Iterator[None]:
     """The operator chart installed on the shared control plane (its pods stay Pending: no kubelet)."""
     helm(cluster, "install", RELEASE, str(REPO / "charts" / "maculaos-operator"), f"--namespace={NS}",
          "--create-namespace")
-    cluster.wait_for(lambda: "agent-own-report" in cluster.kubectl(
-        "get", "validatingadmissionpolicybinding", "-o", "name").stdout, what="the policy binding")
+    cluster.wait_for(lambda: all(name in cluster.kubectl("get", "validatingadmissionpolicybinding", "-o", "name").stdout
+                                 for name in ("agent-own-report", "agent-own-node")), what="the policy bindings")
+    # A binding that exists is not yet enforced: the API server loads policies from its own informer, a
+    # second or more later on a loaded machine. Wait until a request the policy denies is denied (dry run).
+    cluster.wait_for(lambda: _denied_dry_run(cluster), timeout=60, what="the admission policies to be enforced")
     try:
         yield
     finally:
         helm(cluster, "uninstall", RELEASE, f"--namespace={NS}")
         cluster.kubectl("delete", "namespace", NS, "--wait=false")
+
+
+def _denied_dry_run(cluster: Cluster) -> bool:
+    """Whether the API server refuses node ME's agent a NodeReport of another node (nothing is created)."""
+    try:
+        client.CustomObjectsApi(agent_client(cluster)).create_cluster_custom_object(
+            GROUP, VERSION, "nodereports", new_report(OTHER, OTHER), dry_run="All")
+    except client.ApiException as exc:
+        return f"may only write NodeReport {ME}" in str(exc.body)
+    return False
 
 
 @pytest.fixture
