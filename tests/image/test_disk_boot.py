@@ -7,7 +7,6 @@ partition and its ext4 to the end of it, the others find nothing to do."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from maculaos.image.disk import boot_environment, esp_put, partition_table
+from maculaos.image.disk import boot_environment, esp_get, esp_put, partition_table
 from maculaos.image.vm import Vm, VmSpec, uefi_vars_copy
 from tests.image.conftest import BuiltImage, boot_timeout
 from tests.image.test_boot import _probe
@@ -42,13 +41,6 @@ def _update_disk(bundle: Path, tmp_path: Path) -> Path:
         f.truncate(bundle.stat().st_size + 64 * 1024 * 1024)
     subprocess.run(["mkfs.ext4", "-q", "-L", "MACULA-UPDATE", "-d", str(folder), str(disk)], check=True)
     return disk
-
-
-def _esp_file(disk: Path, name: str, target: Path) -> bytes:
-    image = f"{disk}@@{partition_table(disk).part('ESP').offset}"
-    subprocess.run(["mcopy", "-n", "-i", image, f"::/{name}", str(target)], check=True,
-                   env=os.environ | {"MTOOLS_SKIP_CHECK": "1"})
-    return target.read_bytes()
 
 
 def test_disk_image_boots_from_grub_marks_a_good_updates_b_and_falls_back_from_a_broken_b(
@@ -89,8 +81,8 @@ def test_disk_image_boots_from_grub_marks_a_good_updates_b_and_falls_back_from_a
     # the bundle's hook put the bundle's boot files on the ESP.
     assert (first["update"], first["update-installed-primary"]) == ("0", "rootfs.0"), first
     assert (first["update-primary"], first["update-b"]) == ("rootfs.1", "good"), first
-    assert _esp_file(disk, "B/vmlinuz", tmp_path / "b-kernel") == built_image.kernel.read_bytes()
-    assert _esp_file(disk, "B/initrd.img", tmp_path / "b-initrd") == built_image.initrd.read_bytes()
+    assert esp_get(disk, "B/vmlinuz") == built_image.kernel.read_bytes()
+    assert esp_get(disk, "B/initrd.img") == built_image.initrd.read_bytes()
     env = boot_environment(disk)
     assert (env["A_OK"], env["A_TRY"], env["B_OK"], env["ORDER"]) == ("1", "0", "1", "B A"), env
 

@@ -64,8 +64,7 @@ def chart(cluster: Cluster) -> Iterator[None]:
     """The operator chart installed on the shared control plane (its pods stay Pending: no kubelet)."""
     helm(cluster, "install", RELEASE, str(REPO / "charts" / "maculaos-operator"), f"--namespace={NS}",
          "--create-namespace")
-    cluster.wait_for(lambda: all(name in cluster.kubectl("get", "validatingadmissionpolicybinding", "-o", "name").stdout
-                                 for name in ("agent-own-report", "agent-own-node")), what="the policy bindings")
+    cluster.wait_for(lambda: _has_bindings(cluster), what="the policy bindings")
     # A binding that exists is not yet enforced: the API server loads policies from its own informer, a
     # second or more later on a loaded machine. Wait until a request the policy denies is denied (dry run).
     cluster.wait_for(lambda: _denied_dry_run(cluster), timeout=60, what="the admission policies to be enforced")
@@ -74,6 +73,11 @@ def chart(cluster: Cluster) -> Iterator[None]:
     finally:
         helm(cluster, "uninstall", RELEASE, f"--namespace={NS}")
         cluster.kubectl("delete", "namespace", NS, "--wait=false")
+
+
+def _has_bindings(cluster: Cluster) -> bool:
+    names = cluster.kubectl("get", "validatingadmissionpolicybinding", "-o", "name").stdout
+    return "agent-own-report" in names and "agent-own-node" in names
 
 
 def _denied_dry_run(cluster: Cluster) -> bool:

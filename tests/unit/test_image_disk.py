@@ -11,8 +11,8 @@ import pytest
 
 from maculaos.image import grub
 from maculaos.image.bundle import build_bundle
-from maculaos.image.disk import (MIB, BootFiles, DiskError, DiskInputs, boot_environment, build_disk, esp_put,
-                                 partition_table, plan, write_at)
+from maculaos.image.disk import (MIB, BootFiles, DiskError, DiskInputs, boot_environment, build_disk, esp_get,
+                                 esp_put, partition_table, plan, write_at)
 from maculaos.image.signing import SigningError, development_identity, given_identity, sign_file
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -116,6 +116,7 @@ def test_boot_environment_and_esp_files_can_be_changed_offline(small_disk: tuple
     esp_put(copy, {"B/vmlinuz": tmp_path / "k"})
     image = f"{copy}@@{partition_table(copy).part('ESP').offset}"
     assert "::/B/vmlinuz" in _mtools("mdir", "-/", "-b", "-i", image, "::/").splitlines()
+    assert esp_get(copy, "B/vmlinuz") == b"other kernel"
 
 
 def test_grub_cfg_matches_golden_and_passes_grubs_syntax_check(tmp_path: Path) -> None:

@@ -272,6 +272,16 @@ def esp_put(disk: Path, files: dict[str, Path]) -> None:
         _run(["mcopy", "-o", "-i", image, str(files[name]), f"::/{name}"], f"mcopy {name} into the ESP", env)
 
 
+def esp_get(disk: Path, name: str) -> bytes:
+    """A file's bytes from a disk image's ESP (the name on the ESP)."""
+    image = f"{disk}@@{partition_table(disk).part('ESP').offset}"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "file"
+        _run(["mcopy", "-n", "-i", image, f"::/{name}", str(local)], f"mcopy {name} out of the ESP",
+             os.environ | {"MTOOLS_SKIP_CHECK": "1"})
+        return local.read_bytes()
+
+
 def qcow2(raw: Path, target: Path) -> Path:
     """The raw image as qcow2 (compressed): for QEMU/libvirt/Proxmox."""
     target.unlink(missing_ok=True)
