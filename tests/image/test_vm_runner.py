@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from maculaos.image import vm
 from maculaos.image.vm import BootError, Vm, VmSpec, qemu_command
 
 pytestmark = pytest.mark.image
@@ -21,11 +23,29 @@ def test_qemu_ending_early_is_a_boot_error_with_the_console(tmp_path: Path) -> N
         vm.wait_for("MACULAOS-READY", 60)
 
 
-def test_tcg_unless_kvm_is_asked_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_tcg_runs_qemu64_on_two_vcpus_and_kvm_the_hosts_cpu(tmp_path: Path) -> None:
     spec = VmSpec(tmp_path / "k", tmp_path / "i", tmp_path / "r", tmp_path / "d", "boot=macula")
-    monkeypatch.delenv("MACULAOS_QEMU_ACCEL", raising=False)
     cmd = qemu_command(spec)
-    assert cmd[cmd.index("-accel") + 1] == "tcg" and "kvm" not in cmd
-    monkeypatch.setenv("MACULAOS_QEMU_ACCEL", "kvm")
-    assert " ".join(qemu_command(spec)).count("-accel") == 2  # kvm first, TCG when KVM cannot start
-    assert f"file={tmp_path / 'r'},format=raw,if=virtio,readonly=on" in qemu_command(spec)
+    assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd.count("-accel") == 1
+    assert cmd[cmd.index("-cpu") + 1] == "qemu64" and cmd[cmd.index("-smp") + 1] == "2"
+    kvm = qemu_command(spec, "kvm")
+    assert kvm[kvm.index("-accel") + 1] == "kvm" and kvm[kvm.index("-cpu") + 1] == "host"
+    assert f"file={tmp_path / 'r'},format=raw,if=virtio,readonly=on" in cmd
+
+
+def test_kvm_only_where_a_probe_boot_ran_under_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The verdict is the probe's, kept per QEMU and host kernel; the variable overrides it both ways."""
+    spec = VmSpec(tmp_path / "k", tmp_path / "i", tmp_path / "r", None, "boot=macula")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(vm, "probe_kvm", lambda kernel: False)
+    monkeypatch.setattr(vm, "kvm_device_opens", lambda: True)
+    monkeypatch.delenv("MACULAOS_QEMU_ACCEL", raising=False)
+    vm.kvm_usable.cache_clear()
+    assert vm.accelerator(spec) == "tcg"
+    assert json.loads(vm.kvm_verdict_file().read_text())["kvm"] is False
+    vm.kvm_verdict_file().write_text('{"kvm": true}')
+    vm.kvm_usable.cache_clear()
+    assert vm.accelerator(spec) == "kvm"
+    monkeypatch.setenv("MACULAOS_QEMU_ACCEL", "tcg")
+    assert vm.accelerator(spec) == "tcg"
+    vm.kvm_usable.cache_clear()
