@@ -68,3 +68,24 @@ def test_a_missing_unit_is_a_clear_error(host_root: Path) -> None:
     assert not systemd.exists("macula-nope.service")
     with pytest.raises(SystemdError, match="macula-nope.service"):
         systemd.set_enabled("macula-nope.service", True)
+
+
+def test_several_units_take_one_systemctl_run_per_verb(host_root: Path, tmp_path: Path) -> None:
+    """At boot every systemctl is a large program started under a slow CPU: the apply asks once."""
+    log = tmp_path / "calls"
+    wrapper = tmp_path / "systemctl"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec systemctl "$@"\n')
+    wrapper.chmod(0o755)
+    systemd = Systemd(host_root, systemctl=str(wrapper))
+    systemd.set_enabled("macula-gateway.service", True)
+    log.unlink()
+    units = {"macula-mesh.service": True, "macula-bootstrap.service": True, "macula-gateway.service": False,
+             "macula-nope.service": False}
+    assert systemd.set_all_enabled(units) == ("macula-mesh.service", "macula-bootstrap.service",
+                                              "macula-gateway.service")
+    verbs = [line.split()[1] for line in log.read_text().splitlines()]
+    assert verbs == ["list-unit-files", "enable", "disable"]
+    assert systemd.is_enabled("macula-bootstrap.service") and not systemd.is_enabled("macula-gateway.service")
+    log.unlink()
+    assert systemd.set_all_enabled(units) == ()                 # converged: only the one question asked
+    assert [line.split()[1] for line in log.read_text().splitlines()] == ["list-unit-files"]

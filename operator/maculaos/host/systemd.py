@@ -4,8 +4,12 @@ disk seen from a pod or a sandbox in tests) or on the running system (`systemctl
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+# Unit file states that count as enabled: the unit starts with its target (static: by another's Wants=).
+ENABLED_STATES = ("enabled", "enabled-runtime", "static")
 
 
 class SystemdError(RuntimeError):
@@ -28,7 +32,32 @@ class Systemd:
         return self._run("list-unit-files", "--no-legend", unit).returncode == 0
 
     def is_enabled(self, unit: str) -> bool:
-        return self._run("is-enabled", unit).stdout.strip() in ("enabled", "enabled-runtime", "static")
+        return self._run("is-enabled", unit).stdout.strip() in ENABLED_STATES
+
+    def unit_file_states(self, units: Iterable[str]) -> dict[str, str]:
+        """The file state (enabled, disabled, static...) of each unit that exists, in one systemctl run:
+        each run is a large program to start, seconds at boot on a slow or emulated CPU."""
+        names = set(units)
+        listed = self._run("list-unit-files", "--no-legend", "--full", *sorted(names)).stdout
+        return {fields[0]: fields[1] for fields in map(str.split, listed.splitlines())
+                if len(fields) >= 2 and fields[0] in names}
+
+    def set_all_enabled(self, wanted: Mapping[str, bool]) -> tuple[str, ...]:
+        """Enable or disable several units, one systemctl run per verb; units that do not exist are left
+        out. Live, they are started or stopped too, without waiting for them (a unit that fails to start
+        is systemd's to restart and report, not a reason to leave the rest half-done). Returns the units
+        that changed."""
+        states = self.unit_file_states(wanted)
+        changes = {unit: on for unit, on in wanted.items()
+                   if unit in states and (states[unit] in ENABLED_STATES) != on}
+        for verb, on in (("enable", True), ("disable", False)):
+            units = [unit for unit, want in changes.items() if want == on]
+            if not units:
+                continue
+            result = self._run(verb, *(["--now", "--no-block"] if self.live else []), *units)
+            if result.returncode != 0:
+                raise SystemdError(f"systemctl {verb} {' '.join(units)}: {result.stderr.strip()}")
+        return tuple(changes)
 
     def set_enabled(self, unit: str, enabled: bool) -> bool:
         """Enable (and start, when live) or disable (and stop) a unit; returns whether anything changed."""
