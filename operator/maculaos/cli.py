@@ -72,14 +72,15 @@ def _operator_run(args: argparse.Namespace) -> int:
 def _agent_apply(args: argparse.Namespace) -> int:
     """Converge the host from its own config.yaml, without Kubernetes: the boot path of a node."""
     from maculaos.host.backup_server import backup_server_warnings
-    from maculaos.host.config import HostConfigError, read_config
+    from maculaos.host.config import HostConfigError
     from maculaos.host.firewall import FirewallError
     from maculaos.host.mesh import apply_mesh, plan_from_config, services_not_installed
+    from maculaos.host.nodeconfig import read_node_config
     from maculaos.host.systemd import Systemd, SystemdError
 
     systemd = Systemd(args.host_root, live=args.live_systemd, systemctl=args.systemctl)
     try:
-        plan = plan_from_config(read_config(args.host_root))
+        plan = plan_from_config(read_node_config(args.host_root))
         changes = apply_mesh(args.host_root, plan, systemd, args.nft)
     except (ValueError, HostConfigError, FirewallError, SystemdError) as exc:
         print(f"maculaos agent apply: nothing changed: {exc}", file=sys.stderr)
