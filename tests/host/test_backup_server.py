@@ -111,8 +111,8 @@ def test_url_defaults_to_the_nodes_internal_ip_and_port() -> None:
     config: dict[str, Any] = {"maculaos": {"backup_server": {"port": 8100}}}
     assert server_setting(NodeConfig.tolerant(config), "10.0.3.7") is not None
     assert server_setting(NodeConfig.tolerant(config), "10.0.3.7").url == "http://10.0.3.7:8100"  # type: ignore[union-attr]
-    assert server_setting(NodeConfig.tolerant({"maculaos": {"backup_server": {}}}),  # type: ignore[union-attr]
-                          "fd00::7").url == "http://[fd00::7]:8000"
+    ipv6 = server_setting(NodeConfig.tolerant({"maculaos": {"backup_server": {}}}), "fd00::7")
+    assert ipv6 is not None and ipv6.url == "http://[fd00::7]:8000"
     assert server_setting(NodeConfig.tolerant({"maculaos": {}}), "10.0.3.7") is None
 
 

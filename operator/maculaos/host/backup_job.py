@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from maculaos.api.backup import Retention
 from maculaos.host.config import read_config, write_maculaos_section

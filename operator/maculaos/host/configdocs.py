@@ -44,7 +44,7 @@ def _type(annotation: Any) -> str:
     if origin is dict:
         return f"mapping of {_type(args[0])} to {_type(args[1])}"
     if isinstance(annotation, type) and issubclass(annotation, Enum):
-        return " \\| ".join(f"`{m.value}`" for m in annotation)
+        return " | ".join(f"`{m.value}`" for m in annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "mapping"
     names = {bool: "boolean", int: "integer", str: "string"}
@@ -103,8 +103,8 @@ def config_reference() -> str:
         for name, info in model.model_fields.items():
             limits = _limits(info)
             kind = _type(info.annotation) + (f" ({limits})" if limits else "")
-            out.append(f"| `{name}` | {kind.replace('|', chr(92) + '|') if limits else kind} | {_default(info)} | "
-                       f"{_describe(info.description)} |\n")
+            kind = kind.replace("|", "\\|")  # a table cell: even a pipe in code ends it
+            out.append(f"| `{name}` | {kind} | {_default(info)} | {_describe(info.description)} |\n")
     return "".join(out)
 
 

@@ -330,7 +330,7 @@ class NodeConfig(ConfigSection):
             found.extend(f"{prefix}{k}" for k in (model.model_extra or {}))
             for name in type(model).model_fields:
                 value = getattr(model, name)
-                values = value.items() if isinstance(value, dict) else [("", value)]
+                values: list[tuple[str, Any]] = list(value.items()) if isinstance(value, dict) else [("", value)]
                 for sub, item in values:
                     if isinstance(item, BaseModel):
                         walk(item, f"{prefix}{name}.{sub + '.' if sub else ''}")
