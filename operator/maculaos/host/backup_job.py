@@ -15,8 +15,8 @@ from pathlib import Path
 
 from maculaos.api.backup import Retention
 from maculaos.host.config import read_config, write_maculaos_section
-from maculaos.host.nodeconfig import LocalBackupJob, NodeConfigError, read_node_config, section_value
 from maculaos.host.files import atomic_write
+from maculaos.host.nodeconfig import LocalBackupJob, NodeConfigError, read_node_config, section_value
 from maculaos.host.restic import BackupResult, Forgotten, Repository, Restic, ResticError, ResticFailure
 from maculaos.host.retention import RetentionState, retention_due
 

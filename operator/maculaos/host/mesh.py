@@ -11,9 +11,9 @@ from pathlib import Path
 from maculaos.api.meshrole import Firewall, MeshRoleName, MeshRoleSpec, TlsMode, WireGuard
 from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
+from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
 from maculaos.host.nodeconfig import (FirewallConfig, MeshConfig, NodeConfig, SecurityConfig, WireGuardConfig,
                                       read_node_config, write_section)
-from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
 from maculaos.host.systemd import Systemd, SystemdError
 
 PEER_SERVICE = "macula-mesh.service"
