@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_CRDS = REPO_ROOT / "crds"
+CONFIG_DOCS = REPO_ROOT / "docs" / "config.md"
 CHART_CRDS = REPO_ROOT / "charts" / "maculaos-crds" / "templates"
 
 
@@ -42,6 +43,15 @@ def _crds_generate(args: argparse.Namespace) -> int:
             (out / name).write_text(text)
             print(out / name)
     return 0
+
+
+def _config_docs(args: argparse.Namespace) -> int:
+    from maculaos.host.configdocs import sync_reference
+
+    if sync_reference(args.output, args.check) or not args.check:
+        return 0
+    print(f"{args.output} is out of date: run `maculaos config docs`", file=sys.stderr)
+    return 1
 
 
 def _stale(out: Path, files: dict[str, str]) -> list[str]:
@@ -72,14 +82,15 @@ def _operator_run(args: argparse.Namespace) -> int:
 def _agent_apply(args: argparse.Namespace) -> int:
     """Converge the host from its own config.yaml, without Kubernetes: the boot path of a node."""
     from maculaos.host.backup_server import backup_server_warnings
-    from maculaos.host.config import HostConfigError, read_config
+    from maculaos.host.config import HostConfigError
     from maculaos.host.firewall import FirewallError
     from maculaos.host.mesh import apply_mesh, plan_from_config, services_not_installed
+    from maculaos.host.nodeconfig import read_node_config
     from maculaos.host.systemd import Systemd, SystemdError
 
     systemd = Systemd(args.host_root, live=args.live_systemd, systemctl=args.systemctl)
     try:
-        plan = plan_from_config(read_config(args.host_root))
+        plan = plan_from_config(read_node_config(args.host_root))
         changes = apply_mesh(args.host_root, plan, systemd, args.nft)
     except (ValueError, HostConfigError, FirewallError, SystemdError) as exc:
         print(f"maculaos agent apply: nothing changed: {exc}", file=sys.stderr)
@@ -372,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
                                "templates/ when --output is the repository's crds/, else none)")
     generate.add_argument("--check", action="store_true", help="fail if the files differ instead of writing")
     generate.set_defaults(func=_crds_generate)
+
+    config = commands.add_parser("config", help="config.yaml").add_subparsers(dest="action", required=True)
+    docs = config.add_parser("docs", help="write docs/config.md, the key reference, from the NodeConfig model")
+    docs.add_argument("--output", type=Path, default=CONFIG_DOCS)
+    docs.add_argument("--check", action="store_true", help="fail if the file differs instead of writing")
+    docs.set_defaults(func=_config_docs)
 
     operator = commands.add_parser("operator", help="the cluster-wide controller").add_subparsers(
         dest="action", required=True)

@@ -29,9 +29,10 @@ from maculaos.devenv.restserver import RestServer
 from maculaos.host.backup_server import (BINARY, ENVIRONMENT, HTPASSWD, SERVICE, backup_server_warnings,
                                          converge_service, probe_rest_server, served_port, served_rule,
                                          server_setting)
-from maculaos.host.config import read_config, write_maculaos_section
+from maculaos.host.config import write_maculaos_section
 from maculaos.host.firewall import tcp_port_blocked
 from maculaos.host.mesh import apply_mesh, plan_mesh
+from maculaos.host.nodeconfig import NodeConfig, read_node_config
 from maculaos.host.restic import Restic, ResticError, ResticFailure, rest_repository
 from maculaos.host.systemd import Systemd
 from tests.fakes import restarts, systemctl_over_root
@@ -108,10 +109,11 @@ def test_the_warning_follows_what_the_server_does(tmp_path: Path, rest_server: R
 
 def test_url_defaults_to_the_nodes_internal_ip_and_port() -> None:
     config: dict[str, Any] = {"maculaos": {"backup_server": {"port": 8100}}}
-    assert server_setting(config, "10.0.3.7") is not None
-    assert server_setting(config, "10.0.3.7").url == "http://10.0.3.7:8100"  # type: ignore[union-attr]
-    assert server_setting({"maculaos": {"backup_server": {}}}, "fd00::7").url == "http://[fd00::7]:8000"  # type: ignore[union-attr]
-    assert server_setting({"maculaos": {}}, "10.0.3.7") is None
+    assert server_setting(NodeConfig.tolerant(config), "10.0.3.7") is not None
+    assert server_setting(NodeConfig.tolerant(config), "10.0.3.7").url == "http://10.0.3.7:8100"  # type: ignore[union-attr]
+    ipv6 = server_setting(NodeConfig.tolerant({"maculaos": {"backup_server": {}}}), "fd00::7")
+    assert ipv6 is not None and ipv6.url == "http://[fd00::7]:8000"
+    assert server_setting(NodeConfig.tolerant({"maculaos": {}}), "10.0.3.7") is None
 
 
 @pytest.mark.parametrize(("section", "named"), [
@@ -182,15 +184,17 @@ def test_a_firewalled_server_is_not_advertised_until_the_config_opens_its_port(
     ("http://10.0.3.7:8000", None),
 ])
 def test_the_port_the_firewall_opens_is_the_one_peers_use(section: Any, port: int | None) -> None:
-    assert served_port({"maculaos": {"backup_server": section}}) == port
-    assert served_port({"maculaos": {}}) is None and served_port({"maculaos": "x"}) is None
+    assert served_port(NodeConfig.tolerant({"maculaos": {"backup_server": section}})) == port
+    assert served_port(NodeConfig.tolerant({"maculaos": {}})) is None
+    assert served_port(NodeConfig.tolerant({"maculaos": "x"})) is None
 
 
 def test_the_firewall_rule_pairs_the_port_with_the_admitted_networks() -> None:
     section = {"url": "http://10.0.3.7:9000/", "sources": ["10.0.3.0/24", "fd00::/64"]}
-    assert served_rule({"maculaos": {"backup_server": section}}) == (9000, ("10.0.3.0/24", "fd00::/64"))
-    assert served_rule({"maculaos": {"backup_server": {"port": 8100}}}) == (8100, ())
-    assert served_rule({"maculaos": {"backup_server": {"enabled": False}}}) is None
+    assert served_rule(NodeConfig.tolerant({"maculaos": {"backup_server": section}})) == \
+        (9000, ("10.0.3.0/24", "fd00::/64"))
+    assert served_rule(NodeConfig.tolerant({"maculaos": {"backup_server": {"port": 8100}}})) == (8100, ())
+    assert served_rule(NodeConfig.tolerant({"maculaos": {"backup_server": {"enabled": False}}})) is None
 
 
 def install_image_unit(host_root: Path) -> Path:
@@ -283,17 +287,17 @@ def test_the_image_unit_serves_exactly_while_config_asks(host_root: Path, tmp_pa
     (--no-auth: restic without credentials makes a repository), and the agent says so plainly."""
     unit_file = install_image_unit(host_root)
     systemd = Systemd(host_root)
-    assert not converge_service(host_root, read_config(host_root), systemd)
+    assert not converge_service(host_root, read_node_config(host_root), systemd)
     assert not systemd.is_enabled(SERVICE) and not (host_root / ENVIRONMENT).exists()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     write_maculaos_section(host_root, "backup_server", {"port": port, "url": url})
-    assert converge_service(host_root, read_config(host_root), systemd)
+    assert converge_service(host_root, read_node_config(host_root), systemd)
     assert systemd.is_enabled(SERVICE) and f"LISTEN=:{port}\n" in (host_root / ENVIRONMENT).read_text()
     assert "AUTH=--no-auth\n" in (host_root / ENVIRONMENT).read_text()
     assert (host_root / HTPASSWD).stat().st_mode & 0o777 == 0o600  # LoadCredential= needs it, even empty
-    assert not converge_service(host_root, read_config(host_root), systemd)  # nothing to do twice
+    assert not converge_service(host_root, read_node_config(host_root), systemd)  # nothing to do twice
 
     unit = unit_settings(unit_file)
     assert unit["Service.EnvironmentFile"] == [f"/{ENVIRONMENT}"]
@@ -316,7 +320,7 @@ def test_the_image_unit_serves_exactly_while_config_asks(host_root: Path, tmp_pa
         stop(record)
 
     write_maculaos_section(host_root, "backup_server", {"port": port, "enabled": False})
-    assert converge_service(host_root, read_config(host_root), systemd) and not systemd.is_enabled(SERVICE)
+    assert converge_service(host_root, read_node_config(host_root), systemd) and not systemd.is_enabled(SERVICE)
     assert backup_server_warnings(host_root) == []
 
 
@@ -329,7 +333,7 @@ def test_the_image_unit_lets_in_only_the_htpasswd_users(host_root: Path, tmp_pat
     url = f"http://127.0.0.1:{port}"
     users = "\n".join([htpasswd_line("mesh", "peer-secret"), "# the shop's NAS", htpasswd_line("nas", "nas-pw"), ""])
     write_maculaos_section(host_root, "backup_server", {"port": port, "url": url, "htpasswd": users})
-    assert converge_service(host_root, read_config(host_root), Systemd(host_root))
+    assert converge_service(host_root, read_node_config(host_root), Systemd(host_root))
     env = (host_root / ENVIRONMENT).read_text()
     assert "AUTH=\n" in env and "--no-auth" not in env.replace("# ", "")
     written = host_root / HTPASSWD
@@ -337,7 +341,7 @@ def test_the_image_unit_lets_in_only_the_htpasswd_users(host_root: Path, tmp_pat
     assert [line for line in written.read_text().splitlines() if not line.startswith("#")] == [
         line for line in users.splitlines() if line and not line.startswith("#")]
     written.chmod(0o644)  # loosened behind the agent's back: tightened again
-    assert converge_service(host_root, read_config(host_root), Systemd(host_root))
+    assert converge_service(host_root, read_node_config(host_root), Systemd(host_root))
     assert written.stat().st_mode & 0o777 == 0o600
 
     record, argv = start_unit_server(host_root, tmp_path, port)
@@ -388,7 +392,7 @@ def test_a_changed_htpasswd_or_mode_restarts_the_live_unit(host_root: Path, tmp_
 
     def converge(section: dict[str, Any]) -> bool:
         write_maculaos_section(host_root, "backup_server", section)
-        return converge_service(host_root, read_config(host_root), live)
+        return converge_service(host_root, read_node_config(host_root), live)
 
     assert converge({"port": port, "htpasswd": one}) and live.is_enabled(SERVICE)
     assert restarts(systemctl, SERVICE) == 0  # enabled --now: it starts with these users
@@ -424,11 +428,11 @@ def test_bad_htpasswd_values_are_named_and_change_nothing(host_root: Path, tmp_p
     systemd = Systemd(host_root)
     port = free_port()
     write_maculaos_section(host_root, "backup_server", {"port": port, "htpasswd": GOOD})
-    assert converge_service(host_root, read_config(host_root), systemd)
+    assert converge_service(host_root, read_node_config(host_root), systemd)
     before = {path: file_state(host_root / path) for path in (ENVIRONMENT, HTPASSWD)}
 
     write_maculaos_section(host_root, "backup_server", {"port": port + 1, "htpasswd": htpasswd})
-    config = read_config(host_root)
+    config = read_node_config(host_root)
     setting = server_setting(config, "10.0.3.7")
     assert setting is not None and setting.error is not None
     assert setting.error.startswith("maculaos.backup_server.htpasswd: ") and said in setting.error
@@ -447,7 +451,7 @@ def test_htpasswd_lines_as_htpasswd_makes_them_are_taken(host_root: Path) -> Non
     """`htpasswd -nB` writes $2y$ (cost 5 by default) and a trailing blank line; YAML keeps trailing spaces."""
     line = htpasswd_line("shop-nas@macula.lan", "pw").replace(":$2b$", ":$2y$")  # the same bcrypt, its prefix
     section = {"htpasswd": f"{line}  \n\n{GOOD}\n", "url": "http://10.0.3.7:8000"}
-    setting = server_setting({"maculaos": {"backup_server": section}}, None)
+    setting = server_setting(NodeConfig.tolerant({"maculaos": {"backup_server": section}}), None)
     assert setting is not None and setting.error is None and setting.authenticated
 
 
@@ -485,5 +489,5 @@ def test_the_unit_is_left_alone_on_a_host_without_the_server(host_root: Path) ->
     """The sandbox hosts and an image built without the tools profile: no binary, nothing enabled."""
     shutil.copy(IMAGE_OVERLAY / "usr/lib/systemd/system" / SERVICE, host_root / "usr/lib/systemd/system" / SERVICE)
     write_maculaos_section(host_root, "backup_server", {"port": 8000})
-    assert not converge_service(host_root, read_config(host_root), Systemd(host_root))
+    assert not converge_service(host_root, read_node_config(host_root), Systemd(host_root))
     assert not Systemd(host_root).is_enabled(SERVICE)

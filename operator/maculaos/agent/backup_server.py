@@ -15,7 +15,8 @@ from typing import Any
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.host.backup_server import (asks_for_credentials, open_server_warning, probe_rest_server, served_port,
                                          server_setting)
-from maculaos.host.config import HostConfigError, read_config
+from maculaos.host.config import HostConfigError
+from maculaos.host.nodeconfig import read_node_config
 
 CONDITION = "MaculaBackupServer"
 
@@ -43,7 +44,7 @@ def advertisement(host_root: Path, node: Mapping[str, Any], firewall: Callable[[
     conditions = (node.get("status") or {}).get("conditions") or []
     had_condition = any(c.get("type") == CONDITION for c in conditions)
     try:
-        config = read_config(host_root)
+        config = read_node_config(host_root)
         setting = server_setting(config, internal_ip(node))
     except HostConfigError as exc:
         return Advertisement(None, ("False", "ConfigInvalid", f"not advertised: {exc}"))

@@ -16,6 +16,7 @@ import yaml
 from kubernetes import client
 
 from maculaos.api.common import VERSION_LABEL
+from maculaos.host.nodeconfig import NodeConfig
 
 BASE_VERSION = "0.1.0"
 #: Files the image installs; sandbox host roots get the same ones (image-build/ is their one source).
@@ -102,7 +103,9 @@ def register_node(api: client.CoreV1Api, node: SimulatedNode, ready: bool = True
 
 
 def create_host_root(root: Path, node: SimulatedNode) -> Path:
-    """Lay out a sandbox host root as a fresh MaculaOS install has it (seed 4.3 defaults)."""
+    """Lay out a sandbox host root as a fresh MaculaOS install has it. Its config.yaml also holds keys
+    MaculaOS does not read (dns_nameservers, labels, modules, k3s, network): kept, as NodeConfig keeps
+    keys it does not know."""
     (root / "etc").mkdir(parents=True, exist_ok=True)
     (root / "etc" / "hostname").write_text(node.name + "\n")
     (root / "etc" / "os-release").write_text(
@@ -121,6 +124,7 @@ def create_host_root(root: Path, node: SimulatedNode) -> Path:
         "network": {"dhcp": True},
         "ssh_authorized_keys": [],
     }
+    NodeConfig.parse(config)  # a sandbox starts from a config the node accepts
     (config_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "var" / "lib" / "data").mkdir(parents=True, exist_ok=True)
     (root / "etc" / "systemd" / "system").mkdir(parents=True, exist_ok=True)

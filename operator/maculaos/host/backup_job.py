@@ -12,11 +12,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from maculaos.api.backup import Retention
 from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.files import atomic_write
+from maculaos.host.nodeconfig import LocalBackupJob, NodeConfigError, read_node_config, section_value
 from maculaos.host.restic import BackupResult, Forgotten, Repository, Restic, ResticError, ResticFailure
 from maculaos.host.retention import RetentionState, retention_due
 
@@ -198,39 +198,42 @@ def save_local_job(job: BackupJob) -> None:
     node can list and restore on its own when the cluster is away."""
     credentials = {str(i): r.environment() for i, r in enumerate(job.repositories)}
     atomic_write(job.host_root / CREDENTIALS_DIR / f"{job.name}.json", json.dumps(credentials, indent=1), mode=0o600)
-    config = read_config(job.host_root).get("maculaos", {}).get("backup") or {}
-    section = dict(config) if isinstance(config, dict) else {}
-    section[job.name] = {
-        "target": job.target_type,
-        "repositories": [r.display() for r in job.repositories],
-        "include": job.include, "exclude": job.exclude,
-        "retention": job.retention.model_dump(by_alias=True, exclude_none=True),
-        "include_k3s_datastore": job.include_k3s_datastore,
-        "credentials_file": "/" + str(CREDENTIALS_DIR / f"{job.name}.json"),
-    }
+    raw = read_config(job.host_root).get("maculaos")
+    section = raw.get("backup") if isinstance(raw, dict) else None
+    section = dict(section) if isinstance(section, dict) else {}
+    recorded = LocalBackupJob(
+        target=job.target_type, repositories=[r.display() for r in job.repositories],
+        include=job.include, exclude=job.exclude,
+        retention=job.retention.model_dump(by_alias=True, exclude_none=True),
+        include_k3s_datastore=job.include_k3s_datastore,
+        credentials_file="/" + str(CREDENTIALS_DIR / f"{job.name}.json"))
+    section[job.name] = section_value(recorded, section.get(job.name))  # keeps keys a newer agent wrote
     write_maculaos_section(job.host_root, "backup", section)
 
 
 def local_jobs(host_root: Path, node: str, restic: str = "restic") -> dict[str, BackupJob]:
     """The jobs recorded on this node by save_local_job."""
-    section: Any = read_config(host_root).get("maculaos", {}).get("backup") or {}
+    config = read_node_config(host_root)
+    try:
+        config.require("maculaos", "maculaos.backup")
+    except NodeConfigError as exc:
+        raise ResticError(ResticFailure.FAILED, f"the backups recorded on this node cannot be read: {exc}") from exc
     jobs = {}
-    for name, raw in (section.items() if isinstance(section, dict) else []):
-        creds_file = host_root / str(raw.get("credentials_file", "")).lstrip("/")
+    for name, raw in config.maculaos.backup.items():
+        creds_file = host_root / raw.credentials_file.lstrip("/")
         try:
             creds = json.loads(creds_file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ResticError(ResticFailure.FAILED, f"cannot read the credentials of backup {name} "
                                                     f"({creds_file}): {exc}") from exc
         repos = []
-        for i, _ in enumerate(raw.get("repositories") or []):
+        for i, _ in enumerate(raw.repositories):
             env = dict(creds[str(i)])
             repos.append(Repository(env.pop("RESTIC_REPOSITORY"), env.pop("RESTIC_PASSWORD"), env))
         jobs[name] = BackupJob(
-            name=name, node=node, host_root=host_root, include=list(raw.get("include") or []),
-            exclude=list(raw.get("exclude") or []), retention=Retention.model_validate(raw.get("retention") or {}),
-            repositories=repos, target_type=str(raw.get("target", "")),
-            include_k3s_datastore=bool(raw.get("include_k3s_datastore", True)), restic=restic)
+            name=name, node=node, host_root=host_root, include=raw.include, exclude=raw.exclude,
+            retention=Retention.model_validate(raw.retention), repositories=repos, target_type=raw.target,
+            include_k3s_datastore=raw.include_k3s_datastore, restic=restic)
     return jobs
 
 

@@ -1,5 +1,5 @@
 """`maculaos backup list | run | restore` on a node, from the jobs the agent recorded in the node's own
-config (seed 4.13.2): works with the cluster away, which is when a restore is most often needed."""
+config: works with the cluster away, which is when a restore is most often needed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from maculaos.host.backup_job import RUN_TAG, local_jobs, run_job, select_jobs
-from maculaos.host.config import read_config
+from maculaos.host.nodeconfig import read_node_config
 from maculaos.host.restic import ResticError, ResticFailure
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
 
@@ -18,9 +18,9 @@ DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 def node_name(host_root: Path) -> str:
     """This node's name: maculaos.hostname in config.yaml, else /etc/hostname."""
-    configured = read_config(host_root).get("maculaos", {}).get("hostname")
+    configured = read_node_config(host_root).maculaos.hostname
     if configured:
-        return str(configured)
+        return configured
     return (host_root / "etc/hostname").read_text().strip()
 
 

@@ -1,4 +1,4 @@
-"""Whether this node serves a restic rest-server for its peers' mesh backups (seed 4.13.2/4.13.3).
+"""Whether this node serves a restic rest-server for its peers' mesh backups.
 
 The node's config.yaml says it does (`maculaos.backup_server`), and the server must answer as a
 rest-server before anyone is told: the agent advertises the URL on its Node only while a probe gets a
@@ -7,22 +7,17 @@ rest-server's answer, so the operator never assigns peers to a server that is do
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from maculaos.api.common import BACKUP_SERVER_PATTERN
-from maculaos.host.config import HostConfigError, read_config
+from maculaos.host.config import HostConfigError
 from maculaos.host.files import atomic_write
+from maculaos.host.nodeconfig import DEFAULT_BACKUP_SERVER_PORT, BackupServerConfig, NodeConfig, read_node_config
 from maculaos.host.systemd import Systemd
 
 SECTION = "backup_server"
-DEFAULT_PORT = 8000
+DEFAULT_PORT = DEFAULT_BACKUP_SERVER_PORT
 PROBE_TIMEOUT = 3.0
 #: The image's unit running the Debian restic-rest-server over /var/lib/maculaos-backups (data partition).
 SERVICE = "maculaos-backup-server.service"
@@ -33,74 +28,6 @@ ENVIRONMENT = Path("var/lib/maculaos/backup-server.env")
 #: Who may use it: config.yaml's htpasswd lines, root-only; the unit gets a copy by LoadCredential=.
 HTPASSWD = Path("var/lib/maculaos/backup-server.htpasswd")
 HTPASSWD_MODE = 0o600
-#: Users as rest-server accepts them (it silently ignores others; ASCII only here) and the hashes it can
-#: check: bcrypt only (`htpasswd -B`); it also takes unsalted {SHA}, which is refused here as too weak.
-HTPASSWD_USER = re.compile(r"[A-Za-z0-9@._-]+")
-BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
-HTPASSWD_HINT = "make lines with `htpasswd -nB <user>` (apache2-utils)"
-
-
-def check_htpasswd(text: str) -> str:
-    """The htpasswd value when every line is `user:bcrypt-hash` (blank and # lines skipped), at least one
-    user and no user twice; ValueError naming the line otherwise. rest-server itself would skip a bad line
-    (or refuse the whole file) and every peer would get 401 without a word why."""
-    seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, colon, hashed = line.partition(":")
-        if not colon or any(c.isspace() for c in line):
-            raise ValueError(f"line {number}: expected user:hash with no spaces; {HTPASSWD_HINT}")
-        if not HTPASSWD_USER.fullmatch(user):
-            raise ValueError(f"line {number}: user {user!r} may only have letters, digits and @ . _ -")
-        if not BCRYPT_HASH.fullmatch(hashed):
-            raise ValueError(f"line {number}: the password of {user} is not a bcrypt hash ($2y$...): "
-                             f"{HTPASSWD_HINT}")
-        if user in seen:
-            raise ValueError(f"line {number}: user {user} is already on line {seen[user]}")
-        seen[user] = number
-    if not seen:
-        raise ValueError(f"has no user line; {HTPASSWD_HINT}, or remove the key to serve without "
-                         "authentication")
-    return text
-
-
-class BackupServerConfig(BaseModel):
-    """maculaos.backup_server in config.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    """Advertise the server (false keeps the section but withdraws the node)."""
-    url: str | None = Field(default=None, pattern=BACKUP_SERVER_PATTERN, max_length=2048)
-    """How peers reach the server; default http://<the Node's InternalIP>:<port>."""
-    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
-    """The port the node's rest-server (maculaos-backup-server.service) listens on; peers use it too
-    unless url says otherwise."""
-    sources: list[str] = Field(default_factory=list, max_length=32)
-    """Networks (CIDR) the firewall lets reach the port, e.g. the shop's LAN; empty lets in anyone who can
-    route to the node."""
-    htpasswd: str | None = Field(default=None, max_length=65536)
-    """Who may use the server: htpasswd lines, user:bcrypt-hash (from `htpasswd -nB <user>`); Backups
-    give user:password by target.mesh.credentialsSecretRef. Unset: anyone who reaches the port may read,
-    delete or fill the repositories (served with --no-auth, with a warning)."""
-
-    @field_validator("sources")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for number, network in enumerate(value):
-            try:
-                ipaddress.ip_network(network, strict=True)
-            except ValueError as exc:
-                raise ValueError(f"entry {number} ({network!r}) is not a network in CIDR form, such as "
-                                 f"192.168.10.0/24: {exc}") from exc
-        return value
-
-    @field_validator("htpasswd")
-    @classmethod
-    def _htpasswd_lines(cls, value: str | None) -> str | None:
-        return None if value is None else check_htpasswd(value)
 
 
 @dataclass(frozen=True)
@@ -113,23 +40,15 @@ class ServerSetting:
     """Whether the server asks for htpasswd credentials (else anyone reaching it may use it)."""
 
 
-def parse_section(config: dict[str, Any]) -> tuple[BackupServerConfig | None, str | None]:
+def parse_section(config: NodeConfig) -> tuple[BackupServerConfig | None, str | None]:
     """(the section, None), (None, None) when there is none, or (None, what is wrong, naming the key)."""
-    maculaos = config.get("maculaos")
-    raw = maculaos.get(SECTION) if isinstance(maculaos, dict) else None
-    if raw is None:
-        return None, None
-    if not isinstance(raw, dict):
-        return None, f"maculaos.{SECTION} must be a mapping (url, port, enabled, htpasswd)"
-    try:
-        return BackupServerConfig.model_validate(raw), None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(map(str, err["loc"]))
-        return None, f"maculaos.{SECTION}.{where}: {err['msg'].removeprefix('Value error, ')}"
+    problem = config.problem(f"maculaos.{SECTION}")
+    if problem is not None:
+        return None, problem
+    return config.maculaos.backup_server, None
 
 
-def server_setting(config: dict[str, Any], internal_ip: str | None) -> ServerSetting | None:
+def server_setting(config: NodeConfig, internal_ip: str | None) -> ServerSetting | None:
     """The setting, or None when the node is not configured to serve (no section, or enabled: false)."""
     parsed, error = parse_section(config)
     if error:
@@ -146,13 +65,13 @@ def server_setting(config: dict[str, Any], internal_ip: str | None) -> ServerSet
     return ServerSetting(url=f"http://{host}:{parsed.port}", authenticated=authenticated)
 
 
-def _serving(config: dict[str, Any]) -> BackupServerConfig | None:
+def _serving(config: NodeConfig) -> BackupServerConfig | None:
     """The section when config.yaml asks to serve and it is valid (the advertisement names any fault)."""
     parsed, _ = parse_section(config)
     return parsed if parsed is not None and parsed.enabled else None
 
 
-def served_rule(config: dict[str, Any]) -> tuple[int, tuple[str, ...]] | None:
+def served_rule(config: NodeConfig) -> tuple[int, tuple[str, ...]] | None:
     """The TCP port peers reach this node's rest-server on and the networks admitted to it (empty: any),
     when config.yaml asks to serve: the firewall opens it, so the one setting both serves and admits. The
     url's port when url is given (a proxy on this node may stand in front), else port; None when the node
@@ -170,7 +89,7 @@ def served_rule(config: dict[str, Any]) -> tuple[int, tuple[str, ...]] | None:
     return port, tuple(parsed.sources)
 
 
-def served_port(config: dict[str, Any]) -> int | None:
+def served_port(config: NodeConfig) -> int | None:
     """served_rule's port alone."""
     rule = served_rule(config)
     return None if rule is None else rule[0]
@@ -205,7 +124,7 @@ def _write_secret(path: Path, data: str) -> bool:
     return changed
 
 
-def converge_service(host_root: Path, config: dict[str, Any], systemd: Systemd) -> bool:
+def converge_service(host_root: Path, config: NodeConfig, systemd: Systemd) -> bool:
     """Run the node's rest-server exactly while config.yaml asks for it: write its htpasswd (root-only),
     port and authentication mode, enable (and, live, start, or restart when any of them changed) the unit;
     disable (and stop) it otherwise. Returns whether anything changed. A bad section changes nothing (the
@@ -238,7 +157,7 @@ def backup_server_warnings(host_root: Path) -> list[str]:
     """What the mesh pass should say about this node's backup server: a bad config section (nothing was
     changed), or a server open to anyone."""
     try:
-        config = read_config(host_root)
+        config = read_node_config(host_root)
     except HostConfigError:
         return []  # the mesh pass itself reports an unreadable config.yaml
     parsed, error = parse_section(config)

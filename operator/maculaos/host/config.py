@@ -1,5 +1,8 @@
-"""The node's own configuration, /var/lib/maculaos/config.yaml (seed 4.3): read it, and replace one
-section of it atomically while leaving every other section as it was."""
+"""The node's own configuration, /var/lib/maculaos/config.yaml: read it, and replace one section of it
+atomically while leaving every other section as it was.
+
+The raw file only, without pydantic: the boot's lean entry points (hostname, node-info) read it here.
+Everything else reads it typed through host/nodeconfig.py (NodeConfig), which says what each key means."""
 
 from __future__ import annotations
 
@@ -23,6 +26,23 @@ class HostConfigError(RuntimeError):
 
 def config_file(host_root: Path) -> Path:
     return host_root / CONFIG_PATH
+
+
+def key_message(key: str, message: str) -> str:
+    """A problem named by its key path: a message holding `{key}` places it (`{key} must be true or
+    false`), any other follows it after a colon. One rule for NodeConfig and the lean readers."""
+    return message.replace("{key}", key) if "{key}" in message else f"{key}: {message}"
+
+
+def lookup(config: dict[str, Any], path: str) -> Any:
+    """The value at a dotted key path (maculaos.mesh.realm), None when any step is missing or not a
+    mapping: the lean readers' tolerant walk."""
+    value: Any = config
+    for step in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(step)
+    return value
 
 
 def read_config(host_root: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from maculaos.host.config import HostConfigError, read_config
+from maculaos.host.config import HostConfigError, key_message, lookup, read_config
 from maculaos.host.files import atomic_write
 
 MADE_NAME = Path("var/lib/maculaos/hostname")
@@ -40,6 +40,13 @@ class Choice:
     """Where the name came from, in words for the console."""
     problem: str = ""
     """Why config.yaml's name was not used (a bad value), empty when nothing was wrong."""
+
+
+def check_hostname(value: object) -> str:
+    """A configured name, else ValueError naming the rule (NodeConfig and choose() share it)."""
+    if not isinstance(value, str) or not LABEL.match(value):
+        raise ValueError(f"{{key}} {value!r} is not used: it must be {LABEL_RULE}")
+    return value
 
 
 def made_from(identity: str) -> str:
@@ -82,16 +89,21 @@ def made_name(host_root: Path) -> tuple[str, str]:
 
 
 def choose(host_root: Path) -> Choice:
-    """config.yaml's maculaos.hostname when it is valid, else the node's own made name."""
+    """config.yaml's maculaos.hostname when it is valid, else the node's own made name. Reads the raw file
+    with NodeConfig's check of the key: this runs at boot without pydantic."""
     problem = ""
     try:
-        configured = (read_config(host_root).get("maculaos") or {}).get("hostname")
-    except (HostConfigError, AttributeError) as exc:
+        config = read_config(host_root)
+        if not isinstance(config.get("maculaos") or {}, dict):
+            raise HostConfigError("maculaos must be a mapping")
+        configured = lookup(config, "maculaos.hostname")
+    except HostConfigError as exc:
         configured, problem = None, f"config.yaml not read: {exc}"
     if configured not in (None, ""):
-        if isinstance(configured, str) and LABEL.match(configured):
-            return Choice(configured, "config.yaml maculaos.hostname")
-        problem = f"config.yaml maculaos.hostname {configured!r} is not used: it must be {LABEL_RULE}"
+        try:
+            return Choice(check_hostname(configured), "config.yaml maculaos.hostname")
+        except ValueError as exc:
+            problem = "config.yaml " + key_message("maculaos.hostname", str(exc))
     name, source = made_name(host_root)
     return Choice(name, source, problem)
 

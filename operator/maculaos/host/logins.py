@@ -1,10 +1,10 @@
-"""Who may log in: the login user's SSH keys from config.yaml's `ssh_authorized_keys` (seed 4.3), and
+"""Who may log in: the login user's SSH keys from config.yaml's `ssh_authorized_keys`, and
 its console password from `password_hash`.
 
 The image ships no password, no key and no host keys: a node is reached with the keys its provisioner
 put in config.yaml (the file is root's alone). Both are managed: authorized_keys holds exactly the
 configured keys, and the password is the configured hash or locked, so removing either from config.yaml
-revokes it. A password is only ever a crypt(3) hash (seed 10: no plaintext passwords in config); a
+revokes it. A password is only ever a crypt(3) hash (no plaintext passwords in config); a
 person at the node's keyboard needs it when the network is down."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from maculaos.host.config import HostConfigError
+from maculaos.host.config import HostConfigError, key_message
 from maculaos.host.files import atomic_write
 
 KEY_TYPES = frozenset({
@@ -32,28 +32,43 @@ LOCKED = "!"
 HEADER = "# Managed by MaculaOS from ssh_authorized_keys in /var/lib/maculaos/config.yaml: edit that file.\n"
 
 
+def check_ssh_key(key: object) -> str:
+    """One configured public key, normalised ("TYPE BASE64 [comment]" on one line); ValueError says what
+    is wrong (NodeConfig and authorized_keys() share it)."""
+    if not isinstance(key, str) or "\n" in key.strip() or "\r" in key:
+        raise ValueError("must be one line of text (an OpenSSH public key)")
+    words = key.split()
+    if len(words) < 2 or words[0] not in KEY_TYPES:
+        raise ValueError(f"not an OpenSSH public key (expected one of {', '.join(sorted(KEY_TYPES))} then the key)")
+    try:
+        blob = base64.b64decode(words[1], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"the key is not base64: {exc}") from exc
+    if not blob.startswith(len(words[0]).to_bytes(4, "big") + words[0].encode()):
+        raise ValueError(f"the key's data is not a {words[0]} key")
+    return " ".join(words)
+
+
+def check_password_hash(value: object) -> str:
+    """A crypt(3) hash, else ValueError (a plaintext password is refused, and not echoed)."""
+    if not isinstance(value, str) or not PASSWORD_HASH.fullmatch(value):
+        raise ValueError("{key} must be a crypt(3) hash such as `mkpasswd -m yescrypt` or `openssl passwd -6` "
+                         "print ($y$..., $6$...); a password itself is never accepted")
+    return value
+
+
 def authorized_keys(config: dict[str, Any], source: Path) -> list[str]:
-    """The configured public keys, each checked ("TYPE BASE64 [comment]" on one line); a bad one raises
-    HostConfigError naming its index, and nothing is written."""
+    """The configured public keys, each checked; a bad one raises HostConfigError naming its index, and
+    nothing is written. Reads the raw file: node-info's boot entry point runs without pydantic."""
     keys = config.get("ssh_authorized_keys") or []
     if not isinstance(keys, list):
         raise HostConfigError(f"{source}: ssh_authorized_keys must be a list of public keys")
     checked = []
     for index, key in enumerate(keys):
-        where = f"{source}: ssh_authorized_keys[{index}]"
-        if not isinstance(key, str) or "\n" in key.strip() or "\r" in key:
-            raise HostConfigError(f"{where}: must be one line of text (an OpenSSH public key)")
-        words = key.split()
-        if len(words) < 2 or words[0] not in KEY_TYPES:
-            raise HostConfigError(f"{where}: not an OpenSSH public key (expected one of "
-                                  f"{', '.join(sorted(KEY_TYPES))} then the key)")
         try:
-            blob = base64.b64decode(words[1], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise HostConfigError(f"{where}: the key is not base64: {exc}") from exc
-        if not blob.startswith(len(words[0]).to_bytes(4, "big") + words[0].encode()):
-            raise HostConfigError(f"{where}: the key's data is not a {words[0]} key")
-        checked.append(" ".join(words))
+            checked.append(check_ssh_key(key))
+        except ValueError as exc:
+            raise HostConfigError(f"{source}: {key_message(f'ssh_authorized_keys[{index}]', str(exc))}") from exc
     return checked
 
 
@@ -81,15 +96,14 @@ def write_authorized_keys(host_root: Path, keys: list[str], user: str) -> bool:
 
 def password_field(config: dict[str, Any], source: Path) -> str:
     """The login user's shadow password field: config.yaml's password_hash, or locked without one. A value
-    that is not a crypt hash raises HostConfigError (a plaintext password is refused, and not echoed)."""
+    that is not a crypt hash raises HostConfigError."""
     value = config.get("password_hash")
     if value is None:
         return LOCKED
-    if not isinstance(value, str) or not PASSWORD_HASH.fullmatch(value):
-        raise HostConfigError(f"{source}: password_hash must be a crypt(3) hash such as `mkpasswd -m yescrypt` "
-                              "or `openssl passwd -6` print ($y$..., $6$...); a password itself is never "
-                              "accepted")
-    return value
+    try:
+        return check_password_hash(value)
+    except ValueError as exc:
+        raise HostConfigError(f"{source}: {key_message('password_hash', str(exc))}") from exc
 
 
 def write_password(host_root: Path, field: str, user: str) -> bool:

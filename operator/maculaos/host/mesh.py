@@ -7,15 +7,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
 
 from maculaos.api.meshrole import Firewall, MeshRoleName, MeshRoleSpec, TlsMode, WireGuard
 from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
-from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
+from maculaos.host.nodeconfig import (FirewallConfig, MeshConfig, NodeConfig, SecurityConfig, WireGuardConfig,
+                                      read_node_config, write_section)
 from maculaos.host.systemd import Systemd, SystemdError
 
 PEER_SERVICE = "macula-mesh.service"
@@ -45,17 +43,11 @@ class MeshPlan:
     wireguard: WireGuard = field(default_factory=WireGuard)
     node_labels: Mapping[str, str] = field(default_factory=dict)
 
-    def config_section(self) -> dict[str, Any]:
-        """maculaos.mesh in config.yaml, in the seed 4.4 layout."""
-        section: dict[str, Any] = {
-            "roles": {r.value: r in self.roles for r in MeshRoleName},
-            "bootstrap_peers": list(self.bootstrap_peers),
-            "realm": self.realm,
-            "tls_mode": self.tls_mode.value,
-        }
-        if self.public_hostname:
-            section["public_hostname"] = self.public_hostname
-        return section
+    def config_section(self) -> MeshConfig:
+        """maculaos.mesh in config.yaml: what the node plays, every role named."""
+        return MeshConfig(roles={r.value: r in self.roles for r in MeshRoleName},
+                          bootstrap_peers=list(self.bootstrap_peers), realm=self.realm, tls_mode=self.tls_mode,
+                          public_hostname=self.public_hostname or None)
 
     def labels(self) -> dict[str, str | None]:
         """Node labels to set; None removes a role label the node no longer has."""
@@ -87,34 +79,16 @@ def plan_mesh(specs: Mapping[str, MeshRoleSpec]) -> MeshPlan:
         firewall=first.firewall, wireguard=first.wireguard, node_labels=labels)
 
 
-def plan_from_config(config: Mapping[str, Any]) -> MeshPlan:
-    """The plan the node's own config.yaml asks for (seed 4.4 mesh, 4.9.4 security), for nodes without
-    Kubernetes. Raises ValueError naming the config key at fault."""
-    maculaos = config.get("maculaos") or {}
-    mesh = maculaos.get("mesh") or {}
-    security = maculaos.get("security") or {}
-    firewall = security.get("firewall") or {}
-    wireguard = security.get("wireguard") or {}
-    raw = {
-        "roles": [role for role, on in (mesh.get("roles") or {}).items() if on is True],
-        "bootstrapPeers": mesh.get("bootstrap_peers", ["https://boot.macula.io:443"]),
-        "realm": mesh.get("realm", "io.macula"),
-        "tlsMode": mesh.get("tls_mode", "development"),
-        **({"publicHostname": mesh["public_hostname"]} if mesh.get("public_hostname") else {}),
-        "firewall": {k: firewall[s] for s, k in (("enabled", "enabled"), ("default_policy", "defaultPolicy"),
-                                                 ("allow_mesh", "allowMesh"), ("allow_ssh", "allowSSH"))
-                     if s in firewall},
-        "wireguard": {k: wireguard[s] for s, k in (("enabled", "enabled"), ("mesh_interface", "interface"),
-                                                   ("port", "listenPort")) if s in wireguard},
-    }
-    bad_roles = [r for r, on in (mesh.get("roles") or {}).items() if not isinstance(on, bool)]
-    if bad_roles:
-        raise ValueError(f"maculaos.mesh.roles.{bad_roles[0]} must be true or false")
-    try:
-        spec = MeshRoleSpec.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ValueError(f"config.yaml: {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
+def plan_from_config(config: NodeConfig) -> MeshPlan:
+    """The plan the node's own config.yaml asks for (maculaos.mesh and maculaos.security), for nodes
+    without Kubernetes. Raises NodeConfigError naming the file and the key at fault."""
+    config.require("maculaos", "maculaos.mesh", "maculaos.security")
+    mesh = config.maculaos.mesh or MeshConfig()
+    security = config.maculaos.security or SecurityConfig()
+    spec = MeshRoleSpec(roles=sorted(mesh.roles_on()), bootstrap_peers=mesh.bootstrap_peers, realm=mesh.realm,
+                        tls_mode=mesh.tls_mode, public_hostname=mesh.public_hostname,
+                        firewall=(security.firewall or FirewallConfig()).to_api(),
+                        wireguard=(security.wireguard or WireGuardConfig()).to_api())
     return plan_mesh({"config.yaml": spec})
 
 
@@ -130,7 +104,7 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     parses, the units exist), so a refusal leaves the host as it was; each step is idempotent, so a rerun
     after a crash finishes the job. config.yaml's maculaos.backup_server is the one switch of the node's
     rest-server: its unit runs, and the firewall opens its port to peers, exactly while it asks."""
-    config = read_config(host_root)
+    config = read_node_config(host_root)
     port, sources = served_rule(config) or (None, ())
     script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, port, sources)
     check_ruleset(script, nft)
@@ -140,7 +114,7 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     if missing:
         raise SystemdError(f"units missing on the host: {', '.join(missing)}")
     firewall_changed = apply_ruleset(script, host_root / FIREWALL_STATE, nft)
-    config_changed = write_maculaos_section(host_root, "mesh", plan.config_section())
+    config_changed = write_section(host_root, "mesh", plan.config_section())
     changed_units = systemd.set_all_enabled(wanted)
     if converge_service(host_root, config, systemd):
         changed_units += (BACKUP_SERVICE,)

@@ -1,10 +1,13 @@
 """What a node says about itself to people and to its LAN: version, mesh roles and realm, from
-/etc/maculaos/build-info and /var/lib/maculaos/config.yaml (seed 4.5 login, seed 5.1 mDNS).
+/etc/maculaos/build-info and /var/lib/maculaos/config.yaml.
 
 config.yaml is root's alone (0600: it may hold secrets); the login screen runs as the login user, so
 `maculaos node-info --write` (root, at boot and whenever config.yaml changes) writes a world-readable
 summary to /run/maculaos/node-info and the avahi service file advertising `_macula._tcp`, and puts the
-configured SSH keys in the login user's authorized_keys (host/logins.py)."""
+configured SSH keys in the login user's authorized_keys (host/logins.py).
+
+It reads the raw file (host/config.py), not NodeConfig: it runs at boot, where importing pydantic costs
+minutes under emulation; its keys are checked by the same functions NodeConfig uses."""
 
 from __future__ import annotations
 
@@ -15,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maculaos.host.config import HostConfigError, config_file, read_config
+from maculaos.host.config import HostConfigError, config_file, lookup, read_config
 from maculaos.host.files import atomic_write
 from maculaos.host.logins import authorized_keys, password_field, write_authorized_keys, write_password
 
 BUILD_INFO = Path("etc/maculaos/build-info")
 SUMMARY = Path("run/maculaos/node-info")
 AVAHI_SERVICE = Path("etc/avahi/services/macula.service")
-# seed 5.1: the Kubernetes API port of a k3s server (what a joining node looks for).
+# The Kubernetes API port of a k3s server (what a joining node looks for).
 SERVICE_PORT = 6443
 ROLE_ORDER = ("bootstrap", "gateway")
 
@@ -77,12 +80,8 @@ def read_node_info(host_root: Path, config: dict[str, Any] | None = None) -> Nod
     """The node's facts; a malformed config.yaml raises HostConfigError (nothing is written then)."""
     info = _build_info(host_root)
     config = read_config(host_root) if config is None else config
-    maculaos: Any = config.get("maculaos") or {}
-    mesh: Any = maculaos.get("mesh") if isinstance(maculaos, dict) else None
-    mesh = mesh if isinstance(mesh, dict) else {}
-    roles_cfg = mesh.get("roles") if isinstance(mesh.get("roles"), dict) else {}
-    roles = ("peer", *(r for r in ROLE_ORDER if roles_cfg.get(r) is True))
-    realm = mesh.get("realm")
+    roles = ("peer", *(r for r in ROLE_ORDER if lookup(config, f"maculaos.mesh.roles.{r}") is True))
+    realm = lookup(config, "maculaos.mesh.realm")
     return NodeInfo(version=info.get("MACULAOS_VERSION", "unknown"), arch=info.get("MACULAOS_ARCH", "unknown"),
                     realm=realm if isinstance(realm, str) else "", roles=roles,
                     k3s=info.get("K3S", "").startswith("included"), user=info.get("LOGIN_USER", "macula"))

@@ -23,16 +23,15 @@ from pathlib import Path
 
 import yaml
 
-from maculaos.host.backup_server import parse_section
-from maculaos.host.config import HostConfigError
-from maculaos.host.logins import authorized_keys, password_field
-from maculaos.host.mesh import plan_from_config
+from maculaos.host.nodeconfig import NodeConfig, NodeConfigError
 from maculaos.image import disk
 from maculaos.image.iso import INSTALL_CONFIG, MANIFEST, MEDIUM_ROOT
 
 # Whole-disk names that are never install targets: loop devices (the live squashfs), RAM disks, optical
 # drives, compressed swap, device-mapper and RAID volumes.
 NOT_DISKS = ("loop", "ram", "sr", "zram", "dm-", "md", "fd")
+#: config.yaml's keys a person logs in with (refused in those words).
+LOGIN_KEYS = ("ssh_authorized_keys", "password_hash")
 
 
 class InstallError(RuntimeError):
@@ -180,7 +179,7 @@ def plan_install(target: Target, medium: Medium) -> disk.DiskLayout:
 
 
 def check_config(config: Path) -> str:
-    """The config.yaml to put on the new disk, checked as the agent reads it at boot."""
+    """The config.yaml to put on the new disk, every key checked by NodeConfig (as the node reads it)."""
     try:
         text = config.read_text()
         data = yaml.safe_load(text)
@@ -190,17 +189,12 @@ def check_config(config: Path) -> str:
         raise InstallError(f"--config {config} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise InstallError(f"--config {config} must hold a mapping at the top (maculaos: ...)")
-    try:
-        plan_from_config(data)
-        authorized_keys(data, config)  # a node nobody can log in to is worse than no install
-        password_field(data, config)
-        _, backup_server_error = parse_section(data)  # else the node boots serving nothing, and says so late
-        if backup_server_error:
-            raise ValueError(backup_server_error)
-    except ValueError as exc:
-        raise InstallError(f"--config {config}: the agent would refuse it: {exc}") from exc
-    except HostConfigError as exc:
-        raise InstallError(f"--config {config}: the login settings are refused: {exc}") from exc
+    try:  # every key: a node nobody can log in to, or one serving nothing, is worse than no install
+        NodeConfig.parse(data, config)
+    except NodeConfigError as exc:
+        if exc.key.split(".")[0].split("[")[0] in LOGIN_KEYS:
+            raise InstallError(f"--config {config}: the login settings are refused: {exc}") from exc
+        raise InstallError(f"--config {config}: the agent would refuse it: {exc.problem}") from exc
     return text
 
 

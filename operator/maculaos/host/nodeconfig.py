@@ -1,0 +1,416 @@
+"""NodeConfig: every key of /var/lib/maculaos/config.yaml the node reads, in one typed model.
+
+The single source of what a key means, its default and its check (docs/config.md is generated from it,
+as crds/ from api/). Defaults and constraints shared with a MeshRole come from api/ (`shared`), so the
+same setting has one default whether a cluster or the file asks for it.
+
+Keys it does not know are kept (extra="allow"): an agent rolled back to an older version must not drop
+what a newer one wrote. `maculaos.backup_server` is the exception: it refuses unknown keys, because a
+misspelt `htpasswd` would otherwise open the node's backups to anyone.
+
+Lives in host/ (not api/): it is the node's own file, its checks are host concerns (logins, hostname,
+htpasswd) and host/ may import api/ for the shared defaults; api/ holds only the cluster's kinds.
+The two boot entry points (hostname, node-info) read the raw file with the same check functions instead:
+importing pydantic there costs minutes under emulation (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+
+from maculaos.api.common import BACKUP_SERVER_PATTERN
+from maculaos.api.meshrole import (PEER_URL_PATTERN, Firewall, FirewallPolicy, MeshRoleName, MeshRoleSpec, TlsMode,
+                                   WireGuard)
+from maculaos.host.config import HostConfigError, config_file, key_message, read_config, write_maculaos_section
+from maculaos.host.hostname import check_hostname
+from maculaos.host.logins import check_password_hash, check_ssh_key
+
+DEFAULT_BACKUP_SERVER_PORT = 8000
+
+
+def shared(model: type[BaseModel], name: str) -> Any:
+    """The api model's field (default, constraints, description) under config.yaml's snake_case key: the
+    config and the MeshRole cannot drift apart."""
+    info: FieldInfo = copy.copy(model.model_fields[name])
+    info.alias = info.validation_alias = info.serialization_alias = None
+    info.alias_priority = None
+    return info
+
+
+def _empty_is_none(value: object) -> object:
+    return None if value == "" else value
+
+
+def _none_is_empty_list(value: object) -> object:
+    return [] if value is None else value
+
+
+def _none_is_empty_dict(value: object) -> object:
+    return {} if value is None else value
+
+
+def _hostname(value: object) -> object:
+    return None if value in (None, "") else check_hostname(value)
+
+
+def _password_hash(value: object) -> object:
+    return None if value is None else check_password_hash(value)
+
+
+class ConfigSection(BaseModel):
+    """A mapping of config.yaml: its docstrings document the keys; unknown keys are kept as they were."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+
+class MeshConfig(ConfigSection):
+    """The node's mesh roles when no MeshRole assigns them; the agent rewrites it from the MeshRoles that
+    select the node, so it always says what the node plays."""
+
+    roles: dict[str, bool] = Field(default_factory=dict)
+    """Roles on top of peer (which every node plays), each true or false: bootstrap, gateway."""
+    bootstrap_peers: list[Annotated[str, Field(pattern=PEER_URL_PATTERN, max_length=2048)]] = shared(
+        MeshRoleSpec, "bootstrap_peers")
+    realm: str = shared(MeshRoleSpec, "realm")
+    tls_mode: TlsMode = shared(MeshRoleSpec, "tls_mode")
+    public_hostname: Annotated[str | None, BeforeValidator(_empty_is_none)] = shared(MeshRoleSpec, "public_hostname")
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, value: object) -> object:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError("{key} must be a mapping of role: true or false (bootstrap, gateway)")
+        known = {r.value for r in MeshRoleName}
+        for role, on in value.items():
+            if not isinstance(on, bool):
+                raise ValueError(f"{{key}}.{role} must be true or false")
+            if on and role not in known:
+                raise ValueError(f"{{key}}.{role}: not a role; the roles are {', '.join(sorted(known))} "
+                                 "(peer is always on)")
+        return value
+
+    def roles_on(self) -> frozenset[MeshRoleName]:
+        return frozenset(MeshRoleName(r) for r, on in self.roles.items() if on)
+
+
+class FirewallConfig(ConfigSection):
+    """The node's nftables ruleset (the MeshRole's firewall)."""
+
+    enabled: bool = shared(Firewall, "enabled")
+    default_policy: FirewallPolicy = shared(Firewall, "default_policy")
+    allow_mesh: bool = shared(Firewall, "allow_mesh")
+    allow_ssh: bool = shared(Firewall, "allow_ssh")
+
+    def to_api(self) -> Firewall:
+        return Firewall(enabled=self.enabled, default_policy=self.default_policy, allow_mesh=self.allow_mesh,
+                        allow_ssh=self.allow_ssh)
+
+
+class WireGuardConfig(ConfigSection):
+    """The WireGuard mesh interface (the MeshRole's wireguard)."""
+
+    enabled: bool = shared(WireGuard, "enabled")
+    mesh_interface: str = shared(WireGuard, "interface")
+    port: int = shared(WireGuard, "listen_port")
+
+    def to_api(self) -> WireGuard:
+        return WireGuard(enabled=self.enabled, interface=self.mesh_interface, listen_port=self.port)
+
+
+class SecurityConfig(ConfigSection):
+    """Firewall and VPN when no MeshRole sets them."""
+
+    firewall: FirewallConfig | None = None
+    """The firewall; absent: the defaults below."""
+    wireguard: WireGuardConfig | None = None
+    """The WireGuard interface; absent: the defaults below."""
+
+
+#: Users as rest-server accepts them (it silently ignores others; ASCII only here) and the hashes it can
+#: check: bcrypt only (`htpasswd -B`); it also takes unsalted {SHA}, which is refused here as too weak.
+HTPASSWD_USER = re.compile(r"[A-Za-z0-9@._-]+")
+BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+HTPASSWD_HINT = "make lines with `htpasswd -nB <user>` (apache2-utils)"
+
+
+def check_htpasswd(text: str) -> str:
+    """The htpasswd value when every line is `user:bcrypt-hash` (blank and # lines skipped), at least one
+    user and no user twice; ValueError naming the line otherwise. rest-server itself would skip a bad line
+    (or refuse the whole file) and every peer would get 401 without a word why."""
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, colon, hashed = line.partition(":")
+        if not colon or any(c.isspace() for c in line):
+            raise ValueError(f"line {number}: expected user:hash with no spaces; {HTPASSWD_HINT}")
+        if not HTPASSWD_USER.fullmatch(user):
+            raise ValueError(f"line {number}: user {user!r} may only have letters, digits and @ . _ -")
+        if not BCRYPT_HASH.fullmatch(hashed):
+            raise ValueError(f"line {number}: the password of {user} is not a bcrypt hash ($2y$...): "
+                             f"{HTPASSWD_HINT}")
+        if user in seen:
+            raise ValueError(f"line {number}: user {user} is already on line {seen[user]}")
+        seen[user] = number
+    if not seen:
+        raise ValueError(f"has no user line; {HTPASSWD_HINT}, or remove the key to serve without "
+                         "authentication")
+    return text
+
+
+class BackupServerConfig(BaseModel):
+    """This node serves a restic rest-server for its peers' mesh Backups (maculaos-backup-server.service);
+    the agent advertises it to the cluster only while it answers. Unknown keys are refused here: a
+    misspelt key (htpasswd above all) would silently serve something else."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Advertise the server (false keeps the section but withdraws the node)."""
+    url: str | None = Field(default=None, pattern=BACKUP_SERVER_PATTERN, max_length=2048)
+    """How peers reach the server; default http://<the Node's InternalIP>:<port>."""
+    port: int = Field(default=DEFAULT_BACKUP_SERVER_PORT, ge=1, le=65535)
+    """The port the node's rest-server listens on; peers use it too unless url says otherwise."""
+    sources: list[str] = Field(default_factory=list, max_length=32)
+    """Networks (CIDR) the firewall lets reach the port, e.g. the shop's LAN; empty lets in anyone who can
+    route to the node."""
+    htpasswd: str | None = Field(default=None, max_length=65536)
+    """Who may use the server: htpasswd lines, user:bcrypt-hash (from `htpasswd -nB <user>`); Backups
+    give user:password by target.mesh.credentialsSecretRef. Unset: anyone who reaches the port may read,
+    delete or fill the repositories (served with --no-auth, with a warning)."""
+
+    @field_validator("sources")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for number, network in enumerate(value):
+            try:
+                ipaddress.ip_network(network, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"entry {number} ({network!r}) is not a network in CIDR form, such as "
+                                 f"192.168.10.0/24: {exc}") from exc
+        return value
+
+    @field_validator("htpasswd")
+    @classmethod
+    def _htpasswd_lines(cls, value: str | None) -> str | None:
+        return None if value is None else check_htpasswd(value)
+
+
+class LocalBackupJob(ConfigSection):
+    """A Backup this node runs, recorded by the agent so the node can list, run and restore with the
+    cluster away (`maculaos backup`). Written by the agent: not for editing."""
+
+    target: str = ""
+    """The Backup's target type: local, rest, mesh or s3."""
+    repositories: list[str] = Field(default_factory=list)
+    """The restic repositories, as shown (no credentials)."""
+    include: list[str] = Field(default_factory=list)
+    """Paths backed up."""
+    exclude: list[str] = Field(default_factory=list)
+    """Paths left out."""
+    retention: dict[str, Any] = Field(default_factory=dict)
+    """The Backup's retention as the API writes it (checked by the Backup model when used: the boot's
+    apply does not load the Backup models)."""
+    include_k3s_datastore: bool = True
+    """Whether a snapshot of k3s's datastore is included."""
+    credentials_file: str = ""
+    """The root-only file with the repositories' credentials."""
+
+
+class MaculaosConfig(ConfigSection):
+    """MaculaOS's own settings."""
+
+    hostname: Annotated[str | None, BeforeValidator(_hostname)] = None
+    """This node's name (the Kubernetes Node's and mDNS's): one DNS label. Absent: macula-<8 hex>, made
+    once from the machine id and kept on the data partition. A bad value is reported and not used."""
+    mesh: MeshConfig | None = None
+    """Mesh roles; absent: peer only, with the defaults below."""
+    security: SecurityConfig | None = None
+    """Firewall and WireGuard."""
+    backup_server: BackupServerConfig | None = None
+    """Serve a backup server to peers; absent: this node serves none."""
+    backup: Annotated[dict[str, LocalBackupJob], BeforeValidator(_none_is_empty_dict)] = Field(
+        default_factory=dict)
+    """The Backups this node runs, by name (written by the agent)."""
+
+
+def _ssh_key(value: object) -> str:
+    return check_ssh_key(value)
+
+
+class NodeConfig(ConfigSection):
+    """/var/lib/maculaos/config.yaml: the node's own settings (root-only, 0600: it may hold secrets).
+    Provisioned by `maculaos install --config` or the ISO's `--install-config`, read by the agent and the
+    boot services."""
+
+    maculaos: MaculaosConfig = Field(default_factory=MaculaosConfig)
+    """MaculaOS's settings."""
+    ssh_authorized_keys: Annotated[list[Annotated[str, BeforeValidator(_ssh_key)]],
+                                   BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
+    """OpenSSH public keys of the login user (macula), one line each. The login user's authorized_keys
+    holds exactly these: removing one revokes it."""
+    password_hash: Annotated[str | None, BeforeValidator(_password_hash)] = None
+    """The login user's console password as a crypt(3) hash (`mkpasswd -m yescrypt`, `openssl passwd -6`);
+    a password itself is refused. Absent: the password is locked (SSH keys only)."""
+
+    _source: str = PrivateAttr(default="config.yaml")
+    _problems: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], source: Path | str = "config.yaml") -> NodeConfig:
+        """Every key checked; the first problem raises NodeConfigError (an install refuses the file)."""
+        try:
+            config = cls.model_validate(raw)
+        except ValidationError as exc:
+            key, problem = describe(exc.errors()[0])
+            raise NodeConfigError(source, key, problem) from exc
+        config._source = str(source)
+        return config
+
+    @classmethod
+    def tolerant(cls, raw: Mapping[str, Any], source: Path | str = "config.yaml") -> NodeConfig:
+        """Each section on its own: a bad one is left out (its defaults apply) and its problem kept for
+        whoever needs it (`problem`, `require`), so one wrong key stops only what depends on it."""
+        cleaned = copy.deepcopy(dict(raw))
+        problems: dict[str, str] = {}
+        while True:
+            try:
+                config = cls.model_validate(cleaned)
+                break
+            except ValidationError as exc:
+                dropped = False
+                for error in exc.errors():
+                    _, problem = describe(error)
+                    section = _section(error["loc"])
+                    problems.setdefault(".".join(section), problem)
+                    parent: Any = cleaned
+                    for step in section[:-1]:
+                        parent = parent.get(step) if isinstance(parent, dict) else None
+                    if isinstance(parent, dict) and section[-1] in parent:
+                        del parent[section[-1]]
+                        dropped = True
+                if not dropped:  # cannot happen with these models; never loop
+                    raise NodeConfigError(source, *describe(exc.errors()[0])) from exc
+        config._source, config._problems = str(source), problems
+        return config
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def problem(self, section: str) -> str | None:
+        """What is wrong with a section (maculaos, maculaos.mesh, password_hash, ...), naming the key; None
+        when it was fine or absent."""
+        return self._problems.get(section)
+
+    def require(self, *sections: str) -> None:
+        """Raise NodeConfigError for the first of these sections that was bad (list parents first)."""
+        for section in sections:
+            problem = self.problem(section)
+            if problem is not None:
+                raise NodeConfigError(self._source, section, problem)
+
+    def unknown_keys(self) -> list[str]:
+        """Keys this version does not know (kept as they are), as dotted paths."""
+        found: list[str] = []
+
+        def walk(model: BaseModel, prefix: str) -> None:
+            found.extend(f"{prefix}{k}" for k in (model.model_extra or {}))
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                values: list[tuple[str, Any]] = list(value.items()) if isinstance(value, dict) else [("", value)]
+                for sub, item in values:
+                    if isinstance(item, BaseModel):
+                        walk(item, f"{prefix}{name}.{sub + '.' if sub else ''}")
+        walk(self, "")
+        return found
+
+
+class NodeConfigError(HostConfigError):
+    """A config.yaml key is wrong: the message names the file and the key path."""
+
+    def __init__(self, source: Path | str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source, self.key, self.problem = str(source), key, problem
+
+
+def _section(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """The unit a tolerant read drops for an error at loc: maculaos.<section>, or a top-level key."""
+    keys = tuple(str(step) for step in loc)
+    return keys[:2] if keys[0] == "maculaos" and len(keys) > 1 else keys[:1]
+
+
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """('maculaos', 'backup_server', 'port') -> maculaos.backup_server.port; list indexes in brackets."""
+    path = ""
+    for step in loc:
+        path += f"[{step}]" if isinstance(step, int) else (f".{step}" if path else step)
+    return path
+
+
+def describe(error: ErrorDetails) -> tuple[str, str]:
+    """(key path, the problem named by it) of one pydantic error, in config.yaml's words."""
+    key = key_path(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        message = "{key} must be a mapping" + _mapping_hint(error["loc"])
+    elif error["type"] == "list_type":
+        message = "{key} must be a list"
+    elif error["type"] == "extra_forbidden":
+        message = "{key}: not a known key" + _mapping_hint(error["loc"][:-1], " (known: {})")
+    return key, key_message(key, message)
+
+
+def _mapping_hint(loc: tuple[int | str, ...], form: str = " ({})") -> str:
+    """The keys of the section at loc, for a message: what a mapping there may hold."""
+    model: Any = NodeConfig
+    for step in loc:
+        fields = getattr(model, "model_fields", {})
+        if step not in fields:
+            return ""
+        model = _model_of(fields[step].annotation)
+    fields = getattr(model, "model_fields", None)
+    return form.format(", ".join(fields)) if fields else ""
+
+
+def _model_of(annotation: Any) -> Any:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def read_node_config(host_root: Path) -> NodeConfig:
+    """The node's config.yaml, read tolerantly (`NodeConfig.tolerant`); an unreadable or malformed file
+    (not YAML, not a mapping) raises HostConfigError."""
+    return NodeConfig.tolerant(read_config(host_root), config_file(host_root))
+
+
+def section_value(section: ConfigSection, old: object) -> dict[str, Any]:
+    """What to write for a section: its known keys from `section`, and every key of the old value this
+    version does not know, as it was (so a rolled-back agent keeps what a newer one wrote)."""
+    known = set(type(section).model_fields)
+    kept = {k: v for k, v in old.items() if k not in known} if isinstance(old, dict) else {}
+    return {**section.model_dump(mode="json", exclude_none=True), **kept}
+
+
+def write_section(host_root: Path, name: str, section: ConfigSection | None) -> bool:
+    """Set (or with None remove) maculaos.<name> from its model, keeping the keys it does not know;
+    returns whether the file changed. Every other key of the file is left as it was."""
+    if section is None:
+        return write_maculaos_section(host_root, name, None)
+    raw = read_config(host_root).get("maculaos")
+    old = raw.get(name) if isinstance(raw, dict) else None
+    return write_maculaos_section(host_root, name, section_value(section, old))

@@ -1,0 +1,251 @@
+"""NodeConfig, the one model of config.yaml: every bad value named by its key, unknown keys kept through a
+section write, defaults shared with the MeshRole, the lean boot readers agreeing with it, docs/config.md
+generated from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from maculaos.api.meshrole import Firewall, MeshRoleSpec, WireGuard
+from maculaos.cli import main
+from maculaos.host.config import HostConfigError, config_file, read_config
+from maculaos.host.hostname import choose
+from maculaos.host.logins import authorized_keys, password_field
+from maculaos.host.mesh import plan_from_config, plan_mesh
+from maculaos.host.nodeconfig import (FirewallConfig, LocalBackupJob, MeshConfig, NodeConfig, NodeConfigError,
+                                      WireGuardConfig, section_value, write_section)
+from maculaos.host.nodeinfo import read_node_info
+from maculaos.image.install import InstallError, check_config
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop"
+HASH = "$6$saltsalt$" + "a" * 86
+
+
+def test_committed_reference_matches_the_model() -> None:
+    assert main(["config", "docs", "--check", "--output", str(DOCS)]) == 0, \
+        "docs/config.md is out of date: run `maculaos config docs`"
+
+
+def test_check_fails_on_a_stale_or_missing_reference(tmp_path: Path) -> None:
+    out = tmp_path / "config.md"
+    assert main(["config", "docs", "--check", "--output", str(out)]) == 1 and not out.exists()
+    assert main(["config", "docs", "--output", str(out)]) == 0
+    assert main(["config", "docs", "--check", "--output", str(out)]) == 0
+    out.write_text(out.read_text().replace("| `realm` |", "| `realm2` |"))
+    assert main(["config", "docs", "--check", "--output", str(out)]) == 1
+
+
+def test_every_key_is_in_the_reference() -> None:
+    text = DOCS.read_text()
+    for section in ("maculaos.mesh", "maculaos.security.firewall", "maculaos.security.wireguard",
+                    "maculaos.backup_server", "maculaos.backup.<name>"):
+        assert f"## `{section}`" in text
+    for key in ("hostname", "ssh_authorized_keys", "password_hash", "bootstrap_peers", "mesh_interface", "htpasswd"):
+        assert f"| `{key}` |" in text
+    assert "seed" not in text.lower()
+
+
+@pytest.mark.parametrize(("config", "key"), [
+    ("maculaos: 3", "maculaos must be a mapping"),
+    ("maculaos: {hostname: Not_A_Name}", "maculaos.hostname 'Not_A_Name' is not used: it must be one DNS label"),
+    ("maculaos: {hostname: 42}", "maculaos.hostname 42 is not used"),
+    ("maculaos: {mesh: [bootstrap]}", "maculaos.mesh must be a mapping (roles, bootstrap_peers"),
+    ("maculaos: {mesh: {roles: [gateway]}}", "maculaos.mesh.roles must be a mapping of role: true or false"),
+    ("maculaos: {mesh: {roles: {gateway: maybe}}}", "maculaos.mesh.roles.gateway must be true or false"),
+    ("maculaos: {mesh: {roles: {relay: true}}}", "maculaos.mesh.roles.relay: not a role; the roles are bootstrap, "
+                                                 "gateway"),
+    ("maculaos: {mesh: {bootstrap_peers: [ftp://boot]}}", "maculaos.mesh.bootstrap_peers[0]: String should match"),
+    ("maculaos: {mesh: {bootstrap_peers: https://boot}}", "maculaos.mesh.bootstrap_peers must be a list"),
+    ("maculaos: {mesh: {realm: Not A Realm}}", "maculaos.mesh.realm: String should match"),
+    ("maculaos: {mesh: {tls_mode: strict}}", "maculaos.mesh.tls_mode: Input should be 'development' or 'production'"),
+    ("maculaos: {mesh: {public_hostname: -x-}}", "maculaos.mesh.public_hostname: String should match"),
+    ("maculaos: {security: on}", "maculaos.security must be a mapping (firewall, wireguard)"),
+    ("maculaos: {security: {firewall: 1}}", "maculaos.security.firewall must be a mapping (enabled, default_policy"),
+    ("maculaos: {security: {firewall: {enabled: maybe}}}", "maculaos.security.firewall.enabled: Input should be a "
+                                                           "valid boolean"),
+    ("maculaos: {security: {firewall: {default_policy: reject}}}", "maculaos.security.firewall.default_policy: "
+                                                                   "Input should be 'drop' or 'accept'"),
+    ("maculaos: {security: {firewall: {allow_mesh: maybe}}}", "maculaos.security.firewall.allow_mesh"),
+    ("maculaos: {security: {firewall: {allow_ssh: maybe}}}", "maculaos.security.firewall.allow_ssh"),
+    ("maculaos: {security: {wireguard: {enabled: maybe}}}", "maculaos.security.wireguard.enabled"),
+    ("maculaos: {security: {wireguard: {mesh_interface: wg-mesh-far-too-long}}}",
+     "maculaos.security.wireguard.mesh_interface: String should have at most 15 characters"),
+    ("maculaos: {security: {wireguard: {port: 0}}}", "maculaos.security.wireguard.port: Input should be greater"),
+    ("maculaos: {backup_server: yes}", "maculaos.backup_server must be a mapping (enabled, url, port, sources, "
+                                       "htpasswd)"),
+    ("maculaos: {backup_server: {enabled: maybe}}", "maculaos.backup_server.enabled"),
+    ("maculaos: {backup_server: {url: 'ftp://10.0.3.7'}}", "maculaos.backup_server.url: String should match"),
+    ("maculaos: {backup_server: {port: 70000}}", "maculaos.backup_server.port: Input should be less than"),
+    ("maculaos: {backup_server: {sources: [shop-lan]}}", "maculaos.backup_server.sources: entry 0 ('shop-lan')"),
+    ("maculaos: {backup_server: {htpasswd: 'nas pw'}}", "maculaos.backup_server.htpasswd: line 1: expected "
+                                                        "user:hash"),
+    ("maculaos: {backup_server: {adress: x}}", "maculaos.backup_server.adress: not a known key (known: enabled"),
+    ("maculaos: {backup: [nightly]}", "maculaos.backup must be a mapping"),
+    ("maculaos: {backup: {nightly: {include_k3s_datastore: maybe}}}",
+     "maculaos.backup.nightly.include_k3s_datastore: Input should be a valid boolean"),
+    ("ssh_authorized_keys: ssh-ed25519 AAAA", "ssh_authorized_keys must be a list"),
+    ("ssh_authorized_keys: [ssh-dss AAAA]", "ssh_authorized_keys[0]: not an OpenSSH public key"),
+    ("password_hash: hunter2", "password_hash must be a crypt(3) hash"),
+])
+def test_a_bad_value_is_named_by_its_key_and_the_file(config: str, key: str) -> None:
+    with pytest.raises(NodeConfigError) as raised:
+        NodeConfig.parse(yaml.safe_load(config), "/var/lib/maculaos/config.yaml")
+    assert str(raised.value).startswith("/var/lib/maculaos/config.yaml: ")
+    assert key in raised.value.problem and "Value error" not in raised.value.problem
+    assert "hunter2" not in str(raised.value)  # a password is not echoed
+
+
+@pytest.mark.parametrize(("config", "refusal"), [
+    ("maculaos: {hostname: Not_A_Name}", "the agent would refuse it: maculaos.hostname"),
+    ("maculaos: {security: {wireguard: {port: 0}}}", "the agent would refuse it: maculaos.security.wireguard.port"),
+    ("maculaos: {backup_server: {adress: x}}", "the agent would refuse it: maculaos.backup_server.adress"),
+    ("password_hash: hunter2", r"the login settings are refused: .*config.yaml: password_hash must be"),
+])
+def test_install_refuses_with_the_model(tmp_path: Path, config: str, refusal: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(config + "\n")
+    with pytest.raises(InstallError, match=refusal):
+        check_config(path)
+
+
+def test_a_full_config_is_accepted_with_its_unknown_keys(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    text = yaml.safe_dump({
+        "maculaos": {"hostname": "shop-01", "mesh": {"roles": {"gateway": True}, "realm": "io.macula.shop"},
+                     "security": {"firewall": {"allow_ssh": False}, "wireguard": {"port": 51900}},
+                     "backup_server": {"port": 8100, "sources": ["10.0.3.0/24"]}, "dns_nameservers": ["1.1.1.1"]},
+        "ssh_authorized_keys": [KEY], "password_hash": HASH, "k3s": {"airgap": True}})
+    path.write_text(text)
+    assert check_config(path) == text
+    config = NodeConfig.parse(yaml.safe_load(text))
+    assert config.unknown_keys() == ["k3s", "maculaos.dns_nameservers"]
+    plan = plan_from_config(config)
+    assert plan.realm == "io.macula.shop" and not plan.firewall.allow_ssh and plan.wireguard.listen_port == 51900
+
+
+def test_defaults_are_the_meshroles() -> None:
+    spec = MeshRoleSpec()
+    mesh = MeshConfig()
+    assert (mesh.realm, mesh.bootstrap_peers, mesh.tls_mode, mesh.public_hostname) == \
+        (spec.realm, spec.bootstrap_peers, spec.tls_mode, spec.public_hostname)
+    assert FirewallConfig().to_api() == Firewall() and WireGuardConfig().to_api() == WireGuard()
+    assert plan_from_config(NodeConfig()) == plan_mesh({"config.yaml": spec})
+
+
+def test_a_bad_section_stops_only_what_depends_on_it() -> None:
+    config = NodeConfig.tolerant({"maculaos": {"backup_server": {"port": 0}, "mesh": {"realm": "io.macula.shop"}},
+                                  "password_hash": "hunter2"}, "config.yaml")
+    assert config.maculaos.backup_server is None and config.maculaos.mesh is not None
+    assert config.problem("maculaos.backup_server") == "maculaos.backup_server.port: Input should be greater than " \
+                                                       "or equal to 1"
+    assert config.problem("password_hash") is not None and config.password_hash is None
+    assert plan_from_config(config).realm == "io.macula.shop"
+    with pytest.raises(NodeConfigError, match="^config.yaml: maculaos.backup_server.port"):
+        config.require("maculaos.mesh", "maculaos.backup_server")
+
+
+NEWER = """\
+future_top: {kept: [1, 2]}
+maculaos:
+  hostname: shop-01
+  future_section: {x: 1}
+  mesh:
+    roles: {bootstrap: false, gateway: true}
+    realm: io.macula.shop
+    future_mesh_key: keep me
+  security:
+    firewall: {allow_ssh: false, future_firewall_key: 3}
+  backup:
+    nightly:
+      target: local
+      future_job_key: keep me too
+k3s: {airgap: true}
+ssh_authorized_keys: []
+"""
+
+
+def test_writing_a_section_keeps_every_other_key_known_or_not(tmp_path: Path) -> None:
+    """An agent rolled back to an older version rewrites maculaos.mesh: what a newer one wrote stays, at
+    every level (top, inside maculaos, inside the section written, inside other sections)."""
+    config_file(tmp_path).parent.mkdir(parents=True)
+    config_file(tmp_path).write_text(NEWER)
+    before = yaml.safe_load(NEWER)
+    plan = plan_mesh({"m": MeshRoleSpec(roles=["bootstrap"], realm="io.macula.other", bootstrap_peers=[])})
+    assert write_section(tmp_path, "mesh", plan.config_section())
+    after = read_config(tmp_path)
+    assert after["maculaos"]["mesh"] == {"roles": {"bootstrap": True, "gateway": False}, "bootstrap_peers": [],
+                                         "realm": "io.macula.other", "tls_mode": "development",
+                                         "future_mesh_key": "keep me"}
+    del after["maculaos"]["mesh"], before["maculaos"]["mesh"]
+    assert after == before
+    assert not write_section(tmp_path, "mesh", plan.config_section())  # the same again: file untouched
+    assert NodeConfig.tolerant(read_config(tmp_path)).unknown_keys() == [
+        "future_top", "k3s", "maculaos.future_section", "maculaos.mesh.future_mesh_key",
+        "maculaos.security.firewall.future_firewall_key", "maculaos.backup.nightly.future_job_key"]
+
+
+def test_a_known_key_no_longer_set_is_removed_and_an_unknown_one_kept() -> None:
+    old = {"realm": "io.macula", "public_hostname": "boot.example.org", "future": 1}
+    new = MeshConfig(realm="io.macula")
+    assert section_value(new, old) == {**new.model_dump(mode="json", exclude_none=True), "future": 1}
+    job = LocalBackupJob(target="mesh")
+    assert section_value(job, {"target": "local", "future_job_key": [1]})["future_job_key"] == [1]
+
+
+@pytest.mark.parametrize("value", [[KEY], [42], ["ssh-dss AAAA"], "not a list", None, [f"{KEY}\nssh-rsa AAAA"]])
+def test_the_lean_key_reader_agrees_with_the_model(value: Any) -> None:
+    """node-info reads the raw file at boot (no pydantic): it must accept and refuse what NodeConfig does."""
+    raw = {"ssh_authorized_keys": value}
+    try:
+        expected: Any = NodeConfig.parse(raw).ssh_authorized_keys
+    except NodeConfigError as exc:
+        expected = exc.problem
+    try:
+        lean: Any = authorized_keys(raw, Path("config.yaml"))
+    except HostConfigError as exc:
+        lean = str(exc).removeprefix("config.yaml: ")
+    if isinstance(expected, str):  # both refuse, naming the same key
+        assert isinstance(lean, str) and lean.split(" ")[0].rstrip(":") == expected.split(" ")[0].rstrip(":")
+    else:
+        assert lean == expected
+
+
+@pytest.mark.parametrize("value", [HASH, "hunter2", 42, None])
+def test_the_lean_password_reader_agrees_with_the_model(value: Any) -> None:
+    raw = {"password_hash": value}
+    try:
+        expected: Any = NodeConfig.parse(raw).password_hash or "!"
+    except NodeConfigError as exc:
+        expected = exc.problem
+    try:
+        lean: Any = password_field(raw, Path("config.yaml"))
+    except HostConfigError as exc:
+        lean = str(exc).removeprefix("config.yaml: ")
+    assert lean == expected
+
+
+@pytest.mark.parametrize("value", ["shop-01", "Shop_01", 42, "", None])
+def test_the_lean_hostname_reader_agrees_with_the_model(tmp_path: Path, value: Any) -> None:
+    config_file(tmp_path).parent.mkdir(parents=True)
+    config_file(tmp_path).write_text(yaml.safe_dump({"maculaos": {"hostname": value}}))
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    choice = choose(tmp_path)
+    try:
+        configured = NodeConfig.parse(read_config(tmp_path)).maculaos.hostname
+        assert choice.problem == "" and (choice.name == configured or configured is None)
+    except NodeConfigError as exc:
+        assert choice.problem == f"config.yaml {exc.problem}"
+
+
+def test_the_lean_node_info_reader_agrees_with_the_model(tmp_path: Path) -> None:
+    raw = {"maculaos": {"mesh": {"roles": {"gateway": True, "bootstrap": False}, "realm": "io.macula.shop"}}}
+    info = read_node_info(tmp_path, raw)
+    mesh = NodeConfig.parse(raw).maculaos.mesh
+    assert mesh is not None
+    assert info.roles == ("peer", *sorted(r.value for r in mesh.roles_on())) and info.realm == mesh.realm
