@@ -2,9 +2,9 @@
 for every MaculaOS object it acts on; the operator folds them into each object's `status.nodes.<node>`.
 
 Why a kind of its own: N agents patching the status of one shared object conflict inside the API server
-(benchmarks/status_contention.py: 100 writers on one object mostly time out, on 100 objects they finish
-in about 2 s). With one object per node, every agent writes alone, and "only your own node" becomes a
-check of the object's name (the agent's admission policy).
+(docs/benchmarks.md, "Node agent (issue #3 groundwork)": 100 writers on one object mostly time out, on
+100 objects they finish in about 2 s). With one object per node, every agent writes alone, and "only your
+own node" becomes a check of the object's name (the agent's admission policy).
 """
 
 from __future__ import annotations
