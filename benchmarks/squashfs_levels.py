@@ -3,7 +3,9 @@ cold Python start pays to read it (the boot path's imports, page cache dropped b
 
 Usage (root: loop mounts): .venv/bin/python benchmarks/squashfs_levels.py SQUASHFS [--levels 9,15]
 [--block 262144] [--runs 7]
-The levels' imports alternate run by run so that a change of load hits both alike; medians are quoted."""
+The levels' imports alternate run by run so that a change of load hits both alike; medians are quoted.
+Prints markdown tables for docs/benchmarks.md. It is what `build.SQUASHFS_ZSTD_LEVEL` rests on: run it on
+a fresh build of the shipped image when the root grows or the ISO nears its 300 MB budget."""
 
 from __future__ import annotations
 
