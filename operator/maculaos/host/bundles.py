@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
 from maculaos.host.rauc import BundleInfo, Rauc, RaucError
 
 CHUNK = 256 * 1024
@@ -24,8 +25,9 @@ SPARE_BYTES = 64 * 1024 * 1024
 DownloadProgress = Callable[[int, int | None], None]
 
 
-class BundleError(Exception):
-    """The bundle could not be got or is not the one asked for; the message says which and why."""
+class BundleError(MaculaosError):
+    """A RAUC bundle could not be got, is not the one asked for, or (on the build machine,
+    maculaos.image.bundle) could not be made; the message says which and why."""
 
 
 @dataclass(frozen=True)

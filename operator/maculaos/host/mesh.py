@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from maculaos.api.meshrole import Firewall, MeshRoleName, MeshRoleSpec, TlsMode, WireGuard
+from maculaos.errors import MaculaosError
 from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
 from maculaos.host.config import read_config, write_maculaos_section
@@ -28,7 +29,7 @@ ROLE_LABEL = "macula.io/role-{}"
 FIREWALL_STATE = Path("var/lib/maculaos/agent/firewall.nft")
 
 
-class MeshConflict(ValueError):
+class MeshConflict(MaculaosError, ValueError):
     """MeshRoles selecting the same node disagree; nothing is applied."""
 
 

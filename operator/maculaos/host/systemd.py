@@ -7,8 +7,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
 
-class SystemdError(RuntimeError):
+
+class SystemdError(MaculaosError):
     """systemctl refused; the message carries its own words."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from maculaos.errors import MaculaosError
 from maculaos.host.backup_server import parse_section
 from maculaos.host.config import HostConfigError
 from maculaos.host.logins import authorized_keys, password_field
@@ -35,7 +36,7 @@ from maculaos.image.iso import INSTALL_CONFIG, MANIFEST, MEDIUM_ROOT
 NOT_DISKS = ("loop", "ram", "sr", "zram", "dm-", "md", "fd")
 
 
-class InstallError(RuntimeError):
+class InstallError(MaculaosError):
     """The install cannot go on; nothing was written. The message says why and what to do."""
 
 
