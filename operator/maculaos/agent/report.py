@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 from maculaos.api import GROUP, KINDS, VERSION
@@ -38,7 +39,7 @@ def fetching_lookup(kube: KubeClient) -> Lookup:
         try:
             return kube.get(resource_path("v1", "nodes", name) if plural == "nodes" else object_path(plural, name))
         except ApiError as exc:
-            if exc.status == 404:
+            if exc.status == HTTPStatus.NOT_FOUND:
                 return None
             raise
     return lookup
@@ -173,7 +174,7 @@ class Reporter:
             self._kube.request("PATCH", object_path(REPORTS, self.node, "status"), body, timeout=REQUEST_TIMEOUT,
                                content_type=MERGE_PATCH)
         except ApiError as exc:
-            if exc.status == 404:  # deleted behind our back: create it again on the next write, in full
+            if exc.status == HTTPStatus.NOT_FOUND:  # deleted behind our back: create it again, in full
                 with self._lock:
                     self._stored, self._exists = {}, False
             raise
@@ -186,7 +187,7 @@ class Reporter:
         try:
             body = self._kube.request("GET", object_path(REPORTS, self.node), timeout=REQUEST_TIMEOUT)
         except ApiError as exc:
-            if exc.status != 404:
+            if exc.status != HTTPStatus.NOT_FOUND:
                 raise
             stored, exists = {}, False
         else:
@@ -206,7 +207,7 @@ class Reporter:
         try:
             self._kube.request("POST", object_path(REPORTS), body, timeout=REQUEST_TIMEOUT)
         except ApiError as exc:
-            if exc.status != 409:  # 409: it exists after all (an earlier write's create landed)
+            if exc.status != HTTPStatus.CONFLICT:  # it exists after all (an earlier write's create landed)
                 raise
         self._exists = True
 

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 
 from maculaos.errors import MaculaosError
@@ -90,7 +91,8 @@ def _fetch(release: Release, part: Path, directory: Path, progress: DownloadProg
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # nothing left to send: the part is the whole file (or junk)
+        # nothing left to send: the part is the whole file (or junk)
+        if exc.code == HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE and have:
             return _sha256_of(part)
         raise BundleError(f"download of {release.url} failed: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
