@@ -106,7 +106,7 @@ def field_docs(settings: type) -> dict[str, str]:
     except OSError:
         return {}
     cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == settings.__name__)
-    docs = {}
+    docs: dict[str, str] = {}
     for field, after in zip(cls.body, cls.body[1:]):
         if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) and isinstance(after, ast.Expr)
                 and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
