@@ -32,19 +32,6 @@ KIND_OF_PLURAL = {m.resource.plural: m.resource.kind for m in KINDS}
 Lookup = Callable[[str, str], Mapping[str, Any] | None]
 
 
-def fetching_lookup(kube: KubeClient) -> Lookup:
-    """A Lookup that asks the API server (for tools and tests; the agent looks into its watch caches)."""
-
-    def lookup(plural: str, name: str) -> Mapping[str, Any] | None:
-        try:
-            return kube.get(resource_path("v1", "nodes", name) if plural == "nodes" else object_path(plural, name))
-        except ApiError as exc:
-            if exc.status == HTTPStatus.NOT_FOUND:
-                return None
-            raise
-    return lookup
-
-
 def object_path(plural: str, name: str = "", subresource: str = "") -> str:
     """The REST path of one of the MaculaOS kinds (or its collection)."""
     return resource_path(f"{GROUP}/{VERSION}", plural, name, subresource=subresource)
