@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import os
 import sys
 import typing
@@ -94,10 +95,11 @@ def settings_flags(parser: argparse.ArgumentParser, settings: type, names: Itera
         else:
             shown = str(default)
         help = f"{doc.removesuffix('.')} (default: {shown})." if shown else doc
-        parser.add_argument(flag, type=None if kind is str else kind, default=default if given else None,
+        parser.add_argument(flag, type=kind, default=default if given else None,
                             required=not given, help=help)
 
 
+@functools.cache
 def field_docs(settings: type) -> dict[str, str]:
     """The docstrings of a dataclass's fields (the string right after each field), read from its source;
     empty when the source cannot be read."""
