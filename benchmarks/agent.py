@@ -21,7 +21,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from maculaos.agent.runner import Agent, AgentSettings
+from maculaos.agent.runner import Agent
+from maculaos.agent.settings import AgentSettings
 from maculaos.api import GROUP, VERSION
 from maculaos.devenv.controlplane import ControlPlane
 from maculaos.api.common import DEFAULT_NAMESPACE

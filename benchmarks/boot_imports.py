@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-# The apply's imports (cli.py's _agent_apply) and its argument parsing, without running it.
+# The apply's imports (cli/node.py's _agent_apply) and its argument parsing, without running it.
 APPLY = ("import sys; from maculaos.cli import build_parser; build_parser().parse_args("
          "['agent', 'apply', '--once', '--live-systemd']); "
          "from maculaos.host import backup_server, config, firewall, mesh, systemd")

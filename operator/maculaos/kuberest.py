@@ -25,11 +25,14 @@ import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import urllib3
 import yaml
+
+from maculaos.errors import MaculaosError
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
@@ -41,7 +44,7 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TOKEN_REFRESH_SECONDS = 60.0
 
 
-class ApiError(Exception):
+class ApiError(MaculaosError):
     """The API server answered with an error status (its Status message, when it sent one)."""
 
     def __init__(self, status: int, reason: str, message: str = "") -> None:
@@ -49,7 +52,7 @@ class ApiError(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
-class ConfigError(Exception):
+class ConfigError(MaculaosError):
     """No usable credentials: the message says what is missing or unsupported."""
 
 
@@ -180,7 +183,7 @@ class KubeClient:
             data, headers["Content-Type"] = json.dumps(body).encode(), content_type
         response = self._pool.request(method, self._url(path, query), body=data, headers=headers,
                                       timeout=timeout or self.timeout)
-        if response.status >= 400:
+        if response.status >= HTTPStatus.BAD_REQUEST:
             raise _error(response.status, response.reason or "", response.data)
         return dict(json.loads(response.data)) if response.data else {}
 
@@ -196,7 +199,7 @@ class KubeClient:
                                       timeout=urllib3.Timeout(connect=self.timeout, read=ends_in + self.timeout))
         finished = False
         try:
-            if response.status >= 400:
+            if response.status >= HTTPStatus.BAD_REQUEST:
                 raise _error(response.status, response.reason or "", response.read())
             pending = bytearray()
             for chunk in response.stream(64 * 1024):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from maculaos.devenv.restserver import RestServer, start_rest_server
+from tests.restserver import RestServer, start_rest_server
 
 UNIT = """[Unit]
 Description={description}

@@ -25,7 +25,6 @@ from maculaos.agent.meshroles import converge_mesh
 from maculaos.devenv.controlplane import default_bin_dir
 from maculaos.devenv.nodes import IMAGE_OVERLAY
 from maculaos.devenv.processes import ProcessRecord, free_port, spawn, stop, wait_for_port
-from maculaos.devenv.restserver import RestServer
 from maculaos.host.backup_server import (BINARY, ENVIRONMENT, HTPASSWD, SERVICE, backup_server_warnings,
                                          converge_service, probe_rest_server, served_port, served_rule,
                                          server_setting)
@@ -37,6 +36,7 @@ from maculaos.host.restic import Restic, ResticError, ResticFailure, rest_reposi
 from maculaos.host.systemd import Systemd
 from tests.fakes import restarts, systemctl_over_root
 from tests.htpasswd import htpasswd_line
+from tests.restserver import RestServer
 
 #: A firewall that admits every port (the tests below are about the config and the probe).
 OPEN: Callable[[int], str | None] = lambda port: None

@@ -16,7 +16,6 @@ import pytest
 from maculaos.api.backup import Retention
 from maculaos.devenv.controlplane import default_bin_dir
 from maculaos.devenv.processes import free_port
-from maculaos.devenv.restserver import RestServer
 from maculaos.host.restic import (
     Repository,
     Restic,
@@ -26,6 +25,7 @@ from maculaos.host.restic import (
     rest_repository,
 )
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
+from tests.restserver import RestServer
 
 NODE = "macula-nuc-01"
 RESTIC = str(default_bin_dir() / "restic")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from maculaos.agent.report import Reporter, fetching_lookup
+from maculaos.agent.report import Reporter
 from maculaos.devenv.demo import start_agent
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import SimulatedNode, create_host_root, demo_fleet, register_node
@@ -25,6 +25,7 @@ from maculaos.host.config import read_config
 from maculaos.host.systemd import Systemd
 from tests.fakes import fake_systemctl
 from tests.integration.conftest import Cluster, OperatorSupervisor, kube_of
+from tests.integration.lookup import fetching_lookup
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
 NODES = [n.name for n in demo_fleet(3)]  # macula-nuc-01, macula-nuc-02 (warehouse), macula-pi-03 (shop)

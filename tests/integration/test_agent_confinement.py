@@ -18,12 +18,13 @@ import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from maculaos.agent.report import Reporter, fetching_lookup
+from maculaos.agent.report import Reporter
 from maculaos.api import GROUP, VERSION
 from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.demo import start_operator
 from maculaos.devenv.processes import stop
 from maculaos.kuberest import MERGE_PATCH, Credentials, KubeClient
+from tests.integration.lookup import fetching_lookup
 
 from .conftest import REPO, Cluster, kube_of
 

@@ -23,11 +23,11 @@ from maculaos.devenv.demo import start_agent
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import create_host_root, demo_fleet
 from maculaos.devenv.processes import ProcessRecord, stop
-from maculaos.devenv.restserver import RestServer, start_rest_server
 from maculaos.host.config import write_maculaos_section
 from tests.fakes import fake_systemctl
 from tests.htpasswd import htpasswd_line
 from tests.integration.conftest import Cluster, OperatorSupervisor
+from tests.restserver import RestServer, start_rest_server
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
 NODES = [n.name for n in demo_fleet(3)]

@@ -26,11 +26,12 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from maculaos.agent.report import Reporter, fetching_lookup
+from maculaos.agent.report import Reporter
 from maculaos.api.common import VERSION_LABEL
 from maculaos.devenv.nodes import SimulatedNode, register_node
 from maculaos.kuberest import now_rfc3339
 from tests.integration.conftest import kube_of
+from tests.integration.lookup import fetching_lookup
 
 GROUP, VERSION, PLURAL = "os.macula.io", "v1alpha1", "nodeupgrades"
 OLD = "0.1.0"

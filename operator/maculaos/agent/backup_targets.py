@@ -12,13 +12,14 @@ from pathlib import Path
 
 from maculaos.api.backup import BackupSpec
 from maculaos.api.common import SecretKeyRef
+from maculaos.errors import MaculaosError
 from maculaos.host.restic import Repository, local_repository, rest_repository, s3_repository
 
 #: Resolves a Secret key to its (decoded) value; raises TargetError when it cannot.
 SecretReader = Callable[[SecretKeyRef], str]
 
 
-class TargetError(RuntimeError):
+class TargetError(MaculaosError):
     """The target cannot be used as configured; the message names the field."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -62,12 +63,13 @@ def serve(address: str, port: int, healthy: Callable[[], bool]) -> ThreadingHTTP
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path == "/metrics":
-                self._answer(200, generate_latest(), CONTENT_TYPE_LATEST)
+                self._answer(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
                 ok = healthy()
-                self._answer(200 if ok else 503, b"ok\n" if ok else b"stale\n", "text/plain")
+                self._answer(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, b"ok\n" if ok else b"stale\n",
+                             "text/plain")
             else:
-                self._answer(404, b"not found\n", "text/plain")
+                self._answer(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
         def _answer(self, code: int, body: bytes, content_type: str) -> None:
             self.send_response(code)

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 from maculaos.api import GROUP, KINDS, VERSION
@@ -29,19 +30,6 @@ KIND_OF_PLURAL = {m.resource.plural: m.resource.kind for m in KINDS}
 #: (plural, name) -> the object as the agent knows it (its uid is what the entry refers to), or None when
 #: it is gone. The Node itself is looked up as ("nodes", node name).
 Lookup = Callable[[str, str], Mapping[str, Any] | None]
-
-
-def fetching_lookup(kube: KubeClient) -> Lookup:
-    """A Lookup that asks the API server (for tools and tests; the agent looks into its watch caches)."""
-
-    def lookup(plural: str, name: str) -> Mapping[str, Any] | None:
-        try:
-            return kube.get(resource_path("v1", "nodes", name) if plural == "nodes" else object_path(plural, name))
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-    return lookup
 
 
 def object_path(plural: str, name: str = "", subresource: str = "") -> str:
@@ -173,7 +161,7 @@ class Reporter:
             self._kube.request("PATCH", object_path(REPORTS, self.node, "status"), body, timeout=REQUEST_TIMEOUT,
                                content_type=MERGE_PATCH)
         except ApiError as exc:
-            if exc.status == 404:  # deleted behind our back: create it again on the next write, in full
+            if exc.status == HTTPStatus.NOT_FOUND:  # deleted behind our back: create it again, in full
                 with self._lock:
                     self._stored, self._exists = {}, False
             raise
@@ -186,7 +174,7 @@ class Reporter:
         try:
             body = self._kube.request("GET", object_path(REPORTS, self.node), timeout=REQUEST_TIMEOUT)
         except ApiError as exc:
-            if exc.status != 404:
+            if exc.status != HTTPStatus.NOT_FOUND:
                 raise
             stored, exists = {}, False
         else:
@@ -206,7 +194,7 @@ class Reporter:
         try:
             self._kube.request("POST", object_path(REPORTS), body, timeout=REQUEST_TIMEOUT)
         except ApiError as exc:
-            if exc.status != 409:  # 409: it exists after all (an earlier write's create landed)
+            if exc.status != HTTPStatus.CONFLICT:  # it exists after all (an earlier write's create landed)
                 raise
         self._exists = True
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from maculaos.agent.health import HealthEngine, significant
 from maculaos.agent.meshroles import PLURAL as MESH_PLURAL
 from maculaos.agent.meshroles import converge_mesh
 from maculaos.agent.report import Reporter, object_path
+from maculaos.agent.settings import AgentSettings
 from maculaos.agent.upgrades import PLURAL as UPGRADE_PLURAL
 from maculaos.agent.upgrades import UpgradeEngine, relevance
 from maculaos.agent.watch import WatchedCache, labels_and_addresses, spec_and_generation
@@ -37,29 +37,6 @@ DEBOUNCE_SECONDS = 0.05
 HEALTH_TICK_SECONDS = 1.0
 HEALTH_REFRESH_SECONDS = 60.0
 HEALTHY_CONDITION = "MaculaHealthy"
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    node_name: str
-    host_root: Path
-    resync_seconds: float = 30.0
-    nft: str = "nft"
-    """nft command (tests point it at a network namespace)."""
-    systemctl: str = "systemctl"
-    """systemctl of the running system: health probes and restarts (and role units with live_systemd)."""
-    live_systemd: bool = False
-    """Enable role units on the running systemd (`--now`) instead of `systemctl --root=<host root>`."""
-    restic: str = "restic"
-    """restic command for Backups and Restores."""
-    rauc: str = "rauc"
-    """rauc command, run in the node's mount namespace (it sees host_root as `/`: paths given to it are
-    translated); it talks to the node's RAUC service on $DBUS_SYSTEM_BUS_ADDRESS (default system bus)."""
-    rauc_conf: str = ""
-    """RAUC system.conf whose keyring verifies bundles, under host_root; empty:
-    <host root>/etc/rauc/system.conf."""
-    reboot_command: str = "systemctl reboot"
-    """How the agent reboots the node when the operator grants it (simulated nodes pass a hook)."""
 
 
 class Agent:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any, cast
 
 from kubernetes import client
@@ -49,7 +50,7 @@ class ApiCluster:
         except ApiException as exc:
             # 403: the Helm chart grants Secrets only in chosen namespaces (operator.secretNamespaces); to
             # the operator such a Secret is as absent as a missing one, and the message says both.
-            if exc.status in (403, 404):
+            if exc.status in (HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND):
                 return None
             raise
         return set((secret.data or {}).keys())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from kubernetes import client
@@ -82,9 +83,9 @@ def _evict(core: client.CoreV1Api, ref: PodRef, options: DrainOptions) -> list[s
     try:
         core.create_namespaced_pod_eviction(ref.name, ref.namespace, body)
     except ApiException as exc:
-        if exc.status == 404:
+        if exc.status == HTTPStatus.NOT_FOUND:
             return []
-        if exc.status == 429:
+        if exc.status == HTTPStatus.TOO_MANY_REQUESTS:
             return [f"{ref.namespace}/{ref.name} blocked by a PodDisruptionBudget"]
         return [f"{ref.namespace}/{ref.name} eviction refused: HTTP {exc.status} {_reason(exc)}"]
     return [f"{ref.namespace}/{ref.name} evicted, terminating"]
@@ -94,7 +95,7 @@ def _delete(core: client.CoreV1Api, ref: PodRef, options: DrainOptions) -> list[
     try:
         core.delete_namespaced_pod(ref.name, ref.namespace, body=_delete_options(options))
     except ApiException as exc:
-        if exc.status != 404:
+        if exc.status != HTTPStatus.NOT_FOUND:
             return [f"{ref.namespace}/{ref.name} delete refused: HTTP {exc.status} {_reason(exc)}"]
         return []
     return [f"{ref.namespace}/{ref.name} deleted, terminating"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 from kubernetes import client
@@ -167,7 +168,7 @@ class Folder:
             self._custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name,
                                                             {"status": {"nodes": patch}}, _content_type=MERGE_PATCH)
         except client.ApiException as exc:
-            if exc.status == 404:  # deleted meanwhile: nothing to show the entries on
+            if exc.status == HTTPStatus.NOT_FOUND:  # deleted meanwhile: nothing to show the entries on
                 return False
             raise
         return True

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from http import HTTPStatus
 from typing import Any
 
 from kubernetes import client
@@ -140,7 +141,7 @@ def write(api: client.ApiClient, body: Mapping[str, Any], outcome: Outcome) -> N
             client.CustomObjectsApi(api).patch_cluster_custom_object_status(
                 GROUP, VERSION, plural, meta["name"], patch, _content_type=MERGE_PATCH)
         except client.ApiException as exc:
-            if exc.status != 409 or not outcome.expect_version:
+            if exc.status != HTTPStatus.CONFLICT or not outcome.expect_version:
                 raise
             log.info(f"{body['kind']} {meta['name']} changed meanwhile; its run is decided on the next pass")
             return

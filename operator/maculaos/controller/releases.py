@@ -27,6 +27,7 @@ from maculaos.api.nodeupgrade import (
     ReleaseTarget,
 )
 from maculaos.controller.validation import version_key
+from maculaos.errors import MaculaosError
 
 FETCH_TIMEOUT = 15.0
 MAX_INDEX_BYTES = 4 * 1024 * 1024
@@ -36,7 +37,7 @@ ERROR_RETRY_SECONDS = 30.0
 GITHUB_INDEX = "https://github.com/{repo}/releases/latest/download/maculaos-index.yaml"
 
 
-class ReleaseError(Exception):
+class ReleaseError(MaculaosError):
     """The release could not be resolved; the message is written to status as it is."""
 
 

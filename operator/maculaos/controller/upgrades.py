@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, cast
 
 from kubernetes import client
@@ -105,9 +106,9 @@ class Rollouts:
                 self._pass(name, snapshot)
                 return
             except ApiException as exc:
-                if exc.status == 404:
+                if exc.status == HTTPStatus.NOT_FOUND:
                     return
-                if exc.status != 409:
+                if exc.status != HTTPStatus.CONFLICT:
                     raise
         log.info(f"NodeUpgrade {name}: status kept changing under this pass; the next one retries")
 

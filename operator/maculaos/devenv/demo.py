@@ -18,9 +18,10 @@ from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import create_host_root, demo_fleet, register_node
 from maculaos.devenv.processes import ProcessRecord, is_running, load_records, save_records, spawn, stop
+from maculaos.errors import MaculaosError
 
 
-class DemoError(RuntimeError):
+class DemoError(MaculaosError):
     """Something the person running the demo must fix; the message says what."""
 
 

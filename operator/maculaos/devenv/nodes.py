@@ -10,6 +10,7 @@ import datetime as dt
 import shutil
 import uuid
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 
 import yaml
@@ -96,7 +97,7 @@ def register_node(api: client.CoreV1Api, node: SimulatedNode, ready: bool = True
     try:
         api.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=node.name, labels=node.labels)))
     except client.ApiException as exc:
-        if exc.status != 409:
+        if exc.status != HTTPStatus.CONFLICT:
             raise
         api.patch_node(node.name, {"metadata": {"labels": node.labels}})
     api.patch_node_status(node.name, {"status": node_status(node, ready)})

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from maculaos.devenv.processes import ProcessRecord, is_running, spawn, stop
+from maculaos.errors import MaculaosError
 from maculaos.host.rauc import Rauc
 
 SLOTS = (("rootfs.0", "A"), ("rootfs.1", "B"))
@@ -105,7 +106,7 @@ setsid {python} -m maculaos.devenv.rauc reboot {node} >> {node}/logs/reboot.log 
 """
 
 
-class SimulationError(Exception):
+class SimulationError(MaculaosError):
     pass
 
 

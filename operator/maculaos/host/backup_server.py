@@ -196,11 +196,13 @@ def _get_root(url: str, timeout: float) -> tuple[int, str, str] | str:
 def probe_rest_server(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
     """None when a restic rest-server answers at url; otherwise what is wrong. A rest-server answers
     `GET /` with 405 (only POST creates repositories) or, with authentication on, 401."""
+    from http import HTTPStatus  # here, not at the top: see _get_root
+
     answer = _get_root(url, timeout)
     if isinstance(answer, str):
         return answer
     status, reason, allow = answer
-    if status == 401 or (status == 405 and "POST" in allow):
+    if status == HTTPStatus.UNAUTHORIZED or (status == HTTPStatus.METHOD_NOT_ALLOWED and "POST" in allow):
         return None
     return f"{url} answers, but not as a restic rest-server (GET / gave {status} {reason})"
 
@@ -208,5 +210,7 @@ def probe_rest_server(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
 def asks_for_credentials(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """Whether the server at url refuses a request without credentials (401): what it does, whatever
     config.yaml says (an image whose unit predates authentication ignores the htpasswd)."""
+    from http import HTTPStatus  # here, not at the top: see _get_root
+
     answer = _get_root(url, timeout)
-    return not isinstance(answer, str) and answer[0] == 401
+    return not isinstance(answer, str) and answer[0] == HTTPStatus.UNAUTHORIZED

@@ -12,8 +12,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
 from maculaos.host.rauc import BundleInfo, Rauc, RaucError
 
 CHUNK = 256 * 1024
@@ -24,8 +26,9 @@ SPARE_BYTES = 64 * 1024 * 1024
 DownloadProgress = Callable[[int, int | None], None]
 
 
-class BundleError(Exception):
-    """The bundle could not be got or is not the one asked for; the message says which and why."""
+class BundleError(MaculaosError):
+    """A RAUC bundle could not be got, is not the one asked for, or (on the build machine,
+    maculaos.image.bundle) could not be made; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,8 @@ def _fetch(release: Release, part: Path, directory: Path, progress: DownloadProg
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # nothing left to send: the part is the whole file (or junk)
+        # nothing left to send: the part is the whole file (or junk)
+        if exc.code == HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE and have:
             return _sha256_of(part)
         raise BundleError(f"download of {release.url} failed: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:

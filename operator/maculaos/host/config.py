@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from maculaos.errors import MaculaosError
 from maculaos.host.files import atomic_write
 
 CONFIG_PATH = Path("var/lib/maculaos/config.yaml")
@@ -20,7 +21,7 @@ SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-class HostConfigError(RuntimeError):
+class HostConfigError(MaculaosError):
     """The config file cannot be used as it is; the message names the file and what is wrong."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from maculaos.api.meshrole import ExtraPort, Firewall, MeshRoleName, Protocol, WireGuard
+from maculaos.errors import MaculaosError
 from maculaos.host.files import atomic_write
 
 TABLE = "inet maculaos"
@@ -26,7 +27,7 @@ CNI_INTERFACES = ("cni0", "flannel.1", "flannel-wg", "flannel-wg-v6")
 MDNS_PORT = 5353
 
 
-class FirewallError(RuntimeError):
+class FirewallError(MaculaosError):
     """nft refused a ruleset; the message carries nft's own words."""
 
 

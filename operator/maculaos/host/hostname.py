@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
 from maculaos.host.config import HostConfigError, key_message, lookup, read_config
 from maculaos.host.files import atomic_write
 
@@ -29,7 +30,7 @@ LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LABEL_RULE = "one DNS label: lowercase letters, digits and '-', 1-63 characters, not starting or ending with '-'"
 
 
-class HostnameError(RuntimeError):
+class HostnameError(MaculaosError):
     """No name can be made (no machine id and no network device); the message says which were missing."""
 
 

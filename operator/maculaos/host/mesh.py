@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maculaos.api.meshrole import Firewall, MeshRoleName, MeshRoleSpec, TlsMode, WireGuard
+from maculaos.errors import MaculaosError
 from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
 from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
@@ -26,7 +27,7 @@ ROLE_LABEL = "macula.io/role-{}"
 FIREWALL_STATE = Path("var/lib/maculaos/agent/firewall.nft")
 
 
-class MeshConflict(ValueError):
+class MeshConflict(MaculaosError, ValueError):
     """MeshRoles selecting the same node disagree; nothing is applied."""
 
 

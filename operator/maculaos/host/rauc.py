@@ -23,13 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maculaos.errors import MaculaosError
+
 PROGRESS_LINE = re.compile(r"^\s*(\d{1,3})%\s+(.*)$")
 
 #: progress(percent, what RAUC is doing now)
 Progress = Callable[[int, str], None]
 
 
-class RaucError(Exception):
+class RaucError(MaculaosError):
     """A `rauc` command failed; the message carries RAUC's own words."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maculaos.api.backup import Retention
+from maculaos.errors import MaculaosError
 
 #: Tag every snapshot carries: which Backup made it.
 BACKUP_TAG = "maculaos-backup"
@@ -47,7 +48,7 @@ class ResticFailure(StrEnum):
     FAILED = "ResticFailed"
 
 
-class ResticError(RuntimeError):
+class ResticError(MaculaosError):
     def __init__(self, failure: ResticFailure, message: str) -> None:
         super().__init__(message)
         self.failure = failure

@@ -8,11 +8,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
+
 # Unit file states that count as enabled: the unit starts with its target (static: by another's Wants=).
 ENABLED_STATES = ("enabled", "enabled-runtime", "static")
 
 
-class SystemdError(RuntimeError):
+
+class SystemdError(MaculaosError):
     """systemctl refused; the message carries its own words."""
 
 

@@ -1,6 +1,6 @@
 """One node's A/B upgrade, step by step, with its state on the data partition so that a restart or a
 reboot continues where it stood. Used by the agent (steps granted by the operator) and by
-`maculaos upgrade` on the node itself (no Kubernetes).
+`maculaos upgrade` on the node itself (no Kubernetes; maculaos.cli.node parses its flags).
 
 The order of steps is what keeps a node bootable: the running slot is never written; the new slot is
 made the next boot only right before the granted reboot; it gets one try and is marked good only after
@@ -9,12 +9,10 @@ throughout. State: <host root>/var/lib/maculaos/upgrade/state.json."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -350,67 +348,44 @@ class NodeUpgrader:
             log.warning(f"cannot mark the booted slot good: {exc}")
 
 
-def upgrade_command(args: argparse.Namespace) -> int:
-    """The body of `maculaos upgrade` (cli.py declares its flags)."""
-    conf = args.rauc_conf or args.host_root / "etc/rauc/system.conf"
-    rauc = Rauc(args.rauc, conf if conf.exists() else None, root=args.host_root)
-    upgrader = NodeUpgrader(args.host_root, rauc, args.reboot_command)
-    try:
-        if args.check:
-            return _check(upgrader, args)
-        if args.rollback:
-            return _show(upgrader.rollback("asked for on the node (`maculaos upgrade --rollback`)"),
-                         AgentPhase.REBOOTING, AgentPhase.ROLLED_BACK)
-        if args.commit:
-            upgrader.after_boot()
-            return _show(upgrader.commit(HealthVerdict(True, ""), float("inf")), AgentPhase.SUCCEEDED)
-        release = _release(upgrader, args)
-        state = upgrader.install(release, args.source_dir, grant_time="cli")
-        if state.phase is AgentPhase.INSTALLED and not args.no_reboot:
-            state = upgrader.reboot("cli")
-        return _show(state, AgentPhase.INSTALLED, AgentPhase.REBOOTING, AgentPhase.SUCCEEDED)
-    except (BundleError, RaucError) as exc:
-        print(f"maculaos upgrade: {exc}", file=sys.stderr)
-        return 1
+def local_upgrader(host_root: Path, rauc_command: str = "rauc", rauc_conf: Path | None = None,
+                   reboot_command: str = "systemctl reboot") -> NodeUpgrader:
+    """The upgrader of `maculaos upgrade` on the node itself: rauc_conf (default <host root>/etc/rauc/
+    system.conf) when it exists, else RAUC's own default."""
+    conf = rauc_conf or host_root / "etc/rauc/system.conf"
+    return NodeUpgrader(host_root, Rauc(rauc_command, conf if conf.exists() else None, root=host_root), reboot_command)
 
 
-def _release(upgrader: NodeUpgrader, args: argparse.Namespace) -> Release:
-    if args.source_dir is not None:
-        version = args.target_version or newest(local_bundles(args.source_dir, upgrader.rauc))
-        if not version:
-            raise BundleError(f"no readable bundle in {args.source_dir}")
-        return Release(version)
-    if not args.url or not args.target_version:
-        raise BundleError("give --from DIR, or --url with --version (and --sha256 to verify the download)")
-    return Release(args.target_version, args.url, args.sha256)
+def local_release(upgrader: NodeUpgrader, source_dir: Path, version: str | None = None) -> Release:
+    """The release to install from a directory of bundles: version, or the newest bundle there."""
+    version = version or newest(local_bundles(source_dir, upgrader.rauc))
+    if not version:
+        raise BundleError(f"no readable bundle in {source_dir}")
+    return Release(version)
 
 
-def _check(upgrader: NodeUpgrader, args: argparse.Namespace) -> int:
+def describe_slots(upgrader: NodeUpgrader) -> tuple[RaucStatus, list[str]]:
+    """RAUC's status and a few lines about the slots, versions and the upgrade in progress (after a boot
+    is taken into account: after_boot runs)."""
     status = upgrader.rauc.status()
     booted, other = status.booted_slot(), status.other_slot()
-    print(f"running:   {read_os_version(upgrader.host_root) or '?'} in slot {booted.bootname} ({booted.name})")
-    print(f"other:     slot {other.bootname} ({other.name}): {other.version or 'no RAUC install'}, "
-          f"{other.boot_status}{', boots next' if status.primary == other.name else ''}")
+    lines = [f"running:   {read_os_version(upgrader.host_root) or '?'} in slot {booted.bootname} ({booted.name})",
+             f"other:     slot {other.bootname} ({other.name}): {other.version or 'no RAUC install'}, "
+             f"{other.boot_status}{', boots next' if status.primary == other.name else ''}"]
     state = upgrader.after_boot()
     if state.target_version:
-        print(f"upgrade:   {state.target_version}: {state.phase.value}: {state.message}")
-    if args.source_dir is None and not args.url:
-        return 0
-    release = _release(upgrader, args)
-    bundle = (find_local(args.source_dir, release.version, upgrader.rauc)[0] if args.source_dir is not None
+        lines.append(f"upgrade:   {state.target_version}: {state.phase.value}: {state.message}")
+    return status, lines
+
+
+def verify_bundle(upgrader: NodeUpgrader, release: Release, source_dir: Path | None,
+                  node_compatible: str) -> tuple[Path, str]:
+    """The release's bundle (from source_dir, else downloaded), its signature verified by RAUC, and why it
+    does not fit this node ("" when it does)."""
+    bundle = (find_local(source_dir, release.version, upgrader.rauc)[0] if source_dir is not None
               else download(release, upgrader.state_dir / "bundles"))
     info = upgrader.rauc.info(bundle)
-    problem = _mismatch(info.version, info.compatible, release.version, status.compatible)
-    if problem:
-        print(f"available: {bundle}: {problem}", file=sys.stderr)
-        return 1
-    print(f"available: {info.version} ({bundle.name}; signature and compatible verified)")
-    return 0
-
-
-def _show(state: UpgradeState, *good: AgentPhase) -> int:
-    print(f"{state.phase.value}: {state.message}")
-    return 0 if state.phase in good else 1
+    return bundle, _mismatch(info.version, info.compatible, release.version, node_compatible)
 
 
 def _mismatch(version: str, compatible: str, want_version: str, want_compatible: str) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from maculaos.errors import MaculaosError
 from maculaos.image.cacheuse import COMPLETE, evict_unused, mark_used
 
 # Where the image keeps the files, and where k3s reads them (the preload unit copies one to the other).
@@ -35,7 +36,7 @@ NAMESPACE = "maculaos-system"
 CHARTS = ("maculaos-crds", "maculaos-operator")
 
 
-class AirgapError(RuntimeError):
+class AirgapError(MaculaosError):
     """The operator archive or a chart cannot be put into the image; the message says which and why."""
 
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maculaos import __version__
+from maculaos.errors import MaculaosError
+from maculaos.host.bundles import BundleError
 from maculaos.image import debcache, disk, emulation, firmware, grub, iso
-from maculaos.image.bundle import BundleError, build_bundle, compatible
+from maculaos.image.bundle import build_bundle, compatible
 from maculaos.image import airgap
 from maculaos.image.definition import ImageDefinition
 from maculaos.image.signing import SigningError, SigningIdentity, sign_file
@@ -71,7 +73,7 @@ SQUASHFS_BLOCK = 256 * 1024
 K3S_MISSING = "not included (built without --k3s-binary; this machine cannot reach the upstream release)"
 
 
-class BuildError(RuntimeError):
+class BuildError(MaculaosError):
     """The build cannot go on; the message says what to do."""
 
 

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from maculaos.host.bundles import BundleError
 from maculaos.image.signing import SigningIdentity
 
 # GRUB cannot read a zstd squashfs, so each slot's kernel and initramfs live on the ESP (/A, /B). They are
@@ -32,10 +33,6 @@ for name in vmlinuz initrd.img; do
 done
 sync
 """
-
-
-class BundleError(RuntimeError):
-    pass
 
 
 def compatible(arch: str) -> str:

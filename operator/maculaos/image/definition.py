@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal, Self, cast
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
+from maculaos.errors import MaculaosError
+
 # The architectures an image can be built for (Debian's names). A foreign one is built under emulation
 # (qemu-user-static and binfmt_misc: maculaos.image.emulation).
 ARCHES = ("amd64", "arm64")
@@ -23,7 +25,7 @@ ImagePath = Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$", max_length=
 CmdlineWord = re.compile(r"^[A-Za-z0-9_.,:/=+@-]+$")
 
 
-class DefinitionError(ValueError):
+class DefinitionError(MaculaosError, ValueError):
     """A definition or an extension that cannot be built; the message names the file and the field."""
 
 

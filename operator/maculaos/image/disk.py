@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
 from maculaos.image import grub
 
 MIB = 1024 * 1024
@@ -31,7 +32,7 @@ TOOLS = {"sfdisk": "fdisk", "mkfs.vfat": "dosfstools", "mcopy": "mtools", "mmd":
          "qemu-img": "qemu-utils"}
 
 
-class DiskError(RuntimeError):
+class DiskError(MaculaosError):
     """The disk cannot be made; the message says what to do."""
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
+
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 # Debian architecture -> the name QEMU (and its binfmt handler, qemu-<name>) gives it.
 QEMU_NAMES = {"amd64": "x86_64", "arm64": "aarch64"}
@@ -15,7 +17,7 @@ _MACHINES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "
 INSTALL_HINT = "apt-get install qemu-user-static binfmt-support (tools/install.sh installs them)"
 
 
-class EmulationError(RuntimeError):
+class EmulationError(MaculaosError):
     """A foreign-architecture build on a machine that cannot run the foreign programs."""
 
 

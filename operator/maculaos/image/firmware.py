@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
+
 FIRMWARE_DIR = Path("usr/lib/firmware")
 # The kernel's firmware loader also tries these suffixes (CONFIG_FW_LOADER_COMPRESS_XZ/ZSTD).
 COMPRESSED = (".xz", ".zst")
@@ -27,7 +29,7 @@ VERSIONED = re.compile(r"^(?P<stem>.+)-(?P<version>[0-9]+)(?P<ext>\.[A-Za-z0-9]+
 MODINFO_BATCH = 400
 
 
-class FirmwareError(RuntimeError):
+class FirmwareError(MaculaosError):
     """The firmware of a root cannot be selected (no modinfo, an unreadable module)."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
+
 GRUB_LIB = Path("/usr/lib/grub")
 # Built into the images (no module folder on the ESP, so nothing there can be half-updated).
 COMMON_MODULES = ["part_gpt", "part_msdos", "fat", "iso9660", "normal", "linux", "echo", "test", "loadenv",
@@ -29,7 +31,7 @@ CORE_BLOCKLIST_START = 0x1F4
 CORE_BLOCKLIST_LEN = 0x1FC
 
 
-class GrubError(RuntimeError):
+class GrubError(MaculaosError):
     pass
 
 

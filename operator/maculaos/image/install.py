@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from maculaos.errors import MaculaosError
 from maculaos.host.nodeconfig import NodeConfig, NodeConfigError
 from maculaos.image import disk
 from maculaos.image.iso import INSTALL_CONFIG, MANIFEST, MEDIUM_ROOT
@@ -34,7 +35,7 @@ NOT_DISKS = ("loop", "ram", "sr", "zram", "dm-", "md", "fd")
 LOGIN_KEYS = ("ssh_authorized_keys", "password_hash")
 
 
-class InstallError(RuntimeError):
+class InstallError(MaculaosError):
     """The install cannot go on; nothing was written. The message says why and what to do."""
 
 

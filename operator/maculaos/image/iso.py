@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
 from maculaos.image import disk, grub
 from maculaos.image.definition import ImageDefinition
 
@@ -38,7 +39,7 @@ EFI_IMAGE_SPARE_MIB = 1
 content, since every MiB of it is a MiB of the ISO (it was 8 MiB around a 0.8 MB GRUB)."""
 
 
-class IsoError(RuntimeError):
+class IsoError(MaculaosError):
     """The ISO cannot be made; the message says what to do."""
 
 

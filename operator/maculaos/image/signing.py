@@ -9,10 +9,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
+
 DEVELOPMENT_SUBJECT = "/O=MaculaOS development (throwaway, not for production)/CN=maculaos-dev-ca"
 
 
-class SigningError(RuntimeError):
+class SigningError(MaculaosError):
     """The signing inputs cannot be used; the message says which file and why."""
 
 

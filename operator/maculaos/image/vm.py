@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from maculaos.errors import MaculaosError
 
-class BootError(AssertionError):
+
+class BootError(MaculaosError, AssertionError):
     """A marker did not appear in time, or QEMU ended; the message carries the console log."""
 
 

@@ -1,5 +1,6 @@
-"""A real restic rest-server on loopback: the backup target of the tests, the benchmark and the demo
-(on a MaculaOS node it is the service that holds peers' mesh backups)."""
+"""A real restic rest-server, and a real S3 endpoint (versitygw), on loopback: the backup targets of the
+tests (on a MaculaOS node rest-server is the service that holds peers' mesh backups). Moved here from
+maculaos.devenv: only tests use them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,155 @@
+"""Commands for developers of MaculaOS, run in a checkout: `maculaos dev up|down|manifests` (the local
+environment), `maculaos image show|build|iso` (the OS image) and `maculaos config docs` (the config.yaml
+key reference)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from maculaos.cli import options
+from maculaos.cli.options import REPO_ROOT
+
+if TYPE_CHECKING:
+    from maculaos.image.definition import ImageDefinition
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    from maculaos.devenv.demo import Demo
+
+    Demo(args.workdir, REPO_ROOT).up(node_count=args.nodes)
+    return 0
+
+
+def _dev_down(args: argparse.Namespace) -> int:
+    from maculaos.devenv.demo import Demo
+
+    Demo(args.workdir, REPO_ROOT).down(keep=args.keep)
+    return 0
+
+
+def _dev_manifests(args: argparse.Namespace) -> int:
+    from maculaos.devenv.controlplane import default_bin_dir
+    from maculaos.devenv.manifests import render_manifests, stale_manifests
+
+    out: Path = args.output
+    files = render_manifests(default_bin_dir() / "helm", REPO_ROOT)
+    if args.check:
+        stale = stale_manifests(out, files)
+        if stale:
+            print(f"{out} is out of date ({', '.join(stale)}): run `maculaos dev manifests`", file=sys.stderr)
+        return 1 if stale else 0
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+        print(out / name)
+    return 0
+
+
+def _image_definition(args: argparse.Namespace) -> ImageDefinition:
+    from maculaos.image.definition import load_definition
+
+    definition = load_definition(args.definition, args.extend)
+    if getattr(args, "arch", None):
+        definition = definition.for_arch(args.arch)
+    return definition.select(args.profiles.split(",")) if args.profiles else definition
+
+
+def _image_show(args: argparse.Namespace) -> int:
+    print(_image_definition(args).model_dump_json(by_alias=True, indent=2))
+    return 0
+
+
+def _image_build(args: argparse.Namespace) -> int:
+    from maculaos.image.build import BuildInputs, ImageBuilder, default_cache, summary
+    from maculaos.image.signing import SigningError, development_identity, given_identity
+
+    if bool(args.signing_key) != bool(args.signing_cert):
+        raise SigningError("--signing-key and --signing-cert go together")
+    signing = (given_identity(args.signing_key, args.signing_cert, args.keyring) if args.signing_key
+               else development_identity(args.cache or default_cache()))
+    inputs = BuildInputs(_image_definition(args), REPO_ROOT, signing, args.k3s_binary, args.operator_image)
+    print(summary(ImageBuilder(inputs, args.out, args.cache).build()))
+    return 0
+
+
+def _image_iso(args: argparse.Namespace) -> int:
+    """A custom ISO from a finished build's files (e.g. one that installs unattended with a config)."""
+    from maculaos.image.build import source_date_epoch
+    from maculaos.image.install import check_config
+    from maculaos.image.iso import build_iso, inputs_for
+
+    if args.install_config:
+        check_config(args.install_config)
+    inputs = inputs_for(_image_definition(args), args.build, source_date_epoch(REPO_ROOT),
+                        args.default or ("install" if args.install_config else "live"), args.cmdline_extra,
+                        args.install_config)
+    print(build_iso(inputs, args.out))
+    return 0
+
+
+def _config_docs(args: argparse.Namespace) -> int:
+    from maculaos.host.configdocs import sync_reference
+
+    if sync_reference(args.output, args.check) or not args.check:
+        return 0
+    print(f"{args.output} is out of date: run `maculaos config docs`", file=sys.stderr)
+    return 1
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = commands.add_parser("config", help="config.yaml").add_subparsers(dest="action", required=True)
+    docs = options.command(config, "docs", _config_docs,
+                           "write docs/config.md, the key reference, from the NodeConfig model")
+    docs.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "config.md")
+    options.check(docs)
+
+    image = commands.add_parser("image", help="the MaculaOS OS image (image-build/)").add_subparsers(
+        dest="action", required=True)
+    show = options.command(image, "show", _image_show, "print the definition merged with its extensions",
+                           failure="maculaos image")
+    options.image_definition(show)
+
+    build = options.command(image, "build", _image_build, "build squashfs, kernel and initrd into --out",
+                            failure="maculaos image build failed")
+    options.image_definition(build)
+    build.add_argument("--out", type=Path, default=REPO_ROOT / "dist")
+    build.add_argument("--cache", type=Path, default=None, help="download cache (default ~/.cache/maculaos/image)")
+    build.add_argument("--k3s-binary", type=Path, default=None,
+                       help="a k3s binary to include; without it the image says plainly that k3s is missing")
+    build.add_argument("--signing-key", type=Path, default=None, help="PEM key that signs the RAUC bundle and "
+                       "SHA256SUMS; without it a throwaway development CA from the build cache signs (and says so)")
+    build.add_argument("--signing-cert", type=Path, default=None, help="PEM certificate of --signing-key")
+    build.add_argument("--keyring", type=Path, default=None,
+                       help="PEM CA certificate(s) the image trusts for bundles (default: --signing-cert)")
+    build.add_argument("--operator-image", type=Path, default=None, metavar="ARCHIVE",
+                       help="the operator's OCI archive to pre-load (default: built from this checkout by "
+                            "image-build/operator-image/build.py, cached by its inputs)")
+
+    iso = options.command(image, "iso", _image_iso, "a custom live/installer ISO from a finished build (--build)",
+                          failure="maculaos image iso failed")
+    options.image_definition(iso, arch=False)
+    iso.add_argument("--build", type=Path, default=REPO_ROOT / "dist", help="the build's output folder")
+    iso.add_argument("--out", type=Path, required=True, help="the ISO to write")
+    iso.add_argument("--install-config", type=Path, default=None, metavar="CONFIG_YAML",
+                     help="put this config.yaml on the ISO and make `install` the default entry: the ISO "
+                          "installs unattended onto the machine's only disk, then powers off")
+    iso.add_argument("--default", choices=["live", "install", "recovery"], default=None)
+    iso.add_argument("--cmdline-extra", default="", help="appended to every entry's kernel command line "
+                     "(e.g. macula.install.target=/dev/sda, console=ttyS0 for a serial console)")
+
+    dev = commands.add_parser("dev", help="the local demo environment").add_subparsers(dest="action", required=True)
+    up = options.command(dev, "up", _dev_up,
+                         "start a control plane, simulated nodes, the operator, and apply examples/",
+                         failure="maculaos dev up failed")
+    options.workdir(up)
+    up.add_argument("--nodes", type=int, default=3)
+    down = options.command(dev, "down", _dev_down, "stop everything `dev up` started")
+    options.workdir(down)
+    down.add_argument("--keep", action="store_true", help="keep the work directory (logs, node sandboxes)")
+    manifests = options.command(dev, "manifests", _dev_manifests,
+                                "render deploy/kustomize/ from the charts and the API models")
+    manifests.add_argument("--output", type=Path, default=REPO_ROOT / "deploy" / "kustomize")
+    options.check(manifests)
