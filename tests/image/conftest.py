@@ -14,6 +14,7 @@ from maculaos.image.build import BuildInputs, ImageBuilder, default_cache
 from maculaos.image.cacheuse import COMPLETE, evict_unused, mark_used
 from maculaos.image.definition import load_definition
 from maculaos.image.signing import development_identity
+from maculaos.image.vm import Vm
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = Path(__file__).parent / "probe-extension.yaml"
@@ -69,6 +70,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("arm64"):
             item.add_marker(skip)
+
+
+#: benchmarks/image.py's median from QEMU start to MACULAOS-READY (docs/benchmarks.md, "Current figures").
+#: The benchmark holds the target; a boot test fails only past twice this figure: a gross regression, not
+#: a busy machine.
+READY_BENCHMARK_SECONDS = 99.0
+
+
+def check_ready_time(vm: Vm, what: str) -> None:
+    """Print how long the boot took to MACULAOS-READY, and fail on a gross regression."""
+    seconds = vm.elapsed()
+    print(f"{what}: MACULAOS-READY {seconds:.1f} s after QEMU started ({vm.accel}; benchmark "
+          f"{READY_BENCHMARK_SECONDS:.0f} s)")
+    assert seconds <= 2 * READY_BENCHMARK_SECONDS, \
+        f"{what}: MACULAOS-READY took {seconds:.0f} s, over twice the benchmark's {READY_BENCHMARK_SECONDS:.0f} s"
 
 
 def boot_timeout() -> float:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from maculaos.image.vm import Vm, VmSpec
-from tests.image.conftest import BuiltImage, boot_timeout
+from tests.image.conftest import BuiltImage, boot_timeout, check_ready_time
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
@@ -72,6 +72,7 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     with Vm(_spec(built_image, data, "disk"), tmp_path / "boot1.log") as vm:
         ready = vm.wait_for(r"MACULAOS-READY version=(\S+) mode=(\S+) apply=(\S+)", boot_timeout())
         assert ready.groups() == ("0.1.0", "disk", "success"), vm.tail()
+        check_ready_time(vm, "disk mode, first boot")
         first = _probe(vm)
         vm.wait_exit(boot_timeout())
     assert first["var-mark"] == "absent" and first["etc-mark"] == "absent", first
@@ -125,6 +126,7 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
 
     with Vm(_spec(built_image, data, "disk"), tmp_path / "boot2.log") as vm:
         vm.wait_for(r"MACULAOS-READY", boot_timeout())
+        check_ready_time(vm, "disk mode, second boot")
         second = _probe(vm)
         vm.wait_exit(boot_timeout())
     assert second["var-mark"] == "present" and second["etc-mark"] == "present", second

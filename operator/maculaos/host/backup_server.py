@@ -8,6 +8,7 @@ rest-server's answer, so the operator never assigns peers to a server that is do
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,24 +125,28 @@ def _write_secret(path: Path, data: str) -> bool:
     return changed
 
 
-def converge_service(host_root: Path, config: NodeConfig, systemd: Systemd) -> bool:
+def converge_service(host_root: Path, config: NodeConfig, systemd: Systemd,
+                     states: Mapping[str, str] | None = None) -> bool:
     """Run the node's rest-server exactly while config.yaml asks for it: write its htpasswd (root-only),
     port and authentication mode, enable (and, live, start, or restart when any of them changed) the unit;
     disable (and stop) it otherwise. Returns whether anything changed. A bad section changes nothing (the
     advertisement and the mesh pass name the key). A host without the unit or the server (a sandbox, an
     image built without the tools profile) is left alone: the advertisement's probe then reports that
-    nothing answers."""
-    if not (host_root / BINARY.lstrip("/")).exists() or not systemd.exists(SERVICE):
+    nothing answers. `states`: the unit file states when the caller already asked systemctl for them."""
+    if not (host_root / BINARY.lstrip("/")).exists():
+        return False
+    states = systemd.unit_file_states([SERVICE]) if states is None else states
+    if SERVICE not in states:
         return False
     parsed, error = parse_section(config)
     if error:
         return False
     if parsed is None or not parsed.enabled:
-        return systemd.set_enabled(SERVICE, False)
+        return bool(systemd.set_all_enabled({SERVICE: False}, states))
     rewritten = _write_secret(host_root / HTPASSWD, htpasswd_file(parsed.htpasswd))
     rewritten = atomic_write(host_root / ENVIRONMENT, service_environment(parsed.port, parsed.htpasswd is not None)) \
         or rewritten
-    enabled = systemd.set_enabled(SERVICE, True)
+    enabled = bool(systemd.set_all_enabled({SERVICE: True}, states))
     if rewritten and not enabled and systemd.live:  # running with the old port or users: restart
         systemd.restart(SERVICE)
     return rewritten or enabled

@@ -110,14 +110,14 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, port, sources)
     check_ruleset(script, nft)
     wanted = {PEER_SERVICE: True} | {ROLE_SERVICES[r]: r in plan.roles for r in MeshRoleName}
-    present = systemd.unit_file_states(wanted)
+    present = systemd.unit_file_states([*wanted, BACKUP_SERVICE])
     missing = [u for u, on in wanted.items() if on and u not in present]
     if missing:
         raise SystemdError(f"units missing on the host: {', '.join(missing)}")
     firewall_changed = apply_ruleset(script, host_root / FIREWALL_STATE, nft)
     config_changed = write_section(host_root, "mesh", plan.config_section())
-    changed_units = systemd.set_all_enabled(wanted)
-    if converge_service(host_root, config, systemd):
+    changed_units = systemd.set_all_enabled(wanted, present)
+    if converge_service(host_root, config, systemd, present):
         changed_units += (BACKUP_SERVICE,)
     return MeshChanges(config=config_changed, units=changed_units, firewall=firewall_changed)
 

@@ -45,12 +45,13 @@ class Systemd:
         return {fields[0]: fields[1] for fields in map(str.split, listed.splitlines())
                 if len(fields) >= 2 and fields[0] in names}
 
-    def set_all_enabled(self, wanted: Mapping[str, bool]) -> tuple[str, ...]:
+    def set_all_enabled(self, wanted: Mapping[str, bool], states: Mapping[str, str] | None = None
+                        ) -> tuple[str, ...]:
         """Enable or disable several units, one systemctl run per verb; units that do not exist are left
         out. Live, they are started or stopped too, without waiting for them (a unit that fails to start
         is systemd's to restart and report, not a reason to leave the rest half-done). Returns the units
-        that changed."""
-        states = self.unit_file_states(wanted)
+        that changed. `states`: unit_file_states() of these units, when the caller has them already."""
+        states = self.unit_file_states(wanted) if states is None else states
         changes = {unit: on for unit, on in wanted.items()
                    if unit in states and (states[unit] in ENABLED_STATES) != on}
         for verb, on in (("enable", True), ("disable", False)):
