@@ -1,4 +1,5 @@
-"""The suite's time by level (tests/<level>/...), printed at the end of every run: where CI's time goes."""
+"""Fixture modules shared across levels, and the suite's time by level (tests/<level>/...), printed at the
+end of every run: where CI's time goes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from collections import defaultdict
 
 import pytest
 from _pytest.terminal import TerminalReporter
+
+# One registration each: a session fixture (the signed bundles) is then built once per run, not once per
+# module that imports it.
+pytest_plugins = ["tests.host.rauc_fixtures", "tests.integration.rauc_fleet"]
 
 _seconds: defaultdict[str, float] = defaultdict(float)
 _counts: defaultdict[str, int] = defaultdict(int)

@@ -12,15 +12,7 @@ from maculaos.host.bundles import Release
 from maculaos.host.upgrade import HealthVerdict, read_boot_id
 from maculaos.image.bundle import build_bundle
 from maculaos.image.signing import given_identity
-from tests.host.rauc_fixtures import (  # noqa: F401  (fixtures)
-    BundleServer,
-    Bundles,
-    bundle_server,
-    bundles,
-    rauc_node,
-    release_of,
-    upgrader_for,
-)
+from tests.host.rauc_fixtures import BundleServer, Bundles, release_of, upgrader_for
 
 HEALTHY = HealthVerdict(ok=True, reason="")
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from maculaos.devenv.rauc import SimulatedRaucNode
-from tests.host.rauc_fixtures import Bundles, bundles, rauc_node  # noqa: F401  (fixtures)
+from tests.host.rauc_fixtures import Bundles
 
 
 def maculaos(node: SimulatedRaucNode, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,15 +14,8 @@ from kubernetes import client
 
 from maculaos.devenv.rauc import build_bundle
 
-from tests.host.rauc_fixtures import (  # noqa: F401  (fixtures)
-    COMPATIBLE,
-    BundleServer,
-    Bundles,
-    bundle_server,
-    bundles,
-    release_of,
-)
-from tests.integration.test_upgrade_agents import NODES, SICKLY, RaucFleet, rauc_fleet  # noqa: F401
+from tests.host.rauc_fixtures import COMPATIBLE, BundleServer, Bundles, release_of
+from tests.integration.rauc_fleet import NODES, SICKLY, RaucFleet
 from tests.integration.upgrade_agents import Sampler
 
 
