@@ -133,7 +133,7 @@ def test_nothing_from_the_build_run_is_in_the_image(
     limit = datetime.datetime.fromtimestamp(epoch - epoch % 60, datetime.UTC)
     newer = [p for _, _, when, p in listing if when > limit and not p.endswith(".py")]
     assert not newer, f"{len(newer)} entries newer than SOURCE_DATE_EPOCH, e.g. {newer[:5]}"
-    pyc = [p for _, _, _, p in listing if "/dist-packages/maculaos/__pycache__/cli.cpython-313" in p]
+    pyc = [p for _, _, _, p in listing if "/dist-packages/maculaos/cli/__pycache__/__init__.cpython-313" in p]
     assert pyc, "the maculaos package is not compiled for the image's Python"
 
 
