@@ -30,7 +30,7 @@ from pathlib import Path
 from maculaos.api.nodeupgrade import AgentPhase
 from maculaos.devenv.rauc import SimulatedRaucNode, build_bundle, make_signing_cert
 from maculaos.host.bundles import Release
-from maculaos.host.upgrade import NodeUpgrader
+from maculaos.host.nodeupgrade import NodeUpgrader
 
 COMPATIBLE = "maculaos-amd64"
 

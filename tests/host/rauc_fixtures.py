@@ -15,7 +15,7 @@ import pytest
 
 from maculaos.devenv.rauc import SimulatedRaucNode, build_bundle, make_signing_cert
 from maculaos.host.bundles import Release
-from maculaos.host.upgrade import NodeUpgrader
+from maculaos.host.nodeupgrade import NodeUpgrader
 
 COMPATIBLE = "maculaos-amd64"
 

@@ -13,7 +13,7 @@ import pytest
 from maculaos.api.backup import Retention
 from maculaos.cli import main
 from maculaos.devenv.controlplane import default_bin_dir
-from maculaos.host.backup_job import BackupJob, run_job, save_local_job
+from maculaos.host.backup import BackupJob, run_job, save_local_job
 from maculaos.host.config import read_config
 from maculaos.host.restic import local_repository, rest_repository
 from tests.restserver import RestServer, start_rest_server

@@ -8,7 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from maculaos.agent.backups import BackupEngine, BackupSettings
+from maculaos.agent.backup import BackupEngine, BackupSettings
 from maculaos.api.backup import node_start_delay
 from maculaos.api.common import SecretKeyRef
 from maculaos.devenv.controlplane import default_bin_dir

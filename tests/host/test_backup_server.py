@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from maculaos.agent.backup_server import CONDITION, advertisement
-from maculaos.agent.meshroles import converge_mesh
+from maculaos.agent.meshrole import converge_mesh
 from maculaos.devenv.controlplane import default_bin_dir
 from maculaos.devenv.nodes import IMAGE_OVERLAY
 from maculaos.devenv.processes import ProcessRecord, free_port, spawn, stop, wait_for_port
@@ -30,7 +30,7 @@ from maculaos.host.backup_server import (BINARY, ENVIRONMENT, HTPASSWD, SERVICE,
                                          server_setting)
 from maculaos.host.config import write_maculaos_section
 from maculaos.host.firewall import tcp_port_blocked
-from maculaos.host.mesh import apply_mesh, plan_mesh
+from maculaos.host.meshrole import apply_mesh, plan_mesh
 from maculaos.host.nodeconfig import NodeConfig, read_node_config
 from maculaos.host.restic import Restic, ResticError, ResticFailure, rest_repository
 from maculaos.host.systemd import Systemd

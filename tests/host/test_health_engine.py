@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from maculaos.agent.health import HealthEngine
+from maculaos.agent.healthcheck import HealthEngine
 from maculaos.host.systemd import Systemd
 from tests.fakes import fake_systemctl, restarts, set_unit
 

@@ -9,8 +9,8 @@ import pytest
 
 from maculaos.api.meshrole import MeshRoleName, MeshRoleSpec
 from maculaos.host.config import read_config
-from maculaos.agent.meshroles import converge_mesh
-from maculaos.host.mesh import SERVICE_PROGRAMS, MeshConflict, apply_mesh, plan_mesh, services_not_installed
+from maculaos.agent.meshrole import converge_mesh
+from maculaos.host.meshrole import SERVICE_PROGRAMS, MeshConflict, apply_mesh, plan_mesh, services_not_installed
 from maculaos.host.systemd import Systemd, SystemdError
 
 

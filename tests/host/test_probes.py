@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from maculaos.api.healthcheck import Check
-from maculaos.host.probes import run_probe
+from maculaos.host.healthcheck import run_probe
 from tests.fakes import fake_systemctl, set_unit
 
 

@@ -11,7 +11,7 @@ import pytest
 from maculaos.agent.backup_targets import repositories
 from maculaos.api.backup import BackupSpec, Retention
 from maculaos.devenv.controlplane import default_bin_dir
-from maculaos.host.backup_job import BackupJob, run_job
+from maculaos.host.backup import BackupJob, run_job
 from maculaos.host.restic import Restic, ResticError, ResticFailure
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
 from tests.restserver import S3Server, start_s3_server

@@ -9,7 +9,7 @@ from pathlib import Path
 from maculaos.api.nodeupgrade import AgentPhase
 from maculaos.devenv.rauc import SimulatedRaucNode
 from maculaos.host.bundles import Release
-from maculaos.host.upgrade import HealthVerdict, read_boot_id
+from maculaos.host.nodeupgrade import HealthVerdict, read_boot_id
 from maculaos.image.bundle import build_bundle
 from maculaos.image.signing import given_identity
 from tests.host.rauc_fixtures import BundleServer, Bundles, release_of, upgrader_for

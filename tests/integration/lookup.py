@@ -1,5 +1,5 @@
 """A Reporter's Lookup that asks the API server, for Reporters the tests run without an agent (the agent
-looks into its watch caches). Moved here from maculaos.agent.report: only tests use it."""
+looks into its watch caches). Moved here from maculaos.agent.nodereport: only tests use it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from maculaos.agent.report import Lookup, object_path
+from maculaos.agent.nodereport import Lookup, object_path
 from maculaos.kuberest import ApiError, KubeClient, resource_path
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from maculaos.agent.report import Reporter
+from maculaos.agent.nodereport import Reporter
 from maculaos.devenv.demo import start_agent
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import SimulatedNode, create_host_root, demo_fleet, register_node

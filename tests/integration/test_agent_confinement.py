@@ -18,7 +18,7 @@ import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from maculaos.agent.report import Reporter
+from maculaos.agent.nodereport import Reporter
 from maculaos.api import GROUP, VERSION
 from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.demo import start_operator

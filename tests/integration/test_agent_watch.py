@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from maculaos.agent.report import object_path
+from maculaos.agent.nodereport import object_path
 from maculaos.agent.watch import WatchedCache
 from maculaos.api import GROUP, VERSION
 from tests.integration.conftest import Cluster, kube_of

@@ -26,7 +26,7 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from maculaos.agent.report import Reporter
+from maculaos.agent.nodereport import Reporter
 from maculaos.api.common import VERSION_LABEL
 from maculaos.devenv.nodes import SimulatedNode, register_node
 from maculaos.kuberest import now_rfc3339

@@ -21,7 +21,7 @@ from maculaos.api.nodeupgrade import (
     NodeUpgradeStatus,
     ReleaseTarget,
 )
-from maculaos.controller.rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
+from maculaos.controller.nodeupgrade_rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
 
 OLD, NEW = "0.1.0", "0.2.0"
 START = dt.datetime(2026, 11, 25, 2, 0, tzinfo=dt.timezone.utc)

@@ -13,11 +13,11 @@ import pytest
 from maculaos.agent.backup_targets import TargetError, repositories
 from maculaos.api.backup import BackupSpec, Retention, node_start_delay
 from maculaos.api.common import SecretKeyRef
-from maculaos.controller.backups import assign_mesh_peers, backup_outcome, failed_condition, restore_fields
+from maculaos.controller.backup import assign_mesh_peers, backup_outcome, failed_condition, restore_fields
 from maculaos.api.backup import RestoreSpec
-from maculaos.controller.schedule import admit_nodes, decide, scheduled_times
+from maculaos.controller.backup_schedule import admit_nodes, decide, scheduled_times
 from maculaos.host.restic import Restic, retention_args
-from maculaos.host.retention import RetentionState, retention_ceiling, retention_due
+from maculaos.host.backup_retention import RetentionState, retention_ceiling, retention_due
 
 UTC = dt.timezone.utc
 NODES = ["nuc-01", "nuc-02", "pi-03"]

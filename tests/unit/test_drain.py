@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from maculaos.api.nodeupgrade import DrainOptions
-from maculaos.controller.drain import PodRef, pod_verdict
+from maculaos.controller.nodeupgrade_drain import PodRef, pod_verdict
 
 
 def pod(name: str = "p", phase: str = "Running", owner: str = "", empty_dir: bool = False,

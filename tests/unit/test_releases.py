@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
-from maculaos.controller.releases import (
+from maculaos.controller.nodeupgrade_releases import (
     ReleaseError,
     ReleaseIndex,
     ReleaseResolver,

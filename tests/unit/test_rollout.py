@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from maculaos.api.nodeupgrade import MaintenanceWindow, NodeStage, NodeUpgradeSpec, ReleaseTarget
-from maculaos.controller.rollout import NodeFacts, in_window, max_unavailable, node_order
+from maculaos.controller.nodeupgrade_rollout import NodeFacts, in_window, max_unavailable, node_order
 from tests.unit.rollout_sim import NEW, OLD, START, Fleet, SimNode
 
 

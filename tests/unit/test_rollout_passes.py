@@ -8,7 +8,7 @@ import time
 from kubernetes import client
 
 from maculaos.controller.cluster import ApiCluster
-from maculaos.controller.upgrades import Rollouts
+from maculaos.controller.nodeupgrade import Rollouts
 
 
 class CountingRollouts(Rollouts):

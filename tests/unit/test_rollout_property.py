@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
-from maculaos.controller.rollout import max_unavailable
+from maculaos.controller.nodeupgrade_rollout import max_unavailable
 from tests.unit.rollout_sim import NEW, Fleet, SimNode
 
 

@@ -1,4 +1,4 @@
-"""How the operator reads the agents' entries (controller/upgrades.parse_reports): a phase counts only as
+"""How the operator reads the agents' entries (controller/nodeupgrade.parse_reports): a phase counts only as
 the answer to the grant this object gave the node last; facts always count."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import datetime as dt
 from typing import Any
 
 from maculaos.api.nodeupgrade import NodeStage, NodeUpgradeSpec, NodeUpgradeStatus
-from maculaos.controller.rollout import NodeFacts, RolloutInput, plan_rollout
-from maculaos.controller.upgrades import parse_reports
+from maculaos.controller.nodeupgrade_rollout import NodeFacts, RolloutInput, plan_rollout
+from maculaos.controller.nodeupgrade import parse_reports
 
 UID = "0b7e7c8e-0000-4000-8000-00000000000a"
 OLD_UID = "5d1f4a10-0000-4000-8000-00000000000b"

@@ -11,23 +11,23 @@ from pathlib import Path
 from typing import Any
 
 from maculaos.agent import metrics
-from maculaos.agent.backups import BACKUPS, RESTORES, TICK_SECONDS, BackupEngine, BackupSettings, backup_relevant
-from maculaos.agent.backups import read_secret_with
+from maculaos.agent.backup import BACKUPS, RESTORES, TICK_SECONDS, BackupEngine, BackupSettings, backup_relevant
+from maculaos.agent.backup import read_secret_with
 from maculaos.agent.backup_server import CONDITION as BACKUP_SERVER_CONDITION
 from maculaos.agent.backup_server import advertisement
-from maculaos.agent.health import PLURAL as HEALTH_PLURAL
-from maculaos.agent.health import HealthEngine, significant
-from maculaos.agent.meshroles import PLURAL as MESH_PLURAL
-from maculaos.agent.meshroles import converge_mesh
-from maculaos.agent.report import Reporter, object_path
+from maculaos.agent.healthcheck import PLURAL as HEALTH_PLURAL
+from maculaos.agent.healthcheck import HealthEngine, significant
+from maculaos.agent.meshrole import PLURAL as MESH_PLURAL
+from maculaos.agent.meshrole import converge_mesh
+from maculaos.agent.nodereport import Reporter, object_path
 from maculaos.agent.settings import AgentSettings
-from maculaos.agent.upgrades import PLURAL as UPGRADE_PLURAL
-from maculaos.agent.upgrades import UpgradeEngine, relevance
+from maculaos.agent.nodeupgrade import PLURAL as UPGRADE_PLURAL
+from maculaos.agent.nodeupgrade import UpgradeEngine, relevance
 from maculaos.agent.watch import WatchedCache, labels_and_addresses, spec_and_generation
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.api.common import spec_selects
 from maculaos.host.firewall import tcp_port_blocked
-from maculaos.host.mesh import MeshPlan
+from maculaos.host.meshrole import MeshPlan
 from maculaos.host.rauc import Rauc
 from maculaos.host.systemd import Systemd
 from maculaos.kuberest import KubeClient, resource_path

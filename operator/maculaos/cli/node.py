@@ -18,7 +18,7 @@ from maculaos.errors import MaculaosError
 if TYPE_CHECKING:
     from maculaos.api.nodeupgrade import AgentPhase
     from maculaos.host.bundles import Release
-    from maculaos.host.upgrade import NodeUpgrader, UpgradeState
+    from maculaos.host.nodeupgrade import NodeUpgrader, UpgradeState
     from maculaos.image.install import Medium
 
 #: The agent's flags that `agent apply` shares with `agent run` (the same fields of AgentSettings).
@@ -30,7 +30,7 @@ RUN_SETTINGS = ("node_name", "host_root", "resync_seconds", "nft", "systemctl", 
 def _agent_apply(args: argparse.Namespace) -> int:
     """Converge the host from its own config.yaml, without Kubernetes: the boot path of a node."""
     from maculaos.host.backup_server import backup_server_warnings
-    from maculaos.host.mesh import apply_mesh, plan_from_config, services_not_installed
+    from maculaos.host.meshrole import apply_mesh, plan_from_config, services_not_installed
     from maculaos.host.nodeconfig import read_node_config
     from maculaos.host.systemd import Systemd
 
@@ -106,16 +106,16 @@ def _backup(args: argparse.Namespace) -> int:
 def _upgrade(args: argparse.Namespace) -> int:
     """`maculaos upgrade`: the node's own A/B upgrade with RAUC, no Kubernetes (seed 4.8)."""
     from maculaos.api.nodeupgrade import AgentPhase
-    from maculaos.host import upgrade
+    from maculaos.host import nodeupgrade
 
-    upgrader = upgrade.local_upgrader(args.host_root, args.rauc, args.rauc_conf, args.reboot_command)
+    upgrader = nodeupgrade.local_upgrader(args.host_root, args.rauc, args.rauc_conf, args.reboot_command)
     if args.check:
-        status, lines = upgrade.describe_slots(upgrader)
+        status, lines = nodeupgrade.describe_slots(upgrader)
         print("\n".join(lines))
         if args.source_dir is None and not args.url:
             return 0
         release = _release(upgrader, args)
-        bundle, problem = upgrade.verify_bundle(upgrader, release, args.source_dir, status.compatible)
+        bundle, problem = nodeupgrade.verify_bundle(upgrader, release, args.source_dir, status.compatible)
         if problem:
             print(f"available: {bundle}: {problem}", file=sys.stderr)
             return 1
@@ -126,7 +126,7 @@ def _upgrade(args: argparse.Namespace) -> int:
                      AgentPhase.REBOOTING, AgentPhase.ROLLED_BACK)
     if args.commit:
         upgrader.after_boot()
-        return _show(upgrader.commit(upgrade.HealthVerdict(True, ""), float("inf")), AgentPhase.SUCCEEDED)
+        return _show(upgrader.commit(nodeupgrade.HealthVerdict(True, ""), float("inf")), AgentPhase.SUCCEEDED)
     state = upgrader.install(_release(upgrader, args), args.source_dir, grant_time="cli")
     if state.phase is AgentPhase.INSTALLED and not args.no_reboot:
         state = upgrader.reboot("cli")
@@ -135,11 +135,11 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 def _release(upgrader: NodeUpgrader, args: argparse.Namespace) -> Release:
     """The release `maculaos upgrade` is asked for: from --from DIR, or --url with --version."""
-    from maculaos.host import upgrade
+    from maculaos.host import nodeupgrade
     from maculaos.host.bundles import BundleError, Release
 
     if args.source_dir is not None:
-        return upgrade.local_release(upgrader, args.source_dir, args.target_version)
+        return nodeupgrade.local_release(upgrader, args.source_dir, args.target_version)
     if not args.url or not args.target_version:
         raise BundleError("give --from DIR, or --url with --version (and --sha256 to verify the download)")
     return Release(args.target_version, args.url, args.sha256)

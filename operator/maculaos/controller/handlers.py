@@ -21,7 +21,7 @@ from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.controller.cluster import ApiCluster, list_objects
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORTS, Folder
 from maculaos.controller.reconcile import judge, write
-from maculaos.controller.upgrades import Rollouts
+from maculaos.controller.nodeupgrade import Rollouts
 from maculaos.kubeapi import CountingApiClient
 
 #: Prefix of the annotations kopf keeps its handler progress in; the agents use their own, never this.
@@ -30,7 +30,7 @@ ANNOTATION_PREFIX = "controller.os.macula.io"
 log = logging.getLogger("maculaos.controller")
 
 
-#: Kinds whose objects drive a rollout (controller/upgrades.py) on top of being judged.
+#: Kinds whose objects drive a rollout (controller/nodeupgrade.py) on top of being judged.
 ROLLOUT_KIND = "NodeUpgrade"
 
 

@@ -18,7 +18,7 @@ from maculaos.api.common import CustomResource
 from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.meshrole import MeshRoleSpec
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
-from maculaos.controller.backups import backup_outcome, restore_fields
+from maculaos.controller.backup import backup_outcome, restore_fields
 from maculaos.controller.conditions import EventNote, merge_condition, verdict_conditions
 from maculaos.controller.validation import ClusterView, Verdict, validate
 from maculaos.kubeapi import post_event

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from maculaos.host.backup_job import RUN_TAG, local_jobs, run_job, select_jobs
+from maculaos.host.backup import RUN_TAG, local_jobs, run_job, select_jobs
 from maculaos.host.nodeconfig import read_node_config
 from maculaos.host.restic import ResticError, ResticFailure
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot

@@ -3,7 +3,7 @@ Rollback; see the contract in docs/architecture.md), run the health commit windo
 the new slot, and report status.nodes.<node> plus the Node's version label.
 
 It runs in its own thread: an install takes minutes and must not hold up the mesh or health passes.
-The node's progress lives on its data partition (host/upgrade.py), so a restarted agent or a reboot
+The node's progress lives on its data partition (host/nodeupgrade.py), so a restarted agent or a reboot
 continues where it stood; the grants only say what the node may do next."""
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pydantic import ValidationError
 from maculaos.api.common import VERSION_LABEL, parse_duration, spec_selects
 from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.nodeupgrade import AgentPhase, Grant, GrantAction, NodeUpgradeSpec, ReleaseTarget
-from maculaos.agent.report import Reporter
+from maculaos.agent.nodereport import Reporter
 from maculaos.host.bundles import Release
 from maculaos.host.rauc import Rauc
-from maculaos.host.upgrade import HealthVerdict, NodeFacts, NodeUpgrader, UpgradeState, read_os_version
+from maculaos.host.nodeupgrade import HealthVerdict, NodeFacts, NodeUpgrader, UpgradeState, read_os_version
 
 log = logging.getLogger("maculaos.agent")
 PLURAL = "nodeupgrades"

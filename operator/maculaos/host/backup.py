@@ -18,7 +18,7 @@ from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.files import atomic_write
 from maculaos.host.nodeconfig import LocalBackupJob, NodeConfigError, read_node_config, section_value
 from maculaos.host.restic import BackupResult, Forgotten, Repository, Restic, ResticError, ResticFailure
-from maculaos.host.retention import RetentionState, retention_due
+from maculaos.host.backup_retention import RetentionState, retention_due
 
 #: The k3s server's embedded datastore (sqlite/kine) and where its consistent copy goes before a backup.
 K3S_DATASTORE = "/var/lib/rancher/k3s/server/db/state.db"
@@ -103,7 +103,7 @@ def capture_k3s_datastore(host_root: Path) -> str | None:
 
 
 def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
-    """Back up to every repository and apply retention when it is due (host/retention.py); a failure on
+    """Back up to every repository and apply retention when it is due (host/backup_retention.py); a failure on
     one repository does not stop the others, and the report names each."""
     started = time.monotonic()
     include, exclude = list(job.include), list(job.exclude)

@@ -18,7 +18,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from maculaos.api.nodeupgrade import DrainOptions
-from maculaos.controller.rollout import DrainReport
+from maculaos.controller.nodeupgrade_rollout import DrainReport
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 

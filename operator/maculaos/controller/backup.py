@@ -1,5 +1,5 @@
-"""The operator's share of Backup and Restore status: the run to do now (schedule.py), which peers hold
-each node's mesh copies, and the Stale and Failed conditions read from the nodes' own reports. Pure:
+"""The operator's share of Backup and Restore status: the run to do now (backup_schedule.py), which peers
+hold each node's mesh copies, and the Stale and Failed conditions read from the nodes' own reports. Pure:
 everything comes in as arguments, so it is unit-tested with a fixed clock."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from maculaos.api.backup import BackupSpec, RestoreSpec
 from maculaos.api.common import BACKUP_SERVER_PATTERN, NodeSelector, parse_duration
-from maculaos.controller.schedule import admit_nodes, decide, node_done, parse_time, rfc3339, schedule_interval
+from maculaos.controller.backup_schedule import admit_nodes, decide, node_done, parse_time, rfc3339, schedule_interval
 
 
 @dataclass(frozen=True)

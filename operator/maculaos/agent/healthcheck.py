@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from maculaos.api.common import parse_duration
 from maculaos.api.healthcheck import Check, CheckAction, HealthCheckSpec
-from maculaos.host.cleanup import run_cleanup
-from maculaos.host.probes import ProbeResult, run_probe
+from maculaos.host.healthcheck_cleanup import run_cleanup
+from maculaos.host.healthcheck import ProbeResult, run_probe
 from maculaos.host.systemd import Systemd, SystemdError
 from maculaos.kuberest import now_rfc3339
 

@@ -15,7 +15,7 @@ from maculaos.api.meshrole import MeshRoleName, MeshRoleSpec
 from maculaos.host.backup_server import backup_server_warnings
 from maculaos.host.config import HostConfigError
 from maculaos.host.firewall import FirewallError
-from maculaos.host.mesh import MeshConflict, MeshPlan, apply_mesh, plan_mesh, services_not_installed
+from maculaos.host.meshrole import MeshConflict, MeshPlan, apply_mesh, plan_mesh, services_not_installed
 from maculaos.host.systemd import Systemd, SystemdError
 
 log = logging.getLogger("maculaos.agent")

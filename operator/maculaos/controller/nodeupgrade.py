@@ -3,7 +3,7 @@
 Order within a pass, chosen so that a crash anywhere leaves nothing the next pass cannot finish:
 1. read the object fresh and the cluster (Nodes, the agents' reports in status.nodes);
 2. take a drain step on the nodes the last written status has in stage Draining;
-3. plan (pure, controller/rollout.py);
+3. plan (pure, controller/nodeupgrade_rollout.py);
 4. write status with the object's resourceVersion as a precondition, so a stale pass (a slower thread,
    a deposed leader) is refused with 409 instead of overwriting newer decisions;
 5. only then uncordon and cordon, and post the Events. Status records the intent first ("cordoned":
@@ -30,10 +30,10 @@ from maculaos.api.common import VERSION_LABEL
 from maculaos.api.nodeupgrade import Grant, NodeStage, NodeUpgradeNodeEntry, NodeUpgradeSpec, NodeUpgradeStatus
 from maculaos.controller.cluster import ApiCluster
 from maculaos.controller.conditions import merge_condition
-from maculaos.controller.drain import PodRef, drain_step
+from maculaos.controller.nodeupgrade_drain import PodRef, drain_step
 from maculaos.controller.reconcile import COMPONENT, judge, write
-from maculaos.controller.releases import ReleaseResolver, Resolution
-from maculaos.controller.rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
+from maculaos.controller.nodeupgrade_releases import ReleaseResolver, Resolution
+from maculaos.controller.nodeupgrade_rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
 from maculaos.controller.validation import validate
 from maculaos.kubeapi import CountingApiClient, post_event
 from maculaos.kuberest import MERGE_PATCH
