@@ -24,8 +24,8 @@ from kubernetes import config as kube_config
 from maculaos.agent.runner import Agent
 from maculaos.agent.settings import AgentSettings
 from maculaos.api import GROUP, VERSION
-from maculaos.devenv.controlplane import ControlPlane
 from maculaos.api.common import DEFAULT_NAMESPACE
+from maculaos.devenv.controlplane import ControlPlane
 from maculaos.devenv.demo import install_crds, start_agent, start_operator
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import SimulatedNode, create_host_root, register_node
@@ -121,7 +121,7 @@ def idle_rss_and_cpu(plane: ControlPlane, root: Path, prefix: str,
     time.sleep(30)
     after = [proc_stat(a.pid) for a in agents]
     rss = statistics.median(a[0] for a in after) / 1024
-    cpu = statistics.median((a[1] - b[1]) / 30 * 100 for a, b in zip(after, before))
+    cpu = statistics.median((a[1] - b[1]) / 30 * 100 for a, b in zip(after, before, strict=True))
     return agents, [n for n, _, _ in nodes], rss, cpu
 
 

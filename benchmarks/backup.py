@@ -304,7 +304,7 @@ def main() -> None:
         with PeakRss(agent.pid) as peak:
             agent_firsts, plain_firsts = first_backups(api, through, host, root, data, args.first_rounds)
         agent_first, plain_first = statistics.median(agent_firsts), statistics.median(plain_firsts)
-        first_ratio = statistics.median(a / p for a, p in zip(agent_firsts, plain_firsts))
+        first_ratio = statistics.median(a / p for a, p in zip(agent_firsts, plain_firsts, strict=True))
         print(f"| first backup, {total / MIB:.0f} MiB, new repository (median of {args.first_rounds}) | agent "
               f"{agent_first:.1f} s | plain restic init + backup {plain_first:.1f} s | ratio {first_ratio:.2f} |")
         print(f"| agent peak RSS during the first backups | agent process {peak.agent_peak_kib() / 1024:.0f} MiB, "
@@ -328,7 +328,8 @@ def main() -> None:
                   f"{entry['durationSeconds']:.2f} s, bytes new {entry.get('bytesNew', 0) / MIB:.1f} MiB, "
                   f"retention last {entry.get('lastRetentionTime')}, snapshots {entry.get('snapshotCount')}), "
                   f"plain {p:.2f} s; NodeReport to folded status {through.report_lags[-1]:.2f} s")
-        print(f"| incremental backup, 1% changed (median of {args.rounds}) | agent {statistics.median(agent_times):.1f} s"
+        print(f"| incremental backup, 1% changed (median of {args.rounds}) | "
+              f"agent {statistics.median(agent_times):.1f} s"
               f" | plain restic {statistics.median(plain_times):.1f} s | ratio {statistics.median(ratios):.2f} |")
 
         print(f"| from the agent's NodeReport to the Backup's folded status (median of {len(through.report_lags)} "

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from maculaos.image.build import default_cache  # noqa: E402
 from maculaos.image.definition import load_definition  # noqa: E402
-from maculaos.image.iso import build_iso, inputs_for  # noqa: E402
 from maculaos.image.disk import boot_environment  # noqa: E402
+from maculaos.image.iso import build_iso, inputs_for  # noqa: E402
 from maculaos.image.vm import Vm, VmSpec, accelerator, qemu_command, uefi_vars_copy  # noqa: E402
 
 CMDLINE = "boot=macula rauc.slot=A console=ttyS0 macula.root=/dev/vda macula.data=/dev/vdb macula.mode=disk"
@@ -114,7 +114,8 @@ def one_disk_boot(dist: Path, memory: int, tmp: Path, uefi: bool, iso: bool = Fa
         boot_environment(disk, {"EXTRA_CMDLINE": "console=ttyS0"})
     spec = VmSpec.for_disk(disk, uefi_vars_copy(tmp / "vars.fd") if uefi else None)
     if iso and not uefi:  # the ISO as a CD (El Torito) under SeaBIOS
-        spec = dataclasses.replace(spec, disk=None, extra_args=("-drive", f"file={disk},media=cdrom,if=ide,readonly=on"))
+        cdrom = ("-drive", f"file={disk},media=cdrom,if=ide,readonly=on")
+        spec = dataclasses.replace(spec, disk=None, extra_args=cdrom)
     spec = dataclasses.replace(spec, memory_mib=memory)
     with Vm(spec) as vm:
         vm.wait_for(r"Booting `MaculaOS", 900)
@@ -180,7 +181,8 @@ def main() -> int:
     login = statistics.median(baselines)
     squashfs = next(dist.glob("macula-os-*.squashfs")).stat().st_size / 2**20
     accel = accelerator(VmSpec(base / "vmlinuz", None, None, None))
-    flags = " ".join(qemu_command(VmSpec(None, None, None, None, memory_mib=args.memory), accel)[1:11]) + " " + args.qemu_args
+    flags = " ".join([*qemu_command(VmSpec(None, None, None, None, memory_mib=args.memory), accel)[1:11],
+                      args.qemu_args])
     print(f"\n| what (`{flags.strip()}`) | median of {args.runs} |\n| --- | --- |")
     print(f"| baseline: minimal Debian 13, QEMU start → serial login | {login:.1f} s |")
     print(f"| QEMU start → initramfs hands over | {med[0]:.1f} s |")

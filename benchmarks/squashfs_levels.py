@@ -59,7 +59,8 @@ def main() -> int:
         for _ in range(args.runs):
             for level in levels:
                 times[level].append(cold_import(packed[level], mnt))
-        print(f"\n| zstd level | cold import, wall (median of {args.runs}) | kernel time (median) |\n| --- | --- | --- |")
+        print(f"\n| zstd level | cold import, wall (median of {args.runs}) | kernel time (median) |\n"
+              "| --- | --- | --- |")
         for level in levels:
             print(f"| {level} | {statistics.median(w for w, _ in times[level]):.2f} s | "
                   f"{statistics.median(k for _, k in times[level]):.2f} s |")

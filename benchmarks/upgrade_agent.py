@@ -52,7 +52,8 @@ def timed(action: Callable[[], None]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--size-mib", type=int, default=176, help="bundle payload; 176 MiB is the size of the image's squashfs")
+    parser.add_argument("--size-mib", type=int, default=176,
+                        help="bundle payload; 176 MiB is the size of the image's squashfs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="maculaos-bench-upgrade-"))
     node: SimulatedRaucNode | None = None

@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -68,7 +67,8 @@ def export_operator(ref: str, into: Path) -> Path:
     return into / "operator"
 
 
-def run_operator(plane: ControlPlane, log_dir: Path, name: str, resync: float, python_path: Path | None) -> ProcessRecord:
+def run_operator(plane: ControlPlane, log_dir: Path, name: str, resync: float,
+                 python_path: Path | None) -> ProcessRecord:
     if python_path is None:
         return start_operator(plane.kubeconfig, log_dir, resync_seconds=resync, name=name)
     _, record = spawn(name, [sys.executable, "-m", "maculaos", "operator", "run", f"--resync-seconds={resync}"],
@@ -173,7 +173,8 @@ def compare(args: argparse.Namespace) -> None:
         finally:
             plane.stop()
     med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in results.items()}
-    print(f"| what (median of {args.runs}) | baseline {args.baseline} | this checkout | ratio |\n| --- | --- | --- | --- |")
+    print(f"| what (median of {args.runs}) | baseline {args.baseline} | this checkout | ratio |\n"
+          "| --- | --- | --- | --- |")
     for key, label in (("wall", "wall time, apply → Succeeded (s)"), ("requests", "API requests by the operator"),
                        ("peak_rss", "operator RSS peak (MiB)"), ("peak_disrupted", "most nodes disrupted at once"),
                        ("reboots", "reboots into the new slot")):

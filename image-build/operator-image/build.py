@@ -7,14 +7,14 @@ OCI archive with one zstd layer (also loadable as a docker-archive) that k3s imp
 Reproducible: every timestamp is SOURCE_DATE_EPOCH (default: the last commit's time), files are written in
 sorted order with numeric owners, and the .pyc files are hash-checked, not timestamped.
 
-Usage: image-build/operator-image/build.py [--output DIR] [--refresh-base] [--arch arm64]   (as root: mmdebstrap, chroot)
+Usage (as root: mmdebstrap, chroot):
+  image-build/operator-image/build.py [--output DIR] [--refresh-base] [--arch arm64]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import subprocess

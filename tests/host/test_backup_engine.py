@@ -10,7 +10,6 @@ from typing import Any
 
 from maculaos.agent.backup import BackupEngine, BackupSettings
 from maculaos.api.backup import node_start_delay
-from maculaos.api.common import SecretKeyRef
 from maculaos.devenv.controlplane import default_bin_dir
 from maculaos.host.restic import Restic, local_repository
 

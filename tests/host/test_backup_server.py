@@ -25,9 +25,18 @@ from maculaos.agent.meshrole import converge_mesh
 from maculaos.devenv.controlplane import default_bin_dir
 from maculaos.devenv.nodes import IMAGE_OVERLAY
 from maculaos.devenv.processes import ProcessRecord, free_port, spawn, stop, wait_for_port
-from maculaos.host.backup_server import (BINARY, ENVIRONMENT, HTPASSWD, SERVICE, backup_server_warnings,
-                                         converge_service, probe_rest_server, served_port, served_rule,
-                                         server_setting)
+from maculaos.host.backup_server import (
+    BINARY,
+    ENVIRONMENT,
+    HTPASSWD,
+    SERVICE,
+    backup_server_warnings,
+    converge_service,
+    probe_rest_server,
+    served_port,
+    served_rule,
+    server_setting,
+)
 from maculaos.host.config import write_maculaos_section
 from maculaos.host.firewall import tcp_port_blocked
 from maculaos.host.meshrole import apply_mesh, plan_mesh
@@ -38,8 +47,13 @@ from tests.fakes import restarts, systemctl_over_root
 from tests.htpasswd import htpasswd_line
 from tests.restserver import RestServer
 
+
 #: A firewall that admits every port (the tests below are about the config and the probe).
-OPEN: Callable[[int], str | None] = lambda port: None
+def open_firewall(port: int) -> str | None:
+    return None
+
+
+OPEN: Callable[[int], str | None] = open_firewall
 NODE: dict[str, Any] = {"metadata": {"name": "macula-nuc-01"},
                         "status": {"addresses": [{"type": "InternalIP", "address": "10.0.3.7"}]}}
 #: A user of a node's backup server, as `htpasswd -nB mesh` writes it.

@@ -42,7 +42,8 @@ def test_role_ports() -> None:
     assert "dport 443" not in peer and "dport { 6443, 10250, 2379, 2380 }" in peer and "udp dport 5353" in peer
     assert "iifname { \"cni0\", \"flannel.1\"" in peer
     both = render_ruleset([B, G], Firewall(), WireGuard())
-    assert 'tcp dport 443 accept comment "bootstrap"' in both and 'udp dport 443 accept comment "bootstrap quic"' in both
+    assert 'tcp dport 443 accept comment "bootstrap"' in both
+    assert 'udp dport 443 accept comment "bootstrap quic"' in both
     assert 'tcp dport { 80, 443 } accept comment "gateway"' in both
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from maculaos.host import hostname
-from maculaos.host.hostname import LABEL, HostnameError, apply, choose, main, made_from, write_hosts
+from maculaos.host.hostname import LABEL, HostnameError, apply, choose, made_from, main, write_hosts
 
 MACHINE_A = "0123456789abcdef0123456789abcdef"
 MACHINE_B = "fedcba9876543210fedcba9876543210"

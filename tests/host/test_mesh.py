@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from maculaos.agent.meshrole import converge_mesh
 from maculaos.api.meshrole import MeshRoleName, MeshRoleSpec
 from maculaos.host.config import read_config
-from maculaos.agent.meshrole import converge_mesh
 from maculaos.host.meshrole import SERVICE_PROGRAMS, MeshConflict, apply_mesh, plan_mesh, services_not_installed
 from maculaos.host.systemd import Systemd, SystemdError
-
 
 IMAGE_UNITS = Path(__file__).resolve().parents[2] / "image-build/overlay/usr/lib/systemd/system"
 

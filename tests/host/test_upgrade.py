@@ -12,7 +12,7 @@ from maculaos.host.bundles import Release
 from maculaos.host.nodeupgrade import HealthVerdict, read_boot_id
 from maculaos.image.bundle import build_bundle
 from maculaos.image.signing import given_identity
-from tests.host.rauc_fixtures import BundleServer, Bundles, release_of, upgrader_for
+from tests.host.rauc_fixtures import Bundles, BundleServer, release_of, upgrader_for
 
 HEALTHY = HealthVerdict(ok=True, reason="")
 

@@ -255,7 +255,8 @@ def test_the_operator_has_what_it_calls_and_no_more(cluster: Cluster, chart: Non
 def test_the_policy_type_checks(cluster: Cluster, chart: None) -> None:
     """The API server compiles and type-checks the CEL; warnings here would mean a rule that never holds."""
     for name in (f"{RELEASE}-agent-own-report", f"{RELEASE}-agent-own-node"):
-        cluster.wait_for(lambda: "typeChecking" in cluster.get("validatingadmissionpolicy", name).get("status", {}),
+        cluster.wait_for(lambda name=name: "typeChecking" in cluster.get("validatingadmissionpolicy", name)
+                         .get("status", {}),
                          what=f"type checking of {name}")
         checking = cluster.get("validatingadmissionpolicy", name)["status"]["typeChecking"]
         assert not checking.get("expressionWarnings"), checking

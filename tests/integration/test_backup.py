@@ -8,6 +8,7 @@ htpasswd (a Backup without credentials is refused, and says which field to set).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -75,7 +76,8 @@ def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             made.roots[sim.name] = create_host_root(root / sim.name, sim)
             made.agents[sim.name] = start_agent(cluster.plane.kubeconfig, made.log_dir, sim.name,
                                                 made.roots[sim.name], nft_wrapper(root / f"nft-{sim.name}", ns),
-                                                resync_seconds=3, systemctl=str(fake_systemctl(root / f"sd-{sim.name}")))
+                                                resync_seconds=3,
+                                                systemctl=str(fake_systemctl(root / f"sd-{sim.name}")))
         cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "backup-repo",
                        "namespace": "maculaos-system"}, "stringData": {"password": PASSWORD}})
         yield made
@@ -191,7 +193,7 @@ def test_scheduled_runs_happen_once_each_across_an_operator_restart(
     intervals = sorted((e["runStartTime"], e["lastRunTime"]) for e in first["nodes"].values()
                        if e.get("runId") == first["run"]["id"])
     assert len(intervals) == 3
-    assert all(a[1] <= b[0] for a, b in zip(intervals, intervals[1:])), f"overlapping runs: {intervals}"
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(intervals)), f"overlapping runs: {intervals}"
 
     assert operator_supervisor.record is not None
     stop(operator_supervisor.record)
@@ -221,7 +223,7 @@ def rest_servers(fleet: BackupFleet, cluster: Cluster) -> Iterator[dict[str, Res
         for node, server in servers.items():
             write_maculaos_section(fleet.roots[node], "backup_server", {"url": server.url, "htpasswd": line})
         for node, server in servers.items():
-            cluster.wait_for(lambda: advertised(cluster, node) == server.url, 30,
+            cluster.wait_for(lambda node=node, server=server: advertised(cluster, node) == server.url, 30,
                              what=f"{node}'s agent to advertise its rest-server")
         yield servers
     finally:
@@ -229,7 +231,8 @@ def rest_servers(fleet: BackupFleet, cluster: Cluster) -> Iterator[dict[str, Res
             write_maculaos_section(fleet.roots[node], "backup_server", None)
             server.stop()
         for node in NODES:
-            cluster.wait_for(lambda: advertised(cluster, node) is None, 30, what=f"{node} to withdraw its server")
+            cluster.wait_for(lambda node=node: advertised(cluster, node) is None, 30,
+                             what=f"{node} to withdraw its server")
 
 
 def advertised(cluster: Cluster, node: str) -> str | None:

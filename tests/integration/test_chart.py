@@ -34,7 +34,8 @@ class Tools:
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
 
-    def _run(self, tool: str, args: tuple[str, ...], stdin: str | None, check: bool) -> subprocess.CompletedProcess[str]:
+    def _run(self, tool: str, args: tuple[str, ...], stdin: str | None,
+             check: bool) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([str(self.plane.bin_dir / tool), f"--kubeconfig={self.plane.kubeconfig}", *args],
                                 input=stdin, capture_output=True, text=True, timeout=180)
         if check and result.returncode != 0:

@@ -1,27 +1,28 @@
 """Three real agents upgrade their simulated nodes with real RAUC, driven by NodeUpgrade grants.
 
-The whole story with the real operator is test_upgrade_end_to_end.py. The tests here pin the agent's side of the contract step by step (docs/architecture.md): there the
-test itself writes status.target and status.grants, with the operator stopped (`no_operator`), so each
-grant and each refusal can be checked on its own. Everything else is real: the API server, three
-`maculaos agent run` processes, each node's `rauc service` on its own D-Bus, bundles fetched over HTTP
-and installed into file-backed slots, reboots through the agents' reboot command (the simulation's hook
-restarts RAUC and the agent with the new boot state)."""
+The whole story with the real operator is test_upgrade_end_to_end.py. The tests here pin the agent's side of
+the contract step by step (docs/architecture.md): there the test itself writes status.target and
+status.grants, with the operator stopped (`no_operator`), so each grant and each refusal can be checked on its
+own. Everything else is real: the API server, three `maculaos agent run` processes, each node's `rauc service`
+on its own D-Bus, bundles fetched over HTTP and installed into file-backed slots, reboots through the agents'
+reboot command (the simulation's hook restarts RAUC and the agent with the new boot state)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-
 from maculaos.api.common import VERSION_LABEL
-from tests.host.rauc_fixtures import BundleServer, Bundles, release_of
+from tests.host.rauc_fixtures import Bundles, BundleServer, release_of
 from tests.integration.rauc_fleet import NAME, NODES, SICKLY, RaucFleet
+
 
 def test_three_agents_upgrade_and_one_rolls_back(rauc_fleet: RaucFleet, bundles: Bundles,
                                                  bundle_server: BundleServer, created: Any, no_operator: None) -> None:
     cluster = rauc_fleet.cluster
     created({"apiVersion": "os.macula.io/v1alpha1", "kind": "HealthCheck", "metadata": {"name": "sickly-b"},
              "spec": {"nodeSelector": {"matchLabels": {"macula.io/site": "shop"}},
-                      "checks": [{"name": "service-port", "type": "tcp", "tcp": {"port": 9}, "interval": "1s", "timeout": "500ms"}]}})
+                      "checks": [{"name": "service-port", "type": "tcp", "tcp": {"port": 9}, "interval": "1s",
+                                  "timeout": "500ms"}]}})
     release = release_of(bundle_server, bundles.good)
     created({"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": NAME},
              "spec": {"version": "0.2.0", "source": {"url": release.url, "sha256": release.sha256},
@@ -54,7 +55,8 @@ def test_three_agents_upgrade_and_one_rolls_back(rauc_fleet: RaucFleet, bundles:
     assert rauc_fleet.nodes[SICKLY].slot_state("B") == "bad"
     assert cluster.get("Node", SICKLY)["metadata"]["labels"].get(VERSION_LABEL) == "0.1.0"
     events = cluster.kubectl("get", "events", "-n", "default", "--field-selector",
-                             f"involvedObject.name={NAME}", "-o", "jsonpath={range .items[*]}{.reason} {.message}|{end}")
+                             f"involvedObject.name={NAME}", "-o",
+                             "jsonpath={range .items[*]}{.reason} {.message}|{end}")
     told = events.stdout.split("|")
     assert sum(e.startswith(f"UpgradeRolledBack {SICKLY}: ") for e in told) == 1, told
     assert sum(e.startswith("UpgradeSucceeded macula-nuc-02: ") for e in told) == 1, told

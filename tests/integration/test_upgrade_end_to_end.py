@@ -13,8 +13,7 @@ from typing import Any
 from kubernetes import client
 
 from maculaos.devenv.rauc import build_bundle
-
-from tests.host.rauc_fixtures import COMPATIBLE, BundleServer, Bundles, release_of
+from tests.host.rauc_fixtures import COMPATIBLE, Bundles, BundleServer, release_of
 from tests.integration.rauc_fleet import NODES, SICKLY, RaucFleet
 from tests.integration.upgrade_agents import Sampler
 
@@ -40,7 +39,8 @@ def test_the_operator_rolls_the_fleet_forward_and_a_sick_node_back(
                           "healthCommitWindow": "40s", "healthCheckWait": "2s"}})
         cluster.wait_for(lambda: (cluster.get("NodeUpgrade", rauc_fleet.name).get("status") or {}).get("phase")
                          in ("Succeeded", "Failed"), timeout=300,
-                         what=lambda: f"the rollout to finish (now {cluster.get('NodeUpgrade', rauc_fleet.name)['status']})")
+                         what=lambda: "the rollout to finish "
+                                      f"(now {cluster.get('NodeUpgrade', rauc_fleet.name)['status']})")
     finally:
         sampler.stop()
     status = cluster.get("NodeUpgrade", rauc_fleet.name)["status"]

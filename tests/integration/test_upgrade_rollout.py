@@ -239,8 +239,8 @@ def test_operator_killed_mid_rollout(cluster: Cluster, operator_supervisor: Oper
         created(upgrade("restart", "restart", strategy={"maxUnavailable": 2}))
         for stage in ("Draining", "Rebooting"):
             # The sampler sees every stage, however short: a drain with no pods can be over between two polls.
-            cluster.wait_for(lambda: stage in sampler.stages, 60,
-                             lambda: f"a node in stage {stage}; seen {sorted(map(str, sampler.stages))}, "
+            cluster.wait_for(lambda stage=stage: stage in sampler.stages, 60,
+                             lambda stage=stage: f"a node in stage {stage}; seen {sorted(map(str, sampler.stages))}, "
                                      f"status now {json.dumps(summary(cluster, 'restart'))}")
             assert operator_supervisor.record is not None
             os.killpg(operator_supervisor.record.pid, signal.SIGKILL)  # a crash, mid-stage

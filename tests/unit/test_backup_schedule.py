@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 
 from maculaos.agent.backup_targets import TargetError, repositories
-from maculaos.api.backup import BackupSpec, Retention, node_start_delay
+from maculaos.api.backup import BackupSpec, RestoreSpec, Retention, node_start_delay
 from maculaos.api.common import SecretKeyRef
 from maculaos.controller.backup import assign_mesh_peers, backup_outcome, failed_condition, restore_fields
-from maculaos.api.backup import RestoreSpec
 from maculaos.controller.backup_schedule import admit_nodes, decide, scheduled_times
-from maculaos.host.restic import Restic, retention_args
 from maculaos.host.backup_retention import RetentionState, retention_ceiling, retention_due
+from maculaos.host.restic import Restic, retention_args
 
 UTC = dt.timezone.utc
 NODES = ["nuc-01", "nuc-02", "pi-03"]
@@ -165,7 +164,8 @@ def test_mesh_peers_of_a_node_no_longer_selected_are_removed_by_the_patch() -> N
     # spring forward in Brussels (29 March 2026, 02:00 -> 03:00): 02:30 does not exist, runs at 03:00 CEST
     ("30 2 * * *", at(2026, 3, 28, 2), at(2026, 3, 30, 2), ["2026-03-29T01:00:00+00:00", "2026-03-30T00:30:00+00:00"]),
     # fall back (25 October 2026, 03:00 -> 02:00): 02:30 happens twice, the daily run happens once
-    ("30 2 * * *", at(2026, 10, 24, 2), at(2026, 10, 26, 2), ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]),
+    ("30 2 * * *", at(2026, 10, 24, 2), at(2026, 10, 26, 2),
+     ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]),
     # an hourly schedule still runs every real hour through the repeated one
     ("0 * * * *", at(2026, 10, 24, 23, 30), at(2026, 10, 25, 2, 30),
      ["2026-10-25T00:00:00+00:00", "2026-10-25T01:00:00+00:00", "2026-10-25T02:00:00+00:00"]),

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from maculaos.image import airgap, emulation
-from maculaos.image.build import (WHEEL_PLATFORMS_BY_ARCH, BuildError, BuildInputs, ImageBuilder,
-                                  choose_wheels)
+from maculaos.image.build import WHEEL_PLATFORMS_BY_ARCH, BuildError, BuildInputs, ImageBuilder, choose_wheels
 from maculaos.image.bundle import compatible
 from maculaos.image.definition import load_definition
 from maculaos.image.signing import SigningIdentity

@@ -11,8 +11,19 @@ import pytest
 
 from maculaos.image import grub
 from maculaos.image.bundle import build_bundle
-from maculaos.image.disk import (MIB, BootFiles, DiskError, DiskInputs, boot_environment, build_disk, esp_get,
-                                 esp_put, partition_table, plan, write_at)
+from maculaos.image.disk import (
+    MIB,
+    BootFiles,
+    DiskError,
+    DiskInputs,
+    boot_environment,
+    build_disk,
+    esp_get,
+    esp_put,
+    partition_table,
+    plan,
+    write_at,
+)
 from maculaos.image.signing import SigningError, development_identity, given_identity, sign_file
 
 GOLDEN = Path(__file__).parent / "golden"

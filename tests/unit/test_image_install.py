@@ -14,9 +14,21 @@ import pytest
 
 from maculaos.image import grub
 from maculaos.image.disk import MIB, BootFiles, boot_environment, partition_table
-from maculaos.image.install import (InstallError, Medium, SystemView, Target, auto_settings, candidate_disks,
-                                    check_config, choose_target, inspect_target, install, plan_install,
-                                    read_medium, refusals)
+from maculaos.image.install import (
+    InstallError,
+    Medium,
+    SystemView,
+    Target,
+    auto_settings,
+    candidate_disks,
+    check_config,
+    choose_target,
+    inspect_target,
+    install,
+    plan_install,
+    read_medium,
+    refusals,
+)
 from maculaos.image.iso import IsoInputs, build_iso, efi_image_mib, volume_label
 
 CMDLINE = "boot=macula macula.mode=disk rauc.slot=A console=ttyS0 console=tty0 ro quiet"
@@ -214,7 +226,8 @@ def test_unattended_settings_come_from_the_kernel_command_line(tmp_path: Path) -
 @pytest.mark.parametrize(("text", "message"), [
     ("maculaos: [", "is not valid YAML"),
     ("- a\n- b\n", "must hold a mapping at the top"),
-    ("maculaos:\n  mesh:\n    roles:\n      bootstrap: maybe\n", "the agent would refuse it: maculaos.mesh.roles.bootstrap"),
+    ("maculaos:\n  mesh:\n    roles:\n      bootstrap: maybe\n",
+     "the agent would refuse it: maculaos.mesh.roles.bootstrap"),
     ("password_hash: at the shop\n", "login settings are refused: .*password_hash must be a crypt"),
     ("ssh_authorized_keys: [nope]\n", r"login settings are refused: .*ssh_authorized_keys\[0\]"),
     ("maculaos:\n  backup_server:\n    sources: [10.0.3.7/24]\n",

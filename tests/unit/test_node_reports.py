@@ -4,16 +4,17 @@ status.nodes), report keys, and which entries a fold shows on an object."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from maculaos.agent.nodereport import Reporter
 from maculaos.api.nodereport import parse_report_key, report_key
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, Folder, folded_nodes, nodes_patch
 from maculaos.controller.handlers import fold_forever
-from maculaos.agent.nodereport import Reporter
 from maculaos.kuberest import Credentials, KubeClient, apply_merge_patch, merge_patch
 
 OLD = {"a": {"phase": "Applied", "message": "ok", "progress": 40}, "b": {"phase": "Failed"}, "c": [1, 2]}
@@ -125,7 +126,7 @@ def test_a_steady_stream_of_reports_is_folded_about_once_a_second_not_once_per_r
     """100 nodes reporting over a few seconds: each fold is a write every watcher of the object receives."""
     folds = fold_times([i * 0.05 for i in range(61)], then_wait=DEBOUNCE_SECONDS + 0.3)
     assert 2 <= len(folds) <= 5, folds  # not 60 (one per report), not 1 (only when the stream ends)
-    assert max(b - a for a, b in zip(folds, folds[1:])) <= MAX_DELAY_SECONDS + 0.3, folds
+    assert max(b - a for a, b in itertools.pairwise(folds)) <= MAX_DELAY_SECONDS + 0.3, folds
 
 
 def test_a_lone_report_is_folded_at_once_without_waiting_for_a_pause() -> None:

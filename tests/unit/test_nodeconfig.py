@@ -16,8 +16,16 @@ from maculaos.host.config import HostConfigError, config_file, read_config
 from maculaos.host.hostname import choose
 from maculaos.host.logins import authorized_keys, password_field
 from maculaos.host.meshrole import plan_from_config, plan_mesh
-from maculaos.host.nodeconfig import (FirewallConfig, LocalBackupJob, MeshConfig, NodeConfig, NodeConfigError,
-                                      WireGuardConfig, section_value, write_section)
+from maculaos.host.nodeconfig import (
+    FirewallConfig,
+    LocalBackupJob,
+    MeshConfig,
+    NodeConfig,
+    NodeConfigError,
+    WireGuardConfig,
+    section_value,
+    write_section,
+)
 from maculaos.host.nodeinfo import read_node_info
 from maculaos.image.install import InstallError, check_config
 

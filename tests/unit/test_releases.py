@@ -47,7 +47,8 @@ def test_pinned_version_reports_the_newer_one_available() -> None:
 def test_version_missing_from_the_channel_is_an_error_naming_the_field() -> None:
     resolution = pick_release(spec(channel="stable", version="0.11.0-nightly.5"), INDEX)
     assert resolution.target is None
-    assert resolution.error == "spec.version 0.11.0-nightly.5 is not in the release index (channel stable; newest is 0.10.0)"
+    assert resolution.error == ("spec.version 0.11.0-nightly.5 is not in the release index "
+                                "(channel stable; newest is 0.10.0)")
     assert pick_release(spec(version="0.11.0-nightly.5"), INDEX).target is not None  # any channel
 
 

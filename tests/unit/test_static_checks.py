@@ -1,4 +1,4 @@
-"""Typing (mypy strict) and the layering contract (api <- controller/devenv <- cli) hold."""
+"""Typing (mypy strict), the layering contracts (import-linter) and the linter (ruff) hold."""
 
 import subprocess
 import sys
@@ -15,4 +15,10 @@ def test_mypy_strict_passes() -> None:
 
 def test_layers_only_import_downward() -> None:
     result = subprocess.run([str(BIN / "lint-imports")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_ruff_passes() -> None:
+    """pyflakes, pycodestyle errors, import order and bugbear over every Python file of the repository."""
+    result = subprocess.run([str(BIN / "ruff"), "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout

@@ -10,8 +10,8 @@ import pytest
 from maculaos.agent.nodeupgrade import _entry, _in_charge, _wants_install
 from maculaos.api.nodeupgrade import AgentPhase, Grant, GrantAction, ReleaseTarget
 from maculaos.host.bundles import newest
-from maculaos.host.rauc import BundleInfo, Rauc, RaucError, _rauc_message, activates_installed
 from maculaos.host.nodeupgrade import NodeFacts, UpgradeState
+from maculaos.host.rauc import BundleInfo, Rauc, RaucError, _rauc_message, activates_installed
 
 TARGET = ReleaseTarget(version="0.2.0")
 GRANT = Grant(action=GrantAction.INSTALL, time="2026-11-25T10:00:00Z")

@@ -7,8 +7,8 @@ import datetime as dt
 from typing import Any
 
 from maculaos.api.nodeupgrade import NodeStage, NodeUpgradeSpec, NodeUpgradeStatus
-from maculaos.controller.nodeupgrade_rollout import NodeFacts, RolloutInput, plan_rollout
 from maculaos.controller.nodeupgrade import parse_reports
+from maculaos.controller.nodeupgrade_rollout import NodeFacts, RolloutInput, plan_rollout
 
 UID = "0b7e7c8e-0000-4000-8000-00000000000a"
 OLD_UID = "5d1f4a10-0000-4000-8000-00000000000b"

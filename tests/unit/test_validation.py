@@ -137,8 +137,8 @@ def test_target_credentials_secret_is_checked(target: str) -> None:
 
 
 def test_meshrole_conflict_names_both_objects() -> None:
-    cluster = Cluster(roles={"a": {"realm": "io.macula"}, "b": {"realm": "com.example",
-                                                                "nodeSelector": {"matchLabels": {"macula.io/site": "shop"}}}})
+    shop = {"matchLabels": {"macula.io/site": "shop"}}
+    cluster = Cluster(roles={"a": {"realm": "io.macula"}, "b": {"realm": "com.example", "nodeSelector": shop}})
     verdict = validate("MeshRole", "a", cluster.roles["a"], cluster)
     assert fields(verdict.problems) == ["spec.realm"]
     assert "MeshRole b on nodes pi-03" in verdict.problems[0].message

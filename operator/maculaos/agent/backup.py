@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
-import threading
 import time
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -28,8 +27,8 @@ from maculaos.agent.backup_targets import TargetError, repositories
 from maculaos.api.backup import BackupSpec, RestoreSpec, RunPhase, node_start_delay
 from maculaos.api.common import SecretKeyRef, spec_selects
 from maculaos.host.backup import BackupJob, JobReport, run_job, save_local_job
-from maculaos.host.restic import ResticError
 from maculaos.host.backup_retention import RetentionState
+from maculaos.host.restic import ResticError
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
 from maculaos.kuberest import ApiError, KubeClient, now_rfc3339, resource_path
 

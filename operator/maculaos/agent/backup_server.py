@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
-from maculaos.host.backup_server import (asks_for_credentials, open_server_warning, probe_rest_server, served_port,
-                                         server_setting)
+from maculaos.host.backup_server import (
+    asks_for_credentials,
+    open_server_warning,
+    probe_rest_server,
+    served_port,
+    server_setting,
+)
 from maculaos.host.config import HostConfigError
 from maculaos.host.nodeconfig import read_node_config
 

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from maculaos.api.common import parse_duration
 from maculaos.api.healthcheck import Check, CheckAction, HealthCheckSpec
-from maculaos.host.healthcheck_cleanup import run_cleanup
 from maculaos.host.healthcheck import ProbeResult, run_probe
+from maculaos.host.healthcheck_cleanup import run_cleanup
 from maculaos.host.systemd import Systemd, SystemdError
 from maculaos.kuberest import now_rfc3339
 
@@ -126,7 +126,8 @@ class HealthEngine:
             state.action_note = f"restart of {unit} failed: {exc}"
         else:
             state.restarts.append(now)
-            state.action_note = f"restarted {unit} ({len(state.restarts)}/{check.max_restarts} in {check.restart_window})"
+            state.action_note = (f"restarted {unit} ({len(state.restarts)}/{check.max_restarts} "
+                                 f"in {check.restart_window})")
             self.notify(name, check.name, "Warning", "Restarted", state.action_note)
         self._remember(state, state.action_note)
 

@@ -6,8 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import replace
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from maculaos.agent.nodereport import Reporter
 from maculaos.api.common import VERSION_LABEL, parse_duration, spec_selects
 from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.nodeupgrade import AgentPhase, Grant, GrantAction, NodeUpgradeSpec, ReleaseTarget
-from maculaos.agent.nodereport import Reporter
 from maculaos.host.bundles import Release
-from maculaos.host.rauc import Rauc
 from maculaos.host.nodeupgrade import HealthVerdict, NodeFacts, NodeUpgrader, UpgradeState, read_os_version
+from maculaos.host.rauc import Rauc
 
 log = logging.getLogger("maculaos.agent")
 PLURAL = "nodeupgrades"
@@ -171,7 +171,8 @@ class UpgradeEngine:
         """The new slot is healthy when the Node is Ready, every check of the HealthChecks selecting this
         node ran in this boot and passes, and this agent reaches the API server."""
         problems = []
-        ready: dict[str, Any] = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+        conditions = (node.get("status") or {}).get("conditions") or []
+        ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
         if ready.get("status") != "True":
             problems.append(f"Node Ready is {ready.get('status', 'unknown')}"
                             + (f" ({ready['message']})" if ready.get("message") else ""))

@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from maculaos.agent import metrics
-from maculaos.agent.backup import BACKUPS, RESTORES, TICK_SECONDS, BackupEngine, BackupSettings, backup_relevant
-from maculaos.agent.backup import read_secret_with
+from maculaos.agent.backup import (
+    BACKUPS,
+    RESTORES,
+    TICK_SECONDS,
+    BackupEngine,
+    BackupSettings,
+    backup_relevant,
+    read_secret_with,
+)
 from maculaos.agent.backup_server import CONDITION as BACKUP_SERVER_CONDITION
 from maculaos.agent.backup_server import advertisement
 from maculaos.agent.healthcheck import PLURAL as HEALTH_PLURAL
@@ -20,9 +27,9 @@ from maculaos.agent.healthcheck import HealthEngine, significant
 from maculaos.agent.meshrole import PLURAL as MESH_PLURAL
 from maculaos.agent.meshrole import converge_mesh
 from maculaos.agent.nodereport import Reporter, object_path
-from maculaos.agent.settings import AgentSettings
 from maculaos.agent.nodeupgrade import PLURAL as UPGRADE_PLURAL
 from maculaos.agent.nodeupgrade import UpgradeEngine, relevance
+from maculaos.agent.settings import AgentSettings
 from maculaos.agent.watch import WatchedCache, labels_and_addresses, spec_and_generation
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.api.common import spec_selects
@@ -65,7 +72,8 @@ class Agent:
             lambda plural, name, entry: self.reporter.node_entry(plural, name, entry), self.reporter.event)
         conf = Path(settings.rauc_conf) if settings.rauc_conf else settings.host_root / "etc/rauc/system.conf"
         self.upgrades = UpgradeEngine(
-            settings.node_name, settings.host_root, Rauc(settings.rauc, conf if conf.exists() else None, root=settings.host_root),
+            settings.node_name, settings.host_root,
+            Rauc(settings.rauc, conf if conf.exists() else None, root=settings.host_root),
             settings.reboot_command, self.reporter, lambda: self.nodeupgrades.snapshot(), self.node.snapshot,
             self.healthchecks.snapshot, self._health_states)
         self.nodeupgrades = WatchedCache(UPGRADE_PLURAL, kube, object_path(UPGRADE_PLURAL), self.upgrades.wake.set,

@@ -17,7 +17,8 @@ from maculaos.api.common import ApiModel, CustomResource, NodeEntry, PrinterColu
 
 #: The key of an entry: `Kind/name` for the cluster-scoped kinds (`Kind/namespace/name` if a namespaced
 #: kind ever reports), e.g. `MeshRole/warehouse-gateways`.
-REPORT_KEY_PATTERN = r"^[A-Z][A-Za-z0-9]{0,62}(/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+REPORT_KEY_PATTERN = (r"^[A-Z][A-Za-z0-9]{0,62}(/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?"
+                      r"/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 MAX_ENTRIES = 1024
 
 

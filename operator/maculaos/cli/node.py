@@ -203,7 +203,8 @@ def _install(args: argparse.Namespace) -> int:
         data = layout.part("data")
         print(f"MaculaOS {medium.version} onto {target.path} ({target.size // 2**20} MiB): ESP {medium.esp_mib} MiB, "
               f"slots A and B {medium.slot_mib} MiB each, data {data.size_mib} MiB"
-              f"{', config.yaml from ' + str(config_path) if config_path else ''}. EVERYTHING ON {target.path} IS ERASED.")
+              f"{', config.yaml from ' + str(config_path) if config_path else ''}. "
+              f"EVERYTHING ON {target.path} IS ERASED.")
         if ask:
             answer = input(f"Type yes to erase {target.path} and install: ")
             if answer.strip() != "yes":

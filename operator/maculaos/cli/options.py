@@ -8,6 +8,7 @@ import argparse
 import ast
 import dataclasses
 import functools
+import itertools
 import os
 import sys
 import typing
@@ -109,7 +110,7 @@ def field_docs(settings: type) -> dict[str, str]:
         return {}
     cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == settings.__name__)
     docs: dict[str, str] = {}
-    for field, after in zip(cls.body, cls.body[1:]):
+    for field, after in itertools.pairwise(cls.body):
         if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) and isinstance(after, ast.Expr)
                 and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
             docs[field.target.id] = " ".join(after.value.value.split())

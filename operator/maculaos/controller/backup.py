@@ -29,7 +29,8 @@ def assign_mesh_peers(nodes: Sequence[str], servers: Mapping[str, str], peer_sel
                       labels: Mapping[str, Mapping[str, str]], replication: int) -> dict[str, list[str]]:
     """Each node's rest-server URLs: `replication` other nodes that serve one, chosen by rendezvous hashing
     so that a node joining or leaving moves as few copies as possible."""
-    eligible = sorted(n for n, url in servers.items() if re.fullmatch(BACKUP_SERVER_PATTERN, url) and all(labels.get(n, {}).get(k) == v for k, v in peer_selector.items()))
+    eligible = sorted(n for n, url in servers.items() if re.fullmatch(BACKUP_SERVER_PATTERN, url)
+                      and all(labels.get(n, {}).get(k) == v for k, v in peer_selector.items()))
     peers: dict[str, list[str]] = {}
     for node in nodes:
         ranked = sorted((p for p in eligible if p != node),
@@ -98,8 +99,8 @@ def backup_outcome(body: Mapping[str, Any], spec: BackupSpec, matched: Sequence[
         # a merge patch keeps keys it does not name: a node no longer selected is removed with null
         fields["meshPeers"] = {n: None for n in status.get("meshPeers") or {} if n not in peers} | peers
     successes = [parse_time(e.get("lastSuccessTime")) for e in entries.values()]
-    fields["lastSuccessfulTime"] = (rfc3339(min(t for t in successes if t)) if matched and len(successes) == len(matched)
-                                    and all(successes) else None)
+    every_node_succeeded = bool(matched) and len(successes) == len(matched) and all(successes)
+    fields["lastSuccessfulTime"] = rfc3339(min(t for t in successes if t)) if every_node_succeeded else None
     created = parse_time(meta.get("creationTimestamp")) or now
     run = fields.get("run") or {}
     late = {n: f"did not report run {run.get('id')} done within runTimeout {spec.run_timeout}; its slot went "

@@ -20,8 +20,8 @@ from kubernetes import client
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.controller.cluster import ApiCluster, list_objects
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORTS, Folder
-from maculaos.controller.reconcile import judge, write
 from maculaos.controller.nodeupgrade import Rollouts
+from maculaos.controller.reconcile import judge, write
 from maculaos.kubeapi import CountingApiClient
 
 #: Prefix of the annotations kopf keeps its handler progress in; the agents use their own, never this.

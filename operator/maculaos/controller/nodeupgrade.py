@@ -31,9 +31,9 @@ from maculaos.api.nodeupgrade import Grant, NodeStage, NodeUpgradeNodeEntry, Nod
 from maculaos.controller.cluster import ApiCluster
 from maculaos.controller.conditions import merge_condition
 from maculaos.controller.nodeupgrade_drain import PodRef, drain_step
-from maculaos.controller.reconcile import COMPONENT, judge, write
 from maculaos.controller.nodeupgrade_releases import ReleaseResolver, Resolution
 from maculaos.controller.nodeupgrade_rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
+from maculaos.controller.reconcile import COMPONENT, judge, write
 from maculaos.controller.validation import validate
 from maculaos.kubeapi import CountingApiClient, post_event
 from maculaos.kuberest import MERGE_PATCH

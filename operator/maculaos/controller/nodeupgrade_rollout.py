@@ -404,8 +404,9 @@ class _Pass:
                                  f"({budget}); fix the cause, then raise the budget or change the version")
             return "FailureBudgetExceeded"
         if canary == "failed":
+            settings = self.spec.strategy.canary
             self.plan.message = ("the canary wave fell short of strategy.canary.successThreshold "
-                                 f"({self.spec.strategy.canary.success_threshold if self.spec.strategy.canary else ''})")
+                                 f"({settings.success_threshold if settings else ''})")
             return "CanaryFailed"
         return ""
 
@@ -535,7 +536,8 @@ class _Pass:
         if held in ("Progressing", "Waiting", "Paused") and done and self.inp.matched:
             plan.phase = "Succeeded" if plan.failed == 0 else "Failed"
             plan.stop_reason = "" if plan.failed == 0 else "NodesFailed"
-            plan.message = (f"all {len(self.inp.matched)} node(s) run {self.inp.target.version if self.inp.target else ''}"
+            target = self.inp.target.version if self.inp.target else ''
+            plan.message = (f"all {len(self.inp.matched)} node(s) run {target}"
                             if plan.failed == 0 else
                             f"finished; {plan.failed} node(s) failed within failurePolicy.maxFailedNodes")
             return

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 from croniter import croniter
 from pydantic import ValidationError
 
-from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.api import BackupSpec, MeshRoleSpec, NodeUpgradeSpec, RestoreSpec, spec_model
+from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.api.common import BACKUP_SERVER_PATTERN, VERSION_LABEL, CustomResource, SecretKeyRef, SelectorSpec
 from maculaos.api.nodeupgrade import SEMVER_PATTERN
 

@@ -140,7 +140,8 @@ class Demo:
     def _wait_ready(self, plane: ControlPlane, examples: list[Path], operator: ProcessRecord,
                     timeout: float = 60.0) -> None:
         """Wait for every example's Ready condition; fail at once if the operator dies."""
-        query = 'jsonpath={.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].message}'
+        ready = '.status.conditions[?(@.type=="Ready")]'
+        query = f"jsonpath={{{ready}.status}}/{{{ready}.message}}"
         for path in examples:
             for doc in yaml.safe_load_all(path.read_text()):
                 if not doc or not doc.get("apiVersion", "").startswith("os.macula.io/"):

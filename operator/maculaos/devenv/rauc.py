@@ -30,7 +30,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from maculaos.devenv.processes import ProcessRecord, is_running, spawn, stop
+from maculaos.devenv.processes import ProcessRecord, spawn, stop
 from maculaos.errors import MaculaosError
 from maculaos.host.rauc import Rauc
 
@@ -195,7 +195,8 @@ class SimulatedRaucNode:
         """Lay out slots, bootloader, RAUC config and keyring in the host root; slot A holds the initial
         version and is good, B is empty."""
         for path in (self.boot_state, self.conf.parent, self.logs, self.host_root / "var/lib/rauc",
-                     self.host_root / "etc", self.host_root / "mnt/rauc", self.host_root / "proc", self.host_root / "tmp",
+                     self.host_root / "etc", self.host_root / "mnt/rauc", self.host_root / "proc",
+                     self.host_root / "tmp",
                      *(self.host_root / d for d in BORROWED)):
             path.mkdir(parents=True, exist_ok=True)
         for slot, _ in SLOTS:

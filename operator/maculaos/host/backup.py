@@ -9,16 +9,15 @@ import datetime as dt
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from maculaos.api.backup import Retention
+from maculaos.host.backup_retention import RetentionState, retention_due
 from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.files import atomic_write
 from maculaos.host.nodeconfig import LocalBackupJob, NodeConfigError, read_node_config, section_value
 from maculaos.host.restic import BackupResult, Forgotten, Repository, Restic, ResticError, ResticFailure
-from maculaos.host.backup_retention import RetentionState, retention_due
 
 #: The k3s server's embedded datastore (sqlite/kine) and where its consistent copy goes before a backup.
 K3S_DATASTORE = "/var/lib/rancher/k3s/server/db/state.db"

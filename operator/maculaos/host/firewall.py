@@ -81,7 +81,8 @@ def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard:
     """The nft script that replaces table inet maculaos (or removes it when the firewall is disabled).
     backup_server_port: the node's rest-server port (config.yaml maculaos.backup_server), opened to peers
     (only from backup_server_sources when given)."""
-    header = f"# Managed by the MaculaOS agent from MeshRole objects. Do not edit.\ntable {TABLE}\ndelete table {TABLE}\n"
+    header = (f"# Managed by the MaculaOS agent from MeshRole objects. Do not edit.\n"
+              f"table {TABLE}\ndelete table {TABLE}\n")
     if not firewall.enabled:
         return header
     body = [
@@ -122,8 +123,9 @@ def tcp_port_blocked(port: int, nft: str = "nft") -> str | None:
     table, or one a package added): each whose input chain has policy drop must accept the port in that
     chain (`[ip/ip6 saddr ...] tcp dport <port> accept`, sources the user chose allowed). Rules reached
     only by a jump are not followed, and an ip6 table counts even if peers come over IPv4: such a table
-    counts as dropping the port (the server is not advertised, and the message names the table to change). Reads the kernel's ruleset (`nft -j`), not our
-    file, so a ruleset that failed to load, or was changed behind the agent's back, counts as what it is."""
+    counts as dropping the port (the server is not advertised, and the message names the table to change).
+    Reads the kernel's ruleset (`nft -j`), not our file, so a ruleset that failed to load, or was changed
+    behind the agent's back, counts as what it is."""
     try:
         result = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -3,7 +3,6 @@ ProbeResult and never raises: a probe that cannot run is a failed probe with the
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import ssl

@@ -13,8 +13,15 @@ from maculaos.errors import MaculaosError
 from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
 from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
-from maculaos.host.nodeconfig import (FirewallConfig, MeshConfig, NodeConfig, SecurityConfig, WireGuardConfig,
-                                      read_node_config, write_section)
+from maculaos.host.nodeconfig import (
+    FirewallConfig,
+    MeshConfig,
+    NodeConfig,
+    SecurityConfig,
+    WireGuardConfig,
+    read_node_config,
+    write_section,
+)
 from maculaos.host.systemd import Systemd, SystemdError
 
 PEER_SERVICE = "macula-mesh.service"

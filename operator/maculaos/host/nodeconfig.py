@@ -28,8 +28,15 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from maculaos.api.common import BACKUP_SERVER_PATTERN
-from maculaos.api.meshrole import (PEER_URL_PATTERN, Firewall, FirewallPolicy, MeshRoleName, MeshRoleSpec, TlsMode,
-                                   WireGuard)
+from maculaos.api.meshrole import (
+    PEER_URL_PATTERN,
+    Firewall,
+    FirewallPolicy,
+    MeshRoleName,
+    MeshRoleSpec,
+    TlsMode,
+    WireGuard,
+)
 from maculaos.host.config import HostConfigError, config_file, key_message, read_config, write_maculaos_section
 from maculaos.host.hostname import check_hostname
 from maculaos.host.logins import check_password_hash, check_ssh_key

@@ -53,7 +53,8 @@ class NodeInfo:
         records = "".join(f"    <txt-record>{html.escape(t)}</txt-record>\n" for t in txt)
         return ("<?xml version=\"1.0\" standalone='no'?>\n"
                 "<!DOCTYPE service-group SYSTEM \"avahi-service.dtd\">\n"
-                "<!-- Written by maculaos node-info from config.yaml at boot and on change: edits are overwritten. -->\n"
+                "<!-- Written by maculaos node-info from config.yaml at boot and on change: "
+                "edits are overwritten. -->\n"
                 "<service-group>\n"
                 f"  <name replace-wildcards=\"yes\">MaculaOS {html.escape(hostname_wildcard)}</name>\n"
                 "  <service>\n"

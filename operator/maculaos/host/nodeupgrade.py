@@ -162,7 +162,8 @@ class NodeUpgrader:
             self._keep_booted_primary()
         except RaucError as exc:
             self._keep_booted_primary()
-            return self._set(state, AgentPhase.FAILED, f"not installed, slot {facts.slot} untouched: rauc install failed: {exc}")
+            return self._set(state, AgentPhase.FAILED,
+                             f"not installed, slot {facts.slot} untouched: rauc install failed: {exc}")
         return self._set(state, AgentPhase.INSTALLED,
                          f"{release.version} installed in slot {other.bootname}; waiting for a reboot")
 

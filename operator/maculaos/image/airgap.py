@@ -166,7 +166,8 @@ def operator_archive(repo_root: Path, cache: Path, epoch: int, arch: str = "amd6
         print(f"[image] operator image (cached in {out})", file=sys.stderr, flush=True)
         builder = repo_root / "image-build" / "operator-image" / "build.py"
         env = os.environ | {"SOURCE_DATE_EPOCH": str(epoch)}
-        result = subprocess.run([sys.executable, str(builder), f"--output={out}", f"--arch={arch}"], env=env, check=False)
+        result = subprocess.run([sys.executable, str(builder), f"--output={out}", f"--arch={arch}"], env=env,
+                                check=False)
         if result.returncode != 0:
             raise AirgapError(f"the operator image build failed (exit {result.returncode}): {builder}; "
                               "or give a built archive with --operator-image PATH")

@@ -20,9 +20,8 @@ from pathlib import Path
 from maculaos import __version__
 from maculaos.errors import MaculaosError
 from maculaos.host.bundles import BundleError
-from maculaos.image import debcache, disk, emulation, firmware, grub, iso
+from maculaos.image import airgap, debcache, disk, emulation, firmware, grub, iso
 from maculaos.image.bundle import build_bundle, compatible
-from maculaos.image import airgap
 from maculaos.image.definition import ImageDefinition
 from maculaos.image.signing import SigningError, SigningIdentity, sign_file
 
@@ -244,7 +243,8 @@ class ImageBuilder:
         d = self.definition
         k3s = K3S_MISSING
         if self.inputs.k3s_binary:
-            k3s = "included: /usr/local/bin/k3s sha256 " + hashlib.sha256(self.inputs.k3s_binary.read_bytes()).hexdigest()
+            digest = hashlib.sha256(self.inputs.k3s_binary.read_bytes()).hexdigest()
+            k3s = f"included: /usr/local/bin/k3s sha256 {digest}"
         lines = {
             "MACULAOS_VERSION": d.version,
             "MACULAOS_ARCH": d.arch,
@@ -268,7 +268,8 @@ class ImageBuilder:
         # First, so that overlays and extension files may replace the k3s config.
         reference = airgap.stage(payload, operator_archive, self.inputs.repo_root, d.version, self.epoch)
         digest = hashlib.sha256(operator_archive.read_bytes()).hexdigest()
-        self.operator_reference = f"{reference} /{airgap.SHARE.as_posix()}/images/{operator_archive.name} sha256 {digest}"
+        archive_path = f"/{airgap.SHARE.as_posix()}/images/{operator_archive.name}"
+        self.operator_reference = f"{reference} {archive_path} sha256 {digest}"
         for overlay in d.overlays:
             shutil.copytree(overlay, payload, symlinks=True, dirs_exist_ok=True)
         for path, content in d.files.items():

@@ -129,7 +129,8 @@ def make_fat(target: Path, offset: int, size_mib: int, label: str | None, volume
             os.utime(path, (epoch, epoch))
         tops = sorted(str(p) for p in tree.iterdir())
         if tops:
-            _run(["mcopy", "-s", "-m", "-i", f"{target}@@{offset}", *tops, "::/"], f"mcopy into {label or 'a FAT image'}", env)
+            _run(["mcopy", "-s", "-m", "-i", f"{target}@@{offset}", *tops, "::/"],
+                 f"mcopy into {label or 'a FAT image'}", env)
 
 
 def make_esp(target: Path, offset: int, size_mib: int, boot: dict[str, BootFiles], grub_cfg: str,

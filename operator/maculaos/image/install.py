@@ -26,7 +26,7 @@ import yaml
 from maculaos.errors import MaculaosError
 from maculaos.host.nodeconfig import NodeConfig, NodeConfigError
 from maculaos.image import disk
-from maculaos.image.iso import INSTALL_CONFIG, MANIFEST, MEDIUM_ROOT
+from maculaos.image.iso import MANIFEST, MEDIUM_ROOT
 
 # Whole-disk names that are never install targets: loop devices (the live squashfs), RAM disks, optical
 # drives, compressed swap, device-mapper and RAID volumes.
