@@ -31,9 +31,6 @@ class Systemd:
         target = [] if self.live else [f"--root={self.host_root}"]
         return subprocess.run([self.systemctl, *target, *args], capture_output=True, text=True, timeout=60)
 
-    def exists(self, unit: str) -> bool:
-        return self._run("list-unit-files", "--no-legend", unit).returncode == 0
-
     def is_enabled(self, unit: str) -> bool:
         return self._run("is-enabled", unit).stdout.strip() in ENABLED_STATES
 
@@ -49,8 +46,10 @@ class Systemd:
                         ) -> tuple[str, ...]:
         """Enable or disable several units, one systemctl run per verb; units that do not exist are left
         out. Live, they are started or stopped too, without waiting for them (a unit that fails to start
-        is systemd's to restart and report, not a reason to leave the rest half-done). Returns the units
-        that changed. `states`: unit_file_states() of these units, when the caller has them already."""
+        is systemd's to restart and report, not a reason to leave the rest half-done), and without the
+        daemon-reload an enable implies: it re-runs every generator and reloads every unit, seconds on a
+        booting node, for [Install] links that matter only at the next boot. Returns the units that
+        changed. `states`: unit_file_states() of these units, when the caller has them already."""
         states = self.unit_file_states(wanted) if states is None else states
         changes = {unit: on for unit, on in wanted.items()
                    if unit in states and (states[unit] in ENABLED_STATES) != on}
@@ -58,20 +57,10 @@ class Systemd:
             units = [unit for unit, want in changes.items() if want == on]
             if not units:
                 continue
-            result = self._run(verb, *(["--now", "--no-block"] if self.live else []), *units)
+            result = self._run(verb, *(["--now", "--no-block", "--no-reload"] if self.live else []), *units)
             if result.returncode != 0:
                 raise SystemdError(f"systemctl {verb} {' '.join(units)}: {result.stderr.strip()}")
         return tuple(changes)
-
-    def set_enabled(self, unit: str, enabled: bool) -> bool:
-        """Enable (and start, when live) or disable (and stop) a unit; returns whether anything changed."""
-        if self.is_enabled(unit) == enabled:
-            return False
-        verb = "enable" if enabled else "disable"
-        result = self._run(verb, *(["--now"] if self.live else []), unit)
-        if result.returncode != 0:
-            raise SystemdError(f"systemctl {verb} {unit}: {result.stderr.strip()}")
-        return True
 
     def start_limit_hit(self, unit: str) -> bool:
         """True when systemd itself gave up on the unit (its own Restart= and StartLimitBurst=)."""
