@@ -6,9 +6,10 @@ the same way. KVM when it works, else TCG: a machine can open /dev/kvm and still
 error"), so KVM is used only after a probe boot of a kernel reached its banner under it. The verdict
 is kept per QEMU and host kernel (`kvm_verdict_file`). MACULAOS_QEMU_ACCEL=tcg or =kvm skips the probe.
 
-Under TCG the guest CPU is QEMU's plain `qemu64` with two vCPUs (multi-threaded TCG): it boots a
-MaculaOS image about 0.6 times as long as `-cpu max` with one vCPU, whose every extension QEMU must
-emulate (docs/benchmarks.md)."""
+Under TCG the guest CPU is QEMU's plain `qemu64`, not `max`, whose every extension QEMU must emulate.
+One vCPU: with two, multi-threaded TCG (Debian 12's QEMU 7.2) now and then leaves a guest kernel running
+code it has just patched (an "int3" oops at boot, or a hang), about one boot in ten on these machines
+(docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ class VmSpec:
     data: Path | None
     cmdline: str = ""
     memory_mib: int = 1024
-    cpus: int = 2
+    cpus: int = 1
     network: bool = True
     extra_args: tuple[str, ...] = field(default=())
     disk: Path | None = None
