@@ -1,11 +1,13 @@
-"""A small Kubernetes REST client: plain JSON over urllib3, for the node agent.
+"""A small Kubernetes REST client: plain JSON over urllib3, for the node agent and the operator.
 
 Why not the generated `kubernetes` client: in its current versions every API class builds a pydantic
 validator per method and loads hundreds of model modules, about 30 MiB of RSS in a process that must stay
-under 60 MB on small nodes. The agent needs a dozen calls on plain JSON (list, watch, get, create, patch),
-in-cluster or kubeconfig credentials (certificates or a token), and nothing else.
+under 60 MB on small nodes. The agent and the operator need a few dozen calls on plain JSON (list, watch,
+get, create, patch, replace, delete), in-cluster or kubeconfig credentials (certificates or a token), and
+nothing else. Every request is counted (`KubeClient.requests`), so benchmarks can report a process's API
+load without reading the API server's metrics.
 
-Also here, without any client: the merge-patch helpers and the Event body, shared with the operator.
+Also here: the merge-patch helpers and the Event body and poster, shared by the agent and the operator.
 """
 
 from __future__ import annotations
@@ -138,13 +140,15 @@ class KubeClient:
     """JSON requests to one API server over a small connection pool (watches hold a connection each)."""
 
     def __init__(self, credentials: Credentials, headers: Mapping[str, str] | None = None,
-                 timeout: float = 30.0, connections: int = 12) -> None:
+                 timeout: float = 30.0, connections: int = 12, user_agent: str = "maculaos-agent") -> None:
         if not credentials.server.startswith("https://") and not credentials.server.startswith("http://"):
             raise ConfigError(f"API server URL {credentials.server!r} is not http(s)")
         self.credentials = credentials
         self.server = credentials.server.rstrip("/")
         self.timeout = timeout
-        self._headers = {"Accept": "application/json", "User-Agent": "maculaos-agent", **(headers or {})}
+        #: Requests made so far (watches included), for benchmarks and the operator's rollout log.
+        self.requests = 0
+        self._headers = {"Accept": "application/json", "User-Agent": user_agent, **(headers or {})}
         self._token: tuple[float, str | None] = (0.0, credentials.token)
         self._token_lock = threading.Lock()
         context = ssl.create_default_context(cafile=credentials.ca_file)
@@ -174,6 +178,7 @@ class KubeClient:
                 content_type: str = "application/json", timeout: float | None = None) -> dict[str, Any]:
         """One request; the answer's JSON. Raises ApiError on an error status, urllib3's errors when the
         server cannot be reached."""
+        self.requests += 1
         headers = {**self._headers, **self._auth()}
         data = None
         if body is not None:
@@ -187,8 +192,26 @@ class KubeClient:
     def get(self, path: str, **query: Any) -> dict[str, Any]:
         return self.request("GET", path, query=query)
 
+    def items(self, path: str, **query: Any) -> list[dict[str, Any]]:
+        """The items of one list request (no paging: our collections are read whole, as the agent does)."""
+        return list(self.get(path, **query).get("items") or [])
+
+    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("POST", path, body)
+
+    def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT: the API server refuses it with 409 when body's metadata.resourceVersion is stale."""
+        return self.request("PUT", path, body)
+
+    def patch(self, path: str, body: Mapping[str, Any], content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        return self.request("PATCH", path, body, content_type=content_type)
+
+    def delete(self, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return self.request("DELETE", path, body)
+
     def watch(self, path: str, **query: Any) -> Iterator[dict[str, Any]]:
         """The events of one watch request (`timeoutSeconds` in query ends it server-side), as they come."""
+        self.requests += 1
         headers = {**self._headers, **self._auth()}
         ends_in = float(query.get("timeoutSeconds") or 300)
         response = self._pool.request("GET", self._url(path, {**query, "watch": True}), headers=headers,
@@ -251,6 +274,13 @@ def event_body(obj: Mapping[str, Any], type_: str, reason: str, message: str, co
             "type": type_, "reason": reason, "message": message[:1024],
             "source": {"component": component, **({"host": host} if host else {})},
             "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+
+
+def post_event(kube: KubeClient, obj: Mapping[str, Any], type_: str, reason: str, message: str,
+               component: str, host: str | None = None) -> None:
+    """A core/v1 Event about obj (cluster-scoped: in EVENT_NAMESPACE)."""
+    kube.create(resource_path("v1", "events", namespace=EVENT_NAMESPACE),
+                event_body(obj, type_, reason, message, component, host))
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
