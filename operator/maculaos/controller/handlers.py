@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 
 from maculaos.api import GROUP, KINDS, VERSION
+from maculaos.controller import memory
 from maculaos.controller.cluster import ApiCluster, list_objects
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORTS, Folder
 from maculaos.controller.reconcile import judge, write
@@ -99,6 +100,13 @@ async def resync_forever(kube: KubeClient, rollouts: Rollouts, interval: float, 
             log.info(f"resync updated {written} object(s)")
 
 
+async def trim_forever(interval: float = memory.TRIM_SECONDS) -> None:
+    """Give freed heap pages back now and then (controller/memory.py): passes decode whole listings."""
+    while True:
+        await asyncio.sleep(interval)
+        memory.trim()
+
+
 def connection_info(credentials: Credentials) -> kopf.ConnectionInfo:
     """kopf's own (aiohttp) client logs in with the credentials of ours, so both read the same kubeconfig
     or service account and the generated `kubernetes` client is never needed. A token file is read at
@@ -147,6 +155,7 @@ def build_registry(resync_seconds: float, credentials: Credentials) -> kopf.Oper
         settings.posting.enabled = False  # Events are posted by reconcile.write, one per verdict change
         resync_task.append(asyncio.create_task(resync_forever(kube, rollouts, resync_seconds, folder)))
         resync_task.append(asyncio.create_task(fold_forever(folder, fold_wake)))
+        resync_task.append(asyncio.create_task(trim_forever()))
         fold_wake.set()  # the first fold reads every NodeReport
 
     async def stop_resync(**_: Any) -> None:

@@ -14,6 +14,7 @@ import uuid
 
 import kopf
 
+from maculaos.controller import memory
 from maculaos.controller.handlers import build_registry
 from maculaos.controller.leader import LeaseLock, Timings, acquire, hold
 from maculaos.kuberest import Credentials, KubeClient
@@ -25,6 +26,8 @@ LEASE_NAME = "maculaos-controller"
 
 def run_operator(resync_seconds: float, credentials: Credentials, stop: threading.Event | None = None) -> None:
     """Run kopf until it stops (a signal in the main thread, stop set, or the process ends)."""
+    memory.limit_arenas()
+    memory.small_tls_buffers()
     asyncio.run(kopf.operator(registry=build_registry(resync_seconds, credentials), clusterwide=True,
                               standalone=True, stop_flag=stop))
 
@@ -45,6 +48,7 @@ def run_with_leader_election(resync_seconds: float, namespace: str, credentials:
     The leader renews every lease_duration/7 seconds and gives up after 2/3 of it without success,
     the proportions client-go uses (15s/10s/2s). SIGTERM or SIGINT stops the operator and releases the
     Lease, so a follower takes over at once."""
+    memory.limit_arenas()  # before any thread starts
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     timings = Timings.for_lease(lease_duration)
     # Its own client: the Lease's requests are not the controller's (the rollout benchmark counts those).
