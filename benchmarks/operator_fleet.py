@@ -11,7 +11,8 @@ NodeReports at a fraction of the benchmark's own CPU, which a 2-core machine nee
 
 Per operator: RSS with the fleet at idle (median of 10 samples 1 s apart, once every report is folded),
 then its peak over --changes MeshRole changes (sampled every 0.5 s, and VmHWM), and the change → Applied
-time on all nodes. With --baseline, REF's operator is measured first, then this checkout's, on one fleet.
+time on all nodes. With --baseline, REF's operator is measured first (--this-first: last), then this
+checkout's, on one fleet.
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ def main() -> None:
     parser.add_argument("--agents", choices=["simulated", "in-process"], default="simulated")
     parser.add_argument("--changes", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--baseline", default="", help="git ref whose operator is measured first, same fleet")
+    parser.add_argument("--baseline", default="", help="git ref whose operator is measured too, same fleet")
+    parser.add_argument("--this-first", action="store_true", help="measure this checkout before the baseline")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -189,7 +191,8 @@ def main() -> None:
                   f"{time.monotonic() - started:.0f} s", flush=True)
             variants: list[tuple[str, Path | None]] = [("this", None)]
             if args.baseline:
-                variants.insert(0, (f"baseline {args.baseline}", export_operator(args.baseline, root / "baseline")))
+                variants.insert(len(variants) if args.this_first else 0,
+                                (f"baseline {args.baseline}", export_operator(args.baseline, root / "baseline")))
             results = {}
             for label, code in variants:
                 results[label] = measure(kube, plane.kubeconfig, root / "logs", f"operator-{label.split()[0]}",
