@@ -25,6 +25,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import ssl
 import tempfile
 import threading
@@ -163,9 +164,14 @@ class _Pool:
                     conn.sock.settimeout(timeout)
                     return conn, True
                 conn.close()
-        if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._context), False
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout), False
+        conn = (http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._context)
+                if self._https else http.client.HTTPConnection(self._host, self._port, timeout=timeout))
+        conn.connect()
+        if conn.sock is not None:
+            # http.client writes the headers and the body separately: with Nagle's algorithm the body
+            # would wait for the server's delayed ACK of the headers (40 ms), as urllib3 also avoids.
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, False
 
     def give(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
