@@ -34,7 +34,7 @@ from maculaos.devenv.controlplane import ControlPlane
 from maculaos.devenv.demo import install_crds
 from maculaos.devenv.nodes import SimulatedNode, create_host_root, node_status
 from maculaos.devenv.processes import ProcessRecord, stop
-from maculaos.kuberest import ApiError, Credentials, KubeClient, resource_path
+from maculaos.kube.rest import ApiError, Credentials, KubeClient, resource_path
 
 from baseline import export_operator, rss_kib, run_operator, wait_leading
 

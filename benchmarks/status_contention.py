@@ -27,7 +27,7 @@ from kubernetes import config as kube_config
 from maculaos.api import GROUP, VERSION
 from maculaos.devenv.controlplane import ControlPlane
 from maculaos.devenv.demo import install_crds
-from maculaos.kuberest import MERGE_PATCH
+from maculaos.kube.rest import MERGE_PATCH
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = {"phase": "Applied", "message": "roles peer, gateway; firewall table inet maculaos loaded",

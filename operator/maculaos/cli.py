@@ -68,7 +68,7 @@ def _without_generated_client() -> None:
 def _operator_run(args: argparse.Namespace) -> int:
     _without_generated_client()
     from maculaos.controller.run import run_operator, run_with_leader_election
-    from maculaos.kuberest import ConfigError, Credentials
+    from maculaos.kube.rest import ConfigError, Credentials
 
     _configure_logging(args.log_format, args.verbose)
     try:
@@ -131,7 +131,7 @@ def _agent_run(args: argparse.Namespace) -> int:
 
     from maculaos.agent import metrics
     from maculaos.agent.runner import Agent, AgentSettings
-    from maculaos.kuberest import ConfigError, Credentials, KubeClient
+    from maculaos.kube.rest import ConfigError, Credentials, KubeClient
     from maculaos.logs import configure_json_logging
 
     configure_json_logging(node=args.node_name)

@@ -120,7 +120,7 @@ def test_python_files_are_compiled_for_the_images_interpreter(rootfs: Path) -> N
     site = rootfs / SITE
     wrong = [p for p in site.rglob("*.pyc") if ".cpython-313." not in p.name]
     assert not wrong, f"bytecode of another Python: {wrong[:3]}"
-    assert not (site / "kubernetes").exists(), "the generated client: the operator and agent use maculaos.kuberest"
+    assert not (site / "kubernetes").exists(), "the generated client: the operator and agent use maculaos.kube.rest"
     for module in ("maculaos/cli.py", "maculaos/agent/runner.py", "kopf/__init__.py", "aiohttp/__init__.py"):
         source = site / module
         compiled = source.parent / "__pycache__" / f"{source.stem}.cpython-313.pyc"

@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from maculaos.agent.report import Reporter, fetching_lookup
 from maculaos.api.common import VERSION_LABEL
 from maculaos.devenv.nodes import SimulatedNode, register_node
-from maculaos.kuberest import now_rfc3339
+from maculaos.kube.rest import now_rfc3339
 from tests.integration.conftest import kube_of
 
 GROUP, VERSION, PLURAL = "os.macula.io", "v1alpha1", "nodeupgrades"

@@ -8,8 +8,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from maculaos.controller.leader import LeaseLock, Timings, hold
-from maculaos.kuberest import ApiError, Credentials, KubeClient
+from maculaos.kube.leader import LeaseLock, Timings, hold
+from maculaos.kube.rest import ApiError, Credentials, KubeClient
 
 TIMINGS = Timings.for_lease(15)
 

@@ -13,7 +13,7 @@ from maculaos.api.nodereport import parse_report_key, report_key
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, Folder, folded_nodes, nodes_patch
 from maculaos.controller.handlers import fold_forever
 from maculaos.agent.report import Reporter
-from maculaos.kuberest import Credentials, KubeClient, apply_merge_patch, merge_patch
+from maculaos.kube.rest import Credentials, KubeClient, apply_merge_patch, merge_patch
 
 OLD = {"a": {"phase": "Applied", "message": "ok", "progress": 40}, "b": {"phase": "Failed"}, "c": [1, 2]}
 

@@ -7,7 +7,7 @@ import time
 
 from maculaos.controller.cluster import ApiCluster
 from maculaos.controller.upgrades import Rollouts
-from maculaos.kuberest import Credentials, KubeClient
+from maculaos.kube.rest import Credentials, KubeClient
 
 
 class CountingRollouts(Rollouts):

@@ -31,7 +31,7 @@ from maculaos.host.backup_job import BackupJob, JobReport, run_job, save_local_j
 from maculaos.host.restic import ResticError
 from maculaos.host.retention import RetentionState
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
-from maculaos.kuberest import ApiError, KubeClient, now_rfc3339, resource_path
+from maculaos.kube.rest import ApiError, KubeClient, now_rfc3339, resource_path
 
 log = logging.getLogger("maculaos.agent")
 BACKUPS = "backups"

@@ -18,7 +18,7 @@ from typing import Any
 
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.api.nodereport import NodeReportSpec, report_key
-from maculaos.kuberest import (EVENT_NAMESPACE, MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeClient,
+from maculaos.kube.rest import (EVENT_NAMESPACE, MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeClient,
                                apply_merge_patch, event_body, merge_patch, now_rfc3339, resource_path)
 
 log = logging.getLogger("maculaos.agent")

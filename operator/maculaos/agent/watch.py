@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from maculaos.kuberest import ApiError, KubeClient
+from maculaos.kube.rest import ApiError, KubeClient
 
 log = logging.getLogger("maculaos.agent")
 

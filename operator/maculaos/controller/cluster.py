@@ -8,7 +8,7 @@ from typing import Any
 
 from maculaos.api import GROUP, VERSION
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
-from maculaos.kuberest import ApiError, KubeClient, resource_path
+from maculaos.kube.rest import ApiError, KubeClient, resource_path
 
 
 class ApiCluster:

@@ -14,7 +14,7 @@ from typing import Any
 
 from maculaos.api.nodeupgrade import DrainOptions
 from maculaos.controller.rollout import DrainReport
-from maculaos.kuberest import ApiError, KubeClient, resource_path
+from maculaos.kube.rest import ApiError, KubeClient, resource_path
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 

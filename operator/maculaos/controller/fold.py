@@ -20,7 +20,7 @@ from typing import Any
 from maculaos.api import KINDS
 from maculaos.api.nodereport import NodeReportSpec, parse_report_key, report_entries, report_key
 from maculaos.controller.cluster import list_objects, object_path
-from maculaos.kuberest import ApiError, KubeClient, merge_patch
+from maculaos.kube.rest import ApiError, KubeClient, merge_patch
 
 log = logging.getLogger("maculaos.controller")
 

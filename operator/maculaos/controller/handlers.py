@@ -23,7 +23,7 @@ from maculaos.controller.cluster import ApiCluster, list_objects
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORTS, Folder
 from maculaos.controller.reconcile import judge, write
 from maculaos.controller.upgrades import Rollouts
-from maculaos.kuberest import Credentials, KubeClient
+from maculaos.kube.rest import Credentials, KubeClient
 
 #: Prefix of the annotations kopf keeps its handler progress in; the agents use their own, never this.
 ANNOTATION_PREFIX = "controller.os.macula.io"

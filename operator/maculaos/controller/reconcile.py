@@ -20,7 +20,7 @@ from maculaos.controller.backups import backup_outcome, restore_fields
 from maculaos.controller.cluster import object_path
 from maculaos.controller.conditions import EventNote, merge_condition, verdict_conditions
 from maculaos.controller.validation import ClusterView, Verdict, validate
-from maculaos.kuberest import ApiError, KubeClient, post_event
+from maculaos.kube.rest import ApiError, KubeClient, post_event
 
 log = logging.getLogger("maculaos.controller")
 

@@ -16,8 +16,8 @@ import kopf
 
 from maculaos.controller import memory
 from maculaos.controller.handlers import build_registry
-from maculaos.controller.leader import LeaseLock, Timings, acquire, hold
-from maculaos.kuberest import Credentials, KubeClient
+from maculaos.kube.leader import LeaseLock, Timings, acquire, hold
+from maculaos.kube.rest import Credentials, KubeClient
 
 log = logging.getLogger("maculaos.controller")
 

@@ -32,7 +32,7 @@ from maculaos.controller.reconcile import COMPONENT, judge, write
 from maculaos.controller.releases import ReleaseResolver, Resolution
 from maculaos.controller.rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
 from maculaos.controller.validation import validate
-from maculaos.kuberest import STRATEGIC_MERGE_PATCH, ApiError, KubeClient, post_event, resource_path
+from maculaos.kube.rest import STRATEGIC_MERGE_PATCH, ApiError, KubeClient, post_event, resource_path
 
 log = logging.getLogger("maculaos.controller")
 

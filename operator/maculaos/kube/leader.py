@@ -1,4 +1,4 @@
-"""Leader election over a coordination.k8s.io/v1 Lease, as client-go does it, on maculaos.kuberest.
+"""Leader election over a coordination.k8s.io/v1 Lease, as client-go does it, on maculaos.kube.rest.
 
 A candidate reads the Lease; it may take it when nobody holds it, or when the record it last saw has not
 changed for the lease's duration (measured on its own monotonic clock, so clocks need not agree). Every
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from maculaos.kuberest import ApiError, KubeClient, resource_path
+from maculaos.kube.rest import ApiError, KubeClient, resource_path
 
-log = logging.getLogger("maculaos.controller")
+log = logging.getLogger("maculaos.kube")
 
 LEASE_API = "coordination.k8s.io/v1"
 
