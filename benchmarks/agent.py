@@ -30,7 +30,7 @@ from maculaos.devenv.demo import install_crds, start_agent, start_operator
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import SimulatedNode, create_host_root, register_node
 from maculaos.devenv.processes import ProcessRecord, stop
-from maculaos.kuberest import Credentials, KubeClient
+from maculaos.kube.rest import Credentials, KubeClient
 
 REPO = Path(__file__).resolve().parents[1]
 CREATED_NETNS: list[str] = []

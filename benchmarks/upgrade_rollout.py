@@ -33,20 +33,15 @@ from kubernetes import config as kube_config
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for the stand-in agents, which live with the tests
 
+from baseline import export_operator, rss_kib, run_operator  # noqa: E402  (benchmarks/, the script's folder)
+
 from maculaos.api.common import DEFAULT_NAMESPACE  # noqa: E402
 from maculaos.devenv.controlplane import ControlPlane  # noqa: E402
 from maculaos.devenv.demo import install_crds, start_operator  # noqa: E402
-from maculaos.devenv.processes import ProcessRecord, spawn, stop  # noqa: E402
+from maculaos.devenv.processes import ProcessRecord, stop  # noqa: E402
 from tests.integration.upgrade_agents import Sampler, StandInAgents, simulated_fleet  # noqa: E402
 
 REQUESTS = re.compile(r"phase (\S+) -> (\S+):.*\[(\d+) API requests since the operator started\]")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def phase_counts(log: Path, name: str) -> dict[str, int]:
@@ -56,25 +51,6 @@ def phase_counts(log: Path, name: str) -> dict[str, int]:
         if f"NodeUpgrade {name}: phase" in line and (match := REQUESTS.search(line)):
             counts[match.group(2)] = int(match.group(3))
     return counts
-
-
-def export_operator(ref: str, into: Path) -> Path:
-    """The operator package of a git ref, to run the baseline from (on PYTHONPATH, before this checkout)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "operator"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "operator"
-
-
-def run_operator(plane: ControlPlane, log_dir: Path, name: str, resync: float,
-                 python_path: Path | None) -> ProcessRecord:
-    if python_path is None:
-        return start_operator(plane.kubeconfig, log_dir, resync_seconds=resync, name=name)
-    _, record = spawn(name, [sys.executable, "-m", "maculaos", "operator", "run", f"--resync-seconds={resync}"],
-                      log_dir, env={"KUBECONFIG": str(plane.kubeconfig), "PYTHONUNBUFFERED": "1",
-                                    "PYTHONPATH": str(python_path)})
-    return record
 
 
 def one_run(plane: ControlPlane, api: client.ApiClient, operator: ProcessRecord, args: argparse.Namespace,
@@ -161,7 +137,7 @@ def compare(args: argparse.Namespace) -> None:
             client.CoreV1Api(api).create_namespace({"metadata": {"name": DEFAULT_NAMESPACE}})
             for run in range(args.runs):
                 for variant, path in (("baseline", baseline), ("this", None)):
-                    operator = run_operator(plane, Path(tmp) / "logs", f"operator-{variant}-{run}",
+                    operator = run_operator(plane.kubeconfig, Path(tmp) / "logs", f"operator-{variant}-{run}",
                                             args.resync_seconds, path)
                     try:
                         time.sleep(25)  # the previous leader's Lease runs out; kopf start, first resync: idle

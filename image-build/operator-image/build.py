@@ -48,10 +48,6 @@ DPKG_OPTIONS = ["path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/
 CUSTOMIZE_HOOKS = ['rm -rf "$1"/var/cache/* "$1"/var/lib/apt/lists/* "$1"/var/log/*',
                    'find "$1"/usr/share/doc "$1"/usr/share/man -xtype l -delete']
 SITE = f"/usr/local/lib/python{PYTHON}/dist-packages"
-# Parts of installed distributions nothing in the image imports (tests/image/test_operator_image.py imports the
-# operator and the agent without them): the Kubernetes client's asyncio copy (64 MB unpacked, kopf talks to
-# the API through aiohttp itself). Each node keeps the unpacked image on its data partition.
-UNUSED_PACKAGE_PARTS = ["kubernetes/aio"]
 USER_ID = 65532
 IMAGE_NAME = "ghcr.io/macula-io/maculaos-operator"
 
@@ -134,14 +130,11 @@ def install_python_packages(root: Path, project_wheel: Path, arch: str) -> None:
         f"--target={root}{SITE}", project_wheel)
     site = root / SITE.lstrip("/")
     shutil.rmtree(site / "bin", ignore_errors=True)  # scripts with the host's shebang
-    for part in UNUSED_PACKAGE_PARTS:
-        shutil.rmtree(site / part)  # fails loudly if a new version moved it: look again
     for info in site.glob("*.dist-info"):  # where the wheel came from: a path of the build machine
         (info / "direct_url.json").unlink(missing_ok=True)
         record = info / "RECORD"
-        removed = (f"{info.name}/direct_url.json,", *(f"{part}/" for part in UNUSED_PACKAGE_PARTS))
         lines = record.read_text().splitlines(keepends=True)
-        record.write_text("".join(line for line in lines if not line.startswith(removed)))
+        record.write_text("".join(line for line in lines if not line.startswith(f"{info.name}/direct_url.json,")))
     for cache in root.glob(f"{SITE.lstrip('/')}/**/__pycache__"):
         shutil.rmtree(cache)
     run("chroot", root, "python3", "-m", "compileall", "-q", "-j0", "--invalidation-mode=checked-hash", SITE)

@@ -22,7 +22,7 @@ from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
 from maculaos.devenv.demo import install_crds, start_operator
 from maculaos.devenv.nodes import demo_fleet, register_node
 from maculaos.devenv.processes import ProcessRecord, is_running, stop
-from maculaos.kuberest import Credentials, KubeClient
+from maculaos.kube.rest import Credentials, KubeClient
 
 REPO = Path(__file__).resolve().parents[2]
 

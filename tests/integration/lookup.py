@@ -8,7 +8,7 @@ from http import HTTPStatus
 from typing import Any
 
 from maculaos.agent.nodereport import Lookup, object_path
-from maculaos.kuberest import ApiError, KubeClient, resource_path
+from maculaos.kube.rest import ApiError, KubeClient, resource_path
 
 
 def fetching_lookup(kube: KubeClient) -> Lookup:

@@ -18,7 +18,7 @@ from maculaos.api import GROUP, VERSION
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import create_host_root, demo_fleet
 from maculaos.devenv.rauc import SimulatedRaucNode
-from maculaos.kuberest import MERGE_PATCH, now_rfc3339
+from maculaos.kube.rest import MERGE_PATCH, now_rfc3339
 from tests.fakes import fake_systemctl
 from tests.host.rauc_fixtures import COMPATIBLE, Bundles
 from tests.integration.conftest import Cluster

@@ -23,7 +23,7 @@ from maculaos.api import GROUP, VERSION
 from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.demo import start_operator
 from maculaos.devenv.processes import stop
-from maculaos.kuberest import MERGE_PATCH, Credentials, KubeClient
+from maculaos.kube.rest import MERGE_PATCH, Credentials, KubeClient
 from tests.integration.lookup import fetching_lookup
 
 from .conftest import REPO, Cluster, kube_of

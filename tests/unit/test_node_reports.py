@@ -9,13 +9,12 @@ import time
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from maculaos.agent.nodereport import Reporter
 from maculaos.api.nodereport import parse_report_key, report_key
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, Folder, folded_nodes, nodes_patch
 from maculaos.controller.handlers import fold_forever
-from maculaos.kuberest import Credentials, KubeClient, apply_merge_patch, merge_patch
+from maculaos.kube.rest import Credentials, KubeClient, apply_merge_patch, merge_patch
 
 OLD = {"a": {"phase": "Applied", "message": "ok", "progress": 40}, "b": {"phase": "Failed"}, "c": [1, 2]}
 
@@ -79,7 +78,7 @@ def report(node: str, version: str, entries: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_folder_tracks_which_objects_changed_and_ignores_older_events() -> None:
-    folder = Folder(client.ApiClient())  # the watch bookkeeping only: it makes no request
+    folder = Folder(KubeClient(Credentials(server="http://localhost:1")))  # the watch bookkeeping: no request
     entry = {"uid": "u1", "report": {"phase": "Applied"}}
     assert folder.observe("ADDED", report("n1", "10", {"MeshRole/edge": entry}))
     assert folder.pending()

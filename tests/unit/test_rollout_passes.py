@@ -5,17 +5,16 @@ from __future__ import annotations
 import threading
 import time
 
-from kubernetes import client
-
 from maculaos.controller.cluster import ApiCluster
 from maculaos.controller.nodeupgrade import Rollouts
+from maculaos.kube.rest import Credentials, KubeClient
 
 
 class CountingRollouts(Rollouts):
     """The real scheduling of passes around a pass that only counts and can be held."""
 
     def __init__(self) -> None:
-        super().__init__(client.ApiClient())
+        super().__init__(KubeClient(Credentials(server="http://localhost:1")))  # makes no request
         self.passes = 0
         self.running = threading.Event()
         self.release = threading.Event()

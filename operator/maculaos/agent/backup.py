@@ -30,7 +30,7 @@ from maculaos.host.backup import BackupJob, JobReport, run_job, save_local_job
 from maculaos.host.backup_retention import RetentionState
 from maculaos.host.restic import ResticError
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
-from maculaos.kuberest import ApiError, KubeClient, now_rfc3339, resource_path
+from maculaos.kube.rest import ApiError, KubeClient, now_rfc3339, resource_path
 
 log = logging.getLogger("maculaos.agent")
 BACKUPS = "backups"

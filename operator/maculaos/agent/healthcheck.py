@@ -18,7 +18,7 @@ from maculaos.api.healthcheck import Check, CheckAction, HealthCheckSpec
 from maculaos.host.healthcheck import ProbeResult, run_probe
 from maculaos.host.healthcheck_cleanup import run_cleanup
 from maculaos.host.systemd import Systemd, SystemdError
-from maculaos.kuberest import now_rfc3339
+from maculaos.kube.rest import now_rfc3339
 
 log = logging.getLogger("maculaos.agent")
 PLURAL = "healthchecks"

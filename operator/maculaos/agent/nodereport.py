@@ -19,7 +19,7 @@ from typing import Any
 
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.api.nodereport import NodeReportSpec, report_key
-from maculaos.kuberest import (
+from maculaos.kube.rest import (
     EVENT_NAMESPACE,
     MERGE_PATCH,
     STRATEGIC_MERGE_PATCH,

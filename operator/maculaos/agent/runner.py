@@ -37,7 +37,7 @@ from maculaos.host.firewall import tcp_port_blocked
 from maculaos.host.meshrole import MeshPlan
 from maculaos.host.rauc import Rauc
 from maculaos.host.systemd import Systemd
-from maculaos.kuberest import KubeClient, resource_path
+from maculaos.kube.rest import KubeClient, resource_path
 
 log = logging.getLogger("maculaos.agent")
 DEBOUNCE_SECONDS = 0.05

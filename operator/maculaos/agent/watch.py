@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from maculaos.kuberest import ApiError, KubeClient
+from maculaos.kube.rest import ApiError, KubeClient
 
 log = logging.getLogger("maculaos.agent")
 

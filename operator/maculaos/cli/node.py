@@ -64,7 +64,7 @@ def _agent_run(args: argparse.Namespace) -> int:
 
     from maculaos.agent import metrics
     from maculaos.agent.runner import Agent
-    from maculaos.kuberest import ConfigError, Credentials, KubeClient
+    from maculaos.kube.rest import ConfigError, Credentials, KubeClient
     from maculaos.logs import configure_json_logging
 
     configure_json_logging(node=args.node_name)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any, cast
-
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from typing import Any
 
 from maculaos.api import GROUP, VERSION
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
+from maculaos.kube.rest import ApiError, KubeClient, resource_path
 
 
 class ApiCluster:
@@ -20,13 +17,11 @@ class ApiCluster:
     Nodes are listed at once (every judgement needs them); MeshRoles and Backups only when first asked
     for, and then kept for the pass: a NodeUpgrade pass, run on every agent report, needs neither."""
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self._core = client.CoreV1Api(api)
-        self._custom = client.CustomObjectsApi(api)
-        #: The Nodes as plain JSON (no client models: several times cheaper to decode for a fleet), for
-        #: callers that need more than labels (the rollout: Ready, unschedulable, annotations).
-        listing: Any = self._core.list_node(_preload_content=False)
-        self.node_objects: list[dict[str, Any]] = list(json.loads(listing.data).get("items", []))
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+        #: The Nodes as plain JSON, for callers that need more than labels (the rollout: Ready,
+        #: unschedulable, annotations).
+        self.node_objects: list[dict[str, Any]] = kube.items(resource_path("v1", "nodes"))
         self._nodes = {str(n["metadata"]["name"]): dict(n["metadata"].get("labels") or {})
                        for n in self.node_objects}
         self._servers = {str(n["metadata"]["name"]): str(n["metadata"]["annotations"][BACKUP_SERVER_ANNOTATION])
@@ -46,34 +41,38 @@ class ApiCluster:
 
     def _read_secret_keys(self, namespace: str, name: str) -> set[str] | None:
         try:
-            secret = self._core.read_namespaced_secret(name, namespace)
-        except ApiException as exc:
+            secret = self._kube.get(resource_path("v1", "secrets", name, namespace=namespace))
+        except ApiError as exc:
             # 403: the Helm chart grants Secrets only in chosen namespaces (operator.secretNamespaces); to
             # the operator such a Secret is as absent as a missing one, and the message says both.
             if exc.status in (HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND):
                 return None
             raise
-        return set((secret.data or {}).keys())
+        return set((secret.get("data") or {}).keys())
 
     def backup_spec(self, name: str) -> Mapping[str, Any] | None:
         if self._backups is None:
-            self._backups = _specs(self._custom, "backups")
+            self._backups = _specs(self._kube, "backups")
         return self._backups.get(name)
 
     def meshroles(self) -> Mapping[str, Mapping[str, Any]]:
         if self._meshroles is None:
-            self._meshroles = _specs(self._custom, "meshroles")
+            self._meshroles = _specs(self._kube, "meshroles")
         return self._meshroles
 
     def backup_servers(self) -> Mapping[str, str]:
         return self._servers
 
 
-def list_objects(custom: client.CustomObjectsApi, plural: str) -> list[dict[str, Any]]:
+def object_path(plural: str, name: str = "", subresource: str = "") -> str:
+    """The REST path of one of our (cluster-scoped) kinds' collection or object."""
+    return resource_path(f"{GROUP}/{VERSION}", plural, name, subresource=subresource)
+
+
+def list_objects(kube: KubeClient, plural: str) -> list[dict[str, Any]]:
     """Every object of one of our kinds, as plain dicts."""
-    listing = cast(dict[str, Any], custom.list_cluster_custom_object(GROUP, VERSION, plural))
-    return list(listing.get("items", []))
+    return kube.items(object_path(plural))
 
 
-def _specs(custom: client.CustomObjectsApi, plural: str) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o.get("spec", {}) for o in list_objects(custom, plural)}
+def _specs(kube: KubeClient, plural: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o.get("spec", {}) for o in list_objects(kube, plural)}

@@ -8,7 +8,7 @@ from typing import Any
 
 from maculaos.api.common import ConditionStatus, ConditionType
 from maculaos.controller.validation import Problem, Verdict
-from maculaos.kuberest import now_rfc3339
+from maculaos.kube.rest import now_rfc3339
 
 
 @dataclass(frozen=True)

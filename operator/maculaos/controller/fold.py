@@ -17,12 +17,10 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
-from kubernetes import client
-
-from maculaos.api import GROUP, KINDS, VERSION
+from maculaos.api import KINDS
 from maculaos.api.nodereport import NodeReportSpec, parse_report_key, report_entries, report_key
-from maculaos.controller.cluster import list_objects
-from maculaos.kuberest import MERGE_PATCH, merge_patch
+from maculaos.controller.cluster import list_objects, object_path
+from maculaos.kube.rest import ApiError, KubeClient, merge_patch
 
 log = logging.getLogger("maculaos.controller")
 
@@ -69,8 +67,8 @@ def _newer(version: str, than: str) -> bool:
 class Folder:
     """The NodeReports as last seen, the object keys they changed, and the fold that writes them out."""
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self._custom = client.CustomObjectsApi(api)
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
         self._lock = threading.Lock()
         self._reports: dict[str, dict[str, dict[str, Any]]] = {}
         self._versions: dict[str, str] = {}
@@ -105,10 +103,9 @@ class Folder:
     def reload(self, nodes: Iterable[str] | None = None) -> None:
         """Read every NodeReport afresh (the first fold, and each resync: heals a missed watch event).
         With nodes, reports of Nodes that no longer exist are dropped (their garbage collection may lag)."""
-        listing: Any = self._custom.list_cluster_custom_object(GROUP, VERSION, REPORTS)
         alive = None if nodes is None else set(nodes)
         seen = {}
-        for body in listing.get("items", []):
+        for body in list_objects(self._kube, REPORTS):
             name = str(body["metadata"]["name"])
             if alive is None or name in alive:
                 seen[name] = body
@@ -153,7 +150,7 @@ class Folder:
         written = 0
         for kind in sorted(kinds & set(PLURAL_OF_KIND)):
             plural = PLURAL_OF_KIND[kind]
-            for obj in list_objects(self._custom, plural):
+            for obj in list_objects(self._kube, plural):
                 name = obj["metadata"]["name"]
                 if keys is not None and report_key(kind, name) not in keys:
                     continue
@@ -165,9 +162,8 @@ class Folder:
 
     def _write(self, plural: str, name: str, patch: dict[str, Any]) -> bool:
         try:
-            self._custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name,
-                                                            {"status": {"nodes": patch}}, _content_type=MERGE_PATCH)
-        except client.ApiException as exc:
+            self._kube.patch(object_path(plural, name, "status"), {"status": {"nodes": patch}})
+        except ApiError as exc:
             if exc.status == HTTPStatus.NOT_FOUND:  # deleted meanwhile: nothing to show the entries on
                 return False
             raise

@@ -12,17 +12,18 @@ import asyncio
 import contextlib
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import kopf
-from kubernetes import client
 
 from maculaos.api import GROUP, KINDS, VERSION
+from maculaos.controller import memory
 from maculaos.controller.cluster import ApiCluster, list_objects
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORTS, Folder
 from maculaos.controller.nodeupgrade import Rollouts
 from maculaos.controller.reconcile import judge, write
-from maculaos.kubeapi import CountingApiClient
+from maculaos.kube.rest import Credentials, KubeClient
 
 #: Prefix of the annotations kopf keeps its handler progress in; the agents use their own, never this.
 ANNOTATION_PREFIX = "controller.os.macula.io"
@@ -34,20 +35,19 @@ log = logging.getLogger("maculaos.controller")
 ROLLOUT_KIND = "NodeUpgrade"
 
 
-def reconcile_one(api: client.ApiClient, body: dict[str, Any], rollouts: Rollouts) -> None:
+def reconcile_one(kube: KubeClient, body: dict[str, Any], rollouts: Rollouts) -> None:
     if body.get("kind") == ROLLOUT_KIND:
         rollouts.reconcile(body["metadata"]["name"])
         return
-    write(api, body, judge(body, ApiCluster(api)))
+    write(kube, body, judge(body, ApiCluster(kube)))
 
 
-def resync_all(api: client.ApiClient, rollouts: Rollouts, folder: Folder | None = None) -> int:
+def resync_all(kube: KubeClient, rollouts: Rollouts, folder: Folder | None = None) -> int:
     """Judge every object against one fresh snapshot of the cluster; returns how many were written."""
-    cluster = ApiCluster(api)
-    custom = client.CustomObjectsApi(api)
+    cluster = ApiCluster(kube)
     written = 0 if folder is None else folder.fold_all(cluster.node_labels().keys())
     for model in KINDS:
-        bodies = list_objects(custom, model.resource.plural)
+        bodies = list_objects(kube, model.resource.plural)
         if model.resource.kind == ROLLOUT_KIND:
             rollouts.release_orphans(cluster, {b["metadata"]["name"] for b in bodies})
         for body in bodies:
@@ -56,7 +56,7 @@ def resync_all(api: client.ApiClient, rollouts: Rollouts, folder: Folder | None 
                 continue
             outcome = judge(body, cluster)
             if outcome.status is not None:
-                write(api, body, outcome)
+                write(kube, body, outcome)
                 written += 1
     return written
 
@@ -88,11 +88,11 @@ async def fold_forever(folder: Folder, wake: asyncio.Event, debounce: float = DE
         last_fold = loop.time()
 
 
-async def resync_forever(api: client.ApiClient, rollouts: Rollouts, interval: float, folder: Folder) -> None:
+async def resync_forever(kube: KubeClient, rollouts: Rollouts, interval: float, folder: Folder) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            written = await asyncio.to_thread(resync_all, api, rollouts, folder)
+            written = await asyncio.to_thread(resync_all, kube, rollouts, folder)
         except Exception:  # the next pass retries; a failing pass must not end the loop
             log.exception("resync pass failed")
             continue
@@ -100,17 +100,38 @@ async def resync_forever(api: client.ApiClient, rollouts: Rollouts, interval: fl
             log.info(f"resync updated {written} object(s)")
 
 
-def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
+async def trim_forever(interval: float = memory.TRIM_SECONDS) -> None:
+    """Give freed heap pages back now and then (controller/memory.py): passes decode whole listings."""
+    while True:
+        await asyncio.sleep(interval)
+        memory.trim()
+
+
+def connection_info(credentials: Credentials) -> kopf.ConnectionInfo:
+    """kopf's own (aiohttp) client logs in with the credentials of ours, so both read the same kubeconfig
+    or service account and the generated `kubernetes` client is never needed. A token file is read at
+    each login: kopf logs in again on a 401, which is how a rotated service-account token is picked up."""
+    token = credentials.token
+    if credentials.token_file:
+        token = Path(credentials.token_file).read_text().strip()
+    return kopf.ConnectionInfo(server=credentials.server, ca_path=credentials.ca_file,
+                               insecure=credentials.insecure or None, certificate_path=credentials.cert_file,
+                               private_key_path=credentials.key_file, token=token or None)
+
+
+def build_registry(resync_seconds: float, credentials: Credentials) -> kopf.OperatorRegistry:
     """Every handler of the controller, registered on a fresh registry (no import-time globals)."""
     registry = kopf.OperatorRegistry()
-    api = CountingApiClient()  # one connection pool for every API call of the controller
-    rollouts = Rollouts(api)
-    folder = Folder(api)
+    # One connection pool, and one request count, for every API call of the controller (kopf's watches
+    # use their own).
+    kube = KubeClient(credentials, user_agent="maculaos-operator")
+    rollouts = Rollouts(kube)
+    folder = Folder(kube)
     fold_wake = asyncio.Event()
     resync_task: list[asyncio.Task[None]] = []
 
     async def on_change(body: kopf.Body, **_: Any) -> None:
-        await asyncio.to_thread(reconcile_one, api, dict(body), rollouts)
+        await asyncio.to_thread(reconcile_one, kube, dict(body), rollouts)
 
     async def on_rollout_event(event: kopf.RawEvent, **_: Any) -> None:
         """An agent's report (a status change kopf's update handlers do not see) moves the rollout now
@@ -132,8 +153,9 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
             prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
         settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
         settings.posting.enabled = False  # Events are posted by reconcile.write, one per verdict change
-        resync_task.append(asyncio.create_task(resync_forever(api, rollouts, resync_seconds, folder)))
+        resync_task.append(asyncio.create_task(resync_forever(kube, rollouts, resync_seconds, folder)))
         resync_task.append(asyncio.create_task(fold_forever(folder, fold_wake)))
+        resync_task.append(asyncio.create_task(trim_forever()))
         fold_wake.set()  # the first fold reads every NodeReport
 
     async def stop_resync(**_: Any) -> None:
@@ -144,7 +166,10 @@ def build_registry(resync_seconds: float) -> kopf.OperatorRegistry:
 
     kopf.on.startup(registry=registry)(configure)
     kopf.on.cleanup(registry=registry)(stop_resync)
-    kopf.on.login(registry=registry)(kopf.login_via_client)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(credentials)
+
+    kopf.on.login(registry=registry)(login)
     for model in KINDS:
         for decorator in (kopf.on.resume, kopf.on.create, kopf.on.update):
             decorator(GROUP, VERSION, model.resource.plural, registry=registry)(on_change)

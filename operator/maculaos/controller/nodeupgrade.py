@@ -19,24 +19,20 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from maculaos.api import GROUP, VERSION
 from maculaos.api.common import VERSION_LABEL
 from maculaos.api.nodeupgrade import Grant, NodeStage, NodeUpgradeNodeEntry, NodeUpgradeSpec, NodeUpgradeStatus
-from maculaos.controller.cluster import ApiCluster
+from maculaos.controller.cluster import ApiCluster, object_path
 from maculaos.controller.conditions import merge_condition
 from maculaos.controller.nodeupgrade_drain import PodRef, drain_step
 from maculaos.controller.nodeupgrade_releases import ReleaseResolver, Resolution
 from maculaos.controller.nodeupgrade_rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
 from maculaos.controller.reconcile import COMPONENT, judge, write
 from maculaos.controller.validation import validate
-from maculaos.kubeapi import CountingApiClient, post_event
-from maculaos.kuberest import MERGE_PATCH
+from maculaos.kube.rest import STRATEGIC_MERGE_PATCH, ApiError, KubeClient, post_event, resource_path
 
 log = logging.getLogger("maculaos.controller")
 
@@ -67,8 +63,8 @@ class Whereabouts:
 class Rollouts:
     """Runs rollout passes; one at a time per object (kopf events and the resync share it)."""
 
-    def __init__(self, api: client.ApiClient, whereabouts: Whereabouts | None = None) -> None:
-        self.api = api
+    def __init__(self, kube: KubeClient, whereabouts: Whereabouts | None = None) -> None:
+        self.kube = kube
         self.resolver = ReleaseResolver()
         self.whereabouts = whereabouts or Whereabouts.from_env()
         self._locks: dict[str, threading.Lock] = {}
@@ -99,13 +95,13 @@ class Rollouts:
 
     def _run(self, name: str, cluster: ApiCluster | None) -> None:
         """One pass, holding the object's lock."""
-        snapshot = cluster or ApiCluster(self.api)
+        snapshot = cluster or ApiCluster(self.kube)
         for _ in range(WRITE_ATTEMPTS):
             try:
                 # A retry re-reads the object (whose status moved) but keeps the Node snapshot.
                 self._pass(name, snapshot)
                 return
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status == HTTPStatus.NOT_FOUND:
                     return
                 if exc.status != HTTPStatus.CONFLICT:
@@ -113,12 +109,11 @@ class Rollouts:
         log.info(f"NodeUpgrade {name}: status kept changing under this pass; the next one retries")
 
     def _pass(self, name: str, cluster: ApiCluster) -> None:
-        custom = client.CustomObjectsApi(self.api)
-        body = cast(dict[str, Any], custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name))
+        body = self.kube.get(object_path(PLURAL, name))
         outcome = judge(body, cluster)
         verdict = validate("NodeUpgrade", name, body.get("spec") or {}, cluster)
         if not verdict.valid or not isinstance(verdict.spec, NodeUpgradeSpec):
-            write(self.api, body, outcome)  # nothing moves while the spec is invalid; the message says why
+            write(self.kube, body, outcome)  # nothing moves while the spec is invalid; the message says why
             return
         spec = verdict.spec
         raw_status = body.get("status") or {}
@@ -136,18 +131,16 @@ class Rollouts:
         wanted = status_patch(raw_status, judged, plan, resolution)
         if wanted:
             patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": wanted}
-            custom.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, patch,
-                                                      _content_type=MERGE_PATCH)
+            self.kube.patch(object_path(PLURAL, name, "status"), patch)
         self._act(body, plan)
         if plan.phase != status.phase:
             log.info(f"NodeUpgrade {name}: phase {status.phase or '(none)'} -> {plan.phase}: {plan.message} "
-                     f"[{CountingApiClient.requests} API requests since the operator started]")
+                     f"[{self.kube.requests} API requests since the operator started]")
         if outcome.event is not None:
-            write(self.api, body, type(outcome)(status=None, event=outcome.event))
+            write(self.kube, body, type(outcome)(status=None, event=outcome.event))
 
     def _drain(self, spec: NodeUpgradeSpec, status: NodeUpgradeStatus,
                nodes: Mapping[str, NodeFacts]) -> dict[str, DrainReport]:
-        core = client.CoreV1Api(self.api)
         reports = {}
         for name, progress in sorted(status.rollout.items()):
             if progress.stage is not NodeStage.DRAINING or name not in nodes:
@@ -155,47 +148,46 @@ class Rollouts:
             if not nodes[name].unschedulable:
                 reports[name] = DrainReport(done=False, message="waiting for the cordon", started=False)
                 continue
-            reports[name] = drain_step(core, name, spec.drain, progress.forced, self.whereabouts.pod)
+            reports[name] = drain_step(self.kube, name, spec.drain, progress.forced, self.whereabouts.pod)
         return reports
 
     def _act(self, body: Mapping[str, Any], plan: Plan) -> None:
         """Uncordon before cordoning, so the number of cordoned nodes never overshoots in between."""
-        core = client.CoreV1Api(self.api)
         owner = str(body["metadata"]["name"])
         for name, unschedulable in [(n, False) for n in plan.uncordon] + [(n, True) for n in plan.cordon]:
             try:
-                set_cordon(core, name, owner if unschedulable else None)
-            except ApiException as exc:
+                set_cordon(self.kube, name, owner if unschedulable else None)
+            except ApiError as exc:
                 verb = "cordon" if unschedulable else "uncordon"
                 log.warning(f"NodeUpgrade {body['metadata']['name']}: cannot {verb} {name}: HTTP {exc.status}")
-                post_event(self.api, body, "Warning", "CordonFailed",
+                post_event(self.kube, body, "Warning", "CordonFailed",
                            f"{name}: cannot {verb}: HTTP {exc.status}; retrying on the next pass", COMPONENT)
         for note in plan.events:
             level = logging.INFO if note.type == "Normal" else logging.WARNING
             log.log(level, f"NodeUpgrade {body['metadata']['name']}: {note.reason}: {note.message}")
-            post_event(self.api, body, note.type, note.reason, note.message, COMPONENT)
+            post_event(self.kube, body, note.type, note.reason, note.message, COMPONENT)
 
 
     def release_orphans(self, cluster: ApiCluster, upgrades: set[str]) -> list[str]:
         """Uncordon nodes a NodeUpgrade cordoned and that no longer exists (deleted mid-rollout: there are
         no finalizers to stop that); returns their names."""
-        core = client.CoreV1Api(self.api)
         released = []
         for node in cluster.node_objects:
             owner = (node["metadata"].get("annotations") or {}).get(CORDON_ANNOTATION)
             if owner is None or owner in upgrades:
                 continue
             name = str(node["metadata"]["name"])
-            set_cordon(core, name, None)
+            set_cordon(self.kube, name, None)
             log.warning(f"uncordoned {name}: NodeUpgrade {owner}, which cordoned it, was deleted mid-rollout")
             released.append(name)
         return released
 
 
-def set_cordon(core: client.CoreV1Api, node: str, owner: str | None) -> None:
+def set_cordon(kube: KubeClient, node: str, owner: str | None) -> None:
     """Cordon node for NodeUpgrade owner (marked in an annotation), or uncordon it (owner None)."""
-    core.patch_node(node, {"metadata": {"annotations": {CORDON_ANNOTATION: owner}},
-                           "spec": {"unschedulable": owner is not None}})
+    kube.patch(resource_path("v1", "nodes", node), {"metadata": {"annotations": {CORDON_ANNOTATION: owner}},
+                                                    "spec": {"unschedulable": owner is not None}},
+               STRATEGIC_MERGE_PATCH)
 
 
 def node_facts(nodes: list[dict[str, Any]]) -> dict[str, NodeFacts]:

@@ -3,22 +3,18 @@ PodDisruptionBudgets), skip what stays, and say what is left. Called once per pa
 stage Draining; it never waits, so one stuck pod cannot hold the operator.
 
 After drain.timeout the planner sets `forced` (drain.force): the remaining pods are then deleted.
-Pods are read as plain JSON (no client models): cheaper, and all we need is a few fields.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from maculaos.api.nodeupgrade import DrainOptions
 from maculaos.controller.nodeupgrade_rollout import DrainReport
+from maculaos.kube.rest import ApiError, KubeClient, resource_path
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
@@ -45,17 +41,15 @@ def pod_verdict(pod: Mapping[str, Any], options: DrainOptions, own_pod: PodRef |
     return "evict"
 
 
-def pods_on(core: client.CoreV1Api, node: str) -> list[dict[str, Any]]:
-    response: Any = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
-                                                     _preload_content=False)
-    return list(json.loads(response.data).get("items", []))
+def pods_on(kube: KubeClient, node: str) -> list[dict[str, Any]]:
+    return kube.items(resource_path("v1", "pods"), fieldSelector=f"spec.nodeName={node}")
 
 
-def drain_step(core: client.CoreV1Api, node: str, options: DrainOptions, forced: bool,
+def drain_step(kube: KubeClient, node: str, options: DrainOptions, forced: bool,
                own_pod: PodRef | None = None) -> DrainReport:
     """Evict (or, when forced, delete) the pods that must leave node; done when none is left."""
     left: list[str] = []
-    for pod in pods_on(core, node):
+    for pod in pods_on(kube, node):
         verdict = pod_verdict(pod, options, own_pod)
         if verdict == "skip":
             continue
@@ -64,25 +58,28 @@ def drain_step(core: client.CoreV1Api, node: str, options: DrainOptions, forced:
         if meta.get("deletionTimestamp") and not forced:
             left.append(f"{ref.namespace}/{ref.name} terminating")
         elif forced:
-            left += _delete(core, ref, options)
+            left += _delete(kube, ref, options)
         elif verdict != "evict":
             left.append(f"{ref.namespace}/{ref.name} {verdict}")
         else:
-            left += _evict(core, ref, options)
+            left += _evict(kube, ref, options)
     more = f" (+{len(left) - 5} more)" if len(left) > 5 else ""
     return DrainReport(done=not left, message="; ".join(left[:5]) + more)
 
 
-def _delete_options(options: DrainOptions) -> client.V1DeleteOptions:
-    return client.V1DeleteOptions(grace_period_seconds=options.grace_period_seconds)
+def _delete_options(options: DrainOptions) -> dict[str, Any]:
+    """meta/v1 DeleteOptions: the grace period, when drain.gracePeriodSeconds sets one."""
+    grace = options.grace_period_seconds
+    return {} if grace is None else {"gracePeriodSeconds": grace}
 
 
-def _evict(core: client.CoreV1Api, ref: PodRef, options: DrainOptions) -> list[str]:
-    body = client.V1Eviction(metadata=client.V1ObjectMeta(name=ref.name, namespace=ref.namespace),
-                             delete_options=_delete_options(options))
+def _evict(kube: KubeClient, ref: PodRef, options: DrainOptions) -> list[str]:
+    body = {"apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": ref.name, "namespace": ref.namespace},
+            "deleteOptions": _delete_options(options)}
     try:
-        core.create_namespaced_pod_eviction(ref.name, ref.namespace, body)
-    except ApiException as exc:
+        kube.create(resource_path("v1", "pods", ref.name, namespace=ref.namespace, subresource="eviction"), body)
+    except ApiError as exc:
         if exc.status == HTTPStatus.NOT_FOUND:
             return []
         if exc.status == HTTPStatus.TOO_MANY_REQUESTS:
@@ -91,16 +88,15 @@ def _evict(core: client.CoreV1Api, ref: PodRef, options: DrainOptions) -> list[s
     return [f"{ref.namespace}/{ref.name} evicted, terminating"]
 
 
-def _delete(core: client.CoreV1Api, ref: PodRef, options: DrainOptions) -> list[str]:
+def _delete(kube: KubeClient, ref: PodRef, options: DrainOptions) -> list[str]:
     try:
-        core.delete_namespaced_pod(ref.name, ref.namespace, body=_delete_options(options))
-    except ApiException as exc:
+        kube.delete(resource_path("v1", "pods", ref.name, namespace=ref.namespace), _delete_options(options))
+    except ApiError as exc:
         if exc.status != HTTPStatus.NOT_FOUND:
             return [f"{ref.namespace}/{ref.name} delete refused: HTTP {exc.status} {_reason(exc)}"]
         return []
     return [f"{ref.namespace}/{ref.name} deleted, terminating"]
 
 
-def _reason(exc: ApiException) -> str:
-    body: Any = exc.body
-    return str(body)[:200] if body else str(exc.reason)
+def _reason(exc: ApiError) -> str:
+    return (exc.message or exc.reason)[:200]

@@ -10,19 +10,17 @@ from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
-from kubernetes import client
-
-from maculaos.api import GROUP, VERSION, spec_model
+from maculaos.api import spec_model
 from maculaos.api.backup import BackupSpec, RestoreSpec
 from maculaos.api.common import CustomResource
 from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.meshrole import MeshRoleSpec
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
 from maculaos.controller.backup import backup_outcome, restore_fields
+from maculaos.controller.cluster import object_path
 from maculaos.controller.conditions import EventNote, merge_condition, verdict_conditions
 from maculaos.controller.validation import ClusterView, Verdict, validate
-from maculaos.kubeapi import post_event
-from maculaos.kuberest import MERGE_PATCH
+from maculaos.kube.rest import ApiError, KubeClient, post_event
 
 log = logging.getLogger("maculaos.controller")
 
@@ -129,7 +127,7 @@ def _kind_fields(body: Mapping[str, Any], verdict: Verdict, cluster: ClusterView
     return None, None
 
 
-def write(api: client.ApiClient, body: Mapping[str, Any], outcome: Outcome) -> None:
+def write(kube: KubeClient, body: Mapping[str, Any], outcome: Outcome) -> None:
     """Apply an outcome: status first (the truth), then the Event (the story)."""
     meta = body["metadata"]
     plural = spec_model(body["kind"]).resource.plural
@@ -138,9 +136,8 @@ def write(api: client.ApiClient, body: Mapping[str, Any], outcome: Outcome) -> N
         if outcome.expect_version:
             patch["metadata"] = {"resourceVersion": outcome.expect_version}
         try:
-            client.CustomObjectsApi(api).patch_cluster_custom_object_status(
-                GROUP, VERSION, plural, meta["name"], patch, _content_type=MERGE_PATCH)
-        except client.ApiException as exc:
+            kube.patch(object_path(plural, meta["name"], "status"), patch)
+        except ApiError as exc:
             if exc.status != HTTPStatus.CONFLICT or not outcome.expect_version:
                 raise
             log.info(f"{body['kind']} {meta['name']} changed meanwhile; its run is decided on the next pass")
@@ -150,4 +147,4 @@ def write(api: client.ApiClient, body: Mapping[str, Any], outcome: Outcome) -> N
             continue
         level = logging.INFO if note.type == "Normal" else logging.WARNING
         log.log(level, f"{body['kind']} {meta['name']}: {note.reason}: {note.message}")
-        post_event(api, body, note.type, note.reason, note.message, COMPONENT)
+        post_event(kube, body, note.type, note.reason, note.message, COMPONENT)

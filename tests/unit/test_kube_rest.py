@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from maculaos.cli import main
-from maculaos.kuberest import ConfigError, Credentials, KubeClient, resource_path
+from maculaos.kube.rest import ConfigError, Credentials, KubeClient, resource_path
 
 
 def kubeconfig(tmp_path: Path, user: dict[str, Any], cluster: dict[str, Any] | None = None) -> Path:
@@ -81,7 +81,7 @@ def test_a_rotated_token_is_read_again(tmp_path: Path, monkeypatch: pytest.Monke
     assert kube._auth() == {"Authorization": "Bearer first"}
     token.write_text("second\n")
     assert kube._auth() == {"Authorization": "Bearer first"}  # within the refresh period
-    monkeypatch.setattr("maculaos.kuberest.TOKEN_REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr("maculaos.kube.rest.TOKEN_REFRESH_SECONDS", 0.0)
     assert kube._auth() == {"Authorization": "Bearer second"}
 
 

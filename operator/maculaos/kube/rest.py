@@ -1,11 +1,16 @@
-"""A small Kubernetes REST client: plain JSON over urllib3, for the node agent.
+"""A small Kubernetes REST client: plain JSON over the standard library's http.client, for the node agent
+and the operator.
 
 Why not the generated `kubernetes` client: in its current versions every API class builds a pydantic
 validator per method and loads hundreds of model modules, about 30 MiB of RSS in a process that must stay
-under 60 MB on small nodes. The agent needs a dozen calls on plain JSON (list, watch, get, create, patch),
-in-cluster or kubeconfig credentials (certificates or a token), and nothing else.
+under 60 MB on small nodes. The agent and the operator need a few dozen calls on plain JSON (list, watch,
+get, create, patch, replace, delete), in-cluster or kubeconfig credentials (certificates or a token), and
+nothing else. Every request is counted (`KubeClient.requests`), so benchmarks can report a process's API
+load without reading the API server's metrics. Why http.client and a pool of our own rather than urllib3:
+the operator has http.client loaded anyway (aiohttp imports urllib.request), and urllib3 cost another
+1-1.6 MiB of RSS in each process for what is here a few dozen lines.
 
-Also here, without any client: the merge-patch helpers and the Event body, shared with the operator.
+Also here: the merge-patch helpers and the Event body and poster, shared by the agent and the operator.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ import base64
 import copy
 import datetime as dt
 import hashlib
+import http.client
 import json
 import os
+import select
 import shutil
+import socket
 import ssl
 import tempfile
 import threading
@@ -29,7 +37,6 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-import urllib3
 import yaml
 
 from maculaos.errors import MaculaosError
@@ -137,17 +144,75 @@ def _file(base: Path, section: Mapping[str, Any], key: str) -> str | None:
     return str(target)
 
 
+class _Pool:
+    """Keep-alive connections to one server: taken for a request, given back when its answer was read
+    whole and the server keeps the connection open; at most `size` kept idle."""
+
+    def __init__(self, server: str, context: ssl.SSLContext, size: int) -> None:
+        url = urllib.parse.urlsplit(server)
+        self._https = url.scheme == "https"
+        self._host = url.hostname or ""
+        self._port = url.port or (443 if self._https else 80)
+        self._context = context
+        self._size = size
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection (and whether it was used before), its socket timeout set to timeout."""
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if _open(conn) and conn.sock is not None:
+                    conn.sock.settimeout(timeout)
+                    return conn, True
+                conn.close()
+        conn = (http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._context)
+                if self._https else http.client.HTTPConnection(self._host, self._port, timeout=timeout))
+        conn.connect()
+        if conn.sock is not None:
+            # http.client writes the headers and the body separately: with Nagle's algorithm the body
+            # would wait for the server's delayed ACK of the headers (40 ms), as urllib3 also avoids.
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, False
+
+    def give(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < self._size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+
+def _open(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection is still usable: one with something to read has been closed by the
+    server (or sent what nobody asked for)."""
+    try:
+        readable, _, _ = select.select([conn.sock], [], [], 0) if conn.sock is not None else ([True], [], [])
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+#: Errors of a reused keep-alive connection the server closed before it read our request: sent again once,
+#: on a new connection.
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
 class KubeClient:
     """JSON requests to one API server over a small connection pool (watches hold a connection each)."""
 
     def __init__(self, credentials: Credentials, headers: Mapping[str, str] | None = None,
-                 timeout: float = 30.0, connections: int = 12) -> None:
+                 timeout: float = 30.0, connections: int = 12, user_agent: str = "maculaos-agent") -> None:
         if not credentials.server.startswith("https://") and not credentials.server.startswith("http://"):
             raise ConfigError(f"API server URL {credentials.server!r} is not http(s)")
         self.credentials = credentials
         self.server = credentials.server.rstrip("/")
+        self._prefix = urllib.parse.urlsplit(self.server).path  # a server URL may have a path (a proxy)
         self.timeout = timeout
-        self._headers = {"Accept": "application/json", "User-Agent": "maculaos-agent", **(headers or {})}
+        #: Requests made so far (watches included), for benchmarks and the operator's rollout log.
+        self.requests = 0
+        self._headers = {"Accept": "application/json", "User-Agent": user_agent, **(headers or {})}
         self._token: tuple[float, str | None] = (0.0, credentials.token)
         self._token_lock = threading.Lock()
         context = ssl.create_default_context(cafile=credentials.ca_file)
@@ -155,7 +220,7 @@ class KubeClient:
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         if credentials.cert_file:
             context.load_cert_chain(credentials.cert_file, credentials.key_file)
-        self._pool = urllib3.PoolManager(num_pools=2, maxsize=connections, ssl_context=context, retries=False)
+        self._pool = _Pool(self.server, context, connections)
 
     def _auth(self) -> dict[str, str]:
         if self.credentials.token_file:
@@ -168,52 +233,93 @@ class KubeClient:
             token = self._token[1]
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    def _url(self, path: str, query: Mapping[str, Any] | None) -> str:
+    def _target(self, path: str, query: Mapping[str, Any] | None) -> str:
         params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (query or {}).items()
                   if v is not None}
-        return self.server + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        return self._prefix + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+
+    def _send(self, method: str, target: str, body: bytes | None, headers: dict[str, str],
+              timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """The connection and the response (status and headers read, the body not yet)."""
+        while True:
+            conn, reused = self._pool.take(timeout)
+            try:
+                conn.request(method, target, body=body, headers=headers)
+                return conn, conn.getresponse()
+            except _STALE:
+                conn.close()
+                if not reused:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+
+    def _finish(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+        if response.will_close or not response.isclosed():
+            conn.close()
+        else:
+            self._pool.give(conn)
 
     def request(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
                 content_type: str = "application/json", timeout: float | None = None) -> dict[str, Any]:
-        """One request; the answer's JSON. Raises ApiError on an error status, urllib3's errors when the
-        server cannot be reached."""
+        """One request; the answer's JSON. Raises ApiError on an error status, OSError (timeouts too) or
+        http.client.HTTPException when the server cannot be reached or breaks off."""
+        self.requests += 1
         headers = {**self._headers, **self._auth()}
         data = None
         if body is not None:
             data, headers["Content-Type"] = json.dumps(body).encode(), content_type
-        response = self._pool.request(method, self._url(path, query), body=data, headers=headers,
-                                      timeout=timeout or self.timeout)
+        conn, response = self._send(method, self._target(path, query), data, headers, timeout or self.timeout)
+        try:
+            payload = response.read()
+        finally:
+            self._finish(conn, response)
         if response.status >= HTTPStatus.BAD_REQUEST:
-            raise _error(response.status, response.reason or "", response.data)
-        return dict(json.loads(response.data)) if response.data else {}
+            raise _error(response.status, response.reason or "", payload)
+        return dict(json.loads(payload)) if payload else {}
 
     def get(self, path: str, **query: Any) -> dict[str, Any]:
         return self.request("GET", path, query=query)
 
+    def items(self, path: str, **query: Any) -> list[dict[str, Any]]:
+        """The items of one list request (no paging: our collections are read whole, as the agent does)."""
+        return list(self.get(path, **query).get("items") or [])
+
+    def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("POST", path, body)
+
+    def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT: the API server refuses it with 409 when body's metadata.resourceVersion is stale."""
+        return self.request("PUT", path, body)
+
+    def patch(self, path: str, body: Mapping[str, Any], content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        return self.request("PATCH", path, body, content_type=content_type)
+
+    def delete(self, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return self.request("DELETE", path, body)
+
     def watch(self, path: str, **query: Any) -> Iterator[dict[str, Any]]:
         """The events of one watch request (`timeoutSeconds` in query ends it server-side), as they come."""
+        self.requests += 1
         headers = {**self._headers, **self._auth()}
         ends_in = float(query.get("timeoutSeconds") or 300)
-        response = self._pool.request("GET", self._url(path, {**query, "watch": True}), headers=headers,
-                                      preload_content=False,
-                                      timeout=urllib3.Timeout(connect=self.timeout, read=ends_in + self.timeout))
-        finished = False
+        conn, response = self._send("GET", self._target(path, {**query, "watch": True}), None, headers,
+                                    self.timeout)
         try:
+            if conn.sock is not None:  # connected within self.timeout; events may be minutes apart
+                conn.sock.settimeout(ends_in + self.timeout)
             if response.status >= HTTPStatus.BAD_REQUEST:
                 raise _error(response.status, response.reason or "", response.read())
             pending = bytearray()
-            for chunk in response.stream(64 * 1024):
+            while chunk := response.read1(64 * 1024):
                 pending += chunk
                 while (end := pending.find(b"\n")) >= 0:
                     line = bytes(pending[:end])
                     del pending[:end + 1]
                     if line.strip():
                         yield dict(json.loads(line))
-            finished = True
-        finally:
-            if not finished:  # left mid-stream: this connection cannot be reused
-                response.close()
-            response.release_conn()
+        finally:  # left mid-stream, the connection cannot be reused: _finish closes it
+            self._finish(conn, response)
 
 
 def _error(status: int, reason: str, data: bytes) -> ApiError:
@@ -254,6 +360,13 @@ def event_body(obj: Mapping[str, Any], type_: str, reason: str, message: str, co
             "type": type_, "reason": reason, "message": message[:1024],
             "source": {"component": component, **({"host": host} if host else {})},
             "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+
+
+def post_event(kube: KubeClient, obj: Mapping[str, Any], type_: str, reason: str, message: str,
+               component: str, host: str | None = None) -> None:
+    """A core/v1 Event about obj (cluster-scoped: in EVENT_NAMESPACE)."""
+    kube.create(resource_path("v1", "events", namespace=EVENT_NAMESPACE),
+                event_body(obj, type_, reason, message, component, host))
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
