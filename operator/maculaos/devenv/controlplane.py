@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 
 import yaml
@@ -138,7 +139,7 @@ class ControlPlane:
                 raise RuntimeError(f"kube-apiserver exited; see {self.workdir / 'logs' / 'kube-apiserver.log'}")
             try:
                 with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=5) as answer:
-                    if answer.status == 200:
+                    if answer.status == HTTPStatus.OK:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
                 last = str(exc)

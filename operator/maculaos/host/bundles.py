@@ -98,7 +98,7 @@ def _fetch(release: Release, part: Path, directory: Path, progress: DownloadProg
     except (urllib.error.URLError, OSError) as exc:
         raise _Dropped(f"cannot connect: {getattr(exc, 'reason', exc)}") from exc
     with response:
-        resumed = response.status == 206
+        resumed = response.status == HTTPStatus.PARTIAL_CONTENT
         length = response.headers.get("Content-Length")
         total = release.size or ((int(length) + (have if resumed else 0)) if length else None)
         _check_space(directory, (total or 0) - (have if resumed else 0), release)

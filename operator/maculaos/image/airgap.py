@@ -112,7 +112,7 @@ def helmchart_manifest(charts: dict[str, bytes], reference: str) -> str:
                          "labels": {"app.kubernetes.io/managed-by": "maculaos-image"}},
             "spec": spec,
         })
-    header = "# Written by `maculaos image build` (seed 5.3): the MaculaOS operator, installed without network.\n"
+    header = "# Written by `maculaos image build`: the MaculaOS operator, installed without network.\n"
     return header + yaml.safe_dump_all(docs, sort_keys=False)
 
 
