@@ -78,13 +78,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 READY_BENCHMARK_SECONDS = 99.0
 
 
+_ready_times: list[str] = []
+
+
 def check_ready_time(vm: Vm, what: str) -> None:
-    """Print how long the boot took to MACULAOS-READY, and fail on a gross regression."""
+    """Note how long the boot took to MACULAOS-READY (listed at the end of the run), and fail on a gross
+    regression."""
     seconds = vm.elapsed()
-    print(f"{what}: MACULAOS-READY {seconds:.1f} s after QEMU started ({vm.accel}; benchmark "
-          f"{READY_BENCHMARK_SECONDS:.0f} s)")
+    _ready_times.append(f"{what}: {seconds:.1f} s after QEMU started ({vm.accel}; benchmark "
+                        f"{READY_BENCHMARK_SECONDS:.0f} s, limit {2 * READY_BENCHMARK_SECONDS:.0f} s)")
     assert seconds <= 2 * READY_BENCHMARK_SECONDS, \
         f"{what}: MACULAOS-READY took {seconds:.0f} s, over twice the benchmark's {READY_BENCHMARK_SECONDS:.0f} s"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _ready_times:
+        terminalreporter.section("boot to MACULAOS-READY")
+        for line in _ready_times:
+            terminalreporter.write_line(line)
 
 
 def boot_timeout() -> float:
