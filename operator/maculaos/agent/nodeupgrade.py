@@ -47,7 +47,9 @@ def relevance(node: str) -> Callable[[dict[str, Any]], Any]:
 
 class UpgradeEngine:
     def __init__(self, node_name: str, host_root: Path, rauc: Rauc, reboot_command: str, reporter: Reporter,
-                 objects: Snapshot, node: Snapshot, healthchecks: Snapshot, health_states: HealthStates) -> None:
+                 objects: Snapshot, node: Snapshot, healthchecks: Callable[[], dict[str, dict[str, Any]] | None],
+                 health_states: HealthStates) -> None:
+        """healthchecks: the HealthChecks from the watch, or None until it has listed them once."""
         self.node_name = node_name
         self.upgrader = NodeUpgrader(host_root, rauc, reboot_command)
         self.reporter = reporter
@@ -178,7 +180,10 @@ class UpgradeEngine:
                             + (f" ({ready['message']})" if ready.get("message") else ""))
         labels = dict(node["metadata"].get("labels") or {})
         states = self._health_states()
-        for name, obj in sorted(self._healthchecks().items()):
+        healthchecks = self._healthchecks()
+        if healthchecks is None:  # an agent just started after the reboot: never judge checks it has not seen
+            problems.append("the HealthChecks are not listed yet")
+        for name, obj in sorted((healthchecks or {}).items()):
             if not spec_selects(obj.get("spec") or {}, labels):
                 continue
             try:

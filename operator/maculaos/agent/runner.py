@@ -75,7 +75,7 @@ class Agent:
             settings.node_name, settings.host_root,
             Rauc(settings.rauc, conf if conf.exists() else None, root=settings.host_root),
             settings.reboot_command, self.reporter, lambda: self.nodeupgrades.snapshot(), self.node.snapshot,
-            self.healthchecks.snapshot, self._health_states)
+            self._listed_healthchecks, self._health_states)
         self.nodeupgrades = WatchedCache(UPGRADE_PLURAL, kube, object_path(UPGRADE_PLURAL), self.upgrades.wake.set,
                                          relevance(settings.node_name))
 
@@ -157,6 +157,11 @@ class Agent:
         else:
             self.reporter.condition(HEALTHY_CONDITION, "True", "AllChecksPassing",
                                     f"{len(entries)} HealthCheck(s) passing")
+
+    def _listed_healthchecks(self) -> dict[str, dict[str, Any]] | None:
+        """The HealthChecks once the watch has listed them (None before): the upgrade's health window must
+        not pass a node on checks its agent has not seen yet."""
+        return self.healthchecks.snapshot() if self.healthchecks.synced.is_set() else None
 
     def _health_states(self) -> dict[tuple[str, str], tuple[bool, bool, str]]:
         """(ran, passing, output) per (HealthCheck, check), for the upgrade's health commit window."""
