@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from maculaos.agent.nodereport import Lookup, object_path
-from maculaos.kube.rest import ApiError, KubeClient, resource_path
+from maculaos.agent.nodereport import Lookup
+from maculaos.kube.rest import ApiError, KubeClient, object_path, resource_path
 
 
 def fetching_lookup(kube: KubeClient) -> Lookup:

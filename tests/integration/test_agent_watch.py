@@ -7,9 +7,9 @@ import threading
 import time
 from typing import Any
 
-from maculaos.agent.nodereport import object_path
 from maculaos.agent.watch import WatchedCache
 from maculaos.api import GROUP, VERSION
+from maculaos.kube.rest import object_path
 from tests.integration.conftest import Cluster, kube_of
 
 

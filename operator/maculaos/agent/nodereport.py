@@ -29,6 +29,7 @@ from maculaos.kube.rest import (
     event_body,
     merge_patch,
     now_rfc3339,
+    object_path,
     resource_path,
 )
 
@@ -41,10 +42,6 @@ KIND_OF_PLURAL = {m.resource.plural: m.resource.kind for m in KINDS}
 #: it is gone. The Node itself is looked up as ("nodes", node name).
 Lookup = Callable[[str, str], Mapping[str, Any] | None]
 
-
-def object_path(plural: str, name: str = "", subresource: str = "") -> str:
-    """The REST path of one of the MaculaOS kinds (or its collection)."""
-    return resource_path(f"{GROUP}/{VERSION}", plural, name, subresource=subresource)
 
 
 class Reporter:

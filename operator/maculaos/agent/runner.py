@@ -26,7 +26,7 @@ from maculaos.agent.healthcheck import PLURAL as HEALTH_PLURAL
 from maculaos.agent.healthcheck import HealthEngine, significant
 from maculaos.agent.meshrole import PLURAL as MESH_PLURAL
 from maculaos.agent.meshrole import converge_mesh
-from maculaos.agent.nodereport import Reporter, object_path
+from maculaos.agent.nodereport import Reporter
 from maculaos.agent.nodeupgrade import PLURAL as UPGRADE_PLURAL
 from maculaos.agent.nodeupgrade import UpgradeEngine, relevance
 from maculaos.agent.settings import AgentSettings
@@ -37,7 +37,7 @@ from maculaos.host.firewall import tcp_port_blocked
 from maculaos.host.meshrole import MeshPlan
 from maculaos.host.rauc import Rauc
 from maculaos.host.systemd import Systemd
-from maculaos.kube.rest import KubeClient, resource_path
+from maculaos.kube.rest import KubeClient, object_path, resource_path
 
 log = logging.getLogger("maculaos.agent")
 DEBOUNCE_SECONDS = 0.05

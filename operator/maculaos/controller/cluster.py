@@ -6,9 +6,8 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from maculaos.api import GROUP, VERSION
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
-from maculaos.kube.rest import ApiError, KubeClient, resource_path
+from maculaos.kube.rest import ApiError, KubeClient, object_path, resource_path
 
 
 class ApiCluster:
@@ -63,10 +62,6 @@ class ApiCluster:
     def backup_servers(self) -> Mapping[str, str]:
         return self._servers
 
-
-def object_path(plural: str, name: str = "", subresource: str = "") -> str:
-    """The REST path of one of our (cluster-scoped) kinds' collection or object."""
-    return resource_path(f"{GROUP}/{VERSION}", plural, name, subresource=subresource)
 
 
 def list_objects(kube: KubeClient, plural: str) -> list[dict[str, Any]]:

@@ -19,8 +19,8 @@ from typing import Any
 
 from maculaos.api import KINDS
 from maculaos.api.nodereport import NodeReportSpec, parse_report_key, report_entries, report_key
-from maculaos.controller.cluster import list_objects, object_path
-from maculaos.kube.rest import ApiError, KubeClient, merge_patch
+from maculaos.controller.cluster import list_objects
+from maculaos.kube.rest import ApiError, KubeClient, merge_patch, object_path
 
 log = logging.getLogger("maculaos.controller")
 

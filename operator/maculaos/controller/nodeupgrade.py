@@ -25,14 +25,14 @@ from pydantic import ValidationError
 
 from maculaos.api.common import VERSION_LABEL
 from maculaos.api.nodeupgrade import Grant, NodeStage, NodeUpgradeNodeEntry, NodeUpgradeSpec, NodeUpgradeStatus
-from maculaos.controller.cluster import ApiCluster, object_path
+from maculaos.controller.cluster import ApiCluster
 from maculaos.controller.conditions import merge_condition
 from maculaos.controller.nodeupgrade_drain import PodRef, drain_step
 from maculaos.controller.nodeupgrade_releases import ReleaseResolver, Resolution
 from maculaos.controller.nodeupgrade_rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
 from maculaos.controller.reconcile import COMPONENT, judge, write
 from maculaos.controller.validation import validate
-from maculaos.kube.rest import STRATEGIC_MERGE_PATCH, ApiError, KubeClient, post_event, resource_path
+from maculaos.kube.rest import STRATEGIC_MERGE_PATCH, ApiError, KubeClient, object_path, post_event, resource_path
 
 log = logging.getLogger("maculaos.controller")
 

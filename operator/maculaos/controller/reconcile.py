@@ -17,10 +17,9 @@ from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.meshrole import MeshRoleSpec
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
 from maculaos.controller.backup import backup_outcome, restore_fields
-from maculaos.controller.cluster import object_path
 from maculaos.controller.conditions import EventNote, merge_condition, verdict_conditions
 from maculaos.controller.validation import ClusterView, Verdict, validate
-from maculaos.kube.rest import ApiError, KubeClient, post_event
+from maculaos.kube.rest import ApiError, KubeClient, object_path, post_event
 
 log = logging.getLogger("maculaos.controller")
 

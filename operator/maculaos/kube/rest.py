@@ -39,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from maculaos.api import GROUP, VERSION
 from maculaos.errors import MaculaosError
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -341,6 +342,11 @@ def resource_path(api_version: str, plural: str, name: str = "", namespace: str 
     if subresource:
         path += f"/{subresource}"
     return path
+
+
+def object_path(plural: str, name: str = "", subresource: str = "") -> str:
+    """The REST path of one of the MaculaOS kinds (cluster-scoped) or of its collection."""
+    return resource_path(f"{GROUP}/{VERSION}", plural, name, subresource=subresource)
 
 
 def now_rfc3339() -> str:
