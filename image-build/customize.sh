@@ -23,9 +23,11 @@ for unit in maculaos-apply.service macula-firstboot.service macula-ready.service
             systemd-resolved.service nftables.service ssh.service chrony.service avahi-daemon.service \
             maculaos-mark-good.service macula-hostname.service maculaos-install.service macula-grow-data.service \
             macula-ssh-keygen.service macula-node-info.service macula-node-info.path macula-k3s-preload.service \
-            nats-server.service k3s.service; do
+            nats-server.service k3s.service kubelet.service; do
 	if [ -e "/usr/lib/systemd/system/$unit" ]; then systemctl enable "$unit"; fi
 done
+# containerd runs for the kubelet only (kubelet.service wants it): not on a node that joins no cluster.
+if [ -e /usr/lib/systemd/system/containerd.service ]; then systemctl disable containerd.service; fi
 # No waiting up to two minutes for a network at boot: nothing on the boot path needs one.
 systemctl mask systemd-networkd-wait-online.service
 

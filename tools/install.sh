@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything a fresh Debian machine lacks to run the MaculaOS demo and tests, and nothing twice:
 #   1. Debian packages (only the missing ones);
-#   2. the Go-built upstream tools (kube-apiserver, kube-controller-manager, kubectl, kine, helm), each
+#   2. the Go-built upstream tools (the Kubernetes control plane, kubelet and kube-proxy, kubectl, kine,
+#      helm, restic, rest-server, versitygw), each
 #      built once per machine into a cache keyed by its pinned version, linked into .tools/bin;
 #   3. the Python environment in .venv (reinstalled only when pyproject.toml changes).
 set -euo pipefail
@@ -58,7 +59,10 @@ build_kubernetes() {
   done
   (cd tools/kubernetes && go build -trimpath -ldflags "$ld" -o "$out/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kubectl)
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  # The node's kubelet and kube-proxy as one binary (tools/kubernetes/node), run as what it is called.
+  (cd tools/kubernetes && go build -trimpath -ldflags "$ld" -o "$out/kubelet" ./node)
+  ln -s kubelet "$out/kube-proxy"
 }
 
 # rest-server's module list is not served by the proxy, which `go install mod@ver` needs; a wrapper
@@ -76,7 +80,7 @@ install_go_tools() {
   # shellcheck source=versions.env
   source tools/versions.env
   rm -rf .tools/bin; mkdir -p .tools/bin
-  build_cached kubernetes "$(cat tools/kubernetes/go.mod tools/kubernetes/go.sum tools/kubernetes/tools.go)" \
+  build_cached kubernetes "$(cat tools/kubernetes/go.mod tools/kubernetes/go.sum tools/kubernetes/*.go tools/kubernetes/node/*.go)" \
       "$(declare -f build_kubernetes)" -- build_kubernetes
   build_cached kine "$KINE_VERSION" -- go_install "github.com/k3s-io/kine@$KINE_VERSION"
   build_cached helm "$HELM_VERSION" -- go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \

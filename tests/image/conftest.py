@@ -18,8 +18,9 @@ from maculaos.image.vm import Vm
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = Path(__file__).parent / "probe-extension.yaml"
-# The boot tests leave out the firmware (large, and QEMU needs none); everything else is the shipped image.
-PROFILES = ["boot", "base", "tools"]
+# The boot tests leave out the firmware (large, and QEMU needs none) and add the node runtime (the VM nodes
+# join the tests' control plane); everything else is the shipped image.
+PROFILES = ["boot", "base", "tools", "node-runtime"]
 
 
 @dataclass(frozen=True)

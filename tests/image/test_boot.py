@@ -32,12 +32,12 @@ def _ssh_key(tmp_path: Path) -> tuple[str, bytes]:
     return key.with_suffix(".pub").read_text().strip(), key.read_bytes()
 
 
-def _data_disk(tmp_path: Path, config: dict[str, object] | None) -> Path:
+def _data_disk(tmp_path: Path, config: dict[str, object] | None, size_mib: int = 512) -> Path:
     """A data partition as a provisioner would hand it over: ext4 labelled MACULA_DATA, config.yaml in
     var/lib/maculaos (made without mounting: mkfs.ext4 -d); with no config, a blank disk."""
     disk = tmp_path / "data.img"
     with disk.open("wb") as f:
-        f.truncate(512 * 1024 * 1024)
+        f.truncate(size_mib * 1024 * 1024)
     if config is not None:
         tree = tmp_path / "data-tree"
         (tree / "var/lib/maculaos").mkdir(parents=True)

@@ -70,7 +70,8 @@ def _image_build(args: argparse.Namespace) -> int:
         raise SigningError("--signing-key and --signing-cert go together")
     signing = (given_identity(args.signing_key, args.signing_cert, args.keyring) if args.signing_key
                else development_identity(args.cache or default_cache()))
-    inputs = BuildInputs(_image_definition(args), REPO_ROOT, signing, args.k3s_binary, args.operator_image)
+    inputs = BuildInputs(_image_definition(args), REPO_ROOT, signing, args.k3s_binary, args.operator_image,
+                         args.node_binaries)
     print(summary(ImageBuilder(inputs, args.out, args.cache).build()))
     return 0
 
@@ -119,6 +120,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build.add_argument("--cache", type=Path, default=None, help="download cache (default ~/.cache/maculaos/image)")
     build.add_argument("--k3s-binary", type=Path, default=None,
                        help="a k3s binary to include; without it the image says plainly that k3s is missing")
+    build.add_argument("--node-binaries", type=Path, default=None, metavar="DIR",
+                       help="where the kubelet and kube-proxy are, for the node-runtime profile (default: .tools/bin, "
+                            "built by tools/install.sh)")
     build.add_argument("--signing-key", type=Path, default=None, help="PEM key that signs the RAUC bundle and "
                        "SHA256SUMS; without it a throwaway development CA from the build cache signs (and says so)")
     build.add_argument("--signing-cert", type=Path, default=None, help="PEM certificate of --signing-key")

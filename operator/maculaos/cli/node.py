@@ -30,12 +30,14 @@ RUN_SETTINGS = ("node_name", "host_root", "resync_seconds", "nft", "systemctl", 
 def _agent_apply(args: argparse.Namespace) -> int:
     """Converge the host from its own config.yaml, without Kubernetes: the boot path of a node."""
     from maculaos.host.backup_server import backup_server_warnings
+    from maculaos.host.kubernetes import apply_join
     from maculaos.host.meshrole import apply_mesh, plan_from_config, services_not_installed
     from maculaos.host.nodeconfig import read_node_config
     from maculaos.host.systemd import Systemd
 
     systemd = Systemd(args.host_root, live=args.live_systemd, systemctl=args.systemctl)
-    plan = plan_from_config(read_node_config(args.host_root))
+    config = read_node_config(args.host_root)
+    plan = plan_from_config(config)
     changes = apply_mesh(args.host_root, plan, systemd, args.nft)
     roles = ",".join(["peer", *sorted(r.value for r in plan.roles)])
     print(f"mesh roles {roles}: config {'updated' if changes.config else 'unchanged'}, "
@@ -43,7 +45,39 @@ def _agent_apply(args: argparse.Namespace) -> int:
           f"firewall {'reloaded' if changes.firewall else 'unchanged'}")
     for warning in services_not_installed(args.host_root, plan) + backup_server_warnings(args.host_root):
         print(f"maculaos agent apply: warning: {warning}")
+    join = apply_join(args.host_root, config)
+    print(f"maculaos agent apply: {'warning: ' if join.problem else ''}{join.summary()}")
     return 0
+
+
+def _pod_network(args: argparse.Namespace) -> int:
+    """Write the node's CNI configuration once the cluster gave its Node a podCIDR (the kubelet reports the
+    node NotReady until then)."""
+    import socket
+
+    from maculaos.host.kubernetes import KUBELET_KUBECONFIG, write_pod_network
+    from maculaos.kube.rest import ApiError, ConfigError, Credentials, KubeClient
+
+    node = args.node_name or socket.gethostname()
+    deadline = time.monotonic() + args.wait
+    last = "the kubelet has not joined yet"
+    while True:
+        try:
+            kube = KubeClient(Credentials.from_kubeconfig(args.host_root / KUBELET_KUBECONFIG))
+            cidr = (kube.get(f"/api/v1/nodes/{node}").get("spec") or {}).get("podCIDR")
+            if cidr:
+                changed = write_pod_network(args.host_root, cidr)
+                print(f"pod network {cidr}: {'written' if changed else 'unchanged'}", flush=True)
+                return 0
+            last = f"Node {node} has no podCIDR yet"
+        except (ApiError, ConfigError, OSError) as exc:
+            problem = f"waiting: {exc}"
+            if problem != last:   # said once, not every two seconds
+                print(problem, file=sys.stderr, flush=True)
+            last = problem
+        if time.monotonic() >= deadline:
+            raise MaculaosError(f"no pod network after {args.wait:.0f} s: {last}")
+        time.sleep(2)
 
 
 def _node_info(args: argparse.Namespace) -> int:
@@ -235,6 +269,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                            env={"host_root": "HOST_ROOT"})
 
     _add_backup_commands(commands)
+
+    pods = options.command(commands, "pod-network", _pod_network, "write this node's CNI configuration from "
+                           "its Node's podCIDR (run at boot by maculaos-pod-network.service)")
+    pods.add_argument("--node-name", default="", help="the Node (default: this host's name)")
+    pods.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the podCIDR (default 600)")
+    options.host_root(pods)
 
     node_info = options.command(commands, "node-info", _node_info, "this node's version, mesh roles and realm",
                                 reports=(OSError,))

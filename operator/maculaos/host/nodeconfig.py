@@ -236,6 +236,45 @@ class LocalBackupJob(ConfigSection):
     """The root-only file with the repositories' credentials."""
 
 
+#: A Kubernetes bootstrap token: <6 characters>.<16 characters>, lowercase letters and digits.
+BOOTSTRAP_TOKEN_PATTERN = r"^[a-z0-9]{6}\.[a-z0-9]{16}$"
+PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----\n?")
+
+
+class KubernetesConfig(ConfigSection):
+    """The cluster this node joins as a worker: the kubelet of the node-runtime profile, or k3s's agent
+    in an image built with k3s. Written when the node is provisioned; absent, the node joins no cluster
+    (an image with k3s then runs its own server)."""
+
+    server: str = Field(pattern=r"^https://[A-Za-z0-9.:\[\]-]+(:[0-9]{1,5})?/?$", max_length=512)
+    """The API server's URL as this node reaches it, e.g. https://192.168.10.2:6443."""
+    ca_cert: str = Field(max_length=16384)
+    """The cluster's CA certificate (PEM): the node trusts the server only with it."""
+    token: str = Field(pattern=BOOTSTRAP_TOKEN_PATTERN, repr=False)
+    """A bootstrap token (abcdef.0123456789abcdef: `kubeadm token create`, `k3s token create`, `maculaos dev
+    join-token`): used once to get the node's own client certificate, which the kubelet then renews."""
+    node_ip: Annotated[str | None, BeforeValidator(_empty_is_none)] = None
+    """The IPv4 address the node registers with (the kubelet's --node-ip); absent: the address of its
+    default route."""
+
+    @field_validator("ca_cert")
+    @classmethod
+    def _pem(cls, value: str) -> str:
+        if not PEM_CERTIFICATE.fullmatch(value.strip() + "\n"):
+            raise ValueError("{key} must be one PEM certificate (-----BEGIN CERTIFICATE----- ...)")
+        return value.strip() + "\n"
+
+    @field_validator("node_ip")
+    @classmethod
+    def _ipv4(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.IPv4Address(value)
+            except ValueError as exc:
+                raise ValueError(f"{{key}} must be an IPv4 address such as 192.168.10.21, not {value!r}") from exc
+        return value
+
+
 class MaculaosConfig(ConfigSection):
     """MaculaOS's own settings."""
 
@@ -251,6 +290,8 @@ class MaculaosConfig(ConfigSection):
     backup: Annotated[dict[str, LocalBackupJob], BeforeValidator(_none_is_empty_dict)] = Field(
         default_factory=dict)
     """The Backups this node runs, by name (written by the agent)."""
+    kubernetes: KubernetesConfig | None = None
+    """The cluster to join; absent: none. A bad section is reported at boot and the node boots unjoined."""
 
 
 def _ssh_key(value: object) -> str:

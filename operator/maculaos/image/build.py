@@ -20,7 +20,7 @@ from pathlib import Path
 from maculaos import __version__
 from maculaos.errors import MaculaosError
 from maculaos.host.bundles import BundleError
-from maculaos.image import airgap, debcache, disk, emulation, firmware, grub, iso
+from maculaos.image import airgap, debcache, disk, emulation, firmware, grub, iso, noderuntime
 from maculaos.image.bundle import build_bundle, compatible
 from maculaos.image.definition import ImageDefinition
 from maculaos.image.signing import SigningError, SigningIdentity, sign_file
@@ -50,6 +50,11 @@ DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*"
                 # https stay.
                 *(f"path-exclude=/usr/{d}/{tool}" for d in ("bin", "lib/git-core") for tool in (
                     "git-daemon", "git-http-backend", "git-shell", "git-http-push", "git-imap-send", "scalar")),
+                # The node-runtime profile's CNI plugins: the four its pod network uses (kubernetes.py, and
+                # `loopback` for every pod's lo); containerd's v1 shims, which nothing uses since 1.5.
+                "path-exclude=/usr/lib/cni/*",
+                *(f"path-include=/usr/lib/cni/{p}" for p in ("bridge", "host-local", "loopback", "portmap")),
+                "path-exclude=/usr/bin/containerd-shim", "path-exclude=/usr/bin/containerd-shim-runc-v1",
                 # vim's help, translations, tutor and spell files (27 MB unpacked), as man pages above.
                 *(f"path-exclude=/usr/share/vim/vim*/{d}/*" for d in ("doc", "lang", "tutor", "spell")),
                 # Kernel modules for hardware an edge node does not have (docs/benchmarks.md, "Image size"):
@@ -91,6 +96,12 @@ class BuildInputs:
     k3s_binary: Path | None = None
     # A built operator archive (`--operator-image`); None: built from this checkout and cached.
     operator_image: Path | None = None
+    # The kubelet and kube-proxy for the node-runtime profile (`--node-binaries`; tools/install.sh's).
+    node_binaries: Path | None = None
+
+    @property
+    def node_runtime(self) -> bool:
+        return noderuntime.PROFILE in self.definition.profiles
 
     @property
     def image_build(self) -> Path:
@@ -110,6 +121,8 @@ class BuildInputs:
             files += sorted(p for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         if self.k3s_binary:
             files.append(self.k3s_binary)
+        if self.node_runtime:
+            files += noderuntime.node_binaries(self.node_binaries or self.repo_root / ".tools" / "bin")
         files.append(self.signing.keyring)
         if self.operator_image:
             files.append(self.operator_image)
@@ -301,6 +314,9 @@ class ImageBuilder:
         entry.parent.mkdir(parents=True, exist_ok=True)
         entry.write_text("#!/usr/bin/python3\nimport sys\nfrom maculaos.cli import main\nsys.exit(main())\n")
         entry.chmod(0o755)
+        if self.inputs.node_runtime:
+            noderuntime.stage(payload, self.inputs.node_binaries or self.inputs.repo_root / ".tools" / "bin",
+                              self.inputs.repo_root, self.cache, self.epoch, d.arch)
         if self.inputs.k3s_binary:
             k3s = payload / "usr/local/bin/k3s"
             k3s.parent.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,8 @@ class VmSpec:
     """Let the guest reboot (GRUB's try counter needs real reboots); otherwise a reboot ends QEMU."""
     arch: str = "amd64"
     """The image's architecture: which QEMU (see QEMU); arm64 always boots through AAVMF (UEFI)."""
+    forwards: tuple[tuple[int, int], ...] = ()
+    """TCP ports of the host's loopback forwarded to the guest's (host, guest): SSH, the kubelet..."""
 
     @classmethod
     def for_disk(cls, disk: Path, uefi_vars: Path | None = None, reboot: bool = True,
@@ -178,7 +180,8 @@ def qemu_command(spec: VmSpec, accel: str = "tcg") -> list[str]:
         cmd += ["-drive", f"file={spec.disk},format=raw,if=virtio"]
     if spec.data:
         cmd += ["-drive", f"file={spec.data},format=raw,if=virtio"]
-    cmd += ["-nic", "user,model=virtio-net-pci"] if spec.network else ["-nic", "none"]
+    forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in spec.forwards)
+    cmd += ["-nic", f"user,model=virtio-net-pci{forwards}"] if spec.network else ["-nic", "none"]
     return cmd + list(spec.extra_args)
 
 

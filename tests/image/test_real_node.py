@@ -1,0 +1,210 @@
+"""A MaculaOS VM as a real Kubernetes node: the tests' image (with the node-runtime profile) boots in QEMU
+and joins a real control plane on the host as a kubelet does (bootstrap token, CSR, Node authorizer and
+NodeRestriction on). Helm installs the charts from the host, as a person with an existing cluster does;
+the operator Deployment and the agent DaemonSet start on the VM from the image's pre-loaded archive, with
+no registry. The stories then run on that one boot, in order (each test leaves the node as the next one
+expects it): this module boots one node, and CI pays for it once.
+
+The VM reaches the host's API server at 10.0.2.2 (QEMU's user network); the host reaches the VM through
+forwarded ports on its loopback (SSH, the kubelet's port for the firewall story)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from maculaos.api import GROUP, VERSION
+from maculaos.devenv.controlplane import ControlPlane
+from maculaos.devenv.processes import free_port
+from maculaos.image.airgap import NAMESPACE, operator_values
+from maculaos.image.vm import Vm, VmSpec
+from maculaos.kube.rest import ApiError, Credentials, KubeClient
+from tests.image.conftest import REPO, BuiltImage, boot_timeout, check_ready_time
+from tests.image.test_boot import CMDLINE, _data_disk
+
+pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
+
+#: The node is expected to idle in 1 GiB with the runtime, the operator and the agent (docs/benchmarks.md).
+MEMORY_MIB = 1536
+KUBELET_PORT = 10250
+
+
+@dataclass
+class Node:
+    """The running VM node and how to reach it."""
+
+    vm: Vm
+    name: str
+    kube: KubeClient
+    """The cluster admin's client."""
+    plane: ControlPlane
+    ssh_port: int
+    kubelet_port: int
+    key: Path
+
+    def ssh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """A command on the node as the login user (sudo for root), over the forwarded SSH port."""
+        result = subprocess.run(
+            ["ssh", "-i", str(self.key), "-p", str(self.ssh_port), "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20",
+             "macula@127.0.0.1", command], capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"ssh {command!r}: exit {result.returncode}: {result.stderr}")
+        return result
+
+    def helm(self, *args: str) -> str:
+        result = subprocess.run([str(self.plane.bin_dir / "helm"), f"--kubeconfig={self.plane.kubeconfig}", *args],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"helm {' '.join(args)}: {result.stderr}"
+        return result.stdout
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float, node: Node | None = None) -> Any:
+    """check()'s first truthy value; fails naming what was awaited (with the console's tail)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+            last = value
+        except (ApiError, OSError) as exc:
+            last = exc
+        time.sleep(3)
+    console = f"\nconsole:\n{node.vm.tail(4000)}" if node else ""
+    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last}){console}")
+
+
+def _node_ready(kube: KubeClient) -> str | None:
+    for node in kube.get("/api/v1/nodes").get("items", []):
+        conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+        if conditions.get("Ready") == "True":
+            return str(node["metadata"]["name"])
+    return None
+
+
+def _pods(kube: KubeClient, component: str) -> list[dict[str, Any]]:
+    selector = f"app.kubernetes.io/component={component}"
+    return list(kube.get(f"/api/v1/namespaces/{NAMESPACE}/pods", labelSelector=selector).get("items", []))
+
+
+def _running(kube: KubeClient, component: str) -> dict[str, Any] | None:
+    for pod in _pods(kube, component):
+        statuses = pod.get("status", {}).get("containerStatuses") or []
+        if statuses and all(s.get("ready") for s in statuses):
+            return pod
+    return None
+
+
+def _operator_reference(image: BuiltImage) -> str:
+    """The pre-loaded operator image's name:tag, as build-info records it."""
+    for line in image.build_info.splitlines():
+        if line.startswith("OPERATOR_IMAGE="):
+            return line.split("=", 1)[1].strip("'").split()[0]
+    raise AssertionError(f"no OPERATOR_IMAGE in build-info:\n{image.build_info}")
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(tmp_path_factory.mktemp("real-node-plane"))
+    plane.start()
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture(scope="module")
+def node(built_image: BuiltImage, plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """One VM node, joined, with the charts installed and both components running on it."""
+    tmp = tmp_path_factory.mktemp("real-node")
+    # Room for containerd's copy of the images next to the archives (sparse: costs only what is written).
+    join = plane.join_data("the image tests' real node").config_section()
+    data = _data_disk(tmp, {"maculaos": {"kubernetes": join}}, size_mib=2048)
+    ssh_port, kubelet_port = free_port(), free_port()
+    spec = VmSpec(built_image.kernel, built_image.initrd, built_image.squashfs, data,
+                  f"{CMDLINE} macula.mode=disk macula.test.probe=off", memory_mib=MEMORY_MIB,
+                  forwards=((ssh_port, 22), (kubelet_port, KUBELET_PORT)))
+    kube = KubeClient(Credentials.from_kubeconfig(plane.kubeconfig))
+    with Vm(spec, tmp / "console.log") as vm:
+        vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=success", boot_timeout())
+        check_ready_time(vm, "real node, first boot")
+        node = Node(vm, "", kube, plane, ssh_port, kubelet_port, tmp / "id_ed25519")
+        node.name = wait_until("the VM's Node Ready", lambda: _node_ready(kube), boot_timeout(), node)
+        joined_at = vm.elapsed()
+        values = tmp / "values.yaml"
+        values.write_text(yaml.safe_dump(operator_values(_operator_reference(built_image))))
+        node.helm("install", "maculaos-crds", str(REPO / "charts" / "maculaos-crds"))
+        node.helm("install", "maculaos", str(REPO / "charts" / "maculaos-operator"), "--namespace", NAMESPACE,
+                  "--create-namespace", "-f", str(values))
+        wait_until("the agent pod Running and ready", lambda: _running(kube, "agent"), boot_timeout(), node)
+        wait_until("the operator pod Running and ready", lambda: _running(kube, "operator"), boot_timeout(), node)
+        report_path = f"/apis/{GROUP}/{VERSION}/nodereports/{node.name}"
+        wait_until("the node's first NodeReport", lambda: kube.get(report_path), boot_timeout(), node)
+        print(f"real node: Ready {joined_at:.0f} s, NodeReport {vm.elapsed():.0f} s after QEMU started")
+        yield node
+
+
+def test_the_node_joins_with_its_own_identity_and_runs_the_charts_pods(node: Node) -> None:
+    """Joined as system:node:<name> by a certificate the cluster signed (not the token), labelled as
+    MaculaOS, with a podCIDR; both pods from the pre-loaded archive (never pulled)."""
+    obj = node.kube.get(f"/api/v1/nodes/{node.name}")
+    assert obj["metadata"]["labels"].get("os.macula.io/maculaos") == "true", obj["metadata"]["labels"]
+    assert obj["spec"].get("podCIDR"), obj["spec"]
+    signed = [c for c in node.kube.get("/apis/certificates.k8s.io/v1/certificatesigningrequests").get("items", [])
+              if c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+              and c.get("status", {}).get("certificate")]
+    assert signed, "no kubelet client certificate was issued"
+    kubeconfig = node.ssh("sudo cat /var/lib/kubelet/kubeconfig").stdout
+    assert "kubelet-client-current.pem" in kubeconfig and "token" not in kubeconfig, kubeconfig
+    for component in ("agent", "operator"):
+        pod = _running(node.kube, component)
+        assert pod is not None and pod["spec"]["nodeName"] == node.name, pod
+        assert pod["spec"]["containers"][0]["imagePullPolicy"] == "Never", pod["spec"]
+    # The operator's pod is on the pod network and reaches the API through the `kubernetes` Service.
+    operator = _running(node.kube, "operator")
+    assert operator is not None and not operator["spec"].get("hostNetwork"), operator["spec"]
+
+
+def _kubelet_port_open(node: Node, timeout: float = 8.0) -> bool:
+    """Whether the kubelet's HTTPS port answers through the forwarded port. Through QEMU's user network
+    a host connection is always accepted first: a port the node's firewall drops sends nothing back."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", node.kubelet_port), timeout=timeout) as raw:
+            with context.wrap_socket(raw) as tls:
+                tls.settimeout(timeout)
+                tls.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                return tls.recv(64).startswith(b"HTTP/")
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def test_a_meshrole_opens_and_closes_a_port_in_the_vms_own_kernel(node: Node) -> None:
+    """The agent pod writes config.yaml and loads the nft ruleset on the node: the kubelet's port is closed
+    by default, opened by an extraPorts entry, and closed again when the entry goes."""
+    assert not _kubelet_port_open(node), "the node firewall let the kubelet's port through by default"
+    role: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "MeshRole", "metadata": {"name": "real-node-peer"},
+        "spec": {"nodeSelector": {"matchLabels": {"os.macula.io/maculaos": "true"}},
+                 "firewall": {"extraPorts": [{"port": KUBELET_PORT, "protocol": "tcp"}]}},
+    }
+    path = f"/apis/{GROUP}/{VERSION}/meshroles"
+    node.kube.create(path, role)
+    wait_until("the extraPorts entry open on the node", lambda: _kubelet_port_open(node), 180, node)
+    ruleset = node.ssh("sudo nft list table inet maculaos").stdout
+    assert f"tcp dport {KUBELET_PORT} accept" in ruleset, ruleset
+    role["spec"]["firewall"]["extraPorts"] = []
+    current = node.kube.get(f"{path}/real-node-peer")
+    role["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    node.kube.replace(f"{path}/real-node-peer", role)
+    wait_until("the port closed again", lambda: not _kubelet_port_open(node), 180, node)
