@@ -4,7 +4,8 @@ kube-controller-manager and kube-scheduler, on free loopback ports with TLS and 
 It is set up as a real cluster's is for joining nodes: Node and RBAC authorization, NodeRestriction,
 bootstrap tokens, kubelet client certificates signed and auto-approved, pod CIDRs allocated, and the
 `kubernetes` Service's endpoint at the address nodes use (QEMU user networking's 10.0.2.2, the host's
-loopback seen from a guest). Simulated nodes have no kubelet: their pods are scheduled but never run.
+loopback seen from a guest). Simulated nodes have no kubelet and keep the not-ready taint (see
+DISABLED_CONTROLLERS): pods that do not tolerate it stay unscheduled, and none runs.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ NODE_CIDR_MASK_SIZE = 24
 #: 127.0.0.1 and advertises this address, so VMs can join and pods' `kubernetes` Service leads here.
 QEMU_HOST_ADDRESS = "10.0.2.2"
 # Without a kubelet no node sends heartbeats; the node lifecycle controller would taint every simulated
-# node unreachable. The simulated nodes' health is set by the tests instead. (A joined VM's kubelet does
-# heartbeat, but nothing here evicts its pods when it stops.)
+# node unreachable. The simulated nodes' health is set by the tests instead. Without it, nothing lifts the
+# not-ready taint the API server puts on every new Node, a joined VM's too (its kubelet does heartbeat):
+# only pods tolerating it land there until `kubectl taint node NAME node.kubernetes.io/not-ready:NoSchedule-`,
+# and nothing evicts a stopped VM's pods.
 DISABLED_CONTROLLERS = ["nodelifecycle"]
 #: Off by default in kube-controller-manager (kubeadm turns it on too): deletes expired bootstrap tokens.
 EXTRA_CONTROLLERS = ["tokencleaner"]
