@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from maculaos.devenv.demo import Demo, DemoError
 from maculaos.devenv.processes import ProcessRecord, is_running
@@ -35,6 +36,12 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
         for node in nodes:
             host_root = workdir / "nodes" / node.split("/")[1]
             assert (host_root / "var/lib/maculaos/config.yaml").exists()
+        joining = maculaos("dev", "join-token", "--workdir", str(workdir))
+        assert joining.returncode == 0, joining.stderr
+        section = yaml.safe_load(joining.stdout)["maculaos"]["kubernetes"]
+        port = json.loads((workdir / "state.json").read_text())["api_port"]
+        assert section["server"] == f"https://10.0.2.2:{port}" and "BEGIN CERTIFICATE" in section["ca_cert"]
+        assert section["ca_cert"] == (workdir / "controlplane" / "pki" / "ca.crt").read_text()
         again = maculaos("dev", "up", "--workdir", str(workdir))
         assert again.returncode == 0 and "already running" in again.stdout
     finally:
@@ -43,10 +50,12 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert state is not None
     records = [ProcessRecord(**r) for r in state["processes"]]
-    assert {r.name for r in records} == {"kine", "kube-apiserver", "kube-controller-manager", "operator",
-                                         "agent-macula-nuc-01", "agent-macula-nuc-02", "agent-macula-pi-03"}
+    assert {r.name for r in records} == {"kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                                         "operator", "agent-macula-nuc-01", "agent-macula-nuc-02", "agent-macula-pi-03"}
     assert not any(is_running(r) for r in records)
     assert not workdir.exists()
+    stopped = maculaos("dev", "join-token", "--workdir", str(workdir))
+    assert stopped.returncode != 0 and "no demo control plane runs" in stopped.stderr
 
 
 def test_a_malformed_example_fails_loudly_before_anything_starts(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
-"""Commands for developers of MaculaOS, run in a checkout: `maculaos dev up|down|manifests` (the local
-environment), `maculaos image show|build|iso` (the OS image) and `maculaos config docs` (the config.yaml
+"""Commands for developers of MaculaOS, run in a checkout: `maculaos dev up|down|join-token|manifests` (the
+local environment), `maculaos image show|build|iso` (the OS image) and `maculaos config docs` (the config.yaml
 key reference)."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,14 @@ def _dev_down(args: argparse.Namespace) -> int:
     from maculaos.devenv.demo import Demo
 
     Demo(args.workdir, REPO_ROOT).down(keep=args.keep)
+    return 0
+
+
+def _dev_join_token(args: argparse.Namespace) -> int:
+    from maculaos.devenv.demo import Demo
+
+    plane = Demo(args.workdir, REPO_ROOT).control_plane()
+    print(plane.join_data(args.description, dt.timedelta(hours=args.ttl_hours)).config_yaml(), end="")
     return 0
 
 
@@ -153,6 +162,21 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     down = options.command(dev, "down", _dev_down, "stop everything `dev up` started")
     options.workdir(down)
     down.add_argument("--keep", action="store_true", help="keep the work directory (logs, node sandboxes)")
+    join = options.command(dev, "join-token", _dev_join_token,
+                           "print the config.yaml section (maculaos.kubernetes) that joins a MaculaOS VM to the "
+                           "running demo's control plane: its address as a QEMU guest on user networking sees "
+                           "it (10.0.2.2), its CA, and a new bootstrap token",
+                           failure="maculaos dev join-token failed")
+    join.description = (
+        "Print the maculaos.kubernetes section of a node's config.yaml that joins a MaculaOS VM to the running "
+        "demo's control plane (`maculaos dev up`): the API server as a QEMU guest on user networking reaches "
+        "it (https://10.0.2.2:<port>, the host's loopback), the CA that signed its certificate, and a new "
+        "bootstrap token. Merge it into the config.yaml you provision the VM with; its kubelet trades the "
+        "token for a client certificate of its own.")
+    options.workdir(join)
+    join.add_argument("--description", default="maculaos dev join-token",
+                      help="kept in the token's Secret (kube-system/bootstrap-token-<id>)")
+    join.add_argument("--ttl-hours", type=float, default=24.0, help="how long the token may join nodes")
     manifests = options.command(dev, "manifests", _dev_manifests,
                                 "render deploy/kustomize/ from the charts and the API models")
     manifests.add_argument("--output", type=Path, default=REPO_ROOT / "deploy" / "kustomize")

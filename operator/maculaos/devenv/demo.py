@@ -3,6 +3,7 @@ roots, the operator as a process, and examples/ applied with the real kubectl.""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,15 @@ class Demo:
             shutil.rmtree(self.workdir)
         print(f"stopped {len(records)} process(es)" + ("" if keep else f"; removed {self.workdir}"))
 
+    def control_plane(self) -> ControlPlane:
+        """The running demo's control plane, from its state file, for commands that act on it (join-token)."""
+        records = load_records(self.state_file)
+        if not any(r.name == "kube-apiserver" and is_running(r) for r in records):
+            raise DemoError(f"no demo control plane runs in {self.workdir}: start one with `maculaos dev up`")
+        state = json.loads(self.state_file.read_text())
+        return ControlPlane(self.workdir / "controlplane", api_port=int(state["api_port"]),
+                            advertise_address=str(state["advertise_address"]))
+
     def _teardown(self, records: list[ProcessRecord]) -> None:
         """Stop every process, newest first, and remove the simulated nodes' network namespaces."""
         for record in reversed(records):
@@ -176,6 +186,7 @@ MaculaOS demo is running: {node_count} simulated nodes with their agents, the op
   tail -f {self.workdir / 'logs' / 'operator.log'}
 
 Node sandboxes (each node's host root): {self.workdir / 'nodes'}
+Join a MaculaOS VM (QEMU user networking): maculaos dev join-token   (its config.yaml section)
 Stop everything: make demo-stop   (or: maculaos dev down)
 (kubectl is {kubectl_bin})""")
 

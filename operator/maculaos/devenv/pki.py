@@ -1,5 +1,6 @@
-"""The certificates a private test control plane needs: one CA, the API server's serving certificate, an
-admin client certificate in system:masters, and the service-account signing key."""
+"""The certificates a private test control plane needs: one CA, the API server's serving certificate (for
+loopback and the address nodes use), client certificates (an admin in system:masters, the scheduler, the
+controller manager, and the API server's own to kubelets), and the service-account signing key."""
 
 from __future__ import annotations
 
@@ -14,6 +15,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 _VALIDITY = dt.timedelta(days=365)
+#: The group of the API server's client certificate to kubelets; the control plane binds it to
+#: system:kubelet-api-admin (logs, exec, port-forward on nodes), as kubeadm does for its own group.
+KUBELET_CLIENT_GROUP = "maculaos:kubelet-api-admins"
+#: Client certificates besides the admin's: file stem -> (common name, organization). The scheduler and the
+#: controller manager get the identities the API server's default RBAC already grants their rights.
+CLIENTS: dict[str, tuple[str, str | None]] = {
+    "scheduler": ("system:kube-scheduler", None),
+    "controller-manager": ("system:kube-controller-manager", None),
+    "kubelet-client": ("kube-apiserver-kubelet-client", KUBELET_CLIENT_GROUP),
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,13 @@ class Pki:
     @property
     def admin_key(self) -> Path:
         return self.directory / "admin.key"
+
+    def client_cert(self, stem: str) -> Path:
+        """The certificate of one of CLIENTS."""
+        return self.directory / f"{stem}.crt"
+
+    def client_key(self, stem: str) -> Path:
+        return self.directory / f"{stem}.key"
 
     @property
     def service_account_key(self) -> Path:
@@ -79,8 +97,18 @@ def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivate
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + _VALIDITY))
 
 
-def create_pki(directory: Path) -> Pki:
-    """Write a fresh CA and the certificates signed by it; returns their paths."""
+def _client(pki: Pki, stem: str, subject: x509.Name, issuer: x509.Name, ca_key: ec.EllipticCurvePrivateKey) -> None:
+    key = _new_key()
+    cert = (_builder(subject, issuer, key)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    _write_key(pki.client_key(stem), key)
+    pki.client_cert(stem).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def create_pki(directory: Path, addresses: tuple[str, ...] = ()) -> Pki:
+    """Write a fresh CA and the certificates signed by it; returns their paths. The serving certificate names
+    127.0.0.1, the service IP 10.0.0.1 and addresses (where nodes reach the API server)."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
     ca_key = _new_key()
@@ -95,7 +123,8 @@ def create_pki(directory: Path) -> Pki:
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in (
         "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local")]
-    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1")]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(
+        ("127.0.0.1", "10.0.0.1", *addresses))]
     serving = (_builder(_name("kube-apiserver"), ca_name, serving_key)
                .add_extension(x509.SubjectAlternativeName(names), critical=False)
                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -103,12 +132,9 @@ def create_pki(directory: Path) -> Pki:
     _write_key(pki.serving_key, serving_key)
     pki.serving_cert.write_bytes(serving.public_bytes(serialization.Encoding.PEM))
 
-    admin_key = _new_key()
-    admin = (_builder(_name("maculaos-admin", "system:masters"), ca_name, admin_key)
-             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-             .sign(ca_key, hashes.SHA256()))
-    _write_key(pki.admin_key, admin_key)
-    pki.admin_cert.write_bytes(admin.public_bytes(serialization.Encoding.PEM))
+    _client(pki, "admin", _name("maculaos-admin", "system:masters"), ca_name, ca_key)
+    for stem, (common_name, organization) in CLIENTS.items():
+        _client(pki, stem, _name(common_name, organization), ca_name, ca_key)
 
     sa_key = _new_key()
     _write_key(pki.service_account_key, sa_key)
