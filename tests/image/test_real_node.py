@@ -116,7 +116,7 @@ def _operator_reference(image: BuiltImage) -> str:
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane(tmp_path_factory.mktemp("real-node-plane"))
+    plane = ControlPlane(tmp_path_factory.mktemp("real-node-plane"), simulated_nodes=False)
     plane.start()
     yield plane
     plane.stop()

@@ -5,7 +5,7 @@ It is set up as a real cluster's is for joining nodes: Node and RBAC authorizati
 bootstrap tokens, kubelet client certificates signed and auto-approved, pod CIDRs allocated, and the
 `kubernetes` Service's endpoint at the address nodes use (QEMU user networking's 10.0.2.2, the host's
 loopback seen from a guest). Simulated nodes have no kubelet and keep the not-ready taint (see
-DISABLED_CONTROLLERS): pods that do not tolerate it stay unscheduled, and none runs.
+SIMULATION_DISABLED_CONTROLLERS): pods that do not tolerate it stay unscheduled, and none runs.
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ NODE_CIDR_MASK_SIZE = 24
 #: Where a QEMU guest on user networking (slirp) reaches the host's loopback: the API server binds
 #: 127.0.0.1 and advertises this address, so VMs can join and pods' `kubernetes` Service leads here.
 QEMU_HOST_ADDRESS = "10.0.2.2"
-# Without a kubelet no node sends heartbeats; the node lifecycle controller would taint every simulated
-# node unreachable. The simulated nodes' health is set by the tests instead. Without it, nothing lifts the
-# not-ready taint the API server puts on every new Node, a joined VM's too (its kubelet does heartbeat):
-# only pods tolerating it land there until `kubectl taint node NAME node.kubernetes.io/not-ready:NoSchedule-`,
-# and nothing evicts a stopped VM's pods.
-DISABLED_CONTROLLERS = ["nodelifecycle"]
+# Where nodes are simulated (ControlPlane.simulated_nodes), no kubelet sends heartbeats: the node lifecycle
+# controller would taint every simulated node unreachable, so it is off and the tests set the simulated
+# nodes' health themselves. Without it, nothing lifts the not-ready taint the API server puts on every new
+# Node, a joined VM's too: a plane for real nodes only (the VM tests') keeps it on.
+SIMULATION_DISABLED_CONTROLLERS = ["nodelifecycle"]
 #: Off by default in kube-controller-manager (kubeadm turns it on too): deletes expired bootstrap tokens.
 EXTRA_CONTROLLERS = ["tokencleaner"]
 #: The extra group of the bootstrap tokens join_data makes (besides system:bootstrappers, which all have).
@@ -110,6 +109,9 @@ class ControlPlane:
     #: The API server's address as nodes reach it: its advertised address (the `kubernetes` Service's
     #: endpoint), named by the serving certificate and in join data. It binds 127.0.0.1 all the same.
     advertise_address: str = QEMU_HOST_ADDRESS
+    #: Nodes registered by the simulation (devenv/nodes.py), which no kubelet heartbeats: node lifecycle
+    #: off. False where every node is a real kubelet (a joined VM), which then loses its not-ready taint.
+    simulated_nodes: bool = True
     _kine_port: int = 0
 
     @property
@@ -252,7 +254,8 @@ class ControlPlane:
         pki = self.pki
         kubeconfig = self.workdir / "controller-manager.kubeconfig"
         self._write_kubeconfig(kubeconfig, "controller-manager")
-        controllers = ["*", *EXTRA_CONTROLLERS, *("-" + c for c in DISABLED_CONTROLLERS)]
+        disabled = SIMULATION_DISABLED_CONTROLLERS if self.simulated_nodes else []
+        controllers = ["*", *EXTRA_CONTROLLERS, *("-" + c for c in disabled)]
         _, record = spawn("kube-controller-manager", [
             self.binary("kube-controller-manager"),
             f"--kubeconfig={kubeconfig}",

@@ -90,16 +90,21 @@ def _name(common_name: str, organization: str | None = None) -> x509.Name:
     return x509.Name(parts)
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey,
+             ca_key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+    """With key identifiers: Python 3.13's strict verification (the image's python, e.g. `maculaos
+    pod-network` on a node) refuses a certificate without an Authority Key Identifier."""
     now = dt.datetime.now(dt.timezone.utc)
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + _VALIDITY))
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + _VALIDITY)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
 
 
 def _client(pki: Pki, stem: str, subject: x509.Name, issuer: x509.Name, ca_key: ec.EllipticCurvePrivateKey) -> None:
     key = _new_key()
-    cert = (_builder(subject, issuer, key)
+    cert = (_builder(subject, issuer, key, ca_key)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     _write_key(pki.client_key(stem), key)
@@ -113,8 +118,12 @@ def create_pki(directory: Path, addresses: tuple[str, ...] = ()) -> Pki:
     pki = Pki(directory)
     ca_key = _new_key()
     ca_name = _name("maculaos-dev-ca")
-    ca_cert = (_builder(ca_name, ca_name, ca_key)
+    ca_cert = (_builder(ca_name, ca_name, ca_key, ca_key)
                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                            content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False, encipher_only=False,
+                                            decipher_only=False), critical=True)
                .sign(ca_key, hashes.SHA256()))
     _write_key(pki.ca_key, ca_key)
     pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
@@ -125,7 +134,7 @@ def create_pki(directory: Path, addresses: tuple[str, ...] = ()) -> Pki:
         "kubernetes.default.svc.cluster.local")]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(
         ("127.0.0.1", "10.0.0.1", *addresses))]
-    serving = (_builder(_name("kube-apiserver"), ca_name, serving_key)
+    serving = (_builder(_name("kube-apiserver"), ca_name, serving_key, ca_key)
                .add_extension(x509.SubjectAlternativeName(names), critical=False)
                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
                .sign(ca_key, hashes.SHA256()))
