@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from maculaos.image.vm import Vm, VmSpec
+from maculaos.image.vmnode import data_disk
 from tests.image.conftest import BuiltImage, boot_timeout, check_ready_time
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
@@ -33,22 +33,13 @@ def _ssh_key(tmp_path: Path) -> tuple[str, bytes]:
 
 
 def _data_disk(tmp_path: Path, config: dict[str, object] | None, size_mib: int = 512) -> Path:
-    """A data partition as a provisioner would hand it over: ext4 labelled MACULA_DATA, config.yaml in
-    var/lib/maculaos (made without mounting: mkfs.ext4 -d); with no config, a blank disk."""
-    disk = tmp_path / "data.img"
-    with disk.open("wb") as f:
-        f.truncate(size_mib * 1024 * 1024)
-    if config is not None:
-        tree = tmp_path / "data-tree"
-        (tree / "var/lib/maculaos").mkdir(parents=True)
-        public, private = _ssh_key(tmp_path)
-        config = config | {"ssh_authorized_keys": [public], "password_hash": PASSWORD_HASH}
-        (tree / "var/lib/maculaos/config.yaml").write_text(yaml.safe_dump(config))
-        (tree / "var/lib/maculaos-probe-key").mkdir(mode=0o700)
-        (tree / "var/lib/maculaos-probe-key/id_ed25519").write_bytes(private)
-        (tree / "var/lib/maculaos-probe-key/id_ed25519").chmod(0o600)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "MACULA_DATA", "-d", str(tree), str(disk)], check=True)
-    return disk
+    """A data partition as a provisioner would hand it over (config.yaml in var/lib/maculaos), with the
+    tests' SSH key and console password, and the private key for the probe; with no config, a blank disk."""
+    if config is None:
+        return data_disk(tmp_path / "data.img", None, size_mib)
+    public, private = _ssh_key(tmp_path)
+    config = config | {"ssh_authorized_keys": [public], "password_hash": PASSWORD_HASH}
+    return data_disk(tmp_path / "data.img", config, size_mib, {"var/lib/maculaos-probe-key/id_ed25519": private})
 
 
 def _probe(vm: Vm, since: int = 0) -> dict[str, str]:

@@ -26,10 +26,11 @@ from maculaos.api import GROUP, VERSION
 from maculaos.devenv.controlplane import ControlPlane
 from maculaos.devenv.processes import free_port
 from maculaos.image.airgap import NAMESPACE, operator_values
-from maculaos.image.vm import Vm, VmSpec
+from maculaos.image.vm import Vm
+from maculaos.image.vmnode import Build, node_spec
 from maculaos.kube.rest import ApiError, Credentials, KubeClient
 from tests.image.conftest import REPO, BuiltImage, boot_timeout, check_ready_time
-from tests.image.test_boot import CMDLINE, _data_disk
+from tests.image.test_boot import _data_disk
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
@@ -130,9 +131,9 @@ def node(built_image: BuiltImage, plane: ControlPlane, tmp_path_factory: pytest.
     join = plane.join_data("the image tests' real node").config_section()
     data = _data_disk(tmp, {"maculaos": {"kubernetes": join}}, size_mib=2048)
     ssh_port, kubelet_port = free_port(), free_port()
-    spec = VmSpec(built_image.kernel, built_image.initrd, built_image.squashfs, data,
-                  f"{CMDLINE} macula.mode=disk macula.test.probe=off", memory_mib=MEMORY_MIB,
-                  forwards=((ssh_port, 22), (kubelet_port, KUBELET_PORT)))
+    build = Build(built_image.squashfs, built_image.kernel, built_image.initrd)
+    spec = node_spec(build, data, forwards=((ssh_port, 22), (kubelet_port, KUBELET_PORT)), memory_mib=MEMORY_MIB,
+                     cmdline_extra="macula.test.probe=off")
     kube = KubeClient(Credentials.from_kubeconfig(plane.kubeconfig))
     with Vm(spec, tmp / "console.log") as vm:
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=success", boot_timeout())
@@ -208,3 +209,30 @@ def test_a_meshrole_opens_and_closes_a_port_in_the_vms_own_kernel(node: Node) ->
     role["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
     node.kube.replace(f"{path}/real-node-peer", role)
     wait_until("the port closed again", lambda: not _kubelet_port_open(node), 180, node)
+
+
+def _agent_token(node: Node) -> str:
+    """The agent pod's own service-account token, as the kubelet mounted it into the pod."""
+    pod = _running(node.kube, "agent")
+    assert pod is not None
+    uid = pod["metadata"]["uid"]
+    volumes = f"/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~projected"
+    return node.ssh(f"sudo sh -c 'cat {volumes}/*/token'").stdout.strip()
+
+
+def test_the_agent_pods_own_token_writes_only_its_own_nodes_objects(node: Node) -> None:
+    """The admission policies confine a real pod: with the token the kubelet gave the agent pod, it may
+    update its own Node, but not another Node nor another node's NodeReport."""
+    other = "real-node-other"
+    node.kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": other}})
+    reports = f"/apis/{GROUP}/{VERSION}/nodereports"
+    node.kube.create(reports, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeReport",
+                               "metadata": {"name": other, "labels": {"os.macula.io/node": other}}})
+    agent = KubeClient(Credentials(server=node.plane.server, ca_file=str(node.plane.pki.ca_cert),
+                                   token=_agent_token(node)))
+    label = {"metadata": {"labels": {"os.macula.io/confinement-test": "yes"}}}
+    agent.patch(f"/api/v1/nodes/{node.name}", label)        # its own Node: allowed
+    for path in (f"/api/v1/nodes/{other}", f"{reports}/{other}"):
+        with pytest.raises(ApiError) as refused:
+            agent.patch(path, label)
+        assert refused.value.status == 403, (path, refused.value)
