@@ -66,6 +66,8 @@ def _limits(info: FieldInfo) -> str:
 
 
 def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
     value = info.get_default(call_default_factory=True)
     if value is None:
         return "absent"
