@@ -275,7 +275,8 @@ class MaculaosConfig(ConfigSection):
     mesh: MeshConfig | None = None
     """Mesh roles; absent: peer only, with the defaults below."""
     security: SecurityConfig | None = None
-    """Firewall and WireGuard."""
+    """Firewall and WireGuard while no MeshRole selects the node (at boot: unless `meshrole_security`
+    holds what the MeshRoles gave)."""
     meshrole_security: MeshRoleSecurityConfig | None = None
     """The firewall and WireGuard the MeshRoles selecting this node set, as last applied; while present it
     is used instead of `security` (written by the agent)."""
