@@ -110,17 +110,22 @@ def plan_without_meshroles(config: NodeConfig) -> MeshPlan:
     WireGuard, as the boot's apply renders them once the agent has removed maculaos.meshrole_security.
     Raises NodeConfigError when maculaos.security is bad."""
     config.require("maculaos", "maculaos.security")
-    security = config.maculaos.security or SecurityConfig()
-    return MeshPlan(roles=frozenset(), firewall=(security.firewall or FirewallConfig()).to_api(),
-                    wireguard=(security.wireguard or WireGuardConfig()).to_api())
+    firewall, wireguard = _own_security(config)
+    return MeshPlan(roles=frozenset(), firewall=firewall, wireguard=wireguard)
 
 
 def _security(config: NodeConfig) -> tuple[Firewall, WireGuard]:
+    """The recorded MeshRoles' firewall and WireGuard, the defaults when the record is bad, else the
+    node's own."""
     if config.problem("maculaos.meshrole_security") is not None:
         return Firewall(), WireGuard()
     recorded = config.maculaos.meshrole_security
     if recorded is not None:
         return recorded.firewall.to_api(), recorded.wireguard.to_api()
+    return _own_security(config)
+
+
+def _own_security(config: NodeConfig) -> tuple[Firewall, WireGuard]:
     security = config.maculaos.security or SecurityConfig()
     return (security.firewall or FirewallConfig()).to_api(), (security.wireguard or WireGuardConfig()).to_api()
 
