@@ -1,5 +1,6 @@
 """`maculaos agent apply --once`: a node converges from its own config.yaml, without Kubernetes, through
-the same code as the agent; a bad config changes nothing."""
+the same code as the agent; a bad config changes nothing; after a reboot it loads the ruleset the agent
+last applied from the MeshRoles."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from maculaos.agent.meshrole import converge_mesh
 from maculaos.host.config import config_file, read_config
 from maculaos.host.systemd import Systemd
 
@@ -55,3 +57,95 @@ def test_a_bad_config_changes_nothing(host_root: Path, netns_nft: str) -> None:
     result = apply_once(host_root, netns_nft)
     assert result.returncode == 1 and "realm" in result.stderr and "nothing changed" in result.stderr
     assert subprocess.run([netns_nft, "list", "tables"], capture_output=True, text=True).stdout == ""
+
+
+# Issue #15, story 5: the firewall is right from the first packet after the reboot. The agent applies
+# MeshRoles (converge_mesh, as its pass does); a reboot empties the kernel's ruleset and keeps the data
+# partition; the boot's `maculaos agent apply --once` must load the same ruleset before the agent runs.
+SHOP = {"roles": ["gateway"], "bootstrapPeers": ["https://boot.macula.io:443"],
+        "firewall": {"allowSSH": False, "extraPorts": [{"port": 9100, "sources": ["10.0.3.0/24"]},
+                                                       {"port": 5060, "protocol": "udp"}]},
+        "wireguard": {"listenPort": 51900}}
+
+
+def agent_applies(host_root: Path, nft: str, spec: dict[str, object] | None) -> None:
+    objects = {} if spec is None else {"shop": {"metadata": {"name": "shop", "generation": 1}, "spec": spec}}
+    outcome = converge_mesh(objects, {}, host_root, Systemd(host_root), nft, public_address=True)
+    assert all(e["phase"] == "Applied" for e in outcome.entries.values()), outcome.entries
+
+
+def ruleset(nft: str) -> str:
+    return subprocess.run([nft, "list", "ruleset"], capture_output=True, text=True, check=True).stdout
+
+
+def reboot_and_apply(host_root: Path, nft: str) -> subprocess.CompletedProcess[str]:
+    subprocess.run([nft, "flush", "ruleset"], check=True)  # the kernel forgets; the data partition does not
+    assert ruleset(nft) == ""
+    result = apply_once(host_root, nft)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_boot_loads_the_ruleset_the_agent_applied_from_its_meshroles(host_root: Path, netns_nft: str) -> None:
+    """Byte-identical to the live one: extraPorts (with sources), allowSSH false, the gateway's ports and the
+    MeshRole's WireGuard port, although config.yaml's own security asks for something else."""
+    write_mesh(host_root, {}, {"firewall": {"allow_ssh": True, "default_policy": "accept"}})
+    agent_applies(host_root, netns_nft, SHOP)
+    live = ruleset(netns_nft)
+    assert "ip saddr 10.0.3.0/24 tcp dport 9100 accept" in live and "udp dport 5060 accept" in live
+    assert "tcp dport 22" not in live and "udp dport 51900" in live and "policy drop" in live
+    recorded = read_config(host_root)["maculaos"]["meshrole_security"]
+    assert recorded["firewall"]["allow_ssh"] is False and recorded["wireguard"]["port"] == 51900
+
+    result = reboot_and_apply(host_root, netns_nft)
+    assert ruleset(netns_nft) == live
+    assert "mesh roles peer,gateway" in result.stdout and result.stderr == ""
+
+
+def test_a_removed_extra_port_stays_removed_after_the_reboot(host_root: Path, netns_nft: str) -> None:
+    agent_applies(host_root, netns_nft, SHOP)
+    fewer = {**SHOP, "firewall": {"allowSSH": False, "extraPorts": [{"port": 5060, "protocol": "udp"}]}}
+    agent_applies(host_root, netns_nft, fewer)
+    live = ruleset(netns_nft)
+    assert "9100" not in live and "5060" in live
+    reboot_and_apply(host_root, netns_nft)
+    assert ruleset(netns_nft) == live
+
+
+def test_with_no_meshrole_left_the_record_goes_and_the_boot_agrees_with_the_agent(host_root: Path,
+                                                                                  netns_nft: str) -> None:
+    """No MeshRole selects the node any more: the record is removed with the MeshRole's ruleset, and both
+    the agent and the boot render config.yaml's own security."""
+    write_mesh(host_root, {}, {"firewall": {"allow_mdns": False}})
+    agent_applies(host_root, netns_nft, SHOP)
+    agent_applies(host_root, netns_nft, None)
+    assert "meshrole_security" not in read_config(host_root)["maculaos"]
+    live = ruleset(netns_nft)
+    assert "9100" not in live and "tcp dport 22" in live and "5353" not in live and "gateway" not in live
+    reboot_and_apply(host_root, netns_nft)
+    assert ruleset(netns_nft) == live
+
+
+def test_a_corrupt_record_is_named_and_the_node_still_drops(host_root: Path, netns_nft: str) -> None:
+    """A record damaged on disk (here an extra port the model refuses) is not used: the boot says which key
+    of which file, and loads the MeshRole defaults (policy drop, no extra ports), never an open node. The
+    record is left for the agent to rewrite."""
+    agent_applies(host_root, netns_nft, SHOP)
+    config = read_config(host_root)
+    config["maculaos"]["meshrole_security"]["firewall"]["extra_ports"][0]["port"] = 70000
+    config["maculaos"]["security"] = {"firewall": {"default_policy": "accept"}}
+    config_file(host_root).write_text(yaml.safe_dump(config))
+
+    result = reboot_and_apply(host_root, netns_nft)
+    assert "warning: " + str(config_file(host_root)) + ": maculaos.meshrole_security.firewall.extra_ports[0].port: " \
+           "Input should be less than or equal to 65535; the firewall is the MeshRole defaults" in result.stderr
+    loaded = ruleset(netns_nft)
+    assert "policy drop" in loaded and "9100" not in loaded and "5060" not in loaded
+    assert read_config(host_root)["maculaos"]["meshrole_security"]["firewall"]["extra_ports"][0]["port"] == 70000
+
+    agent_applies(host_root, netns_nft, SHOP)  # the agent's next pass records the MeshRoles again
+    assert meshrole_ports(host_root) == [9100, 5060]
+
+
+def meshrole_ports(host_root: Path) -> list[int]:
+    return [p["port"] for p in read_config(host_root)["maculaos"]["meshrole_security"]["firewall"]["extra_ports"]]

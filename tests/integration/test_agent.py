@@ -134,6 +134,8 @@ def test_apply_change_and_delete(fleet: Fleet, created: Create, operator: Proces
         assert "no public address" in entry["message"]  # simulated nodes only have an InternalIP
         sim = fleet.nodes[node]
         assert sim.mesh_config()["roles"] == {"bootstrap": False, "gateway": True}
+        # recorded with the ruleset, for the boot's apply (issue #15, story 5)
+        assert read_config(sim.host_root)["maculaos"]["meshrole_security"]["firewall"]["allow_ssh"] is True
         assert sim.enabled("macula-gateway.service")
         assert 'tcp dport { 80, 443 } accept comment "gateway"' in sim.table()
         assert fleet.node_labels(node)["macula.io/role-gateway"] == "true"
@@ -155,6 +157,7 @@ def test_apply_change_and_delete(fleet: Fleet, created: Create, operator: Proces
                            what="the gateway label removed")
     fleet.cluster.wait_for(lambda: not nuc.enabled("macula-gateway.service"), what="gateway service disabled")
     assert nuc.mesh_config()["roles"] == {"bootstrap": False, "gateway": False}
+    assert "meshrole_security" not in read_config(nuc.host_root)["maculaos"]  # the record goes with the MeshRole
     assert "gateway" not in nuc.table() and "mdns discovery" in nuc.table()
     assert nuc.enabled("macula-mesh.service")
 

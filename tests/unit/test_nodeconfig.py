@@ -13,9 +13,16 @@ import yaml
 from maculaos.api.meshrole import Firewall, MeshRoleSpec, WireGuard
 from maculaos.cli import main
 from maculaos.host.config import HostConfigError, config_file, read_config
+from maculaos.host.firewall import render_ruleset
 from maculaos.host.hostname import choose
 from maculaos.host.logins import authorized_keys, password_field
-from maculaos.host.meshrole import plan_from_config, plan_mesh
+from maculaos.host.meshrole import (
+    meshrole_security_problem,
+    plan_from_config,
+    plan_mesh,
+    plan_without_meshroles,
+    recorded_security,
+)
 from maculaos.host.nodeconfig import (
     FirewallConfig,
     LocalBackupJob,
@@ -51,6 +58,7 @@ def test_check_fails_on_a_stale_or_missing_reference(tmp_path: Path) -> None:
 def test_every_key_is_in_the_reference() -> None:
     text = DOCS.read_text()
     for section in ("maculaos.mesh", "maculaos.security.firewall", "maculaos.security.wireguard",
+                    "maculaos.security.firewall.extra_ports", "maculaos.meshrole_security.firewall",
                     "maculaos.backup_server", "maculaos.backup.<name>"):
         assert f"## `{section}`" in text
     for key in ("hostname", "ssh_authorized_keys", "password_hash", "bootstrap_peers", "mesh_interface", "htpasswd"):
@@ -84,6 +92,19 @@ def test_every_key_is_in_the_reference() -> None:
     ("maculaos: {security: {wireguard: {mesh_interface: wg-mesh-far-too-long}}}",
      "maculaos.security.wireguard.mesh_interface: String should have at most 15 characters"),
     ("maculaos: {security: {wireguard: {port: 0}}}", "maculaos.security.wireguard.port: Input should be greater"),
+    ("maculaos: {security: {firewall: {allow_kubernetes: maybe}}}", "maculaos.security.firewall.allow_kubernetes"),
+    ("maculaos: {security: {firewall: {allow_mdns: maybe}}}", "maculaos.security.firewall.allow_mdns"),
+    ("maculaos: {security: {firewall: {extra_ports: 9100}}}", "maculaos.security.firewall.extra_ports must be a list"),
+    ("maculaos: {security: {firewall: {extra_ports: [{port: 70000}]}}}",
+     "maculaos.security.firewall.extra_ports[0].port: Input should be less than or equal to 65535"),
+    ("maculaos: {security: {firewall: {extra_ports: [{port: 53, protocol: sctp}]}}}",
+     "maculaos.security.firewall.extra_ports[0].protocol: Input should be 'tcp' or 'udp'"),
+    ("maculaos: {security: {firewall: {extra_ports: [{port: 53, sources: [lan]}]}}}",
+     "maculaos.security.firewall.extra_ports[0].sources[0]: String should match"),
+    ("maculaos: {meshrole_security: [ssh]}", "maculaos.meshrole_security must be a mapping (firewall, wireguard)"),
+    ("maculaos: {meshrole_security: {firewall: {extra_ports: [{port: 0}]}}}",
+     "maculaos.meshrole_security.firewall.extra_ports[0].port: Input should be greater than or equal to 1"),
+    ("maculaos: {meshrole_security: {wireguard: {port: 0}}}", "maculaos.meshrole_security.wireguard.port"),
     ("maculaos: {backup_server: yes}", "maculaos.backup_server must be a mapping (enabled, url, port, sources, "
                                        "htpasswd)"),
     ("maculaos: {backup_server: {enabled: maybe}}", "maculaos.backup_server.enabled"),
@@ -143,6 +164,55 @@ def test_defaults_are_the_meshroles() -> None:
         (spec.realm, spec.bootstrap_peers, spec.tls_mode, spec.public_hostname)
     assert FirewallConfig().to_api() == Firewall() and WireGuardConfig().to_api() == WireGuard()
     assert plan_from_config(NodeConfig()) == plan_mesh({"config.yaml": spec})
+
+
+MESHROLE = MeshRoleSpec.model_validate({
+    "roles": ["gateway"], "realm": "io.macula.shop",
+    "firewall": {"allowSSH": False, "allowMdns": False, "defaultPolicy": "drop",
+                 "extraPorts": [{"port": 9100, "sources": ["10.0.3.0/24", "fd00::/8"]},
+                                {"port": 5060, "protocol": "udp"}]},
+    "wireguard": {"listenPort": 51900, "interface": "wg-shop"}})
+
+
+def booted(plan_config: dict[str, Any]) -> NodeConfig:
+    """config.yaml as the agent left it and the boot reads it (dumped and read back, as on disk)."""
+    return NodeConfig.tolerant(yaml.safe_load(yaml.safe_dump(plan_config)), "/var/lib/maculaos/config.yaml")
+
+
+def test_the_boot_renders_the_ruleset_the_meshroles_gave() -> None:
+    """Issue #15, story 5: what the agent records with the ruleset (maculaos.mesh and
+    maculaos.meshrole_security) gives the boot the same plan and the same nft script, byte for byte, even
+    where config.yaml's own security says otherwise. Before, the boot used maculaos.security alone: SSH
+    open, mDNS open, no extra ports, WireGuard on 51820."""
+    live = plan_mesh({"shop": MESHROLE})
+    config = booted({"maculaos": {"mesh": section_value(live.config_section(), None),
+                                  "meshrole_security": section_value(recorded_security(live), None),
+                                  "security": {"firewall": {"allow_ssh": True, "default_policy": "accept"}}}})
+    boot = plan_from_config(config)
+    assert (boot.roles, boot.firewall, boot.wireguard) == (live.roles, live.firewall, live.wireguard)
+    script = render_ruleset(live.roles, live.firewall, live.wireguard, 8000, ("10.0.3.0/24",))
+    assert render_ruleset(boot.roles, boot.firewall, boot.wireguard, 8000, ("10.0.3.0/24",)) == script
+    assert "extra tcp/9100" in script and "udp dport 51900" in script and "ssh" not in script
+    assert meshrole_security_problem(config) is None
+
+
+def test_without_the_record_the_boot_and_the_agent_use_the_security_section() -> None:
+    config = booted({"maculaos": {"security": {"firewall": {"allow_mdns": False,
+                                                            "extra_ports": [{"port": 9100}]}}}})
+    assert plan_from_config(config).firewall == plan_without_meshroles(config).firewall == \
+        Firewall(allow_mdns=False, extra_ports=[{"port": 9100}])
+
+
+def test_a_corrupt_record_is_named_and_falls_back_to_a_dropping_firewall() -> None:
+    config = booted({"maculaos": {"meshrole_security": {"firewall": {"allow_ssh": False,
+                                                                     "extra_ports": [{"port": "nine"}]}},
+                                  "security": {"firewall": {"default_policy": "accept"}}}})
+    problem = meshrole_security_problem(config)
+    assert problem is not None and problem.startswith(
+        "/var/lib/maculaos/config.yaml: maculaos.meshrole_security.firewall.extra_ports[0].port: "), problem
+    plan = plan_from_config(config)
+    assert plan.firewall == Firewall() and plan.firewall.default_policy.value == "drop"
+    assert "policy drop;" in render_ruleset(plan.roles, plan.firewall, plan.wireguard)
 
 
 def test_a_bad_section_stops_only_what_depends_on_it() -> None:

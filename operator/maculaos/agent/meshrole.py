@@ -15,7 +15,15 @@ from maculaos.api.meshrole import MeshRoleName, MeshRoleSpec
 from maculaos.host.backup_server import backup_server_warnings
 from maculaos.host.config import HostConfigError
 from maculaos.host.firewall import FirewallError
-from maculaos.host.meshrole import MeshConflict, MeshPlan, apply_mesh, plan_mesh, services_not_installed
+from maculaos.host.meshrole import (
+    MeshConflict,
+    MeshPlan,
+    apply_mesh,
+    plan_mesh,
+    plan_without_meshroles,
+    services_not_installed,
+)
+from maculaos.host.nodeconfig import read_node_config
 from maculaos.host.systemd import Systemd, SystemdError
 
 log = logging.getLogger("maculaos.agent")
@@ -47,7 +55,10 @@ def converge_mesh(objects: Mapping[str, dict[str, Any]], node_labels: Mapping[st
                   systemd: Systemd, nft: str, public_address: bool,
                   applied: MeshPlan | None = None) -> MeshOutcome:
     """Apply the union of the selecting MeshRoles to the host; on conflict or refusal apply nothing.
-    When the plan equals `applied` (already on the host), the host is left alone."""
+    When the plan equals `applied` (already on the host), the host is left alone. The MeshRoles' firewall
+    and WireGuard are recorded in config.yaml (maculaos.meshrole_security) with the ruleset, for the
+    boot's apply; with no valid MeshRole selecting the node the record goes, and the node gets
+    maculaos.security's firewall, as the boot's apply gives it."""
     mine = selected(objects, node_labels)
     specs: dict[str, MeshRoleSpec] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -62,7 +73,9 @@ def converge_mesh(objects: Mapping[str, dict[str, Any]], node_labels: Mapping[st
         entries |= {name: _entry(mine[name], "Conflict", f"nothing applied: {exc}") for name in specs}
         return MeshOutcome(entries=entries, labels={}, warnings=[str(exc)])
     try:
-        changes = None if plan == applied else apply_mesh(host_root, plan, systemd, nft)
+        if not specs:
+            plan = plan_without_meshroles(read_node_config(host_root))
+        changes = None if plan == applied else apply_mesh(host_root, plan, systemd, nft, meshroles=bool(specs))
     except (FirewallError, SystemdError, HostConfigError) as exc:
         entries |= {name: _entry(mine[name], "Failed", f"host left unchanged: {exc}") for name in specs}
         return MeshOutcome(entries=entries, labels={}, warnings=[str(exc)])

@@ -31,13 +31,16 @@ def _agent_apply(args: argparse.Namespace) -> int:
     """Converge the host from its own config.yaml, without Kubernetes: the boot path of a node."""
     from maculaos.host.backup_server import backup_server_warnings
     from maculaos.host.kubernetes import apply_join
-    from maculaos.host.meshrole import apply_mesh, plan_from_config, services_not_installed
+    from maculaos.host.meshrole import apply_mesh, meshrole_security_problem, plan_from_config, services_not_installed
     from maculaos.host.nodeconfig import read_node_config
     from maculaos.host.systemd import Systemd
 
     systemd = Systemd(args.host_root, live=args.live_systemd, systemctl=args.systemctl)
     config = read_node_config(args.host_root)
-    plan = plan_from_config(config)
+    plan = plan_from_config(config)  # the firewall the MeshRoles last gave (recorded by the agent), else config's
+    problem = meshrole_security_problem(config)
+    if problem:
+        print(f"maculaos agent apply: warning: {problem}", file=sys.stderr)
     changes = apply_mesh(args.host_root, plan, systemd, args.nft)
     roles = ",".join(["peer", *sorted(r.value for r in plan.roles)])
     print(f"mesh roles {roles}: config {'updated' if changes.config else 'unchanged'}, "

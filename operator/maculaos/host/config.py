@@ -6,6 +6,7 @@ Everything else reads it typed through host/nodeconfig.py (NodeConfig), which sa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +67,25 @@ def read_config(host_root: Path) -> dict[str, Any]:
 
 def write_maculaos_section(host_root: Path, section: str, value: dict[str, Any] | None) -> bool:
     """Set (or with None remove) maculaos.<section>; returns whether the file changed."""
+    return write_maculaos_sections(host_root, {section: value})
+
+
+def write_maculaos_sections(host_root: Path, values: Mapping[str, dict[str, Any] | None]) -> bool:
+    """Set (or with None remove) each maculaos.<section> given, in one atomic write; returns whether the
+    file changed (not written when nothing did)."""
     config = read_config(host_root)
     maculaos = config.setdefault("maculaos", {})
     if not isinstance(maculaos, dict):
         raise HostConfigError(f"{config_file(host_root)}: maculaos must be a mapping")
-    if value is None:
-        if section not in maculaos:
-            return False
-        del maculaos[section]
-    else:
-        if maculaos.get(section) == value:
-            return False
-        maculaos[section] = value
+    changed = False
+    for section, value in values.items():
+        if value is None:
+            if section in maculaos:
+                del maculaos[section]
+                changed = True
+        elif maculaos.get(section) != value:
+            maculaos[section] = value
+            changed = True
+    if not changed:
+        return False
     return atomic_write(config_file(host_root), yaml.dump(config, Dumper=SafeDumper, sort_keys=False), mode=0o600)

@@ -14,13 +14,15 @@ from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
 from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
 from maculaos.host.nodeconfig import (
+    ConfigSection,
     FirewallConfig,
     MeshConfig,
+    MeshRoleSecurityConfig,
     NodeConfig,
     SecurityConfig,
     WireGuardConfig,
     read_node_config,
-    write_section,
+    write_sections,
 )
 from maculaos.host.systemd import Systemd, SystemdError
 
@@ -88,16 +90,59 @@ def plan_mesh(specs: Mapping[str, MeshRoleSpec]) -> MeshPlan:
 
 
 def plan_from_config(config: NodeConfig) -> MeshPlan:
-    """The plan the node's own config.yaml asks for (maculaos.mesh and maculaos.security), for nodes
-    without Kubernetes. Raises NodeConfigError naming the file and the key at fault."""
+    """The plan the node's own config.yaml asks for, for the boot and for nodes without Kubernetes: the
+    roles of maculaos.mesh (which the agent rewrites from the MeshRoles), and the firewall and WireGuard
+    the MeshRoles last gave (maculaos.meshrole_security, recorded by the agent when it loaded that
+    ruleset), else maculaos.security's. So the boot loads the ruleset the agent last loaded. A corrupt
+    meshrole_security is not used: the MeshRole defaults apply (policy drop; see
+    `meshrole_security_problem`). Raises NodeConfigError naming the file and the key at fault."""
     config.require("maculaos", "maculaos.mesh", "maculaos.security")
     mesh = config.maculaos.mesh or MeshConfig()
-    security = config.maculaos.security or SecurityConfig()
+    firewall, wireguard = _security(config)
     spec = MeshRoleSpec(roles=sorted(mesh.roles_on()), bootstrap_peers=mesh.bootstrap_peers, realm=mesh.realm,
                         tls_mode=mesh.tls_mode, public_hostname=mesh.public_hostname,
-                        firewall=(security.firewall or FirewallConfig()).to_api(),
-                        wireguard=(security.wireguard or WireGuardConfig()).to_api())
+                        firewall=firewall, wireguard=wireguard)
     return plan_mesh({"config.yaml": spec})
+
+
+def plan_without_meshroles(config: NodeConfig) -> MeshPlan:
+    """The plan of a node no (valid) MeshRole selects: peer only, with maculaos.security's firewall and
+    WireGuard, as the boot's apply renders them once the agent has removed maculaos.meshrole_security.
+    Raises NodeConfigError when maculaos.security is bad."""
+    config.require("maculaos", "maculaos.security")
+    firewall, wireguard = _own_security(config)
+    return MeshPlan(roles=frozenset(), firewall=firewall, wireguard=wireguard)
+
+
+def _security(config: NodeConfig) -> tuple[Firewall, WireGuard]:
+    """The recorded MeshRoles' firewall and WireGuard, the defaults when the record is bad, else the
+    node's own."""
+    if config.problem("maculaos.meshrole_security") is not None:
+        return Firewall(), WireGuard()
+    recorded = config.maculaos.meshrole_security
+    if recorded is not None:
+        return recorded.firewall.to_api(), recorded.wireguard.to_api()
+    return _own_security(config)
+
+
+def _own_security(config: NodeConfig) -> tuple[Firewall, WireGuard]:
+    security = config.maculaos.security or SecurityConfig()
+    return (security.firewall or FirewallConfig()).to_api(), (security.wireguard or WireGuardConfig()).to_api()
+
+
+def meshrole_security_problem(config: NodeConfig) -> str | None:
+    """Why the recorded MeshRole firewall cannot be used, naming the file and the key, or None."""
+    problem = config.problem("maculaos.meshrole_security")
+    if problem is None:
+        return None
+    return (f"{config.source}: {problem}; the firewall is the MeshRole defaults (policy drop; SSH, k3s, mDNS "
+            f"and the mesh open; no extra ports) until the agent applies the node's MeshRoles again")
+
+
+def recorded_security(plan: MeshPlan) -> MeshRoleSecurityConfig:
+    """maculaos.meshrole_security for a plan made from MeshRoles: what the boot rebuilds its ruleset from."""
+    return MeshRoleSecurityConfig(firewall=FirewallConfig.from_api(plan.firewall),
+                                  wireguard=WireGuardConfig.from_api(plan.wireguard))
 
 
 @dataclass(frozen=True)
@@ -107,11 +152,16 @@ class MeshChanges:
     firewall: bool
 
 
-def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nft") -> MeshChanges:
+def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nft",
+               meshroles: bool | None = None) -> MeshChanges:
     """Converge the host. Everything that can refuse is asked first (nft -c on the ruleset, the config file
     parses, the units exist), so a refusal leaves the host as it was; each step is idempotent, so a rerun
     after a crash finishes the job. config.yaml's maculaos.backup_server is the one switch of the node's
-    rest-server: its unit runs, and the firewall opens its port to peers, exactly while it asks."""
+    rest-server: its unit runs, and the firewall opens its port to peers, exactly while it asks.
+    meshroles: True when the plan comes from MeshRoles (the agent), which records its firewall and
+    WireGuard in maculaos.meshrole_security for the boot; False when none selects the node (the record is
+    removed); None (the boot's apply) leaves the record as it is. The record and maculaos.mesh are written
+    in one atomic write of config.yaml, right after the ruleset they describe is loaded."""
     config = read_node_config(host_root)
     port, sources = served_rule(config) or (None, ())
     script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, port, sources)
@@ -122,7 +172,10 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     if missing:
         raise SystemdError(f"units missing on the host: {', '.join(missing)}")
     firewall_changed = apply_ruleset(script, host_root / FIREWALL_STATE, nft)
-    config_changed = write_section(host_root, "mesh", plan.config_section())
+    sections: dict[str, ConfigSection | None] = {"mesh": plan.config_section()}
+    if meshroles is not None:
+        sections["meshrole_security"] = recorded_security(plan) if meshroles else None
+    config_changed = write_sections(host_root, sections)
     changed_units = systemd.set_all_enabled(wanted, present)
     if converge_service(host_root, config, systemd, present):
         changed_units += (BACKUP_SERVICE,)

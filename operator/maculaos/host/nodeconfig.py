@@ -30,6 +30,7 @@ from pydantic_core import ErrorDetails
 from maculaos.api.common import BACKUP_SERVER_PATTERN
 from maculaos.api.meshrole import (
     PEER_URL_PATTERN,
+    ExtraPort,
     Firewall,
     FirewallPolicy,
     MeshRoleName,
@@ -37,7 +38,7 @@ from maculaos.api.meshrole import (
     TlsMode,
     WireGuard,
 )
-from maculaos.host.config import HostConfigError, config_file, key_message, read_config, write_maculaos_section
+from maculaos.host.config import HostConfigError, config_file, key_message, read_config, write_maculaos_sections
 from maculaos.host.hostname import check_hostname
 from maculaos.host.logins import check_password_hash, check_ssh_key
 
@@ -112,16 +113,28 @@ class MeshConfig(ConfigSection):
 
 
 class FirewallConfig(ConfigSection):
-    """The node's nftables ruleset (the MeshRole's firewall)."""
+    """The node's nftables ruleset (the MeshRole's firewall: every one of its keys, so the file can say
+    everything a MeshRole can)."""
 
     enabled: bool = shared(Firewall, "enabled")
     default_policy: FirewallPolicy = shared(Firewall, "default_policy")
     allow_mesh: bool = shared(Firewall, "allow_mesh")
     allow_ssh: bool = shared(Firewall, "allow_ssh")
+    allow_kubernetes: bool = shared(Firewall, "allow_kubernetes")
+    allow_mdns: bool = shared(Firewall, "allow_mdns")
+    extra_ports: Annotated[list[ExtraPort], BeforeValidator(_none_is_empty_list)] = shared(Firewall, "extra_ports")
 
     def to_api(self) -> Firewall:
         return Firewall(enabled=self.enabled, default_policy=self.default_policy, allow_mesh=self.allow_mesh,
-                        allow_ssh=self.allow_ssh)
+                        allow_ssh=self.allow_ssh, allow_kubernetes=self.allow_kubernetes,
+                        allow_mdns=self.allow_mdns, extra_ports=list(self.extra_ports))
+
+    @classmethod
+    def from_api(cls, firewall: Firewall) -> FirewallConfig:
+        return cls(enabled=firewall.enabled, default_policy=firewall.default_policy,
+                   allow_mesh=firewall.allow_mesh, allow_ssh=firewall.allow_ssh,
+                   allow_kubernetes=firewall.allow_kubernetes, allow_mdns=firewall.allow_mdns,
+                   extra_ports=list(firewall.extra_ports))
 
 
 class WireGuardConfig(ConfigSection):
@@ -134,6 +147,10 @@ class WireGuardConfig(ConfigSection):
     def to_api(self) -> WireGuard:
         return WireGuard(enabled=self.enabled, interface=self.mesh_interface, listen_port=self.port)
 
+    @classmethod
+    def from_api(cls, wireguard: WireGuard) -> WireGuardConfig:
+        return cls(enabled=wireguard.enabled, mesh_interface=wireguard.interface, port=wireguard.listen_port)
+
 
 class SecurityConfig(ConfigSection):
     """Firewall and VPN when no MeshRole sets them."""
@@ -142,6 +159,19 @@ class SecurityConfig(ConfigSection):
     """The firewall; absent: the defaults below."""
     wireguard: WireGuardConfig | None = None
     """The WireGuard interface; absent: the defaults below."""
+
+
+class MeshRoleSecurityConfig(ConfigSection):
+    """The firewall and WireGuard settings of the MeshRoles that select this node, as the agent last
+    applied them (written in the same pass that loads the ruleset). The boot's `maculaos agent apply
+    --once` rebuilds the ruleset from it, so the node is firewalled as its MeshRoles say from the first
+    packet, before the agent runs again. Written by the agent: not for editing; removed when no MeshRole
+    selects the node (then `security` applies)."""
+
+    firewall: FirewallConfig = Field(default_factory=FirewallConfig)
+    """The MeshRoles' firewall (every key of `security.firewall`)."""
+    wireguard: WireGuardConfig = Field(default_factory=WireGuardConfig)
+    """The MeshRoles' WireGuard interface (the keys of `security.wireguard`)."""
 
 
 #: Users as rest-server accepts them (it silently ignores others; ASCII only here) and the hashes it can
@@ -284,7 +314,11 @@ class MaculaosConfig(ConfigSection):
     mesh: MeshConfig | None = None
     """Mesh roles; absent: peer only, with the defaults below."""
     security: SecurityConfig | None = None
-    """Firewall and WireGuard."""
+    """Firewall and WireGuard while no MeshRole selects the node (at boot: unless `meshrole_security`
+    holds what the MeshRoles gave)."""
+    meshrole_security: MeshRoleSecurityConfig | None = None
+    """The firewall and WireGuard the MeshRoles selecting this node set, as last applied; while present it
+    is used instead of `security` (written by the agent)."""
     backup_server: BackupServerConfig | None = None
     """Serve a backup server to peers; absent: this node serves none."""
     backup: Annotated[dict[str, LocalBackupJob], BeforeValidator(_none_is_empty_dict)] = Field(
@@ -457,8 +491,13 @@ def section_value(section: ConfigSection, old: object) -> dict[str, Any]:
 def write_section(host_root: Path, name: str, section: ConfigSection | None) -> bool:
     """Set (or with None remove) maculaos.<name> from its model, keeping the keys it does not know;
     returns whether the file changed. Every other key of the file is left as it was."""
-    if section is None:
-        return write_maculaos_section(host_root, name, None)
+    return write_sections(host_root, {name: section})
+
+
+def write_sections(host_root: Path, sections: Mapping[str, ConfigSection | None]) -> bool:
+    """`write_section` for several sections in one atomic write of the file (they change together)."""
     raw = read_config(host_root).get("maculaos")
-    old = raw.get(name) if isinstance(raw, dict) else None
-    return write_maculaos_section(host_root, name, section_value(section, old))
+    values = {name: None if section is None else
+              section_value(section, raw.get(name) if isinstance(raw, dict) else None)
+              for name, section in sections.items()}
+    return write_maculaos_sections(host_root, values)
