@@ -19,7 +19,7 @@ if [ -d /etc/sudoers.d ]; then   # a build without the base profile has no sudo
 fi
 
 # Units: the boot path and the DHCP network; a unit the image does not ship is skipped, not an error.
-for unit in maculaos-apply.service macula-firstboot.service macula-ready.service systemd-networkd.service \
+for unit in maculaos-firewall.service maculaos-apply.service macula-firstboot.service macula-ready.service systemd-networkd.service \
             systemd-resolved.service nftables.service ssh.service chrony.service avahi-daemon.service \
             maculaos-mark-good.service macula-hostname.service maculaos-install.service macula-grow-data.service \
             macula-ssh-keygen.service macula-node-info.service macula-node-info.path macula-k3s-preload.service \

@@ -161,3 +161,20 @@ def test_every_kernel_module_kept_has_what_it_depends_on(
     assert not [p for p in kept if p.startswith(("sound/soc/", "drivers/infiniband/", "drivers/staging/"))]
     assert not [p for p in paths if p.startswith("/usr/share/vim/") and "/doc/" in p]
     assert [p for p in paths if p.startswith("/usr/share/vim/") and p.endswith("/syntax/yaml.vim")]
+
+
+def test_the_node_runtime_carries_only_what_its_pods_use(listing: list[tuple[str, int, datetime.datetime, str]],
+                                                         root: Path) -> None:
+    """The node-runtime profile (in the tests' image): the kubelet with kube-proxy as a link to it (one
+    binary), the four CNI plugins the pod network uses, containerd without its v1 shims, and the pause
+    image named as containerd's config names it."""
+    paths = {path: mode for mode, _, _, path in listing}
+    assert paths["/usr/local/bin/kubelet"].startswith("-rwx"), paths["/usr/local/bin/kubelet"]
+    assert paths["/usr/local/bin/kube-proxy"].startswith("l"), paths["/usr/local/bin/kube-proxy"]
+    assert sorted(p.rsplit("/", 1)[1] for p in paths if p.startswith("/usr/lib/cni/")) == \
+        ["bridge", "host-local", "loopback", "portmap"]
+    assert "/usr/bin/containerd-shim-runc-v2" in paths and "/usr/bin/ctr" in paths
+    assert "/usr/bin/containerd-shim" not in paths and "/usr/bin/containerd-shim-runc-v1" not in paths
+    pause = root / "usr/share/maculaos/node-runtime/images/pause.tar"
+    assert airgap.archive_reference(pause) == "maculaos.local/pause:3.10"
+    assert airgap.archive_architecture(pause) == "amd64"

@@ -6,12 +6,12 @@ no registry. The stories then run on that one boot, in order (each test leaves t
 expects it): this module boots one node, and CI pays for it once.
 
 The VM reaches the host's API server at 10.0.2.2 (QEMU's user network); the host reaches the VM through
-forwarded ports on its loopback (SSH, the kubelet's port for the firewall story)."""
+forwarded ports on its loopback (SSH, the agent's metrics port for the firewall story)."""
 
 from __future__ import annotations
 
+import shlex
 import socket
-import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -29,14 +29,15 @@ from maculaos.image.airgap import NAMESPACE, operator_values
 from maculaos.image.vm import Vm
 from maculaos.image.vmnode import Build, node_spec
 from maculaos.kube.rest import ApiError, Credentials, KubeClient
-from tests.image.conftest import REPO, BuiltImage, boot_timeout, check_ready_time
+from tests.image.conftest import REPO, BuiltImage, boot_timeout, check_ready_time, note_figure
 from tests.image.test_boot import _data_disk
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
 #: The node is expected to idle in 1 GiB with the runtime, the operator and the agent (docs/benchmarks.md).
 MEMORY_MIB = 1536
-KUBELET_PORT = 10250
+#: The agent's /metrics and /healthz on the host network: not among the ports the firewall opens by itself.
+METRICS_PORT = 9750
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Node:
     """The cluster admin's client."""
     plane: ControlPlane
     ssh_port: int
-    kubelet_port: int
+    metrics_port: int
     key: Path
 
     def ssh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -130,15 +131,15 @@ def node(built_image: BuiltImage, plane: ControlPlane, tmp_path_factory: pytest.
     # Room for containerd's copy of the images next to the archives (sparse: costs only what is written).
     join = plane.join_data("the image tests' real node").config_section()
     data = _data_disk(tmp, {"maculaos": {"kubernetes": join}}, size_mib=2048)
-    ssh_port, kubelet_port = free_port(), free_port()
+    ssh_port, metrics_port = free_port(), free_port()
     build = Build(built_image.squashfs, built_image.kernel, built_image.initrd)
-    spec = node_spec(build, data, forwards=((ssh_port, 22), (kubelet_port, KUBELET_PORT)), memory_mib=MEMORY_MIB,
+    spec = node_spec(build, data, forwards=((ssh_port, 22), (metrics_port, METRICS_PORT)), memory_mib=MEMORY_MIB,
                      cmdline_extra="macula.test.probe=off")
     kube = KubeClient(Credentials.from_kubeconfig(plane.kubeconfig))
     with Vm(spec, tmp / "console.log") as vm:
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=success", boot_timeout())
         check_ready_time(vm, "real node, first boot")
-        node = Node(vm, "", kube, plane, ssh_port, kubelet_port, tmp / "id_ed25519")
+        node = Node(vm, "", kube, plane, ssh_port, metrics_port, tmp / "id_ed25519")
         node.name = wait_until("the VM's Node Ready", lambda: _node_ready(kube), boot_timeout(), node)
         joined_at = vm.elapsed()
         values = tmp / "values.yaml"
@@ -150,7 +151,8 @@ def node(built_image: BuiltImage, plane: ControlPlane, tmp_path_factory: pytest.
         wait_until("the operator pod Running and ready", lambda: _running(kube, "operator"), boot_timeout(), node)
         report_path = f"/apis/{GROUP}/{VERSION}/nodereports/{node.name}"
         wait_until("the node's first NodeReport", lambda: kube.get(report_path), boot_timeout(), node)
-        print(f"real node: Ready {joined_at:.0f} s, NodeReport {vm.elapsed():.0f} s after QEMU started")
+        note_figure(f"real node ({vm.accel}): Node Ready {joined_at:.0f} s, agent and operator pods ready and the "
+                    f"first NodeReport {vm.elapsed():.0f} s after QEMU started")
         yield node
 
 
@@ -175,40 +177,37 @@ def test_the_node_joins_with_its_own_identity_and_runs_the_charts_pods(node: Nod
     assert operator is not None and not operator["spec"].get("hostNetwork"), operator["spec"]
 
 
-def _kubelet_port_open(node: Node, timeout: float = 8.0) -> bool:
-    """Whether the kubelet's HTTPS port answers through the forwarded port. Through QEMU's user network
-    a host connection is always accepted first: a port the node's firewall drops sends nothing back."""
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+def _metrics_port_open(node: Node, timeout: float = 8.0) -> bool:
+    """Whether the agent's metrics port answers through the forwarded port. Through QEMU's user network a
+    host connection is always accepted first: a port the node's firewall drops sends nothing back."""
     try:
-        with socket.create_connection(("127.0.0.1", node.kubelet_port), timeout=timeout) as raw:
-            with context.wrap_socket(raw) as tls:
-                tls.settimeout(timeout)
-                tls.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-                return tls.recv(64).startswith(b"HTTP/")
-    except (OSError, ssl.SSLError):
+        with socket.create_connection(("127.0.0.1", node.metrics_port), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            return conn.recv(64).startswith(b"HTTP/")
+    except OSError:
         return False
 
 
 def test_a_meshrole_opens_and_closes_a_port_in_the_vms_own_kernel(node: Node) -> None:
-    """The agent pod writes config.yaml and loads the nft ruleset on the node: the kubelet's port is closed
-    by default, opened by an extraPorts entry, and closed again when the entry goes."""
-    assert not _kubelet_port_open(node), "the node firewall let the kubelet's port through by default"
+    """The agent pod writes config.yaml and loads the nft ruleset on the node: the agent's metrics port is
+    closed by default, opened by an extraPorts entry, and closed again when the entry goes."""
+    assert not _metrics_port_open(node), "the node firewall let the metrics port through by default"
     role: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "MeshRole", "metadata": {"name": "real-node-peer"},
         "spec": {"nodeSelector": {"matchLabels": {"os.macula.io/maculaos": "true"}},
-                 "firewall": {"extraPorts": [{"port": KUBELET_PORT, "protocol": "tcp"}]}},
+                 "firewall": {"extraPorts": [{"port": METRICS_PORT, "protocol": "tcp"}]}},
     }
     path = f"/apis/{GROUP}/{VERSION}/meshroles"
     node.kube.create(path, role)
-    wait_until("the extraPorts entry open on the node", lambda: _kubelet_port_open(node), 180, node)
+    wait_until("the extraPorts entry open on the node", lambda: _metrics_port_open(node), 180, node)
     ruleset = node.ssh("sudo nft list table inet maculaos").stdout
-    assert f"tcp dport {KUBELET_PORT} accept" in ruleset, ruleset
+    assert f"tcp dport {METRICS_PORT} accept" in ruleset, ruleset
     role["spec"]["firewall"]["extraPorts"] = []
     current = node.kube.get(f"{path}/real-node-peer")
     role["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
     node.kube.replace(f"{path}/real-node-peer", role)
-    wait_until("the port closed again", lambda: not _kubelet_port_open(node), 180, node)
+    wait_until("the port closed again", lambda: not _metrics_port_open(node), 180, node)
 
 
 def _agent_token(node: Node) -> str:
@@ -236,3 +235,55 @@ def test_the_agent_pods_own_token_writes_only_its_own_nodes_objects(node: Node) 
         with pytest.raises(ApiError) as refused:
             agent.patch(path, label)
         assert refused.value.status == 403, (path, refused.value)
+
+
+def test_memory_at_idle_is_noted(node: Node) -> None:
+    """The node's memory in use with the runtime, the operator and the agent (a figure for
+    docs/benchmarks.md, not a check), and each pod's own (its cgroup's memory.current)."""
+    script = ("awk '/MemTotal/{t=$2} /MemAvailable/{a=$2} END{print int((t-a)/1024)}' /proc/meminfo; "
+              "for c in /sys/fs/cgroup/kubepods.slice/*/*/memory.current "
+              "/sys/fs/cgroup/kubepods.slice/*/memory.current; do echo \"$c $(cat $c)\"; done")
+    lines = node.ssh(f"sudo sh -c {shlex.quote(script)}").stdout.splitlines()
+    pods = {p["metadata"]["uid"].replace("-", "_"): p["metadata"]["labels"]["app.kubernetes.io/component"]
+            for component in ("agent", "operator") for p in _pods(node.kube, component)}
+    used = [f"node {lines[0]} MiB in use of {MEMORY_MIB}"]
+    for line in lines[1:]:
+        path, _, value = line.rpartition(" ")
+        for uid, component in pods.items():
+            if f"pod{uid}.slice/memory" in path:
+                used.append(f"{component} pod {int(value) // 2**20} MiB")
+    note_figure("real node at idle: " + ", ".join(used))
+    assert int(lines[0]) > 0
+
+
+def _boot_id(node: Node) -> str:
+    return str(node.kube.get(f"/api/v1/nodes/{node.name}")["status"]["nodeInfo"]["bootID"])
+
+
+def test_after_a_reboot_the_firewall_holds_from_the_first_packet_and_the_node_comes_back(node: Node) -> None:
+    """`systemctl reboot` in the VM: the ruleset the agent last loaded (a MeshRole's extraPorts entry) is in
+    the kernel before the network is configured, the kubelet re-registers, the agent pod comes back and
+    acts on the next MeshRole change."""
+    path = f"/apis/{GROUP}/{VERSION}/meshroles/real-node-peer"
+    role = node.kube.get(path)
+    role["spec"]["firewall"]["extraPorts"] = [{"port": METRICS_PORT, "protocol": "tcp"}]
+    node.kube.replace(path, role)
+    wait_until("the extraPorts entry open before the reboot", lambda: _metrics_port_open(node), 180, node)
+    before = _boot_id(node)
+    since = len(node.vm.console)
+    node.ssh("sudo systemctl reboot", check=False)
+    node.vm.wait_for(r"MACULAOS-READY", boot_timeout(), since)
+    check_ready_time(node.vm, "real node, reboot (from QEMU start)")
+    firewall, network = node.ssh("systemctl show --value -p ActiveEnterTimestampMonotonic maculaos-firewall.service; "
+                                 "systemctl show --value -p InactiveExitTimestampMonotonic systemd-networkd.service"
+                                 ).stdout.split()
+    assert 0 < int(firewall) < int(network), (firewall, network)   # loaded before networkd started
+    assert f"tcp dport {METRICS_PORT} accept" in node.ssh("sudo nft list table inet maculaos").stdout
+    wait_until("the Node Ready with a new boot ID",
+               lambda: _node_ready(node.kube) and _boot_id(node) != before, boot_timeout(), node)
+    wait_until("the agent pod ready again", lambda: _running(node.kube, "agent"), boot_timeout(), node)
+    assert _metrics_port_open(node)
+    role = node.kube.get(path)
+    role["spec"]["firewall"]["extraPorts"] = []
+    node.kube.replace(path, role)
+    wait_until("the resumed agent closing the port", lambda: not _metrics_port_open(node), 180, node)
