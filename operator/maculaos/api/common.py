@@ -58,7 +58,19 @@ LABEL_KEY_PATTERN = (
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-ABSOLUTE_PATH_PATTERN = r"^/[^\x00]*$"
+#: One path segment that is neither "." nor "..", without a slash or a NUL.
+_SEGMENT = r"(\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*)"
+#: An absolute path in canonical form: "/" or /-separated segments, none empty (no "//"), none "." or
+#: "..", no trailing slash, no NUL. What a resource names on a node is always read under the node's host
+#: root, and a canonical path cannot climb out of it by its spelling (host/paths.py keeps symlinks in too).
+HOST_PATH_PATTERN = rf"^(/|(/{_SEGMENT})+)$"
+#: A restic exclude pattern: an absolute host path as above, or a relative pattern of such segments.
+EXCLUDE_PATTERN = rf"^(/|(/{_SEGMENT})+|{_SEGMENT}(/{_SEGMENT})*)$"
+HOST_PATH_HINT = ('an absolute path in canonical form, such as /var/lib/data: no ".." or "." segments, '
+                  'no "//", no trailing "/", no NUL')
+
+HostPath = Annotated[str, Field(pattern=HOST_PATH_PATTERN, max_length=4096)]
+"""A path on the node, read under its host root; the one type of every host path a resource names."""
 
 
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]

@@ -52,8 +52,10 @@ def summary_fields(spec: CustomResource | None) -> dict[str, Any]:
     return {}
 
 
-#: Phases node agents report when they could not do what an object asks.
-PROBLEM_PHASES = {"Failed", "Conflict", "Invalid", "Unhealthy"}
+#: Phases node agents report when they could not do what an object asks, of every kind: Failed (any kind),
+#: Conflict and Invalid (MeshRole, HealthCheck, Backup), Unhealthy (HealthCheck), RolledBack (NodeUpgrade:
+#: the node went back to its old slot). tests/unit/test_conditions_table.py holds each kind to it.
+PROBLEM_PHASES = {"Failed", "Conflict", "Invalid", "Unhealthy", "RolledBack"}
 
 
 def node_report_fields(status: Mapping[str, Any], generation: int, matched: list[str]) -> dict[str, Any]:
