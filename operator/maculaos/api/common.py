@@ -105,6 +105,33 @@ class ApiModel(BaseModel):
     )
 
 
+def field_differences(here: BaseModel, there: BaseModel, prefix: str = "spec") -> list[tuple[str, Any, Any]]:
+    """(field path as written in YAML, value here, value there) for every leaf on which two models differ:
+    what a message about a disagreement names, instead of the models' reprs."""
+    return _differences(here.model_dump(mode="json", by_alias=True), there.model_dump(mode="json", by_alias=True),
+                        prefix)
+
+
+def _differences(here: Any, there: Any, path: str) -> list[tuple[str, Any, Any]]:
+    if isinstance(here, dict) and isinstance(there, dict):
+        return [d for key in sorted(here.keys() | there.keys())
+                for d in _differences(here.get(key), there.get(key), f"{path}.{key}")]
+    return [] if here == there else [(path, here, there)]
+
+
+def show_value(value: Any) -> str:
+    """A field's value as a person would write it in YAML (lists inline), for messages."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(show_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 class SelectorOperator(StrEnum):
     IN = "In"
     NOT_IN = "NotIn"

@@ -27,7 +27,9 @@ from maculaos.api.common import (
     CustomResource,
     SecretKeyRef,
     SelectorSpec,
+    show_value,
 )
+from maculaos.api.meshrole import disagreements
 from maculaos.api.nodeupgrade import SEMVER_PATTERN
 from maculaos.controller.backup import restore_targets
 
@@ -189,13 +191,11 @@ def _check_meshrole(name: str, spec: CustomResource, nodes: list[str], cluster: 
         shared = mine & set(matching_nodes(other, cluster.node_labels()))
         if not shared:
             continue
-        for attr, path in (("realm", "spec.realm"), ("tls_mode", "spec.tlsMode")):
-            here, there = getattr(spec, attr), getattr(other, attr)
-            if here != there:
-                problems.append(Problem(path, (
-                    f"conflicts with MeshRole {other_name} on nodes {', '.join(sorted(shared))}: "
-                    f"{here} here, {there} there; MeshRoles selecting the same node must agree"),
-                    reason="Conflict"))
+        for path, here, there in disagreements(spec, other):
+            problems.append(Problem(path, (
+                f"conflicts with MeshRole {other_name} on nodes {', '.join(sorted(shared)[:5])}: "
+                f"{show_value(here)} here, {show_value(there)} there; MeshRoles selecting the same node must agree"),
+                reason="Conflict"))
     return problems
 
 
