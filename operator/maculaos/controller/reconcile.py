@@ -46,7 +46,7 @@ def summary_fields(spec: CustomResource | None) -> dict[str, Any]:
     if isinstance(spec, NodeUpgradeSpec):
         return {"targetVersion": spec.version or f"latest {spec.channel.value if spec.channel else ''}".strip()}
     if isinstance(spec, BackupSpec):
-        return {"targetType": next(t for t in ("local", "rest", "mesh", "s3") if getattr(spec.target, t))}
+        return {"targetType": next((t for t in ("local", "rest", "mesh", "s3") if getattr(spec.target, t)), "")}
     if isinstance(spec, HealthCheckSpec):
         return {"checkCount": len(spec.checks)}
     return {}
