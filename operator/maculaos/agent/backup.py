@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from pydantic import ValidationError
 
 from maculaos.agent import metrics
@@ -183,7 +183,11 @@ class BackupEngine:
         assert spec.check is not None
         last = self.checked.get(name) or _time(entry.get("lastCheckTime")) or _time(
             obj["metadata"].get("creationTimestamp")) or self.clock()
-        due = croniter(spec.check.schedule, last.astimezone(zoneinfo.ZoneInfo(spec.time_zone))).get_next(dt.datetime)
+        try:
+            due = croniter(spec.check.schedule,
+                           last.astimezone(zoneinfo.ZoneInfo(spec.time_zone))).get_next(dt.datetime)
+        except (CroniterError, zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return  # a check schedule that never fires (the operator marks the Backup Invalid naming it)
         if self.clock() < due or not entry.get("lastSnapshotId"):
             return
         self.checked[name] = self.clock()
