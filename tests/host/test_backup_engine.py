@@ -180,3 +180,41 @@ def test_a_node_timed_out_before_it_started_does_not_start_late(tmp_path: Path) 
     assert not (host / "var/backups/r").exists()
     eng.tick({"nightly": backup_obj(run, runTimeout="30m")}, {}, {})
     assert len(reports) == 1  # reported once
+
+
+def test_a_check_schedule_that_never_fires_does_not_stop_the_engine(tmp_path: Path) -> None:
+    """'0 0 30 2 *' parses but no date matches it (issue #18): the operator marks the Backup Invalid; an
+    agent that meets it anyway backs up as asked and never checks, without raising on every pass."""
+    host = tmp_path / "host"
+    (host / "var/lib/data").mkdir(parents=True)
+    (host / "var/lib/data/a.txt").write_text("a")
+    clock, reports = Clock(), []
+    eng = engine(host, clock, reports)
+    run = {"id": "sched-1", "reason": "Scheduled", "scheduledTime": "2026-01-10T02:00:00Z", "nodes": [NODE]}
+    obj = backup_obj(run, check={"schedule": "0 0 30 2 *"})
+    eng.tick({"nightly": obj}, {}, {})
+    assert reports[-1][2]["phase"] == "Succeeded"
+    obj["status"]["nodes"] = {NODE: reports[-1][2]}
+    clock.now += dt.timedelta(days=400)
+    eng.tick({"nightly": obj}, {}, {})
+    assert "lastCheckResult" not in reports[-1][2]
+
+
+def test_the_agent_refuses_a_restore_onto_the_system_and_touches_nothing(tmp_path: Path) -> None:
+    """The operator marks such a Restore Invalid; the agent, which acts on what it watches, applies the same
+    rule before it touches anything (issue #18)."""
+    host = tmp_path / "host"
+    (host / "var/lib/data").mkdir(parents=True)
+    (host / "var/lib/data/a.txt").write_text("a")
+    (host / "etc").mkdir()
+    clock, reports = Clock(), []
+    eng = engine(host, clock, reports)
+    backup = backup_obj({})
+    for name, spec in [("onto-etc", {"targetPath": "/etc"}), ("not-held", {"paths": ["/var/lib/maculaos"]})]:
+        restore = {"metadata": {"name": name, "generation": 1, "uid": name},
+                   "spec": {"backupName": "nightly", "nodeName": NODE, "snapshot": {"latest": True}, **spec}}
+        eng.tick({"nightly": backup}, {name: restore}, {})
+        entry = reports[-1][2]
+        assert reports[-1][:2] == ("restores", name) and entry["phase"] == "Failed"
+        assert entry["message"].startswith("not restored: spec.")
+    assert list((host / "etc").iterdir()) == [] and not (host / "var/backups").exists()

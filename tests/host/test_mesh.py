@@ -29,7 +29,7 @@ def test_roles_are_the_union_plus_peer() -> None:
 
 
 def test_conflicting_realms_name_both_objects() -> None:
-    with pytest.raises(MeshConflict, match="MeshRoles a and b .* realm"):
+    with pytest.raises(MeshConflict, match="MeshRoles a and b .*spec.realm is io.macula in a, com.example in b"):
         plan_mesh({"a": spec(realm="io.macula"), "b": spec(realm="com.example")})
 
 
@@ -94,3 +94,12 @@ def test_the_image_role_units_start_only_with_the_program_the_agent_checks(unit:
     program = f"/{SERVICE_PROGRAMS[unit]}"
     assert f"\nConditionFileIsExecutable={program}\n" in text
     assert f"\nExecStart={program} " in text
+
+
+def test_a_conflict_names_the_field_that_differs_and_each_side_not_reprs() -> None:
+    with pytest.raises(MeshConflict) as caught:
+        plan_mesh({"a": spec(firewall={"defaultPolicy": "accept", "allowSSH": False}), "b": spec()})
+    message = str(caught.value)
+    assert "spec.firewall.allowSSH is false in a, true in b" in message
+    assert "spec.firewall.defaultPolicy is accept in a, drop in b" in message
+    assert "Firewall(" not in message and "<FirewallPolicy" not in message

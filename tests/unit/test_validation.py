@@ -163,3 +163,19 @@ def test_restore_checks_backup_and_node() -> None:
 def test_version_ordering() -> None:
     ordered = ["0.9.0", "1.0.0-rc.1", "1.0.0", "v1.0.1", "1.10.0"]
     assert sorted(ordered, key=version_key) == ordered
+
+
+@pytest.mark.parametrize(("b", "field_path", "words"), [
+    ({"firewall": {"defaultPolicy": "accept"}}, "spec.firewall.defaultPolicy", "accept here, drop there"),
+    ({"firewall": {"allowSSH": False}}, "spec.firewall.allowSSH", "false here, true there"),
+    ({"firewall": {"extraPorts": [{"port": 8080}]}}, "spec.firewall.extraPorts", "[{"),
+    ({"tlsMode": "production", "certificateSecretRef": {"name": "c", "key": "k"}}, "spec.tlsMode",
+     "production here, development there"),
+])
+def test_meshrole_conflicts_name_the_field_and_each_value_not_reprs(b: dict[str, Any], field_path: str,
+                                                                    words: str) -> None:
+    cluster = Cluster(roles={"a": {}, "b": b}, secrets={("maculaos-system", "c"): {"k"}})
+    problems = validate("MeshRole", "b", b, cluster).problems
+    assert fields(problems) == [field_path]
+    assert words in problems[0].message and "MeshRole a" in problems[0].message
+    assert "Firewall(" not in problems[0].message and "<" not in problems[0].message

@@ -19,15 +19,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from pydantic import ValidationError
 
 from maculaos.agent import metrics
 from maculaos.agent.backup_targets import TargetError, repositories
-from maculaos.api.backup import BackupSpec, RestoreSpec, RunPhase, node_start_delay
+from maculaos.api.backup import BackupSpec, RestoreSpec, RunPhase, node_start_delay, restore_refusals
 from maculaos.api.common import SecretKeyRef, spec_selects
 from maculaos.host.backup import BackupJob, JobReport, run_job, save_local_job
 from maculaos.host.backup_retention import RetentionState
+from maculaos.host.paths import HostPathError
 from maculaos.host.restic import ResticError
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
 from maculaos.kube.rest import ApiError, KubeClient, now_rfc3339, resource_path
@@ -182,7 +183,11 @@ class BackupEngine:
         assert spec.check is not None
         last = self.checked.get(name) or _time(entry.get("lastCheckTime")) or _time(
             obj["metadata"].get("creationTimestamp")) or self.clock()
-        due = croniter(spec.check.schedule, last.astimezone(zoneinfo.ZoneInfo(spec.time_zone))).get_next(dt.datetime)
+        try:
+            due = croniter(spec.check.schedule,
+                           last.astimezone(zoneinfo.ZoneInfo(spec.time_zone))).get_next(dt.datetime)
+        except (CroniterError, zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return  # a check schedule that never fires (the operator marks the Backup Invalid naming it)
         if self.clock() < due or not entry.get("lastSnapshotId"):
             return
         self.checked[name] = self.clock()
@@ -235,6 +240,10 @@ class BackupEngine:
             return {"phase": RunPhase.FAILED, "message": f"Backup {spec.backup_name} does not exist; nothing restored"}
         try:
             bspec = BackupSpec.model_validate(backup.get("spec") or {})
+            refused = restore_refusals(spec, bspec.include)
+            if refused:
+                return {"phase": RunPhase.FAILED,
+                        "message": "not restored: " + "; ".join(f"{f}: {why}" for f, why in refused)}
             source = spec.source_node_name or self.settings.node
             job = self._job(spec.backup_name, bspec, backup.get("status") or {}, node=source)
             choice = SnapshotChoice(snapshot_id=spec.snapshot.id, latest=bool(spec.snapshot.latest),
@@ -246,7 +255,7 @@ class BackupEngine:
             log.info(f"restore {obj['metadata']['name']}: snapshot {snapshot.short_id} chosen in "
                      f"{time.monotonic() - started:.1f}s")
             paths = restore_snapshot(restic, snapshot, self.settings.host_root, spec.paths, spec.target_path)
-        except (TargetError, ResticError, ValidationError, OSError) as exc:
+        except (TargetError, ResticError, ValidationError, OSError, HostPathError) as exc:
             return {"phase": RunPhase.FAILED, "message": str(exc)}
         where = f" under {spec.target_path}" if spec.target_path else ""
         return {"phase": RunPhase.SUCCEEDED, "snapshotId": snapshot.id, "snapshotTime": _rfc(snapshot.time),

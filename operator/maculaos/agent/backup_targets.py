@@ -13,6 +13,7 @@ from pathlib import Path
 from maculaos.api.backup import BackupSpec
 from maculaos.api.common import SecretKeyRef
 from maculaos.errors import MaculaosError
+from maculaos.host.paths import in_host_root
 from maculaos.host.restic import Repository, local_repository, rest_repository, s3_repository
 
 #: Resolves a Secret key to its (decoded) value; raises TargetError when it cannot.
@@ -33,7 +34,7 @@ def repositories(spec: BackupSpec, node: str, host_root: Path, read_secret: Secr
         if this_node is not None and node != this_node:
             raise TargetError(f"spec.target.local: {target.local.path} is on {node} itself; this node cannot "
                               "read another node's local repository")
-        return [local_repository(host_root / target.local.path.lstrip("/"), password)]
+        return [local_repository(in_host_root(host_root, target.local.path), password)]
     if target.rest is not None:
         credentials = _basic_auth(read_secret, target.rest.credentials_secret_ref,
                                   "spec.target.rest.credentialsSecretRef")

@@ -23,6 +23,7 @@ from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.nodeupgrade import AgentPhase, Grant, GrantAction, NodeUpgradeSpec, ReleaseTarget
 from maculaos.host.bundles import Release
 from maculaos.host.nodeupgrade import HealthVerdict, NodeFacts, NodeUpgrader, UpgradeState, read_os_version
+from maculaos.host.paths import in_host_root
 from maculaos.host.rauc import Rauc
 
 log = logging.getLogger("maculaos.agent")
@@ -129,7 +130,7 @@ class UpgradeEngine:
             release = Release(target.version, target.url, target.sha256, target.size)
             local = None  # a target with a url is downloaded; without one, localPath holds the bundle
             if not target.url and spec.source.local_path:
-                local = self.upgrader.host_root / Path(spec.source.local_path).relative_to("/")
+                local = in_host_root(self.upgrader.host_root, spec.source.local_path)
             self._last_progress = None
             return self.upgrader.install(
                 release, local, grant.time,

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import ConfigDict, Field
 
 from maculaos.api.common import (
-    ABSOLUTE_PATH_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
+    EXCLUDE_PATTERN,
     LABEL_KEYS_RULE,
     ApiModel,
     CustomResource,
     Duration,
+    HostPath,
     LabelValue,
     ObjectStatus,
     PrinterColumn,
@@ -39,7 +41,6 @@ RUN_NOW_ANNOTATION = "os.macula.io/run-now"
 BACKUP_SERVER_ANNOTATION = "os.macula.io/backup-server"
 
 CRON_PATTERN = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"
-AbsolutePath = Annotated[str, Field(pattern=ABSOLUTE_PATH_PATTERN, max_length=4096)]
 RESTIC_DURATION_PATTERN = r"^([0-9]+[yMwdhm])+$"
 
 
@@ -51,7 +52,7 @@ class MissedRunPolicy(StrEnum):
 class LocalTarget(ApiModel):
     """A restic repository in a directory on the node itself (a second disk, a USB drive)."""
 
-    path: AbsolutePath
+    path: HostPath
     """Directory of the repository on the node."""
 
 
@@ -245,12 +246,12 @@ class BackupSpec(SelectorSpec):
     run_timeout: Duration = "6h"
     """How long a node may take to report a run done (after its randomDelay) before the operator marks
     it timed out and gives its slot to the next node; at least 1m."""
-    include: list[AbsolutePath] = Field(
+    include: list[HostPath] = Field(
         default_factory=lambda: ["/var/lib/maculaos", "/var/lib/data"], min_length=1, max_length=64)
     """Host paths to back up."""
-    exclude: list[Annotated[str, Field(max_length=4096)]] = Field(
+    exclude: list[Annotated[str, Field(pattern=EXCLUDE_PATTERN, max_length=4096)]] = Field(
         default_factory=lambda: ["/var/lib/rancher/k3s/agent/containerd"], max_length=128)
-    """Paths or restic patterns to leave out."""
+    """Host paths (absolute) or restic patterns (relative, matched anywhere) to leave out; no ".." segments."""
     include_k3s_datastore: bool = Field(default=True, alias="includeK3sDatastore")
     """When the node runs a k3s server, also capture its datastore consistently (a snapshot, not live files)."""
     target: BackupTarget
@@ -320,12 +321,73 @@ class RestoreSpec(CustomResource):
     """Restore every node the Backup selects, each from its own snapshots."""
     snapshot: SnapshotSelector
     """Which snapshot."""
-    paths: list[AbsolutePath] = Field(default_factory=list, max_length=256)
+    paths: list[HostPath] = Field(default_factory=list, max_length=256)
     """Sub-paths or single files to restore; empty restores the whole snapshot."""
-    target_path: AbsolutePath | None = None
+    target_path: HostPath | None = None
     """Restore under this directory instead of the original paths."""
     source_node_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)
     """Take the snapshots of another node (a replacement machine); defaults to the node itself."""
+
+
+#: Directories of the running system, which a Restore never writes into: the image's own (/usr, /etc, /boot,
+#: /bin, /sbin, /lib*), the kernel's (/proc, /sys, /dev) and the runtime's (/run and its old names).
+SYSTEM_DIRECTORIES = ("/usr", "/etc", "/boot", "/efi", "/bin", "/sbin", "/lib", "/proc", "/sys", "/dev", "/run",
+                      "/var/run", "/var/lock")
+
+
+def _within(path: str, parent: str) -> bool:
+    return parent == "/" or path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def system_directory(path: str) -> str | None:
+    """The system directory path lies in (or "/" for the root itself), or None when it is not one."""
+    if path == "/":
+        return "/"
+    first = "/" + path.lstrip("/").split("/", 1)[0]
+    if first.startswith("/lib"):  # /lib, /lib32, /lib64, /libx32 and any other of the family
+        return first
+    return next((d for d in SYSTEM_DIRECTORIES if _within(path, d)), None)
+
+
+def restore_refusals(spec: RestoreSpec, include: Sequence[str] | None) -> list[tuple[str, str]]:
+    """(field, why) for every way this Restore would restore what its Backup never held or write over the
+    running system. include is the Backup's (None when the Backup cannot be read: only the destinations
+    are judged). Shared by the operator (the Invalid condition) and the agent (which refuses to act)."""
+    refusals: list[tuple[str, str]] = []
+    if include is not None:
+        for i, path in enumerate(spec.paths):
+            if not any(_within(path, inc) for inc in include):
+                refusals.append((f"spec.paths[{i}]", (
+                    f"{path} is not under any path Backup {spec.backup_name} includes ({', '.join(include)}), "
+                    "so no snapshot holds it")))
+    target = spec.target_path
+    if target is not None:
+        system = system_directory(target)
+        if system == "/":
+            refusals.append(("spec.targetPath", (
+                "/ is the node's root: a restore there writes over the running system; name a directory of its "
+                "own such as /var/lib/restored, or leave targetPath out to restore the paths to their places")))
+        elif system is not None:
+            refusals.append(("spec.targetPath", (
+                f"{target} is inside {system}, a system directory: a restore never writes there; name a "
+                "directory such as /var/lib/restored")))
+        if system is not None:
+            return refusals
+    sources = [(f"spec.paths[{i}]", p) for i, p in enumerate(spec.paths)] or [
+        ("spec.paths", p) for p in include or ()]
+    for field, path in sources:
+        destination = f"{target}{path}" if target is not None and path != "/" else target or path
+        system = system_directory(destination)
+        if system is None:
+            continue
+        what = (f"restoring {path} under targetPath {target} writes to {destination}" if target is not None
+                else f"restoring {path} in place writes " + ("over the node's root" if system == "/" else
+                                                             f"into {system}"))
+        whole = " (an empty paths restores all that Backup includes)" if field == "spec.paths" else ""
+        refusals.append((field, (
+            f"{what}{whole}, the running system: a restore never lands there; restore under a targetPath "
+            "such as /var/lib/restored and copy what is needed")))
+    return refusals
 
 
 def node_start_delay(node: str, run_id: str, random_delay: str) -> dt.timedelta:

@@ -58,7 +58,19 @@ LABEL_KEY_PATTERN = (
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-ABSOLUTE_PATH_PATTERN = r"^/[^\x00]*$"
+#: One path segment that is neither "." nor "..", without a slash or a NUL.
+_SEGMENT = r"(\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*)"
+#: An absolute path in canonical form: "/" or /-separated segments, none empty (no "//"), none "." or
+#: "..", no trailing slash, no NUL. What a resource names on a node is always read under the node's host
+#: root, and a canonical path cannot climb out of it by its spelling (host/paths.py keeps symlinks in too).
+HOST_PATH_PATTERN = rf"^(/|(/{_SEGMENT})+)$"
+#: A restic exclude pattern: an absolute host path as above, or a relative pattern of such segments.
+EXCLUDE_PATTERN = rf"^(/|(/{_SEGMENT})+|{_SEGMENT}(/{_SEGMENT})*)$"
+HOST_PATH_HINT = ('an absolute path in canonical form, such as /var/lib/data: no ".." or "." segments, '
+                  'no "//", no trailing "/", no NUL')
+
+HostPath = Annotated[str, Field(pattern=HOST_PATH_PATTERN, max_length=4096)]
+"""A path on the node, read under its host root; the one type of every host path a resource names."""
 
 
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
@@ -91,6 +103,33 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_enum_values=False,
     )
+
+
+def field_differences(here: BaseModel, there: BaseModel, prefix: str = "spec") -> list[tuple[str, Any, Any]]:
+    """(field path as written in YAML, value here, value there) for every leaf on which two models differ:
+    what a message about a disagreement names, instead of the models' reprs."""
+    return _differences(here.model_dump(mode="json", by_alias=True), there.model_dump(mode="json", by_alias=True),
+                        prefix)
+
+
+def _differences(here: Any, there: Any, path: str) -> list[tuple[str, Any, Any]]:
+    if isinstance(here, dict) and isinstance(there, dict):
+        return [d for key in sorted(here.keys() | there.keys())
+                for d in _differences(here.get(key), there.get(key), f"{path}.{key}")]
+    return [] if here == there else [(path, here, there)]
+
+
+def show_value(value: Any) -> str:
+    """A field's value as a person would write it in YAML (lists inline), for messages."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(show_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 class SelectorOperator(StrEnum):

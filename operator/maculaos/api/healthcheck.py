@@ -10,10 +10,10 @@ from typing import Annotated
 from pydantic import ConfigDict, Field
 
 from maculaos.api.common import (
-    ABSOLUTE_PATH_PATTERN,
     DNS_LABEL_PATTERN,
     ApiModel,
     Duration,
+    HostPath,
     ObjectStatus,
     Percent,
     PrinterColumn,
@@ -49,7 +49,7 @@ class ProcessProbe(ApiModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=15, pattern=r"^[^/\s]+$")
     """Process name as in /proc/<pid>/comm (at most 15 characters, a kernel limit), e.g. k3s-server."""
-    pid_file: str | None = Field(default=None, pattern=ABSOLUTE_PATH_PATTERN, max_length=4096)
+    pid_file: HostPath | None = None
     """File holding the process id."""
 
 
@@ -79,7 +79,7 @@ class TcpProbe(ApiModel):
 class DiskProbe(ApiModel):
     """Usage of the filesystem holding a path."""
 
-    path: str = Field(default="/var/lib", pattern=ABSOLUTE_PATH_PATTERN, max_length=4096)
+    path: HostPath = "/var/lib"
     """A path on the filesystem to watch."""
     threshold: Percent = "90%"
     """Usage at or above this fails the check."""

@@ -6,9 +6,10 @@ Seed 4.4 (roles, realm, bootstrap peers, TLS mode), 4.9.4 (firewall, WireGuard),
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from maculaos.api.common import (
     DNS_SUBDOMAIN_PATTERN,
@@ -21,8 +22,10 @@ from maculaos.api.common import (
     SecretKeyRef,
     SelectorSpec,
     age_column,
+    field_differences,
     ready_column,
     reason_column,
+    show_value,
 )
 
 
@@ -173,3 +176,25 @@ class MeshRoleSpec(SelectorSpec):
              "message": "macula.io/role-* labels are set from roles; list the role in roles instead"},
         ]})
     """Extra Node labels to set on the selected nodes (macula.io/role-<role> labels are set from roles)."""
+
+
+#: What every MeshRole selecting one node must agree on (the rest merges: roles, peers, labels).
+AGREED_FIELDS = ("realm", "tls_mode", "firewall", "wireguard")
+
+
+def disagreements(here: MeshRoleSpec, there: MeshRoleSpec) -> list[tuple[str, Any, Any]]:
+    """(field path, value here, value there) for each agreed field on which two MeshRoles differ."""
+    found: list[tuple[str, Any, Any]] = []
+    for attr in AGREED_FIELDS:
+        path = "spec." + to_camel(attr)
+        a, b = getattr(here, attr), getattr(there, attr)
+        if isinstance(a, BaseModel) and isinstance(b, BaseModel):
+            found += field_differences(a, b, path)
+        elif a != b:
+            found.append((path, getattr(a, "value", a), getattr(b, "value", b)))
+    return found
+
+
+def describe_disagreements(found: list[tuple[str, Any, Any]], here: str, there: str) -> str:
+    """'spec.firewall.defaultPolicy is drop in a, accept in b; ...' for a message."""
+    return "; ".join(f"{path} is {show_value(a)} in {here}, {show_value(b)} in {there}" for path, a, b in found)

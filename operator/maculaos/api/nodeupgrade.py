@@ -13,9 +13,9 @@ from typing import Annotated
 from pydantic import ConfigDict, Field, WithJsonSchema
 
 from maculaos.api.common import (
-    ABSOLUTE_PATH_PATTERN,
     ApiModel,
     Duration,
+    HostPath,
     NodeEntry,
     ObjectStatus,
     Percent,
@@ -89,7 +89,7 @@ class UpgradeSource(ApiModel):
     (https://, or github://owner/repo for GitHub releases)."""
     url: str | None = Field(default=None, pattern=HTTP_URL_PATTERN, max_length=2048)
     """URL of one bundle on a self-hosted server."""
-    local_path: str | None = Field(default=None, pattern=ABSOLUTE_PATH_PATTERN, max_length=4096)
+    local_path: HostPath | None = None
     """A directory on each node holding bundles (USB stick, airgap)."""
     sha256: str | None = Field(default=None, pattern=SHA256_PATTERN, max_length=64)
     """Expected SHA-256 of the bundle given by url."""

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from maculaos.api.backup import BackupSpec, RestoreSpec
 from maculaos.api.common import BACKUP_SERVER_PATTERN, NodeSelector, parse_duration
 from maculaos.controller.backup_schedule import admit_nodes, decide, node_done, parse_time, rfc3339, schedule_interval
@@ -115,14 +117,22 @@ def backup_outcome(body: Mapping[str, Any], spec: BackupSpec, matched: Sequence[
     return BackupOutcome(fields, conditions, decision.new_run, event)
 
 
+def restore_targets(spec: RestoreSpec, backup: Mapping[str, Any] | None,
+                    labels: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """The nodes a Restore acts on: its nodeName, or every node its Backup selects (allNodes)."""
+    if spec.node_name:
+        return [spec.node_name]
+    try:
+        selector = NodeSelector.model_validate((backup or {}).get("nodeSelector") or {})
+    except ValidationError:
+        return []
+    return sorted(n for n, lab in labels.items() if selector.matches(dict(lab)))
+
+
 def restore_fields(spec: RestoreSpec, status: Mapping[str, Any], backup: Mapping[str, Any] | None,
                    labels: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
     """Phase and snapshot of a Restore, from the reports of the nodes it targets."""
-    if spec.node_name:
-        targets = [spec.node_name]
-    else:
-        selector = NodeSelector.model_validate((backup or {}).get("nodeSelector") or {})
-        targets = sorted(n for n, lab in labels.items() if selector.matches(dict(lab)))
+    targets = restore_targets(spec, backup, labels)
     entries = _entries(status, targets)
     phases = [str(entries.get(n, {}).get("phase", "")) for n in targets]
     if any(p == "Failed" for p in phases):

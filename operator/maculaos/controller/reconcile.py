@@ -46,14 +46,16 @@ def summary_fields(spec: CustomResource | None) -> dict[str, Any]:
     if isinstance(spec, NodeUpgradeSpec):
         return {"targetVersion": spec.version or f"latest {spec.channel.value if spec.channel else ''}".strip()}
     if isinstance(spec, BackupSpec):
-        return {"targetType": next(t for t in ("local", "rest", "mesh", "s3") if getattr(spec.target, t))}
+        return {"targetType": next((t for t in ("local", "rest", "mesh", "s3") if getattr(spec.target, t)), "")}
     if isinstance(spec, HealthCheckSpec):
         return {"checkCount": len(spec.checks)}
     return {}
 
 
-#: Phases node agents report when they could not do what an object asks.
-PROBLEM_PHASES = {"Failed", "Conflict", "Invalid", "Unhealthy"}
+#: Phases node agents report when they could not do what an object asks, of every kind: Failed (any kind),
+#: Conflict and Invalid (MeshRole, HealthCheck, Backup), Unhealthy (HealthCheck), RolledBack (NodeUpgrade:
+#: the node went back to its old slot). tests/unit/test_conditions_table.py holds each kind to it.
+PROBLEM_PHASES = {"Failed", "Conflict", "Invalid", "Unhealthy", "RolledBack"}
 
 
 def node_report_fields(status: Mapping[str, Any], generation: int, matched: list[str]) -> dict[str, Any]:

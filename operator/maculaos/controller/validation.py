@@ -13,13 +13,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from pydantic import ValidationError
 
 from maculaos.api import BackupSpec, MeshRoleSpec, NodeUpgradeSpec, RestoreSpec, spec_model
-from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
-from maculaos.api.common import BACKUP_SERVER_PATTERN, VERSION_LABEL, CustomResource, SecretKeyRef, SelectorSpec
+from maculaos.api.backup import BACKUP_SERVER_ANNOTATION, restore_refusals
+from maculaos.api.common import (
+    BACKUP_SERVER_PATTERN,
+    EXCLUDE_PATTERN,
+    HOST_PATH_HINT,
+    HOST_PATH_PATTERN,
+    VERSION_LABEL,
+    CustomResource,
+    SecretKeyRef,
+    SelectorSpec,
+    show_value,
+)
+from maculaos.api.meshrole import disagreements
 from maculaos.api.nodeupgrade import SEMVER_PATTERN
+from maculaos.controller.backup import restore_targets
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,15 @@ def parse_spec(kind: str, raw: Mapping[str, Any]) -> tuple[CustomResource | None
     try:
         return spec_model(kind).model_validate(dict(raw)), []
     except ValidationError as exc:
-        return None, [Problem(_field_path(err["loc"]), err["msg"]) for err in exc.errors()]
+        return None, [Problem(_field_path(err["loc"]), _message(err)) for err in exc.errors()]
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    """pydantic's message, except for host paths: what a canonical path is, not the regular expression."""
+    if err.get("type") == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") in (
+            HOST_PATH_PATTERN, EXCLUDE_PATTERN):
+        return f"{err.get('input')!r} is not {HOST_PATH_HINT}"
+    return str(err["msg"])
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -90,6 +110,8 @@ def validate(kind: str, name: str, raw: Mapping[str, Any], cluster: ClusterView)
         verdict.matched_nodes = matching_nodes(spec, cluster.node_labels())
         if not verdict.matched_nodes:
             verdict.problems.append(_no_matching_nodes(cluster))
+    elif isinstance(spec, RestoreSpec):  # no selector of its own: the nodes it restores, whose entries count
+        verdict.matched_nodes = restore_targets(spec, cluster.backup_spec(spec.backup_name), cluster.node_labels())
     checker = _CHECKERS.get(type(spec))
     if checker is not None:
         verdict.problems += checker(name, spec, verdict.matched_nodes, cluster)
@@ -128,11 +150,24 @@ def _time_zone_problems(tz: str, path: str) -> list[Problem]:
     return []
 
 
-def _cron_problems(expression: str, path: str) -> list[Problem]:
-    if croniter.is_valid(expression):
-        return []
-    return [Problem(path, f"{expression!r} is not a valid cron expression (minute hour day month weekday, "
-                          "e.g. '0 2 * * *')")]
+def _cron_problems(expression: str, path: str, time_zone: str = "UTC") -> list[Problem]:
+    """A cron expression croniter reads and that fires: '0 0 30 2 *' parses but names a day that never
+    comes, and the schedule would raise on every pass (the next two times are what staleness needs)."""
+    if not croniter.is_valid(expression):
+        return [Problem(path, f"{expression!r} is not a valid cron expression (minute hour day month weekday, "
+                              "e.g. '0 2 * * *')")]
+    try:
+        tz: dt.tzinfo = zoneinfo.ZoneInfo(time_zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        tz = dt.timezone.utc  # the time zone is judged on its own
+    try:
+        times = croniter(expression, dt.datetime.now(tz))
+        times.get_next(dt.datetime)
+        times.get_next(dt.datetime)
+    except (CroniterError, ValueError, KeyError, IndexError, OverflowError, TypeError):
+        return [Problem(path, f"{expression!r} never fires: no date matches it (such as 30 February); "
+                              "use a day that every matching month has")]
+    return []
 
 
 def version_key(version: str) -> tuple[tuple[int, int, int], int, str]:
@@ -156,13 +191,11 @@ def _check_meshrole(name: str, spec: CustomResource, nodes: list[str], cluster: 
         shared = mine & set(matching_nodes(other, cluster.node_labels()))
         if not shared:
             continue
-        for attr, path in (("realm", "spec.realm"), ("tls_mode", "spec.tlsMode")):
-            here, there = getattr(spec, attr), getattr(other, attr)
-            if here != there:
-                problems.append(Problem(path, (
-                    f"conflicts with MeshRole {other_name} on nodes {', '.join(sorted(shared))}: "
-                    f"{here} here, {there} there; MeshRoles selecting the same node must agree"),
-                    reason="Conflict"))
+        for path, here, there in disagreements(spec, other):
+            problems.append(Problem(path, (
+                f"conflicts with MeshRole {other_name} on nodes {', '.join(sorted(shared)[:5])}: "
+                f"{show_value(here)} here, {show_value(there)} there; MeshRoles selecting the same node must agree"),
+                reason="Conflict"))
     return problems
 
 
@@ -187,9 +220,10 @@ def _check_nodeupgrade(name: str, spec: CustomResource, nodes: list[str], cluste
 
 def _check_backup(name: str, spec: CustomResource, nodes: list[str], cluster: ClusterView) -> list[Problem]:
     assert isinstance(spec, BackupSpec)
-    problems = _cron_problems(spec.schedule, "spec.schedule") + _time_zone_problems(spec.time_zone, "spec.timeZone")
+    problems = (_cron_problems(spec.schedule, "spec.schedule", spec.time_zone)
+                + _time_zone_problems(spec.time_zone, "spec.timeZone"))
     if spec.check is not None:
-        problems += _cron_problems(spec.check.schedule, "spec.check.schedule")
+        problems += _cron_problems(spec.check.schedule, "spec.check.schedule", spec.time_zone)
     problems += _secret_problems(spec.repository_password_secret_ref, "spec.repositoryPasswordSecretRef", cluster)
     target = spec.target
     if target.rest is not None:
@@ -235,6 +269,8 @@ def _check_restore(name: str, spec: CustomResource, nodes: list[str], cluster: C
         elif isinstance(backup, BackupSpec) and not backup.node_selector.matches(dict(labels[spec.node_name])):
             problems.append(Problem("spec.nodeName", (
                 f"Node {spec.node_name} is not selected by Backup {spec.backup_name}, so it has no snapshots there")))
+    include = backup.include if isinstance(backup, BackupSpec) else None
+    problems += [Problem(f, why, reason="RestoreRefused") for f, why in restore_refusals(spec, include)]
     if spec.snapshot.before is not None:
         try:
             dt.datetime.fromisoformat(spec.snapshot.before.replace("Z", "+00:00"))

@@ -17,6 +17,7 @@ from maculaos.host.backup_retention import RetentionState, retention_due
 from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.files import atomic_write
 from maculaos.host.nodeconfig import LocalBackupJob, NodeConfigError, read_node_config, section_value
+from maculaos.host.paths import in_host_root
 from maculaos.host.restic import BackupResult, Forgotten, Repository, Restic, ResticError, ResticFailure
 
 #: The k3s server's embedded datastore (sqlite/kine) and where its consistent copy goes before a backup.
@@ -219,7 +220,7 @@ def local_jobs(host_root: Path, node: str, restic: str = "restic") -> dict[str, 
         raise ResticError(ResticFailure.FAILED, f"the backups recorded on this node cannot be read: {exc}") from exc
     jobs = {}
     for name, raw in config.maculaos.backup.items():
-        creds_file = host_root / raw.credentials_file.lstrip("/")
+        creds_file = in_host_root(host_root, raw.credentials_file)
         try:
             creds = json.loads(creds_file.read_text())
         except (OSError, json.JSONDecodeError) as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from maculaos.api.common import parse_percent
 from maculaos.api.healthcheck import Check, CheckType, DiskProbe, HttpProbe, ProcessProbe, SystemdProbe, TcpProbe
+from maculaos.host.paths import in_host_root
 
 OUTPUT_LIMIT = 512
 
@@ -26,15 +27,10 @@ class ProbeResult:
     duration_seconds: float
 
 
-def _host_path(host_root: Path, path: str) -> Path:
-    return host_root / path.lstrip("/")
-
-
 def probe_process(probe: ProcessProbe, host_root: Path, proc: Path = Path("/proc")) -> tuple[bool, str]:
     if probe.pid_file is not None:
-        pid_file = _host_path(host_root, probe.pid_file)
         try:
-            pid = int(pid_file.read_text().strip())
+            pid = int(in_host_root(host_root, probe.pid_file).read_text().strip())
         except (OSError, ValueError) as exc:
             return False, f"cannot read a pid from {probe.pid_file}: {exc}"
         alive = (proc / str(pid)).exists()
@@ -78,11 +74,10 @@ def probe_tcp(probe: TcpProbe, timeout: float) -> tuple[bool, str]:
 
 
 def probe_disk(probe: DiskProbe, host_root: Path) -> tuple[bool, str]:
-    path = _host_path(host_root, probe.path)
     try:
-        usage = shutil.disk_usage(path)
-    except OSError as exc:
-        return False, f"cannot stat {probe.path}: {exc.strerror or exc}"
+        usage = shutil.disk_usage(in_host_root(host_root, probe.path))
+    except (OSError, ValueError) as exc:
+        return False, f"cannot stat {probe.path}: {getattr(exc, 'strerror', None) or exc}"
     used = 100.0 * (usage.total - usage.free) / usage.total if usage.total else 100.0
     limit = parse_percent(probe.threshold)
     return used < limit, f"{probe.path} is {used:.1f}% full (threshold {probe.threshold})"

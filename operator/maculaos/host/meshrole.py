@@ -8,7 +8,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maculaos.api.meshrole import Firewall, MeshRoleName, MeshRoleSpec, TlsMode, WireGuard
+from maculaos.api.meshrole import (
+    Firewall,
+    MeshRoleName,
+    MeshRoleSpec,
+    TlsMode,
+    WireGuard,
+    describe_disagreements,
+    disagreements,
+)
 from maculaos.errors import MaculaosError
 from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
@@ -74,10 +82,10 @@ def plan_mesh(specs: Mapping[str, MeshRoleSpec]) -> MeshPlan:
     first = specs[names[0]]
     for name in names[1:]:
         other = specs[name]
-        for attr in ("realm", "tls_mode", "firewall", "wireguard"):
-            if getattr(other, attr) != getattr(first, attr):
-                raise MeshConflict(f"MeshRoles {names[0]} and {name} select this node with different "
-                                   f"{attr}: {getattr(first, attr)!r} vs {getattr(other, attr)!r}")
+        differ = disagreements(first, other)
+        if differ:
+            raise MeshConflict(f"MeshRoles {names[0]} and {name} select this node and disagree: "
+                               f"{describe_disagreements(differ, names[0], name)}")
     labels: dict[str, str] = {}
     for name in names:
         labels |= specs[name].node_labels

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maculaos.api.backup import Retention
 from maculaos.errors import MaculaosError
+from maculaos.host.paths import in_host_root
 
 #: Tag every snapshot carries: which Backup made it.
 BACKUP_TAG = "maculaos-backup"
@@ -351,8 +352,11 @@ class Restic:
     def backup(self, host_root: Path, include: Sequence[str], exclude: Sequence[str], node: str,
                backup_name: str, extra_tags: Sequence[str] = ()) -> BackupResult:
         """Back up the include paths (as seen under host_root); absent ones are left out and reported.
-        Exclude entries that are absolute paths are taken under host_root too; patterns pass as they are."""
-        present = [p for p in include if (host_root / p.lstrip("/")).exists()]
+        Exclude entries that are absolute paths are taken under host_root too; patterns pass as they are.
+        Symlinks on the way are resolved inside host_root (host/paths.py): a planted link reads nothing
+        outside it; the last component, when a link, is backed up as the link."""
+        where = {p: in_host_root(host_root, p, follow_last=False) for p in include}
+        present = [p for p in include if where[p].exists() or where[p].is_symlink()]
         missing = [p for p in include if p not in present]
         if not present:
             raise ResticError(ResticFailure.INCLUDE_MISSING, (
@@ -363,8 +367,9 @@ class Restic:
         for tag in extra_tags:
             args += ["--tag", tag]
         for pattern in exclude:
-            args += ["--exclude", str(host_root / pattern.lstrip("/")) if pattern.startswith("/") else pattern]
-        args += [str(host_root / p.lstrip("/")) for p in present]
+            args += ["--exclude", str(in_host_root(host_root, pattern, follow_last=False))
+                     if pattern.startswith("/") else pattern]
+        args += [str(where[p]) for p in present]
         result = self.with_lock_retry(*args, "--json", ok_codes=(0, 3))  # 3: some files unreadable
         return _backup_result(result.stdout, missing)
 

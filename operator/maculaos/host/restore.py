@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from maculaos.host.paths import in_host_root
 from maculaos.host.restic import ROOT_TAG, Restic, ResticError, ResticFailure, Snapshot
 
 log = logging.getLogger("maculaos.restore")
@@ -109,8 +110,10 @@ def restore_snapshot(restic: Restic, snapshot: Snapshot, host_root: Path, paths:
 
 
 def _destination(host_root: Path, path: str, target_dir: str | None) -> Path:
-    base = host_root / target_dir.lstrip("/") if target_dir else host_root
-    return base / path.lstrip("/")
+    """Where path lands: under host_root (and target_dir), symlinks on the way resolved inside host_root
+    so that a planted link never carries a restore outside it; a link in the last place is replaced."""
+    logical = f"{target_dir.rstrip('/')}/{path.lstrip('/')}" if target_dir else path
+    return in_host_root(host_root, logical, follow_last=False)
 
 
 def _stage(restic: Restic, snapshot: Snapshot, snap_root: Path, host_root: Path, path: str,
