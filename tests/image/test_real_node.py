@@ -237,6 +237,61 @@ def test_the_agent_pods_own_token_writes_only_its_own_nodes_objects(node: Node) 
         assert refused.value.status == 403, (path, refused.value)
 
 
+#: Two units that die when killed: one the check may restart once (its cap), one whose systemd start limit
+#: (two starts an hour) stops the second restart. Restart=no: only the HealthCheck restarts them.
+FLAKY_UNITS = {
+    "maculaos-test-capped.service": "",
+    "maculaos-test-limited.service": "StartLimitBurst=2\nStartLimitIntervalSec=1h\n",
+}
+
+
+def _check_state(node: Node, name: str, check: str) -> dict[str, Any]:
+    report = node.kube.get(f"/apis/{GROUP}/{VERSION}/nodereports/{node.name}")
+    entry = (report.get("status", {}).get("entries") or {}).get(f"HealthCheck/{name}") or {}
+    return dict((entry.get("report", {}).get("checks") or {}).get(check) or {})
+
+
+def _kill_and_wait(node: Node, unit: str, check: str, predicate: Callable[[dict[str, Any]], bool],
+                   what: str) -> dict[str, Any]:
+    node.ssh(f"sudo systemctl kill -s KILL {unit}")
+    result: dict[str, Any] = wait_until(what, lambda: (lambda s: s if predicate(s) else None)(
+        _check_state(node, "real-node-flaky", check)), 240, node)
+    return result
+
+
+def test_health_checks_restart_a_dead_unit_capped_and_within_systemds_start_limit(node: Node) -> None:
+    """Under the VM's real systemd: a unit that dies is restarted by the agent; the restarts stop at
+    maxRestarts; a unit at systemd's start limit is left failed (the agent never resets it)."""
+    for unit, limits in FLAKY_UNITS.items():
+        content = f"[Unit]\n{limits}[Service]\nExecStart=/bin/sleep infinity\n"
+        node.ssh(f"printf '{content}' | sudo tee /etc/systemd/system/{unit} >/dev/null")
+    node.ssh(f"sudo systemctl daemon-reload && sudo systemctl start {' '.join(FLAKY_UNITS)}")
+    checks = [{"name": unit.split("-")[2].removesuffix(".service"), "type": "systemd", "systemd": {"unit": unit},
+               "interval": "5s", "timeout": "3s", "failureThreshold": 1, "restartOnFailure": True,
+               "maxRestarts": max_restarts, "restartWindow": "1h", "cooldown": "5s"}
+              for unit, max_restarts in zip(FLAKY_UNITS, (1, 5), strict=True)]
+    node.kube.create(f"/apis/{GROUP}/{VERSION}/healthchecks", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "HealthCheck", "metadata": {"name": "real-node-flaky"},
+        "spec": {"nodeSelector": {"matchLabels": {"os.macula.io/maculaos": "true"}}, "checks": checks}})
+    for check in ("capped", "limited"):
+        wait_until(f"check {check} passing", lambda c=check: _check_state(node, "real-node-flaky", c).get("ok"),
+                   240, node)
+    capped, limited = FLAKY_UNITS
+    _kill_and_wait(node, capped, "capped", lambda s: s.get("restarts") == 1 and s.get("ok"),
+                   "the capped unit restarted once")
+    state = _kill_and_wait(node, capped, "capped", lambda s: "not restarting" in s.get("lastAction", ""),
+                           "the capped unit left failed at its cap")
+    assert "1 restart(s) within 1h already" in state["lastAction"], state
+    assert node.ssh(f"systemctl is-active {capped}", check=False).stdout.strip() == "failed"
+    _kill_and_wait(node, limited, "limited", lambda s: s.get("restarts") == 1 and s.get("ok"),
+                   "the limited unit restarted once")
+    state = _kill_and_wait(node, limited, "limited", lambda s: "start limit" in s.get("lastAction", ""),
+                           "the limited unit left at systemd's start limit")
+    assert node.ssh(f"systemctl show -p Result --value {limited}").stdout.strip() == "start-limit-hit"
+    assert state["restarts"] == 1, state
+    node.kube.delete(f"/apis/{GROUP}/{VERSION}/healthchecks/real-node-flaky")
+
+
 def test_memory_at_idle_is_noted(node: Node) -> None:
     """The node's memory in use with the runtime, the operator and the agent (a figure for
     docs/benchmarks.md, not a check), and each pod's own (its cgroup's memory.current)."""
@@ -270,10 +325,10 @@ def test_after_a_reboot_the_firewall_holds_from_the_first_packet_and_the_node_co
     node.kube.replace(path, role)
     wait_until("the extraPorts entry open before the reboot", lambda: _metrics_port_open(node), 180, node)
     before = _boot_id(node)
-    since = len(node.vm.console)
+    since, rebooted = len(node.vm.console), time.monotonic()
     node.ssh("sudo systemctl reboot", check=False)
     node.vm.wait_for(r"MACULAOS-READY", boot_timeout(), since)
-    check_ready_time(node.vm, "real node, reboot (from QEMU start)")
+    ready = time.monotonic() - rebooted
     firewall, network = node.ssh("systemctl show --value -p ActiveEnterTimestampMonotonic maculaos-firewall.service; "
                                  "systemctl show --value -p InactiveExitTimestampMonotonic systemd-networkd.service"
                                  ).stdout.split()
@@ -282,6 +337,8 @@ def test_after_a_reboot_the_firewall_holds_from_the_first_packet_and_the_node_co
     wait_until("the Node Ready with a new boot ID",
                lambda: _node_ready(node.kube) and _boot_id(node) != before, boot_timeout(), node)
     wait_until("the agent pod ready again", lambda: _running(node.kube, "agent"), boot_timeout(), node)
+    note_figure(f"real node reboot ({node.vm.accel}): MACULAOS-READY {ready:.0f} s, Node Ready with the new boot "
+                f"and the agent pod ready {time.monotonic() - rebooted:.0f} s after `systemctl reboot`")
     assert _metrics_port_open(node)
     role = node.kube.get(path)
     role["spec"]["firewall"]["extraPorts"] = []
