@@ -13,7 +13,8 @@ DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables i
                  rauc squashfs-tools dbus             # real RAUC on simulated nodes (NodeUpgrade)
                  mmdebstrap debian-archive-keyring    # Debian 13 roots: the OS image and the operator image
                  kmod binutils                        # the image's firmware selection (modinfo) and its tests
-                 qemu-system-x86 qemu-utils e2fsprogs   # boot tests of the OS image
+                 qemu-system-x86 qemu-utils e2fsprogs openssh-client  # boot tests of the OS image (SSH into VM nodes)
+                 gcc libc6-dev                        # the node runtime's pause binary (gcc -static)
                  fdisk dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin ovmf xorriso  # disk images, ISO
                  qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64)  # arm64 image: build, boot
 
