@@ -41,13 +41,25 @@ def backup_obj(run: dict[str, Any], **spec: Any) -> dict[str, Any]:
             "status": {"run": run}}
 
 
-def test_runs_once_after_its_delay_then_checks_on_schedule(tmp_path: Path) -> None:
+def host_with_data(tmp_path: Path) -> Path:
+    """A host root whose /var/lib/data (what backup_obj includes) holds one file, a.txt."""
     host = tmp_path / "host"
     (host / "var/lib/data").mkdir(parents=True)
     (host / "var/lib/data/a.txt").write_text("a")
+    return host
+
+
+def scheduled_run(**extra: Any) -> dict[str, Any]:
+    """The operator's run of the 02:00 schedule, for NODE."""
+    return {"id": "sched-1", "reason": "Scheduled", "scheduledTime": "2026-01-10T02:00:00Z", "nodes": [NODE],
+            **extra}
+
+
+def test_runs_once_after_its_delay_then_checks_on_schedule(tmp_path: Path) -> None:
+    host = host_with_data(tmp_path)
     clock, reports = Clock(), []
     eng = engine(host, clock, reports)
-    run = {"id": "sched-1", "reason": "Scheduled", "scheduledTime": "2026-01-10T02:00:00Z", "nodes": [NODE]}
+    run = scheduled_run()
     obj = backup_obj(run, randomDelay="30m", check={"schedule": "0 4 * * *", "readDataPercent": 100})
     delay = node_start_delay(NODE, "sched-1", "30m")
     assert delay > dt.timedelta(seconds=1)
@@ -139,9 +151,7 @@ def test_a_repository_created_by_the_run_is_not_asked_to_forget(tmp_path: Path) 
     """The first run creates the repository: its one snapshot stays under any policy, so retention is
     recorded as applied without a `restic forget` (a lock and a key derivation: a third of a first backup's
     overhead). A restarted agent that lost its count on an existing repository does run forget."""
-    host = tmp_path / "host"
-    (host / "var/lib/data").mkdir(parents=True)
-    (host / "var/lib/data/a.txt").write_text("a")
+    host = host_with_data(tmp_path)
     calls = tmp_path / "restic-calls"
     shim = tmp_path / "restic"
     shim.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {default_bin_dir() / "restic"} "$@"\n')
@@ -172,8 +182,7 @@ def test_a_node_timed_out_before_it_started_does_not_start_late(tmp_path: Path) 
     (host / "var/lib/data").mkdir(parents=True)
     clock, reports = Clock(), []
     eng = engine(host, clock, reports)
-    run = {"id": "sched-1", "reason": "Scheduled", "scheduledTime": "2026-01-10T02:00:00Z", "nodes": [NODE],
-           "timedOut": [NODE]}
+    run = scheduled_run(timedOut=[NODE])
     eng.tick({"nightly": backup_obj(run, runTimeout="30m")}, {}, {})
     entry = reports[-1][2]
     assert entry["phase"] == "Failed" and entry["failure"] == "RunTimedOut" and "runTimeout 30m" in entry["message"]
@@ -185,12 +194,10 @@ def test_a_node_timed_out_before_it_started_does_not_start_late(tmp_path: Path) 
 def test_a_check_schedule_that_never_fires_does_not_stop_the_engine(tmp_path: Path) -> None:
     """'0 0 30 2 *' parses but no date matches it (issue #18): the operator marks the Backup Invalid; an
     agent that meets it anyway backs up as asked and never checks, without raising on every pass."""
-    host = tmp_path / "host"
-    (host / "var/lib/data").mkdir(parents=True)
-    (host / "var/lib/data/a.txt").write_text("a")
+    host = host_with_data(tmp_path)
     clock, reports = Clock(), []
     eng = engine(host, clock, reports)
-    run = {"id": "sched-1", "reason": "Scheduled", "scheduledTime": "2026-01-10T02:00:00Z", "nodes": [NODE]}
+    run = scheduled_run()
     obj = backup_obj(run, check={"schedule": "0 0 30 2 *"})
     eng.tick({"nightly": obj}, {}, {})
     assert reports[-1][2]["phase"] == "Succeeded"
@@ -203,9 +210,7 @@ def test_a_check_schedule_that_never_fires_does_not_stop_the_engine(tmp_path: Pa
 def test_the_agent_refuses_a_restore_onto_the_system_and_touches_nothing(tmp_path: Path) -> None:
     """The operator marks such a Restore Invalid; the agent, which acts on what it watches, applies the same
     rule before it touches anything (issue #18)."""
-    host = tmp_path / "host"
-    (host / "var/lib/data").mkdir(parents=True)
-    (host / "var/lib/data/a.txt").write_text("a")
+    host = host_with_data(tmp_path)
     (host / "etc").mkdir()
     clock, reports = Clock(), []
     eng = engine(host, clock, reports)
