@@ -135,7 +135,7 @@ def node(built_image: BuiltImage, plane: ControlPlane, tmp_path_factory: pytest.
     build = Build(built_image.squashfs, built_image.kernel, built_image.initrd)
     spec = node_spec(build, data, forwards=((ssh_port, 22), (metrics_port, METRICS_PORT)), memory_mib=MEMORY_MIB,
                      cmdline_extra="macula.test.probe=off")
-    kube = KubeClient(Credentials.from_kubeconfig(plane.kubeconfig))
+    kube = plane.admin_client()
     with Vm(spec, tmp / "console.log") as vm:
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=success", boot_timeout())
         check_ready_time(vm, "real node, first boot")
@@ -254,8 +254,12 @@ def _check_state(node: Node, name: str, check: str) -> dict[str, Any]:
 def _kill_and_wait(node: Node, unit: str, check: str, predicate: Callable[[dict[str, Any]], bool],
                    what: str) -> dict[str, Any]:
     node.ssh(f"sudo systemctl kill -s KILL {unit}")
-    result: dict[str, Any] = wait_until(what, lambda: (lambda s: s if predicate(s) else None)(
-        _check_state(node, "real-node-flaky", check)), 240, node)
+
+    def reached() -> dict[str, Any] | None:
+        state = _check_state(node, "real-node-flaky", check)
+        return state if predicate(state) else None
+
+    result: dict[str, Any] = wait_until(what, reached, 240, node)
     return result
 
 
@@ -345,9 +349,11 @@ def test_after_a_reboot_the_firewall_holds_from_the_first_packet_and_the_node_co
     wait_until("the Node Ready with a new boot ID",
                lambda: _node_ready(node.kube) and _boot_id(node) != before, boot_timeout(), node)
     # The pod survives the reboot; its container is started again (until then the old status says ready).
-    wait_until("the agent's container started again and ready", lambda: (lambda pod: pod is not None and pod[
-        "status"]["containerStatuses"][0]["restartCount"] > restarts)(_running(node.kube, "agent")),
-        boot_timeout(), node)
+    def restarted() -> bool:
+        pod = _running(node.kube, "agent")
+        return pod is not None and pod["status"]["containerStatuses"][0]["restartCount"] > restarts
+
+    wait_until("the agent's container started again and ready", restarted, boot_timeout(), node)
     note_figure(f"real node reboot ({node.vm.accel}): MACULAOS-READY {ready:.0f} s, Node Ready with the new boot "
                 f"and the agent pod ready {time.monotonic() - rebooted:.0f} s after `systemctl reboot`")
     wait_until("the agent's metrics port answering again", lambda: _metrics_port_open(node), 120, node)
