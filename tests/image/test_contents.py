@@ -33,7 +33,7 @@ def root(built_image: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> P
     """The few folders these tests read, unpacked from the squashfs."""
     out = tmp_path_factory.mktemp("contents") / "root"
     subprocess.run(["unsquashfs", "-q", "-n", "-d", str(out), str(built_image.squashfs), "usr/share/maculaos",
-                    "etc/rancher", "etc/maculaos", "etc/machine-id"], check=True, capture_output=True)
+                    "etc/rancher", "etc/maculaos", "etc/machine-id", "usr/lib/os-release"], check=True, capture_output=True)
     return out
 
 
@@ -112,6 +112,13 @@ def test_the_preloaded_operator_matches_its_charts_and_the_k3s_config(
     selector = workloads["DaemonSet"]["spec"]["template"]["spec"]["nodeSelector"]
     assert selector and all(labels.get(k) == v for k, v in selector.items()), (selector, labels)
     assert labels[airgap.VERSION_LABEL] == info["MACULAOS_VERSION"]
+
+
+def test_os_release_names_the_maculaos_build(root: Path, built_image: BuiltImage) -> None:
+    """The node's version (the agent's label) and the Node's OS image (the kubelet's) come from here."""
+    fields = dict(shlex.split(line)[0].split("=", 1) for line in (root / "usr/lib/os-release").read_text().splitlines())
+    assert fields["VERSION_ID"] == build_info(built_image)["MACULAOS_VERSION"], fields
+    assert (fields["ID"], fields["ID_LIKE"], fields["NAME"]) == ("maculaos", "debian", "MaculaOS"), fields
 
 
 def test_nothing_that_identifies_one_node_is_in_the_image(

@@ -10,11 +10,16 @@ forwarded ports on its loopback (SSH, the agent's metrics port for the firewall 
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import shlex
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +31,15 @@ from maculaos.api import GROUP, VERSION
 from maculaos.devenv.controlplane import ControlPlane
 from maculaos.devenv.processes import free_port
 from maculaos.image.airgap import NAMESPACE, operator_values
+from maculaos.image.build import default_cache
+from maculaos.image.derive import derive_bundle
+from maculaos.image.signing import development_identity
 from maculaos.image.vm import Vm
-from maculaos.image.vmnode import Build, node_spec
+from maculaos.image.vmnode import disk_node, provision_disk
 from maculaos.kube.rest import ApiError, Credentials, KubeClient
+from tests.restserver import start_rest_server
 from tests.image.conftest import REPO, BuiltImage, boot_timeout, check_ready_time, note_figure
-from tests.image.test_boot import _data_disk
+from tests.image.test_boot import PASSWORD_HASH, _ssh_key
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
@@ -124,17 +133,49 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     plane.stop()
 
 
+def _build_version(image: BuiltImage) -> str:
+    for line in image.build_info.splitlines():
+        if line.startswith("MACULAOS_VERSION="):
+            return line.split("=", 1)[1].strip("'")
+    raise AssertionError(f"no MACULAOS_VERSION in build-info:\n{image.build_info}")
+
+
+def _next_version(version: str) -> str:
+    major, minor, _ = version.split(".", 2)
+    return f"{major}.{int(minor) + 1}.0"
+
+
+def _derive_next(image: BuiltImage) -> Path:
+    """Build N+1: the tests' image with the next version, bundled and signed as a release (kept next to the
+    build in the cache: the same build derives the same bundle)."""
+    version = _next_version(_build_version(image))
+    target = image.out / f"derived-{version}.raucb"
+    if not target.exists():
+        derive_bundle(image.squashfs, image.kernel, image.initrd, target, version, "amd64",
+                      development_identity(default_cache()))
+    return target
+
+
 @pytest.fixture(scope="module")
-def node(built_image: BuiltImage, plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+def next_bundle(built_image: BuiltImage) -> Iterator[Future[Path]]:
+    """Build N+1, derived while the node boots (the first story that needs it waits for it)."""
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(_derive_next, built_image)
+
+
+@pytest.fixture(scope="module")
+def node(built_image: BuiltImage, plane: ControlPlane, next_bundle: Future[Path],
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """One VM node, joined, with the charts installed and both components running on it."""
     tmp = tmp_path_factory.mktemp("real-node")
-    # Room for containerd's copy of the images next to the archives (sparse: costs only what is written).
     join = plane.join_data("the image tests' real node").config_section()
-    data = _data_disk(tmp, {"maculaos": {"kubernetes": join}}, size_mib=2048)
+    public, _ = _ssh_key(tmp)
+    config = {"maculaos": {"kubernetes": join}, "ssh_authorized_keys": [public], "password_hash": PASSWORD_HASH}
     ssh_port, metrics_port = free_port(), free_port()
-    build = Build(built_image.squashfs, built_image.kernel, built_image.initrd)
-    spec = node_spec(build, data, forwards=((ssh_port, 22), (metrics_port, METRICS_PORT)), memory_mib=MEMORY_MIB,
-                     cmdline_extra="macula.test.probe=off")
+    # Booted from the disk image (GRUB, slots A and B) so that the upgrade story can install and boot slot B;
+    # room on the data partition for containerd's copy of the images and a downloaded bundle.
+    disk = provision_disk(built_image.artifact("img"), tmp / "disk.img", config, cmdline_extra="macula.test.probe=off")
+    spec = disk_node(disk, forwards=((ssh_port, 22), (metrics_port, METRICS_PORT)), memory_mib=MEMORY_MIB)
     kube = plane.admin_client()
     with Vm(spec, tmp / "console.log") as vm:
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=success", boot_timeout())
@@ -320,6 +361,56 @@ def test_memory_at_idle_is_noted(node: Node) -> None:
     assert int(lines[0]) > 0
 
 
+def _entry(node: Node, plural: str, name: str) -> dict[str, Any]:
+    """The node's entry in an object's status (what its agent reported, folded by the operator)."""
+    status = node.kube.get(f"/apis/{GROUP}/{VERSION}/{plural}/{name}").get("status") or {}
+    return dict((status.get("nodes") or {}).get(node.name) or {})
+
+
+def _finished(node: Node, plural: str, name: str) -> Callable[[], dict[str, Any] | None]:
+    def finished() -> dict[str, Any] | None:
+        entry = _entry(node, plural, name)
+        return entry if entry.get("phase") in ("Succeeded", "Failed") else None
+    return finished
+
+
+def test_a_backup_goes_from_the_node_to_a_rest_server_and_a_restore_brings_it_back(
+        node: Node, tmp_path: Path) -> None:
+    """The agent pod backs up the node's data with the node's own restic to a rest-server on the host, and a
+    Restore puts a file changed by mistake back as it was."""
+    server = start_rest_server(tmp_path / "repos", tmp_path / "logs")
+    try:
+        port = server.url.rsplit(":", 1)[1]
+        node.ssh("sudo mkdir -p /var/lib/data && printf 'id,total\\n1,9.50\\n' | sudo tee /var/lib/data/orders.csv")
+        node.kube.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "real-node-backup"},
+            "stringData": {"password": "real-node-repository-password"}})
+        node.kube.create(f"/apis/{GROUP}/{VERSION}/backups", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Backup", "metadata": {"name": "real-node-data"},
+            "spec": {"nodeSelector": {"matchLabels": {"os.macula.io/maculaos": "true"}}, "schedule": "0 3 1 1 *",
+                     "target": {"rest": {"url": f"http://10.0.2.2:{port}/{node.name}"}},
+                     "include": ["/var/lib/data"],
+                     "repositoryPasswordSecretRef": {"name": "real-node-backup", "key": "password"}}})
+        path = f"/apis/{GROUP}/{VERSION}/backups/real-node-data"
+        wait_until("the Backup accepted", lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
+                                                      (node.kube.get(path).get("status") or {}).get("conditions", [])),
+                   120, node)
+        node.kube.patch(path, {"metadata": {"annotations": {"os.macula.io/run-now": "first"}}})
+        entry = wait_until("the backup run on the node", _finished(node, "backups", "real-node-data"), 600, node)
+        assert entry["phase"] == "Succeeded" and entry["filesNew"] >= 1, entry
+        assert (server.data / node.name / "config").is_file(), "no repository on the host's rest-server"
+        node.ssh("echo 'lost by mistake' | sudo tee /var/lib/data/orders.csv")
+        node.kube.create(f"/apis/{GROUP}/{VERSION}/restores", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Restore", "metadata": {"name": "real-node-undo"},
+            "spec": {"backupName": "real-node-data", "nodeName": node.name, "snapshot": {"latest": True},
+                     "paths": ["/var/lib/data"]}})
+        entry = wait_until("the restore on the node", _finished(node, "restores", "real-node-undo"), 600, node)
+        assert entry["phase"] == "Succeeded", entry
+        assert node.ssh("cat /var/lib/data/orders.csv").stdout == "id,total\n1,9.50\n"
+    finally:
+        server.stop()
+
+
 def _boot_id(node: Node) -> str:
     return str(node.kube.get(f"/api/v1/nodes/{node.name}")["status"]["nodeInfo"]["bootID"])
 
@@ -361,3 +452,80 @@ def test_after_a_reboot_the_firewall_holds_from_the_first_packet_and_the_node_co
     role["spec"]["firewall"]["extraPorts"] = []
     node.kube.replace(path, role)
     wait_until("the resumed agent closing the port", lambda: not _metrics_port_open(node), 180, node)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
+    """A plain web server for `folder` on the host's loopback: the VM reaches it at 10.0.2.2."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, int(httpd.server_address[1])
+
+
+
+
+def test_a_nodeupgrade_installs_the_next_build_reboots_into_slot_b_and_commits_it(
+        node: Node, next_bundle: Future[Path], tmp_path: Path) -> None:
+    """The NodeUpgrade drives it all: the operator resolves the release index on the host, the agent pod
+    downloads and verifies build N+1 and has the host's RAUC install it into slot B, the operator grants
+    the reboot, GRUB boots B, the kubelet re-registers, and the agent commits after the health window
+    (the image's mark-good leaves that boot to it). The first boot was marked good by the image itself."""
+    assert "MACULAOS-MARK-GOOD slot=A" in node.vm.console      # an ordinary boot: the image marks it good
+    bundle = next_bundle.result(timeout=1800)
+    version = bundle.name.removeprefix("derived-").removesuffix(".raucb")
+    served = tmp_path / "releases"
+    served.mkdir()
+    (served / bundle.name).symlink_to(bundle)
+    httpd, port = _serve(served)
+    try:
+        digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+        index = {"channels": {"stable": [{"version": version, "url": f"http://10.0.2.2:{port}/{bundle.name}",
+                                          "sha256": digest, "size": bundle.stat().st_size}]}}
+        (served / "index.yaml").write_text(yaml.safe_dump(index))
+        before = node.kube.get(f"/api/v1/nodes/{node.name}")["metadata"]["labels"].get("os.macula.io/version")
+        since, started = len(node.vm.console), time.monotonic()
+        node.kube.create(f"/apis/{GROUP}/{VERSION}/nodeupgrades", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeUpgrade", "metadata": {"name": "real-node-next"},
+            "spec": {"nodeSelector": {"matchLabels": {"os.macula.io/maculaos": "true"}}, "version": version,
+                     "source": {"releaseIndex": f"http://10.0.2.2:{port}/index.yaml"},
+                     # From the boot: the kubelet and the agent's pod take minutes to come back under TCG.
+                     "healthCommitWindow": "10m", "healthCheckWait": "10s"}})
+        path = f"/apis/{GROUP}/{VERSION}/nodeupgrades/real-node-next"
+
+        seen: dict[str, float] = {}   # when each of the node's phases and the operator's stages was first seen
+
+        def finished() -> dict[str, Any] | None:
+            status = node.kube.get(path).get("status") or {}
+            stage = (status.get("rollout") or {}).get(node.name, {}).get("stage", "")
+            phase = ((status.get("nodes") or {}).get(node.name) or {}).get("phase", "")
+            for step in (f"node {phase}" if phase else "", f"operator {stage}" if stage else ""):
+                if step:
+                    seen.setdefault(step, time.monotonic() - started)
+            return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+        status = wait_until("the NodeUpgrade finished", finished, 1800, node)
+    finally:
+        httpd.shutdown()
+    entry = _entry(node, "nodeupgrades", "real-node-next")
+    assert status["phase"] == "Succeeded", (status, entry)
+    assert (entry["phase"], entry["version"], entry["slot"]) == ("Succeeded", version, "B"), entry
+    assert before and entry.get("fromVersion") == before != version, (before, entry)
+    assert status["upgradedNodes"] == 1 and status["grants"] == {}, status
+    after = node.vm.console[since:]
+    assert "Booting `MaculaOS" in after and "(slot B)'" in after, after[-3000:]
+    assert "MACULAOS-MARK-GOOD: left to the agent" in after, after[-3000:]
+    obj = node.kube.get(f"/api/v1/nodes/{node.name}")
+    assert obj["metadata"]["labels"].get("os.macula.io/version") == version, obj["metadata"]["labels"]
+    assert not obj["spec"].get("unschedulable"), "the node was left cordoned"
+    assert f"MaculaOS {version}" in obj["status"]["nodeInfo"]["osImage"], obj["status"]["nodeInfo"]
+    rauc = node.ssh("sudo rauc status --output-format=json").stdout
+    slots = {next(iter(s)): next(iter(s.values())) for s in yaml.safe_load(rauc)["slots"]}
+    assert yaml.safe_load(rauc)["booted"] == "B", rauc
+    assert slots["rootfs.1"]["boot_status"] == "good", slots
+    steps = ", ".join(f"{step} {at:.0f} s" for step, at in sorted(seen.items(), key=lambda kv: kv[1]))
+    note_figure(f"real node upgrade ({node.vm.accel}): NodeUpgrade applied -> Succeeded in "
+                f"{time.monotonic() - started:.0f} s; first seen: {steps}")

@@ -86,6 +86,7 @@ def test_charts_lint_strict(tools: Tools) -> None:
     ("image.pullPolicy=Sometimes", "image.pullPolicy"),
     ("image.tag=not a tag", "image.tag"),
     ("agent.metricsPort=70000", "agent.metricsPort"),
+    ("agent.restic=restic", "agent.restic"),
     ("agent.nodeSelector.site=" + "x" * 64, "agent.nodeSelector.site"),
     ("operator.secretNamespaces={Bad_NS}", "operator.secretNamespaces"),
     ("operator.resources.requests.memory=lots", "operator.resources.requests.memory"),

@@ -36,9 +36,9 @@ def test_a_grant_is_acted_on_once_and_an_interrupted_install_resumes() -> None:
 
 def test_entry_reports_the_state_for_this_object_and_target_else_idle_or_already_there() -> None:
     installed = UpgradeState(target_version="0.2.0", phase=AgentPhase.INSTALLED, message="in B",
-                             grant_time=GRANT.time, grant_uid=UID, grant_action="Install")
+                             grant_time=GRANT.time, grant_uid=UID, grant_action="Install", from_version="0.1.0")
     assert _entry(installed, FACTS, TARGET, UID) == {
-        "phase": "Installed", "message": "in B", "targetVersion": "0.2.0",
+        "phase": "Installed", "message": "in B", "targetVersion": "0.2.0", "fromVersion": "0.1.0",
         "observedGrant": {"uid": UID, "action": "Install", "time": GRANT.time}}
     assert _entry(None, FACTS, TARGET, UID)["phase"] == "Idle"
     assert "not granted yet" in _entry(installed, FACTS, ReleaseTarget(version="0.3.0"), UID)["message"]

@@ -215,6 +215,8 @@ class NodeUpgradeNodeEntry(NodeEntry):
     """The host's boot ID; the operator detects a reboot by its change."""
     target_version: str = ""
     """The version this entry's phase refers to."""
+    from_version: str = ""
+    """The version the node ran when this upgrade's install started (the way back)."""
     progress: int | None = None
     """0-100 while Downloading or Installing."""
 

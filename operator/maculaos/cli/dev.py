@@ -46,21 +46,21 @@ def _dev_vm(args: argparse.Namespace) -> int:
     from maculaos.devenv.demo import Demo
     from maculaos.devenv.processes import free_port
     from maculaos.image.vm import accelerator, qemu_command
-    from maculaos.image.vmnode import Build, data_disk, node_spec
+    from maculaos.image.vmnode import disk_node, find_disk_image, provision_disk
 
-    build = Build.find(args.build)
+    image = find_disk_image(args.build)
     plane = Demo(args.workdir, REPO_ROOT).control_plane()
     folder = args.workdir / "vm" / args.name
     folder.mkdir(parents=True, exist_ok=True)
-    data = folder / "data.img"
-    if not data.exists():   # a second run boots the same node again
+    disk = folder / "disk.img"
+    if not disk.exists():   # a second run boots the same node again
         keys = [k.read_text().strip() for k in sorted((Path.home() / ".ssh").glob("id_*.pub"))]
         config = {"maculaos": {"kubernetes": plane.join_data(f"maculaos dev vm {args.name}").config_section()},
                   "ssh_authorized_keys": keys}
-        data_disk(data, config)
+        provision_disk(image, disk, config)
     ssh, metrics = args.ssh_port or free_port(), args.metrics_port or free_port()
-    spec = node_spec(build, data, forwards=((ssh, 22), (metrics, 9750)), memory_mib=args.memory)
-    print(f"maculaos dev vm: {build.squashfs.name} joining {plane.node_server}; data partition {data}\n"
+    spec = disk_node(disk, forwards=((ssh, 22), (metrics, 9750)), memory_mib=args.memory)
+    print(f"maculaos dev vm: {image.name} joining {plane.node_server}; its disk {disk}\n"
           f"  ssh -p {ssh} macula@127.0.0.1   (keys: ~/.ssh/id_*.pub)\n"
           f"  curl http://127.0.0.1:{metrics}/metrics   (the agent, once its pod runs)\n"
           f"  the serial console follows; power off from inside (sudo poweroff) or press Ctrl-A X", flush=True)
@@ -209,13 +209,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                          "demo, with SSH and the agent's metrics forwarded", failure="maculaos dev vm failed")
     vm.description = (
         "Boot a MaculaOS image build (one with the node-runtime profile: `maculaos image build --profiles "
-        "boot,base,tools,node-runtime`) in QEMU as a node of the running demo (`maculaos dev up`). Its data "
-        "partition, kept in the work directory, gets a config.yaml that joins the demo's control plane and "
-        "holds your ~/.ssh/id_*.pub keys. Install the charts with helm to run the operator and the agent on "
+        "boot,base,tools,node-runtime`) in QEMU as a node of the running demo (`maculaos dev up`), from its disk image through GRUB, "
+        "as a machine boots (so it can be upgraded: slots A and B). Its disk, kept in the work directory, gets "
+        "a config.yaml that joins the demo's control plane and holds your ~/.ssh/id_*.pub keys. Install the charts with helm to run the operator and the agent on "
         "it. The serial console is this terminal.")
     options.workdir(vm)
     vm.add_argument("--build", type=Path, default=REPO_ROOT / "dist", help="the build folder (default: dist/)")
-    vm.add_argument("--name", default="vm1", help="the VM's folder in the work directory (its data partition)")
+    vm.add_argument("--name", default="vm1", help="the VM's folder in the work directory (its disk)")
     vm.add_argument("--memory", type=int, default=1536, help="MiB of RAM (default 1536)")
     vm.add_argument("--ssh-port", type=int, default=0, help="host port forwarded to its SSH (default: a free one)")
     vm.add_argument("--metrics-port", type=int, default=0,

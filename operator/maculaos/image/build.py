@@ -20,7 +20,7 @@ from pathlib import Path
 from maculaos import __version__
 from maculaos.errors import MaculaosError
 from maculaos.host.bundles import BundleError
-from maculaos.image import airgap, debcache, disk, emulation, firmware, grub, iso, noderuntime
+from maculaos.image import airgap, debcache, disk, emulation, firmware, grub, iso, noderuntime, osrelease
 from maculaos.image.bundle import build_bundle, compatible
 from maculaos.image.definition import ImageDefinition
 from maculaos.image.signing import SigningError, SigningIdentity, sign_file
@@ -296,6 +296,8 @@ class ImageBuilder:
         info = payload / "etc/maculaos/build-info"
         info.parent.mkdir(parents=True, exist_ok=True)
         info.write_text(self.build_info())
+        (payload / osrelease.OS_RELEASE).parent.mkdir(parents=True, exist_ok=True)
+        (payload / osrelease.OS_RELEASE).write_text(osrelease.os_release(d.version, d.suite))
         self._rauc_compatible(payload / "etc/rauc/system.conf")
         keyring = payload / "etc/rauc/keyring.pem"
         keyring.parent.mkdir(parents=True, exist_ok=True)

@@ -1,22 +1,23 @@
-"""A MaculaOS VM as a node of the local environment: a built image (with the node-runtime profile) booted in
-QEMU with a data partition provisioned as a site would provision it (config.yaml with the join section and
-SSH keys), joined to the demo's control plane. `maculaos dev vm` and the VM tests boot it this way."""
+"""A MaculaOS VM as a node of the local environment: a built image's disk (with the node-runtime profile)
+booted in QEMU through GRUB, its data partition provisioned as a site would provision it (config.yaml with
+the join section and SSH keys), joined to a control plane on the host. `maculaos dev vm` and the VM tests
+boot it this way; `data_disk` makes a data partition alone for the tests' direct kernel boots."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from maculaos.errors import MaculaosError
+from maculaos.image import disk
 from maculaos.image.vm import VmSpec
 
-#: Direct kernel boot of a build's files: the squashfs as the first disk, the data partition the second.
-CMDLINE = "boot=macula rauc.slot=A console=ttyS0 macula.root=/dev/vda macula.data=/dev/vdb macula.mode=disk"
 CONFIG = Path("var/lib/maculaos/config.yaml")
 
 
@@ -24,22 +25,13 @@ class VmNodeError(MaculaosError):
     """The build or the data partition cannot make a VM node; the message says what to do."""
 
 
-@dataclass(frozen=True)
-class Build:
-    """A finished `maculaos image build` folder: the files a direct kernel boot needs."""
-
-    squashfs: Path
-    kernel: Path
-    initrd: Path
-
-    @classmethod
-    def find(cls, folder: Path) -> Build:
-        found = {kind: sorted(folder.glob(f"*.{kind}")) for kind in ("squashfs", "kernel", "initrd")}
-        missing = [kind for kind, paths in found.items() if len(paths) != 1]
-        if missing:
-            raise VmNodeError(f"{folder} is not one finished image build (no single .{missing[0]}): build one with "
-                              "`maculaos image build --profiles boot,base,tools,node-runtime --out DIR`")
-        return cls(found["squashfs"][0], found["kernel"][0], found["initrd"][0])
+def find_disk_image(folder: Path) -> Path:
+    """The raw disk image of a finished `maculaos image build` folder."""
+    found = sorted(folder.glob("*.img"))
+    if len(found) != 1:
+        raise VmNodeError(f"{folder} is not one finished image build (no single .img disk image): build one with "
+                          "`maculaos image build --profiles boot,base,tools,node-runtime --out DIR`")
+    return found[0]
 
 
 def data_disk(path: Path, config: dict[str, Any] | None, size_mib: int = 2048,
@@ -51,7 +43,14 @@ def data_disk(path: Path, config: dict[str, Any] | None, size_mib: int = 2048,
         f.truncate(size_mib * 1024 * 1024)
     if config is None and not files:
         return path
-    tree = path.with_name(path.name + ".tree")
+    tree = _data_tree(path.with_name(path.name + ".tree"), config, files)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "MACULA_DATA", "-d", str(tree), str(path)], check=True)
+    shutil.rmtree(tree)
+    return path
+
+
+def _data_tree(tree: Path, config: dict[str, Any] | None, files: dict[str, bytes] | None) -> Path:
+    """The data partition's files (config.yaml and `files`, by path inside it; each 0600) in a fresh folder."""
     shutil.rmtree(tree, ignore_errors=True)
     entries = dict(files or {})
     if config is not None:
@@ -61,14 +60,27 @@ def data_disk(path: Path, config: dict[str, Any] | None, size_mib: int = 2048,
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
         target.chmod(0o600)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "MACULA_DATA", "-d", str(tree), str(path)], check=True)
+    return tree
+
+
+def provision_disk(image: Path, target: Path, config: dict[str, Any], files: dict[str, bytes] | None = None,
+                   grow_mib: int = 2048, cmdline_extra: str = "") -> Path:
+    """A machine's disk as an installer leaves it: a copy of the build's raw disk image (GRUB, slots A and B,
+    the data partition) at `target`, its data partition holding `config` (and `files`), grown by `grow_mib`
+    (the first boot grows the data partition into it). Upgrades need this boot: RAUC writes slot B, and GRUB
+    chooses the slot. The serial console and `cmdline_extra` are added to the kernel command line."""
+    subprocess.run(["cp", "--sparse=always", str(image), str(target)], check=True)
+    data = disk.partition_table(target).part("data")
+    assert data.size_mib is not None
+    tree = _data_tree(target.with_name(target.name + ".data"), config, files)
+    disk.make_data(target, data.offset, data.size_mib, tree, str(uuid.uuid4()), int(time.time()))
     shutil.rmtree(tree)
-    return path
+    disk.boot_environment(target, {"EXTRA_CMDLINE": f"console=ttyS0 {cmdline_extra}".strip()})
+    subprocess.run(["qemu-img", "resize", "-q", "-f", "raw", str(target), f"+{grow_mib}M"], check=True)
+    return target
 
 
-def node_spec(build: Build, data: Path, forwards: tuple[tuple[int, int], ...] = (), memory_mib: int = 1536,
-              cmdline_extra: str = "") -> VmSpec:
-    """The VM of one node: the build's kernel, initrd and root, its own data disk; it may reboot (the
-    kubelet re-registers, upgrades boot the other slot)."""
-    return VmSpec(build.kernel, build.initrd, build.squashfs, data, f"{CMDLINE} {cmdline_extra}".strip(),
-                  memory_mib=memory_mib, forwards=forwards, reboot=True)
+def disk_node(disk_image: Path, forwards: tuple[tuple[int, int], ...] = (), memory_mib: int = 1536) -> VmSpec:
+    """The VM of one node booted from its disk by the firmware and GRUB; it may reboot (the kubelet
+    re-registers, upgrades boot the other slot)."""
+    return VmSpec(None, None, None, None, disk=disk_image, memory_mib=memory_mib, forwards=forwards, reboot=True)
