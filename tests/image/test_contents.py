@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from maculaos.host.firewall import DEFAULT_RULESET_PATH, render_default_ruleset
 from maculaos.image import airgap
 from tests.image.conftest import REPO, BuiltImage
 
@@ -112,6 +113,13 @@ def test_the_preloaded_operator_matches_its_charts_and_the_k3s_config(
     selector = workloads["DaemonSet"]["spec"]["template"]["spec"]["nodeSelector"]
     assert selector and all(labels.get(k) == v for k, v in selector.items()), (selector, labels)
     assert labels[airgap.VERSION_LABEL] == info["MACULAOS_VERSION"]
+
+
+def test_the_default_firewall_is_the_one_port_list(built_image: BuiltImage) -> None:
+    """maculaos-firewall.service's fallback for a node without config.yaml (issue #21)."""
+    shipped = subprocess.run(["unsquashfs", "-cat", str(built_image.squashfs), str(DEFAULT_RULESET_PATH)],
+                             capture_output=True, text=True, check=True).stdout
+    assert shipped == render_default_ruleset()
 
 
 def test_nothing_that_identifies_one_node_is_in_the_image(
