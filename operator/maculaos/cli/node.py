@@ -18,7 +18,9 @@ from maculaos.errors import MaculaosError
 if TYPE_CHECKING:
     from maculaos.api.nodeupgrade import AgentPhase
     from maculaos.host.bundles import Release
+    from maculaos.host.nodeconfig import NodeConfig
     from maculaos.host.nodeupgrade import NodeUpgrader, UpgradeState
+    from maculaos.host.systemd import Systemd
     from maculaos.image.install import Medium
 
 #: The agent's flags that `agent apply` shares with `agent run` (the same fields of AgentSettings).
@@ -40,6 +42,7 @@ def _agent_apply(args: argparse.Namespace) -> int:
         return _apply_default_firewall(args)
     systemd = Systemd(args.host_root, live=args.live_systemd, systemctl=args.systemctl)
     config = read_node_config(args.host_root)
+    _apply_watchdog(args.host_root, config, systemd)  # first: it guards the rest of the boot
     plan = plan_from_config(config)  # the firewall the MeshRoles last gave (recorded by the agent), else config's
     problem = meshrole_security_problem(config)
     if problem:
@@ -54,6 +57,16 @@ def _agent_apply(args: argparse.Namespace) -> int:
     join = apply_join(args.host_root, config)
     print(f"maculaos agent apply: {'warning: ' if join.problem else ''}{join.summary()}")
     return 0
+
+
+def _apply_watchdog(host_root: Path, config: NodeConfig, systemd: Systemd) -> None:
+    """maculaos.watchdog; a bad section is said and changes nothing, and the rest of the apply goes on."""
+    from maculaos.host.watchdog import WatchdogError, apply_watchdog
+
+    try:
+        print(f"maculaos agent apply: {apply_watchdog(host_root, config, systemd).summary}")
+    except WatchdogError as exc:
+        print(f"maculaos agent apply: warning: {exc}", file=sys.stderr)
 
 
 def _apply_default_firewall(args: argparse.Namespace) -> int:

@@ -305,6 +305,23 @@ class KubernetesConfig(ConfigSection):
         return value
 
 
+class WatchdogConfig(BaseModel):
+    """systemd's hardware watchdog: PID 1 pets /dev/watchdog0, so a node whose kernel or
+    systemd hangs is reset by the hardware. Rendered at boot into a system.conf drop-in; where the machine
+    has no hardware watchdog, the kernel's softdog module stands in (it cannot help when the kernel
+    itself hangs). Unknown keys are refused: a misspelt timeout would silently keep the default."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Arm the watchdog (false keeps the section but disarms it)."""
+    timeout_seconds: int = Field(default=60, ge=5, le=600)
+    """Seconds without a sign of life from systemd before the watchdog resets the machine
+    (RuntimeWatchdogSec)."""
+    reboot_timeout_seconds: int = Field(default=600, ge=30, le=3600)
+    """Seconds a reboot may take before the watchdog forces it (RebootWatchdogSec)."""
+
+
 class MaculaosConfig(ConfigSection):
     """MaculaOS's own settings."""
 
@@ -326,6 +343,8 @@ class MaculaosConfig(ConfigSection):
     """The Backups this node runs, by name (written by the agent)."""
     kubernetes: KubernetesConfig | None = None
     """The cluster to join; absent: none. A bad section is reported at boot and the node boots unjoined."""
+    watchdog: WatchdogConfig | None = None
+    """The hardware watchdog; absent: off. A bad section is reported at boot and changes nothing."""
 
 
 def _ssh_key(value: object) -> str:
