@@ -19,7 +19,6 @@ from maculaos.devenv.rauc import SimulatedRaucNode
 from maculaos.host.config import config_file
 from maculaos.host.diag import ProbeTimeout, bounded
 from maculaos.host.diag_bundle import redact, scrub
-from tests.host.rauc_fixtures import Bundles, bundles, rauc_node  # noqa: F401  (fixtures)
 
 TOKEN = "abcdef.0123456789abcdef"
 PASSWORD_HASH = "$6$saltsalt$Qm9vYmFyYmF6cXV4cXV1eHNlY3JldGhhc2g"
@@ -144,7 +143,7 @@ def test_storage_without_rauc_says_unavailable(host_root: Path) -> None:
     assert "storage: SMART" in result.stdout
 
 
-def test_storage_reads_the_slots_from_real_rauc(rauc_node: SimulatedRaucNode) -> None:  # noqa: F811
+def test_storage_reads_the_slots_from_real_rauc(rauc_node: SimulatedRaucNode) -> None:
     root = rauc_node.host_root
     (root / "var/lib/maculaos").mkdir(parents=True, exist_ok=True)
     result = subprocess.run([sys.executable, "-m", "maculaos", "diag", "storage", f"--host-root={root}",

@@ -114,7 +114,8 @@ class MeshConfig(ConfigSection):
 
 class FirewallConfig(ConfigSection):
     """The node's nftables ruleset (the MeshRole's firewall: every one of its keys, so the file can say
-    everything a MeshRole can)."""
+    everything a MeshRole can). The node's git server (9418/tcp) is always admitted, the agent's metrics
+    (9750/tcp) only from pods."""
 
     enabled: bool = shared(Firewall, "enabled")
     default_policy: FirewallPolicy = shared(Firewall, "default_policy")
