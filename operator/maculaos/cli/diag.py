@@ -14,7 +14,7 @@ SECTIONS = ("network", "storage", "mesh")
 
 
 def _diag(args: argparse.Namespace) -> int:
-    from maculaos.host.diag import Check, Section, check_mesh, failed, read_config_for_diag
+    from maculaos.host.diag import Check, Section, Status, check_mesh, failed, read_config_for_diag
     from maculaos.host.diag_bundle import write_bundle
     from maculaos.host.diag_network import check_network
     from maculaos.host.diag_storage import check_storage
@@ -37,7 +37,7 @@ def _diag(args: argparse.Namespace) -> int:
             checks += check_mesh(config)
     for check in checks:
         print(check.line(), flush=True)
-    failures = sum(c.status.value == "FAIL" for c in checks)
+    failures = sum(c.status is Status.FAIL for c in checks)
     print(f"{failures} of {len(checks)} checks failed ({time.monotonic() - started:.1f} s)")
     if args.full:
         output = args.output_dir or args.host_root / "var/lib/maculaos/support"
