@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from maculaos.api.meshrole import ExtraPort, Firewall, FirewallPolicy, MeshRoleName, WireGuard
-from maculaos.host.firewall import FirewallError, apply_ruleset, check_ruleset, render_ruleset, tcp_port_blocked
+from maculaos.host.firewall import (
+    FirewallError,
+    apply_ruleset,
+    check_ruleset,
+    render_default_ruleset,
+    render_ruleset,
+    tcp_port_blocked,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 B, G = MeshRoleName.BOOTSTRAP, MeshRoleName.GATEWAY
@@ -26,10 +33,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [*sorted(CASES), "first-boot"])
 def test_rendered_ruleset_matches_golden_and_passes_nft_check(case: str) -> None:
-    roles, firewall, wireguard = CASES[case]
-    script = render_ruleset(roles, firewall, wireguard)
+    script = render_default_ruleset() if case == "first-boot" else render_ruleset(*CASES[case])
     golden = GOLDEN / f"{case}.nft"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(script)

@@ -4,6 +4,7 @@ last applied from the MeshRoles."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ import yaml
 
 from maculaos.agent.meshrole import converge_mesh
 from maculaos.host.config import config_file, read_config
+from maculaos.host.firewall import tcp_port_blocked
+from maculaos.host.meshrole import FIREWALL_STATE
+from maculaos.host.ports import ADMITTED_PORTS
 from maculaos.host.systemd import Systemd
 
 # Runs the CLI in a fresh interpreter and fails if the boot path pulled in the Kubernetes stack.
@@ -149,3 +153,48 @@ def test_a_corrupt_record_is_named_and_the_node_still_drops(host_root: Path, net
 
 def meshrole_ports(host_root: Path) -> list[int]:
     return [p["port"] for p in read_config(host_root)["maculaos"]["meshrole_security"]["firewall"]["extra_ports"]]
+
+
+def admitted_ports(nft: str) -> dict[str, set[int]]:
+    """The ports table inet maculaos accepts from anywhere (rules with no interface or source match), read
+    back from the kernel (nft -j), by protocol."""
+    out = subprocess.run([nft, "-j", "list", "table", "inet", "maculaos"], capture_output=True, text=True,
+                         check=True).stdout
+    ports: dict[str, set[int]] = {"tcp": set(), "udp": set()}
+    for item in json.loads(out)["nftables"]:
+        expr = item.get("rule", {}).get("expr", [])
+        matches = [e["match"] for e in expr if "match" in e]
+        if len(matches) != 1 or "accept" not in expr[-1]:
+            continue
+        payload = matches[0]["left"].get("payload", {})
+        if payload.get("field") == "dport":
+            right = matches[0]["right"]
+            ports[payload["protocol"]] |= set(right["set"]) if isinstance(right, dict) else {right}
+    return ports
+
+
+def test_a_host_without_config_gets_the_default_firewall(host_root: Path, netns_nft: str) -> None:
+    """Issue #21: an unconfigured node drops everything but the one list of ports (maculaos.host.ports),
+    never Debian's accept-everything; the agent's metrics only from pods."""
+    config_file(host_root).unlink()
+    result = apply_once(host_root, netns_nft)
+    assert result.returncode == 0, result.stderr
+    assert "the default firewall loaded" in result.stdout
+    listed = {proto: {n for p in ADMITTED_PORTS if p.protocol.value == proto and not p.pods_only for n in p.ports}
+              for proto in ("tcp", "udp")}
+    assert admitted_ports(netns_nft) == listed == {
+        "tcp": {22, 6443, 10250, 2379, 2380, 9418, 80, 443}, "udp": {8472, 51820, 51821, 5353}}
+    assert "policy drop" in ruleset(netns_nft)
+    for port in (8080, 9750, 9000):
+        assert tcp_port_blocked(port, netns_nft) is not None, port
+    assert not (host_root / FIREWALL_STATE).exists()  # the agent's record stays the agent's
+    assert apply_once(host_root, netns_nft).returncode == 0  # a second boot's apply: the same, no error
+    assert admitted_ports(netns_nft) == listed
+
+
+def test_a_host_with_config_but_no_security_section_drops_by_default(host_root: Path, netns_nft: str) -> None:
+    """config.yaml without maculaos.security: the MeshRole defaults (policy drop), the wizard's ports shut."""
+    assert apply_once(host_root, netns_nft).returncode == 0
+    ports = admitted_ports(netns_nft)
+    assert "policy drop" in ruleset(netns_nft) and 22 in ports["tcp"] and 9418 in ports["tcp"]
+    assert 80 not in ports["tcp"] and tcp_port_blocked(8080, netns_nft) is not None

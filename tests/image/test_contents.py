@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from maculaos.host.firewall import DEFAULT_RULESET_PATH, render_default_ruleset
 from maculaos.image import airgap
 from tests.image.conftest import REPO, BuiltImage
 
@@ -119,6 +120,13 @@ def test_os_release_names_the_maculaos_build(root: Path, built_image: BuiltImage
     fields = dict(shlex.split(line)[0].split("=", 1) for line in (root / "usr/lib/os-release").read_text().splitlines())
     assert fields["VERSION_ID"] == build_info(built_image)["MACULAOS_VERSION"], fields
     assert (fields["ID"], fields["ID_LIKE"], fields["NAME"]) == ("maculaos", "debian", "MaculaOS"), fields
+
+
+def test_the_default_firewall_is_the_one_port_list(built_image: BuiltImage) -> None:
+    """maculaos-firewall.service's fallback for a node without config.yaml (issue #21)."""
+    shipped = subprocess.run(["unsquashfs", "-cat", str(built_image.squashfs), str(DEFAULT_RULESET_PATH)],
+                             capture_output=True, text=True, check=True).stdout
+    assert shipped == render_default_ruleset()
 
 
 def test_nothing_that_identifies_one_node_is_in_the_image(

@@ -117,6 +117,18 @@ def test_every_key_is_in_the_reference() -> None:
     ("maculaos: {backup: [nightly]}", "maculaos.backup must be a mapping"),
     ("maculaos: {backup: {nightly: {include_k3s_datastore: maybe}}}",
      "maculaos.backup.nightly.include_k3s_datastore: Input should be a valid boolean"),
+    ("maculaos: {watchdog: 60}", "maculaos.watchdog must be a mapping (enabled, timeout_seconds, "
+                                 "reboot_timeout_seconds)"),
+    ("maculaos: {watchdog: {enabled: maybe}}", "maculaos.watchdog.enabled: Input should be a valid boolean"),
+    ("maculaos: {watchdog: {timeout_seconds: 1}}",
+     "maculaos.watchdog.timeout_seconds: Input should be greater than or equal to 5"),
+    ("maculaos: {watchdog: {timeout_seconds: 3600}}",
+     "maculaos.watchdog.timeout_seconds: Input should be less than or equal to 600"),
+    ("maculaos: {watchdog: {timeout_seconds: a minute}}", "maculaos.watchdog.timeout_seconds: Input should be a "
+                                                          "valid integer"),
+    ("maculaos: {watchdog: {reboot_timeout_seconds: 10}}",
+     "maculaos.watchdog.reboot_timeout_seconds: Input should be greater than or equal to 30"),
+    ("maculaos: {watchdog: {timeout: 30}}", "maculaos.watchdog.timeout: not a known key (known: enabled"),
     ("ssh_authorized_keys: ssh-ed25519 AAAA", "ssh_authorized_keys must be a list"),
     ("ssh_authorized_keys: [ssh-dss AAAA]", "ssh_authorized_keys[0]: not an OpenSSH public key"),
     ("password_hash: hunter2", "password_hash must be a crypt(3) hash"),

@@ -165,7 +165,8 @@ class MeshRoleSpec(SelectorSpec):
     gateway: Gateway = Field(default_factory=Gateway)
     """Settings used when the gateway role is on."""
     firewall: Firewall = Field(default_factory=Firewall)
-    """The node firewall rendered from the roles."""
+    """The node firewall rendered from the roles. The node's git server (9418/tcp) is always admitted, the
+    agent's metrics (9750/tcp) only from pods."""
     wireguard: WireGuard = Field(default_factory=WireGuard)
     """The WireGuard mesh interface."""
     node_labels: dict[str, LabelValue] = Field(

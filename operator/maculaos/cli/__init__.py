@@ -7,18 +7,19 @@ import logging
 import sys
 
 from maculaos import __version__
-from maculaos.cli import cluster, dev, node
+from maculaos.cli import cluster, dev, diag, node
 from maculaos.errors import MaculaosError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The commands by audience: a node's (maculaos.cli.node), the cluster's (maculaos.cli.cluster), a
-    developer's (maculaos.cli.dev)."""
+    """The commands by audience: a node's (maculaos.cli.node, maculaos.cli.diag), the cluster's
+    (maculaos.cli.cluster), a developer's (maculaos.cli.dev)."""
     parser = argparse.ArgumentParser(prog="maculaos", description=__doc__)
     parser.add_argument("--version", action="version", version=f"maculaos {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     cluster.add_commands(commands)
     node.add_commands(commands)
+    diag.add_commands(commands)
     dev.add_commands(commands)
     return parser
 

@@ -18,7 +18,9 @@ from maculaos.errors import MaculaosError
 if TYPE_CHECKING:
     from maculaos.api.nodeupgrade import AgentPhase
     from maculaos.host.bundles import Release
+    from maculaos.host.nodeconfig import NodeConfig
     from maculaos.host.nodeupgrade import NodeUpgrader, UpgradeState
+    from maculaos.host.systemd import Systemd
     from maculaos.image.install import Medium
 
 #: The agent's flags that `agent apply` shares with `agent run` (the same fields of AgentSettings).
@@ -30,13 +32,17 @@ RUN_SETTINGS = ("node_name", "host_root", "resync_seconds", "nft", "systemctl", 
 def _agent_apply(args: argparse.Namespace) -> int:
     """Converge the host from its own config.yaml, without Kubernetes: the boot path of a node."""
     from maculaos.host.backup_server import backup_server_warnings
+    from maculaos.host.config import config_file
     from maculaos.host.kubernetes import apply_join
     from maculaos.host.meshrole import apply_mesh, meshrole_security_problem, plan_from_config, services_not_installed
     from maculaos.host.nodeconfig import read_node_config
     from maculaos.host.systemd import Systemd
 
+    if not config_file(args.host_root).exists():
+        return _apply_default_firewall(args)
     systemd = Systemd(args.host_root, live=args.live_systemd, systemctl=args.systemctl)
     config = read_node_config(args.host_root)
+    _apply_watchdog(args.host_root, config, systemd)  # first: it guards the rest of the boot
     plan = plan_from_config(config)  # the firewall the MeshRoles last gave (recorded by the agent), else config's
     problem = meshrole_security_problem(config)
     if problem:
@@ -50,6 +56,27 @@ def _agent_apply(args: argparse.Namespace) -> int:
         print(f"maculaos agent apply: warning: {warning}")
     join = apply_join(args.host_root, config)
     print(f"maculaos agent apply: {'warning: ' if join.problem else ''}{join.summary()}")
+    return 0
+
+
+def _apply_watchdog(host_root: Path, config: NodeConfig, systemd: Systemd) -> None:
+    """maculaos.watchdog; a bad section is said and changes nothing, and the rest of the apply goes on."""
+    from maculaos.host.watchdog import WatchdogError, apply_watchdog
+
+    try:
+        print(f"maculaos agent apply: {apply_watchdog(host_root, config, systemd).summary}")
+    except WatchdogError as exc:
+        print(f"maculaos agent apply: warning: {exc}", file=sys.stderr)
+
+
+def _apply_default_firewall(args: argparse.Namespace) -> int:
+    """A node without config.yaml (first boot, the live medium): the default ruleset, never none."""
+    from maculaos.host.config import config_file
+    from maculaos.host.firewall import load_ruleset, render_default_ruleset
+
+    load_ruleset(render_default_ruleset(), args.nft)
+    print(f"maculaos agent apply: no {config_file(args.host_root)}: the default firewall loaded (policy drop; "
+          f"SSH, mDNS, k3s, the first-boot wizard and the git server open)")
     return 0
 
 

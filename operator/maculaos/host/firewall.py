@@ -15,16 +15,17 @@ from typing import Any
 from maculaos.api.meshrole import ExtraPort, Firewall, MeshRoleName, Protocol, WireGuard
 from maculaos.errors import MaculaosError
 from maculaos.host.files import atomic_write
+from maculaos.host.ports import CNI_INTERFACES, admitted
 
 TABLE = "inet maculaos"
 #: The nft families whose input hook sees TCP to this host (arp's and bridge's do not filter it).
 IP_FAMILIES = ("inet", "ip", "ip6")
-# k3s: API server, kubelet, embedded etcd (servers); flannel's VXLAN and WireGuard backends.
-KUBERNETES_TCP_PORTS = (6443, 10250, 2379, 2380)
-KUBERNETES_UDP_PORTS = (8472, 51820, 51821)
-# Traffic from pods to the node arrives on the CNI's interfaces; dropping it breaks the cluster.
-CNI_INTERFACES = ("cni0", "flannel.1", "flannel-wg", "flannel-wg-v6")
-MDNS_PORT = 5353
+#: In the image: the default ruleset, written at build time; maculaos-firewall.service loads it when the
+#: node has no ruleset of its own (agent/firewall.nft on the data partition), or that one fails to load.
+DEFAULT_RULESET_PATH = Path("usr/lib/maculaos/firewall-default.nft")
+AGENT_HEADER = "# Managed by the MaculaOS agent from MeshRole objects. Do not edit."
+DEFAULT_HEADER = ("# The MaculaOS firewall of a node without config.yaml (first boot), from the list in "
+                  "maculaos.host.ports. Do not edit.")
 
 
 class FirewallError(MaculaosError):
@@ -48,16 +49,14 @@ class Rule:
 
 
 def role_rules(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard,
-               backup_server_port: int | None = None, backup_server_sources: tuple[str, ...] = ()) -> list[Rule]:
-    """The accept rules the roles and options call for, in a fixed order (diffs stay readable)."""
-    rules: list[Rule] = []
-    if firewall.allow_ssh:
-        rules.append(Rule(Protocol.TCP, (22,), "ssh"))
-    if firewall.allow_kubernetes:
-        rules.append(Rule(Protocol.TCP, KUBERNETES_TCP_PORTS, "k3s api, kubelet, etcd"))
-        rules.append(Rule(Protocol.UDP, KUBERNETES_UDP_PORTS, "k3s flannel"))
-    if firewall.allow_mdns:
-        rules.append(Rule(Protocol.UDP, (MDNS_PORT,), "mdns discovery"))
+               backup_server_port: int | None = None, backup_server_sources: tuple[str, ...] = (),
+               first_boot: bool = False) -> list[Rule]:
+    """The accept rules the roles and options call for, in a fixed order (diffs stay readable): first the
+    node's own ports (maculaos.host.ports, the one list), then the roles', the extra ports, the backup
+    server's."""
+    switches = {"allow_ssh": firewall.allow_ssh, "allow_kubernetes": firewall.allow_kubernetes,
+                "allow_mdns": firewall.allow_mdns}
+    rules = [Rule(p.protocol, p.ports, p.comment) for p in admitted(switches, first_boot) if not p.pods_only]
     if firewall.allow_mesh:
         if wireguard.enabled:
             rules.append(Rule(Protocol.UDP, (wireguard.listen_port,), "wireguard mesh"))
@@ -77,12 +76,13 @@ def _extra_rule(port: ExtraPort) -> Rule:
 
 
 def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard,
-                   backup_server_port: int | None = None, backup_server_sources: tuple[str, ...] = ()) -> str:
+                   backup_server_port: int | None = None, backup_server_sources: tuple[str, ...] = (),
+                   first_boot: bool = False) -> str:
     """The nft script that replaces table inet maculaos (or removes it when the firewall is disabled).
     backup_server_port: the node's rest-server port (config.yaml maculaos.backup_server), opened to peers
-    (only from backup_server_sources when given)."""
-    header = (f"# Managed by the MaculaOS agent from MeshRole objects. Do not edit.\n"
-              f"table {TABLE}\ndelete table {TABLE}\n")
+    (only from backup_server_sources when given). first_boot: the node has no config.yaml yet (the
+    first-boot wizard's ports open too)."""
+    header = f"{DEFAULT_HEADER if first_boot else AGENT_HEADER}\ntable {TABLE}\ndelete table {TABLE}\n"
     if not firewall.enabled:
         return header
     body = [
@@ -95,10 +95,17 @@ def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard:
     if firewall.allow_kubernetes:
         interfaces = ", ".join(f'"{name}"' for name in CNI_INTERFACES)
         body.append(f'iifname {{ {interfaces} }} accept comment "pods"')
-    rules = role_rules(roles, firewall, wireguard, backup_server_port, backup_server_sources)
+    rules = role_rules(roles, firewall, wireguard, backup_server_port, backup_server_sources, first_boot)
     body += [line for rule in rules for line in rule.render()]
     indented = "\n".join(f"\t\t{line}" for line in body)
     return f"{header}table {TABLE} {{\n\tchain input {{\n{indented}\n\t}}\n}}\n"
+
+
+def render_default_ruleset() -> str:
+    """The ruleset of a node that has no config.yaml: the MeshRole defaults (policy drop) of a peer with no
+    mesh yet (no WireGuard port), and the first-boot wizard's ports: exactly maculaos.host.ports' list.
+    The boot loads it before the network comes up; never Debian's accept-everything."""
+    return render_ruleset([], Firewall(), WireGuard(enabled=False), first_boot=True)
 
 
 def _nft(args: list[str], script: str, nft: str) -> None:
@@ -180,6 +187,12 @@ def _holds(value: Any, port: int) -> bool:
         low, high = value["range"]
         return isinstance(low, int) and isinstance(high, int) and low <= port <= high
     return False
+
+
+def load_ruleset(script: str, nft: str = "nft") -> None:
+    """Check, then load the ruleset, remembering nothing (the default of a node without config.yaml)."""
+    check_ruleset(script, nft)
+    _nft([], script, nft)
 
 
 def apply_ruleset(script: str, state_file: Path, nft: str = "nft") -> bool:

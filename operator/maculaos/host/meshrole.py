@@ -143,8 +143,8 @@ def meshrole_security_problem(config: NodeConfig) -> str | None:
     problem = config.problem("maculaos.meshrole_security")
     if problem is None:
         return None
-    return (f"{config.source}: {problem}; the firewall is the MeshRole defaults (policy drop; SSH, k3s, mDNS "
-            f"and the mesh open; no extra ports) until the agent applies the node's MeshRoles again")
+    return (f"{config.source}: {problem}; the firewall is the MeshRole defaults (policy drop; SSH, k3s, mDNS, "
+            f"the git server and the mesh open; no extra ports) until the agent applies the node's MeshRoles again")
 
 
 def recorded_security(plan: MeshPlan) -> MeshRoleSecurityConfig:

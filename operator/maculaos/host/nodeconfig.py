@@ -114,7 +114,8 @@ class MeshConfig(ConfigSection):
 
 class FirewallConfig(ConfigSection):
     """The node's nftables ruleset (the MeshRole's firewall: every one of its keys, so the file can say
-    everything a MeshRole can)."""
+    everything a MeshRole can). The node's git server (9418/tcp) is always admitted, the agent's metrics
+    (9750/tcp) only from pods."""
 
     enabled: bool = shared(Firewall, "enabled")
     default_policy: FirewallPolicy = shared(Firewall, "default_policy")
@@ -305,6 +306,23 @@ class KubernetesConfig(ConfigSection):
         return value
 
 
+class WatchdogConfig(BaseModel):
+    """systemd's hardware watchdog: PID 1 pets /dev/watchdog0, so a node whose kernel or
+    systemd hangs is reset by the hardware. Rendered at boot into a system.conf drop-in; where the machine
+    has no hardware watchdog, the kernel's softdog module stands in (it cannot help when the kernel
+    itself hangs). Unknown keys are refused: a misspelt timeout would silently keep the default."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Arm the watchdog (false keeps the section but disarms it)."""
+    timeout_seconds: int = Field(default=60, ge=5, le=600)
+    """Seconds without a sign of life from systemd before the watchdog resets the machine
+    (RuntimeWatchdogSec)."""
+    reboot_timeout_seconds: int = Field(default=600, ge=30, le=3600)
+    """Seconds a reboot may take before the watchdog forces it (RebootWatchdogSec)."""
+
+
 class MaculaosConfig(ConfigSection):
     """MaculaOS's own settings."""
 
@@ -326,6 +344,8 @@ class MaculaosConfig(ConfigSection):
     """The Backups this node runs, by name (written by the agent)."""
     kubernetes: KubernetesConfig | None = None
     """The cluster to join; absent: none. A bad section is reported at boot and the node boots unjoined."""
+    watchdog: WatchdogConfig | None = None
+    """The hardware watchdog; absent: off. A bad section is reported at boot and changes nothing."""
 
 
 def _ssh_key(value: object) -> str:

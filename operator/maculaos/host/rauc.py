@@ -122,8 +122,8 @@ class Rauc:
         data = _json(self._run(*args))
         return BundleInfo(compatible=str(data.get("compatible") or ""), version=str(data.get("version") or ""))
 
-    def status(self) -> RaucStatus:
-        data = _json(self._run("status", "--detailed", "--output-format=json"))
+    def status(self, timeout: float = 60.0) -> RaucStatus:
+        data = _json(self._run("status", "--detailed", "--output-format=json", timeout=timeout))
         slots = []
         for entry in data.get("slots") or []:
             for name, slot in entry.items():

@@ -73,3 +73,11 @@ class Systemd:
         result = self._run("restart", unit)
         if result.returncode != 0:
             raise SystemdError(f"systemctl restart {unit}: {result.stderr.strip()}")
+
+    def daemon_reexec(self) -> None:
+        """Re-execute PID 1 of the running system, so it reads system.conf (and its drop-ins) again."""
+        if not self.live:
+            raise SystemdError(f"cannot re-execute systemd: {self.host_root} is not a running system")
+        result = self._run("daemon-reexec")
+        if result.returncode != 0:
+            raise SystemdError(f"systemctl daemon-reexec: {result.stderr.strip()}")

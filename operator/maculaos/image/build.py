@@ -20,7 +20,12 @@ from pathlib import Path
 from maculaos import __version__
 from maculaos.errors import MaculaosError
 from maculaos.host.bundles import BundleError
+<<<<<<< HEAD
 from maculaos.image import airgap, debcache, disk, emulation, firmware, grub, iso, noderuntime, osrelease
+=======
+from maculaos.host.firewall import DEFAULT_RULESET_PATH, render_default_ruleset
+from maculaos.image import airgap, debcache, disk, emulation, firmware, grub, iso, noderuntime
+>>>>>>> s26-survive
 from maculaos.image.bundle import build_bundle, compatible
 from maculaos.image.definition import ImageDefinition
 from maculaos.image.signing import SigningError, SigningIdentity, sign_file
@@ -293,6 +298,8 @@ class ImageBuilder:
         firstboot.parent.mkdir(parents=True, exist_ok=True)
         firstboot.write_text("# First-boot commands from the image definition and its extensions.\n"
                              + "".join(f"{c}\n" for c in d.firstboot))
+        # The firewall of a node without config.yaml (maculaos-firewall.service), from the one port list.
+        (payload / DEFAULT_RULESET_PATH).write_text(render_default_ruleset())
         info = payload / "etc/maculaos/build-info"
         info.parent.mkdir(parents=True, exist_ok=True)
         info.write_text(self.build_info())
