@@ -38,7 +38,7 @@ from maculaos.image.vm import Vm
 from maculaos.image.vmnode import disk_node, provision_disk
 from maculaos.kube.rest import ApiError, Credentials, KubeClient
 from tests.restserver import start_rest_server
-from tests.image.conftest import REPO, BuiltImage, boot_timeout, check_ready_time, note_figure
+from tests.image.conftest import REPO, BuiltImage, boot_timeout, note_figure
 from tests.image.test_boot import PASSWORD_HASH, _ssh_key
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
@@ -179,7 +179,9 @@ def node(built_image: BuiltImage, plane: ControlPlane, next_bundle: Future[Path]
     kube = plane.admin_client()
     with Vm(spec, tmp / "console.log") as vm:
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=success", boot_timeout())
-        check_ready_time(vm, "real node, first boot")
+        # Not held to the direct-boot benchmark (test_boot is): this first boot also seeds /var and grows the
+        # data partition.
+        ready_at = vm.elapsed()
         node = Node(vm, "", kube, plane, ssh_port, metrics_port, tmp / "id_ed25519")
         node.name = wait_until("the VM's Node Ready", lambda: _node_ready(kube), boot_timeout(), node)
         joined_at = vm.elapsed()
@@ -192,8 +194,8 @@ def node(built_image: BuiltImage, plane: ControlPlane, next_bundle: Future[Path]
         wait_until("the operator pod Running and ready", lambda: _running(kube, "operator"), boot_timeout(), node)
         report_path = f"/apis/{GROUP}/{VERSION}/nodereports/{node.name}"
         wait_until("the node's first NodeReport", lambda: kube.get(report_path), boot_timeout(), node)
-        note_figure(f"real node ({vm.accel}): Node Ready {joined_at:.0f} s, agent and operator pods ready and the "
-                    f"first NodeReport {vm.elapsed():.0f} s after QEMU started")
+        note_figure(f"real node ({vm.accel}): MACULAOS-READY {ready_at:.0f} s, Node Ready {joined_at:.0f} s, "
+                    f"agent and operator pods ready and the first NodeReport {vm.elapsed():.0f} s after QEMU started")
         yield node
 
 
