@@ -1,0 +1,95 @@
+"""The operator's /metrics, /healthz and /readyz, scraped from the operator process over HTTP after it
+reconciled objects on the real control plane, and a node's report folded into the backup age."""
+
+from __future__ import annotations
+
+import datetime as dt
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from maculaos.kube.rest import object_path
+from tests.integration.conftest import Cluster, OperatorSupervisor, kube_of
+
+Create = Callable[[dict[str, Any]], dict[str, Any]]
+NODE = "macula-nuc-02"
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:  # not listening yet
+        return 0, str(exc)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    code, text = get(port, "/metrics")
+    if code != 200:
+        return {}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def test_metrics_after_a_reconcile(cluster: Cluster, operator_supervisor: OperatorSupervisor,
+                                   created: Create) -> None:
+    operator_supervisor.ensure_running()
+    port = operator_supervisor.metrics_port
+    cluster.wait_for(lambda: get(port, "/readyz") == (200, "leader: reconciling\n"), what="the operator ready")
+    assert get(port, "/healthz") == (200, "ok\n")
+    created({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "metrics-repo", "namespace": "maculaos-system"},
+             "stringData": {"password": "x"}})
+    created({"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": "metrics-held"},
+             "spec": {"version": "0.2.0", "paused": True}})
+    created({"apiVersion": "os.macula.io/v1alpha1", "kind": "Backup", "metadata": {"name": "metrics-nightly"},
+             "spec": {"target": {"local": {"path": "/backups"}},
+                      "repositoryPasswordSecretRef": {"name": "metrics-repo", "key": "password"}}})
+    cluster.wait_condition("Backup", "metrics-nightly", "True")
+    uid = cluster.get("Backup", "metrics-nightly")["metadata"]["uid"]
+    succeeded = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=2)
+    report_backup(cluster, uid, succeeded)
+    try:
+        def folded() -> bool:
+            return value(scrape(port), "maculaos_operator_backup_age_seconds", backup="metrics-nightly",
+                         node=NODE) is not None
+
+        cluster.wait_for(folded, what="the node's backup folded into the metrics")
+        cluster.wait_for(lambda: value(scrape(port), "maculaos_nodeupgrade_nodes", nodeupgrade="metrics-held",
+                                       state="matched") == 3, what="the NodeUpgrade's matched nodes")
+        samples = scrape(port)
+        age = value(samples, "maculaos_operator_backup_age_seconds", backup="metrics-nightly", node=NODE)
+        assert age is not None and 7200 <= age < 7200 + 120
+        assert value(samples, "maculaos_operator_backup_last_success_timestamp_seconds", backup="metrics-nightly",
+                     node=NODE) == succeeded.timestamp()
+        assert (value(samples, "maculaos_operator_reconcile_passes_total", kind="Backup") or 0) >= 1
+        assert (value(samples, "maculaos_operator_reconcile_passes_total", kind="NodeUpgrade") or 0) >= 1
+        assert value(samples, "maculaos_operator_leader") == 1
+        assert (value(samples, "maculaos_operator_fold_latency_seconds_count") or 0) >= 1
+        assert value(samples, "maculaos_nodeupgrade_paused", nodeupgrade="metrics-held") == 1
+        phases = [p for (n, labels), v in samples.items() if n == "maculaos_nodeupgrade_phase" and v == 1
+                  for k, p in labels if k == "phase" and ("nodeupgrade", "metrics-held") in labels]
+        assert len(phases) == 1
+        cluster.wait_for(lambda: value(scrape(port), "maculaos_node_os_version_info", node=NODE,
+                                       version="0.1.0") == 1, what="the nodes' versions (from a resync)")
+    finally:
+        kube_of(cluster.api).patch(object_path("nodereports", NODE, "status"),
+                                   {"status": {"entries": {"Backup/metrics-nightly": None}}})
+
+
+def report_backup(cluster: Cluster, uid: str, succeeded: dt.datetime) -> None:
+    """Write NODE's entry about the Backup as its agent would: into its own NodeReport."""
+    kube = kube_of(cluster.api)
+    cluster.kubectl("apply", "-f", "-", stdin=f"apiVersion: os.macula.io/v1alpha1\nkind: NodeReport\n"
+                                               f"metadata: {{name: {NODE}}}\n")
+    stamp = succeeded.isoformat().replace("+00:00", "Z")
+    kube.patch(object_path("nodereports", NODE, "status"), {"status": {"entries": {"Backup/metrics-nightly": {
+        "uid": uid, "report": {"phase": "Succeeded", "lastSuccessTime": stamp, "lastUpdateTime": stamp}}}}})
