@@ -1,9 +1,11 @@
 """The operator's /metrics, /healthz and /readyz, scraped from the operator process over HTTP after it
-reconciled objects on the real control plane, and a node's report folded into the backup age."""
+reconciled objects on the real control plane, and a node's report folded into the backup age; the Outcome
+column as `kubectl get -o wide` shows it."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -11,8 +13,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from maculaos.kube.rest import object_path
+from maculaos.agent.nodereport import Reporter
 from tests.integration.conftest import Cluster, OperatorSupervisor, kube_of
+from tests.integration.lookup import fetching_lookup
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
 NODE = "macula-nuc-02"
@@ -54,9 +57,10 @@ def test_metrics_after_a_reconcile(cluster: Cluster, operator_supervisor: Operat
              "spec": {"target": {"local": {"path": "/backups"}},
                       "repositoryPasswordSecretRef": {"name": "metrics-repo", "key": "password"}}})
     cluster.wait_condition("Backup", "metrics-nightly", "True")
-    uid = cluster.get("Backup", "metrics-nightly")["metadata"]["uid"]
     succeeded = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=2)
-    report_backup(cluster, uid, succeeded)
+    stamp = succeeded.isoformat().replace("+00:00", "Z")
+    agent = reporter(cluster)
+    assert agent.node_entry("backups", "metrics-nightly", {"phase": "Succeeded", "lastSuccessTime": stamp})
     try:
         def folded() -> bool:
             return value(scrape(port), "maculaos_operator_backup_age_seconds", backup="metrics-nightly",
@@ -81,15 +85,39 @@ def test_metrics_after_a_reconcile(cluster: Cluster, operator_supervisor: Operat
         cluster.wait_for(lambda: value(scrape(port), "maculaos_node_os_version_info", node=NODE,
                                        version="0.1.0") == 1, what="the nodes' versions (from a resync)")
     finally:
-        kube_of(cluster.api).patch(object_path("nodereports", NODE, "status"),
-                                   {"status": {"entries": {"Backup/metrics-nightly": None}}})
+        agent.node_entry("backups", "metrics-nightly", None)
 
 
-def report_backup(cluster: Cluster, uid: str, succeeded: dt.datetime) -> None:
-    """Write NODE's entry about the Backup as its agent would: into its own NodeReport."""
+def reporter(cluster: Cluster) -> Reporter:
+    """NODE's agent's reporter (the real one), without the rest of the agent: the test says what it reports."""
     kube = kube_of(cluster.api)
-    cluster.kubectl("apply", "-f", "-", stdin=f"apiVersion: os.macula.io/v1alpha1\nkind: NodeReport\n"
-                                               f"metadata: {{name: {NODE}}}\n")
-    stamp = succeeded.isoformat().replace("+00:00", "Z")
-    kube.patch(object_path("nodereports", NODE, "status"), {"status": {"entries": {"Backup/metrics-nightly": {
-        "uid": uid, "report": {"phase": "Succeeded", "lastSuccessTime": stamp, "lastUpdateTime": stamp}}}}})
+    return Reporter(kube, NODE, fetching_lookup(kube))
+
+
+def wide_row(cluster: Cluster, plural: str, name: str) -> dict[str, str]:
+    """One object's row of `kubectl get -o wide`, by column header (columns split on 2+ spaces)."""
+    lines = cluster.kubectl("get", plural, name, "-o", "wide").stdout.splitlines()
+    headers, cells = (re.split(r"\s{2,}", line.strip()) for line in lines[:2])
+    return dict(zip(headers, cells, strict=True))
+
+
+def test_the_outcome_column_tells_what_the_nodes_made_of_it(cluster: Cluster, operator_supervisor: OperatorSupervisor,
+                                                            created: Create) -> None:
+    operator_supervisor.ensure_running()
+    created({"apiVersion": "os.macula.io/v1alpha1", "kind": "HealthCheck", "metadata": {"name": "outcome-edge"},
+             "spec": {"checks": [{"name": "ssh", "type": "tcp", "tcp": {"port": 22}}]}})
+    cluster.wait_condition("HealthCheck", "outcome-edge", "True")
+    agent = reporter(cluster)
+    assert agent.node_entry("healthchecks", "outcome-edge", {"phase": "Healthy", "observedGeneration": 1})
+    try:
+        cluster.wait_for(lambda: cluster.get("HealthCheck", "outcome-edge")["status"].get("outcome") == "1/3 healthy",
+                         what="the HealthCheck's outcome")
+        row = wide_row(cluster, "healthchecks", "outcome-edge")
+        assert (row["READY"], row["OUTCOME"], row["HEALTHY"]) == ("True", "1/3 healthy", "1")
+        narrow = cluster.kubectl("get", "healthchecks", "outcome-edge").stdout.splitlines()[0].split()
+        assert "OUTCOME" in narrow and "HEALTHY" not in narrow, "the count the outcome sums up shows only wide"
+        assert agent.node_entry("healthchecks", "outcome-edge", {"phase": "Unhealthy", "observedGeneration": 1})
+        cluster.wait_for(lambda: wide_row(cluster, "healthchecks", "outcome-edge")["OUTCOME"]
+                         == "0/3 healthy, 1 unhealthy", what="the outcome after the node turned unhealthy")
+    finally:
+        agent.node_entry("healthchecks", "outcome-edge", None)

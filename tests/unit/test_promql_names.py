@@ -25,6 +25,6 @@ def test_names_in_expressions(expr: str, names: set[str]) -> None:
 def test_the_registries_define_both_processes_metrics_with_their_suffixes() -> None:
     names = defined_metrics()
     assert {"maculaos_operator_reconcile_passes_total", "maculaos_operator_fold_latency_seconds_bucket",
-            "maculaos_nodeupgrade_nodes", "maculaos_operator_backup_age_seconds", "maculaos_agent_converge_passes_total",
-            "maculaos_healthcheck_up"} <= names
+            "maculaos_nodeupgrade_nodes", "maculaos_operator_backup_age_seconds",
+            "maculaos_agent_converge_passes_total", "maculaos_healthcheck_up"} <= names
     assert "maculaos_operator_reconcile_passes" not in names  # a counter is exposed with _total only

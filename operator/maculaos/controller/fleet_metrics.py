@@ -132,7 +132,8 @@ class Fleet(Collector):
                 succeeded += 1
                 families["backup_ts"].add_metric([name, node], when)
                 families["backup_age"].add_metric([name, node], max(0.0, now - when))
-            families["backup_nodes"].add_metric([name, "matched"], int((body.get("status") or {}).get("matchedNodes") or 0))
+            matched = int((body.get("status") or {}).get("matchedNodes") or 0)
+            families["backup_nodes"].add_metric([name, "matched"], matched)
             families["backup_nodes"].add_metric([name, "succeeded"], succeeded)
 
     def _health(self, families: dict[str, GaugeMetricFamily]) -> None:

@@ -19,8 +19,8 @@ import kopf
 
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.controller import memory
-from maculaos.controller.fleet_metrics import Fleet
 from maculaos.controller.cluster import ApiCluster, list_objects
+from maculaos.controller.fleet_metrics import Fleet
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORTS, Folder
 from maculaos.controller.metrics import FOLD_LATENCY, TICK_SECONDS, Health, counted
 from maculaos.controller.nodeupgrade import Rollouts
