@@ -6,41 +6,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from maculaos.agent.nodereport import Reporter
 from tests.integration.conftest import Cluster, OperatorSupervisor, kube_of
 from tests.integration.lookup import fetching_lookup
+from tests.integration.scrape import get, scrape, value
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
 NODE = "macula-nuc-02"
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:  # not listening yet
-        return 0, str(exc)
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    code, text = get(port, "/metrics")
-    if code != 200:
-        return {}
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
 
 
 def test_metrics_after_a_reconcile(cluster: Cluster, operator_supervisor: OperatorSupervisor,
