@@ -21,7 +21,7 @@ from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
 from maculaos.devenv.demo import install_crds, start_operator
 from maculaos.devenv.nodes import demo_fleet, register_node
-from maculaos.devenv.processes import ProcessRecord, is_running, stop
+from maculaos.devenv.processes import ProcessRecord, free_port, is_running, stop
 from maculaos.kube.rest import Credentials, KubeClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,11 +126,13 @@ class OperatorSupervisor:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.record: ProcessRecord | None = None
+        self.metrics_port = free_port()
+        """Where the operator serves /metrics, /healthz and /readyz (on 127.0.0.1)."""
 
     def ensure_running(self) -> ProcessRecord:
         if self.record is None or not is_running(self.record):
             self.record = start_operator(self.cluster.plane.kubeconfig, self.cluster.plane.workdir / "logs",
-                                         resync_seconds=2)
+                                         resync_seconds=2, metrics_port=self.metrics_port)
         return self.record
 
     def stop(self) -> None:

@@ -91,6 +91,13 @@ def test_charts_lint_strict(tools: Tools) -> None:
     ("operator.secretNamespaces={Bad_NS}", "operator.secretNamespaces"),
     ("operator.resources.requests.memory=lots", "operator.resources.requests.memory"),
     ("operator.replica=2", "operator"),
+    ("operator.metricsPort=70000", "operator.metricsPort"),
+    ("operator.livenessProbe.periodSeconds=0", "operator.livenessProbe.periodSeconds"),
+    ("operator.readinessProbe.timeout=5", "operator.readinessProbe"),
+    ("monitoring.serviceMonitor.interval=often", "monitoring.serviceMonitor.interval"),
+    ("monitoring.prometheusRule.backupStaleSeconds=5", "monitoring.prometheusRule.backupStaleSeconds"),
+    ("monitoring.prometheusRule.for=ten", "monitoring.prometheusRule.for"),
+    ("monitoring.grafanaDashboard.labels.bad/key/x=1", "monitoring.grafanaDashboard.labels"),
 ])
 def test_values_schema_rejects_bad_values(tools: Tools, value: str, words: str) -> None:
     result = template(tools, OPERATOR_CHART, f"--set={value}")
@@ -106,6 +113,9 @@ VARIANTS = {
     "every-node": ["--set-json=agent.nodeSelector={}", "--set=agent.metricsPort=0"],
     "secrets-anywhere": ["--set=operator.secretNamespaces={*}"],
     "secrets-listed": ["--set=operator.secretNamespaces={backups,maculaos-system}"],
+    "no-metrics": ["--set=operator.metricsPort=0"],
+    "probes-tuned": ["--set=operator.metricsPort=19751,operator.livenessProbe.periodSeconds=60",
+                     "--set=operator.readinessProbe.failureThreshold=10"],
     "pinned-image": ["--set=image.repository=registry.local:5000/maculaos,image.tag=0.1.0@sha256:" + "a" * 64,
                      "--set=image.pullPolicy=Never,operator.priorityClassName=system-cluster-critical"],
 }
@@ -161,6 +171,75 @@ def test_variants_render_what_they_say() -> None:
     assert not [r for r in anywhere["Role"] if "secrets" in r["metadata"]["name"]]
     assert any("secrets" in rule["resources"] for role in anywhere["ClusterRole"]
                for rule in role["rules"])
+
+
+MONITORING = ["--set=monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true",
+              "--set=monitoring.grafanaDashboard.enabled=true,monitoring.serviceMonitor.labels.release=prom"]
+
+
+def rendered(*values: str) -> dict[str, list[Any]]:
+    out = subprocess.run([str(REPO / ".tools" / "bin" / "helm"), "template", "maculaos", str(OPERATOR_CHART),
+                          f"--namespace={NAMESPACE}", f"--kube-version={KUBE_VERSION}", *values],
+                         capture_output=True, text=True, check=True).stdout
+    found: dict[str, list[Any]] = {}
+    for doc in yaml.safe_load_all(out):
+        if doc:
+            found.setdefault(doc["kind"], []).append(doc)
+    return found
+
+
+def test_operator_probes_and_metrics_port() -> None:
+    container = rendered()["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-port=9751" in container["args"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9751, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    tuned = rendered(*VARIANTS["probes-tuned"])["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
+    assert tuned["livenessProbe"]["periodSeconds"] == 60 and tuned["readinessProbe"]["failureThreshold"] == 10
+    assert tuned["ports"][0]["containerPort"] == 19751
+    off = rendered("--set=operator.metricsPort=0")["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-port=0" in off["args"] and not {"ports", "livenessProbe", "readinessProbe"} & set(off)
+
+
+def test_monitoring_is_off_by_default_and_complete_when_on(tools: Tools) -> None:
+    assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "Service"} & set(rendered())
+    on = rendered(*MONITORING)
+    service, monitor = on["Service"][0], on["ServiceMonitor"][0]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["selector"] == on["Deployment"][0]["spec"]["selector"]["matchLabels"]
+    agent = on["DaemonSet"][0]["spec"]["template"]
+    assert on["PodMonitor"][0]["spec"]["selector"]["matchLabels"].items() <= agent["metadata"]["labels"].items()
+    assert {"name": "metrics", "containerPort": 9750, "protocol": "TCP"} in agent["spec"]["containers"][0]["ports"]
+    dashboard = on["ConfigMap"][0]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["maculaos-fleet.json"])["uid"] == "maculaos-fleet"
+    # The Service and the ConfigMap through the real API server (the monitoring.coreos.com kinds need the
+    # Prometheus Operator's CRDs, which this control plane does not have).
+    if not tools.exists("namespace", NAMESPACE):
+        tools.kubectl("create", "namespace", NAMESPACE)
+    plain = "---\n".join(yaml.safe_dump(doc) for doc in (service, dashboard))
+    applied = tools.kubectl("apply", "--dry-run=server", "-f", "-", stdin=plain, check=False)
+    assert applied.returncode == 0, applied.stderr
+
+
+def test_alerts_and_dashboard_name_only_metrics_that_exist() -> None:
+    """Every series an alert or a dashboard panel reads is one the operator or the agent exposes: renaming
+    a metric without its queries fails here."""
+    from tests.promql_names import PROMETHEUS_SERIES, defined_metrics, metric_names
+
+    on = rendered(*MONITORING)
+    alerts = {r["alert"]: r["expr"] for g in on["PrometheusRule"][0]["spec"]["groups"] for r in g["rules"]}
+    assert {"MaculaOSBackupStale", "MaculaOSRolloutFailed", "MaculaOSRolloutPaused", "MaculaOSNodeUnhealthy",
+            "MaculaOSAgentNotReporting"} <= set(alerts)
+    dashboard = json.loads(on["ConfigMap"][0]["data"]["maculaos-fleet.json"])
+    queries = {f"panel {p['title']!r}": t["expr"] for p in dashboard["panels"] for t in p["targets"]}
+    assert len(queries) >= 10
+    known = defined_metrics() | PROMETHEUS_SERIES
+    unknown = {where: sorted(metric_names(expr) - known) for where, expr in {**alerts, **queries}.items()
+               if metric_names(expr) - known}
+    assert not unknown, f"queries name metrics nobody defines: {unknown}"
+    assert all(metric_names(expr) for expr in [*alerts.values(), *queries.values()]), "a query reads no metric"
 
 
 def test_kustomize_manifests_are_current() -> None:

@@ -220,9 +220,11 @@ def test_restore_phase_from_node_reports() -> None:
     status = {"nodes": {"nuc-01": {"phase": "Succeeded", "snapshotId": "abcdef0123"}}}
     assert restore_fields(restore, status, {}, labels)["phase"] == "Running"
     status["nodes"] |= {n: {"phase": "Succeeded"} for n in NODES[1:]}
-    assert restore_fields(restore, status, {}, labels) == {"phase": "Succeeded", "snapshotId": "abcdef01"}
+    assert restore_fields(restore, status, {}, labels) == {"phase": "Succeeded", "snapshotId": "abcdef01",
+                                                           "outcome": f"{len(NODES)}/{len(NODES)} restored"}
     status["nodes"]["pi-03"] = {"phase": "Failed"}
     assert restore_fields(restore, status, {}, labels)["phase"] == "Failed"
+    assert restore_fields(restore, status, {}, labels)["outcome"] == f"{len(NODES) - 1}/{len(NODES)} restored, 1 failed"
 
 
 def test_retention_always_keeps_the_newest_snapshot() -> None:

@@ -117,3 +117,22 @@ def test_check_fails_on_a_stale_chart_template(tmp_path: Path) -> None:
     first = sorted(chart.glob("*.yaml"))[0]
     first.write_text(first.read_text().replace("helm.sh/resource-policy: keep", "helm.sh/resource-policy: delete"))
     assert main([*args, "--check"]) == 1
+
+
+@pytest.mark.parametrize("model", [m for m in KINDS if m.resource.kind != "NodeReport"], ids=lambda m: m.resource.kind)
+def test_the_outcome_column_stands_next_to_ready_and_points_at_a_status_field(model: Any) -> None:
+    crd = build_crd(model)["spec"]["versions"][0]
+    shown = [c["name"] for c in crd["additionalPrinterColumns"] if not c.get("priority")]
+    assert shown[shown.index("Ready") + 1] == "Outcome"
+    outcome = next(c for c in crd["additionalPrinterColumns"] if c["name"] == "Outcome")
+    status = crd["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert outcome["jsonPath"] == ".status.outcome" and status["outcome"]["type"] == "string"
+    assert status["outcome"]["description"]
+
+
+def test_counts_the_outcome_sums_up_show_only_wide() -> None:
+    columns = {m.resource.kind: {c["name"]: c.get("priority", 0) for c in
+                                 build_crd(m)["spec"]["versions"][0]["additionalPrinterColumns"]} for m in KINDS}
+    assert columns["NodeUpgrade"]["Upgraded"] == columns["NodeUpgrade"]["Failed"] == 1
+    assert columns["HealthCheck"]["Healthy"] == columns["MeshRole"]["Applied"] == 1
+    assert columns["NodeUpgrade"]["Phase"] == columns["Backup"]["Last Success"] == 0

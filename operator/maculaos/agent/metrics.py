@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
+
+from maculaos import metrics_http
 
 PASSES = Counter("maculaos_agent_converge_passes", "Converge passes of the agent", ["result"])
 PASS_SECONDS = Histogram("maculaos_agent_converge_seconds", "Duration of a converge pass",
@@ -59,28 +59,4 @@ def set_roles(labels: dict[str, str | None]) -> None:
 
 def serve(address: str, port: int, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
     """Serve /metrics and /healthz (200 while healthy() holds, else 503) in a daemon thread."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path == "/metrics":
-                self._answer(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
-                ok = healthy()
-                self._answer(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, b"ok\n" if ok else b"stale\n",
-                             "text/plain")
-            else:
-                self._answer(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-
-        def _answer(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer((address, port), Handler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+    return metrics_http.serve(address, port, {"/healthz": lambda: (True, "ok") if healthy() else (False, "stale")})

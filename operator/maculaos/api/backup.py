@@ -30,6 +30,7 @@ from maculaos.api.common import (
     SecretKeyRef,
     SelectorSpec,
     age_column,
+    outcome_column,
     parse_duration,
     ready_column,
     reason_column,
@@ -224,7 +225,7 @@ class BackupSpec(SelectorSpec):
             PrinterColumn(name="Nodes", type="integer", json_path=".status.matchedNodes"),
             PrinterColumn(name="Last Success", type="date", json_path=".status.lastSuccessfulTime"),
             PrinterColumn(name="Stale", type="string", json_path='.status.conditions[?(@.type=="Stale")].status'),
-            ready_column(), reason_column(), age_column(),
+            ready_column(), outcome_column(), reason_column(), age_column(),
         ],
     )
     status_model = BackupStatus
@@ -308,7 +309,7 @@ class RestoreSpec(CustomResource):
             PrinterColumn(name="Node", type="string", json_path=".spec.nodeName"),
             PrinterColumn(name="Snapshot", type="string", json_path=".status.snapshotId"),
             PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
-            ready_column(), reason_column(), age_column(),
+            ready_column(), outcome_column(), reason_column(), age_column(),
         ],
     )
     status_model = RestoreStatus

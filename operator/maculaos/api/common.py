@@ -262,6 +262,10 @@ class ObjectStatus(ApiModel):
     """Ready, Invalid and the kind's own conditions."""
     matched_nodes: int = 0
     """How many Nodes the nodeSelector selects right now."""
+    outcome: str = ""
+    """What the selected nodes made of the object, in a few words (e.g. `2/3 upgraded, 1 failed`,
+    `2/3 healthy`, `macula-nuc-01: Succeeded`): the Outcome column next to Ready, which says only that the
+    object was accepted. Written by the operator from the nodes' entries."""
     nodes: dict[str, NodeEntry] = Field(default_factory=dict)
     """Per-node reports, keyed by Node name."""
 
@@ -274,15 +278,25 @@ class PrinterColumn:
     type: str
     json_path: str
     description: str = ""
+    priority: int = 0
+    """0 shows in `kubectl get`; 1 only with `-o wide` (details the Outcome column sums up)."""
 
-    def to_crd(self) -> dict[str, str]:
-        column = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
+    def to_crd(self) -> dict[str, str | int]:
+        column: dict[str, str | int] = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
+        if self.priority:
+            column["priority"] = self.priority
         return column | ({"description": self.description} if self.description else {})
 
 
 def ready_column() -> PrinterColumn:
     return PrinterColumn(name="Ready", type="string", json_path='.status.conditions[?(@.type=="Ready")].status',
                          description="Ready condition")
+
+
+def outcome_column() -> PrinterColumn:
+    return PrinterColumn(name="Outcome", type="string", json_path=".status.outcome",
+                         description="What the selected nodes made of it, e.g. 2/3 upgraded, 1 failed (Ready says "
+                                     "only that it was accepted)")
 
 
 def reason_column() -> PrinterColumn:

@@ -20,6 +20,7 @@ from maculaos.api.common import (
     ResourceInfo,
     SelectorSpec,
     age_column,
+    outcome_column,
     ready_column,
     reason_column,
 )
@@ -176,8 +177,8 @@ class HealthCheckSpec(SelectorSpec):
             PrinterColumn(name="Checks", type="integer", json_path=".status.checkCount"),
             PrinterColumn(name="Nodes", type="integer", json_path=".status.matchedNodes"),
             PrinterColumn(name="Healthy", type="integer", json_path=".status.healthyNodes",
-                          description="Nodes passing every check"),
-            ready_column(), reason_column(), age_column(),
+                          description="Nodes passing every check", priority=1),
+            ready_column(), outcome_column(), reason_column(), age_column(),
         ],
     )
     status_model = HealthCheckStatus

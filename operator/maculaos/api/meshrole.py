@@ -23,6 +23,7 @@ from maculaos.api.common import (
     SelectorSpec,
     age_column,
     field_differences,
+    outcome_column,
     ready_column,
     reason_column,
     show_value,
@@ -141,8 +142,8 @@ class MeshRoleSpec(SelectorSpec):
             PrinterColumn(name="Nodes", type="integer", json_path=".status.matchedNodes",
                           description="Nodes selected"),
             PrinterColumn(name="Applied", type="integer", json_path=".status.appliedNodes",
-                          description="Nodes that applied the current generation"),
-            ready_column(), reason_column(), age_column(),
+                          description="Nodes that applied the current generation", priority=1),
+            ready_column(), outcome_column(), reason_column(), age_column(),
         ],
     )
     status_model = MeshRoleStatus

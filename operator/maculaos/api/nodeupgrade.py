@@ -23,6 +23,7 @@ from maculaos.api.common import (
     ResourceInfo,
     SelectorSpec,
     age_column,
+    outcome_column,
     ready_column,
     reason_column,
 )
@@ -342,9 +343,9 @@ class NodeUpgradeSpec(SelectorSpec):
             PrinterColumn(name="Strategy", type="string", json_path=".spec.strategy.type"),
             PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
             PrinterColumn(name="Nodes", type="integer", json_path=".status.matchedNodes"),
-            PrinterColumn(name="Upgraded", type="integer", json_path=".status.upgradedNodes"),
-            PrinterColumn(name="Failed", type="integer", json_path=".status.failedNodes"),
-            ready_column(), reason_column(), age_column(),
+            PrinterColumn(name="Upgraded", type="integer", json_path=".status.upgradedNodes", priority=1),
+            PrinterColumn(name="Failed", type="integer", json_path=".status.failedNodes", priority=1),
+            ready_column(), outcome_column(), reason_column(), age_column(),
         ],
     )
     status_model = NodeUpgradeStatus

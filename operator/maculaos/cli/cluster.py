@@ -7,10 +7,16 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.cli import options
 from maculaos.errors import MaculaosError
+
+if TYPE_CHECKING:
+    from maculaos.controller.fleet_metrics import Fleet
+    from maculaos.controller.metrics import Health
+    from maculaos.kube.rest import Credentials
 
 REPO_CRDS = options.REPO_ROOT / "crds"
 CHART_CRDS = options.REPO_ROOT / "charts" / "maculaos-crds" / "templates"
@@ -69,12 +75,41 @@ def _operator_run(args: argparse.Namespace) -> int:
         credentials = Credentials.load()
     except ConfigError as exc:
         raise MaculaosError(f"cannot reach the Kubernetes API: {exc}", exit_code=2) from exc
+    health, fleet = _serve_metrics(args.metrics_port, credentials, args.leader_elect)
     if args.leader_elect:
         run_with_leader_election(args.resync_seconds, args.namespace, credentials,
-                                 lease_duration=args.lease_duration)
+                                 lease_duration=args.lease_duration, health=health, fleet=fleet)
     else:
-        run_operator(args.resync_seconds, credentials)
+        run_operator(args.resync_seconds, credentials, health=health, fleet=fleet)
     return 0
+
+
+def _serve_metrics(address: str, credentials: Credentials, leader_elect: bool) -> tuple[Health | None, Fleet | None]:
+    """/metrics, /healthz and /readyz on address ([HOST:]PORT; port 0 serves nothing): (Health, Fleet)."""
+    from prometheus_client import REGISTRY
+
+    from maculaos import metrics_http
+    from maculaos.controller.fleet_metrics import Fleet
+    from maculaos.controller.metrics import Health
+    from maculaos.kube.rest import KubeClient
+
+    try:
+        host, port = metrics_http.parse_address(address)
+    except ValueError as exc:
+        raise MaculaosError(f"--metrics-port: {exc}", exit_code=2) from exc
+    if port == 0:
+        return None, None
+    probe_client = KubeClient(credentials, user_agent="maculaos-operator-probes", connections=1)
+    health = Health(leader_election=leader_elect,
+                    api_check=lambda: probe_client.request("GET", "/version", timeout=3))
+    fleet = Fleet()
+    REGISTRY.register(fleet)
+    try:
+        metrics_http.serve(host, port, {"/healthz": health.liveness, "/readyz": health.readiness})
+    except OSError as exc:
+        raise MaculaosError(f"cannot serve metrics on {host}:{port}: {exc.strerror}; choose another "
+                            "--metrics-port (or 0 to serve none)", exit_code=2) from exc
+    return health, fleet
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,4 +134,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     run.add_argument("--resync-seconds", type=float,
                      default=float(os.environ.get("MACULAOS_RESYNC_SECONDS", "30")),
                      help="re-judge every object this often, so cluster changes are picked up")
+    run.add_argument("--metrics-port", default=os.environ.get("MACULAOS_OPERATOR_METRICS_PORT", "9751"),
+                     help="[HOST:]PORT serving /metrics, /healthz and /readyz (default 9751 on every address; "
+                          "0 serves none)")
     options.logging_options(run)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from maculaos.api.backup import BackupSpec, RestoreSpec
 from maculaos.api.common import BACKUP_SERVER_PATTERN, NodeSelector, parse_duration
 from maculaos.controller.backup_schedule import admit_nodes, decide, node_done, parse_time, rfc3339, schedule_interval
+from maculaos.controller.outcome import restore_outcome
 
 
 @dataclass(frozen=True)
@@ -144,4 +145,5 @@ def restore_fields(spec: RestoreSpec, status: Mapping[str, Any], backup: Mapping
     else:
         phase = "Pending"
     snapshots = sorted({str(e.get("snapshotId")) for e in entries.values() if e.get("snapshotId")})
-    return {"phase": phase, "snapshotId": ",".join(s[:8] for s in snapshots)}
+    return {"phase": phase, "snapshotId": ",".join(s[:8] for s in snapshots),
+            "outcome": restore_outcome(targets, entries, one_node=bool(spec.node_name))}

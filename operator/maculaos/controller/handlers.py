@@ -20,7 +20,9 @@ import kopf
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.controller import memory
 from maculaos.controller.cluster import ApiCluster, list_objects
+from maculaos.controller.fleet_metrics import Fleet
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORTS, Folder
+from maculaos.controller.metrics import FOLD_LATENCY, TICK_SECONDS, Health, counted
 from maculaos.controller.nodeupgrade import Rollouts
 from maculaos.controller.reconcile import judge, write
 from maculaos.kube.rest import Credentials, KubeClient
@@ -36,28 +38,33 @@ ROLLOUT_KIND = "NodeUpgrade"
 
 
 def reconcile_one(kube: KubeClient, body: dict[str, Any], rollouts: Rollouts) -> None:
-    if body.get("kind") == ROLLOUT_KIND:
-        rollouts.reconcile(body["metadata"]["name"])
-        return
-    write(kube, body, judge(body, ApiCluster(kube)))
+    with counted(str(body.get("kind"))):
+        if body.get("kind") == ROLLOUT_KIND:
+            rollouts.reconcile(body["metadata"]["name"])
+            return
+        write(kube, body, judge(body, ApiCluster(kube)))
 
 
-def resync_all(kube: KubeClient, rollouts: Rollouts, folder: Folder | None = None) -> int:
+def resync_all(kube: KubeClient, rollouts: Rollouts, folder: Folder | None = None,
+               fleet: Fleet | None = None) -> int:
     """Judge every object against one fresh snapshot of the cluster; returns how many were written."""
     cluster = ApiCluster(kube)
+    if fleet is not None:
+        fleet.observe_nodes(cluster.node_labels())
     written = 0 if folder is None else folder.fold_all(cluster.node_labels().keys())
     for model in KINDS:
         bodies = list_objects(kube, model.resource.plural)
         if model.resource.kind == ROLLOUT_KIND:
             rollouts.release_orphans(cluster, {b["metadata"]["name"] for b in bodies})
         for body in bodies:
-            if model.resource.kind == ROLLOUT_KIND:
-                rollouts.reconcile(body["metadata"]["name"], cluster)
-                continue
-            outcome = judge(body, cluster)
-            if outcome.status is not None:
-                write(kube, body, outcome)
-                written += 1
+            with counted(model.resource.kind):
+                if model.resource.kind == ROLLOUT_KIND:
+                    rollouts.reconcile(body["metadata"]["name"], cluster)
+                    continue
+                outcome = judge(body, cluster)
+                if outcome.status is not None:
+                    write(kube, body, outcome)
+                    written += 1
     return written
 
 
@@ -85,19 +92,29 @@ async def fold_forever(folder: Folder, wake: asyncio.Event, debounce: float = DE
             log.warning(f"folding node reports failed: {exc}")
             await asyncio.sleep(1.0)
             wake.set()
+        else:
+            FOLD_LATENCY.observe(loop.time() - first)
         last_fold = loop.time()
 
 
-async def resync_forever(kube: KubeClient, rollouts: Rollouts, interval: float, folder: Folder) -> None:
+async def resync_forever(kube: KubeClient, rollouts: Rollouts, interval: float, folder: Folder,
+                         fleet: Fleet | None = None) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            written = await asyncio.to_thread(resync_all, kube, rollouts, folder)
+            written = await asyncio.to_thread(resync_all, kube, rollouts, folder, fleet)
         except Exception:  # the next pass retries; a failing pass must not end the loop
             log.exception("resync pass failed")
             continue
         if written:
             log.info(f"resync updated {written} object(s)")
+
+
+async def tick_forever(health: Health, interval: float = TICK_SECONDS) -> None:
+    """Tell the liveness probe that the event loop runs (kopf's handlers and our passes share it)."""
+    while True:
+        health.tick()
+        await asyncio.sleep(interval)
 
 
 async def trim_forever(interval: float = memory.TRIM_SECONDS) -> None:
@@ -119,8 +136,10 @@ def connection_info(credentials: Credentials) -> kopf.ConnectionInfo:
                                private_key_path=credentials.key_file, token=token or None)
 
 
-def build_registry(resync_seconds: float, credentials: Credentials) -> kopf.OperatorRegistry:
-    """Every handler of the controller, registered on a fresh registry (no import-time globals)."""
+def build_registry(resync_seconds: float, credentials: Credentials, health: Health | None = None,
+                   fleet: Fleet | None = None) -> kopf.OperatorRegistry:
+    """Every handler of the controller, registered on a fresh registry (no import-time globals); health and
+    fleet, when given, are what the probes and the fleet metrics read."""
     registry = kopf.OperatorRegistry()
     # One connection pool, and one request count, for every API call of the controller (kopf's watches
     # use their own).
@@ -136,6 +155,8 @@ def build_registry(resync_seconds: float, credentials: Credentials) -> kopf.Oper
     async def on_rollout_event(event: kopf.RawEvent, **_: Any) -> None:
         """An agent's report (a status change kopf's update handlers do not see) moves the rollout now
         rather than at the next resync."""
+        if fleet is not None:
+            fleet.observe(event.get("type"), event["object"])
         if event.get("type") in ("ADDED", "MODIFIED"):
             await asyncio.to_thread(rollouts.reconcile_soon, event["object"]["metadata"]["name"])
 
@@ -143,6 +164,11 @@ def build_registry(resync_seconds: float, credentials: Credentials) -> kopf.Oper
         """A node's agent wrote its NodeReport: fold it into the objects' status.nodes soon."""
         if folder.observe(event.get("type"), event["object"]):
             fold_wake.set()
+
+    async def on_object_event(event: kopf.RawEvent, **_: Any) -> None:
+        """Every change of a Backup or HealthCheck, status included: what the fleet metrics show."""
+        if fleet is not None:
+            fleet.observe(event.get("type"), event["object"])
 
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         """Exclusive access comes from leader election, so kopf's peering is off; kopf keeps its progress
@@ -153,9 +179,12 @@ def build_registry(resync_seconds: float, credentials: Credentials) -> kopf.Oper
             prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
         settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
         settings.posting.enabled = False  # Events are posted by reconcile.write, one per verdict change
-        resync_task.append(asyncio.create_task(resync_forever(kube, rollouts, resync_seconds, folder)))
+        resync_task.append(asyncio.create_task(resync_forever(kube, rollouts, resync_seconds, folder, fleet)))
         resync_task.append(asyncio.create_task(fold_forever(folder, fold_wake)))
         resync_task.append(asyncio.create_task(trim_forever()))
+        if health is not None:
+            resync_task.append(asyncio.create_task(tick_forever(health)))
+            health.start()
         fold_wake.set()  # the first fold reads every NodeReport
 
     async def stop_resync(**_: Any) -> None:
@@ -175,4 +204,6 @@ def build_registry(resync_seconds: float, credentials: Credentials) -> kopf.Oper
             decorator(GROUP, VERSION, model.resource.plural, registry=registry)(on_change)
     kopf.on.event(GROUP, VERSION, "nodeupgrades", registry=registry)(on_rollout_event)
     kopf.on.event(GROUP, VERSION, REPORTS, registry=registry)(on_report_event)
+    for plural in ("backups", "healthchecks"):
+        kopf.on.event(GROUP, VERSION, plural, registry=registry)(on_object_event)
     return registry

@@ -30,6 +30,7 @@ from maculaos.controller.conditions import merge_condition
 from maculaos.controller.nodeupgrade_drain import PodRef, drain_step
 from maculaos.controller.nodeupgrade_releases import ReleaseResolver, Resolution
 from maculaos.controller.nodeupgrade_rollout import DrainReport, NodeFacts, Plan, RolloutInput, plan_rollout
+from maculaos.controller.outcome import rollout_outcome
 from maculaos.controller.reconcile import COMPONENT, judge, write
 from maculaos.controller.validation import validate
 from maculaos.kube.rest import STRATEGIC_MERGE_PATCH, ApiError, KubeClient, object_path, post_event, resource_path
@@ -249,6 +250,8 @@ def status_patch(old: Mapping[str, Any], judged: Mapping[str, Any], plan: Plan,
         fields["target"] = target.model_dump(by_alias=True, mode="json", exclude_none=True)
         fields["targetVersion"] = target.version
     fields["availableVersion"] = resolution.available or old.get("availableVersion", "")
+    fields["outcome"] = rollout_outcome(int(fields.get("matchedNodes", old.get("matchedNodes", 0))), plan.upgraded,
+                                        plan.failed, plan.disrupted)
     conditions = list(judged.get("conditions") or old.get("conditions") or [])
     for condition in plan.conditions() + [release_condition(resolution)]:
         conditions = merge_condition(conditions, condition)

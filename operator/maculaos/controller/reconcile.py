@@ -18,6 +18,7 @@ from maculaos.api.meshrole import MeshRoleSpec
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
 from maculaos.controller.backup import backup_outcome, restore_fields
 from maculaos.controller.conditions import EventNote, merge_condition, verdict_conditions
+from maculaos.controller.outcome import object_outcome
 from maculaos.controller.validation import ClusterView, Verdict, validate
 from maculaos.kube.rest import ApiError, KubeClient, object_path, post_event
 
@@ -98,6 +99,8 @@ def judge(body: Mapping[str, Any], cluster: ClusterView, now: dt.datetime | None
         **summary_fields(verdict.spec),
     }
     run_event, expect_version = _kind_fields(body, verdict, cluster, now, wanted)
+    if (outcome_text := object_outcome(body["kind"], wanted, status, verdict.matched_nodes)) is not None:
+        wanted["outcome"] = outcome_text
     if all(status.get(k) == v for k, v in wanted.items()):
         return Outcome(status=None, event=None)
     before, after = _ready(status), _ready(wanted)

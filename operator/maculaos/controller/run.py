@@ -15,7 +15,9 @@ import uuid
 import kopf
 
 from maculaos.controller import memory
+from maculaos.controller.fleet_metrics import Fleet
 from maculaos.controller.handlers import build_registry
+from maculaos.controller.metrics import Health
 from maculaos.kube.leader import LeaseLock, Timings, acquire, hold
 from maculaos.kube.rest import Credentials, KubeClient
 
@@ -24,11 +26,14 @@ log = logging.getLogger("maculaos.controller")
 LEASE_NAME = "maculaos-controller"
 
 
-def run_operator(resync_seconds: float, credentials: Credentials, stop: threading.Event | None = None) -> None:
+def run_operator(resync_seconds: float, credentials: Credentials, stop: threading.Event | None = None,
+                 health: Health | None = None, fleet: Fleet | None = None) -> None:
     """Run kopf until it stops (a signal in the main thread, stop set, or the process ends)."""
     memory.limit_arenas()
     memory.small_tls_buffers()
-    asyncio.run(kopf.operator(registry=build_registry(resync_seconds, credentials), clusterwide=True,
+    if health is not None:
+        health.lead(True)
+    asyncio.run(kopf.operator(registry=build_registry(resync_seconds, credentials, health, fleet), clusterwide=True,
                               standalone=True, stop_flag=stop))
 
 
@@ -42,7 +47,8 @@ def _exit(code: int, why: str) -> None:
 
 
 def run_with_leader_election(resync_seconds: float, namespace: str, credentials: Credentials,
-                             lease_duration: int = 15) -> None:
+                             lease_duration: int = 15, health: Health | None = None,
+                             fleet: Fleet | None = None) -> None:
     """Block until this replica holds the Lease, then run the operator while renewing it.
 
     The leader renews every lease_duration/7 seconds and gives up after 2/3 of it without success,
@@ -62,10 +68,12 @@ def run_with_leader_election(resync_seconds: float, namespace: str, credentials:
         return
     log.info(f"{identity} is the leader: starting the controller")
     operator_stop, failed = threading.Event(), threading.Event()
-    operator = threading.Thread(target=_lead, args=(resync_seconds, credentials, operator_stop, stop, failed),
-                                name="operator", daemon=True)
+    operator = threading.Thread(target=_lead, args=(resync_seconds, credentials, operator_stop, stop, failed,
+                                                    health, fleet), name="operator", daemon=True)
     operator.start()
     if not hold(lock, stop):
+        if health is not None:
+            health.lead(False)
         _exit(1, "leader election lost: exiting")
     operator_stop.set()
     operator.join(timings.renew_deadline)
@@ -76,11 +84,12 @@ def run_with_leader_election(resync_seconds: float, namespace: str, credentials:
 
 
 def _lead(resync_seconds: float, credentials: Credentials, operator_stop: threading.Event,
-          stop: threading.Event, failed: threading.Event) -> None:
+          stop: threading.Event, failed: threading.Event, health: Health | None = None,
+          fleet: Fleet | None = None) -> None:
     """The operator, in its own thread; when it ends by itself (not told to), it marks failed and stops
     the main thread's renewals."""
     try:
-        run_operator(resync_seconds, credentials, operator_stop)
+        run_operator(resync_seconds, credentials, operator_stop, health, fleet)
     except Exception:
         log.exception("the controller failed")
     if not operator_stop.is_set():

@@ -18,7 +18,7 @@ from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import create_host_root, demo_fleet, register_node
-from maculaos.devenv.processes import ProcessRecord, is_running, load_records, save_records, spawn, stop
+from maculaos.devenv.processes import ProcessRecord, free_port, is_running, load_records, save_records, spawn, stop
 from maculaos.errors import MaculaosError
 
 
@@ -42,10 +42,15 @@ def install_crds(kubeconfig: Path, bin_dir: Path, crd_dir: Path) -> None:
 
 
 def start_operator(kubeconfig: Path, log_dir: Path, resync_seconds: float = 10.0,
-                   name: str = "operator", extra_args: tuple[str, ...] = ()) -> ProcessRecord:
-    """The operator as its own process, exactly as the container runs it (`maculaos operator run`)."""
+                   name: str = "operator", extra_args: tuple[str, ...] = (),
+                   metrics_port: int | None = None) -> ProcessRecord:
+    """The operator as its own process, exactly as the container runs it (`maculaos operator run`). Its
+    /metrics, /healthz and /readyz listen on loopback, on metrics_port or a free port (several operators,
+    of several demos or test runs, share the machine)."""
+    port = metrics_port or free_port()
     _, record = spawn(name, [sys.executable, "-m", "maculaos", "operator", "run",
-                             f"--resync-seconds={resync_seconds}", *extra_args], log_dir,
+                             f"--resync-seconds={resync_seconds}", f"--metrics-port=127.0.0.1:{port}",
+                             *extra_args], log_dir,
                       env={"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"})
     return record
 
