@@ -20,12 +20,8 @@ from pathlib import Path
 from maculaos import __version__
 from maculaos.errors import MaculaosError
 from maculaos.host.bundles import BundleError
-<<<<<<< HEAD
-from maculaos.image import airgap, debcache, disk, emulation, firmware, grub, iso, noderuntime, osrelease
-=======
 from maculaos.host.firewall import DEFAULT_RULESET_PATH, render_default_ruleset
-from maculaos.image import airgap, debcache, disk, emulation, firmware, grub, iso, noderuntime
->>>>>>> s26-survive
+from maculaos.image import airgap, debcache, disk, emulation, firmware, grub, iso, noderuntime, osrelease
 from maculaos.image.bundle import build_bundle, compatible
 from maculaos.image.definition import ImageDefinition
 from maculaos.image.signing import SigningError, SigningIdentity, sign_file
