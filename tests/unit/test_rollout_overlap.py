@@ -8,7 +8,8 @@ import datetime as dt
 from typing import Any
 
 from maculaos.api.nodeupgrade import Claim, NodeUpgradeSpec, claim_on, holder, holds
-from maculaos.controller.nodeupgrade import held_nodes, waiting
+from maculaos.controller.nodeupgrade import Rollouts, held_nodes, waiting
+from maculaos.kube.rest import Credentials, KubeClient
 from tests.unit.rollout_sim import NEW, OLD, Fleet, SimNode
 
 EARLY, LATE = "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"
@@ -137,3 +138,17 @@ def test_when_the_holder_lets_go_the_rollout_proceeds_to_the_end() -> None:
     status = f.persisted()
     assert status.phase == "Succeeded" and status.upgraded_nodes == 3
     assert f.last_plan is not None and f.last_plan.conditions()[2]["status"] == "False"
+
+
+def test_waiters_are_woken_once_when_a_holder_finishes_or_goes() -> None:
+    rollouts = Rollouts(KubeClient(Credentials(server="http://localhost:1")))  # makes no request here
+    first = {"metadata": {"name": "first"}, "status": {"phase": "Progressing"}}
+    assert not rollouts.lets_go("MODIFIED", first)
+    first["status"]["phase"] = "Succeeded"
+    assert rollouts.lets_go("MODIFIED", first), "it just finished"
+    assert not rollouts.lets_go("MODIFIED", first), "a later report on the finished object wakes nobody"
+    first["status"]["phase"] = "Progressing"  # a new release: it holds again, and may finish again
+    assert not rollouts.lets_go("MODIFIED", first)
+    first["status"]["phase"] = "Failed"
+    assert rollouts.lets_go("MODIFIED", first)
+    assert rollouts.lets_go("DELETED", first), "a deleted holder lets go"
