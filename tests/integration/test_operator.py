@@ -127,3 +127,24 @@ def test_objects_carry_no_finalizer(cluster: Cluster, operator: ProcessRecord,
     created(obj("MeshRole", "deletable", {}))
     cluster.wait_condition("MeshRole", "deletable", "True")
     assert not cluster.get("MeshRole", "deletable")["metadata"].get("finalizers")
+
+
+def test_lockout_risks_are_accepted_with_a_warning_condition_and_event(
+        cluster: Cluster, operator: ProcessRecord, created: Create) -> None:
+    """A MeshRole that closes SSH on every node and a HealthCheck restarting dbus are accepted (Ready) and
+    marked Warning, with a Warning Event naming the risk; a harmless one says NoKnownRisk."""
+    created(obj("MeshRole", "no-ssh", {"bootstrapPeers": ["https://boot.example.org:443"],
+                                       "firewall": {"allowSSH": False}}))
+    created(obj("HealthCheck", "restarts-dbus", {"checks": [
+        {"name": "bus", "type": "tcp", "tcp": {"port": 9}, "restartOnFailure": True, "restartUnit": "dbus.service"}]}))
+    created(obj("HealthCheck", "harmless", {"checks": [{"name": "web", "type": "tcp", "tcp": {"port": 80}}]}))
+    for kind, name, reason, field in (("MeshRole", "no-ssh", "SSHLockout", "spec.firewall.allowSSH"),
+                                      ("HealthCheck", "restarts-dbus", "EssentialUnitRestart",
+                                       "spec.checks[0].restartUnit")):
+        warning = cluster.wait_condition(kind, name, "True", ctype="Warning")
+        assert warning["reason"] == reason and warning["message"].startswith(field), warning
+        assert cluster.condition(kind, name)["status"] == "True", "accepted all the same"
+        cluster.wait_for(lambda n=name, r=reason: any(e["type"] == "Warning" and e["reason"] == r
+                                                      for e in events_for(cluster, n)),
+                         what=f"a Warning Event {reason} on {name}")
+    assert cluster.wait_condition("HealthCheck", "harmless", "False", ctype="Warning")["reason"] == "NoKnownRisk"

@@ -136,3 +136,55 @@ def test_a_recreated_nodeupgrade_is_not_failed_by_the_outcome_of_the_deleted_one
 def _reboots(fleet: RaucFleet, node: str) -> int:
     log = fleet.nodes[node].logs / "reboot.log"
     return log.read_text().count(" rebooted into slot ") if log.exists() else 0
+
+
+def test_a_second_nodeupgrade_on_the_same_nodes_waits_for_the_first(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any, operator: Any) -> None:
+    """Two NodeUpgrades to 0.5.0 select the warehouse nodes; the second is created while the first rolls
+    out. The second waits (condition Waiting naming the first), grants nothing and counts nothing failed
+    while the first holds the nodes; when the first has finished, the second goes on and finds both nodes
+    on its target: each node rebooted once, by the first."""
+    cluster = rauc_fleet.cluster
+    bundle = build_bundle(bundles.dir / "good-0.5.0.raucb", "0.5.0", COMPATIBLE, bundles.cert,
+                          bundles.dir / "keys" / "fleet.key.pem")
+    release = release_of(bundle_server, bundle, version="0.5.0")
+    first, second = "hold-0-5-0", "wait-0-5-0"
+
+    def nodeupgrade(name: str) -> dict[str, Any]:
+        return {"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": name},
+                "spec": {"version": "0.5.0", "source": {"url": release.url, "sha256": release.sha256},
+                         "nodeSelector": {"matchLabels": {"macula.io/site": "warehouse"}},
+                         "strategy": {"maxUnavailable": 1}, "failurePolicy": {"maxFailedNodes": 0},
+                         "healthCommitWindow": "40s", "healthCheckWait": "2s"}}
+
+    def status(name: str) -> dict[str, Any]:
+        return dict(cluster.get("NodeUpgrade", name).get("status") or {})
+
+    reboots = {n: _reboots(rauc_fleet, n) for n in WAREHOUSE}
+    created(nodeupgrade(first))
+    cluster.wait_for(lambda: bool(status(first).get("grants")), timeout=60, what="the first to grant a node")
+    waiter = Sampler(cluster.api, second, WAREHOUSE).start()
+    waited = False
+    try:
+        created(nodeupgrade(second))
+        deadline = time.monotonic() + 300
+        while status(first).get("phase") not in ("Succeeded", "Failed") and time.monotonic() < deadline:
+            now = status(second)
+            waiting = {c["type"]: c for c in now.get("conditions") or []}.get("Waiting", {})
+            if waiting.get("status") == "True":
+                assert f"held by NodeUpgrade {first}" in waiting["message"], waiting
+                waited = True
+            assert not now.get("failedNodes") and not now.get("grants"), now
+            time.sleep(0.2)
+        assert status(first).get("phase") == "Succeeded", status(first)
+        cluster.wait_for(lambda: status(second).get("phase") in ("Succeeded", "Failed"), timeout=60,
+                         what=lambda: f"the second to go on once the first finished (now {status(second)})")
+    finally:
+        waiter.stop()
+    assert waited, "the second said it waits for the first"
+    final = status(second)
+    assert (final["phase"], final["failedNodes"]) == ("Succeeded", 0), final
+    assert not waiter.grants, f"the second never granted the nodes the first upgraded: {waiter.grants}"
+    for node in WAREHOUSE:
+        assert final["rollout"][node]["message"] == "already runs 0.5.0", final["rollout"]
+        assert _reboots(rauc_fleet, node) == reboots[node] + 1, "one reboot per node, the first's"

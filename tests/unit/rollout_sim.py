@@ -61,6 +61,8 @@ class Fleet:
     reboot_grants: dict[str, set[str]] = field(default_factory=dict)
     target: ReleaseTarget = field(default_factory=lambda: ReleaseTarget(version=NEW))
     last_plan: Plan | None = None
+    held: dict[str, str] = field(default_factory=dict)
+    """Nodes another NodeUpgrade holds, by node (what the operator reads from the other objects)."""
 
     # -- the operator ---------------------------------------------------------------------------------
     def persisted(self) -> NodeUpgradeStatus:
@@ -81,7 +83,7 @@ class Fleet:
             spec=self.spec, status=status, matched=sorted(self.nodes),
             nodes={n: s.facts() for n, s in self.nodes.items()},
             reports={n: s.report() for n, s in self.nodes.items()}, now=self.now, target=self.target,
-            drains=drains))
+            drains=drains, held=self.held))
         if not write:
             return plan
         self.status = {**plan.status_fields(), "target": self.target.model_dump(mode="json", by_alias=True)}

@@ -195,7 +195,7 @@ def test_the_boot_renders_the_ruleset_the_meshroles_gave() -> None:
     """Issue #15, story 5: what the agent records with the ruleset (maculaos.mesh and
     maculaos.meshrole_security) gives the boot the same plan and the same nft script, byte for byte, even
     where config.yaml's own security says otherwise. Before, the boot used maculaos.security alone: SSH
-    open, mDNS open, no extra ports, WireGuard on 51820."""
+    open, mDNS open, no extra ports, WireGuard on the default port."""
     live = plan_mesh({"shop": MESHROLE})
     config = booted({"maculaos": {"mesh": section_value(live.config_section(), None),
                                   "meshrole_security": section_value(recorded_security(live), None),

@@ -20,7 +20,15 @@ from pydantic import ValidationError
 from maculaos.agent.nodereport import Reporter
 from maculaos.api.common import VERSION_LABEL, parse_duration, spec_selects
 from maculaos.api.healthcheck import HealthCheckSpec
-from maculaos.api.nodeupgrade import AgentPhase, Grant, GrantAction, NodeUpgradeSpec, ReleaseTarget
+from maculaos.api.nodeupgrade import (
+    AgentPhase,
+    Grant,
+    GrantAction,
+    NodeUpgradeSpec,
+    ReleaseTarget,
+    claim_on,
+    holder,
+)
 from maculaos.host.bundles import Release
 from maculaos.host.nodeupgrade import HealthVerdict, NodeFacts, NodeUpgrader, UpgradeState, read_os_version
 from maculaos.host.paths import in_host_root
@@ -262,11 +270,9 @@ def _grant(obj: dict[str, Any], node: str) -> Grant | None:
 
 
 def _in_charge(mine: dict[str, dict[str, Any]], node: str) -> str:
-    """The NodeUpgrade that decides for this node: the one granting it something, else the oldest."""
-    granting = [n for n, o in mine.items() if _grant(o, node) is not None]
-    if granting:
-        return sorted(granting)[0]
-    return min(mine, key=lambda n: (mine[n]["metadata"].get("creationTimestamp") or "", n))
+    """The NodeUpgrade that decides for this node, by the rule the operator follows too (api.nodeupgrade.holder):
+    the others' grants to this node are not acted on."""
+    return holder([replace(claim_on(o, node), name=n) for n, o in mine.items()]).name
 
 
 def _stale(objects: dict[str, dict[str, Any]], mine: dict[str, dict[str, Any]], node: str) -> list[str]:

@@ -249,7 +249,8 @@ class BackupSpec(SelectorSpec):
     it timed out and gives its slot to the next node; at least 1m."""
     include: list[HostPath] = Field(
         default_factory=lambda: ["/var/lib/maculaos", "/var/lib/data"], min_length=1, max_length=64)
-    """Host paths to back up."""
+    """Host paths to back up. A local target inside them is left out automatically; / is backed up on one
+    filesystem (name other mounts here to include them) without /proc, /sys, /dev, /run and /tmp."""
     exclude: list[Annotated[str, Field(pattern=EXCLUDE_PATTERN, max_length=4096)]] = Field(
         default_factory=lambda: ["/var/lib/rancher/k3s/agent/containerd"], max_length=128)
     """Host paths (absolute) or restic patterns (relative, matched anywhere) to leave out; no ".." segments."""

@@ -215,6 +215,7 @@ class ConditionType(StrEnum):
     INVALID = "Invalid"
     STALE = "Stale"
     FAILED = "Failed"
+    WARNING = "Warning"
 
 
 class Condition(ApiModel):
@@ -223,7 +224,8 @@ class Condition(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     type: str = Field(max_length=316)
-    """Ready, Progressing, Degraded, Invalid, Stale or Failed."""
+    """Ready, Progressing, Degraded, Invalid, Stale, Failed, Waiting (a NodeUpgrade whose nodes another holds)
+    or Warning (accepted, with a risk such as a lock-out)."""
     status: ConditionStatus
     """True, False or Unknown."""
     reason: str = Field(default="", max_length=1024)

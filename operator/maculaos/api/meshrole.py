@@ -89,22 +89,31 @@ class Firewall(ApiModel):
     """Further ports to open."""
 
 
+#: The mesh's WireGuard port: k3s's flannel takes 51820 (IPv4) and 51821 (IPv6) for its own WireGuard backend.
+WIREGUARD_PORT = 51822
+
+
 class WireGuard(ApiModel):
-    """The mesh VPN interface. Seed 4.9.4."""
+    """The WireGuard port of the mesh. Today the node only opens the port in its firewall: no interface,
+    keys or peers are set up (the mesh VPN is not built yet)."""
 
     enabled: bool = True
-    """Bring up the WireGuard mesh interface."""
+    """Open listenPort (UDP) in the node firewall for the mesh's WireGuard. It does not create an interface,
+    keys or peers: that is not built yet."""
     interface: str = Field(default="wg-mesh", pattern=r"^[a-zA-Z0-9_-]{1,15}$", max_length=15)
-    """Interface name (at most 15 characters, a Linux limit)."""
-    listen_port: int = Field(default=51820, ge=1, le=65535)
-    """UDP port WireGuard listens on."""
+    """Name reserved for the mesh's WireGuard interface (at most 15 characters, a Linux limit). Recorded
+    only: nothing creates the interface yet."""
+    listen_port: int = Field(default=WIREGUARD_PORT, ge=1, le=65535)
+    """UDP port opened for the mesh's WireGuard. The default, 51822, stays clear of flannel's WireGuard
+    (51820 IPv4, 51821 IPv6) and VXLAN (8472) ports."""
 
 
 class Gateway(ApiModel):
     """Settings for nodes with the gateway role."""
 
     bandwidth_limit_mbps: int | None = Field(default=None, ge=1, le=100000)
-    """Cap on relayed traffic in Mbit/s; unset means no cap."""
+    """Intended cap on relayed traffic in Mbit/s. Not enforced yet: the value is accepted and recorded, and
+    no rate limit is applied on the node."""
 
 
 class MeshRoleStatus(ObjectStatus):
@@ -169,7 +178,7 @@ class MeshRoleSpec(SelectorSpec):
     """The node firewall rendered from the roles. The node's git server (9418/tcp) is always admitted, the
     agent's metrics (9750/tcp) only from pods."""
     wireguard: WireGuard = Field(default_factory=WireGuard)
-    """The WireGuard mesh interface."""
+    """The WireGuard port of the mesh (opened in the firewall; no interface is brought up yet)."""
     node_labels: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=32,
         json_schema_extra={"x-kubernetes-validations": [

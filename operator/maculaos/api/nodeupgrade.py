@@ -7,8 +7,10 @@ maintenance windows, a delay between nodes, a failure budget, drain options and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, WithJsonSchema
 
@@ -298,7 +300,8 @@ class NodeProgress(ApiModel):
 
 class NodeUpgradeStatus(ObjectStatus):
     phase: str = ""
-    """Pending, Waiting (outside a window), Progressing, Paused, Succeeded or Failed."""
+    """Pending, Waiting (outside a window, or every node left is held by another NodeUpgrade: see the Waiting
+    condition), Progressing, Paused, Succeeded or Failed."""
     target_version: str = ""
     """The version being rolled out."""
     available_version: str = ""
@@ -381,3 +384,50 @@ class NodeUpgradeSpec(SelectorSpec):
     HealthChecks) before it is marked bad and the node boots back into the old slot."""
     auto_rollback: bool = True
     """Boot back into the previous slot when the health commit window fails."""
+
+
+#: Phases in which a NodeUpgrade has nothing left to do (until its target moves on).
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One NodeUpgrade's claim on one node it selects, for deciding which of several holds the node."""
+
+    name: str
+    created: str
+    """metadata.creationTimestamp (RFC 3339, so it sorts as text)."""
+    finished: bool = False
+    """It starts nothing now: its phase is Succeeded or Failed, its spec is invalid, or autoApply is false."""
+    work: int = 0
+    """0: nothing under way on the node; 1: an install (a grant or an open record); 2: a disruption
+    (draining, rebooting, verifying: the node is down or emptied for this object)."""
+
+
+def holder(claims: Sequence[Claim]) -> Claim:
+    """The NodeUpgrade in charge of a node among those selecting it: the one with the most work under way
+    there (a disruption is never taken over), else the oldest that has not finished, else the oldest. The
+    operator and the node's agent both decide with this, so they never disagree about who acts."""
+    return min(claims, key=lambda c: (-c.work, c.finished, c.created, c.name))
+
+
+def holds(claim: Claim) -> bool:
+    """Whether the holder keeps the node from the others: it has work there or has not finished."""
+    return claim.work > 0 or not claim.finished
+
+
+def claim_on(obj: Mapping[str, Any], node: str) -> Claim:
+    """The claim a raw NodeUpgrade object (as listed from the API server) has on node."""
+    status = obj.get("status") or {}
+    record = (status.get("rollout") or {}).get(node) or {}
+    stage = record.get("stage", "")
+    work = 0
+    if stage in {s.value for s in DISRUPTIVE_STAGES}:
+        work = 2
+    elif (status.get("grants") or {}).get(node) or (stage and stage not in {s.value for s in FINAL_STAGES}):
+        work = 1
+    meta = obj.get("metadata") or {}
+    invalid = any(c.get("type") == "Invalid" and c.get("status") == "True" for c in status.get("conditions") or [])
+    idle = status.get("phase") in FINISHED_PHASES or invalid or (obj.get("spec") or {}).get("autoApply") is False
+    return Claim(name=str(meta.get("name", "")), created=str(meta.get("creationTimestamp") or ""),
+                 finished=idle, work=work)

@@ -57,3 +57,11 @@ def verdict_conditions(existing: Iterable[Mapping[str, Any]], verdict: Verdict,
         invalid = _condition(ConditionType.INVALID, ConditionStatus.TRUE, reason, message, generation)
     conditions = merge_condition(existing, ready)
     return merge_condition(conditions, invalid)
+
+
+def warning_condition(risks: list[Problem], generation: int) -> dict[str, Any]:
+    """Warning: True while the accepted spec carries a risk a person should know of (risks.py)."""
+    if not risks:
+        return _condition(ConditionType.WARNING, ConditionStatus.FALSE, "NoKnownRisk", "", generation)
+    reason, message = summarize_problems(risks)
+    return _condition(ConditionType.WARNING, ConditionStatus.TRUE, reason, message, generation)

@@ -159,6 +159,9 @@ def build_registry(resync_seconds: float, credentials: Credentials, health: Heal
             fleet.observe(event.get("type"), event["object"])
         if event.get("type") in ("ADDED", "MODIFIED"):
             await asyncio.to_thread(rollouts.reconcile_soon, event["object"]["metadata"]["name"])
+        if rollouts.lets_go(str(event.get("type")), event["object"]):  # a holder let go: its waiters go on now
+            for name in await asyncio.to_thread(rollouts.waiters):
+                await asyncio.to_thread(rollouts.reconcile_soon, name)
 
     async def on_report_event(event: kopf.RawEvent, **_: Any) -> None:
         """A node's agent wrote its NodeReport: fold it into the objects' status.nodes soon."""

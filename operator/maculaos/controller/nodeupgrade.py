@@ -23,9 +23,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from maculaos.api.common import VERSION_LABEL
-from maculaos.api.nodeupgrade import Grant, NodeStage, NodeUpgradeNodeEntry, NodeUpgradeSpec, NodeUpgradeStatus
-from maculaos.controller.cluster import ApiCluster
+from maculaos.api.common import VERSION_LABEL, spec_selects
+from maculaos.api.nodeupgrade import (
+    FINISHED_PHASES,
+    Grant,
+    NodeStage,
+    NodeUpgradeNodeEntry,
+    NodeUpgradeSpec,
+    NodeUpgradeStatus,
+    claim_on,
+    holder,
+    holds,
+)
+from maculaos.controller.cluster import ApiCluster, list_objects
 from maculaos.controller.conditions import merge_condition
 from maculaos.controller.nodeupgrade_drain import PodRef, drain_step
 from maculaos.controller.nodeupgrade_releases import ReleaseResolver, Resolution
@@ -71,6 +81,7 @@ class Rollouts:
         self._locks: dict[str, threading.Lock] = {}
         self._waiting: set[str] = set()
         self._guard = threading.Lock()
+        self._finished: dict[str, bool] = {}
 
     def reconcile(self, name: str, cluster: ApiCluster | None = None) -> None:
         with self._guard:
@@ -93,6 +104,23 @@ class Rollouts:
                 self._waiting.discard(name)
             self._run(name, None)
         return True
+
+    def lets_go(self, event_type: str, obj: Mapping[str, Any]) -> bool:
+        """Whether this watch event of a NodeUpgrade may free nodes others wait for: it was deleted, or its
+        phase just turned Succeeded or Failed (seen once per change, not on every later report)."""
+        name = str(obj["metadata"]["name"])
+        now = (obj.get("status") or {}).get("phase") in FINISHED_PHASES
+        with self._guard:
+            before = self._finished.get(name, False)
+            if event_type == "DELETED":
+                self._finished.pop(name, None)
+                return True
+            self._finished[name] = now
+        return now and not before
+
+    def waiters(self) -> list[str]:
+        """The NodeUpgrades whose status says they wait for nodes another one holds."""
+        return sorted(o["metadata"]["name"] for o in list_objects(self.kube, PLURAL) if waiting(o.get("status") or {}))
 
     def _run(self, name: str, cluster: ApiCluster | None) -> None:
         """One pass, holding the object's lock."""
@@ -127,7 +155,8 @@ class Rollouts:
             spec=spec, status=status, matched=verdict.matched_nodes, nodes=nodes,
             reports=parse_reports(raw_status, str(body["metadata"].get("uid") or "")), now=now,
             target=resolution.target or status.target,
-            target_error=resolution.error, drains=drains, own_node=self.whereabouts.node))
+            target_error=resolution.error, drains=drains, own_node=self.whereabouts.node,
+            held=held_nodes(body, list_objects(self.kube, PLURAL), verdict.matched_nodes, cluster.node_labels())))
         judged = outcome.status or {}
         wanted = status_patch(raw_status, judged, plan, resolution)
         if wanted:
@@ -182,6 +211,28 @@ class Rollouts:
             log.warning(f"uncordoned {name}: NodeUpgrade {owner}, which cordoned it, was deleted mid-rollout")
             released.append(name)
         return released
+
+
+def held_nodes(own: Mapping[str, Any], upgrades: list[dict[str, Any]], matched: list[str],
+               labels: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """Which of own's selected nodes another NodeUpgrade holds (api.nodeupgrade.holder), by node: that
+    NodeUpgrade's name. The others are read fresh for every pass, so a decision rests on their last write."""
+    name = own["metadata"]["name"]
+    others = [o for o in upgrades if o["metadata"]["name"] != name]
+    held = {}
+    for node in matched:
+        rivals = [o for o in others if spec_selects(o.get("spec") or {}, labels.get(node, {}))]
+        if not rivals:
+            continue
+        first = holder([claim_on(own, node), *(claim_on(o, node) for o in rivals)])
+        if first.name != name and holds(first):
+            held[node] = first.name
+    return held
+
+
+def waiting(status: Mapping[str, Any]) -> bool:
+    """Whether a NodeUpgrade's status says it waits for nodes another one holds."""
+    return any(c.get("type") == "Waiting" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
 def set_cordon(kube: KubeClient, node: str, owner: str | None) -> None:

@@ -81,6 +81,9 @@ class RolloutInput:
     drains: Mapping[str, DrainReport] = field(default_factory=dict)
     own_node: str = ""
     """Node the operator runs on (upgraded last); empty when unknown."""
+    held: Mapping[str, str] = field(default_factory=dict)
+    """Selected nodes another NodeUpgrade is in charge of (api.nodeupgrade.holder), by node: the NodeUpgrade.
+    This rollout leaves them alone (no grant, no failure, no rollback) until that one lets go."""
 
 
 @dataclass
@@ -101,6 +104,7 @@ class Plan:
     failed: int = 0
     disrupted: int = 0
     max_unavailable: int = 1
+    held: dict[str, str] = field(default_factory=dict)
 
     def status_fields(self) -> dict[str, object]:
         return {
@@ -116,14 +120,30 @@ class Plan:
         }
 
     def conditions(self) -> list[dict[str, str]]:
-        """Progressing (True while nodes move or wait their turn) and Failed (the rollout stopped)."""
+        """Progressing (True while nodes move or wait their turn), Failed (the rollout stopped) and Waiting
+        (selected nodes are held by another NodeUpgrade)."""
         active = self.phase == "Progressing"
         progressing = {"type": "Progressing", "status": "True" if active else "False",
                        "reason": "RollingOut" if active else self.phase, "message": self.message}
         failed = ({"type": "Failed", "status": "True", "reason": self.stop_reason, "message": self.message}
                   if self.stop_reason else {"type": "Failed", "status": "False", "reason": "WithinBudget",
                                             "message": ""})
-        return [progressing, failed]
+        return [progressing, failed, self.waiting_condition()]
+
+    def waiting_condition(self) -> dict[str, str]:
+        if not self.held:
+            return {"type": "Waiting", "status": "False", "reason": "NoNodeHeld", "message": ""}
+        return {"type": "Waiting", "status": "True", "reason": "NodesHeld", "message": held_message(self.held)}
+
+
+def held_message(held: Mapping[str, str]) -> str:
+    """'2 node(s) held by NodeUpgrade a (n1, n2); ...': who holds what, for status and the phase message."""
+    by_holder: dict[str, list[str]] = {}
+    for node, owner in sorted(held.items()):
+        by_holder.setdefault(owner, []).append(node)
+    parts = [f"{len(nodes)} node(s) held by NodeUpgrade {owner} ({', '.join(nodes[:5])}"
+             f"{', ...' if len(nodes) > 5 else ''})" for owner, nodes in sorted(by_holder.items())]
+    return "; ".join(parts) + "; they wait until it finishes"
 
 
 def rfc3339(when: dt.datetime) -> str:
@@ -186,6 +206,7 @@ class _Pass:
                          last_node_finished_time=status.last_node_finished_time)
         self.order = node_order(list(inp.matched), inp.nodes, inp.own_node)
         self.plan.max_unavailable = max_unavailable(self.spec, len(inp.matched))
+        self.plan.held = {n: h for n, h in inp.held.items() if n in inp.matched}
 
     # -- helpers ---------------------------------------------------------------------------------------
     def event(self, type_: str, reason: str, message: str) -> None:
@@ -230,6 +251,9 @@ class _Pass:
             if name not in self.inp.matched and not progress.stage.final:
                 self.set_stage(name, progress, NodeStage.FAILED, "no longer selected by spec.nodeSelector")
                 continue
+            if name in self.plan.held and not progress.stage.disruptive:
+                self._let_go(name, progress)
+                continue
             self.advance(name, progress)
             self._settle_cordon(name)
         for name in list(self.plan.grants):
@@ -243,6 +267,19 @@ class _Pass:
             return
         del self.plan.rollout[name]
         self.plan.grants.pop(name, None)
+
+    def _let_go(self, name: str, progress: NodeProgress) -> None:
+        """Another NodeUpgrade holds the node: withdraw our grant and forget our record of it (an install
+        not begun is not a failure; a final record is re-derived once the node is ours again). A record
+        that owes an uncordon stays until the uncordon is done."""
+        self.plan.grants.pop(name, None)
+        if progress.cordoned:
+            self.plan.rollout[name] = progress.model_copy(update={
+                "stage": progress.stage if progress.stage.final else NodeStage.REVERTED,
+                "message": f"held by NodeUpgrade {self.plan.held[name]}"})
+            self._settle_cordon(name)
+            return
+        del self.plan.rollout[name]
 
     def _settle_cordon(self, name: str) -> None:
         """A finished node the operator cordoned is uncordoned; the flag clears once the Node shows it."""
@@ -360,7 +397,7 @@ class _Pass:
         matched = set(self.inp.matched)
         target = self.inp.target.version if self.inp.target else None
         rollout = {n: p for n, p in self.plan.rollout.items()
-                   if n in matched and (target is None or p.target_version == target)}
+                   if n in matched and n not in self.plan.held and (target is None or p.target_version == target)}
         self.plan.failed = sum(1 for p in rollout.values() if p.stage in (NodeStage.FAILED, NodeStage.ROLLED_BACK))
         self.plan.upgraded = sum(1 for p in rollout.values() if p.stage is NodeStage.SUCCEEDED)
         self.plan.disrupted = len(self.disrupted_nodes())
@@ -380,7 +417,7 @@ class _Pass:
     def choose_canary(self, target: str) -> None:
         if self.spec.strategy.type is not StrategyType.CANARY or self.plan.canary_nodes:
             return
-        candidates = [n for n in self.order if self.facts(n).version != target]
+        candidates = [n for n in self.order if self.facts(n).version != target and n not in self.plan.held]
         if candidates:
             self.plan.canary_nodes = candidates[:canary_size(self.spec, len(candidates))]
 
@@ -420,13 +457,14 @@ class _Pass:
                 self.plan.grants.pop(name, None)
         if self.spec.failure_policy.action is not FailureAction.PAUSE_AND_ROLLBACK:
             return
-        owed = [n for n, p in self.plan.rollout.items() if p.upgraded and p.stage is NodeStage.SUCCEEDED]
+        owed = [n for n, p in self.plan.rollout.items()
+                if p.upgraded and p.stage is NodeStage.SUCCEEDED and n not in self.plan.held]
         if owed:
             self.plan.message += f"; rolling back {len(owed)} upgraded node(s), maxUnavailable at a time"
         for name in self.order:
             done = self.plan.rollout.get(name)
             if done is None or done.stage is not NodeStage.SUCCEEDED or not done.upgraded \
-                    or not self.facts(name).ready:
+                    or not self.facts(name).ready or name in self.plan.held:
                 continue
             if not self._take_slot(name):
                 break
@@ -466,7 +504,7 @@ class _Pass:
         for name in self.order:
             if installing >= self.plan.max_unavailable:
                 break
-            if name in self.plan.rollout or not self.facts(name).ready:
+            if name in self.plan.rollout or name in self.plan.held or not self.facts(name).ready:
                 continue
             if canary == "running" and name not in self.plan.canary_nodes:
                 continue
@@ -481,7 +519,7 @@ class _Pass:
 
     def record_up_to_date(self, target: str) -> None:
         for name in self.order:
-            if name not in self.plan.rollout and self.facts(name).version == target:
+            if name not in self.plan.rollout and name not in self.plan.held and self.facts(name).version == target:
                 self.plan.rollout[name] = NodeProgress(stage=NodeStage.SUCCEEDED, target_version=target,
                                                        since=self.stamp, message=f"already runs {target}")
 
@@ -528,12 +566,12 @@ class _Pass:
                 del self.plan.rollout[name]
                 self.plan.grants.pop(name, None)
 
-    def _finish_phase(self, held: str, why: str) -> None:
+    def _finish_phase(self, phase: str, why: str) -> None:
         plan = self.plan
         self.count()
         in_flight = [n for n, p in plan.rollout.items() if not p.stage.final]
         done = all(n in plan.rollout and plan.rollout[n].stage.final for n in self.inp.matched)
-        if held in ("Progressing", "Waiting", "Paused") and done and self.inp.matched:
+        if phase in ("Progressing", "Waiting", "Paused") and done and self.inp.matched:
             plan.phase = "Succeeded" if plan.failed == 0 else "Failed"
             plan.stop_reason = "" if plan.failed == 0 else "NodesFailed"
             target = self.inp.target.version if self.inp.target else ''
@@ -541,7 +579,13 @@ class _Pass:
                             if plan.failed == 0 else
                             f"finished; {plan.failed} node(s) failed within failurePolicy.maxFailedNodes")
             return
-        plan.phase = held
+        if plan.held:
+            left = [n for n in self.inp.matched if n not in plan.held
+                    and not (n in plan.rollout and plan.rollout[n].stage.final)]
+            if phase == "Progressing" and not left and not in_flight:
+                phase = "Waiting"  # nothing this rollout may touch is left to do
+            why = f"{why}; {held_message(plan.held)}" if why else held_message(plan.held)
+        plan.phase = phase
         counts = (f"{plan.upgraded}/{len(self.inp.matched)} upgraded, {plan.failed} failed, "
                   f"{plan.disrupted} disrupted (max {plan.max_unavailable}), {len(in_flight)} in progress")
         plan.message = f"{why}; {counts}" if why else counts

@@ -17,8 +17,9 @@ from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.meshrole import MeshRoleSpec
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
 from maculaos.controller.backup import backup_outcome, restore_fields
-from maculaos.controller.conditions import EventNote, merge_condition, verdict_conditions
+from maculaos.controller.conditions import EventNote, merge_condition, verdict_conditions, warning_condition
 from maculaos.controller.outcome import object_outcome
+from maculaos.controller.risks import lockout_risks
 from maculaos.controller.validation import ClusterView, Verdict, validate
 from maculaos.kube.rest import ApiError, KubeClient, object_path, post_event
 
@@ -38,6 +39,8 @@ class Outcome:
     expect_version: str | None = None
     """Write only if the object is still at this resourceVersion: set when starting a Backup run, so two
     passes working from different reads cannot both act."""
+    risk_event: EventNote | None = None
+    """The accepted spec carries a new lock-out risk (the Warning condition turned True or changed)."""
 
 
 def summary_fields(spec: CustomResource | None) -> dict[str, Any]:
@@ -91,6 +94,8 @@ def judge(body: Mapping[str, Any], cluster: ClusterView, now: dt.datetime | None
     generation = int(body["metadata"].get("generation", 0))
     verdict: Verdict = validate(body["kind"], body["metadata"]["name"], body.get("spec") or {}, cluster)
     conditions = verdict_conditions(status.get("conditions", []), verdict, generation)
+    risks = lockout_risks(body["metadata"]["name"], verdict.spec, cluster) if verdict.valid else []
+    conditions = merge_condition(conditions, warning_condition(risks, generation))
     wanted = {
         "observedGeneration": generation,
         "conditions": merge_condition(conditions, degraded_condition(status, generation, verdict.matched_nodes)),
@@ -104,12 +109,23 @@ def judge(body: Mapping[str, Any], cluster: ClusterView, now: dt.datetime | None
     if all(status.get(k) == v for k, v in wanted.items()):
         return Outcome(status=None, event=None)
     before, after = _ready(status), _ready(wanted)
-    outcome = Outcome(status=wanted, event=None, run_event=run_event, expect_version=expect_version)
+    outcome = Outcome(status=wanted, event=None, run_event=run_event, expect_version=expect_version,
+                      risk_event=_risk_event(status, wanted))
     if (before.get("status"), before.get("message")) == (after.get("status"), after.get("message")):
         return outcome
     if verdict.valid:
         return replace(outcome, event=EventNote("Normal", "Accepted", after["message"]))
     return replace(outcome, event=EventNote("Warning", after["reason"], after["message"]))
+
+
+def _risk_event(status: Mapping[str, Any], wanted: Mapping[str, Any]) -> EventNote | None:
+    """A Warning Event when the Warning condition turns True or names another risk (once per change)."""
+    def warning(s: Mapping[str, Any]) -> Mapping[str, Any]:
+        return next((c for c in s.get("conditions", []) if c.get("type") == "Warning"), {})
+    before, after = warning(status), warning(wanted)
+    if after.get("status") != "True" or (before.get("status"), before.get("message")) == ("True", after["message"]):
+        return None
+    return EventNote("Warning", str(after["reason"]), str(after["message"]))
 
 
 def _kind_fields(body: Mapping[str, Any], verdict: Verdict, cluster: ClusterView, now: dt.datetime,
@@ -146,7 +162,7 @@ def write(kube: KubeClient, body: Mapping[str, Any], outcome: Outcome) -> None:
                 raise
             log.info(f"{body['kind']} {meta['name']} changed meanwhile; its run is decided on the next pass")
             return
-    for note in (outcome.event, outcome.run_event):
+    for note in (outcome.event, outcome.run_event, outcome.risk_event):
         if note is None:
             continue
         level = logging.INFO if note.type == "Normal" else logging.WARNING

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maculaos.api.backup import Retention
+from maculaos.host.backup_guard import Guarded, guard
 from maculaos.host.backup_retention import RetentionState, retention_due
 from maculaos.host.config import read_config, write_maculaos_section
 from maculaos.host.files import atomic_write
@@ -110,8 +111,10 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
     if job.include_k3s_datastore and capture_k3s_datastore(job.host_root):
         include.append(K3S_COPY)
         exclude.append(str(Path(K3S_DATASTORE).parent))  # the live files: inconsistent by nature
+    guarded = guard(job.host_root, include, job.repositories)
+    exclude += [p for p in guarded.exclude if p not in exclude]
     report = JobReport(ok=True, message="", targets=[r.display() for r in job.repositories])
-    notes: list[str] = []
+    notes: list[str] = list(guarded.notes)
     failures: list[str] = []
     counts: list[int | None] = []
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -119,7 +122,7 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
     for repo in job.repositories:
         restic = job.restic_for(repo)
         try:
-            result, created = _backup_one(job, restic, include, exclude)
+            result, created = _backup_one(job, restic, include, exclude, guarded)
             counts.append(_retain(job, restic, report, due, now, created))
         except ResticError as exc:
             failures.append(str(exc))
@@ -149,8 +152,8 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
     return report
 
 
-def _backup_one(job: BackupJob, restic: Restic, include: list[str],
-                exclude: list[str]) -> tuple[BackupResult, bool]:
+def _backup_one(job: BackupJob, restic: Restic, include: list[str], exclude: list[str],
+                guarded: Guarded) -> tuple[BackupResult, bool]:
     """restic backup, and whether this run created the repository: it is created on first use (restic
     says it does not exist). S3 is asked first, once per process: restic retries a missing bucket for many
     minutes."""
@@ -160,14 +163,15 @@ def _backup_one(job: BackupJob, restic: Restic, include: list[str],
         created = restic.ensure_initialized()
         _OPENED.add(restic.repo.location)
     restic.check_reachable()
+    one_fs = guarded.one_file_system
     try:
-        return restic.backup(job.host_root, include, exclude, job.node, job.name, tags), created
+        return restic.backup(job.host_root, include, exclude, job.node, job.name, tags, one_fs), created
     except ResticError as exc:
         if exc.failure is not ResticFailure.NO_REPOSITORY:
             raise
     _OPENED.discard(restic.repo.location)
     created = restic.ensure_initialized()
-    return restic.backup(job.host_root, include, exclude, job.node, job.name, tags), created
+    return restic.backup(job.host_root, include, exclude, job.node, job.name, tags, one_fs), created
 
 
 def _retain(job: BackupJob, restic: Restic, report: JobReport, due: str | None, now: dt.datetime,

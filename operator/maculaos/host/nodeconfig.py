@@ -139,7 +139,7 @@ class FirewallConfig(ConfigSection):
 
 
 class WireGuardConfig(ConfigSection):
-    """The WireGuard mesh interface (the MeshRole's wireguard)."""
+    """The mesh's WireGuard port (the MeshRole's wireguard): opened in the firewall; no interface is set up yet."""
 
     enabled: bool = shared(WireGuard, "enabled")
     mesh_interface: str = shared(WireGuard, "interface")

@@ -350,9 +350,10 @@ class Restic:
     # -- backup, snapshots, retention, check ------------------------------------------------------------
 
     def backup(self, host_root: Path, include: Sequence[str], exclude: Sequence[str], node: str,
-               backup_name: str, extra_tags: Sequence[str] = ()) -> BackupResult:
+               backup_name: str, extra_tags: Sequence[str] = (), one_file_system: bool = False) -> BackupResult:
         """Back up the include paths (as seen under host_root); absent ones are left out and reported.
         Exclude entries that are absolute paths are taken under host_root too; patterns pass as they are.
+        one_file_system: do not cross into other mounts (restic --one-file-system; see host/backup_guard.py).
         Symlinks on the way are resolved inside host_root (host/paths.py): a planted link reads nothing
         outside it; the last component, when a link, is backed up as the link."""
         where = {p: in_host_root(host_root, p, follow_last=False) for p in include}
@@ -366,6 +367,8 @@ class Restic:
         args = ["backup", "--host", node, "--tag", f"{BACKUP_TAG}={backup_name}", "--tag", f"{ROOT_TAG}={host_root}"]
         for tag in extra_tags:
             args += ["--tag", tag]
+        if one_file_system:
+            args.append("--one-file-system")
         for pattern in exclude:
             args += ["--exclude", str(in_host_root(host_root, pattern, follow_last=False))
                      if pattern.startswith("/") else pattern]
