@@ -24,7 +24,8 @@ def test_roles_are_the_union_plus_peer() -> None:
     plan = plan_mesh({"a": spec(roles=["gateway"]), "b": spec(roles=["bootstrap"], nodeLabels={"macula.io/x": "1"})})
     assert plan.roles == {MeshRoleName.GATEWAY, MeshRoleName.BOOTSTRAP}
     assert plan.labels() == {"macula.io/role-peer": "true", "macula.io/role-bootstrap": "true",
-                             "macula.io/role-gateway": "true", "macula.io/x": "1"}
+                             "macula.io/role-gateway": "true"}, "nodeLabels are the operator's to write"
+    assert plan.node_labels == {"macula.io/x": "1"}
     assert plan_mesh({}).labels()["macula.io/role-gateway"] is None
 
 
