@@ -1,7 +1,8 @@
 """The chart's ServiceAccounts on the real API server. The agent's: RBAC lets it read the kinds, create
 NodeReports and patch their status, and patch Nodes; the ValidatingAdmissionPolicies narrow that to its own
-node's NodeReport and Node. Most requests impersonate node macula-nuc-01's agent with the user extra
-authentication.kubernetes.io/node-name; one uses a real token bound to a pod on that node, which carries
+node's NodeReport and Node, and on that Node to the keys the agent owns (api/nodekeys.py). Most requests
+impersonate node macula-nuc-01's agent with the user extra authentication.kubernetes.io/node-name; the
+confinement to its own keys is tried with a real token bound to an agent pod on that node, which carries
 the extra by itself. The operator's: it runs, as a process, on nothing but a token of its ServiceAccount.
 
 The release goes to its own namespace so its operator's Lease is not the one the session's operator holds."""
@@ -267,8 +268,6 @@ def test_the_policy_type_checks(cluster: Cluster, chart: None) -> None:
         assert not checking.get("expressionWarnings"), checking
 
 
-
-
 def token_kubeconfig(cluster: Cluster, directory: Path, account: str, pod: str | None = None) -> Path:
     """A kubeconfig holding a real token of the ServiceAccount (TokenRequest), bound to pod if given, as
     the kubelet mounts into that pod."""
@@ -417,7 +416,10 @@ def test_the_agent_changes_nothing_it_does_not_own_on_its_node(cluster: Cluster,
 
 def test_the_agent_changes_the_keys_it_owns_on_its_node(cluster: Cluster, agent_pod: Path) -> None:
     """Everything the agent writes on its Node, with its pod's real bound token: each label, its annotation
-    and its conditions, set and removed."""
+    and its conditions, set and removed (then given back the values they had)."""
+    before = cluster.get("node", ME)["metadata"]
+    had = {"labels": {k: (before.get("labels") or {}).get(k) for k in AGENT_LABELS},
+           "annotations": {k: (before.get("annotations") or {}).get(k) for k in AGENT_ANNOTATIONS}}
     for key in sorted(AGENT_LABELS):
         node_patch(agent_pod, "", {"metadata": {"labels": {key: "true" if "role" in key else "9.9.9"}}})
     for key in sorted(AGENT_ANNOTATIONS):
@@ -435,6 +437,7 @@ def test_the_agent_changes_the_keys_it_owns_on_its_node(cluster: Cluster, agent_
     node = cluster.get("node", ME)
     assert not AGENT_LABELS & node["metadata"].get("labels", {}).keys()
     assert not AGENT_ANNOTATIONS & node["metadata"].get("annotations", {}).keys()
+    cluster.kubectl("patch", "node", ME, "--type=merge", "-p", json.dumps({"metadata": had}))
 
 
 def test_the_operator_runs_on_its_service_accounts_rights(cluster: Cluster, chart: None, tmp_path: Path) -> None:
