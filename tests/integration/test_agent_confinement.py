@@ -387,8 +387,13 @@ REFUSED: dict[str, tuple[Callable[[Cluster], None] | None, str, dict[str, Any], 
         lambda node: not any(c.get("reason") == "Forged" for c in node["status"].get("conditions", []))),
     "the kubelet's addresses": (
         None, "/status", {"status": {"addresses": [{"type": "InternalIP", "address": "203.0.113.66"}]}},
-        "may change only its own conditions in its Node's status",
+        "may change only its own conditions in its Node's status, not addresses",
         lambda node: not any(a["address"] == "203.0.113.66" for a in node["status"].get("addresses", []))),
+    "the kubelet's capacity": (
+        None, "/status", {"status": {"capacity": {"pods": "1000"}, "nodeInfo": {"osImage": "Forged"}}},
+        "may change only its own conditions in its Node's status, not ",
+        lambda node: node["status"]["capacity"]["pods"] != "1000"
+        and node["status"]["nodeInfo"]["osImage"] != "Forged"),
 }
 
 
@@ -469,3 +474,4 @@ def test_the_operator_runs_on_its_service_accounts_rights(cluster: Cluster, char
         stop(record)
         cluster.kubectl("label", "node", ME, "macula.io/rbac-test-")
         cluster.kubectl("annotate", "node", ME, f"{MESH_LABELS_ANNOTATION}-")
+
