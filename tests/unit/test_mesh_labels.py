@@ -7,7 +7,7 @@ from typing import Any
 from maculaos.api.nodekeys import MESH_LABELS_ANNOTATION
 from maculaos.controller.mesh_labels import label_patch, wanted_labels
 
-SHOP = {"nodeSelector": {"matchLabels": {"macula.io/site": "shop"}}}
+SHOP: dict[str, Any] = {"nodeSelector": {"matchLabels": {"macula.io/site": "shop"}}}
 
 
 def node(labels: dict[str, str], record: str | None = None) -> dict[str, Any]:
@@ -16,16 +16,19 @@ def node(labels: dict[str, str], record: str | None = None) -> dict[str, Any]:
 
 
 def test_the_selecting_meshroles_labels_merge_in_name_order() -> None:
-    meshroles = {"b": SHOP | {"nodeLabels": {"zone": "b", "tier": "edge"}}, "a": SHOP | {"nodeLabels": {"zone": "a"}},
-                 "elsewhere": {"nodeSelector": {"matchLabels": {"macula.io/site": "moon"}}, "nodeLabels": {"x": "1"}}}
+    meshroles: dict[str, dict[str, Any]] = {
+        "b": SHOP | {"nodeLabels": {"zone": "b", "tier": "edge"}}, "a": SHOP | {"nodeLabels": {"zone": "a"}},
+        "elsewhere": {"nodeSelector": {"matchLabels": {"macula.io/site": "moon"}}, "nodeLabels": {"x": "1"}}}
     assert wanted_labels(meshroles, {"macula.io/site": "shop"}) == {"zone": "b", "tier": "edge"}
     assert wanted_labels(meshroles, {"macula.io/site": "lab"}) == {}
 
 
 def test_an_invalid_meshrole_labels_nothing_and_a_conflict_changes_nothing() -> None:
-    invalid = {"a": SHOP | {"nodeLabels": {"zone": "a"}}, "bad": SHOP | {"roles": ["king"], "nodeLabels": {"x": "1"}}}
+    invalid: dict[str, dict[str, Any]] = {
+        "a": SHOP | {"nodeLabels": {"zone": "a"}}, "bad": SHOP | {"roles": ["king"], "nodeLabels": {"x": "1"}}}
     assert wanted_labels(invalid, {"macula.io/site": "shop"}) == {"zone": "a"}
-    conflict = {"a": SHOP | {"nodeLabels": {"zone": "a"}}, "b": SHOP | {"realm": "com.example"}}
+    conflict: dict[str, dict[str, Any]] = {
+        "a": SHOP | {"nodeLabels": {"zone": "a"}}, "b": SHOP | {"realm": "com.example"}}
     assert wanted_labels(conflict, {"macula.io/site": "shop"}) is None
 
 
