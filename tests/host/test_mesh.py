@@ -24,7 +24,8 @@ def test_roles_are_the_union_plus_peer() -> None:
     plan = plan_mesh({"a": spec(roles=["gateway"]), "b": spec(roles=["bootstrap"], nodeLabels={"macula.io/x": "1"})})
     assert plan.roles == {MeshRoleName.GATEWAY, MeshRoleName.BOOTSTRAP}
     assert plan.labels() == {"macula.io/role-peer": "true", "macula.io/role-bootstrap": "true",
-                             "macula.io/role-gateway": "true", "macula.io/x": "1"}
+                             "macula.io/role-gateway": "true"}, "nodeLabels are the operator's to write"
+    assert plan.node_labels == {"macula.io/x": "1"}
     assert plan_mesh({}).labels()["macula.io/role-gateway"] is None
 
 
@@ -86,6 +87,18 @@ def test_a_role_whose_program_is_absent_is_reported_not_left_to_restart(host_roo
     (programs / "macula-bootstrap").chmod(0o755)
     outcome = converge_mesh({"b": meshrole}, {}, host_root, Systemd(host_root), netns_nft, public_address=True)
     assert outcome.entries["b"]["message"] == "applied" and outcome.warnings == []
+
+
+def test_a_network_an_old_schema_let_through_is_invalid_on_the_node(host_root: Path, netns_nft: str) -> None:
+    """An object stored before the CRDs checked networks with isCIDR can still hold a bad one: the agent
+    reports it Invalid naming the value, and the firewall it loads has none of it."""
+    bad = {"metadata": {"name": "bad", "generation": 2},
+           "spec": {"firewall": {"extraPorts": [{"port": 9100, "sources": ["10.0.0.0/33"]}]}}}
+    outcome = converge_mesh({"bad": bad}, {}, host_root, Systemd(host_root), netns_nft, public_address=True)
+    entry = outcome.entries["bad"]
+    assert entry["phase"] == "Invalid" and "10.0.0.0/33" in entry["message"], entry
+    table = subprocess.run([netns_nft, "list", "table", "inet", "maculaos"], capture_output=True, text=True).stdout
+    assert "mdns" in table and "9100" not in table, table
 
 
 @pytest.mark.parametrize("unit", sorted(SERVICE_PROGRAMS))

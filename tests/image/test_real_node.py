@@ -264,7 +264,8 @@ def _agent_token(node: Node) -> str:
 
 def test_the_agent_pods_own_token_writes_only_its_own_nodes_objects(node: Node) -> None:
     """The admission policies confine a real pod: with the token the kubelet gave the agent pod, it may
-    update its own Node, but not another Node nor another node's NodeReport."""
+    change the keys it owns on its own Node (api/nodekeys.py), but no other key there, and nothing on
+    another Node nor another node's NodeReport."""
     other = "real-node-other"
     node.kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": other}})
     reports = f"/apis/{GROUP}/{VERSION}/nodereports"
@@ -272,12 +273,15 @@ def test_the_agent_pods_own_token_writes_only_its_own_nodes_objects(node: Node) 
                                "metadata": {"name": other, "labels": {"os.macula.io/node": other}}})
     agent = KubeClient(Credentials(server=node.plane.server, ca_file=str(node.plane.pki.ca_cert),
                                    token=_agent_token(node)))
-    label = {"metadata": {"labels": {"os.macula.io/confinement-test": "yes"}}}
-    agent.patch(f"/api/v1/nodes/{node.name}", label)        # its own Node: allowed
-    for path in (f"/api/v1/nodes/{other}", f"{reports}/{other}"):
+    owned = {"metadata": {"labels": {"macula.io/role-peer": "true"}}}  # what the agent sets on every node
+    agent.patch(f"/api/v1/nodes/{node.name}", owned)        # its own key on its own Node: allowed
+    foreign = {"metadata": {"labels": {"os.macula.io/confinement-test": "yes"}}}
+    for path, body in ((f"/api/v1/nodes/{node.name}", foreign), (f"/api/v1/nodes/{other}", owned),
+                       (f"{reports}/{other}", foreign)):
         with pytest.raises(ApiError) as refused:
-            agent.patch(path, label)
+            agent.patch(path, body)
         assert refused.value.status == 403, (path, refused.value)
+    assert "os.macula.io/confinement-test" not in node.kube.get(f"/api/v1/nodes/{node.name}")["metadata"]["labels"]
 
 
 #: Two units that die when killed: one the check may restart once (its cap), one whose systemd start limit

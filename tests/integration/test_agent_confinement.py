@@ -1,17 +1,20 @@
 """The chart's ServiceAccounts on the real API server. The agent's: RBAC lets it read the kinds, create
 NodeReports and patch their status, and patch Nodes; the ValidatingAdmissionPolicies narrow that to its own
-node's NodeReport and Node. Most requests impersonate node macula-nuc-01's agent with the user extra
-authentication.kubernetes.io/node-name; one uses a real token bound to a pod on that node, which carries
+node's NodeReport and Node, and on that Node to the keys the agent owns (api/nodekeys.py). Most requests
+impersonate node macula-nuc-01's agent with the user extra authentication.kubernetes.io/node-name; the
+confinement to its own keys is tried with a real token bound to an agent pod on that node, which carries
 the extra by itself. The operator's: it runs, as a process, on nothing but a token of its ServiceAccount.
 
 The release goes to its own namespace so its operator's Lease is not the one the session's operator holds."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,10 +23,13 @@ from kubernetes import config as kube_config
 
 from maculaos.agent.nodereport import Reporter
 from maculaos.api import GROUP, VERSION
-from maculaos.api.common import DEFAULT_NAMESPACE
+from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
+from maculaos.api.common import DEFAULT_NAMESPACE, VERSION_LABEL
+from maculaos.api.nodekeys import AGENT_ANNOTATIONS, AGENT_CONDITIONS, AGENT_LABELS, MESH_LABELS_ANNOTATION
+from maculaos.controller.nodeupgrade import CORDON_ANNOTATION
 from maculaos.devenv.demo import start_operator
 from maculaos.devenv.processes import stop
-from maculaos.kube.rest import MERGE_PATCH, Credentials, KubeClient
+from maculaos.kube.rest import MERGE_PATCH, ApiError, Credentials, KubeClient, resource_path
 from tests.integration.lookup import fetching_lookup
 
 from .conftest import REPO, Cluster, kube_of
@@ -262,8 +268,6 @@ def test_the_policy_type_checks(cluster: Cluster, chart: None) -> None:
         assert not checking.get("expressionWarnings"), checking
 
 
-
-
 def token_kubeconfig(cluster: Cluster, directory: Path, account: str, pod: str | None = None) -> Path:
     """A kubeconfig holding a real token of the ServiceAccount (TokenRequest), bound to pod if given, as
     the kubelet mounts into that pod."""
@@ -277,45 +281,174 @@ def token_kubeconfig(cluster: Cluster, directory: Path, account: str, pod: str |
     return path
 
 
-def test_a_bound_token_of_a_pod_on_the_node_carries_its_name(cluster: Cluster, meshrole: str, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """No impersonation: the agent pod's own token (its pod is assigned to the node, as the DaemonSet
-    controller does; without a kubelet it never starts) is what the policy reads. The agent's client finds
-    it as in a pod: the service account folder and KUBERNETES_SERVICE_HOST/PORT."""
+@pytest.fixture(scope="module")
+def agent_pod(cluster: Cluster, chart: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The agent's pod on node ME (assigned to the node, as the DaemonSet controller does; without a
+    kubelet it never starts) and a kubeconfig with a real token bound to it, as the kubelet mounts it."""
     pod = f"agent-{ME}"
     cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NS},
                    "spec": {"nodeName": ME, "serviceAccountName": f"{RELEASE}-agent",
                             "containers": [{"name": "agent", "image": "ghcr.io/macula-io/maculaos-operator:0.1.0"}]}})
     try:
-        kubeconfig = token_kubeconfig(cluster, tmp_path, f"{RELEASE}-agent", pod)
-        api = kube_config.new_client_from_config(str(kubeconfig))
-        review = client.AuthenticationV1Api(api).create_self_subject_review(
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-        user = review.status.user_info
-        assert user is not None and (user.extra or {}).get("authentication.kubernetes.io/node-name") == [ME], user
-        account = tmp_path / "serviceaccount"
-        account.mkdir()
-        (account / "token").write_text(yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"])
-        (account / "ca.crt").write_bytes((cluster.plane.pki.directory / "ca.crt").read_bytes())
-        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(cluster.plane.api_port))
-        in_pod = Credentials.in_cluster(account)
-        assert in_pod is not None
-        kube, lookup = KubeClient(in_pod), fetching_lookup(kube_of(cluster.api))
-        assert Reporter(kube, ME, lookup).node_entry("meshroles", ROLE, {"phase": "Applied", "message": "real token"})
-        cluster.kubectl("delete", "nodereport", OTHER, "--ignore-not-found")
-        assert not Reporter(kube, OTHER, lookup).node_entry("meshroles", ROLE, {"phase": "Failed"})
-        assert cluster.get("nodereport", ME)["status"]["entries"][f"MeshRole/{ROLE}"]["report"]["message"] == \
-            "real token"
-        assert cluster.kubectl("get", "nodereport", OTHER, check=False).returncode != 0
+        yield token_kubeconfig(cluster, tmp_path_factory.mktemp("agent-pod"), f"{RELEASE}-agent", pod)
     finally:
         cluster.kubectl("delete", "pod", pod, f"--namespace={NS}", "--grace-period=0", "--force", check=False)
 
 
+def test_a_bound_token_of_a_pod_on_the_node_carries_its_name(cluster: Cluster, meshrole: str, agent_pod: Path,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No impersonation: the agent pod's own token is what the policy reads. The agent's client finds it
+    as in a pod: the service account folder and KUBERNETES_SERVICE_HOST/PORT."""
+    api = kube_config.new_client_from_config(str(agent_pod))
+    review = client.AuthenticationV1Api(api).create_self_subject_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    user = review.status.user_info
+    assert user is not None and (user.extra or {}).get("authentication.kubernetes.io/node-name") == [ME], user
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(yaml.safe_load(agent_pod.read_text())["users"][0]["user"]["token"])
+    (account / "ca.crt").write_bytes((cluster.plane.pki.directory / "ca.crt").read_bytes())
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(cluster.plane.api_port))
+    in_pod = Credentials.in_cluster(account)
+    assert in_pod is not None
+    kube, lookup = KubeClient(in_pod), fetching_lookup(kube_of(cluster.api))
+    assert Reporter(kube, ME, lookup).node_entry("meshroles", ROLE, {"phase": "Applied", "message": "real token"})
+    cluster.kubectl("delete", "nodereport", OTHER, "--ignore-not-found")
+    assert not Reporter(kube, OTHER, lookup).node_entry("meshroles", ROLE, {"phase": "Failed"})
+    assert cluster.get("nodereport", ME)["status"]["entries"][f"MeshRole/{ROLE}"]["report"]["message"] == \
+        "real token"
+    assert cluster.kubectl("get", "nodereport", OTHER, check=False).returncode != 0
+
+
+# -- On its own Node, only the keys it owns (api/nodekeys.py) --------------------------------------------
+
+TAINT = {"key": "maculaos.test/confinement", "value": "x", "effect": "NoSchedule"}
+
+
+def _cordoned(cluster: Cluster) -> None:
+    """The operator's doing, mid-upgrade: cordoned, with the annotation naming the NodeUpgrade."""
+    cluster.kubectl("patch", "node", ME, "--type=merge", "-p", json.dumps(
+        {"spec": {"unschedulable": True}, "metadata": {"annotations": {CORDON_ANNOTATION: "upgrade-1"}}}))
+
+
+def _tainted(cluster: Cluster) -> None:
+    cluster.kubectl("patch", "node", ME, "--type=merge", "-p", json.dumps({"spec": {"taints": [TAINT]}}))
+
+
+def _mesh_labelled(cluster: Cluster) -> None:
+    cluster.kubectl("patch", "node", ME, "--type=merge", "-p", json.dumps(
+        {"metadata": {"labels": {"site": "lab"}, "annotations": {MESH_LABELS_ANNOTATION: "site"}}}))
+
+
+def _restore(cluster: Cluster) -> None:
+    """Node ME as the tests found it: uncordoned, untainted, without the test's keys."""
+    cluster.kubectl("patch", "node", ME, "--type=merge", "-p", json.dumps({
+        "spec": {"unschedulable": None, "taints": None},
+        "metadata": {"labels": {"site": None, "node-role.kubernetes.io/control-plane": None},
+                     "annotations": {CORDON_ANNOTATION: None, MESH_LABELS_ANNOTATION: None}}}))
+
+
+#: (what a compromised agent tries, the admin's setup before it, the Node path patched, the patch, the words
+#: of the refusal, what must hold afterwards).
+REFUSED: dict[str, tuple[Callable[[Cluster], None] | None, str, dict[str, Any], str,
+                         Callable[[dict[str, Any]], bool]]] = {
+    "uncordon mid-upgrade": (_cordoned, "", {"spec": {"unschedulable": None}}, "may not change its Node's spec",
+                             lambda node: node["spec"].get("unschedulable") is True),
+    "cordon": (None, "", {"spec": {"unschedulable": True}}, "may not change its Node's spec",
+               lambda node: not node["spec"].get("unschedulable")),
+    "taint removal": (_tainted, "", {"spec": {"taints": None}}, "may not change its Node's spec",
+                      lambda node: TAINT in node["spec"].get("taints", [])),
+    "operator annotation forgery": (
+        None, "", {"metadata": {"annotations": {CORDON_ANNOTATION: "upgrade-forged"}}},
+        f"may only change its own annotations ({BACKUP_SERVER_ANNOTATION}), not {CORDON_ANNOTATION}",
+        lambda node: CORDON_ANNOTATION not in node["metadata"].get("annotations", {})),
+    "operator annotation removal": (
+        _cordoned, "", {"metadata": {"annotations": {CORDON_ANNOTATION: None}}},
+        f"not {CORDON_ANNOTATION}", lambda node: node["metadata"]["annotations"][CORDON_ANNOTATION] == "upgrade-1"),
+    "foreign label": (None, "", {"metadata": {"labels": {"site": "attracts-workloads"}}}, "not site",
+                      lambda node: "site" not in node["metadata"].get("labels", {})),
+    "node-role label": (
+        None, "", {"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}},
+        "not node-role.kubernetes.io/control-plane",
+        lambda node: "node-role.kubernetes.io/control-plane" not in node["metadata"].get("labels", {})),
+    "a MeshRole's label, the operator's to write": (
+        _mesh_labelled, "", {"metadata": {"labels": {"site": None}, "annotations": {MESH_LABELS_ANNOTATION: None}}},
+        "not site", lambda node: node["metadata"]["labels"].get("site") == "lab"),
+    "an owned key smuggling a foreign one": (
+        None, "", {"metadata": {"labels": {VERSION_LABEL: "9.9.9", "site": "x"}}}, "not site",
+        lambda node: node["metadata"]["labels"].get(VERSION_LABEL) != "9.9.9"),
+    "finalizer": (None, "", {"metadata": {"finalizers": ["maculaos.test/never-goes"]}},
+                  "may not change its Node's finalizers",
+                  lambda node: not node["metadata"].get("finalizers")),
+    "the kubelet's condition": (
+        None, "/status", {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Forged"}]}},
+        "may only change its own conditions (MaculaHealthy, MaculaBackupServer), not Ready",
+        lambda node: not any(c.get("reason") == "Forged" for c in node["status"].get("conditions", []))),
+    "the kubelet's addresses": (
+        None, "/status", {"status": {"addresses": [{"type": "InternalIP", "address": "203.0.113.66"}]}},
+        "may change only its own conditions in its Node's status, not addresses",
+        lambda node: not any(a["address"] == "203.0.113.66" for a in node["status"].get("addresses", []))),
+    "the kubelet's capacity": (
+        None, "/status", {"status": {"capacity": {"pods": "1000"}, "nodeInfo": {"osImage": "Forged"}}},
+        "may change only its own conditions in its Node's status, not ",
+        lambda node: node["status"]["capacity"]["pods"] != "1000"
+        and node["status"]["nodeInfo"]["osImage"] != "Forged"),
+}
+
+
+def node_patch(kubeconfig: Path, subresource: str, body: dict[str, Any]) -> None:
+    """A merge patch of Node ME (or its status) as the agent's own client makes it."""
+    KubeClient(Credentials.from_kubeconfig(kubeconfig)).request(
+        "PATCH", resource_path("v1", "nodes", ME) + subresource, body, content_type=MERGE_PATCH)
+
+
+@pytest.mark.parametrize("attempt", REFUSED)
+def test_the_agent_changes_nothing_it_does_not_own_on_its_node(cluster: Cluster, agent_pod: Path, attempt: str) -> None:
+    """With its pod's real bound token, the agent of node ME is refused (403) every change to its own Node
+    outside its keys, and the Node is left as it was."""
+    setup, subresource, body, words, unchanged = REFUSED[attempt]
+    if setup is not None:
+        setup(cluster)
+    try:
+        with pytest.raises(ApiError) as refused:
+            node_patch(agent_pod, subresource, body)
+        assert refused.value.status == 403 and words in str(refused.value), str(refused.value)
+        assert unchanged(cluster.get("node", ME)), attempt
+    finally:
+        _restore(cluster)
+
+
+def test_the_agent_changes_the_keys_it_owns_on_its_node(cluster: Cluster, agent_pod: Path) -> None:
+    """Everything the agent writes on its Node, with its pod's real bound token: each label, its annotation
+    and its conditions, set and removed (then given back the values they had)."""
+    before = cluster.get("node", ME)["metadata"]
+    had = {"labels": {k: (before.get("labels") or {}).get(k) for k in AGENT_LABELS},
+           "annotations": {k: (before.get("annotations") or {}).get(k) for k in AGENT_ANNOTATIONS}}
+    for key in sorted(AGENT_LABELS):
+        node_patch(agent_pod, "", {"metadata": {"labels": {key: "true" if "role" in key else "9.9.9"}}})
+    for key in sorted(AGENT_ANNOTATIONS):
+        node_patch(agent_pod, "", {"metadata": {"annotations": {key: "http://192.0.2.1:8000/"}}})
+    kube = KubeClient(Credentials.from_kubeconfig(agent_pod))
+    reporter = Reporter(kube, ME, fetching_lookup(kube_of(cluster.api)))
+    for ctype in sorted(AGENT_CONDITIONS):
+        assert reporter.condition(ctype, "True", "ConfinementTest", "owned")
+    node = cluster.get("node", ME)
+    assert AGENT_LABELS <= node["metadata"]["labels"].keys()
+    assert AGENT_ANNOTATIONS <= node["metadata"]["annotations"].keys()
+    assert AGENT_CONDITIONS <= {c["type"] for c in node["status"]["conditions"] if c["reason"] == "ConfinementTest"}
+    node_patch(agent_pod, "", {"metadata": {"labels": dict.fromkeys(AGENT_LABELS),
+                                            "annotations": dict.fromkeys(AGENT_ANNOTATIONS)}})
+    node = cluster.get("node", ME)
+    assert not AGENT_LABELS & node["metadata"].get("labels", {}).keys()
+    assert not AGENT_ANNOTATIONS & node["metadata"].get("annotations", {}).keys()
+    cluster.kubectl("patch", "node", ME, "--type=merge", "-p", json.dumps({"metadata": had}))
+
+
 def test_the_operator_runs_on_its_service_accounts_rights(cluster: Cluster, chart: None, tmp_path: Path) -> None:
     """`maculaos operator run` with only its ServiceAccount's token: it wins its Lease, judges objects
-    through kopf and resync passes, and is never refused (Backups of other tests name Secrets it may not
-    read: those are judged, not crashed on)."""
+    through kopf and resync passes, writes a MeshRole's nodeLabels on its Node, and is never refused
+    (Backups of other tests name Secrets it may not read: those are judged, not crashed on)."""
     kubeconfig = token_kubeconfig(cluster, tmp_path, f"{RELEASE}-operator")
     record = start_operator(kubeconfig, tmp_path, resync_seconds=1, name="operator-rbac",
                             extra_args=(f"--namespace={NS}",))
@@ -324,9 +457,12 @@ def test_the_operator_runs_on_its_service_accounts_rights(cluster: Cluster, char
         cluster.wait_for(lambda: cluster.kubectl("get", "lease", "maculaos-controller", f"--namespace={NS}",
                                                  check=False).returncode == 0, 60, "the operator's Lease")
         cluster.apply({"apiVersion": "os.macula.io/v1alpha1", "kind": "MeshRole", "metadata": {"name": name},
-                       "spec": {"nodeSelector": {"matchLabels": {"site": "nowhere"}}, "roles": ["bootstrap"]}})
+                       "spec": {"nodeSelector": {"matchLabels": {"kubernetes.io/hostname": ME}}, "roles": ["bootstrap"],
+                                "nodeLabels": {"macula.io/rbac-test": "yes"}}})
         cluster.wait_for(lambda: cluster.get("meshrole", name).get("status", {}).get("conditions") is not None,
                          30, "the MeshRole judged")
+        cluster.wait_for(lambda: cluster.get("node", ME)["metadata"]["labels"].get("macula.io/rbac-test") == "yes",
+                         30, "the MeshRole's nodeLabels written by the operator")
         log = Path(record.log)
         time.sleep(3)  # a few resync passes (one a second) over every object in the cluster
         text = log.read_text()
@@ -336,3 +472,6 @@ def test_the_operator_runs_on_its_service_accounts_rights(cluster: Cluster, char
     finally:
         cluster.kubectl("delete", "meshrole", name, "--ignore-not-found")
         stop(record)
+        cluster.kubectl("label", "node", ME, "macula.io/rbac-test-")
+        cluster.kubectl("annotate", "node", ME, f"{MESH_LABELS_ANNOTATION}-")
+

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from maculaos.api.nodekeys import MESH_LABELS_ANNOTATION
 from maculaos.devenv.processes import ProcessRecord
 from tests.integration.conftest import REPO, Cluster
 
@@ -148,3 +149,32 @@ def test_lockout_risks_are_accepted_with_a_warning_condition_and_event(
                                                       for e in events_for(cluster, n)),
                          what=f"a Warning Event {reason} on {name}")
     assert cluster.wait_condition("HealthCheck", "harmless", "False", ctype="Warning")["reason"] == "NoKnownRisk"
+
+
+def test_the_operator_writes_the_meshroles_node_labels(cluster: Cluster, operator: ProcessRecord,
+                                                       created: Create) -> None:
+    """nodeLabels are the operator's to write (an agent may change only its own keys on its Node): set on
+    the selected Node, changed with the MeshRole, and removed when it goes, while a label someone else set
+    on the Node stays."""
+    node = "macula-pi-03"
+    pi = {"matchLabels": {"kubernetes.io/hostname": node}}
+
+    def labels() -> dict[str, str]:
+        return dict(cluster.get("node", node)["metadata"].get("labels") or {})
+
+    cluster.kubectl("label", "node", node, "macula.io/owner=ops", "--overwrite")
+    try:
+        role = created(obj("MeshRole", "labelled", {"nodeSelector": pi, "nodeLabels": {"macula.io/zone": "till"}}))
+        cluster.wait_for(lambda: labels().get("macula.io/zone") == "till", what="the nodeLabel set")
+        assert "macula.io/zone" not in cluster.get("node", "macula-nuc-01")["metadata"]["labels"]
+        role["spec"]["nodeLabels"] = {"macula.io/zone": "stock", "macula.io/tier": "edge"}
+        cluster.apply(role)
+        cluster.wait_for(lambda: labels().get("macula.io/zone") == "stock" and labels().get("macula.io/tier") == "edge",
+                         what="the nodeLabels changed")
+        cluster.delete(role)
+        cluster.wait_for(lambda: not {"macula.io/zone", "macula.io/tier"} & labels().keys(),
+                         what="the nodeLabels removed with the MeshRole")
+        assert labels()["macula.io/owner"] == "ops"
+        assert MESH_LABELS_ANNOTATION not in (cluster.get("node", node)["metadata"].get("annotations") or {})
+    finally:
+        cluster.kubectl("label", "node", node, "macula.io/owner-", "macula.io/zone-", "macula.io/tier-")

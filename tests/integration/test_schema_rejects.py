@@ -12,10 +12,22 @@ from tests.integration.conftest import Cluster
 SECRET_REF = {"name": "repo", "key": "password"}
 BACKUP = {"target": {"local": {"path": "/backups"}}, "repositoryPasswordSecretRef": SECRET_REF}
 CHECK = {"name": "ssh", "type": "tcp", "tcp": {"port": 22}}
+S3 = {"endpoint": "minio.lan:9000", "bucket": "fleet", "accessKeyIdSecretRef": {"name": "s3", "key": "id"},
+      "secretAccessKeySecretRef": {"name": "s3", "key": "secret"}}
 
 
 def obj(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "os.macula.io/v1alpha1", "kind": kind, "metadata": {"name": "bad"}, "spec": spec}
+
+
+def source(network: str) -> dict[str, Any]:
+    """A MeshRole opening a port to one source network."""
+    return obj("MeshRole", {"firewall": {"extraPorts": [{"port": 80, "sources": [network]}]}})
+
+
+def tcp_host(host: str) -> dict[str, Any]:
+    """A HealthCheck connecting to host."""
+    return obj("HealthCheck", {"checks": [{**CHECK, "tcp": {"host": host, "port": 22}}]})
 
 
 # (id, object, text the error must contain: the field path, and what is wrong)
@@ -35,6 +47,31 @@ BAD = [
      ["spec.bootstrapPeers", "bootstrapPeers must name at least one peer"]),
     ("meshrole-role-label", obj("MeshRole", {"nodeLabels": {"macula.io/role-gateway": "true"}}),
      ["spec.nodeLabels", "set from roles"]),
+    ("meshrole-version-label", obj("MeshRole", {"nodeLabels": {"os.macula.io/version": "9.9.9"}}),
+     ["spec.nodeLabels", "set by each node's agent"]),
+    # addresses checked with CEL isCIDR/isIP (Kubernetes >= 1.31), not only a pattern (issue #18)
+    ("meshrole-source-octet", source("999.1.1.1/8"),
+     ["spec.firewall.extraPorts[0].sources[0]", "CIDR form without host bits"]),
+    ("meshrole-source-host-bits", source("10.0.0.1/8"),
+     ["spec.firewall.extraPorts[0].sources[0]", "CIDR form without host bits"]),
+    ("meshrole-source-leading-zero", source("010.0.0.0/8"),
+     ["spec.firewall.extraPorts[0].sources[0]", "CIDR form without host bits"]),
+    ("meshrole-source-prefix", source("10.0.0.0/33"),
+     ["spec.firewall.extraPorts[0].sources[0]", "CIDR form without host bits"]),
+    ("meshrole-source-ipv6-groups", source("1:2:3:4:5:6:7:8:9/64"),
+     ["spec.firewall.extraPorts[0].sources[0]", "CIDR form without host bits"]),
+    ("healthcheck-tcp-host-octet", tcp_host("999.1.1.1"),
+     ["spec.checks[0].tcp.host", "must be an IP address"]),
+    ("healthcheck-tcp-host-short-ipv4", tcp_host("10.1.2"),
+     ["spec.checks[0].tcp.host", "must be an IP address"]),
+    ("healthcheck-tcp-host-two-gaps", tcp_host("1::2::3"),
+     ["spec.checks[0].tcp.host", "must be an IP address"]),
+    ("healthcheck-tcp-host-dash", tcp_host("-db.lan"),
+     ["spec.checks[0].tcp.host", "must be an IP address"]),
+    ("backup-s3-endpoint-octet", obj("Backup", {**BACKUP, "target": {"s3": {**S3, "endpoint": "300.1.1.1:9000"}}}),
+     ["spec.target.s3.endpoint", "must be a DNS name or an IPv4 address"]),
+    ("backup-s3-endpoint-short-ipv4", obj("Backup", {**BACKUP, "target": {"s3": {**S3, "endpoint": "10.1.2"}}}),
+     ["spec.target.s3.endpoint", "must be a DNS name or an IPv4 address"]),
     ("meshrole-port-range", obj("MeshRole", {"firewall": {"extraPorts": [{"port": 70000}]}}),
      ["spec.firewall.extraPorts[0].port", "less than or equal to 65535"]),
     ("meshrole-unknown-field", obj("MeshRole", {"rolez": ["gateway"]}), ["unknown field \"spec.rolez\""]),
@@ -194,6 +231,25 @@ def test_api_server_rejects_with_the_field_named(cluster: Cluster, bad: dict[str
     assert result.returncode != 0, f"accepted: {bad}"
     for text in expected:
         assert text in result.stderr, f"{text!r} not in: {result.stderr}"
+
+
+#: Addresses the CEL rules must let through: both families, names, ports.
+GOOD_ADDRESSES = [
+    obj("MeshRole", {"firewall": {"extraPorts": [{"port": 80, "sources": ["10.0.0.0/8", "192.168.1.5/32", "fd00::/64",
+                                                                        "::/0"]}]}}),
+    obj("HealthCheck", {"checks": [{**CHECK, "name": f"c{i}", "tcp": {"host": host, "port": 22}}
+                                   for i, host in enumerate(["127.0.0.1", "::1", "fe80::1", "db.lan", "DB.Lan"])]}),
+    obj("Backup", {**BACKUP, "target": {"s3": {**S3, "endpoint": "192.168.1.5:9000"}}}),
+    obj("Backup", {**BACKUP, "target": {"s3": {**S3, "endpoint": "s3.amazonaws.com"}}}),
+]
+
+
+@pytest.mark.parametrize("good", GOOD_ADDRESSES, ids=["sources", "tcp-hosts", "s3-ip-endpoint", "s3-name-endpoint"])
+def test_api_server_accepts_good_addresses(cluster: Cluster, good: dict[str, Any]) -> None:
+    import yaml
+
+    result = cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(good), check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_at_least_fifteen_distinct_bad_objects() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
+from maculaos.api.nodekeys import BACKUP_SERVER_CONDITION
 from maculaos.host.backup_server import (
     asks_for_credentials,
     open_server_warning,
@@ -23,7 +24,7 @@ from maculaos.host.backup_server import (
 from maculaos.host.config import HostConfigError
 from maculaos.host.nodeconfig import read_node_config
 
-CONDITION = "MaculaBackupServer"
+CONDITION = BACKUP_SERVER_CONDITION
 
 
 @dataclass(frozen=True)

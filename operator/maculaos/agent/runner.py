@@ -33,6 +33,7 @@ from maculaos.agent.settings import AgentSettings
 from maculaos.agent.watch import WatchedCache, labels_and_addresses, spec_and_generation
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.api.common import spec_selects
+from maculaos.api.nodekeys import HEALTHY_CONDITION
 from maculaos.host.firewall import tcp_port_blocked
 from maculaos.host.meshrole import MeshPlan
 from maculaos.host.rauc import Rauc
@@ -43,7 +44,6 @@ log = logging.getLogger("maculaos.agent")
 DEBOUNCE_SECONDS = 0.05
 HEALTH_TICK_SECONDS = 1.0
 HEALTH_REFRESH_SECONDS = 60.0
-HEALTHY_CONDITION = "MaculaHealthy"
 
 
 class Agent:

@@ -15,6 +15,7 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field
 
+from maculaos.api.addresses import Endpoint
 from maculaos.api.common import (
     DNS_SUBDOMAIN_PATTERN,
     EXCLUDE_PATTERN,
@@ -82,7 +83,7 @@ class MeshTarget(ApiModel):
 class S3Target(ApiModel):
     """An S3-compatible bucket."""
 
-    endpoint: str = Field(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$", max_length=253)
+    endpoint: Endpoint
     """Host (and port) of the S3 endpoint, e.g. s3.amazonaws.com or minio.lan:9000."""
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", max_length=63)
     """Bucket name."""

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field
 
+from maculaos.api.addresses import Host
 from maculaos.api.common import (
     DNS_LABEL_PATTERN,
     ApiModel,
@@ -71,7 +72,7 @@ class HttpProbe(ApiModel):
 class TcpProbe(ApiModel):
     """A TCP port that must accept connections."""
 
-    host: str = Field(default="127.0.0.1", max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")
+    host: Host = "127.0.0.1"
     """Host to connect to."""
     port: int = Field(ge=1, le=65535)
     """Port to connect to."""

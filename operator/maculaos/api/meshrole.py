@@ -11,9 +11,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from maculaos.api.addresses import Network
 from maculaos.api.common import (
     DNS_SUBDOMAIN_PATTERN,
     LABEL_KEYS_RULE,
+    VERSION_LABEL,
     ApiModel,
     LabelValue,
     ObjectStatus,
@@ -52,7 +54,6 @@ class Protocol(StrEnum):
     UDP = "udp"
 
 
-CIDR_PATTERN = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$"
 PEER_URL_PATTERN = r"^(https|quic)://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/.*)?$"
 
 
@@ -63,8 +64,7 @@ class ExtraPort(ApiModel):
     """Port number."""
     protocol: Protocol = Protocol.TCP
     """tcp or udp."""
-    sources: list[Annotated[str, Field(pattern=CIDR_PATTERN, max_length=43)]] = Field(
-        default_factory=list, max_length=32)
+    sources: list[Network] = Field(default_factory=list, max_length=32)
     """Source networks (CIDR) allowed to reach it; empty allows any."""
 
 
@@ -185,8 +185,11 @@ class MeshRoleSpec(SelectorSpec):
             LABEL_KEYS_RULE,
             {"rule": "self.all(k, !k.startsWith('macula.io/role-'))",
              "message": "macula.io/role-* labels are set from roles; list the role in roles instead"},
+            {"rule": f"!('{VERSION_LABEL}' in self)",
+             "message": f"{VERSION_LABEL} is set by each node's agent: the version the node runs"},
         ]})
-    """Extra Node labels to set on the selected nodes (macula.io/role-<role> labels are set from roles)."""
+    """Extra Node labels the operator sets on the selected nodes (macula.io/role-<role> labels are set from
+    roles, os.macula.io/version by the node)."""
 
 
 #: What every MeshRole selecting one node must agree on (the rest merges: roles, peers, labels).

@@ -22,6 +22,7 @@ from maculaos.controller import memory
 from maculaos.controller.cluster import ApiCluster, list_objects
 from maculaos.controller.fleet_metrics import Fleet
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORTS, Folder
+from maculaos.controller.mesh_labels import apply_mesh_labels
 from maculaos.controller.metrics import FOLD_LATENCY, TICK_SECONDS, Health, counted
 from maculaos.controller.nodeupgrade import Rollouts
 from maculaos.controller.reconcile import judge, write
@@ -37,17 +38,25 @@ log = logging.getLogger("maculaos.controller")
 ROLLOUT_KIND = "NodeUpgrade"
 
 
+#: The kind whose nodeLabels the operator writes on the Nodes (controller/mesh_labels.py).
+LABELLING_KIND = "MeshRole"
+
+
 def reconcile_one(kube: KubeClient, body: dict[str, Any], rollouts: Rollouts) -> None:
     with counted(str(body.get("kind"))):
         if body.get("kind") == ROLLOUT_KIND:
             rollouts.reconcile(body["metadata"]["name"])
             return
-        write(kube, body, judge(body, ApiCluster(kube)))
+        cluster = ApiCluster(kube)
+        write(kube, body, judge(body, cluster))
+        if body.get("kind") == LABELLING_KIND:
+            apply_mesh_labels(kube, cluster.meshroles(), cluster.node_objects)
 
 
 def resync_all(kube: KubeClient, rollouts: Rollouts, folder: Folder | None = None,
                fleet: Fleet | None = None) -> int:
-    """Judge every object against one fresh snapshot of the cluster; returns how many were written."""
+    """Judge every object against one fresh snapshot of the cluster, and give the Nodes their MeshRoles'
+    nodeLabels; returns how many objects were written."""
     cluster = ApiCluster(kube)
     if fleet is not None:
         fleet.observe_nodes(cluster.node_labels())
@@ -65,7 +74,7 @@ def resync_all(kube: KubeClient, rollouts: Rollouts, folder: Folder | None = Non
                 if outcome.status is not None:
                     write(kube, body, outcome)
                     written += 1
-    return written
+    return written + apply_mesh_labels(kube, cluster.meshroles(), cluster.node_objects)
 
 
 async def fold_forever(folder: Folder, wake: asyncio.Event, debounce: float = DEBOUNCE_SECONDS,

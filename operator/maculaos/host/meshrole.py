@@ -1,5 +1,5 @@
 """A node's mesh roles: the union of the MeshRoles that select it (peer always), and what follows on
-the host: the maculaos.mesh config section, the role services, the firewall table, the Node labels."""
+the host: the maculaos.mesh config section, the role services, the firewall table, the role labels."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from maculaos.api.meshrole import (
     describe_disagreements,
     disagreements,
 )
+from maculaos.api.nodekeys import ROLE_LABEL
 from maculaos.errors import MaculaosError
 from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
@@ -40,7 +41,6 @@ ROLE_SERVICES = {MeshRoleName.BOOTSTRAP: "macula-bootstrap.service", MeshRoleNam
 # so a role configured on an image without its program is reported, not restarted in a loop.
 SERVICE_PROGRAMS = {PEER_SERVICE: Path("usr/bin/macula-mesh"), **{
     unit: Path(f"usr/bin/{unit.removesuffix('.service')}") for unit in ROLE_SERVICES.values()}}
-ROLE_LABEL = "macula.io/role-{}"
 FIREWALL_STATE = Path("var/lib/maculaos/agent/firewall.nft")
 
 
@@ -60,6 +60,7 @@ class MeshPlan:
     firewall: Firewall = field(default_factory=Firewall)
     wireguard: WireGuard = field(default_factory=WireGuard)
     node_labels: Mapping[str, str] = field(default_factory=dict)
+    """The MeshRoles' nodeLabels merged: the operator's to write (controller/mesh_labels.py), not the agent's."""
 
     def config_section(self) -> MeshConfig:
         """maculaos.mesh in config.yaml: what the node plays, every role named."""
@@ -68,10 +69,11 @@ class MeshPlan:
                           public_hostname=self.public_hostname or None)
 
     def labels(self) -> dict[str, str | None]:
-        """Node labels to set; None removes a role label the node no longer has."""
+        """The role labels the agent sets; None removes a role label the node no longer has. The
+        MeshRoles' nodeLabels are not among them: the operator writes those (controller/mesh_labels.py),
+        as the admission policy lets an agent change only its own keys on its Node."""
         labels: dict[str, str | None] = {ROLE_LABEL.format("peer"): "true"}
-        labels |= {ROLE_LABEL.format(r.value): "true" if r in self.roles else None for r in MeshRoleName}
-        return labels | dict(self.node_labels)
+        return labels | {ROLE_LABEL.format(r.value): "true" if r in self.roles else None for r in MeshRoleName}
 
 
 def plan_mesh(specs: Mapping[str, MeshRoleSpec]) -> MeshPlan:
