@@ -7,7 +7,7 @@ import logging
 import sys
 
 from maculaos import __version__
-from maculaos.cli import cluster, dev, node
+from maculaos.cli import cluster, dev, node, setup
 from maculaos.errors import MaculaosError
 
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     cluster.add_commands(commands)
     node.add_commands(commands)
+    setup.add_commands(commands)
     dev.add_commands(commands)
     return parser
 
