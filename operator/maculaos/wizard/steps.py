@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maculaos.host.config import write_keys
+from maculaos.host.config import lookup, write_keys
 from maculaos.host.nodeconfig import NodeConfig, NodeConfigError
 from maculaos.wizard.errors import StepError
 
@@ -155,19 +155,21 @@ def _nested(keys: Mapping[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def check_keys(keys: Mapping[str, Any]) -> None:
-    """Every key checked by NodeConfig; StepError naming the key otherwise."""
+def check_keys(keys: Mapping[str, Any]) -> dict[str, Any]:
+    """Every key checked by NodeConfig, and returned as the model normalised it (a PEM's final newline,
+    an enum's value); StepError naming the key otherwise."""
     try:
-        NodeConfig.parse(_nested(keys), "the form")
+        config = NodeConfig.parse(_nested(keys), "the form")
     except NodeConfigError as exc:
         raise StepError(exc.key, exc.problem) from None
+    dumped = config.model_dump(mode="json", exclude_none=True, exclude_unset=True)
+    return {path: None if value is None else lookup(dumped, path) for path, value in keys.items()}
 
 
 def apply_step(host_root: Path, step: Step, form: Form) -> dict[str, Any]:
     """Check the form, then write its keys to config.yaml in one atomic write; returns the keys written.
     A bad value raises StepError and leaves the file as it was."""
-    keys = step.keys(form)
-    check_keys(keys)
+    keys = check_keys(step.keys(form))
     write_keys(host_root, keys)
     return keys
 
