@@ -90,6 +90,7 @@ def test_the_landing_page_shows_name_url_and_qr_but_never_the_secret(client: Tes
     assert state.setup.secret not in response.text and state.setup.code not in response.text
     cookie = response.headers["set-cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert response.headers["referrer-policy"] == "no-referrer"  # the QR link's secret stays here
 
 
 @pytest.mark.parametrize("typed", ["wrong", "", "ABCD-EFGH-JKMN-PQRS"])

@@ -3,6 +3,7 @@ asked again with the key named, and pairing against the test Portal."""
 
 from __future__ import annotations
 
+import io
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,3 +94,12 @@ def test_setup_on_a_configured_node_does_nothing(tmp_path: Path, capsys: pytest.
     (tmp_path / CONFIGURED).write_text("")
     assert main(["setup", "--host-root", str(tmp_path)]) == 0
     assert "configured already" in capsys.readouterr().out
+
+
+def test_setup_stops_cleanly_when_its_input_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["setup", "--host-root", str(tmp_path)]) == 1
+    assert "setup stopped" in capsys.readouterr().err and not (tmp_path / CONFIGURED).exists()

@@ -27,7 +27,11 @@ def _setup(args: argparse.Namespace) -> int:
         print("this node is configured already (--again to change its settings and pair again)")
         return 0
     name = choose(args.host_root).name
-    return 0 if run_text_wizard(args.host_root, name, args.portal_url) else 1
+    try:
+        return 0 if run_text_wizard(args.host_root, name, args.portal_url) else 1
+    except (EOFError, KeyboardInterrupt):
+        print("\nsetup stopped: what was saved stays in config.yaml; the node is not paired", file=sys.stderr)
+        return 1
 
 
 def _serve_settings(args: argparse.Namespace) -> object:

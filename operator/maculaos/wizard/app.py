@@ -52,13 +52,16 @@ STYLE = ("body{font-family:sans-serif;max-width:44em;margin:2em auto;padding:0 1
          "small{color:#555}")
 
 
+HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+           "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                      "form-action 'self'"}
+
+
 def page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
                         f"content='width=device-width'><title>{html.escape(title)}</title><style>{STYLE}</style>"
                         f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>", status_code=status,
-                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
-                                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                                                            "img-src data:; form-action 'self'"})
+                        headers=HEADERS)
 
 
 def error_box(message: str) -> str:
