@@ -324,3 +324,20 @@ def test_port_80_only_redirects_to_https() -> None:
         assert response.headers["location"] == "https://macula-1a2b3c4d.local:8443/step/timezone"
     assert TestClient(redirect_app(443), base_url="http://10.0.0.5").get("/", follow_redirects=False) \
         .headers["location"] == "https://10.0.0.5/"
+
+
+def test_a_page_keeps_the_keys_of_its_section_that_it_does_not_show(client: TestClient, state: WizardState,
+                                                                    host_root: Path) -> None:
+    config = raw(host_root)
+    config["maculaos"]["mesh"].update({"bootstrap_peers": ["quic://mesh.shop.example:4433"], "tls_mode": "production"})
+    config["maculaos"]["kubernetes"] = {"server": "https://192.168.10.2:6443", "ca_cert": CA, "token": TOKEN}
+    config_file(host_root).write_text(yaml.safe_dump(config))
+    signed_in(client, state)
+    assert TOKEN not in client.get("/step/cluster").text  # never shown again
+    client.post("/step/mesh", data={"csrf": client.cookies[CSRF], "gateway": "on"})
+    client.post("/step/cluster", data={"csrf": client.cookies[CSRF], "server": "https://192.168.10.3:6443",
+                                       "ca_cert": CA})
+    after = raw(host_root)["maculaos"]
+    assert after["mesh"] == {"bootstrap_peers": ["quic://mesh.shop.example:4433"], "tls_mode": "production",
+                             "roles": {"bootstrap": False, "gateway": True}}
+    assert after["kubernetes"] == {"server": "https://192.168.10.3:6443", "ca_cert": CA, "token": TOKEN}

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maculaos.host.config import lookup, write_keys
+from maculaos.host.config import lookup, read_config, write_keys
 from maculaos.host.nodeconfig import NodeConfig, NodeConfigError
 from maculaos.wizard.errors import StepError
 
 Form = Mapping[str, str]
+Config = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,9 @@ class Step:
     name: str
     title: str
     fields: tuple[Field, ...]
-    keys: Callable[[Form], dict[str, Any]]
-    """The config.yaml keys (dotted) the filled form sets; None removes a key."""
+    keys: Callable[[Form, Config], dict[str, Any]]
+    """The config.yaml keys (dotted) the filled form sets, given the file as it is (a section's keys the
+    page does not show are kept); None removes a key."""
     note: str = ""
 
 
@@ -41,15 +43,21 @@ def _text(form: Form, name: str) -> str:
     return form.get(name, "").strip()
 
 
-def _hostname(form: Form) -> dict[str, Any]:
+def _old_section(config: Config, name: str) -> dict[str, Any]:
+    maculaos = config.get("maculaos")
+    section = maculaos.get(name) if isinstance(maculaos, dict) else None
+    return dict(section) if isinstance(section, dict) else {}
+
+
+def _hostname(form: Form, config: Config) -> dict[str, Any]:
     return {"maculaos.hostname": _text(form, "hostname") or None}
 
 
-def _one(key: str, field: str) -> Callable[[Form], dict[str, Any]]:
-    return lambda form: {key: _text(form, field) or None}
+def _one(key: str, field: str) -> Callable[[Form, Config], dict[str, Any]]:
+    return lambda form, config: {key: _text(form, field) or None}
 
 
-def _network(form: Form) -> dict[str, Any]:
+def _network(form: Form, config: Config) -> dict[str, Any]:
     if _text(form, "mode") in ("", "dhcp"):
         return {"maculaos.network": {"mode": "dhcp", **({"interface": i} if (i := _text(form, "interface")) else {})}}
     dns = [s for s in _text(form, "dns").replace(",", " ").split() if s]
@@ -58,9 +66,10 @@ def _network(form: Form) -> dict[str, Any]:
     return {"maculaos.network": {k: v for k, v in section.items() if v not in ("", [])}}
 
 
-def _mesh(form: Form) -> dict[str, Any]:
+def _mesh(form: Form, config: Config) -> dict[str, Any]:
     roles = {role: form.get(role, "") in ("on", "yes", "true", "y") for role in ("bootstrap", "gateway")}
-    section: dict[str, Any] = {"roles": roles}
+    section = {k: v for k, v in _old_section(config, "mesh").items() if k not in ("realm", "public_hostname")}
+    section["roles"] = {**(section.get("roles") or {}), **roles}
     for key in ("realm", "public_hostname"):
         if value := _text(form, key):
             section[key] = value
@@ -77,7 +86,7 @@ def hash_password(password: str, openssl: str = "openssl") -> str:
     return done.stdout.strip()
 
 
-def _access(form: Form) -> dict[str, Any]:
+def _access(form: Form, config: Config) -> dict[str, Any]:
     keys: dict[str, Any] = {}
     lines = [line.strip() for line in form.get("ssh_keys", "").splitlines() if line.strip()]
     if lines:
@@ -95,11 +104,13 @@ def _access(form: Form) -> dict[str, Any]:
     return keys
 
 
-def _cluster(form: Form) -> dict[str, Any]:
-    if not any(_text(form, k) for k in ("server", "ca_cert", "token")):
+def _cluster(form: Form, config: Config) -> dict[str, Any]:
+    if not any(_text(form, k) for k in ("server", "ca_cert")):
         return {"maculaos.kubernetes": None}
+    # The token is never shown again: an empty field keeps the one the file has.
+    token = _text(form, "token") or str(_old_section(config, "kubernetes").get("token", ""))
     section = {"server": _text(form, "server"), "ca_cert": form.get("ca_cert", "").strip().replace("\r\n", "\n"),
-               "token": _text(form, "token")}
+               "token": token}
     if node_ip := _text(form, "node_ip"):
         section["node_ip"] = node_ip
     return {"maculaos.kubernetes": section}
@@ -134,9 +145,9 @@ STEPS: tuple[Step, ...] = (
         Field("password_again", "Console password again", kind="password"),
     ), _access),
     Step("cluster", "Cluster", (
-        Field("server", "API server", "https://192.168.10.2:6443; all empty: join no cluster"),
+        Field("server", "API server", "https://192.168.10.2:6443; empty with the CA: join no cluster"),
         Field("ca_cert", "Cluster CA (PEM)", kind="textarea"),
-        Field("token", "Bootstrap token", "abcdef.0123456789abcdef", kind="password"),
+        Field("token", "Bootstrap token", "abcdef.0123456789abcdef; empty: keep the one set", kind="password"),
         Field("node_ip", "Node IP", "optional: the address to register with"),
     ), _cluster),
 )
@@ -169,7 +180,7 @@ def check_keys(keys: Mapping[str, Any]) -> dict[str, Any]:
 def apply_step(host_root: Path, step: Step, form: Form) -> dict[str, Any]:
     """Check the form, then write its keys to config.yaml in one atomic write; returns the keys written.
     A bad value raises StepError and leaves the file as it was."""
-    keys = check_keys(step.keys(form))
+    keys = check_keys(step.keys(form, read_config(host_root)))
     write_keys(host_root, keys)
     return keys
 
