@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,11 @@ def test_wizard_console_prints_it_until_the_node_is_configured(tmp_path: Path,
     assert main(["wizard", "serve", "--host-root", str(tmp_path)]) == 0
     assert "no wizard served" in capsys.readouterr().out
     assert os.path.exists(tmp_path / SECRET)
+
+
+def test_a_maculaos_start_does_not_import_the_web_stack() -> None:
+    """The boot's commands build the same parser: the wizard's packages load only when it runs."""
+    code = ("import sys; from maculaos.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('starlette', 'uvicorn', 'zeroconf', 'segno') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

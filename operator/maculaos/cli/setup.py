@@ -11,10 +11,10 @@ import sys
 from maculaos.cli import options
 
 PORTAL_ENV = "MACULAOS_PORTAL_URL"
+DEFAULT_PORTAL = "https://portal.macula.io"
 
 
 def _portal_url(parser: argparse.ArgumentParser) -> None:
-    from maculaos.host.portal import DEFAULT_PORTAL
     parser.add_argument("--portal-url", default=os.environ.get(PORTAL_ENV, DEFAULT_PORTAL),
                         help=f"the Macula Portal (default: ${PORTAL_ENV} or {DEFAULT_PORTAL})")
 

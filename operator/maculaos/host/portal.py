@@ -23,7 +23,6 @@ from maculaos.host.files import atomic_write
 
 CREDENTIALS = Path("var/lib/maculaos/credentials/portal.json")
 PAIR_PATH = "/api/console/pair"
-DEFAULT_PORTAL = "https://portal.macula.io"
 #: A Portal code as people type it: letters, digits and dashes.
 CODE = re.compile(r"^[A-Za-z0-9-]{4,64}$")
 
