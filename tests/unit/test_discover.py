@@ -34,13 +34,15 @@ def test_missing_records_have_plain_defaults_and_the_node_id_is_the_host_name() 
 
 
 def test_what_node_info_advertises_is_what_discover_reads() -> None:
-    info = NodeInfo(version="0.4.0", arch="amd64", realm="io.macula.shop", roles=("peer", "gateway"), k3s=False)
+    info = NodeInfo(version="0.4.0", arch="amd64", realm="io.macula.shop", roles=("peer", "gateway"), k3s=False,
+                    node_id="macula-1a2b3c4d")
     xml = info.avahi_service()
     records = dict(r.split("=", 1) for r in
                    (line.strip().removeprefix("<txt-record>").removesuffix("</txt-record>")
                     for line in xml.splitlines() if "<txt-record>" in line))
     node = parse_service(service("MaculaOS shop-01", dict(records), server="shop-01.local."))
-    assert (node.version, node.roles, node.realm) == ("0.4.0", ("peer", "gateway"), "io.macula.shop")
+    assert (node.version, node.roles, node.realm, node.node_id) == \
+        ("0.4.0", ("peer", "gateway"), "io.macula.shop", "macula-1a2b3c4d")
 
 
 def test_a_node_registered_on_loopback_is_discovered() -> None:
