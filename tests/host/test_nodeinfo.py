@@ -74,6 +74,10 @@ def test_roles_realm_and_version_reach_the_login_summary_and_mdns(node: Path, tm
     assert service.findtext("service/type") == "_macula._tcp" and service.findtext("service/port") == "6443"
     txt = [t.text for t in service.findall("service/txt-record")]
     assert txt == ["version=0.2.0", "roles=peer,gateway", "realm=io.macula.shop", "k3s=no"]
+    (node / "var/lib/maculaos/hostname").write_text("macula-1a2b3c4d\n")  # made by the first boot's naming
+    assert node_info(node, "--write").returncode == 0
+    txt = [t.text for t in ET.parse(node / AVAHI_SERVICE).getroot().findall("service/txt-record")]
+    assert txt[-1] == "node-id=macula-1a2b3c4d"  # what `maculaos discover` tells nodes apart by
     keys = (node / "home/macula/.ssh/authorized_keys")
     assert keys.read_text().splitlines()[1:] == [key]
     assert keys.stat().st_mode & 0o777 == 0o600 and keys.parent.stat().st_mode & 0o777 == 0o700

@@ -198,3 +198,26 @@ def test_a_host_with_config_but_no_security_section_drops_by_default(host_root: 
     ports = admitted_ports(netns_nft)
     assert "policy drop" in ruleset(netns_nft) and 22 in ports["tcp"] and 9418 in ports["tcp"]
     assert 80 not in ports["tcp"] and tcp_port_blocked(8080, netns_nft) is not None
+
+
+def test_the_first_boot_settings_are_applied_and_a_bad_one_only_warned(host_root: Path, netns_nft: str) -> None:
+    """What the first-boot wizard writes (time zone, keymap, locale, network) reaches /etc at the next
+    apply; a bad key is named and its files left alone, the rest still applied."""
+    config = read_config(host_root)
+    config["maculaos"].update({"timezone": "Europe/Brussels", "keymap": "be-latin1", "locale": "fr_BE.UTF-8",
+                               "network": {"mode": "static", "address": "192.168.10.21/24",
+                                           "gateway": "192.168.10.1", "dns": ["1.1.1.1"]}})
+    config_file(host_root).write_text(yaml.safe_dump(config))
+    result = apply_once(host_root, netns_nft)
+    assert result.returncode == 0, result.stderr
+    assert (host_root / "etc/localtime").readlink() == Path("/usr/share/zoneinfo/Europe/Brussels")
+    assert "KEYMAP=be-latin1" in (host_root / "etc/vconsole.conf").read_text()
+    assert "LANG=fr_BE.UTF-8" in (host_root / "etc/default/locale").read_text()
+    network = (host_root / "etc/systemd/network/10-maculaos.network").read_text()
+    assert "Address=192.168.10.21/24" in network and "Gateway=192.168.10.1" in network and "DNS=1.1.1.1" in network
+    config["maculaos"].update({"timezone": "Mars/Base", "network": {"mode": "dhcp"}})
+    config_file(host_root).write_text(yaml.safe_dump(config))
+    result = apply_once(host_root, netns_nft)
+    assert result.returncode == 0 and "maculaos.timezone 'Mars/Base' is not a time zone" in result.stderr
+    assert (host_root / "etc/localtime").readlink() == Path("/usr/share/zoneinfo/Europe/Brussels")
+    assert not (host_root / "etc/systemd/network/10-maculaos.network").exists()  # the image's DHCP default

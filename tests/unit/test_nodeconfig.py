@@ -59,9 +59,10 @@ def test_every_key_is_in_the_reference() -> None:
     text = DOCS.read_text()
     for section in ("maculaos.mesh", "maculaos.security.firewall", "maculaos.security.wireguard",
                     "maculaos.security.firewall.extra_ports", "maculaos.meshrole_security.firewall",
-                    "maculaos.backup_server", "maculaos.backup.<name>"):
+                    "maculaos.backup_server", "maculaos.backup.<name>", "maculaos.network"):
         assert f"## `{section}`" in text
-    for key in ("hostname", "ssh_authorized_keys", "password_hash", "bootstrap_peers", "mesh_interface", "htpasswd"):
+    for key in ("hostname", "ssh_authorized_keys", "password_hash", "bootstrap_peers", "mesh_interface", "htpasswd",
+                "timezone", "keymap", "locale", "gateway"):
         assert f"| `{key}` |" in text
     assert "seed" not in text.lower()
 
@@ -129,6 +130,22 @@ def test_every_key_is_in_the_reference() -> None:
     ("maculaos: {watchdog: {reboot_timeout_seconds: 10}}",
      "maculaos.watchdog.reboot_timeout_seconds: Input should be greater than or equal to 30"),
     ("maculaos: {watchdog: {timeout: 30}}", "maculaos.watchdog.timeout: not a known key (known: enabled"),
+    ("maculaos: {timezone: Mars/Base}", "maculaos.timezone 'Mars/Base' is not a time zone"),
+    ("maculaos: {timezone: 3}", "maculaos.timezone 3 is not a time zone"),
+    ("maculaos: {keymap: klingon}", "maculaos.keymap 'klingon' is not a supported keyboard layout"),
+    ("maculaos: {locale: tlh_QO.UTF-8}", "maculaos.locale 'tlh_QO.UTF-8' is not a supported locale"),
+    ("maculaos: {network: dhcp}", "maculaos.network must be a mapping (mode, interface, address, gateway, dns)"),
+    ("maculaos: {network: {mode: bridge}}", "maculaos.network.mode: Input should be 'dhcp' or 'static'"),
+    ("maculaos: {network: {interface: 'eth0 up'}}", "maculaos.network.interface: String should match"),
+    ("maculaos: {network: {mode: static, address: 10.0.0.5}}", "maculaos.network.address '10.0.0.5' has no prefix"),
+    ("maculaos: {network: {mode: static, address: 10.0.0.255/24, gateway: 10.0.0.1}}",
+     "maculaos.network.address '10.0.0.255/24' is the subnet's network or broadcast address"),
+    ("maculaos: {network: {mode: static, address: 10.0.0.5/24}}",
+     "maculaos.network: a static address needs both address (CIDR) and gateway"),
+    ("maculaos: {network: {mode: static, address: 10.0.0.5/24, gateway: 10.0.1.1}}",
+     "maculaos.network.gateway 10.0.1.1 is outside the address's subnet 10.0.0.0/24"),
+    ("maculaos: {network: {gateway: router}}", "maculaos.network.gateway must be an IPv4 address"),
+    ("maculaos: {network: {dns: [dns.google]}}", "maculaos.network.dns[0] must be an IPv4 address"),
     ("ssh_authorized_keys: ssh-ed25519 AAAA", "ssh_authorized_keys must be a list"),
     ("ssh_authorized_keys: [ssh-dss AAAA]", "ssh_authorized_keys[0]: not an OpenSSH public key"),
     ("password_hash: hunter2", "password_hash must be a crypt(3) hash"),

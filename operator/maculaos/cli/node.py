@@ -34,6 +34,7 @@ def _agent_apply(args: argparse.Namespace) -> int:
     from maculaos.host.backup_server import backup_server_warnings
     from maculaos.host.config import config_file
     from maculaos.host.kubernetes import apply_join
+    from maculaos.host.localisation import apply_localisation
     from maculaos.host.meshrole import apply_mesh, meshrole_security_problem, plan_from_config, services_not_installed
     from maculaos.host.nodeconfig import read_node_config
     from maculaos.host.systemd import Systemd
@@ -54,6 +55,11 @@ def _agent_apply(args: argparse.Namespace) -> int:
           f"firewall {'reloaded' if changes.firewall else 'unchanged'}")
     for warning in services_not_installed(args.host_root, plan) + backup_server_warnings(args.host_root):
         print(f"maculaos agent apply: warning: {warning}")
+    written = apply_localisation(args.host_root, config.maculaos)
+    for section in ("maculaos.timezone", "maculaos.keymap", "maculaos.locale", "maculaos.network"):
+        if problem := config.problem(section):
+            print(f"maculaos agent apply: warning: {problem}", file=sys.stderr)
+    print(f"time zone, keyboard, locale, network: files changed: {', '.join(f'/{p}' for p in written) or 'none'}")
     join = apply_join(args.host_root, config)
     print(f"maculaos agent apply: {'warning: ' if join.problem else ''}{join.summary()}")
     return 0

@@ -89,3 +89,25 @@ def write_maculaos_sections(host_root: Path, values: Mapping[str, dict[str, Any]
     if not changed:
         return False
     return atomic_write(config_file(host_root), yaml.dump(config, Dumper=SafeDumper, sort_keys=False), mode=0o600)
+
+
+def write_keys(host_root: Path, values: Mapping[str, object]) -> bool:
+    """Set (or with None remove) each dotted key (maculaos.timezone, password_hash) in one atomic write,
+    every other key left as it was; returns whether the file changed."""
+    config = read_config(host_root)
+    changed = False
+    for path, value in values.items():
+        *parents, last = path.split(".")
+        mapping: Any = config
+        for step in parents:
+            mapping = mapping.setdefault(step, {})
+            if not isinstance(mapping, dict):
+                raise HostConfigError(f"{config_file(host_root)}: {step} must be a mapping")
+        if value is None:
+            changed = mapping.pop(last, None) is not None or changed
+        elif mapping.get(last) != value:
+            mapping[last] = value
+            changed = True
+    if not changed:
+        return False
+    return atomic_write(config_file(host_root), yaml.dump(config, Dumper=SafeDumper, sort_keys=False), mode=0o600)

@@ -19,11 +19,21 @@ from __future__ import annotations
 import copy
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
@@ -40,6 +50,7 @@ from maculaos.api.meshrole import (
 )
 from maculaos.host.config import HostConfigError, config_file, key_message, read_config, write_maculaos_sections
 from maculaos.host.hostname import check_hostname
+from maculaos.host.localisation import check_keymap, check_locale, check_timezone
 from maculaos.host.logins import check_password_hash, check_ssh_key
 
 DEFAULT_BACKUP_SERVER_PORT = 8000
@@ -68,6 +79,13 @@ def _none_is_empty_dict(value: object) -> object:
 
 def _hostname(value: object) -> object:
     return None if value in (None, "") else check_hostname(value)
+
+
+def _optional(check: Callable[[object], str]) -> Callable[[object], object]:
+    """A key's check that lets an absent (None or empty) value through as None."""
+    def checked(value: object) -> object:
+        return None if value in (None, "") else check(value)
+    return checked
 
 
 def _password_hash(value: object) -> object:
@@ -323,12 +341,90 @@ class WatchdogConfig(BaseModel):
     """Seconds a reboot may take before the watchdog forces it (RebootWatchdogSec)."""
 
 
+class AddressMode(StrEnum):
+    DHCP = "dhcp"
+    STATIC = "static"
+
+
+class NetworkConfig(ConfigSection):
+    """The node's wired network: DHCP, or one static IPv4 address with its gateway and name servers."""
+
+    mode: AddressMode = AddressMode.DHCP
+    """dhcp (the default) or static."""
+    interface: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
+    """The interface to configure (e.g. enp1s0); absent: every wired interface."""
+    address: Annotated[str | None, BeforeValidator(_empty_is_none)] = None
+    """With static: the address and its subnet in CIDR form, e.g. 192.168.10.21/24."""
+    gateway: Annotated[str | None, BeforeValidator(_empty_is_none)] = None
+    """With static: the default gateway, inside the address's subnet."""
+    dns: Annotated[list[str], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list, max_length=4)
+    """With static: name servers (IPv4 addresses)."""
+
+    @field_validator("address")
+    @classmethod
+    def _interface_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            address = ipaddress.IPv4Interface(value)
+        except ValueError as exc:
+            raise ValueError(f"{{key}} must be an IPv4 address with its prefix, such as 192.168.10.21/24, "
+                             f"not {value!r}") from exc
+        if "/" not in value:
+            raise ValueError(f"{{key}} {value!r} has no prefix: add the subnet's, such as /24")
+        network = address.network
+        if network.prefixlen < 31 and address.ip in (network.network_address, network.broadcast_address):
+            raise ValueError(f"{{key}} {value!r} is the subnet's network or broadcast address, not a host's")
+        return value
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.IPv4Address(value)
+            except ValueError as exc:
+                raise ValueError(f"{{key}} must be an IPv4 address such as 192.168.10.1, not {value!r}") from exc
+        return value
+
+    @field_validator("dns")
+    @classmethod
+    def _servers(cls, value: list[str]) -> list[str]:
+        for index, server in enumerate(value):
+            try:
+                ipaddress.IPv4Address(server)
+            except ValueError as exc:
+                raise ValueError(f"{{key}}[{index}] must be an IPv4 address such as 1.1.1.1, "
+                                 f"not {server!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _static_needs_a_subnet(self) -> NetworkConfig:
+        if self.mode is AddressMode.STATIC:
+            if self.address is None or self.gateway is None:
+                raise ValueError("{key}: a static address needs both address (CIDR) and gateway")
+            network = ipaddress.IPv4Interface(self.address).network
+            if ipaddress.IPv4Address(self.gateway) not in network:
+                raise ValueError(f"{{key}}.gateway {self.gateway} is outside the address's subnet {network}: "
+                                 "the gateway must be on the node's own subnet")
+        return self
+
+
 class MaculaosConfig(ConfigSection):
     """MaculaOS's own settings."""
 
     hostname: Annotated[str | None, BeforeValidator(_hostname)] = None
     """This node's name (the Kubernetes Node's and mDNS's): one DNS label. Absent: macula-<8 hex>, made
     once from the machine id and kept on the data partition. A bad value is reported and not used."""
+    timezone: Annotated[str | None, BeforeValidator(_optional(check_timezone))] = None
+    """The node's time zone, an IANA name (Europe/Brussels); absent: UTC."""
+    keymap: Annotated[str | None, BeforeValidator(_optional(check_keymap))] = None
+    """The console keyboard layout (us, de, fr, be-latin1, ...: the image's supported set); absent: us."""
+    locale: Annotated[str | None, BeforeValidator(_optional(check_locale))] = None
+    """The system locale (LANG), one of the image's compiled set; absent: C.UTF-8."""
+    network: NetworkConfig | None = None
+    """The wired network; absent: DHCP on every wired interface."""
     mesh: MeshConfig | None = None
     """Mesh roles; absent: peer only, with the defaults below."""
     security: SecurityConfig | None = None

@@ -20,6 +20,7 @@ from typing import Any
 
 from maculaos.host.config import HostConfigError, config_file, lookup, read_config
 from maculaos.host.files import atomic_write
+from maculaos.host.hostname import LABEL, MADE_NAME
 from maculaos.host.logins import authorized_keys, password_field, write_authorized_keys, write_password
 
 BUILD_INFO = Path("etc/maculaos/build-info")
@@ -38,6 +39,7 @@ class NodeInfo:
     roles: tuple[str, ...]
     k3s: bool
     user: str = "macula"  # the login user (LOGIN_USER in build-info)
+    node_id: str = ""     # the node's own made name (macula-<8 hex>), kept when config.yaml renames it
 
     def summary(self) -> str:
         """Shell-sourceable KEY=value lines (the login screen and motd read them with `.`)."""
@@ -49,7 +51,7 @@ class NodeInfo:
     def avahi_service(self, hostname_wildcard: str = "%h") -> str:
         """An avahi service group for `_macula._tcp` with the node's version, roles and realm as TXT."""
         txt = [f"version={self.version}", f"roles={','.join(self.roles)}", f"realm={self.realm}",
-               f"k3s={'yes' if self.k3s else 'no'}"]
+               f"k3s={'yes' if self.k3s else 'no'}", *([f"node-id={self.node_id}"] if self.node_id else [])]
         records = "".join(f"    <txt-record>{html.escape(t)}</txt-record>\n" for t in txt)
         return ("<?xml version=\"1.0\" standalone='no'?>\n"
                 "<!DOCTYPE service-group SYSTEM \"avahi-service.dtd\">\n"
@@ -85,7 +87,18 @@ def read_node_info(host_root: Path, config: dict[str, Any] | None = None) -> Nod
     realm = lookup(config, "maculaos.mesh.realm")
     return NodeInfo(version=info.get("MACULAOS_VERSION", "unknown"), arch=info.get("MACULAOS_ARCH", "unknown"),
                     realm=realm if isinstance(realm, str) else "", roles=roles,
-                    k3s=info.get("K3S", "").startswith("included"), user=info.get("LOGIN_USER", "macula"))
+                    k3s=info.get("K3S", "").startswith("included"), user=info.get("LOGIN_USER", "macula"),
+                    node_id=_node_id(host_root))
+
+
+def _node_id(host_root: Path) -> str:
+    """The name the node made for itself on its first boot (host/hostname.py keeps it on the data
+    partition): stable across renames, so `maculaos discover` tells nodes apart. Empty before it exists."""
+    try:
+        made = (host_root / MADE_NAME).read_text().strip()
+    except OSError:
+        return ""
+    return made if LABEL.match(made) else ""
 
 
 def write_node_info(host_root: Path) -> list[Path]:
