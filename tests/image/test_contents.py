@@ -34,7 +34,8 @@ def root(built_image: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> P
     """The few folders these tests read, unpacked from the squashfs."""
     out = tmp_path_factory.mktemp("contents") / "root"
     subprocess.run(["unsquashfs", "-q", "-n", "-d", str(out), str(built_image.squashfs), "usr/share/maculaos",
-                    "etc/rancher", "etc/maculaos", "etc/machine-id", "usr/lib/os-release"], check=True, capture_output=True)
+                    "etc/rancher", "etc/maculaos", "etc/machine-id", "usr/lib/os-release"],
+                   check=True, capture_output=True)
     return out
 
 

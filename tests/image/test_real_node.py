@@ -37,9 +37,9 @@ from maculaos.image.signing import development_identity
 from maculaos.image.vm import Vm
 from maculaos.image.vmnode import disk_node, provision_disk
 from maculaos.kube.rest import ApiError, Credentials, KubeClient
-from tests.restserver import start_rest_server
 from tests.image.conftest import REPO, BuiltImage, boot_timeout, note_figure
 from tests.image.test_boot import PASSWORD_HASH, _ssh_key
+from tests.restserver import start_rest_server
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 

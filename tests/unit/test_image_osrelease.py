@@ -30,8 +30,10 @@ def test_the_agent_reads_the_maculaos_version_and_a_derived_build_changes_only_i
     set_version(root, "0.2.0")
     after = dict(shlex.split(line)[0].split("=", 1) for line in (root / OS_RELEASE).read_text().splitlines())
     assert read_os_version(root) == "0.2.0"
-    assert after == before | {"VERSION_ID": "0.2.0", "VERSION": "0.2.0", "PRETTY_NAME": "MaculaOS 0.2.0 (Debian trixie)"}
-    assert (root / BUILD_INFO).read_text() == "MACULAOS_VERSION=0.2.0\nMACULAOS_ARCH=amd64\nBUILD_TOOL='maculaos 0.1.0'\n"
+    assert after == before | {"VERSION_ID": "0.2.0", "VERSION": "0.2.0",
+                              "PRETTY_NAME": "MaculaOS 0.2.0 (Debian trixie)"}
+    info = (root / BUILD_INFO).read_text()
+    assert info == "MACULAOS_VERSION=0.2.0\nMACULAOS_ARCH=amd64\nBUILD_TOOL='maculaos 0.1.0'\n"
 
 
 def test_a_root_without_the_version_lines_is_refused(tmp_path: Path) -> None:

@@ -237,7 +237,8 @@ def _entry(state: UpgradeState | None, facts: NodeFacts, target: ReleaseTarget |
     if (state is not None and uid and state.grant_uid == uid and state.target_version == target.version
             and state.phase is not AgentPhase.IDLE):
         return {"phase": state.phase.value, "message": state.message, "targetVersion": target.version,
-                "fromVersion": state.from_version, "observedGrant": {"uid": uid, "action": state.grant_action, "time": state.grant_time}}
+                "fromVersion": state.from_version,
+                "observedGrant": {"uid": uid, "action": state.grant_action, "time": state.grant_time}}
     if facts.version == target.version:
         return {"phase": AgentPhase.SUCCEEDED.value, "message": f"running {facts.version} (slot {facts.slot})",
                 "targetVersion": target.version}

@@ -209,9 +209,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                          "demo, with SSH and the agent's metrics forwarded", failure="maculaos dev vm failed")
     vm.description = (
         "Boot a MaculaOS image build (one with the node-runtime profile: `maculaos image build --profiles "
-        "boot,base,tools,node-runtime`) in QEMU as a node of the running demo (`maculaos dev up`), from its disk image through GRUB, "
-        "as a machine boots (so it can be upgraded: slots A and B). Its disk, kept in the work directory, gets "
-        "a config.yaml that joins the demo's control plane and holds your ~/.ssh/id_*.pub keys. Install the charts with helm to run the operator and the agent on "
+        "boot,base,tools,node-runtime`) in QEMU as a node of the running demo (`maculaos dev up`), from its "
+        "disk image through GRUB, as a machine boots (so it can be upgraded: slots A and B). Its disk, kept "
+        "in the work directory, gets a config.yaml that joins the demo's control plane and holds your "
+        "~/.ssh/id_*.pub keys. Install the charts with helm to run the operator and the agent on "
         "it. The serial console is this terminal.")
     options.workdir(vm)
     vm.add_argument("--build", type=Path, default=REPO_ROOT / "dist", help="the build folder (default: dist/)")
