@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from maculaos.api.meshrole import WIREGUARD_PORT
-from maculaos.host.firewall import KUBERNETES_UDP_PORTS
+from maculaos.host.ports import ADMITTED_PORTS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,9 @@ def test_a_partly_built_field_says_what_it_does_today(crd_file: str, path: str, 
 def test_the_mesh_wireguard_port_stays_clear_of_flannel() -> None:
     listen_port = field_schema("os.macula.io_meshroles.yaml", "wireguard.listenPort")
     assert listen_port["default"] == WIREGUARD_PORT
-    assert WIREGUARD_PORT not in KUBERNETES_UDP_PORTS, "flannel's VXLAN and WireGuard ports are k3s's own"
+    kubernetes_udp = {n for p in ADMITTED_PORTS if p.switch == "allow_kubernetes" and p.protocol.value == "udp"
+                      for n in p.ports}
+    assert kubernetes_udp and WIREGUARD_PORT not in kubernetes_udp, "flannel's VXLAN and WireGuard ports are k3s's own"
     assert str(WIREGUARD_PORT) in listen_port["description"], "the description names the default and why"
 
 
