@@ -394,7 +394,7 @@ def test_a_backup_goes_from_the_node_to_a_rest_server_and_a_restore_brings_it_ba
         node.kube.create(f"/apis/{GROUP}/{VERSION}/backups", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "Backup", "metadata": {"name": "real-node-data"},
             "spec": {"nodeSelector": {"matchLabels": {"os.macula.io/maculaos": "true"}}, "schedule": "0 3 1 1 *",
-                     "target": {"rest": {"url": f"http://10.0.2.2:{port}/{node.name}"}},
+                     "target": {"rest": {"url": f"http://10.0.2.2:{port}/shop"}},
                      "include": ["/var/lib/data"],
                      "repositoryPasswordSecretRef": {"name": "real-node-backup", "key": "password"}}})
         path = f"/apis/{GROUP}/{VERSION}/backups/real-node-data"
@@ -404,7 +404,8 @@ def test_a_backup_goes_from_the_node_to_a_rest_server_and_a_restore_brings_it_ba
         node.kube.patch(path, {"metadata": {"annotations": {"os.macula.io/run-now": "first"}}})
         entry = wait_until("the backup run on the node", _finished(node, "backups", "real-node-data"), 600, node)
         assert entry["phase"] == "Succeeded" and entry["filesNew"] >= 1, entry
-        assert (server.data / node.name / "config").is_file(), "no repository on the host's rest-server"
+        # One repository per node under the target's URL.
+        assert (server.data / "shop" / node.name / "config").is_file(), "no repository on the host's rest-server"
         node.ssh("echo 'lost by mistake' | sudo tee /var/lib/data/orders.csv")
         node.kube.create(f"/apis/{GROUP}/{VERSION}/restores", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "Restore", "metadata": {"name": "real-node-undo"},
