@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import re
 import shlex
 import socket
 import subprocess
@@ -422,45 +423,6 @@ def _boot_id(node: Node) -> str:
     return str(node.kube.get(f"/api/v1/nodes/{node.name}")["status"]["nodeInfo"]["bootID"])
 
 
-def test_after_a_reboot_the_firewall_holds_from_the_first_packet_and_the_node_comes_back(node: Node) -> None:
-    """`systemctl reboot` in the VM: the ruleset the agent last loaded (a MeshRole's extraPorts entry) is in
-    the kernel before the network is configured, the kubelet re-registers, the agent pod comes back and
-    acts on the next MeshRole change."""
-    path = f"/apis/{GROUP}/{VERSION}/meshroles/real-node-peer"
-    role = node.kube.get(path)
-    role["spec"]["firewall"]["extraPorts"] = [{"port": METRICS_PORT, "protocol": "tcp"}]
-    node.kube.replace(path, role)
-    wait_until("the extraPorts entry open before the reboot", lambda: _metrics_port_open(node), 180, node)
-    before = _boot_id(node)
-    agent = _running(node.kube, "agent")
-    assert agent is not None
-    restarts = agent["status"]["containerStatuses"][0]["restartCount"]
-    since, rebooted = len(node.vm.console), time.monotonic()
-    node.ssh("sudo systemctl reboot", check=False)
-    node.vm.wait_for(r"MACULAOS-READY", boot_timeout(), since)
-    ready = time.monotonic() - rebooted
-    firewall, network = node.ssh("systemctl show --value -p ActiveEnterTimestampMonotonic maculaos-firewall.service; "
-                                 "systemctl show --value -p InactiveExitTimestampMonotonic systemd-networkd.service"
-                                 ).stdout.split()
-    assert 0 < int(firewall) < int(network), (firewall, network)   # loaded before networkd started
-    assert f"tcp dport {METRICS_PORT} accept" in node.ssh("sudo nft list table inet maculaos").stdout
-    wait_until("the Node Ready with a new boot ID",
-               lambda: _node_ready(node.kube) and _boot_id(node) != before, boot_timeout(), node)
-    # The pod survives the reboot; its container is started again (until then the old status says ready).
-    def restarted() -> bool:
-        pod = _running(node.kube, "agent")
-        return pod is not None and pod["status"]["containerStatuses"][0]["restartCount"] > restarts
-
-    wait_until("the agent's container started again and ready", restarted, boot_timeout(), node)
-    note_figure(f"real node reboot ({node.vm.accel}): MACULAOS-READY {ready:.0f} s, Node Ready with the new boot "
-                f"and the agent pod ready {time.monotonic() - rebooted:.0f} s after `systemctl reboot`")
-    wait_until("the agent's metrics port answering again", lambda: _metrics_port_open(node), 120, node)
-    role = node.kube.get(path)
-    role["spec"]["firewall"]["extraPorts"] = []
-    node.kube.replace(path, role)
-    wait_until("the resumed agent closing the port", lambda: not _metrics_port_open(node), 180, node)
-
-
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
@@ -475,13 +437,32 @@ def _serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
 
 
 
-def test_a_nodeupgrade_installs_the_next_build_reboots_into_slot_b_and_commits_it(
+def _open_metrics_port(node: Node, open_it: bool) -> None:
+    """The MeshRole's extraPorts entry for the agent's metrics port, added or removed."""
+    path = f"/apis/{GROUP}/{VERSION}/meshroles/real-node-peer"
+    role = node.kube.get(path)
+    role["spec"]["firewall"]["extraPorts"] = [{"port": METRICS_PORT, "protocol": "tcp"}] if open_it else []
+    node.kube.replace(path, role)
+
+
+def _agent_restarts(node: Node) -> int:
+    pod = _running(node.kube, "agent")
+    return int(pod["status"]["containerStatuses"][0]["restartCount"]) if pod else -1
+
+
+def test_a_nodeupgrade_boots_the_next_build_in_slot_b_and_the_node_comes_back_whole(
         node: Node, next_bundle: Future[Path], tmp_path: Path) -> None:
     """The NodeUpgrade drives it all: the operator resolves the release index on the host, the agent pod
     downloads and verifies build N+1 and has the host's RAUC install it into slot B, the operator grants
     the reboot, GRUB boots B, the kubelet re-registers, and the agent commits after the health window
-    (the image's mark-good leaves that boot to it). The first boot was marked good by the image itself."""
+    (the image's mark-good leaves that boot to it; the first boot it marked good itself). Across that
+    reboot, the firewall holds from the first packet: the ruleset the agent last loaded (a MeshRole's
+    extraPorts entry) is in the kernel before the network is configured; the agent pod comes back and
+    acts on the next MeshRole change."""
     assert "MACULAOS-MARK-GOOD slot=A" in node.vm.console      # an ordinary boot: the image marks it good
+    _open_metrics_port(node, True)
+    wait_until("the extraPorts entry open before the reboot", lambda: _metrics_port_open(node), 180, node)
+    boot_before, restarts_before = _boot_id(node), _agent_restarts(node)
     bundle = next_bundle.result(timeout=1800)
     version = bundle.name.removeprefix("derived-").removesuffix(".raucb")
     served = tmp_path / "releases"
@@ -533,6 +514,21 @@ def test_a_nodeupgrade_installs_the_next_build_reboots_into_slot_b_and_commits_i
     slots = {next(iter(s)): next(iter(s.values())) for s in yaml.safe_load(rauc)["slots"]}
     assert yaml.safe_load(rauc)["booted"] == "B", rauc
     assert slots["rootfs.1"]["boot_status"] == "good", slots
+    # The node came back whole from the upgrade's reboot.
+    firewall, network = node.ssh("systemctl show --value -p ActiveEnterTimestampMonotonic maculaos-firewall.service; "
+                                 "systemctl show --value -p InactiveExitTimestampMonotonic systemd-networkd.service"
+                                 ).stdout.split()
+    assert 0 < int(firewall) < int(network), (firewall, network)   # loaded before networkd started
+    assert f"tcp dport {METRICS_PORT} accept" in node.ssh("sudo nft list table inet maculaos").stdout
+    assert _boot_id(node) != boot_before
+    # The pod survives the reboot; its container is started again (until then the old status says ready).
+    wait_until("the agent's container started again and ready", lambda: _agent_restarts(node) > restarts_before,
+               boot_timeout(), node)
+    wait_until("the agent's metrics port answering again", lambda: _metrics_port_open(node), 120, node)
+    _open_metrics_port(node, False)
+    wait_until("the resumed agent closing the port", lambda: not _metrics_port_open(node), 180, node)
+    ready = re.findall(r"MACULAOS-READY .* uptime=([0-9.]+)s", after)
     steps = ", ".join(f"{step} {at:.0f} s" for step, at in sorted(seen.items(), key=lambda kv: kv[1]))
     note_figure(f"real node upgrade ({node.vm.accel}): NodeUpgrade applied -> Succeeded in "
-                f"{time.monotonic() - started:.0f} s; first seen: {steps}")
+                f"{time.monotonic() - started:.0f} s; first seen: {steps}; slot B's boot to MACULAOS-READY "
+                f"{float(ready[-1]) if ready else 0:.0f} s of its uptime")
