@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from maculaos.host.config import HostConfigError, config_file, read_config, write_maculaos_section
-from maculaos.host.systemd import Systemd
+from maculaos.host.systemd import Systemd, SystemdError
 
 
 def test_section_written_atomically_and_others_untouched(host_root: Path) -> None:
@@ -88,3 +88,11 @@ def test_several_units_take_one_systemctl_run_per_verb(host_root: Path, tmp_path
     log.unlink()
     assert systemd.set_all_enabled(units) == ()                 # converged: only the one question asked
     assert [line.split()[1] for line in log.read_text().splitlines()] == ["list-unit-files"]
+
+
+def test_a_missing_systemctl_is_a_refusal_that_says_so(tmp_path: Path) -> None:
+    """A machine without systemctl (a sandbox, a container) must not crash the health checks that ask it."""
+    systemd = Systemd(tmp_path, live=True, systemctl=str(tmp_path / "no-such-systemctl"))
+    assert not systemd.start_limit_hit("k3s.service")
+    with pytest.raises(SystemdError, match="cannot run .*no-such-systemctl"):
+        systemd.restart("k3s.service")

@@ -69,7 +69,25 @@ def test_threshold_then_capped_restarts_with_backoff(engine: Any) -> None:
         last = crashing_run()
     assert restarts(systemctl, "k3s.service") == 2, "maxRestarts within the window is a hard cap"
     assert "not restarting k3s.service: 2 restart(s) within 1h" in last["checks"]["k3s"]["lastAction"]
-    assert last["checks"]["k3s"]["restarts"] == 2 and len(last["checks"]["k3s"]["history"]) == 2
+    history = last["checks"]["k3s"]["history"]
+    assert last["checks"]["k3s"]["restarts"] == 2 and len(history) == 3, history
+    assert "alerting only" in history[2], "the history says once why the restarts stopped"
+
+
+def test_a_restart_that_fails_counts_against_the_cap(engine: Any) -> None:
+    engine, clock, systemctl, events = engine
+    set_unit(systemctl, "k3s.service", active="failed")
+    (systemctl.parent / "state" / "k3s.service.restart-fails").touch()
+    obj = healthcheck(K3S)
+    for _ in range(20):
+        last = run(engine, clock, obj)
+    assert restarts(systemctl, "k3s.service") == 2, "a unit that cannot restart is not retried on every run"
+    history = last["checks"]["k3s"]["history"]
+    assert [h.split(" ", 1)[1].split(":")[0] for h in history] == [
+        "restart of k3s.service failed (1/2 in 1h)", "restart of k3s.service failed (2/2 in 1h)",
+        "not restarting k3s.service"], history
+    assert "Job for k3s.service failed." in history[0]
+    assert [e[3] for e in events].count("RestartFailed") == 2
 
 
 def test_systemd_start_limit_is_respected(engine: Any) -> None:

@@ -6,7 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,13 +22,32 @@ def maculaos(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "maculaos", *args], capture_output=True, text=True, timeout=300)
 
 
+def get(bin_dir: Path, kubeconfig: Path, ref: str) -> dict[str, Any]:
+    out = subprocess.run([str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", "get", ref, "-o", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out))
+
+
+def capped_history(bin_dir: Path, kubeconfig: Path, timeout: float = 90) -> dict[str, list[str]]:
+    """Each node's history of the check that fails on purpose, once every node has stopped restarting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = get(bin_dir, kubeconfig, "healthcheck/demo-capped-restart").get("status", {}).get("nodes") or {}
+        history = {n: e["checks"]["absent-service"]["history"] for n, e in nodes.items()}
+        if len(history) == 3 and all(h and "alerting only" in h[-1] for h in history.values()):
+            return history
+        assert time.monotonic() < deadline, history
+        time.sleep(1)
+
+
 def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
     workdir = tmp_path / "demo"
     up = maculaos("dev", "up", "--workdir", str(workdir))
     try:
         assert up.returncode == 0, up.stderr + up.stdout
         for ref in ("meshrole/warehouse-gateways", "nodeupgrade/to-0-2-0", "backup/nightly",
-                    "restore/nuc-02-config-preview", "healthcheck/edge-basics"):
+                    "restore/nuc-02-config-preview", "healthcheck/edge-basics", "healthcheck/demo-sandbox",
+                    "healthcheck/demo-capped-restart"):
             assert f"{ref} Ready" in up.stdout
         assert "kubectl get maculaos" in up.stdout
         kubeconfig = workdir / "controlplane" / "admin.kubeconfig"
@@ -36,6 +57,26 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
         for node in nodes:
             host_root = workdir / "nodes" / node.split("/")[1]
             assert (host_root / "var/lib/maculaos/config.yaml").exists()
+
+        # The first backup, taken at start, is what the Restore example brings back.
+        backup = get(bin_dir, kubeconfig, "backup/nightly")["status"]
+        assert backup["run"]["reason"] == "OnDemand"
+        assert {n: e["phase"] for n, e in backup["nodes"].items()} == {n.split("/")[1]: "Succeeded" for n in nodes}
+        restore = get(bin_dir, kubeconfig, "restore/nuc-02-config-preview")["status"]
+        assert restore["phase"] == "Succeeded", restore
+        preview = workdir / "nodes/macula-nuc-02/var/lib/maculaos-restore/preview"
+        restored = list(preview.rglob("var/lib/maculaos/config.yaml"))
+        assert restored and "maculaos:" in restored[0].read_text(), sorted(preview.rglob("*"))
+
+        # Health checks that hold on sandbox nodes, and one failing on purpose whose restarts stop at the cap.
+        assert "healthcheck/demo-sandbox: 3 of 3 nodes healthy" in up.stdout
+        assert get(bin_dir, kubeconfig, "healthcheck/demo-sandbox")["status"]["healthyNodes"] == 3
+        for node, history in capped_history(bin_dir, kubeconfig).items():
+            notes = [h.split(" ", 1)[1] for h in history]
+            assert [n.split(":")[0] for n in notes] == [
+                "restart of maculaos-demo-absent.service failed (1/2 in 1h)",
+                "restart of maculaos-demo-absent.service failed (2/2 in 1h)",
+                "not restarting maculaos-demo-absent.service"], (node, notes)
         joining = maculaos("dev", "join-token", "--workdir", str(workdir))
         assert joining.returncode == 0, joining.stderr
         section = yaml.safe_load(joining.stdout)["maculaos"]["kubernetes"]

@@ -1,6 +1,7 @@
 """The HealthCheck side of the agent: run each check on its interval, count consecutive failures, act at
-the threshold (alert; restart capped by maxRestarts per window with doubling backoff, and never against
-systemd's own start limit; disk clean-up), and produce this node's entry per HealthCheck."""
+the threshold (alert; restart capped by maxRestarts per window with doubling backoff, a failed restart
+counting as one, and never against systemd's own start limit; disk clean-up), and produce this node's
+entry per HealthCheck."""
 
 from __future__ import annotations
 
@@ -109,27 +110,33 @@ class HealthEngine:
             return
         unit = check.restart_unit or (check.systemd.unit if check.systemd else "")
         if len(state.restarts) >= check.max_restarts:
-            state.action_note = (f"not restarting {unit}: {check.max_restarts} restart(s) within "
-                                 f"{check.restart_window} already; alerting only")
+            self._hold(state, f"not restarting {unit}: {check.max_restarts} restart(s) within "
+                              f"{check.restart_window} already; alerting only")
             return
         backoff = cooldown * (2 ** len(state.restarts)) if state.restarts else 0.0
         if now - state.last_action < backoff:
             return
         if self.systemd.start_limit_hit(unit):
-            state.action_note = (f"not restarting {unit}: systemd hit its start limit "
-                                 f"(see `systemctl status {unit}`; `systemctl reset-failed {unit}` re-arms it)")
+            self._hold(state, f"not restarting {unit}: systemd hit its start limit "
+                              f"(see `systemctl status {unit}`; `systemctl reset-failed {unit}` re-arms it)")
             return
         state.last_action = now
+        state.restarts.append(now)  # a restart that fails is an attempt too: capped and backed off alike
+        count = f"{len(state.restarts)}/{check.max_restarts} in {check.restart_window}"
         try:
             self.systemd.restart(unit)
         except SystemdError as exc:
-            state.action_note = f"restart of {unit} failed: {exc}"
+            state.action_note, reason = f"restart of {unit} failed ({count}): {exc}", "RestartFailed"
         else:
-            state.restarts.append(now)
-            state.action_note = (f"restarted {unit} ({len(state.restarts)}/{check.max_restarts} "
-                                 f"in {check.restart_window})")
-            self.notify(name, check.name, "Warning", "Restarted", state.action_note)
+            state.action_note, reason = f"restarted {unit} ({count})", "Restarted"
+        self.notify(name, check.name, "Warning", reason, state.action_note)
         self._remember(state, state.action_note)
+
+    def _hold(self, state: CheckState, note: str) -> None:
+        """Note why the check no longer acts; the history gets it once, when it starts holding."""
+        if note != state.action_note:
+            self._remember(state, note)
+        state.action_note = note
 
     @staticmethod
     def _remember(state: CheckState, note: str) -> None:

@@ -8,7 +8,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kubernetes import client
@@ -16,6 +18,13 @@ from kubernetes import config as kube_config
 
 from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
+from maculaos.devenv.demo_objects import (
+    CAPPED_HEALTHCHECK,
+    FIRST_BACKUP_TOKEN,
+    SANDBOX_HEALTHCHECK,
+    capped_healthcheck,
+    sandbox_healthcheck,
+)
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import create_host_root, demo_fleet, register_node
 from maculaos.devenv.processes import ProcessRecord, free_port, is_running, load_records, save_records, spawn, stop
@@ -91,12 +100,17 @@ class Demo:
             install_crds(plane.kubeconfig, plane.bin_dir, self.repo_root / "crds")
             kubectl(plane.kubeconfig, plane.bin_dir, "create", "namespace", DEFAULT_NAMESPACE)  # fresh datastore
             self._register_nodes(plane.kubeconfig, node_count, records)
-            operator = start_operator(plane.kubeconfig, self.workdir / "logs")
+            operator_port = free_port()
+            operator = start_operator(plane.kubeconfig, self.workdir / "logs", metrics_port=operator_port)
             records.append(operator)
             self._save(records, plane)
-            for path in examples:
-                kubectl(plane.kubeconfig, plane.bin_dir, "apply", "-f", str(path))
-            self._wait_ready(plane, examples, operator)
+            restores = [p for p in examples if any(kind == "Restore" for _, kind, _ in _objects([p]))]
+            first = [p for p in examples if p not in restores] + [self._write_demo_objects(plane, operator_port)]
+            self._apply_and_wait(plane, first, operator)
+            self._first_backup(plane, first, operator)
+            self._apply_and_wait(plane, restores, operator)
+            self._wait_restored(plane, restores, operator)
+            self._wait_healthy(plane, node_count, operator)
         except BaseException:
             self._teardown(records)
             raise
@@ -152,26 +166,72 @@ class Demo:
             records.append(start_agent(kubeconfig, self.workdir / "logs", node.name, host_root, nft))
             print(f"node {node.name} registered; host root {host_root}; agent started")
 
-    def _wait_ready(self, plane: ControlPlane, examples: list[Path], operator: ProcessRecord,
-                    timeout: float = 60.0) -> None:
-        """Wait for every example's Ready condition; fail at once if the operator dies."""
-        ready = '.status.conditions[?(@.type=="Ready")]'
-        query = f"jsonpath={{{ready}.status}}/{{{ready}.message}}"
-        for path in examples:
-            for doc in yaml.safe_load_all(path.read_text()):
-                if not doc or not doc.get("apiVersion", "").startswith("os.macula.io/"):
-                    continue
-                ref = f"{doc['kind'].lower()}/{doc['metadata']['name']}"
-                deadline = time.monotonic() + timeout
-                got = ""
-                while not got.startswith("True/"):
-                    if not is_running(operator):
-                        raise DemoError(f"the operator stopped; see {operator.log}")
-                    if time.monotonic() > deadline:
-                        raise DemoError(f"{ref} from {path.name} did not become Ready: {got or 'no status'}")
-                    time.sleep(0.2)
-                    got = kubectl(plane.kubeconfig, plane.bin_dir, "get", ref, "-o", query, check=False).stdout
-                print(f"{ref} Ready: {got.split('/', 1)[1]}")
+    def _write_demo_objects(self, plane: ControlPlane, operator_port: int) -> Path:
+        """The demo's own HealthChecks, in a file the person can read and apply again."""
+        path = self.workdir / "demo-healthchecks.yaml"
+        docs = [sandbox_healthcheck(plane.api_port, operator_port), capped_healthcheck()]
+        path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        return path
+
+    def _apply_and_wait(self, plane: ControlPlane, paths: list[Path], operator: ProcessRecord,
+                        timeout: float = 60.0) -> None:
+        """Apply the files, then wait for each MaculaOS object's Ready condition."""
+        for path in paths:
+            kubectl(plane.kubeconfig, plane.bin_dir, "apply", "-f", str(path))
+        for path, kind, name in _objects(paths):
+            ref = f"{kind.lower()}/{name}"
+            got = self._wait_for(plane, operator, ref, _ready, f"{ref} from {path.name} to become Ready", timeout)
+            print(f"{ref} Ready: {got}")
+
+    def _first_backup(self, plane: ControlPlane, paths: list[Path], operator: ProcessRecord,
+                      timeout: float = 180.0) -> None:
+        """Run every Backup once now (its run-now annotation), so that restores have a snapshot."""
+        for _, kind, name in _objects(paths):
+            if kind != "Backup":
+                continue
+            kubectl(plane.kubeconfig, plane.bin_dir, "annotate", "--overwrite", f"backup/{name}",
+                    f"os.macula.io/run-now={FIRST_BACKUP_TOKEN}")
+            status = self._wait_for(plane, operator, f"backup/{name}", _completed_run,
+                                    f"backup/{name}'s first run to complete", timeout)
+            failed = {n: e.get("lastError") or e.get("message") for n, e in (status.get("nodes") or {}).items()
+                      if e.get("phase") != "Succeeded"}
+            if failed:
+                raise DemoError(f"backup/{name}'s first run failed on {failed}")
+            print(f"backup/{name}: first snapshot taken on {len(status.get('nodes') or {})} node(s)")
+
+    def _wait_restored(self, plane: ControlPlane, paths: list[Path], operator: ProcessRecord,
+                       timeout: float = 120.0) -> None:
+        """Wait for each Restore to end; one that fails stops the demo with the nodes' messages."""
+        for _, _kind, name in _objects(paths):
+            status = self._wait_for(plane, operator, f"restore/{name}", _finished, f"restore/{name} to finish",
+                                    timeout)
+            if status.get("phase") != "Succeeded":
+                raise DemoError(f"restore/{name} ended {status.get('phase')}: {status.get('nodes')}")
+            print(f"restore/{name}: Succeeded (snapshot {status.get('snapshotId') or 'per node'})")
+
+    def _wait_healthy(self, plane: ControlPlane, node_count: int, operator: ProcessRecord,
+                      timeout: float = 90.0) -> None:
+        """Wait for the demo's passing HealthCheck to find every node healthy."""
+        ref = f"healthcheck/{SANDBOX_HEALTHCHECK}"
+        self._wait_for(plane, operator, ref, lambda obj: obj.get("status", {}).get("healthyNodes") == node_count,
+                       f"{ref} to find all {node_count} nodes healthy", timeout)
+        print(f"{ref}: {node_count} of {node_count} nodes healthy")
+
+    def _get(self, plane: ControlPlane, ref: str) -> dict[str, Any]:
+        got = kubectl(plane.kubeconfig, plane.bin_dir, "get", ref, "-o", "json", check=False)
+        return dict(json.loads(got.stdout)) if got.returncode == 0 else {}
+
+    def _wait_for(self, plane: ControlPlane, operator: ProcessRecord, ref: str, probe: Callable[[dict[str, Any]], Any],
+                  what: str, timeout: float) -> Any:
+        """Read the object until probe finds something true in it; fail at once if the operator dies."""
+        deadline = time.monotonic() + timeout
+        while not (got := probe(self._get(plane, ref))):
+            if not is_running(operator):
+                raise DemoError(f"the operator stopped; see {operator.log}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.5)
+        return got
 
     def _save(self, records: list[ProcessRecord], plane: ControlPlane) -> None:
         save_records(self.state_file, records, plane.describe())
@@ -186,7 +246,13 @@ MaculaOS demo is running: {node_count} simulated nodes with their agents, the op
   kubectl get maculaos                 # every MaculaOS object and whether it is Ready
   kubectl get nodes --show-labels      # the simulated fleet
   kubectl get meshrole warehouse-gateways -o yaml   # status.nodes: what each node's agent did
-  kubectl describe nodeupgrade to-0-2-0
+  kubectl get backup nightly -o yaml   # the first backup, taken at start (run-now): a snapshot per node
+  kubectl get restore nuc-02-config-preview   # Succeeded: that snapshot restored into a side directory
+  kubectl get healthcheck -o wide      # {SANDBOX_HEALTHCHECK}: tcp/http/process/disk checks, all nodes healthy;
+                                       # {CAPPED_HEALTHCHECK}: fails on purpose, restarts capped at 2;
+                                       # edge-basics (examples/): systemd checks, which need real nodes
+  kubectl get healthcheck {CAPPED_HEALTHCHECK} -o jsonpath='{{.status.nodes.*.checks.*.history}}'
+  kubectl describe nodeupgrade to-0-2-0   # waits for its night window and a release index on the internet
   kubectl get events -A                # what the operator said
   tail -f {self.workdir / 'logs' / 'operator.log'}
 
@@ -195,3 +261,31 @@ Join a MaculaOS VM (QEMU user networking): maculaos dev join-token   (its config
 Stop everything: make demo-stop   (or: maculaos dev down)
 (kubectl is {kubectl_bin})""")
 
+
+
+def _objects(paths: list[Path]) -> Iterator[tuple[Path, str, str]]:
+    """(file, kind, name) of each MaculaOS object in the files."""
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and str(doc.get("apiVersion", "")).startswith("os.macula.io/"):
+                yield path, str(doc["kind"]), str(doc["metadata"]["name"])
+
+
+def _ready(obj: dict[str, Any]) -> str | None:
+    """The Ready condition's message once it is True."""
+    for cond in obj.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") == "True":
+            return str(cond.get("message") or "ready")
+    return None
+
+
+def _completed_run(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """A Backup's status once its current run is complete."""
+    status: dict[str, Any] = obj.get("status") or {}
+    run = status.get("run") or {}
+    return status if run.get("reason") == "OnDemand" and run.get("completionTime") else None
+
+
+def _finished(obj: dict[str, Any]) -> dict[str, Any] | None:
+    status: dict[str, Any] = obj.get("status") or {}
+    return status if status.get("phase") in ("Succeeded", "Failed") else None

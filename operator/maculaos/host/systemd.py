@@ -28,8 +28,12 @@ class Systemd:
     systemctl: str = "systemctl"
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """systemctl's own result; a missing systemctl is a failed run saying so, not a crash of the caller."""
         target = [] if self.live else [f"--root={self.host_root}"]
-        return subprocess.run([self.systemctl, *target, *args], capture_output=True, text=True, timeout=60)
+        try:
+            return subprocess.run([self.systemctl, *target, *args], capture_output=True, text=True, timeout=60)
+        except OSError as exc:
+            return subprocess.CompletedProcess([self.systemctl, *args], 127, "", f"cannot run {self.systemctl}: {exc}")
 
     def is_enabled(self, unit: str) -> bool:
         return self._run("is-enabled", unit).stdout.strip() in ENABLED_STATES
