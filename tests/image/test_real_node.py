@@ -337,15 +337,16 @@ def test_health_checks_restart_a_dead_unit_capped_and_within_systemds_start_limi
     assert node.ssh(f"systemctl is-active {capped}", check=False).stdout.strip() == "failed"
     _kill_and_wait(node, limited, "limited", lambda s: s.get("restarts") == 1 and s.get("ok"),
                    "the limited unit restarted once")
-    # systemd refuses the third start within the hour; the agent's restart fails and it never resets the
-    # unit (systemd keeps the Result of the kill, "signal", so the agent's note says the restart failed).
+    # systemd refuses the third start within the hour; the agent's restart fails (counted against its cap,
+    # as every attempt is) and it never resets the unit (systemd keeps the Result of the kill, "signal", so
+    # the agent's note says the restart failed).
     state = _kill_and_wait(node, limited, "limited",
                            lambda s: any(w in s.get("lastAction", "") for w in ("restart of", "start limit")),
                            "the limited unit's restart refused at systemd's start limit")
     journal = node.ssh(f"sudo journalctl -u {limited} --no-pager").stdout
     assert "Start request repeated too quickly" in journal, journal[-2000:]
     assert node.ssh(f"systemctl is-active {limited}", check=False).stdout.strip() == "failed"
-    assert state["restarts"] == 1, state
+    assert state["restarts"] == 2 and "failed (2/5 in 1h)" in state["lastAction"], state
     node.kube.delete(f"/apis/{GROUP}/{VERSION}/healthchecks/real-node-flaky")
 
 
