@@ -17,14 +17,17 @@ from maculaos.api.backup import Retention
 from maculaos.devenv.controlplane import default_bin_dir
 from maculaos.devenv.processes import free_port
 from maculaos.host.restic import (
+    LockInfo,
     Repository,
     Restic,
     ResticError,
     ResticFailure,
     local_repository,
+    lock_owner_gone,
     rest_repository,
 )
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
+from tests.restic_locks import REUSED_PID, hold_lock, leave_stale_lock
 from tests.restserver import RestServer
 
 NODE = "macula-nuc-01"
@@ -150,15 +153,7 @@ def test_full_target_is_reported_and_host_data_untouched(tmp_path: Path, host: P
 
 
 def _hold_lock(restic: Restic) -> subprocess.Popen[bytes]:
-    """A real restic holding a shared lock: a backup reading stdin that never ends."""
-    proc = subprocess.Popen([RESTIC, "--no-cache", "backup", "--stdin", "--stdin-filename", "held", "-q"],
-                            env={**os.environ, **restic.repo.environment()}, stdin=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + 20
-    while not restic.locks():
-        assert time.monotonic() < deadline, "the lock holder never took its lock"
-        time.sleep(0.2)
-    return proc
+    return hold_lock(restic.repo.environment())
 
 
 def test_live_lock_is_left_alone_and_named(restic: Restic, host: Path) -> None:
@@ -185,6 +180,35 @@ def test_stale_lock_of_a_dead_process_is_removed(restic: Restic, host: Path) -> 
     removed = restic.forget(Retention(keep_last=1), NODE, "nightly").removed
     assert removed == [first] and restic.locks() == {}
     assert [s.id for s in restic.snapshots(NODE, "nightly")] == [second]
+
+
+def test_lock_of_a_node_that_died_is_removed_though_its_pid_was_reused(restic: Restic, host: Path) -> None:
+    """The node died mid-backup and booted again: the lock's pid (1 here, restic ran in a PID namespace of
+    its own) now belongs to another live process. Not restic, so not the owner: the lock is removed
+    (it used to be taken for a live one, and the node's backups stayed locked out for good)."""
+    first = backup(restic, host)
+    leave_stale_lock(restic.repo.environment(), REUSED_PID)
+    assert [lk.pid for lk in restic.locks().values()] == [1]
+    second = backup(restic, host)
+    assert restic.forget(Retention(keep_last=1), NODE, "nightly").removed == [first] and restic.locks() == {}
+    assert [s.id for s in restic.snapshots(NODE, "nightly")] == [second]
+
+
+def test_a_lock_from_before_this_boot_is_stale_and_a_live_restic_is_not(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "1").mkdir(parents=True)
+    (proc / "1" / "comm").write_text("systemd\n")
+    (proc / "stat").write_text("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n")
+    booted = dt.datetime.fromtimestamp(1700000000, dt.timezone.utc)
+    before, after = booted - dt.timedelta(minutes=1), booted + dt.timedelta(minutes=1)
+    me = os.getpid()
+    (proc / str(me)).mkdir()
+    (proc / str(me) / "comm").write_text("restic\n")
+    assert lock_owner_gone(LockInfo(time=before, hostname="n", pid=me), "n", proc), "older than the boot"
+    assert not lock_owner_gone(LockInfo(time=after, hostname="n", pid=me), "n", proc), "a live restic"
+    assert lock_owner_gone(LockInfo(time=after, hostname="n", pid=1), "n", proc), "pid 1 runs systemd"
+    assert not lock_owner_gone(LockInfo(time=before, hostname="other", pid=1), "n", proc), "another host's"
+    assert not lock_owner_gone(LockInfo(time=after, hostname="n", pid=0), "n", proc), "no pid: unknown"
 
 
 def test_lock_of_another_host_is_never_judged_stale(tmp_path: Path, host: Path) -> None:

@@ -23,11 +23,12 @@ from maculaos.devenv.controlplane import default_bin_dir
 from maculaos.devenv.demo import start_agent
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import create_host_root, demo_fleet
-from maculaos.devenv.processes import ProcessRecord, stop
+from maculaos.devenv.processes import ProcessRecord, is_running, stop
 from maculaos.host.config import write_maculaos_section
 from tests.fakes import fake_systemctl
 from tests.htpasswd import htpasswd_line
 from tests.integration.conftest import Cluster, OperatorSupervisor
+from tests.restic_locks import REUSED_PID, leave_stale_lock, lock_count
 from tests.restserver import RestServer, start_rest_server
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
@@ -169,6 +170,55 @@ def test_wrong_password_fails_clearly_and_touches_nothing(fleet: BackupFleet, cr
     fleet.cluster.wait_condition("Backup", "pw-second", "False", ctype="Failed")
     report = fleet.cluster.get("NodeReport", node)["status"]["entries"]["Backup/pw-second"]["report"]
     assert "failure" not in report, report
+
+
+def test_a_lock_left_by_a_node_that_died_does_not_stop_the_next_run(fleet: BackupFleet, created: Create,
+                                                                  operator: ProcessRecord) -> None:
+    """The node died mid-backup and booted again: its repository keeps the dead restic's lock, whose pid
+    now belongs to another live process (tests/restic_locks.py). The next run backs up and applies
+    retention (restic forget: an exclusive lock) as if nothing had happened, and leaves no lock behind."""
+    node = "macula-nuc-02"
+    repo = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(fleet.roots[node] / "var/backups/stale")}
+    zero = {k: 0 for k in ("keepHourly", "keepDaily", "keepWeekly", "keepMonthly", "keepYearly")}
+    created(backup("stale-lock", {"local": {"path": "/var/backups/stale"}}, schedule="0 3 1 1 *",
+                   retention={"keepLast": 1, **zero}, nodeSelector={"matchLabels": {"kubernetes.io/hostname": node}}))
+    run_now(fleet.cluster, "stale-lock", "1")
+    first = fleet.wait_entry("Backup", "stale-lock", node, lambda e: e.get("phase") in ("Succeeded", "Failed"))
+    assert first["phase"] == "Succeeded", first
+    leave_stale_lock(repo, REUSED_PID)
+    run_now(fleet.cluster, "stale-lock", "2")
+    second = fleet.wait_entry("Backup", "stale-lock", node, lambda e: e.get("phase") in ("Succeeded", "Failed")
+                              and e.get("runId") != first["runId"])
+    assert second["phase"] == "Succeeded" and second["snapshotsRemoved"] == 1, second
+    assert [s["id"] for s in fleet.snapshots(node, repo["RESTIC_REPOSITORY"])] == [second["lastSnapshotId"]], \
+        "retention ran past the lock: only the newest snapshot is left"
+    assert lock_count(repo) == 0
+
+
+def test_a_run_rides_out_30_seconds_without_an_api_server(fleet: BackupFleet, created: Create,
+                                                         operator_supervisor: OperatorSupervisor) -> None:
+    """The API server goes away for 30 s as soon as the operator has started an on-demand run: the agents
+    back up (or have) and report once it is back, the restarted operator (it lost its Lease and exits by
+    design) closes the run, and every node holds exactly one snapshot of it (nothing run twice)."""
+    operator = operator_supervisor.ensure_running()
+    created(backup("outage-run", {"local": {"path": "/var/backups/outage"}}, schedule="0 3 1 1 *"))
+    fleet.cluster.wait_condition("Backup", "outage-run", "True")
+    run_now(fleet.cluster, "outage-run", "1")
+    fleet.cluster.wait_for(lambda: (fleet.cluster.get("Backup", "outage-run").get("status") or {}).get("run", {})
+                           .get("id"), what="the operator to start the run")
+    run_id = fleet.cluster.get("Backup", "outage-run")["status"]["run"]["id"]
+    fleet.cluster.plane.restart_apiserver(down_seconds=30)
+    assert all(is_running(agent) for agent in fleet.agents.values()), "the agents rode the outage out"
+    fleet.cluster.wait_for(lambda: not is_running(operator), timeout=30, what="the operator to give up its Lease")
+    operator_supervisor.ensure_running()
+    for node in NODES:
+        entry = fleet.wait_entry("Backup", "outage-run", node, lambda e: e.get("phase") in ("Succeeded", "Failed"))
+        assert entry["phase"] == "Succeeded" and entry["runId"] == run_id, entry
+        snaps = fleet.snapshots(node, str(fleet.roots[node] / "var/backups/outage"))
+        assert [s["id"] for s in snaps] == [entry["lastSnapshotId"]], "one snapshot per node: nothing run twice"
+    fleet.cluster.wait_for(lambda: fleet.cluster.get("Backup", "outage-run")["status"]["run"].get("completionTime"),
+                           what="the operator to close the run once every node reported")
+    assert fleet.cluster.get("Backup", "outage-run")["status"]["run"]["id"] == run_id
 
 
 def test_scheduled_runs_happen_once_each_across_an_operator_restart(

@@ -212,7 +212,7 @@ class Sampler:
         while not self._stop.wait(self.period):
             try:
                 self.peak = max(self.peak, len(self.disrupted()))
-            except ApiException:
+            except (ApiException, urllib3.exceptions.HTTPError):  # the API server away: sample on
                 continue
 
     def _watch(self) -> None:

@@ -134,3 +134,34 @@ def test_holding_ends_cleanly_when_told_to_stop() -> None:
     threading.Timer(0.35, stop.set).start()
     assert hold(lock, stop) is True
     assert holder(server) == "a"
+
+
+def test_a_leader_frozen_past_its_lease_steps_down_on_its_first_read() -> None:
+    """Frozen (SIGSTOP) past the Lease while another took it: on waking the first read shows the new
+    holder and holding ends at once, not after another renew deadline (40 s here) of retries during
+    which the old leader's controller would still act."""
+    server, clock = LeaseServer(), Clock()
+    slow = Timings(lease_duration=60, renew_deadline=40, retry_period=0.05)
+    a = LeaseLock(server, "ns", "maculaos-controller", "a", slow, clock=clock)
+    b = LeaseLock(server, "ns", "maculaos-controller", "b", slow, clock=clock)
+    assert a.try_acquire_or_renew() and not b.try_acquire_or_renew()
+    clock.now += 61  # a is frozen; b saw the record unchanged for the whole lease
+    assert b.try_acquire_or_renew() and holder(server) == "b"
+    stop = threading.Event()
+    timer = threading.Timer(2.0, stop.set)  # only a hold that goes on retrying would meet this
+    timer.start()
+    try:
+        assert hold(a, stop) is False and not stop.is_set(), "deposed at once, not told to stop"
+    finally:
+        timer.cancel()
+    assert holder(server) == "b"
+
+
+def test_a_leader_frozen_past_its_lease_that_nobody_took_renews() -> None:
+    server, clock = LeaseServer(), Clock()
+    a = LeaseLock(server, "ns", "maculaos-controller", "a", Timings(60, 40, 0.05), clock=clock)
+    assert a.try_acquire_or_renew()
+    clock.now += 61
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    assert hold(a, stop) is True and holder(server) == "a"

@@ -177,10 +177,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def lock_owner_gone(lock: LockInfo, hostname: str) -> bool:
+def _runs_restic(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether the live process pid is a restic (its command name); True when that cannot be read."""
+    try:
+        return "restic" in (proc / str(pid) / "comm").read_text()
+    except FileNotFoundError:
+        return False  # gone since
+    except OSError:
+        return True
+
+
+def _boot_time(proc: Path = Path("/proc")) -> dt.datetime | None:
+    """When this host booted (btime in /proc/stat), or None when unknown."""
+    try:
+        line = next(x for x in (proc / "stat").read_text().splitlines() if x.startswith("btime "))
+        return dt.datetime.fromtimestamp(int(line.split()[1]), dt.timezone.utc)
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def lock_owner_gone(lock: LockInfo, hostname: str, proc: Path = Path("/proc")) -> bool:
     """Provably gone: taken on this very host by a process that no longer exists. A lock from another
-    host is never judged stale here, however old (that host may be busy, or asleep)."""
-    return lock.hostname == hostname and not _pid_alive(lock.pid)
+    host is never judged stale here, however old (that host may be busy, or asleep).
+
+    A lock's pid alone does not prove its owner alive: a node that died mid-backup (power lost) comes
+    back with that pid reused by another process, and its backups would stay locked out forever. So
+    the owner is also gone when the lock predates this host's boot, or when the pid now runs something
+    other than restic (the agent shares the host's PID namespace, so a live restic there is visible)."""
+    if lock.hostname != hostname:
+        return False
+    boot = _boot_time(proc)
+    if boot is not None and lock.time < boot:
+        return True
+    return lock.pid > 0 and not (_pid_alive(lock.pid) and _runs_restic(lock.pid, proc))
 
 
 def _classify(code: int, stderr: str, repo: Repository) -> ResticError:
@@ -321,8 +350,10 @@ class Restic:
 
     def remove_stale_locks(self) -> list[str]:
         """Remove locks whose owner is provably gone; raise LOCKED naming a live owner if there is one.
-        restic's own `unlock` removes only stale locks, and every lock we pass it is stale by its rules too
-        (same host, dead PID); we call it only when no live lock exists, so it cannot take a live one."""
+        restic's own `unlock` judges by the PID alone, so it keeps a lock whose PID was reused (a node
+        that died and booted again): `--remove-all`, only when every lock read was judged gone. Only a
+        lock taken in the instant between the read and the removal could be lost, and only this node's
+        own restic writes the node's repository."""
         locks = self.locks()
         live = {i: lk for i, lk in locks.items() if not lock_owner_gone(lk, self.hostname)}
         if live:
@@ -333,7 +364,7 @@ class Restic:
                 f"{lock.hostname or 'an unknown host'} pid {lock.pid} since {lock.time.isoformat(timespec='seconds')}; "
                 "left in place (only locks of processes that are provably gone are removed)"))
         if locks:
-            self.run("unlock", timeout=120)
+            self.run("unlock", "--remove-all", timeout=120)
         return sorted(locks)
 
     def with_lock_retry(self, *args: str, timeout: float = DEFAULT_TIMEOUT,

@@ -51,7 +51,9 @@ class LeaseLock:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.kube, self.namespace, self.name, self.identity = kube, namespace, name, identity
         self.timings = timings
-        self._clock = clock
+        self.clock = clock
+        self.renewed_at = 0.0
+        """When (on clock) this candidate last wrote the Lease as its holder."""
         self._path = resource_path(LEASE_API, "leases", name, namespace=namespace)
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
@@ -72,7 +74,7 @@ class LeaseLock:
         self._observe(spec)
         holder = spec.get("holderIdentity") or ""
         duration = float(spec.get("leaseDurationSeconds") or self.timings.lease_duration)
-        if holder and holder != self.identity and self._observed_at + duration > self._clock():
+        if holder and holder != self.identity and self._observed_at + duration > self.clock():
             return False  # held by another candidate, and renewed within its duration
         now = micro_time(dt.datetime.now(dt.timezone.utc))
         wanted = {**spec, "holderIdentity": self.identity, "leaseDurationSeconds": int(self.timings.lease_duration),
@@ -82,6 +84,15 @@ class LeaseLock:
             if holder:
                 log.info(f"Lease {self.namespace}/{self.name}: {holder} let it expire; {self.identity} takes it")
         return self._replace(lease, wanted, timeout)
+
+    @property
+    def held_by_other(self) -> bool:
+        """The Lease last read names another holder: it was taken, so leadership is lost for sure."""
+        return self._observed is not None and self._observed[0] not in (None, "", self.identity)
+
+    def renewal_deadline(self) -> float:
+        """Until when (on clock) the last renewal keeps this candidate the leader."""
+        return self.renewed_at + self.timings.renew_deadline
 
     def release(self) -> bool:
         """Give the Lease up (holder emptied, as client-go's ReleaseOnCancel does) so a follower takes it
@@ -112,6 +123,7 @@ class LeaseLock:
         except Exception as exc:  # 409: another candidate created it first; the next attempt reads it
             return self._failed(f"cannot create Lease {self.namespace}/{self.name}: {exc}")
         self._observe(spec)
+        self.renewed_at = self.clock()
         return True
 
     def _replace(self, lease: Mapping[str, Any], spec: dict[str, Any], timeout: float) -> bool:
@@ -121,6 +133,7 @@ class LeaseLock:
         except Exception as exc:
             return self._failed(f"cannot update Lease {self.namespace}/{self.name}: {exc}")
         self._observe(spec)
+        self.renewed_at = self.clock()
         return True
 
     def _observe(self, spec: Mapping[str, Any]) -> None:
@@ -128,7 +141,7 @@ class LeaseLock:
         if record != self._observed:
             if self._observed is not None and record[0] != self._observed[0] and record[0]:
                 log.info(f"Lease {self.namespace}/{self.name} is held by {record[0]}")
-            self._observed, self._observed_at = record, self._clock()
+            self._observed, self._observed_at = record, self.clock()
 
     def _failed(self, problem: str) -> bool:
         """Log a failed attempt once per distinct problem (a follower retries every retry period)."""
@@ -148,12 +161,19 @@ def acquire(lock: LeaseLock, stop: threading.Event) -> bool:
 
 
 def hold(lock: LeaseLock, stop: threading.Event) -> bool:
-    """Renew every retry period until stop is set (True) or a renewal deadline passes without a
-    successful renewal (False: leadership is lost)."""
+    """Renew every retry period until stop is set (True) or leadership is lost (False): the renew
+    deadline passed since the last successful renewal, or the Lease names another holder.
+
+    The deadline counts from the last renewal, not from the attempt under way: a leader frozen past its
+    Lease (SIGSTOP, a stalled VM) and resumed finds another holder on its first read and steps down at
+    once, instead of retrying (and its controller acting) for another renew deadline while a successor
+    leads. A frozen leader nobody replaced renews as usual (the replace carries the version it read)."""
     timings = lock.timings
     while not stop.wait(timings.retry_period):
-        deadline = time.monotonic() + timings.renew_deadline
-        while not lock.try_acquire_or_renew(timeout=max(0.5, min(timings.retry_period, deadline - time.monotonic()))):
-            if time.monotonic() + timings.retry_period > deadline or stop.wait(timings.retry_period):
+        while not lock.try_acquire_or_renew(
+                timeout=max(0.5, min(timings.retry_period, lock.renewal_deadline() - lock.clock()))):
+            if lock.held_by_other or lock.clock() + timings.retry_period > lock.renewal_deadline():
                 return stop.is_set()
+            if stop.wait(timings.retry_period):
+                return True
     return True

@@ -1,0 +1,165 @@
+"""Faults in the middle of a rollout, with the real operator, the real agents and real RAUC on simulated
+nodes (the rauc_fleet fixture). Each test rolls the two warehouse nodes (maxUnavailable 1) to a new
+version, injects one fault while the first node is granted its reboot, and ends with the same proof:
+the rollout Succeeded with both nodes on the new version, each node rebooted exactly once and granted
+exactly one reboot, never more than one node cordoned or NotReady at once, nobody left cordoned and no
+grant left behind.
+
+- the operator SIGKILLed: a new process takes the Lease over and finishes from what the API server
+  holds (status.rollout, the grants, the nodes' reports), not from anything the dead one remembered;
+- the leader frozen (SIGSTOP) past its Lease and resumed: the standby finishes the rollout, the old
+  leader steps down on waking without writing anything;
+- the API server down for 30 s while a node reboots: agents and RAUC carry on, the operator (restarted
+  as its Deployment would) picks the rollout up and the status catches up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maculaos.devenv.demo import start_operator
+from maculaos.devenv.processes import ProcessRecord, free_port, is_running, stop
+from maculaos.devenv.rauc import SimulatedRaucNode, build_bundle
+from tests.host.rauc_fixtures import COMPATIBLE, Bundles, BundleServer, release_of
+from tests.integration.conftest import OperatorSupervisor
+from tests.integration.rauc_fleet import RaucFleet
+from tests.integration.test_upgrade_end_to_end import WAREHOUSE, _reboots
+from tests.integration.upgrade_agents import Sampler
+
+LEASE_SECONDS = 6
+"""Short, so a takeover costs seconds (renewal deadline 4 s, retries every 1 s)."""
+
+
+def nodeupgrade(name: str, version: str, url: str, sha256: str, window: str) -> dict[str, Any]:
+    return {"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": name},
+            "spec": {"version": version, "source": {"url": url, "sha256": sha256},
+                     "nodeSelector": {"matchLabels": {"macula.io/site": "warehouse"}},
+                     "strategy": {"maxUnavailable": 1}, "failurePolicy": {"maxFailedNodes": 0},
+                     "healthCommitWindow": window, "healthCheckWait": "2s"}}
+
+
+class Rollout:
+    """One NodeUpgrade of the warehouse nodes to `version`, sampled from creation to the end."""
+
+    def __init__(self, fleet: RaucFleet, bundles: Bundles, server: BundleServer, created: Callable[..., Any],
+                 name: str, version: str, window: str = "40s") -> None:
+        self.fleet, self.cluster, self.name, self.version = fleet, fleet.cluster, name, version
+        fleet.name = name
+        bundle = build_bundle(bundles.dir / f"good-{version}.raucb", version, COMPATIBLE, bundles.cert,
+                              bundles.dir / "keys" / "fleet.key.pem")
+        release = release_of(server, bundle, version=version)
+        self.reboots = {n: _reboots(fleet, n) for n in WAREHOUSE}
+        self.sampler = Sampler(self.cluster.api, name, WAREHOUSE).start()
+        created(nodeupgrade(name, version, release.url, release.sha256 or "", window))
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.cluster.get("NodeUpgrade", self.name).get("status") or {})
+
+    def wait_first_reboot_grant(self) -> str:
+        """The node the operator has granted a Reboot (cordoned, about to go down)."""
+        def granted() -> str:
+            return next((n for n, g in (self.status().get("grants") or {}).items() if g["action"] == "Reboot"), "")
+        self.cluster.wait_for(lambda: bool(granted()), timeout=120,
+                              what=lambda: f"a Reboot grant (now {self.status()})")
+        return granted()
+
+    def wait_done(self, timeout: float = 180) -> dict[str, Any]:
+        try:
+            self.cluster.wait_for(lambda: self.status().get("phase") in ("Succeeded", "Failed"), timeout=timeout,
+                                  what=lambda: f"the rollout to finish (now {self.status()})")
+        finally:
+            self.sampler.stop()
+        return self.status()
+
+    def assert_nothing_lost(self, status: dict[str, Any]) -> None:
+        assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Succeeded", 2, 0), status
+        for node in WAREHOUSE:
+            entry = self.fleet.entry(node)
+            assert (entry["phase"], entry["version"]) == ("Succeeded", self.version), entry
+            assert self.sampler.reboot_grants(node) == 1, f"{node}: one reboot grant ({self.sampler.grants})"
+            assert _reboots(self.fleet, node) == self.reboots[node] + 1, f"{node} rebooted exactly once"
+        assert self.sampler.peak == 1, "never more than maxUnavailable nodes cordoned or down at once"
+        assert not any(self.cluster.get("Node", n).get("spec", {}).get("unschedulable") for n in WAREHOUSE), \
+            "nobody left cordoned"
+        assert status["grants"] == {}, "no grant outlives the rollout"
+
+
+@pytest.fixture
+def replicas(rauc_fleet: RaucFleet, no_operator: None) -> Iterator[Callable[[str], ProcessRecord]]:
+    """Start operator replicas of this test's own (short Lease); the shared one is stopped meanwhile."""
+    started: list[ProcessRecord] = []
+    plane = rauc_fleet.cluster.plane
+
+    def start(name: str) -> ProcessRecord:
+        record = start_operator(plane.kubeconfig, plane.workdir / "logs", resync_seconds=2, name=name,
+                                extra_args=("--leader-elect", f"--lease-duration={LEASE_SECONDS}"),
+                                metrics_port=free_port())
+        started.append(record)
+        return record
+
+    yield start
+    for record in started:
+        if is_running(record):
+            os.killpg(record.pid, signal.SIGCONT)
+        stop(record)
+
+
+def is_leader(record: ProcessRecord) -> bool:
+    return "is the leader: starting the controller" in Path(record.log).read_text()
+
+
+def test_an_operator_killed_mid_rollout_is_replaced_and_the_new_one_finishes(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
+        replicas: Callable[[str], ProcessRecord]) -> None:
+    """SIGKILL (no goodbye, the Lease expires on its own) while the first node holds its Reboot grant."""
+    first = replicas("operator-killed")
+    rauc_fleet.cluster.wait_for(lambda: is_leader(first), what="the first operator to lead")
+    rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "killed-0-6-0", "0.6.0")
+    rollout.wait_first_reboot_grant()
+    os.killpg(first.pid, signal.SIGKILL)
+    replicas("operator-replacement")
+    rollout.assert_nothing_lost(rollout.wait_done())
+
+
+def test_a_frozen_leader_resumed_after_losing_its_lease_does_nothing_twice(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
+        replicas: Callable[[str], ProcessRecord]) -> None:
+    """SIGSTOP the leader while a node holds its Reboot grant; the standby takes the Lease and goes on;
+    the old leader is resumed once the standby leads, and must step down without acting."""
+    frozen = replicas("operator-frozen")
+    rauc_fleet.cluster.wait_for(lambda: is_leader(frozen), what="the first operator to lead")
+    standby = replicas("operator-standby")
+    rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "frozen-0-7-0", "0.7.0")
+    rollout.wait_first_reboot_grant()
+    os.killpg(frozen.pid, signal.SIGSTOP)
+    rauc_fleet.cluster.wait_for(lambda: is_leader(standby), timeout=LEASE_SECONDS * 4, what="the standby to lead")
+    os.killpg(frozen.pid, signal.SIGCONT)
+    rauc_fleet.cluster.wait_for(lambda: not is_running(frozen), timeout=LEASE_SECONDS * 2,
+                                what="the resumed old leader to step down")
+    assert "leader election lost" in Path(frozen.log).read_text()
+    rollout.assert_nothing_lost(rollout.wait_done())
+
+
+def test_an_api_server_outage_mid_wave_is_ridden_out(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
+        operator_supervisor: OperatorSupervisor) -> None:
+    """30 s without an API server while the first node reboots into its new slot. The operator loses its
+    Lease and exits (by design; its Deployment restarts it, here the supervisor). The health commit window
+    outlasts the outage: the agent judges its new slot only once it reads the NodeUpgrade again, and a
+    window that ends in the outage rolls a healthy node back (see docs/architecture.md)."""
+    operator = operator_supervisor.ensure_running()
+    rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "outage-0-8-0", "0.8.0", window="120s")
+    rollout.wait_first_reboot_grant()
+    rauc_fleet.cluster.plane.restart_apiserver(down_seconds=30)
+    agents = [SimulatedRaucNode.load(n.dir).layout.agent for n in rauc_fleet.nodes.values()]  # reboots restart them
+    assert all(a is not None and is_running(a) for a in agents), "the agents rode the outage out"
+    rauc_fleet.cluster.wait_for(lambda: not is_running(operator), timeout=30,
+                                what="the operator to give up its lost Lease")
+    operator_supervisor.ensure_running()
+    rollout.assert_nothing_lost(rollout.wait_done())
