@@ -79,6 +79,9 @@ def chart(cluster: Cluster) -> Iterator[None]:
         yield
     finally:
         helm(cluster, "uninstall", RELEASE, f"--namespace={NS}")
+        # The scheduler bound the chart's pods to simulated nodes, whose missing kubelet never confirms a
+        # deletion: left Terminating, they would hold every later drain of those nodes (the rollout tests).
+        cluster.kubectl("delete", "pods", "--all", f"--namespace={NS}", "--grace-period=0", "--force")
         cluster.kubectl("delete", "namespace", NS, "--wait=false")
 
 
