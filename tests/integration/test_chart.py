@@ -135,16 +135,7 @@ def test_templates_pass_a_server_side_dry_run(tools: Tools, variant: str) -> Non
 
 def test_variants_render_what_they_say() -> None:
     """A few of the variants, read back: what each value is for."""
-    def kinds(*values: str) -> dict[str, list[Any]]:
-        out = subprocess.run([str(REPO / ".tools" / "bin" / "helm"), "template", "maculaos", str(OPERATOR_CHART),
-                              f"--namespace={NAMESPACE}", f"--kube-version={KUBE_VERSION}", *values],
-                             capture_output=True, text=True, check=True).stdout
-        found: dict[str, list[Any]] = {}
-        for doc in yaml.safe_load_all(out):
-            if doc:
-                found.setdefault(doc["kind"], []).append(doc)
-        return found
-
+    kinds = rendered
     default = kinds()
     agent = default["DaemonSet"][0]["spec"]["template"]["spec"]
     assert agent["hostPID"] and agent["priorityClassName"] == "system-node-critical"
