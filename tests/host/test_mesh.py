@@ -10,6 +10,7 @@ import pytest
 from maculaos.agent.meshrole import converge_mesh
 from maculaos.api.meshrole import MeshRoleName, MeshRoleSpec
 from maculaos.host.config import read_config
+from maculaos.host.firstboot import mark_configured, setup_secret
 from maculaos.host.meshrole import SERVICE_PROGRAMS, MeshConflict, apply_mesh, plan_mesh, services_not_installed
 from maculaos.host.systemd import Systemd, SystemdError
 
@@ -51,6 +52,25 @@ def test_apply_converges_and_returns_to_peer_only(host_root: Path, netns_nft: st
     assert back.units == ("macula-gateway.service",) and not systemd.is_enabled("macula-gateway.service")
     assert systemd.is_enabled("macula-mesh.service")
     assert read_config(host_root)["maculaos"]["mesh"]["roles"]["gateway"] is False
+
+
+def test_the_wizards_ports_stay_open_while_it_is_under_way_and_close_once_paired(host_root: Path,
+                                                                                  netns_nft: str) -> None:
+    """A wizard half-way (its config.yaml written, a reboot since) must stay reachable; a provisioned or
+    paired node does not admit its ports."""
+    def wizard_rules() -> int:
+        table = subprocess.run([netns_nft, "list", "table", "inet", "maculaos"], capture_output=True, text=True,
+                               check=True).stdout
+        return table.count('comment "first-boot wizard"')
+
+    apply_mesh(host_root, plan_mesh({}), Systemd(host_root), netns_nft)
+    assert wizard_rules() == 0                                  # provisioned: config.yaml, no wizard
+    setup_secret(host_root)
+    apply_mesh(host_root, plan_mesh({}), Systemd(host_root), netns_nft)
+    assert wizard_rules() == 1
+    mark_configured(host_root)
+    apply_mesh(host_root, plan_mesh({}), Systemd(host_root), netns_nft)
+    assert wizard_rules() == 0
 
 
 def test_nothing_changes_when_a_role_service_is_missing(host_root: Path, netns_nft: str) -> None:

@@ -79,6 +79,8 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     # Its unit is enabled in every image and skipped by its condition when the binary is not there.
     assert (first["k3s-unit"], first["k3s-condition"], first["k3s-active"]) == ("enabled", "no", "inactive"), first
     assert first["failed-units"] == "", first
+    # Provisioned with a config.yaml: no wizard, its ports closed.
+    assert (first["wizard"], first["wizard-home"], first["wizard-rule"]) == ("inactive", "000", "0"), first
     # What is inside the image (issue #6 contents), as a person at the console would check it:
     assert first["k3s-node-label"] == "1" and first["k3s-version-label"] == "0.1.0", first
     assert first["airgap-image"] == "maculaos-operator-0.1.0-amd64.tar", first   # copied to k3s's folders
@@ -130,17 +132,28 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert second["backup-server"] == "active" and second["backup-repo"] == "on-data", second
 
 
-def test_blank_data_disk_is_formatted_and_boots_without_config(built_image: BuiltImage, tmp_path: Path) -> None:
+def test_blank_data_disk_is_formatted_and_boots_into_the_first_boot_wizard(built_image: BuiltImage,
+                                                                          tmp_path: Path) -> None:
     data = _data_disk(tmp_path, None)
     with Vm(_spec(built_image, data, "disk"), tmp_path / "boot.log") as vm:
         vm.wait_for(r"formatting the blank data partition /dev/vdb", boot_timeout())
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=no-config", boot_timeout())
         report = _probe(vm)
+        console = vm.console
         vm.wait_exit(boot_timeout())
     assert report["var"].startswith("/dev/vdb"), report
     assert report["firstboot"] == "firstboot", report              # /var/lib/maculaos made on a blank disk
     assert report["failed-units"] == "", report
     assert re.fullmatch(r"macula-[0-9a-f]{8}", report["hostname"]) and report["hostname-unit"] == "success", report
+    # First-boot mode: the wizard serves its page for this node on HTTPS (port 80 redirects), its ports are
+    # open, the setup secret opens a session, and the console shows the code and the served certificate.
+    assert (report["wizard"], report["wizard-home"], report["wizard-name"]) == ("active", "200", "1"), report
+    assert report["wizard-redirect"] == "301,https://127.0.0.1/settings", report
+    assert report["wizard-login"] == "303,https://127.0.0.1/settings", report
+    assert report["wizard-rule"] != "0", report
+    assert re.search(r"type the setup code: [A-Z2-9]{4}(-[A-Z2-9]{4}){3}", console), console[-3000:]
+    shown = re.search(r"The wizard's certificate \(SHA-256\): ([0-9a-f]{64})", console)
+    assert shown and shown.group(1) == report["wizard-fingerprint"], (report, console[-3000:])
     result = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", str(data)], capture_output=True, text=True)
     assert result.stdout.strip() == "MACULA_DATA"
 

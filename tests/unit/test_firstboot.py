@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from maculaos.cli import main
+from maculaos.host.config import CONFIG_PATH
 from maculaos.host.firstboot import (
     CERTIFICATE,
     KEY,
     SECRET,
     ensure_certificate,
+    in_first_boot_mode,
     is_configured,
     mark_configured,
     secret_matches,
@@ -61,6 +63,43 @@ def test_the_configured_flag(tmp_path: Path) -> None:
     assert not is_configured(tmp_path)
     mark_configured(tmp_path)
     assert is_configured(tmp_path)
+
+
+WIZARD_UNIT = Path(__file__).parents[2] / "image-build/overlay/usr/lib/systemd/system/maculaos-wizard.service"
+
+
+def _unit_says_first_boot(root: Path) -> bool:
+    """The wizard unit's own test (its ConditionPathExists and ExecCondition), run by sh against root."""
+    unit = WIZARD_UNIT.read_text()
+    flag = re.search(r"^ConditionPathExists=!(\S+)$", unit, re.MULTILINE)
+    script = re.search(r"^ExecCondition=/bin/sh -c '(.+)'$", unit, re.MULTILINE)
+    assert flag and script
+    if Path(f"{root}{flag.group(1)}").exists():
+        return False
+    command = script.group(1).replace("/var/lib/maculaos", f"{root}/var/lib/maculaos")
+    return subprocess.run(["sh", "-c", command], check=False).returncode == 0
+
+
+def test_first_boot_mode_is_a_blank_node_or_a_wizard_under_way_never_a_provisioned_one(tmp_path: Path) -> None:
+    """Python's test (wizard, console, firewall) and the wizard unit's agree at every step."""
+    (tmp_path / CONFIG_PATH).parent.mkdir(parents=True)
+    seen = [(in_first_boot_mode(tmp_path), _unit_says_first_boot(tmp_path))]          # blank
+    (tmp_path / CONFIG_PATH).write_text("maculaos: {}\n")
+    seen.append((in_first_boot_mode(tmp_path), _unit_says_first_boot(tmp_path)))     # provisioned
+    setup_secret(tmp_path)
+    seen.append((in_first_boot_mode(tmp_path), _unit_says_first_boot(tmp_path)))     # the wizard's, half-way
+    mark_configured(tmp_path)
+    seen.append((in_first_boot_mode(tmp_path), _unit_says_first_boot(tmp_path)))     # paired
+    assert seen == [(True, True), (False, False), (True, True), (False, False)]
+
+
+def test_a_provisioned_node_shows_no_wizard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / CONFIG_PATH).parent.mkdir(parents=True)
+    (tmp_path / CONFIG_PATH).write_text("maculaos: {}\n")
+    assert main(["wizard", "console", "--host-root", str(tmp_path)]) == 0
+    assert main(["wizard", "serve", "--host-root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.endswith("provisioned with a config.yaml): no wizard served\n")
+    assert not (tmp_path / SECRET).exists()
 
 
 def test_the_console_shows_url_code_and_a_qr_code_with_secret_and_fingerprint(tmp_path: Path) -> None:

@@ -45,17 +45,17 @@ def _wizard_serve(args: argparse.Namespace) -> int:
     settings = _serve_settings(args)
     assert isinstance(settings, ServeSettings)
     if not serve(settings):
-        print("this node is configured: no wizard served")
+        print("this node is configured (or was provisioned with a config.yaml): no wizard served")
     return 0
 
 
 def _wizard_console(args: argparse.Namespace) -> int:
-    from maculaos.host.firstboot import is_configured
+    from maculaos.host.firstboot import in_first_boot_mode
     from maculaos.wizard.pairing import console_text
     from maculaos.wizard.server import ServeSettings, node_setup
     settings = _serve_settings(args)
     assert isinstance(settings, ServeSettings)
-    if is_configured(args.host_root):
+    if not in_first_boot_mode(args.host_root):
         return 0
     setup, _ = node_setup(settings)
     sys.stdout.write(console_text(setup))

@@ -77,12 +77,12 @@ def _extra_rule(port: ExtraPort) -> Rule:
 
 def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard,
                    backup_server_port: int | None = None, backup_server_sources: tuple[str, ...] = (),
-                   first_boot: bool = False) -> str:
+                   first_boot: bool = False, header: str = AGENT_HEADER) -> str:
     """The nft script that replaces table inet maculaos (or removes it when the firewall is disabled).
     backup_server_port: the node's rest-server port (config.yaml maculaos.backup_server), opened to peers
-    (only from backup_server_sources when given). first_boot: the node has no config.yaml yet (the
-    first-boot wizard's ports open too)."""
-    header = f"{DEFAULT_HEADER if first_boot else AGENT_HEADER}\ntable {TABLE}\ndelete table {TABLE}\n"
+    (only from backup_server_sources when given). first_boot: the node is in first-boot mode (the
+    wizard's ports open too)."""
+    header = f"{header}\ntable {TABLE}\ndelete table {TABLE}\n"
     if not firewall.enabled:
         return header
     body = [
@@ -105,7 +105,7 @@ def render_default_ruleset() -> str:
     """The ruleset of a node that has no config.yaml: the MeshRole defaults (policy drop) of a peer with no
     mesh yet (no WireGuard port), and the first-boot wizard's ports: exactly maculaos.host.ports' list.
     The boot loads it before the network comes up; never Debian's accept-everything."""
-    return render_ruleset([], Firewall(), WireGuard(enabled=False), first_boot=True)
+    return render_ruleset([], Firewall(), WireGuard(enabled=False), first_boot=True, header=DEFAULT_HEADER)
 
 
 def _nft(args: list[str], script: str, nft: str) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maculaos.errors import MaculaosError
+from maculaos.host.config import CONFIG_PATH
 from maculaos.host.files import atomic_write
 
 STATE = Path("var/lib/maculaos")
@@ -38,6 +39,16 @@ class FirstBootError(MaculaosError):
 
 def is_configured(host_root: Path) -> bool:
     return (host_root / CONFIGURED).exists()
+
+
+def in_first_boot_mode(host_root: Path) -> bool:
+    """The wizard serves, and the firewall keeps its ports open: the node is not configured, and either
+    has no config.yaml yet or the wizard began writing it (its setup secret exists). A node provisioned
+    with a config.yaml (the installer, cloud-init style) never enters it; a wizard left half-way, then
+    rebooted, carries on. maculaos-wizard.service's ExecCondition is the same test in sh."""
+    if is_configured(host_root):
+        return False
+    return not (host_root / CONFIG_PATH).exists() or (host_root / SECRET).exists()
 
 
 def mark_configured(host_root: Path) -> None:

@@ -22,6 +22,7 @@ from maculaos.errors import MaculaosError
 from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
 from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
+from maculaos.host.firstboot import in_first_boot_mode
 from maculaos.host.nodeconfig import (
     ConfigSection,
     FirewallConfig,
@@ -174,7 +175,9 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     in one atomic write of config.yaml, right after the ruleset they describe is loaded."""
     config = read_node_config(host_root)
     port, sources = served_rule(config) or (None, ())
-    script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, port, sources)
+    # The wizard's ports stay open while it is still needed (a half-done wizard's config.yaml exists).
+    script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, port, sources,
+                            first_boot=in_first_boot_mode(host_root))
     check_ruleset(script, nft)
     wanted = {PEER_SERVICE: True} | {ROLE_SERVICES[r]: r in plan.roles for r in MeshRoleName}
     present = systemd.unit_file_states([*wanted, BACKUP_SERVICE])

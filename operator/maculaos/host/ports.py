@@ -22,7 +22,7 @@ class AdmittedPort:
     switch: str | None = None
     """The Firewall field (allow_ssh, allow_kubernetes, allow_mdns) that closes it; None: always open."""
     first_boot_only: bool = False
-    """Open only while the node has no config.yaml (the first-boot wizard); a configured node closes it."""
+    """Open only in first-boot mode (maculaos.host.firstboot.in_first_boot_mode); a configured node closes it."""
     pods_only: bool = False
     """Admitted only from the pod network (the CNI interfaces' accept rule): no rule of its own, so the
     LAN and the internet never reach it."""
@@ -36,7 +36,7 @@ ADMITTED_PORTS: tuple[AdmittedPort, ...] = (
     AdmittedPort("mdns discovery", Protocol.UDP, (5353,), switch="allow_mdns"),
     # The node's git server (not built yet): git's own protocol port, registered with IANA for it.
     AdmittedPort("git server", Protocol.TCP, (9418,)),
-    # The first-boot wizard (not built yet) serves the configuration page on HTTP and HTTPS.
+    # The first-boot wizard (maculaos-wizard.service) serves its page on HTTPS; HTTP only redirects.
     AdmittedPort("first-boot wizard", Protocol.TCP, (80, 443), first_boot_only=True),
     # The agent's /metrics and /healthz: the cluster's monitoring scrapes it from pods (issue #23).
     AdmittedPort("agent metrics", Protocol.TCP, (9750,), switch="allow_kubernetes", pods_only=True),

@@ -11,7 +11,7 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
-from maculaos.host.firstboot import Certificate, ensure_certificate, is_configured, setup_secret
+from maculaos.host.firstboot import Certificate, ensure_certificate, in_first_boot_mode, setup_secret
 from maculaos.host.hostname import choose
 from maculaos.wizard.app import WizardState, build_app, redirect_app
 from maculaos.wizard.pairing import NodeSetup
@@ -75,8 +75,8 @@ async def serve_until_paired(settings: ServeSettings, setup: NodeSetup, certific
 
 
 def serve(settings: ServeSettings) -> bool:
-    """Serve the wizard until the node is paired; False (nothing served) when it is configured already."""
-    if is_configured(settings.host_root):
+    """Serve the wizard until the node is paired; False (nothing served) outside first-boot mode."""
+    if not in_first_boot_mode(settings.host_root):
         return False
     setup, certificate = node_setup(settings)
     log.info("wizard: serving %s on port %d", setup.url, settings.tls_port)
