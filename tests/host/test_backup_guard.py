@@ -4,8 +4,10 @@ filesystem (a tmpfs mounted under the host root is not walked) and leaves out /p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,16 +68,23 @@ def test_a_repository_outside_the_included_paths_is_not_mentioned(host: Path) ->
     assert "lies inside" not in report.message
 
 
-def test_a_backup_of_root_stays_on_one_filesystem_without_pseudo_filesystems(host: Path) -> None:
+@contextlib.contextmanager
+def usb_stick(host: Path) -> Iterator[None]:
+    """Another filesystem under the host root (a tmpfs at /media/usb holding photo.jpg) while the block runs."""
     usb = host / "media/usb"
     usb.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(usb)], check=True)
     try:
         (usb / "photo.jpg").write_text("another filesystem")
-        report = run(job(host, ["/"], "/var/backups/r"))
-        paths = snapshot_paths(host, "/var/backups/r")
+        yield
     finally:
         subprocess.run(["umount", str(usb)], check=False)
+
+
+def test_a_backup_of_root_stays_on_one_filesystem_without_pseudo_filesystems(host: Path) -> None:
+    with usb_stick(host):
+        report = run(job(host, ["/"], "/var/backups/r"))
+        paths = snapshot_paths(host, "/var/backups/r")
     assert {"etc/hostname", "var/lib/data/a.txt"} <= paths
     assert "media/usb/photo.jpg" not in paths, "another mount is not walked"
     for pseudo in PSEUDO_PATHS:
@@ -85,15 +94,9 @@ def test_a_backup_of_root_stays_on_one_filesystem_without_pseudo_filesystems(hos
 
 
 def test_another_mount_named_in_include_is_backed_up(host: Path) -> None:
-    usb = host / "media/usb"
-    usb.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(usb)], check=True)
-    try:
-        (usb / "photo.jpg").write_text("another filesystem")
+    with usb_stick(host):
         run(job(host, ["/", "/media/usb"], "/var/backups/r"))
         paths = snapshot_paths(host, "/var/backups/r")
-    finally:
-        subprocess.run(["umount", str(usb)], check=False)
     assert "media/usb/photo.jpg" in paths and "etc/hostname" in paths
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maculaos.host.config import HostConfigError, config_file, read_config, write_maculaos_section
+from maculaos.host.config import HostConfigError, config_file, read_config, write_keys, write_maculaos_section
 from maculaos.host.systemd import Systemd, SystemdError
 
 
@@ -33,6 +33,14 @@ def test_removing_a_section(host_root: Path) -> None:
     assert write_maculaos_section(host_root, "mesh", None)
     assert "mesh" not in read_config(host_root)["maculaos"]
     assert not write_maculaos_section(host_root, "mesh", None)
+
+
+def test_removing_a_key_written_as_null(host_root: Path) -> None:
+    """write_keys and write_maculaos_section are one writer: both drop a key that stands as null."""
+    config_file(host_root).write_text("maculaos:\n  mesh: null\n  timezone: null\n")
+    assert write_keys(host_root, {"maculaos.timezone": None})
+    assert write_maculaos_section(host_root, "mesh", None)
+    assert read_config(host_root) == {"maculaos": {}}
 
 
 @pytest.mark.parametrize(("content", "message"), [

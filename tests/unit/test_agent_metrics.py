@@ -1,19 +1,9 @@
 """The agent's /metrics and /healthz, served over real HTTP on loopback."""
 
-import urllib.error
-import urllib.request
-
 import pytest
 
 from maculaos.agent import metrics
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+from tests.integration.scrape import get
 
 
 def test_metrics_and_health() -> None:

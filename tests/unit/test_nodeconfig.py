@@ -4,6 +4,7 @@ generated from it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -304,18 +305,24 @@ def test_a_known_key_no_longer_set_is_removed_and_an_unknown_one_kept() -> None:
     assert section_value(job, {"target": "local", "future_job_key": [1]})["future_job_key"] == [1]
 
 
-@pytest.mark.parametrize("value", [[KEY], [42], ["ssh-dss AAAA"], "not a list", None, [f"{KEY}\nssh-rsa AAAA"]])
-def test_the_lean_key_reader_agrees_with_the_model(value: Any) -> None:
-    """node-info reads the raw file at boot (no pydantic): it must accept and refuse what NodeConfig does."""
-    raw = {"ssh_authorized_keys": value}
+def model_and_lean(raw: dict[str, Any], model: Callable[[NodeConfig], Any],
+                   lean: Callable[[dict[str, Any], Path], Any]) -> tuple[Any, Any]:
+    """What NodeConfig and a lean boot reader make of raw: each one's value, or its refusal as a message."""
     try:
-        expected: Any = NodeConfig.parse(raw).ssh_authorized_keys
+        expected: Any = model(NodeConfig.parse(raw))
     except NodeConfigError as exc:
         expected = exc.problem
     try:
-        lean: Any = authorized_keys(raw, Path("config.yaml"))
+        found: Any = lean(raw, Path("config.yaml"))
     except HostConfigError as exc:
-        lean = str(exc).removeprefix("config.yaml: ")
+        found = str(exc).removeprefix("config.yaml: ")
+    return expected, found
+
+
+@pytest.mark.parametrize("value", [[KEY], [42], ["ssh-dss AAAA"], "not a list", None, [f"{KEY}\nssh-rsa AAAA"]])
+def test_the_lean_key_reader_agrees_with_the_model(value: Any) -> None:
+    """node-info reads the raw file at boot (no pydantic): it must accept and refuse what NodeConfig does."""
+    expected, lean = model_and_lean({"ssh_authorized_keys": value}, lambda c: c.ssh_authorized_keys, authorized_keys)
     if isinstance(expected, str):  # both refuse, naming the same key
         assert isinstance(lean, str) and lean.split(" ")[0].rstrip(":") == expected.split(" ")[0].rstrip(":")
     else:
@@ -324,15 +331,7 @@ def test_the_lean_key_reader_agrees_with_the_model(value: Any) -> None:
 
 @pytest.mark.parametrize("value", [HASH, "hunter2", 42, None])
 def test_the_lean_password_reader_agrees_with_the_model(value: Any) -> None:
-    raw = {"password_hash": value}
-    try:
-        expected: Any = NodeConfig.parse(raw).password_hash or "!"
-    except NodeConfigError as exc:
-        expected = exc.problem
-    try:
-        lean: Any = password_field(raw, Path("config.yaml"))
-    except HostConfigError as exc:
-        lean = str(exc).removeprefix("config.yaml: ")
+    expected, lean = model_and_lean({"password_hash": value}, lambda c: c.password_hash or "!", password_field)
     assert lean == expected
 
 

@@ -4,8 +4,6 @@ and the probes' answers over real HTTP on loopback."""
 from __future__ import annotations
 
 import datetime as dt
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
@@ -14,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from maculaos import metrics_http
 from maculaos.controller import metrics
 from maculaos.controller.fleet_metrics import Fleet
+from tests.integration.scrape import get
 
 NOW = 1_800_000_000.0
 
@@ -128,14 +127,6 @@ class _nothing:  # noqa: N801 (a context manager used like pytest.raises)
 
     def __exit__(self, *_: object) -> None:
         return None
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 class Clock:

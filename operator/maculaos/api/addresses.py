@@ -27,7 +27,9 @@ def _network(text: str) -> str:
     return text
 
 
-def _is_ip(text: str) -> bool:
+def is_ip_address(text: str) -> bool:
+    """An IPv4 or IPv6 address, not a name: one test for the address fields here and for the diagnostics,
+    which look up only the names among their endpoints."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -41,14 +43,14 @@ def _dns_name(text: str) -> bool:
 
 
 def _host(text: str) -> str:
-    if not (_is_ip(text) or _dns_name(text)):
+    if not (is_ip_address(text) or _dns_name(text)):
         raise ValueError(f"{text!r} {HOST_MESSAGE}")
     return text
 
 
 def _endpoint(text: str) -> str:
     host = text.split(":")[0]
-    if not (_dns_name(host) or (_is_ip(host) and ":" not in host)):
+    if not (_dns_name(host) or (is_ip_address(host) and ":" not in host)):
         raise ValueError(f"{text!r}: {ENDPOINT_MESSAGE}")
     return text
 

@@ -73,27 +73,13 @@ def write_maculaos_section(host_root: Path, section: str, value: dict[str, Any] 
 def write_maculaos_sections(host_root: Path, values: Mapping[str, dict[str, Any] | None]) -> bool:
     """Set (or with None remove) each maculaos.<section> given, in one atomic write; returns whether the
     file changed (not written when nothing did)."""
-    config = read_config(host_root)
-    maculaos = config.setdefault("maculaos", {})
-    if not isinstance(maculaos, dict):
-        raise HostConfigError(f"{config_file(host_root)}: maculaos must be a mapping")
-    changed = False
-    for section, value in values.items():
-        if value is None:
-            if section in maculaos:
-                del maculaos[section]
-                changed = True
-        elif maculaos.get(section) != value:
-            maculaos[section] = value
-            changed = True
-    if not changed:
-        return False
-    return atomic_write(config_file(host_root), yaml.dump(config, Dumper=SafeDumper, sort_keys=False), mode=0o600)
+    return write_keys(host_root, {f"maculaos.{section}": value for section, value in values.items()})
 
 
 def write_keys(host_root: Path, values: Mapping[str, object]) -> bool:
-    """Set (or with None remove) each dotted key (maculaos.timezone, password_hash) in one atomic write,
-    every other key left as it was; returns whether the file changed."""
+    """Set (or with None remove: a key written as null too) each dotted key (maculaos.timezone,
+    password_hash) in one atomic write, every other key left as it was; returns whether the file changed
+    (not written when nothing did). The one writer: write_maculaos_sections is its maculaos.<section> case."""
     config = read_config(host_root)
     changed = False
     for path, value in values.items():
@@ -104,7 +90,9 @@ def write_keys(host_root: Path, values: Mapping[str, object]) -> bool:
             if not isinstance(mapping, dict):
                 raise HostConfigError(f"{config_file(host_root)}: {step} must be a mapping")
         if value is None:
-            changed = mapping.pop(last, None) is not None or changed
+            if last in mapping:
+                del mapping[last]
+                changed = True
         elif mapping.get(last) != value:
             mapping[last] = value
             changed = True

@@ -5,7 +5,6 @@ config.yaml under the host root."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
+from maculaos.api.addresses import is_ip_address
 from maculaos.host.diag import Check, ProbeTimeout, Section, Status, bounded
 from maculaos.host.nodeconfig import NodeConfig
 
@@ -83,17 +83,9 @@ def endpoints(config: NodeConfig | None) -> list[tuple[str, str, int]]:
     return found
 
 
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def check_dns(config: NodeConfig | None, seconds: float) -> Check:
     """A lookup of the first host name config.yaml names (else FALLBACK_NAME)."""
-    names = [host for _, host, _ in endpoints(config) if host and not _is_address(host)]
+    names = [host for _, host, _ in endpoints(config) if host and not is_ip_address(host)]
     name = names[0] if names else FALLBACK_NAME
     try:
         infos = bounded(lambda: socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP), seconds)

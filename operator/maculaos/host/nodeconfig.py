@@ -92,6 +92,16 @@ def _password_hash(value: object) -> object:
     return None if value is None else check_password_hash(value)
 
 
+def _ipv4_address(value: str, key: str, example: str) -> str:
+    """value, refused unless a plain IPv4 address: node_ip, a gateway and each name server share the check
+    and its message (key is the message's placeholder, "{key}" or "{key}[0]", filled in where it is read)."""
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError as exc:
+        raise ValueError(f"{key} must be an IPv4 address such as {example}, not {value!r}") from exc
+    return value
+
+
 class ConfigSection(BaseModel):
     """A mapping of config.yaml: its docstrings document the keys; unknown keys are kept as they were."""
 
@@ -316,12 +326,7 @@ class KubernetesConfig(ConfigSection):
     @field_validator("node_ip")
     @classmethod
     def _ipv4(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ipaddress.IPv4Address(value)
-            except ValueError as exc:
-                raise ValueError(f"{{key}} must be an IPv4 address such as 192.168.10.21, not {value!r}") from exc
-        return value
+        return None if value is None else _ipv4_address(value, "{key}", "192.168.10.21")
 
 
 class WatchdogConfig(BaseModel):
@@ -381,22 +386,13 @@ class NetworkConfig(ConfigSection):
     @field_validator("gateway")
     @classmethod
     def _gateway(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ipaddress.IPv4Address(value)
-            except ValueError as exc:
-                raise ValueError(f"{{key}} must be an IPv4 address such as 192.168.10.1, not {value!r}") from exc
-        return value
+        return None if value is None else _ipv4_address(value, "{key}", "192.168.10.1")
 
     @field_validator("dns")
     @classmethod
     def _servers(cls, value: list[str]) -> list[str]:
         for index, server in enumerate(value):
-            try:
-                ipaddress.IPv4Address(server)
-            except ValueError as exc:
-                raise ValueError(f"{{key}}[{index}] must be an IPv4 address such as 1.1.1.1, "
-                                 f"not {server!r}") from exc
+            _ipv4_address(server, f"{{key}}[{index}]", "1.1.1.1")
         return value
 
     @model_validator(mode="after")
