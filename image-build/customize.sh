@@ -23,7 +23,8 @@ for unit in maculaos-firewall.service maculaos-apply.service macula-firstboot.se
             systemd-resolved.service nftables.service ssh.service chrony.service avahi-daemon.service \
             maculaos-mark-good.service macula-hostname.service maculaos-install.service macula-grow-data.service \
             macula-ssh-keygen.service macula-node-info.service macula-node-info.path macula-k3s-preload.service \
-            nats-server.service k3s.service kubelet.service maculaos-wizard.service; do
+            nats-server.service k3s.service kubelet.service maculaos-wizard.service \
+            maculaos-factory-reset-done.service; do
 	if [ -e "/usr/lib/systemd/system/$unit" ]; then systemctl enable "$unit"; fi
 done
 # containerd runs for the kubelet only (kubelet.service wants it): not on a node that joins no cluster.

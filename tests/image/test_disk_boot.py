@@ -1,7 +1,8 @@
-"""The raw disk image booted the way a machine boots it: firmware -> GRUB -> slot A. One test, three boots
+"""The raw disk image booted the way a machine boots it: firmware -> GRUB -> slot A. One test, four boots
 (each costs minutes under TCG): SeaBIOS boots slot A, which is marked good, and RAUC there installs the
 build's own bundle into slot B; SeaBIOS then boots B, which is marked good; then, with OVMF (UEFI), a
-broken slot B first in ORDER is tried three times and GRUB falls back to A, which stays good. The disk is
+broken slot B first in ORDER is tried three times and GRUB falls back to A, which stays good; last, a
+factory reset asked for there with `maculaos factory-reset` happens at the next boot. The disk is
 512 MiB larger than the image (as a bigger disk it was written onto): the first boot grows the data
 partition and its ext4 to the end of it, the others find nothing to do."""
 
@@ -103,7 +104,9 @@ def test_disk_image_boots_from_grub_marks_a_good_updates_b_and_falls_back_from_a
         f.seek(b.offset)
         f.write(bytes(1024 * 1024))
     esp_put(disk, {"B/vmlinuz": built_image.kernel, "B/initrd.img": built_image.initrd})
-    boot_environment(disk, {"ORDER": "B A", "B_OK": "1", "B_TRY": "0"})
+    # The probe of this boot also asks for a factory reset, as a person would: `maculaos factory-reset`.
+    boot_environment(disk, {"ORDER": "B A", "B_OK": "1", "B_TRY": "0",
+                            "EXTRA_CMDLINE": f"{TEST_CMDLINE} macula.test.factory_reset=keep-data"})
     with Vm(VmSpec.for_disk(disk, uefi_vars_copy(tmp_path / "vars.fd")), tmp_path / "uefi.log") as vm:
         vm.wait_for(r"slot B did not boot in 3 tries: marked bad", boot_timeout() * 3)
         vm.wait_for(r"Booting `MaculaOS 0\.1\.0 \(slot A\)'", boot_timeout())
@@ -121,3 +124,22 @@ def test_disk_image_boots_from_grub_marks_a_good_updates_b_and_falls_back_from_a
     assert (second["data-grown"], second["grow-data"]) == ("0", "success"), second   # nothing left to grow
     env = boot_environment(disk)
     assert (env["A_OK"], env["A_TRY"], env["B_OK"], env["B_TRY"]) == ("1", "0", "0", "0"), env
+    assert second["factory-reset-scheduled"] == "keep-data" and env["FACTORY_RESET"] == "keep-data", second
+
+    # 4. The reset the command asked for: GRUB passes it to the normal boot, the initramfs wipes the data
+    #    partition's state without asking, /var/lib/data stays, the slots are untouched, and the node is
+    #    a new one in first-boot mode; the one-shot flag is cleared.
+    boot_environment(disk, {"EXTRA_CMDLINE": TEST_CMDLINE})
+    with Vm(VmSpec.for_disk(disk), tmp_path / "reset.log") as vm:
+        vm.wait_for(r"factory reset \(keep-data\) asked for", boot_timeout())
+        vm.wait_for(r"MACULAOS-FACTORY-RESET: done", boot_timeout())
+        vm.wait_for(r"MACULAOS-FACTORY-RESET-DONE", boot_timeout())
+        vm.wait_for(r"MACULAOS-READY", boot_timeout())
+        reset = _probe(vm)
+        vm.wait_exit(boot_timeout())
+    assert (reset["var-mark"], reset["etc-mark"], reset["data-kept"]) == ("absent", "absent", "kept"), reset
+    assert reset["machine-id"] != second["machine-id"] and reset["ssh-hostkey"] != second["ssh-hostkey"], reset
+    assert (reset["rauc-booted"], reset["rauc-a"], reset["rauc-b"]) == ("A", "good", "bad"), reset
+    assert (reset["wizard"], reset["wizard-home"]) == ("active", "200"), reset        # first-boot mode
+    assert reset["factory-reset-done"] == "success/yes" and reset["failed-units"] == "", reset
+    assert "FACTORY_RESET" not in boot_environment(disk), boot_environment(disk)

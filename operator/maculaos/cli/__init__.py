@@ -7,12 +7,12 @@ import logging
 import sys
 
 from maculaos import __version__
-from maculaos.cli import cluster, dev, diag, node, setup
+from maculaos.cli import cluster, dev, diag, node, reset, setup
 from maculaos.errors import MaculaosError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The commands by audience: a node's (maculaos.cli.node, maculaos.cli.diag), the cluster's
+    """The commands by audience: a node's (maculaos.cli.node, .diag, .reset, .setup), the cluster's
     (maculaos.cli.cluster), a developer's (maculaos.cli.dev)."""
     parser = argparse.ArgumentParser(prog="maculaos", description=__doc__)
     parser.add_argument("--version", action="version", version=f"maculaos {__version__}")
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_commands(commands)
     node.add_commands(commands)
     diag.add_commands(commands)
+    reset.add_commands(commands)
     setup.add_commands(commands)
     dev.add_commands(commands)
     return parser

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from maculaos.errors import MaculaosError
+from maculaos.host import factory_reset
 
 GRUB_LIB = Path("/usr/lib/grub")
 # Built into the images (no module folder on the ESP, so nothing there can be half-updated).
@@ -137,7 +138,8 @@ def _slot_choice() -> str:
 def grub_config(version: str, cmdline: str, timeout: int = 5) -> str:
     """grub.cfg for the ESP. `cmdline` is the kernel command line without rauc.slot= and macula.mode=;
     EXTRA_CMDLINE in the GRUB environment is appended (serial consoles, test settings)."""
-    env_vars = " ".join(["ORDER", *(f"{s}_{k}" for s in SLOTS for k in ("OK", "TRY")), "EXTRA_CMDLINE"])
+    env_vars = " ".join(["ORDER", *(f"{s}_{k}" for s in SLOTS for k in ("OK", "TRY")), "EXTRA_CMDLINE",
+                         factory_reset.FLAG])
     saved = " ".join(f"{s}_{k}" for s in SLOTS for k in ("OK", "TRY"))
     other = "\n".join(f'if [ "$boot_slot" = {s} ]; then set other_slot={o}; set other_ok="${o}_OK"; fi'
                       for s, o in (("A", "B"), ("B", "A")))
@@ -166,10 +168,16 @@ else
 fi
 {other}
 set cmdline="{cmdline} panic=10 $EXTRA_CMDLINE"
-export boot_slot other_slot cmdline
+# `maculaos factory-reset` asked for a reset: the normal boot performs it (cleared once it is done).
+set reset_args=
+if [ -n "${factory_reset.FLAG}" ]; then
+  set reset_args="macula.factory_reset=${factory_reset.FLAG} macula.factory_reset_confirmed=yes"
+  echo "MaculaOS: factory reset (${factory_reset.FLAG}) asked for: this boot performs it"
+fi
+export boot_slot other_slot cmdline reset_args
 
 menuentry "MaculaOS {version} (slot $boot_slot)" --id normal {{
-  linux /$boot_slot/vmlinuz boot=macula macula.mode=disk rauc.slot=$boot_slot $cmdline
+  linux /$boot_slot/vmlinuz boot=macula macula.mode=disk rauc.slot=$boot_slot $cmdline $reset_args
   initrd /$boot_slot/initrd.img
 }}
 if [ "$other_ok" = 1 -a -f "/$other_slot/vmlinuz" ]; then
