@@ -78,7 +78,7 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert first["k3s"] == "not", first                            # "not included (...)", said plainly
     # Its unit is enabled in every image and skipped by its condition when the binary is not there.
     assert (first["k3s-unit"], first["k3s-condition"], first["k3s-active"]) == ("enabled", "no", "inactive"), first
-    assert first["failed-units"] == "", first
+    assert first["failed-units"] == "" and first["ordering-cycles"] == "0", first
     # Provisioned with a config.yaml: no wizard, its ports closed.
     assert (first["wizard"], first["wizard-home"], first["wizard-rule"]) == ("inactive", "000", "0"), first
     # What is inside the image (issue #6 contents), as a person at the console would check it:
@@ -143,7 +143,7 @@ def test_blank_data_disk_is_formatted_and_boots_into_the_first_boot_wizard(built
         vm.wait_exit(boot_timeout())
     assert report["var"].startswith("/dev/vdb"), report
     assert report["firstboot"] == "firstboot", report              # /var/lib/maculaos made on a blank disk
-    assert report["failed-units"] == "", report
+    assert report["failed-units"] == "" and report["ordering-cycles"] == "0", report
     assert re.fullmatch(r"macula-[0-9a-f]{8}", report["hostname"]) and report["hostname-unit"] == "success", report
     # First-boot mode: the wizard serves its page for this node on HTTPS (port 80 redirects), its ports are
     # open, the setup secret opens a session, and the console shows the code and the served certificate.

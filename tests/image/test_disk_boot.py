@@ -142,4 +142,5 @@ def test_disk_image_boots_from_grub_marks_a_good_updates_b_and_falls_back_from_a
     assert (reset["rauc-booted"], reset["rauc-a"], reset["rauc-b"]) == ("A", "good", "bad"), reset
     assert (reset["wizard"], reset["wizard-home"]) == ("active", "200"), reset        # first-boot mode
     assert reset["factory-reset-done"] == "success/yes" and reset["failed-units"] == "", reset
+    assert reset["ordering-cycles"] == "0", reset
     assert "FACTORY_RESET" not in boot_environment(disk), boot_environment(disk)
