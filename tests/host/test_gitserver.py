@@ -297,3 +297,35 @@ def test_the_repository_root_is_a_default_include_of_backups() -> None:
     includes = BackupSpec.model_fields["include"].get_default(call_default_factory=True)
     for root in (GitServerConfig().root, "/var/lib/data/git"):
         assert any(root.startswith(folder.rstrip("/") + "/") for folder in includes)
+
+
+def test_the_cli_syncs_from_config_yaml_and_shows_the_conflict(
+        host_root: Path, upstream: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from maculaos.cli import main
+
+    bare, work = upstream
+    (host_root / "var/lib/maculaos/config.yaml").write_text(
+        f"maculaos:\n  git_server:\n    upstream:\n      url: {bare}\n")
+    assert main(["gitops", "sync", "--host-root", str(host_root)]) == 0
+    local = host_root / "var/lib/maculaos/git/fleet.git"
+    assert heads(local)["main"] == heads(bare)["main"]
+    site = tmp_path / "site-work"
+    _git("clone", "-q", str(local), str(site))
+    _commit(site, "site change")
+    _git("push", "-q", "origin", "HEAD:main", cwd=site)
+    _commit(work, "fleet change")
+    _git("push", "-q", "origin", "HEAD:main", cwd=work)
+    assert main(["gitops", "sync", "--host-root", str(host_root)]) == 1
+    capsys.readouterr()
+    assert main(["gitops", "status", "--host-root", str(host_root)]) == 0
+    out, err = capsys.readouterr()
+    assert f"authority: the upstream {bare}" in out and "CONFLICT: diverged, local kept" in out
+    assert "conflict: main" in err
+
+
+def test_the_cli_names_a_bad_key(host_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from maculaos.cli import main
+
+    (host_root / "var/lib/maculaos/config.yaml").write_text("maculaos:\n  git_server:\n    port: 9750\n")
+    assert main(["gitops", "status", "--host-root", str(host_root)]) != 0
+    assert "maculaos.git_server.port 9750 is the node's agent metrics port" in capsys.readouterr().err

@@ -22,6 +22,8 @@ from maculaos.errors import MaculaosError
 from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
 from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
+from maculaos.host.gitserver import SERVICE as GIT_SERVICE
+from maculaos.host.gitserver import converge_git_server
 from maculaos.host.nodeconfig import (
     ConfigSection,
     FirewallConfig,
@@ -189,6 +191,8 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     changed_units = systemd.set_all_enabled(wanted, present)
     if converge_service(host_root, config, systemd, present):
         changed_units += (BACKUP_SERVICE,)
+    if converge_git_server(host_root, config, systemd):  # maculaos.git_server: the same one-switch rule
+        changed_units += (GIT_SERVICE,)
     return MeshChanges(config=config_changed, units=changed_units, firewall=firewall_changed)
 
 
