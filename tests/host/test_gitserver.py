@@ -245,6 +245,11 @@ def test_sync_through_the_real_server_as_upstream(start_server, upstream: tuple[
     ({"upstream": {"url": "https://bob:pw@git.example/fleet.git"}}, "maculaos.git_server.upstream.url",
      "without user:password"),
     ({"upstream": {"url": "fleet.git"}}, "maculaos.git_server.upstream.url", "absolute path"),
+    ({"upstream": {"url": "https://git.example/${HOME}.git"}}, "maculaos.git_server.upstream.url", "$"),
+    ({"root": "/var/lib/data/my git"}, "maculaos.git_server.root", "letters, digits"),
+    ({"root": '/var/lib/data/x";server.port=1'}, "maculaos.git_server.root", "letters, digits"),
+    ({"repositories": ["fleet", "../../etc"]}, "maculaos.git_server.repositories[1]", "pattern"),
+    ({"repositories": "fleet"}, "maculaos.git_server.repositories", "list"),
     ({"upstream": {"url": "/srv/x.git", "repository": "../etc"}}, "maculaos.git_server.upstream.repository",
      "pattern"),
     ({"upstream": {"url": "/srv/x.git", "interval_seconds": 5}}, "maculaos.git_server.upstream.interval_seconds",
@@ -271,16 +276,31 @@ def test_converge_writes_the_files_on_a_mounted_root(host_root: Path) -> None:
     (host_root / "usr/sbin/lighttpd").touch()
     (host_root / "usr/lib/git-core").mkdir(parents=True)
     (host_root / "usr/lib/git-core/git-http-backend").touch()
-    section = {"htpasswd": _htpasswd(ALICE, PASSWORD), "upstream": {"url": "https://git.example/fleet.git"}}
+    section = {"htpasswd": _htpasswd(ALICE, PASSWORD), "upstream": {"url": "https://git.example/fleet.git"},
+               "repositories": ["fleet", "site-a"]}
     config = NodeConfig.parse({"maculaos": {"git_server": section}})
     systemd = Systemd(host_root)
     assert gitserver.converge_git_server(host_root, config, systemd)
     assert (host_root / gitserver.HTPASSWD).stat().st_mode & 0o777 == 0o600
     assert "service=git-receive-pack" in (host_root / gitserver.LIGHTTPD_CONFIG).read_text()
     assert (host_root / "var/lib/maculaos/git/fleet.git/HEAD").exists()
+    sync_unit = (host_root / gitserver.UNIT_DIR / gitserver.SYNC_SERVICE).read_text()
+    assert "--upstream https://git.example/fleet.git\n" in sync_unit
+    assert (host_root / "var/lib/maculaos/git/site-a.git/HEAD").exists()
     if shutil.which("systemctl"):
         assert systemd.is_enabled(gitserver.SERVICE) and systemd.is_enabled(gitserver.SYNC_TIMER)
     assert not gitserver.converge_git_server(host_root, config, systemd)  # idempotent
+    if shutil.which("systemctl"):
+        stopped = NodeConfig.parse({"maculaos": {"git_server": {**section, "enabled": False}}})
+        assert gitserver.converge_git_server(host_root, stopped, systemd)
+        assert not systemd.is_enabled(gitserver.SERVICE) and not systemd.is_enabled(gitserver.SYNC_TIMER)
+        assert (host_root / "var/lib/maculaos/git/site-a.git/HEAD").exists()  # repositories are kept
+
+
+def test_a_percent_in_the_upstream_url_is_not_a_systemd_specifier() -> None:
+    section = GitServerConfig.model_validate({"upstream": {"url": "https://git.example/a%20b.git"}})
+    unit = gitserver.render_sync_units(section)[gitserver.SYNC_SERVICE]
+    assert "https://git.example/a%%20b.git" in unit
 
 
 def test_the_server_files_keep_soft_serve_contract() -> None:
@@ -329,3 +349,26 @@ def test_the_cli_names_a_bad_key(host_root: Path, capsys: pytest.CaptureFixture[
     (host_root / "var/lib/maculaos/config.yaml").write_text("maculaos:\n  git_server:\n    port: 9750\n")
     assert main(["gitops", "status", "--host-root", str(host_root)]) != 0
     assert "maculaos.git_server.port 9750 is the node's agent metrics port" in capsys.readouterr().err
+
+
+def test_systemd_accepts_the_rendered_units(host_root: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    """systemd's own check (specifiers, LoadCredential=, the programs) on a root with the machine's units."""
+    shutil.copytree("/usr/lib/systemd/system", host_root / "usr/lib/systemd/system", symlinks=True,
+                    dirs_exist_ok=True)
+    section = GitServerConfig.model_validate({"upstream": {"url": "https://git.example/fleet.git"}})
+    for path, text in server_files(section).files.items():
+        (host_root / path).parent.mkdir(parents=True, exist_ok=True)
+        (host_root / path).write_text(text)
+    for program in (gitserver.LIGHTTPD, gitserver.MACULAOS, "/usr/bin/install", "/usr/bin/chown"):
+        (host_root / program.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (host_root / program.lstrip("/")).touch(mode=0o755)
+    units = [gitserver.SERVICE, gitserver.SYNC_SERVICE, gitserver.SYNC_TIMER]
+    result = subprocess.run(["systemd-analyze", "verify", f"--root={host_root}", *units],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    (host_root / gitserver.MACULAOS.lstrip("/")).unlink()  # the check is real: it sees what is missing
+    result = subprocess.run(["systemd-analyze", "verify", f"--root={host_root}", *units],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and gitserver.MACULAOS in result.stderr

@@ -106,6 +106,12 @@ WantedBy=multi-user.target
 """
 
 
+def _unit_word(text: str) -> str:
+    """text as one word of a unit's command line: % is systemd's specifier sign (a URL's %20 would be
+    expanded), so it is doubled; the URL's check already refuses spaces and quotes are not special in it."""
+    return text.replace("%", "%%")
+
+
 def render_sync_units(section: GitServerConfig) -> dict[str, str]:
     """The upstream sync's service and timer (empty without an upstream). The service runs as the
     server's user, so what it fetches stays writable by the server."""
@@ -124,7 +130,9 @@ After=network-online.target {SERVICE}
 Type=oneshot
 User={USER}
 Group={USER}
-ExecStart={MACULAOS} gitops sync --repository {repository} --upstream {upstream.url}{push}
+ExecStartPre=+/usr/bin/install -d -o {USER} -g {USER} -m 0750 {section.root}
+ExecStartPre=+/usr/bin/chown -R {USER}:{USER} {section.root}
+ExecStart={MACULAOS} gitops sync --repository {repository} --upstream {_unit_word(upstream.url)}{push}
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=yes
@@ -184,10 +192,13 @@ def git_section(config: NodeConfig) -> tuple[GitServerConfig | None, str | None]
     return config.maculaos.git_server, None
 
 
-def converge_git_server(host_root: Path, config: NodeConfig, systemd: Systemd) -> bool:
+def converge_git_server(host_root: Path, config: NodeConfig, systemd: Systemd,
+                        states: Mapping[str, str] | None = None) -> bool:
     """Write the server's files and run its units exactly while config.yaml asks; returns whether anything
     changed. A bad section changes nothing (its problem names the key); a host without lighttpd or
-    git http-backend (an image built before the server) is left alone."""
+    git http-backend (an image built before the server) is left alone. `states`: the unit file states of
+    SERVICE and SYNC_TIMER when the caller already asked systemctl (used only to stop: units written now
+    are asked for again)."""
     if not all((host_root / p.lstrip("/")).exists() for p in (LIGHTTPD, HTTP_BACKEND)):
         return False
     section, error = git_section(config)
@@ -195,18 +206,20 @@ def converge_git_server(host_root: Path, config: NodeConfig, systemd: Systemd) -
         return False
     all_units = (SERVICE, SYNC_TIMER)
     if section is None or not section.enabled:
-        return bool(systemd.set_all_enabled(dict.fromkeys(all_units, False)))
+        return bool(systemd.set_all_enabled(dict.fromkeys(all_units, False), states))
     rendered = server_files(section)
     changed = False
     for path, text in rendered.files.items():
         secret = path == HTPASSWD
         changed = atomic_write(host_root / path, text, mode=HTPASSWD_MODE if secret else 0o644) or changed
-    if section.upstream is not None:
-        ensure_repository(host_root / section.root.lstrip("/") / f"{section.upstream.repository}.git")
+    names = [*section.repositories, *([section.upstream.repository] if section.upstream else [])]
+    for name in dict.fromkeys(names):
+        changed = ensure_repository(host_root / section.root.lstrip("/") / f"{name}.git") or changed
     if changed:
         systemd.daemon_reload()
     wanted = {unit: unit in rendered.units for unit in all_units}
     enabled = bool(systemd.set_all_enabled(wanted))
-    if changed and not enabled and systemd.live:  # running with the old port or users: restart
-        systemd.restart(SERVICE)
+    if changed and not enabled and systemd.live:  # running with the old port, users or interval: restart
+        for unit in rendered.units:
+            systemd.restart(unit)
     return changed or enabled

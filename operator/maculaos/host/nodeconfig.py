@@ -273,8 +273,9 @@ DEFAULT_GIT_ROOT = "/var/lib/maculaos/git"
 #: Folders on the data partition that every Backup includes by default (api/backup.py): a repository root
 #: must lie inside one, so the node's Backups cover it without a word in any Backup.
 GIT_ROOT_PARENTS = tuple(f"{folder}/" for folder in DEFAULT_INCLUDE)
+GIT_ROOT_CHARACTERS = re.compile(r"[A-Za-z0-9._/-]+")
 GIT_REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
-GIT_UPSTREAM_URL = re.compile(r"^((https?|ssh|git)://[^\s@/]+/[^\s]*|/[^\s]+)$")
+GIT_UPSTREAM_URL = re.compile(r"^((https?|ssh|git)://[^\s@/\"'\\$]+/[^\s\"'\\$]*|/[^\s\"'\\$]+)$")
 
 
 def _reserved_ports() -> dict[int, str]:
@@ -304,7 +305,8 @@ class GitUpstreamConfig(BaseModel):
     def _url(cls, value: str) -> str:
         if not GIT_UPSTREAM_URL.fullmatch(value):
             raise ValueError("{key} must be an https://, http://, ssh:// or git:// URL without user:password "
-                             "(or an absolute path); give credentials some other way")
+                             "(or an absolute path), with no spaces, quotes, backslashes or $; give "
+                             "credentials some other way")
         return value
 
 
@@ -328,6 +330,10 @@ class GitServerConfig(BaseModel):
     (the server is read-only)."""
     anonymous_read: bool = True
     """Anyone who reaches the port may clone and fetch; false: reads need a user of htpasswd too."""
+    repositories: list[Annotated[str, Field(pattern=GIT_REPOSITORY_NAME.pattern)]] = Field(
+        default_factory=lambda: ["fleet"], max_length=64)
+    """The bare repositories the server keeps, by name (<root>/<name>.git): made empty when missing (git
+    cannot create one by a push), never deleted when left out."""
     upstream: GitUpstreamConfig | None = None
     """The fleet repository to mirror; absent: this server is the site's authority."""
 
@@ -343,6 +349,9 @@ class GitServerConfig(BaseModel):
     @field_validator("root")
     @classmethod
     def _data_folder(cls, value: str) -> str:
+        if not GIT_ROOT_CHARACTERS.fullmatch(value):
+            raise ValueError("{key} may only have letters, digits and / . _ - (it goes into the server's "
+                             "configuration and its unit)")
         canonical = "/" + "/".join(p for p in value.split("/") if p)
         if not value.startswith("/") or canonical != value.rstrip("/") or \
                 any(p in (".", "..") for p in value.split("/")):
