@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,8 +68,6 @@ class SyncReport:
 
 
 def _git(repository: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    import os
-
     # safe.directory: the repository belongs to the server's user; the sync may run as another (root).
     return subprocess.run(["git", "-c", "safe.directory=*", "--git-dir", str(repository), *args],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **GIT_ENV})
