@@ -4,6 +4,7 @@ fetch and push. The upstream sync against a second repository standing in for th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from maculaos.devenv.processes import free_port, spawn, stop, wait_for_port
+from maculaos.devenv.processes import ProcessRecord, free_port, spawn, stop, wait_for_port
 from maculaos.host import gitserver
 from maculaos.host.gitserver import ensure_repository, render_lighttpd_config, server_files
 from maculaos.host.gitsync import STATUS_FILE, UPSTREAM_NAMESPACE, heads, read_report, sync
@@ -61,7 +62,7 @@ def _commit(clone: Path, message: str) -> str:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[object]:
-    records = []
+    records: list[tuple[subprocess.Popen[bytes], ProcessRecord]] = []
     made: list[Path] = []
 
     def start(anonymous_read: bool = True, users: bool = True) -> Server:
@@ -84,13 +85,15 @@ def start_server(tmp_path: Path) -> Iterator[object]:
             argv = ["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups", *argv]
         proc, record = spawn(f"lighttpd-{port}", argv, tmp_path / "logs",
                              env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)})
-        records.append(record)
+        # setpriv execs lighttpd: the record must name what then runs, or stop() takes it for gone.
+        records.append((proc, dataclasses.replace(record, command="lighttpd")))
         wait_for_port(port, 10, proc)
         return Server(f"http://127.0.0.1:{port}/fleet.git", root)
 
     yield start
-    for record in records:
+    for proc, record in records:
         stop(record)
+        assert proc.wait(timeout=10) is not None
     for base in made:
         shutil.rmtree(base, ignore_errors=True)
 
