@@ -375,3 +375,20 @@ def test_systemd_accepts_the_rendered_units(host_root: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", f"--root={host_root}", *units],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and gitserver.MACULAOS in result.stderr
+
+
+def test_the_firewall_admits_the_configured_port() -> None:
+    from maculaos.api.meshrole import Firewall, WireGuard
+    from maculaos.host.firewall import check_ruleset, render_ruleset
+
+    moved = NodeConfig.parse({"maculaos": {"git_server": {"port": 24000}}})
+    script = render_ruleset([], Firewall(), WireGuard(), git_server_port=gitserver.served_port(moved))
+    assert 'tcp dport 24000 accept comment "git server"' in script
+    check_ruleset(script)  # the real nft's check
+    default = render_ruleset([], Firewall(), WireGuard(), git_server_port=gitserver.served_port(NodeConfig.parse(
+        {"maculaos": {"git_server": {}}})))
+    assert default.count('comment "git server"') == 1 and "dport 23232" in default  # the list's entry
+    stopped = NodeConfig.parse({"maculaos": {"git_server": {"port": 24000, "enabled": False}}})
+    assert gitserver.served_port(stopped) is None
+    bad = NodeConfig.tolerant({"maculaos": {"git_server": {"port": 22}}})
+    assert gitserver.served_port(bad) is None

@@ -192,6 +192,12 @@ def git_section(config: NodeConfig) -> tuple[GitServerConfig | None, str | None]
     return config.maculaos.git_server, None
 
 
+def served_port(config: NodeConfig) -> int | None:
+    """The port the firewall must admit for the server: config.yaml's, while it asks to serve and is valid."""
+    section, _ = git_section(config)
+    return section.port if section is not None and section.enabled else None
+
+
 def converge_git_server(host_root: Path, config: NodeConfig, systemd: Systemd,
                         states: Mapping[str, str] | None = None) -> bool:
     """Write the server's files and run its units exactly while config.yaml asks; returns whether anything

@@ -25,6 +25,7 @@ from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
 from maculaos.host.gitserver import SERVICE as GIT_SERVICE
 from maculaos.host.gitserver import SYNC_TIMER as GIT_SYNC_TIMER
 from maculaos.host.gitserver import converge_git_server
+from maculaos.host.gitserver import served_port as served_git_port
 from maculaos.host.nodeconfig import (
     ConfigSection,
     FirewallConfig,
@@ -177,7 +178,8 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     in one atomic write of config.yaml, right after the ruleset they describe is loaded."""
     config = read_node_config(host_root)
     port, sources = served_rule(config) or (None, ())
-    script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, port, sources)
+    script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, port, sources,
+                            git_server_port=served_git_port(config))
     check_ruleset(script, nft)
     wanted = {PEER_SERVICE: True} | {ROLE_SERVICES[r]: r in plan.roles for r in MeshRoleName}
     present = systemd.unit_file_states([*wanted, BACKUP_SERVICE, GIT_SERVICE, GIT_SYNC_TIMER])

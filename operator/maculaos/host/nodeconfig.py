@@ -321,7 +321,7 @@ class GitServerConfig(BaseModel):
     """Serve (false keeps the section but stops the server)."""
     port: int = Field(default=DEFAULT_GIT_SERVER_PORT, ge=1024, le=65535)
     """The HTTP port (1024-65535: the server runs unprivileged); not one of the node's other ports. The
-    firewall admits the default 23232; another port needs security.firewall.extra_ports."""
+    firewall admits it."""
     root: str = Field(default=DEFAULT_GIT_ROOT, max_length=1024)
     """The folder of the bare repositories, on the data partition under /var/lib/maculaos/ or
     /var/lib/data/ (which every Backup includes by default)."""
