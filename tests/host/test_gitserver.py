@@ -392,3 +392,12 @@ def test_the_firewall_admits_the_configured_port() -> None:
     assert gitserver.served_port(stopped) is None
     bad = NodeConfig.tolerant({"maculaos": {"git_server": {"port": 22}}})
     assert gitserver.served_port(bad) is None
+
+
+def test_a_port_the_backup_server_uses_is_refused(host_root: Path) -> None:
+    config = NodeConfig.parse({"maculaos": {"git_server": {"port": 8000}, "backup_server": {}}})
+    section, error = gitserver.git_section(config)
+    assert section is None and error is not None and "maculaos.git_server.port 8000 is the backup server's" in error
+    assert gitserver.served_port(config) is None
+    assert gitserver.git_section(NodeConfig.parse(
+        {"maculaos": {"git_server": {"port": 8000}, "backup_server": {"enabled": False}}}))[0] is not None

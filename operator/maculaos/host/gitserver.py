@@ -189,7 +189,11 @@ def git_section(config: NodeConfig) -> tuple[GitServerConfig | None, str | None]
     problem = config.problem(f"maculaos.{SECTION}")
     if problem is not None:
         return None, problem
-    return config.maculaos.git_server, None
+    section, backup = config.maculaos.git_server, config.maculaos.backup_server
+    if section is not None and backup is not None and backup.enabled and backup.port == section.port:
+        return None, (f"maculaos.{SECTION}.port {section.port} is the backup server's port "
+                      "(maculaos.backup_server.port): choose another")
+    return section, None
 
 
 def served_port(config: NodeConfig) -> int | None:
