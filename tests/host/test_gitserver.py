@@ -401,3 +401,15 @@ def test_a_port_the_backup_server_uses_is_refused(host_root: Path) -> None:
     assert gitserver.served_port(config) is None
     assert gitserver.git_section(NodeConfig.parse(
         {"maculaos": {"git_server": {"port": 8000}, "backup_server": {"enabled": False}}}))[0] is not None
+
+
+def test_the_warnings_name_a_bad_section_and_a_missing_server(host_root: Path) -> None:
+    config = host_root / "var/lib/maculaos/config.yaml"
+    config.write_text("maculaos:\n  git_server:\n    root: /etc/git\n")
+    [warning] = gitserver.git_server_warnings(host_root)
+    assert "left as they were" in warning and "maculaos.git_server.root" in warning
+    config.write_text("maculaos:\n  git_server: {}\n")
+    [warning] = gitserver.git_server_warnings(host_root)
+    assert "no git server" in warning and gitserver.LIGHTTPD in warning
+    config.write_text("maculaos: {}\n")
+    assert gitserver.git_server_warnings(host_root) == []

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from maculaos.host.config import HostConfigError
 from maculaos.host.files import atomic_write
-from maculaos.host.nodeconfig import GitServerConfig, NodeConfig
+from maculaos.host.nodeconfig import GitServerConfig, NodeConfig, read_node_config
 from maculaos.host.systemd import Systemd
 
 SECTION = "git_server"
@@ -233,3 +234,19 @@ def converge_git_server(host_root: Path, config: NodeConfig, systemd: Systemd,
         for unit in rendered.units:
             systemd.restart(unit)
     return changed or enabled
+
+
+def git_server_warnings(host_root: Path) -> list[str]:
+    """What the mesh pass and the boot's apply should say about the git server: a bad section (nothing
+    was changed), or a server asked for on an image that does not carry it."""
+    try:
+        config = read_node_config(host_root)
+    except HostConfigError:
+        return []  # the mesh pass itself reports an unreadable config.yaml
+    section, error = git_section(config)
+    if error:
+        return [f"git server files and units left as they were: {error}"]
+    missing = [p for p in (LIGHTTPD, HTTP_BACKEND) if not (host_root / p.lstrip("/")).exists()]
+    if section is not None and section.enabled and missing:
+        return [f"maculaos.git_server is set but this image has no git server ({', '.join(missing)} missing)"]
+    return []
