@@ -413,3 +413,31 @@ def test_the_warnings_name_a_bad_section_and_a_missing_server(host_root: Path) -
     assert "no git server" in warning and gitserver.LIGHTTPD in warning
     config.write_text("maculaos: {}\n")
     assert gitserver.git_server_warnings(host_root) == []
+
+
+def test_the_site_story_mirror_push_offline_conflict(start_server, upstream: tuple[Path, Path],  # type: ignore[no-untyped-def]
+                                                     tmp_path: Path) -> None:
+    """The served repository mirrors the upstream; the site pushes through the server while the upstream
+    moves on; the sync keeps the site's branch, still served, and reports the conflict."""
+    server = start_server()
+    bare, work = upstream
+    served = server.root / "fleet.git"
+    assert sync(served, str(bare)).ok
+
+    def as_the_units_leave_it() -> None:  # ExecStartPre= of both units hands the root to the server's user
+        if os.getuid() == 0:
+            subprocess.run(["chown", "-R", "www-data:www-data", str(server.root)], check=True)
+
+    as_the_units_leave_it()
+    site = tmp_path / "site"
+    _git("clone", "-q", server.url, str(site))
+    assert _git("rev-parse", "HEAD", cwd=site).stdout.strip() == heads(bare)["main"]
+    ours = _commit(site, "site change while offline")
+    _git("push", "-q", server.authed(), "HEAD:main", cwd=site)
+    theirs = _commit(work, "fleet change")
+    _git("push", "-q", "origin", "HEAD:main", cwd=work)
+    report = sync(served, str(bare))
+    as_the_units_leave_it()
+    assert [c.branch for c in report.conflicts] == ["main"] and heads(served)["main"] == ours
+    assert _git("ls-remote", server.url, "refs/heads/main").stdout.split()[0] == ours
+    assert heads(bare)["main"] == theirs
