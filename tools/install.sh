@@ -10,6 +10,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 DEBIAN_PACKAGES=(make git openssl procps python3-venv ca-certificates nftables iproute2 systemd util-linux
+                 lighttpd apache2-utils               # the node's git server (git http-backend behind lighttpd); htpasswd
                  rauc squashfs-tools dbus             # real RAUC on simulated nodes (NodeUpgrade)
                  mmdebstrap debian-archive-keyring    # Debian 13 roots: the OS image and the operator image
                  kmod binutils                        # the image's firmware selection (modinfo) and its tests

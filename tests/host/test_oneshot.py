@@ -183,7 +183,7 @@ def test_a_host_without_config_gets_the_default_firewall(host_root: Path, netns_
     listed = {proto: {n for p in ADMITTED_PORTS if p.protocol.value == proto and not p.pods_only for n in p.ports}
               for proto in ("tcp", "udp")}
     assert admitted_ports(netns_nft) == listed == {
-        "tcp": {22, 6443, 10250, 2379, 2380, 9418, 80, 443}, "udp": {8472, 51820, 51821, 5353}}
+        "tcp": {22, 6443, 10250, 2379, 2380, 23232, 80, 443}, "udp": {8472, 51820, 51821, 5353}}
     assert "policy drop" in ruleset(netns_nft)
     for port in (8080, 9750, 9000):
         assert tcp_port_blocked(port, netns_nft) is not None, port
@@ -196,7 +196,7 @@ def test_a_host_with_config_but_no_security_section_drops_by_default(host_root: 
     """config.yaml without maculaos.security: the MeshRole defaults (policy drop), the wizard's ports shut."""
     assert apply_once(host_root, netns_nft).returncode == 0
     ports = admitted_ports(netns_nft)
-    assert "policy drop" in ruleset(netns_nft) and 22 in ports["tcp"] and 9418 in ports["tcp"]
+    assert "policy drop" in ruleset(netns_nft) and 22 in ports["tcp"] and 23232 in ports["tcp"]
     assert 80 not in ports["tcp"] and tcp_port_blocked(8080, netns_nft) is not None
 
 

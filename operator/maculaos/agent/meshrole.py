@@ -15,6 +15,7 @@ from maculaos.api.meshrole import MeshRoleName, MeshRoleSpec
 from maculaos.host.backup_server import backup_server_warnings
 from maculaos.host.config import HostConfigError
 from maculaos.host.firewall import FirewallError
+from maculaos.host.gitserver import git_server_warnings
 from maculaos.host.meshrole import (
     MeshConflict,
     MeshPlan,
@@ -84,7 +85,7 @@ def converge_mesh(objects: Mapping[str, dict[str, Any]], node_labels: Mapping[st
         log.info(f"mesh roles applied: {roles} (units changed: {', '.join(changes.units) or 'none'}, "
                  f"firewall {'reloaded' if changes.firewall else 'unchanged'})")
     warnings = _warnings(plan, public_address) + services_not_installed(host_root, plan) + \
-        backup_server_warnings(host_root)
+        backup_server_warnings(host_root) + git_server_warnings(host_root)
     message = "applied" + (f"; warning: {'; '.join(warnings)}" if warnings else "")
     entries |= {name: _entry(mine[name], "Applied", message, roles) for name in specs}
     return MeshOutcome(entries=entries, labels=plan.labels(), warnings=warnings, applied=plan)

@@ -46,6 +46,11 @@ CRON_PATTERN = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\
 RESTIC_DURATION_PATTERN = r"^([0-9]+[yMwdhm])+$"
 
 
+#: What a Backup includes when it names nothing: the data partition's MaculaOS state and user data. The
+#: node's git server keeps its repositories inside one of them (host/nodeconfig.py), so they are covered.
+DEFAULT_INCLUDE = ("/var/lib/maculaos", "/var/lib/data")
+
+
 class MissedRunPolicy(StrEnum):
     RUN_ONCE = "RunOnce"
     SKIP = "Skip"
@@ -249,7 +254,7 @@ class BackupSpec(SelectorSpec):
     """How long a node may take to report a run done (after its randomDelay) before the operator marks
     it timed out and gives its slot to the next node; at least 1m."""
     include: list[HostPath] = Field(
-        default_factory=lambda: ["/var/lib/maculaos", "/var/lib/data"], min_length=1, max_length=64)
+        default_factory=lambda: list(DEFAULT_INCLUDE), min_length=1, max_length=64)
     """Host paths to back up. A local target inside them is left out automatically; / is backed up on one
     filesystem (name other mounts here to include them) without /proc, /sys, /dev, /run and /tmp."""
     exclude: list[Annotated[str, Field(pattern=EXCLUDE_PATTERN, max_length=4096)]] = Field(

@@ -175,7 +175,7 @@ class MeshRoleSpec(SelectorSpec):
     gateway: Gateway = Field(default_factory=Gateway)
     """Settings used when the gateway role is on."""
     firewall: Firewall = Field(default_factory=Firewall)
-    """The node firewall rendered from the roles. The node's git server (9418/tcp) is always admitted, the
+    """The node firewall rendered from the roles. The node's git server (23232/tcp, smart HTTP) is always admitted, the
     agent's metrics (9750/tcp) only from pods."""
     wireguard: WireGuard = Field(default_factory=WireGuard)
     """The WireGuard port of the mesh (opened in the firewall; no interface is brought up yet)."""

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from maculaos import __version__
-from maculaos.cli import cluster, dev, diag, node, reset, setup
+from maculaos.cli import cluster, dev, diag, gitops, node, reset, setup
 from maculaos.errors import MaculaosError
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_commands(commands)
     diag.add_commands(commands)
     reset.add_commands(commands)
+    gitops.add_commands(commands)
     setup.add_commands(commands)
     dev.add_commands(commands)
     return parser

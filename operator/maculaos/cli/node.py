@@ -33,6 +33,7 @@ def _agent_apply(args: argparse.Namespace) -> int:
     """Converge the host from its own config.yaml, without Kubernetes: the boot path of a node."""
     from maculaos.host.backup_server import backup_server_warnings
     from maculaos.host.config import config_file
+    from maculaos.host.gitserver import git_server_warnings
     from maculaos.host.kubernetes import apply_join
     from maculaos.host.localisation import apply_localisation
     from maculaos.host.meshrole import apply_mesh, meshrole_security_problem, plan_from_config, services_not_installed
@@ -53,7 +54,8 @@ def _agent_apply(args: argparse.Namespace) -> int:
     print(f"mesh roles {roles}: config {'updated' if changes.config else 'unchanged'}, "
           f"units changed: {', '.join(changes.units) or 'none'}, "
           f"firewall {'reloaded' if changes.firewall else 'unchanged'}")
-    for warning in services_not_installed(args.host_root, plan) + backup_server_warnings(args.host_root):
+    for warning in (services_not_installed(args.host_root, plan) + backup_server_warnings(args.host_root)
+                    + git_server_warnings(args.host_root)):
         print(f"maculaos agent apply: warning: {warning}")
     written = apply_localisation(args.host_root, config.maculaos)
     for section in ("maculaos.timezone", "maculaos.keymap", "maculaos.locale", "maculaos.network"):

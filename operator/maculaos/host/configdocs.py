@@ -26,9 +26,9 @@ naming the key. The agent rewrites `maculaos.mesh` from the MeshRoles that selec
 its Backups under `maculaos.backup`; everything else is the provisioner's.
 
 Keys not listed here are kept as they are (a newer MaculaOS may have written them; an older one must
-not drop them), except inside `maculaos.backup_server`, which refuses unknown keys so that a misspelt
-key does not silently change who may use the server. A bad value is reported naming its key, such as
-`maculaos.backup_server.port`; it stops only what depends on that section.
+not drop them), except inside `maculaos.backup_server` and `maculaos.git_server`, which refuse unknown
+keys so that a misspelt key does not silently change who may use the server. A bad value is reported
+naming its key, such as `maculaos.backup_server.port`; it stops only what depends on that section.
 """
 
 

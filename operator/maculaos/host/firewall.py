@@ -50,7 +50,7 @@ class Rule:
 
 def role_rules(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard,
                backup_server_port: int | None = None, backup_server_sources: tuple[str, ...] = (),
-               first_boot: bool = False) -> list[Rule]:
+               first_boot: bool = False, git_server_port: int | None = None) -> list[Rule]:
     """The accept rules the roles and options call for, in a fixed order (diffs stay readable): first the
     node's own ports (maculaos.host.ports, the one list), then the roles', the extra ports, the backup
     server's."""
@@ -68,6 +68,9 @@ def role_rules(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: Wir
     rules += [_extra_rule(port) for port in firewall.extra_ports]
     if backup_server_port is not None:  # config.yaml maculaos.backup_server: serving means admitting peers
         rules.append(Rule(Protocol.TCP, (backup_server_port,), "backup server", backup_server_sources))
+    if git_server_port is not None and not any(git_server_port in r.ports and r.protocol is Protocol.TCP
+                                               for r in rules):  # config.yaml maculaos.git_server.port
+        rules.append(Rule(Protocol.TCP, (git_server_port,), "git server"))
     return rules
 
 
@@ -77,11 +80,13 @@ def _extra_rule(port: ExtraPort) -> Rule:
 
 def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard: WireGuard,
                    backup_server_port: int | None = None, backup_server_sources: tuple[str, ...] = (),
-                   first_boot: bool = False, header: str = AGENT_HEADER) -> str:
+                   first_boot: bool = False, git_server_port: int | None = None,
+                   header: str = AGENT_HEADER) -> str:
     """The nft script that replaces table inet maculaos (or removes it when the firewall is disabled).
     backup_server_port: the node's rest-server port (config.yaml maculaos.backup_server), opened to peers
     (only from backup_server_sources when given). first_boot: the node is in first-boot mode (the
-    wizard's ports open too)."""
+    wizard's ports open too). git_server_port: the node's git server's port (config.yaml
+    maculaos.git_server), admitted when it is not the default one the list already opens."""
     header = f"{header}\ntable {TABLE}\ndelete table {TABLE}\n"
     if not firewall.enabled:
         return header
@@ -95,7 +100,8 @@ def render_ruleset(roles: Iterable[MeshRoleName], firewall: Firewall, wireguard:
     if firewall.allow_kubernetes:
         interfaces = ", ".join(f'"{name}"' for name in CNI_INTERFACES)
         body.append(f'iifname {{ {interfaces} }} accept comment "pods"')
-    rules = role_rules(roles, firewall, wireguard, backup_server_port, backup_server_sources, first_boot)
+    rules = role_rules(roles, firewall, wireguard, backup_server_port, backup_server_sources, first_boot,
+                       git_server_port)
     body += [line for rule in rules for line in rule.render()]
     indented = "\n".join(f"\t\t{line}" for line in body)
     return f"{header}table {TABLE} {{\n\tchain input {{\n{indented}\n\t}}\n}}\n"

@@ -23,6 +23,10 @@ from maculaos.host.backup_server import SERVICE as BACKUP_SERVICE
 from maculaos.host.backup_server import converge_service, served_rule
 from maculaos.host.firewall import apply_ruleset, check_ruleset, render_ruleset
 from maculaos.host.firstboot import in_first_boot_mode
+from maculaos.host.gitserver import SERVICE as GIT_SERVICE
+from maculaos.host.gitserver import SYNC_TIMER as GIT_SYNC_TIMER
+from maculaos.host.gitserver import converge_git_server
+from maculaos.host.gitserver import served_port as served_git_port
 from maculaos.host.nodeconfig import (
     ConfigSection,
     FirewallConfig,
@@ -177,10 +181,10 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     port, sources = served_rule(config) or (None, ())
     # The wizard's ports stay open while it is still needed (a half-done wizard's config.yaml exists).
     script = render_ruleset(plan.roles, plan.firewall, plan.wireguard, port, sources,
-                            first_boot=in_first_boot_mode(host_root))
+                            first_boot=in_first_boot_mode(host_root), git_server_port=served_git_port(config))
     check_ruleset(script, nft)
     wanted = {PEER_SERVICE: True} | {ROLE_SERVICES[r]: r in plan.roles for r in MeshRoleName}
-    present = systemd.unit_file_states([*wanted, BACKUP_SERVICE])
+    present = systemd.unit_file_states([*wanted, BACKUP_SERVICE, GIT_SERVICE, GIT_SYNC_TIMER])
     missing = [u for u, on in wanted.items() if on and u not in present]
     if missing:
         raise SystemdError(f"units missing on the host: {', '.join(missing)}")
@@ -192,6 +196,8 @@ def apply_mesh(host_root: Path, plan: MeshPlan, systemd: Systemd, nft: str = "nf
     changed_units = systemd.set_all_enabled(wanted, present)
     if converge_service(host_root, config, systemd, present):
         changed_units += (BACKUP_SERVICE,)
+    if converge_git_server(host_root, config, systemd, present):  # maculaos.git_server: the same one-switch rule
+        changed_units += (GIT_SERVICE,)
     return MeshChanges(config=config_changed, units=changed_units, firewall=firewall_changed)
 
 

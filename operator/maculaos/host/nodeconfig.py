@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+from maculaos.api.backup import DEFAULT_INCLUDE
 from maculaos.api.common import BACKUP_SERVER_PATTERN
 from maculaos.api.meshrole import (
     PEER_URL_PATTERN,
@@ -52,6 +53,7 @@ from maculaos.host.config import HostConfigError, config_file, key_message, read
 from maculaos.host.hostname import check_hostname
 from maculaos.host.localisation import check_keymap, check_locale, check_timezone
 from maculaos.host.logins import check_password_hash, check_ssh_key
+from maculaos.host.ports import ADMITTED_PORTS
 
 DEFAULT_BACKUP_SERVER_PORT = 8000
 
@@ -142,7 +144,7 @@ class MeshConfig(ConfigSection):
 
 class FirewallConfig(ConfigSection):
     """The node's nftables ruleset (the MeshRole's firewall: every one of its keys, so the file can say
-    everything a MeshRole can). The node's git server (9418/tcp) is always admitted, the agent's metrics
+    everything a MeshRole can). The node's git server (23232/tcp, smart HTTP) is always admitted, the agent's metrics
     (9750/tcp) only from pods."""
 
     enabled: bool = shared(Firewall, "enabled")
@@ -272,6 +274,115 @@ class BackupServerConfig(BaseModel):
     @classmethod
     def _htpasswd_lines(cls, value: str | None) -> str | None:
         return None if value is None else check_htpasswd(value)
+
+
+#: soft-serve's HTTP port: the server keeps soft-serve's contract (http://<node>:23232/<name>.git), so
+#: soft-serve could replace it. maculaos.host.ports admits it.
+DEFAULT_GIT_SERVER_PORT = 23232
+DEFAULT_GIT_ROOT = "/var/lib/maculaos/git"
+#: Folders on the data partition that every Backup includes by default (api/backup.py): a repository root
+#: must lie inside one, so the node's Backups cover it without a word in any Backup.
+GIT_ROOT_PARENTS = tuple(f"{folder}/" for folder in DEFAULT_INCLUDE)
+GIT_ROOT_CHARACTERS = re.compile(r"[A-Za-z0-9._/-]+")
+GIT_REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+GIT_UPSTREAM_URL = re.compile(r"^((https?|ssh|git)://[^\s@/\"'\\$]+/[^\s\"'\\$]*|/[^\s\"'\\$]+)$")
+
+
+def _reserved_ports() -> dict[int, str]:
+    return {port: p.comment for p in ADMITTED_PORTS if p.comment != "git server" for port in p.ports}
+
+
+class GitUpstreamConfig(BaseModel):
+    """The fleet's repository this node's server mirrors (maculaos-git-sync.timer). Fetched into
+    refs/upstream/*; a local branch moves only by fast-forward, a branch pushed here that diverged is kept
+    and reported, and a failed fetch deletes nothing."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    url: str = Field(max_length=2048)
+    """The upstream repository: https://, http://, ssh:// or git:// URL with no user:password in it, or an
+    absolute path."""
+    repository: str = Field(default="fleet", pattern=GIT_REPOSITORY_NAME.pattern)
+    """The local repository it mirrors into: <root>/<repository>.git."""
+    interval_seconds: int = Field(default=300, ge=30, le=86400)
+    """Seconds between two syncs."""
+    push_upstream: bool = False
+    """Push local branches that are ahead of the upstream's (fast-forward only). Off: nothing is ever
+    pushed upstream."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not GIT_UPSTREAM_URL.fullmatch(value):
+            raise ValueError("{key} must be an https://, http://, ssh:// or git:// URL without user:password "
+                             "(or an absolute path), with no spaces, quotes, backslashes or $; give "
+                             "credentials some other way")
+        return value
+
+
+class GitServerConfig(BaseModel):
+    """This node serves git repositories over smart HTTP (maculaos-git-server.service: git http-backend
+    behind lighttpd) at http://<node>:<port>/<name>.git: Flux on the site reads from it, people push to
+    it. Unknown keys are refused: a misspelt htpasswd would silently serve something else."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Serve (false keeps the section but stops the server)."""
+    port: int = Field(default=DEFAULT_GIT_SERVER_PORT, ge=1024, le=65535)
+    """The HTTP port (1024-65535: the server runs unprivileged); not one of the node's other ports. The
+    firewall admits it."""
+    root: str = Field(default=DEFAULT_GIT_ROOT, max_length=1024)
+    """The folder of the bare repositories, on the data partition under /var/lib/maculaos/ or
+    /var/lib/data/ (which every Backup includes by default)."""
+    htpasswd: str | None = Field(default=None, max_length=65536)
+    """Who may push: htpasswd lines, user:bcrypt-hash (from `htpasswd -nB <user>`). Unset: nobody may push
+    (the server is read-only)."""
+    anonymous_read: bool = True
+    """Anyone who reaches the port may clone and fetch; false: reads need a user of htpasswd too."""
+    repositories: list[Annotated[str, Field(pattern=GIT_REPOSITORY_NAME.pattern)]] = Field(
+        default_factory=lambda: ["fleet"], max_length=64)
+    """The bare repositories the server keeps, by name (<root>/<name>.git): made empty when missing (git
+    cannot create one by a push), never deleted when left out."""
+    upstream: GitUpstreamConfig | None = None
+    """The fleet repository to mirror; absent: this server is the site's authority."""
+
+    @field_validator("port")
+    @classmethod
+    def _free_port(cls, value: int) -> int:
+        taken = _reserved_ports().get(value)
+        if taken is not None:
+            raise ValueError(f"{{key}} {value} is the node's {taken} port: choose another, such as "
+                             f"{DEFAULT_GIT_SERVER_PORT}")
+        return value
+
+    @field_validator("root")
+    @classmethod
+    def _data_folder(cls, value: str) -> str:
+        if not GIT_ROOT_CHARACTERS.fullmatch(value):
+            raise ValueError("{key} may only have letters, digits and / . _ - (it goes into the server's "
+                             "configuration and its unit)")
+        canonical = "/" + "/".join(p for p in value.split("/") if p)
+        if not value.startswith("/") or canonical != value.rstrip("/") or \
+                any(p in (".", "..") for p in value.split("/")):
+            raise ValueError(f"{{key}} must be an absolute path in canonical form (no . or .. segments), "
+                             f"not {value!r}")
+        if not any(canonical.startswith(parent) for parent in GIT_ROOT_PARENTS):
+            raise ValueError(f"{{key}} {value!r} is not on the data partition: use a folder under "
+                             f"{' or '.join(GIT_ROOT_PARENTS)}, such as {DEFAULT_GIT_ROOT}")
+        return canonical
+
+    @field_validator("htpasswd")
+    @classmethod
+    def _htpasswd_lines(cls, value: str | None) -> str | None:
+        return None if value is None else check_htpasswd(value)
+
+    @model_validator(mode="after")
+    def _readers_need_users(self) -> GitServerConfig:
+        if not self.anonymous_read and self.htpasswd is None:
+            raise ValueError("{key}: anonymous_read is false but there is no htpasswd: nobody could read; "
+                             "add users or allow anonymous reads")
+        return self
 
 
 class LocalBackupJob(ConfigSection):
@@ -431,6 +542,8 @@ class MaculaosConfig(ConfigSection):
     is used instead of `security` (written by the agent)."""
     backup_server: BackupServerConfig | None = None
     """Serve a backup server to peers; absent: this node serves none."""
+    git_server: GitServerConfig | None = None
+    """Serve git repositories to the site (GitOps); absent: this node serves none."""
     backup: Annotated[dict[str, LocalBackupJob], BeforeValidator(_none_is_empty_dict)] = Field(
         default_factory=dict)
     """The Backups this node runs, by name (written by the agent)."""

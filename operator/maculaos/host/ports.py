@@ -34,8 +34,9 @@ ADMITTED_PORTS: tuple[AdmittedPort, ...] = (
     AdmittedPort("k3s api, kubelet, etcd", Protocol.TCP, (6443, 10250, 2379, 2380), switch="allow_kubernetes"),
     AdmittedPort("k3s flannel", Protocol.UDP, (8472, 51820, 51821), switch="allow_kubernetes"),
     AdmittedPort("mdns discovery", Protocol.UDP, (5353,), switch="allow_mdns"),
-    # The node's git server (not built yet): git's own protocol port, registered with IANA for it.
-    AdmittedPort("git server", Protocol.TCP, (9418,)),
+    # The node's git server (config.yaml maculaos.git_server, host/gitserver.py): git's smart HTTP on
+    # soft-serve's HTTP port, so soft-serve could take its place.
+    AdmittedPort("git server", Protocol.TCP, (23232,)),
     # The first-boot wizard (maculaos-wizard.service) serves its page on HTTPS; HTTP only redirects.
     AdmittedPort("first-boot wizard", Protocol.TCP, (80, 443), first_boot_only=True),
     # The agent's /metrics and /healthz: the cluster's monitoring scrapes it from pods (issue #23).

@@ -78,6 +78,14 @@ class Systemd:
         if result.returncode != 0:
             raise SystemdError(f"systemctl restart {unit}: {result.stderr.strip()}")
 
+    def daemon_reload(self) -> None:
+        """Make the running system read unit files written since it last did (a no-op on a mounted root,
+        where systemctl reads the files each time)."""
+        if self.live:
+            result = self._run("daemon-reload")
+            if result.returncode != 0:
+                raise SystemdError(f"systemctl daemon-reload: {result.stderr.strip()}")
+
     def daemon_reexec(self) -> None:
         """Re-execute PID 1 of the running system, so it reads system.conf (and its drop-ins) again."""
         if not self.live:
