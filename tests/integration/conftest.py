@@ -33,13 +33,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def kube_of(api: client.ApiClient) -> KubeClient:
-    """The agent's REST client with the same server, credentials and headers (impersonation) as api."""
+def kube_of(api: client.ApiClient, kind: type[KubeClient] = KubeClient) -> KubeClient:
+    """The agent's REST client (or a subclass, kind) with the same server, credentials and headers
+    (impersonation) as api."""
     conf = api.configuration
     headers = {k: v for k, v in api.default_headers.items() if k.lower() != "user-agent"}
     token = (conf.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip() or None
-    return KubeClient(Credentials(server=conf.host, ca_file=conf.ssl_ca_cert, cert_file=conf.cert_file,
-                                  key_file=conf.key_file, token=token), headers)
+    return kind(Credentials(server=conf.host, ca_file=conf.ssl_ca_cert, cert_file=conf.cert_file,
+                            key_file=conf.key_file, token=token), headers)
 
 
 @dataclass

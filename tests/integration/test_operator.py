@@ -9,9 +9,14 @@ from typing import Any
 
 import pytest
 
+from maculaos.api import KINDS
 from maculaos.api.nodekeys import MESH_LABELS_ANNOTATION
+from maculaos.controller.fold import REPORTS, Folder
+from maculaos.controller.handlers import resync_all
+from maculaos.controller.nodeupgrade import Rollouts
 from maculaos.devenv.processes import ProcessRecord
-from tests.integration.conftest import REPO, Cluster
+from maculaos.kube.rest import ApiError, KubeClient, object_path
+from tests.integration.conftest import REPO, Cluster, kube_of
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -178,3 +183,41 @@ def test_the_operator_writes_the_meshroles_node_labels(cluster: Cluster, operato
         assert MESH_LABELS_ANNOTATION not in (cluster.get("node", node)["metadata"].get("annotations") or {})
     finally:
         cluster.kubectl("label", "node", node, "macula.io/owner-", "macula.io/zone-", "macula.io/tier-")
+
+
+class RecordingClient(KubeClient):
+    """The controller's client, noting each request's method and path (the query left off)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, str]] = []
+
+    def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append((method, path))
+        return super().request(method, path, *args, **kwargs)
+
+
+def test_a_resync_lists_each_kind_once(cluster: Cluster, no_operator: None, created: Create) -> None:
+    """The resync folds the NodeReports and then judges every object from the listings the fold made (an
+    object it wrote as the API server returned it), and the cluster snapshot takes its MeshRoles from them:
+    one listing of each kind a pass, not two (three for MeshRoles). Objects are still judged and written."""
+    created(obj("MeshRole", "resynced", {}))
+    created(obj("HealthCheck", "resynced", {"checks": [{"name": "web", "type": "tcp", "tcp": {"port": 80}}]}))
+    kube = kube_of(cluster.api, RecordingClient)
+    assert isinstance(kube, RecordingClient)
+    collections = ["nodes", REPORTS, *(m.resource.plural for m in KINDS)]
+
+    def listable() -> bool:  # a fresh API server answers 429 while it initialises a kind's storage
+        try:
+            return all(isinstance(kube.items(object_path(c)), list) for c in collections[1:])
+        except ApiError:
+            return False
+
+    cluster.wait_for(listable, what="every kind listable")
+    kube.calls.clear()
+    resync_all(kube, Rollouts(kube), Folder(kube))
+    lists = [path.rsplit("/", 1)[1] for method, path in kube.calls if method == "GET" and path.endswith(
+        tuple(f"/{c}" for c in collections))]
+    assert sorted(lists) == sorted(collections), kube.calls
+    assert cluster.condition("MeshRole", "resynced")["status"] == "True"
+    assert cluster.condition("HealthCheck", "resynced")["status"] == "True"

@@ -62,6 +62,13 @@ class ApiCluster:
     def backup_servers(self) -> Mapping[str, str]:
         return self._servers
 
+    def know(self, plural: str, bodies: list[dict[str, Any]]) -> None:
+        """A listing of MeshRoles or Backups the pass made anyway (the resync lists every kind), kept as
+        this snapshot's unless it read them already: one request less than asking for them again."""
+        if plural == "meshroles" and self._meshroles is None:
+            self._meshroles = _spec_map(bodies)
+        elif plural == "backups" and self._backups is None:
+            self._backups = _spec_map(bodies)
 
 
 def list_objects(kube: KubeClient, plural: str) -> list[dict[str, Any]]:
@@ -70,4 +77,8 @@ def list_objects(kube: KubeClient, plural: str) -> list[dict[str, Any]]:
 
 
 def _specs(kube: KubeClient, plural: str) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o.get("spec", {}) for o in list_objects(kube, plural)}
+    return _spec_map(list_objects(kube, plural))
+
+
+def _spec_map(bodies: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o.get("spec", {}) for o in bodies}

@@ -135,36 +135,45 @@ class Folder:
         with self._lock:
             return bool(self._dirty) or not self._loaded
 
-    def fold_all(self, nodes: Iterable[str]) -> int:
-        """Every object against every report (the periodic resync)."""
+    def fold_all(self, nodes: Iterable[str], listed: dict[str, list[dict[str, Any]]] | None = None) -> int:
+        """Every object against every report (the periodic resync). With listed, each kind's objects as
+        they stand after the fold (a written object as the API server returned it), by plural: the resync
+        judges them without listing every kind a second time."""
         with self._folding:
             self.reload(nodes)
             with self._lock:
                 self._dirty = set()
-            return self._fold(None)
+            return self._fold(None, listed)
 
-    def _fold(self, keys: set[str] | None) -> int:
+    def _fold(self, keys: set[str] | None, listed: dict[str, list[dict[str, Any]]] | None = None) -> int:
         with self._lock:
             reports = {n: dict(e) for n, e in self._reports.items()}
         kinds = set(PLURAL_OF_KIND) if keys is None else {parse_report_key(k)[0] for k in keys}
         written = 0
         for kind in sorted(kinds & set(PLURAL_OF_KIND)):
             plural = PLURAL_OF_KIND[kind]
+            after = []
             for obj in list_objects(self._kube, plural):
                 name = obj["metadata"]["name"]
+                obj.setdefault("kind", kind)
                 if keys is not None and report_key(kind, name) not in keys:
                     continue
-                obj.setdefault("kind", kind)
                 patch = nodes_patch(obj, reports)
-                if patch and self._write(plural, name, patch):
+                if patch:
+                    if (written_obj := self._write(plural, name, patch)) is None:
+                        continue  # deleted meanwhile
+                    obj = {"kind": kind, **written_obj}
                     written += 1
+                after.append(obj)
+            if listed is not None:
+                listed[plural] = after
         return written
 
-    def _write(self, plural: str, name: str, patch: dict[str, Any]) -> bool:
+    def _write(self, plural: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """The object as written, or None when it is gone."""
         try:
-            self._kube.patch(object_path(plural, name, "status"), {"status": {"nodes": patch}})
+            return self._kube.patch(object_path(plural, name, "status"), {"status": {"nodes": patch}})
         except ApiError as exc:
             if exc.status == HTTPStatus.NOT_FOUND:  # deleted meanwhile: nothing to show the entries on
-                return False
+                return None
             raise
-        return True

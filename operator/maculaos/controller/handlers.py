@@ -60,9 +60,12 @@ def resync_all(kube: KubeClient, rollouts: Rollouts, folder: Folder | None = Non
     cluster = ApiCluster(kube)
     if fleet is not None:
         fleet.observe_nodes(cluster.node_labels())
-    written = 0 if folder is None else folder.fold_all(cluster.node_labels().keys())
+    listed: dict[str, list[dict[str, Any]]] = {}
+    written = 0 if folder is None else folder.fold_all(cluster.node_labels().keys(), listed)
     for model in KINDS:
-        bodies = list_objects(kube, model.resource.plural)
+        plural = model.resource.plural
+        bodies = listed[plural] if plural in listed else list_objects(kube, plural)
+        cluster.know(plural, bodies)
         if model.resource.kind == ROLLOUT_KIND:
             rollouts.release_orphans(cluster, {b["metadata"]["name"] for b in bodies})
         for body in bodies:

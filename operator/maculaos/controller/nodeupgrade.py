@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from maculaos.api.common import VERSION_LABEL, spec_selects
+from maculaos.api.common import API_VERSION, VERSION_LABEL, spec_selects
 from maculaos.api.nodeupgrade import (
     FINISHED_PHASES,
     Grant,
@@ -138,7 +138,14 @@ class Rollouts:
         log.info(f"NodeUpgrade {name}: status kept changing under this pass; the next one retries")
 
     def _pass(self, name: str, cluster: ApiCluster) -> None:
-        body = self.kube.get(object_path(PLURAL, name))
+        # One listing gives the object and the NodeUpgrades it may share nodes with (held_nodes): a list
+        # without a resourceVersion is read from storage as a GET is, so it is as fresh, in one request.
+        upgrades = list_objects(self.kube, PLURAL)
+        body = next((o for o in upgrades if o["metadata"]["name"] == name), None)
+        if body is None:
+            return  # deleted meanwhile
+        body.setdefault("kind", "NodeUpgrade")
+        body.setdefault("apiVersion", API_VERSION)
         outcome = judge(body, cluster)
         verdict = validate("NodeUpgrade", name, body.get("spec") or {}, cluster)
         if not verdict.valid or not isinstance(verdict.spec, NodeUpgradeSpec):
@@ -156,7 +163,7 @@ class Rollouts:
             reports=parse_reports(raw_status, str(body["metadata"].get("uid") or "")), now=now,
             target=resolution.target or status.target,
             target_error=resolution.error, drains=drains, own_node=self.whereabouts.node,
-            held=held_nodes(body, list_objects(self.kube, PLURAL), verdict.matched_nodes, cluster.node_labels())))
+            held=held_nodes(body, upgrades, verdict.matched_nodes, cluster.node_labels())))
         judged = outcome.status or {}
         wanted = status_patch(raw_status, judged, plan, resolution)
         if wanted:
