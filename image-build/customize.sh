@@ -29,6 +29,8 @@ for unit in maculaos-firewall.service maculaos-apply.service macula-firstboot.se
 done
 # containerd runs for the kubelet only (kubelet.service wants it): not on a node that joins no cluster.
 if [ -e /usr/lib/systemd/system/containerd.service ]; then systemctl disable containerd.service; fi
+# Debian's lighttpd.service serves /var/www on port 80 (the wizard's): the git server has a unit of its own.
+if [ -e /usr/lib/systemd/system/lighttpd.service ]; then systemctl disable lighttpd.service; fi
 # No waiting up to two minutes for a network at boot: nothing on the boot path needs one.
 systemctl mask systemd-networkd-wait-online.service
 

@@ -21,7 +21,8 @@ PASSWORD_HASH = "$6$maculaostest$Fady5z.mwrt5LiIA74mbbhasTx3t1vdvC23Xc2f/hUSVa/a
 #: The backup server's one user, probe:probe-pass (`htpasswd -nbB -C 5 probe probe-pass`).
 BACKUP_USER = "probe:$2y$05$UfYRbF1ZKbtMKeCua.Z9KuKetmtlDSLRNg.V/wcgFH6l3Ix4oPtUm"
 CONFIG = {"maculaos": {"mesh": {"roles": {"bootstrap": True, "gateway": False}, "realm": "io.macula.imagetest"},
-                       "backup_server": {"port": 8000, "sources": ["10.0.2.0/24"], "htpasswd": BACKUP_USER}}}
+                       "backup_server": {"port": 8000, "sources": ["10.0.2.0/24"], "htpasswd": BACKUP_USER},
+                       "git_server": {"htpasswd": BACKUP_USER}}}
 
 
 def _ssh_key(tmp_path: Path) -> tuple[str, bytes]:
@@ -116,6 +117,13 @@ def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
     assert (first["backup-anonymous"], first["backup-wrong-password"], first["backup-create"]) == \
         ("401", "401", "200"), first
     assert first["backup-repo"] == "on-data" and first["backup-rule"] == "10.0.2.0/24", first
+    # The node's git server from config.yaml: git http-backend behind lighttpd as www-data, repositories on
+    # the data partition; anyone may clone, only its users push; its port open; Debian's lighttpd unit off.
+    assert (first["git-server"], first["git-server-user"], first["lighttpd-unit"]) == \
+        ("active", "www-data", "disabled"), first
+    assert (first["git-clone"], first["git-push-anonymous"], first["git-push-user"]) == \
+        ("ok", "refused", "accepted"), first
+    assert first["git-repo"] == "on-data" and first["git-rule"] == "1", first
 
     with Vm(_spec(built_image, data, "disk"), tmp_path / "boot2.log") as vm:
         vm.wait_for(r"MACULAOS-READY", boot_timeout())

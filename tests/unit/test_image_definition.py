@@ -127,12 +127,12 @@ def test_python_pins_come_from_constraints(tmp_path: Path) -> None:
 
 
 def test_amd64_builds_exactly_the_packages_it_did_before_architectures_were_added() -> None:
-    """The list a plain build installed before "[arch]" entries existed (the amd64 image's inputs)."""
+    """The list a plain build installs: the one before "[arch]" entries existed, and lighttpd (the git server)."""
     expected = ("linux-image-amd64 initramfs-tools busybox e2fsprogs systemd systemd-sysv udev dbus kmod zstd "
                 "grub-common dosfstools fdisk cloud-guest-utils mtools grub-pc-bin grub-efi-amd64-bin python3 "
                 "nftables iproute2 systemd-resolved ca-certificates openssh-server sudo less rauc rauc-service "
                 "restic restic-rest-server wireguard-tools cryptsetup chrony avahi-daemon avahi-utils curl jq "
-                "vim nano htop btop tmux rsync git fastfetch nats-server firmware-linux-free "
+                "vim nano htop btop tmux rsync git lighttpd fastfetch nats-server firmware-linux-free "
                 "firmware-misc-nonfree firmware-realtek firmware-iwlwifi firmware-intel-graphics intel-microcode "
                 "amd64-microcode").split()
     assert load_definition(DEFINITION).debian_packages() == expected

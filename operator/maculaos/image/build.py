@@ -46,11 +46,11 @@ DPKG_OPTIONS = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/doc/*"
                 # GRUB's prebuilt EFI images (5 MB compressed): `maculaos install` and the build make their own with
                 # grub-mkimage from the module folders.
                 "path-exclude=/usr/lib/grub/*-efi/monolithic/*",
-                # git's server and mail helpers, 2.3 MB each (a statically linked libgit apiece): daemon,
-                # http-backend, shell, http-push, imap-send, scalar. Clone, fetch, pull and push over ssh and
-                # https stay.
+                # git's other server and mail helpers, 2.3 MB each (a statically linked libgit apiece):
+                # daemon, shell, http-push, imap-send, scalar. http-backend stays: the node's git server
+                # (host/gitserver.py). Clone, fetch, pull and push over ssh and https stay.
                 *(f"path-exclude=/usr/{d}/{tool}" for d in ("bin", "lib/git-core") for tool in (
-                    "git-daemon", "git-http-backend", "git-shell", "git-http-push", "git-imap-send", "scalar")),
+                    "git-daemon", "git-shell", "git-http-push", "git-imap-send", "scalar")),
                 # The node-runtime profile's CNI plugins: the four its pod network uses (kubernetes.py, and
                 # `loopback` for every pod's lo); containerd's v1 shims, which nothing uses since 1.5.
                 "path-exclude=/usr/lib/cni/*",
