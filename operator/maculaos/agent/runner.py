@@ -22,6 +22,7 @@ from maculaos.agent.backup import (
 )
 from maculaos.agent.backup_server import CONDITION as BACKUP_SERVER_CONDITION
 from maculaos.agent.backup_server import advertisement
+from maculaos.agent.decommission import reset_when_granted
 from maculaos.agent.healthcheck import PLURAL as HEALTH_PLURAL
 from maculaos.agent.healthcheck import HealthEngine, significant
 from maculaos.agent.meshrole import PLURAL as MESH_PLURAL
@@ -185,6 +186,7 @@ class Agent:
         labels: dict[str, str] = dict(node["metadata"].get("labels") or {})
         ok = self._converge_mesh(labels, _has_public_address(node), None if resync else self.applied_plan)
         ok = self._advertise_backup_server(node) and ok
+        reset_when_granted(node, self.settings.host_root, self.settings.reboot_command, self.reporter)
         metrics.record_pass(ok, time.monotonic() - started)
         self.last_pass = time.time()
         if resync:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from maculaos.api.decommission import GRANTED_ANNOTATION
 from maculaos.kube.rest import ApiError, KubeClient
 
 log = logging.getLogger("maculaos.agent")
@@ -111,5 +112,7 @@ def spec_and_generation(obj: dict[str, Any]) -> Any:
 
 
 def labels_and_addresses(node: dict[str, Any]) -> Any:
-    """What a change of the agent's own Node means to it: not heartbeats and conditions."""
-    return node["metadata"].get("labels"), (node.get("status") or {}).get("addresses")
+    """What a change of the agent's own Node means to it: not heartbeats and conditions (the decommission
+    grant is one of its annotations that does)."""
+    return (node["metadata"].get("labels"), (node.get("status") or {}).get("addresses"),
+            (node["metadata"].get("annotations") or {}).get(GRANTED_ANNOTATION))

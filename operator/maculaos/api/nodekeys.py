@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.api.common import VERSION_LABEL
+from maculaos.api.decommission import RESET_ANNOTATION
 from maculaos.api.meshrole import MeshRoleName
 
 #: The role labels: macula.io/role-peer on every node, one more per role the node plays.
@@ -18,7 +19,7 @@ BACKUP_SERVER_CONDITION = "MaculaBackupServer"
 
 AGENT_LABELS = frozenset({ROLE_LABEL.format("peer"), *(ROLE_LABEL.format(r.value) for r in MeshRoleName),
                           VERSION_LABEL})
-AGENT_ANNOTATIONS = frozenset({BACKUP_SERVER_ANNOTATION})
+AGENT_ANNOTATIONS = frozenset({BACKUP_SERVER_ANNOTATION, RESET_ANNOTATION})
 AGENT_CONDITIONS = frozenset({HEALTHY_CONDITION, BACKUP_SERVER_CONDITION})
 
 #: The operator's record of the MeshRole nodeLabels it set on a Node (comma-separated keys), so it removes

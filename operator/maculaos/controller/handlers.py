@@ -20,6 +20,7 @@ import kopf
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.controller import memory
 from maculaos.controller.cluster import ApiCluster, list_objects
+from maculaos.controller.decommission import Decommissions
 from maculaos.controller.fleet_metrics import Fleet
 from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORTS, Folder
 from maculaos.controller.mesh_labels import apply_mesh_labels
@@ -54,10 +55,12 @@ def reconcile_one(kube: KubeClient, body: dict[str, Any], rollouts: Rollouts) ->
 
 
 def resync_all(kube: KubeClient, rollouts: Rollouts, folder: Folder | None = None,
-               fleet: Fleet | None = None) -> int:
-    """Judge every object against one fresh snapshot of the cluster, and give the Nodes their MeshRoles'
-    nodeLabels; returns how many objects were written."""
+               fleet: Fleet | None = None, decommissions: Decommissions | None = None) -> int:
+    """Judge every object against one fresh snapshot of the cluster, give the Nodes their MeshRoles'
+    nodeLabels and move the Nodes being decommissioned a step; returns how many objects were written."""
     cluster = ApiCluster(kube)
+    if decommissions is not None:
+        decommissions.run(cluster.node_objects)
     if fleet is not None:
         fleet.observe_nodes(cluster.node_labels())
     listed: dict[str, list[dict[str, Any]]] = {}
@@ -110,11 +113,11 @@ async def fold_forever(folder: Folder, wake: asyncio.Event, debounce: float = DE
 
 
 async def resync_forever(kube: KubeClient, rollouts: Rollouts, interval: float, folder: Folder,
-                         fleet: Fleet | None = None) -> None:
+                         fleet: Fleet | None = None, decommissions: Decommissions | None = None) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            written = await asyncio.to_thread(resync_all, kube, rollouts, folder, fleet)
+            written = await asyncio.to_thread(resync_all, kube, rollouts, folder, fleet, decommissions)
         except Exception:  # the next pass retries; a failing pass must not end the loop
             log.exception("resync pass failed")
             continue
@@ -157,6 +160,7 @@ def build_registry(resync_seconds: float, credentials: Credentials, health: Heal
     # use their own).
     kube = KubeClient(credentials, user_agent="maculaos-operator")
     rollouts = Rollouts(kube)
+    decommissions = Decommissions(kube, rollouts.whereabouts.pod)
     folder = Folder(kube)
     fold_wake = asyncio.Event()
     resync_task: list[asyncio.Task[None]] = []
@@ -194,7 +198,8 @@ def build_registry(resync_seconds: float, credentials: Credentials, health: Heal
             prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
         settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
         settings.posting.enabled = False  # Events are posted by reconcile.write, one per verdict change
-        resync_task.append(asyncio.create_task(resync_forever(kube, rollouts, resync_seconds, folder, fleet)))
+        resync_task.append(asyncio.create_task(resync_forever(kube, rollouts, resync_seconds, folder, fleet,
+                                                                 decommissions)))
         resync_task.append(asyncio.create_task(fold_forever(folder, fold_wake)))
         resync_task.append(asyncio.create_task(trim_forever()))
         if health is not None:

@@ -249,12 +249,10 @@ class NodeUpgrader:
         return state.phase is AgentPhase.REBOOTING and not state.reboot_sent and state.reboot_attempts > 0
 
     def _run_reboot(self, state: UpgradeState) -> UpgradeState:
-        try:
-            subprocess.run(shlex.split(self.reboot_command), check=True, timeout=60, capture_output=True, text=True)
-        except (OSError, subprocess.SubprocessError) as exc:
+        detail = run_reboot_command(self.reboot_command)
+        if detail:
             attempts = state.reboot_attempts + 1
             delay = REBOOT_BACKOFF[min(attempts, len(REBOOT_BACKOFF)) - 1]
-            detail = (getattr(exc, "stderr", "") or "").strip()[-300:] or str(exc)
             log.error(f"reboot command {self.reboot_command!r} failed (attempt {attempts}): {detail}")
             return self._set(state, AgentPhase.REBOOTING,
                              f"{state.reboot_why or state.message}; the reboot command `{self.reboot_command}` "
@@ -427,4 +425,14 @@ def read_os_version(host_root: Path) -> str:
         key, _, value = line.partition("=")
         if key.strip() == "VERSION_ID":
             return value.strip().strip('"')
+    return ""
+
+
+def run_reboot_command(command: str) -> str:
+    """Run the agent's reboot command; "" when it succeeded, else what went wrong. Shared by upgrades and
+    decommissioning, so a node reboots one way."""
+    try:
+        subprocess.run(shlex.split(command), check=True, timeout=60, capture_output=True, text=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return (getattr(exc, "stderr", "") or "").strip()[-300:] or str(exc)
     return ""
