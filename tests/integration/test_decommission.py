@@ -18,6 +18,7 @@ from kubernetes.client.rest import ApiException
 from maculaos.agent.decommission import reset_when_granted
 from maculaos.agent.nodereport import Reporter
 from maculaos.api.decommission import DECOMMISSION_ANNOTATION, GRANTED_ANNOTATION, RESET_ANNOTATION
+from maculaos.controller.nodeupgrade import CORDON_ANNOTATION
 from maculaos.devenv.processes import ProcessRecord
 from maculaos.host.factory_reset import GRUB_CFG, GRUBENV
 from maculaos.image import grub
@@ -135,7 +136,8 @@ def test_a_bad_value_is_told_and_changes_nothing(cluster: Cluster, operator: Pro
 
 def test_a_node_that_cannot_schedule_the_reset_says_so_and_stays(
         cluster: Cluster, operator: ProcessRecord, tmp_path: Path) -> None:
-    """No MaculaOS ESP (a node not booted from a MaculaOS disk): reported, no reboot, the Node kept."""
+    """No MaculaOS ESP (a node not booted from a MaculaOS disk): reported, no reboot, the Node kept.
+    Removing the annotation then withdraws the grant and the failed answer."""
     root = sandbox(tmp_path / "host", esp=False)
     with simulated_fleet(cluster.api, "decom-noesp", 1) as (node,), NodeSide(cluster, node, root) as side:
         annotate(cluster, node, "all")
@@ -147,3 +149,22 @@ def test_a_node_that_cannot_schedule_the_reset_says_so_and_stays(
         obj = cluster.get("Node", node)
         assert obj["spec"]["unschedulable"] and obj["metadata"]["annotations"][RESET_ANNOTATION].startswith("failed: ")
         assert not side.marker.exists(), "rebooted although the reset was not scheduled"
+        client.CoreV1Api(cluster.api).patch_node(node, {"metadata": {"annotations": {DECOMMISSION_ANNOTATION: None}}})
+        cluster.wait_for(lambda: not {GRANTED_ANNOTATION, RESET_ANNOTATION}
+                         & cluster.get("Node", node)["metadata"].get("annotations", {}).keys(), 20,
+                         "the grant and the answer withdrawn, so a new annotation starts afresh")
+        assert "DecommissionWithdrawn" in dict(node_events(cluster, node))
+
+
+def test_a_node_a_nodeupgrade_holds_waits_for_it(cluster: Cluster, operator: ProcessRecord, tmp_path: Path) -> None:
+    """Cordoned by a NodeUpgrade (here one that no longer exists, which the operator releases the node
+    from): decommissioning waits, says so, and starts once the upgrade let the node go."""
+    core = client.CoreV1Api(cluster.api)
+    with simulated_fleet(cluster.api, "decom-upg", 1) as (node,):
+        core.patch_node(node, {"spec": {"unschedulable": True},
+                               "metadata": {"annotations": {CORDON_ANNOTATION: "gone-upgrade",
+                                                            DECOMMISSION_ANNOTATION: "keep-data"}}})
+        cluster.wait_for(lambda: "DecommissionCordoned" in [r for r, _ in node_events(cluster, node)], 30,
+                         lambda: f"decommissioning to start (events {node_events(cluster, node)})")
+        reasons = dict(node_events(cluster, node))
+        assert "NodeUpgrade gone-upgrade is upgrading this node" in reasons["DecommissionWaiting"]

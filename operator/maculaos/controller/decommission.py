@@ -1,8 +1,9 @@
 """Decommissioning a node on request (seed 4.12.5): a Node annotated os.macula.io/decommission is
 cordoned and drained (the NodeUpgrade drain step, with the default drain options and no timeout: a pod
 a PodDisruptionBudget protects holds the node until it can go), then granted the factory reset; once the
-node's agent says the reset is scheduled, the Node object is deleted. One step per resync pass, each told
-by an Event on the Node. A node a NodeUpgrade has cordoned waits until the upgrade releases it.
+node's agent says the reset is scheduled, the Node object is deleted. Removing the annotation before the
+grant stops it there (the node stays cordoned); after the grant it withdraws the grant. One step per
+resync pass, each told by an Event on the Node. A node a NodeUpgrade has cordoned waits until the upgrade releases it.
 
 The state lives on the Node (unschedulable, the grant, the agent's answer), so a restarted operator goes
 on where it stood; only the last message told is kept here, so Events are not repeated every pass."""
@@ -42,10 +43,14 @@ class Decommissions:
         """One step for each annotated node; returns how many were acted on."""
         acted = 0
         for node in nodes:
-            if DECOMMISSION_ANNOTATION not in (node["metadata"].get("annotations") or {}):
+            annotations = node["metadata"].get("annotations") or {}
+            if DECOMMISSION_ANNOTATION not in annotations and GRANTED_ANNOTATION not in annotations:
                 continue
             try:
-                self.step(node)
+                if DECOMMISSION_ANNOTATION in annotations:
+                    self.step(node)
+                else:
+                    self.withdraw(node)
             except ApiError as exc:  # the next pass retries
                 log.warning(f"decommissioning node {node['metadata']['name']}: {exc}")
             acted += 1
@@ -95,6 +100,15 @@ class Decommissions:
             if exc.status != 404:
                 raise
         self._told.pop(str(meta.get("uid")), None)
+
+    def withdraw(self, node: dict[str, Any]) -> None:
+        """The person removed the annotation after the grant: the grant and the agent's answer go, so a
+        new annotation starts afresh (say, after fixing what made the reset fail). The node stays
+        cordoned; a reset the agent already scheduled still happens at its next boot."""
+        name = str(node["metadata"]["name"])
+        self._patch(name, {"metadata": {"annotations": {GRANTED_ANNOTATION: None, RESET_ANNOTATION: None}}})
+        self._tell(node, "Normal", "DecommissionWithdrawn",
+                   f"annotation {DECOMMISSION_ANNOTATION} removed: grant withdrawn; the node stays cordoned")
 
     def _patch(self, name: str, patch: dict[str, Any]) -> None:
         self.kube.patch(resource_path("v1", "nodes", name), patch)
