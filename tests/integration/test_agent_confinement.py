@@ -25,6 +25,7 @@ from maculaos.agent.nodereport import Reporter
 from maculaos.api import GROUP, VERSION
 from maculaos.api.backup import BACKUP_SERVER_ANNOTATION
 from maculaos.api.common import DEFAULT_NAMESPACE, VERSION_LABEL
+from maculaos.api.decommission import GRANTED_ANNOTATION, RESET_ANNOTATION
 from maculaos.api.nodekeys import AGENT_ANNOTATIONS, AGENT_CONDITIONS, AGENT_LABELS, MESH_LABELS_ANNOTATION
 from maculaos.controller.nodeupgrade import CORDON_ANNOTATION
 from maculaos.devenv.demo import start_operator
@@ -249,7 +250,7 @@ def test_rbac_refuses_the_agent_everything_else(cluster: Cluster, meshrole: str,
     (["auth", "can-i", "update", "leases", "-n", NS], True),
     (["auth", "can-i", "update", "leases", "-n", "kube-system"], False),
     (["auth", "can-i", "patch", "nodes"], True),
-    (["auth", "can-i", "delete", "nodes"], False),
+    (["auth", "can-i", "delete", "nodes"], True),  # a decommissioned node's Node object
     (["auth", "can-i", "create", "pods", "--subresource=eviction", "-n", "default"], True),
     (["auth", "can-i", "delete", "pods", "-n", "default"], True),
     (["auth", "can-i", "create", "pods", "-n", "default"], False),
@@ -364,8 +365,12 @@ REFUSED: dict[str, tuple[Callable[[Cluster], None] | None, str, dict[str, Any], 
                       lambda node: TAINT in node["spec"].get("taints", [])),
     "operator annotation forgery": (
         None, "", {"metadata": {"annotations": {CORDON_ANNOTATION: "upgrade-forged"}}},
-        f"may only change its own annotations ({BACKUP_SERVER_ANNOTATION}), not {CORDON_ANNOTATION}",
+        f"may only change its own annotations ({BACKUP_SERVER_ANNOTATION}, {RESET_ANNOTATION}), "
+        f"not {CORDON_ANNOTATION}",
         lambda node: CORDON_ANNOTATION not in node["metadata"].get("annotations", {})),
+    "granting itself a factory reset": (
+        None, "", {"metadata": {"annotations": {GRANTED_ANNOTATION: "all"}}}, f"not {GRANTED_ANNOTATION}",
+        lambda node: GRANTED_ANNOTATION not in node["metadata"].get("annotations", {})),
     "operator annotation removal": (
         _cordoned, "", {"metadata": {"annotations": {CORDON_ANNOTATION: None}}},
         f"not {CORDON_ANNOTATION}", lambda node: node["metadata"]["annotations"][CORDON_ANNOTATION] == "upgrade-1"),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from maculaos.api.decommission import DECOMMISSION_ANNOTATION, GRANTED_ANNOTATION
 from maculaos.api.meshrole import MeshRoleName
 from maculaos.api.nodekeys import (
     AGENT_ANNOTATIONS,
@@ -45,5 +46,6 @@ def test_the_agents_labels_are_what_its_mesh_plan_sets() -> None:
 
 
 def test_the_operators_annotations_are_not_the_agents() -> None:
-    assert not {CORDON_ANNOTATION, MESH_LABELS_ANNOTATION} & AGENT_ANNOTATIONS
+    assert not {CORDON_ANNOTATION, MESH_LABELS_ANNOTATION, DECOMMISSION_ANNOTATION, GRANTED_ANNOTATION} \
+        & AGENT_ANNOTATIONS
     assert {HEALTHY_CONDITION, BACKUP_SERVER_CONDITION} == AGENT_CONDITIONS
