@@ -18,6 +18,7 @@ from kubernetes.client.rest import ApiException
 from maculaos.agent.decommission import reset_when_granted
 from maculaos.agent.nodereport import Reporter
 from maculaos.api.decommission import DECOMMISSION_ANNOTATION, GRANTED_ANNOTATION, RESET_ANNOTATION
+from maculaos.cli import main
 from maculaos.controller.nodeupgrade import CORDON_ANNOTATION
 from maculaos.devenv.processes import ProcessRecord
 from maculaos.host.factory_reset import GRUB_CFG, GRUBENV
@@ -102,13 +103,19 @@ def gone(cluster: Cluster, node: str) -> bool:
 
 
 def test_an_annotated_node_is_drained_reset_rebooted_and_removed(
-        cluster: Cluster, operator: ProcessRecord, namespace: str, tmp_path: Path) -> None:
+        cluster: Cluster, operator: ProcessRecord, namespace: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Asked with `maculaos decommission NODE --confirm`, which sets the annotation (keep-data)."""
     core = client.CoreV1Api(cluster.api)
+    monkeypatch.setenv("KUBECONFIG", str(cluster.plane.kubeconfig))
     root = sandbox(tmp_path / "host")
     with simulated_fleet(cluster.api, "decom-ok", 1) as (node,), NodeSide(cluster, node, root) as side:
         running_pod(cluster, namespace, "app-0", node, {"app": "app"})
         before = grub_env(root)
-        annotate(cluster, node, "keep-data")
+        assert main(["decommission", node]) == 2
+        assert "--confirm" in capsys.readouterr().out
+        assert DECOMMISSION_ANNOTATION not in cluster.get("Node", node)["metadata"].get("annotations", {})
+        assert main(["decommission", node, "--confirm"]) == 0
         cluster.wait_for(lambda: gone(cluster, node), 45,
                          lambda: f"the Node to be deleted (events {node_events(cluster, node)})")
         assert core.list_namespaced_pod(namespace).items == [], "the pod was not drained"
@@ -117,6 +124,8 @@ def test_an_annotated_node_is_drained_reset_rebooted_and_removed(
         reasons = [r for r, _ in node_events(cluster, node)]
         for reason in ("DecommissionCordoned", "DecommissionGranted", "FactoryResetScheduled", "Decommissioned"):
             assert reason in reasons, reasons
+        assert main(["decommission", node, "--confirm"]) == 1
+        assert f"no node {node} in the cluster" in capsys.readouterr().err
 
 
 def test_a_bad_value_is_told_and_changes_nothing(cluster: Cluster, operator: ProcessRecord, tmp_path: Path) -> None:

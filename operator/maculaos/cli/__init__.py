@@ -7,17 +7,18 @@ import logging
 import sys
 
 from maculaos import __version__
-from maculaos.cli import cluster, dev, diag, gitops, node, reset, setup
+from maculaos.cli import cluster, decommission, dev, diag, gitops, node, reset, setup
 from maculaos.errors import MaculaosError
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The commands by audience: a node's (maculaos.cli.node, .diag, .reset, .setup), the cluster's
-    (maculaos.cli.cluster), a developer's (maculaos.cli.dev)."""
+    (maculaos.cli.cluster, .decommission), a developer's (maculaos.cli.dev)."""
     parser = argparse.ArgumentParser(prog="maculaos", description=__doc__)
     parser.add_argument("--version", action="version", version=f"maculaos {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     cluster.add_commands(commands)
+    decommission.add_commands(commands)
     node.add_commands(commands)
     diag.add_commands(commands)
     reset.add_commands(commands)
