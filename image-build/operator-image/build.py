@@ -147,7 +147,7 @@ def add_files(root: Path) -> None:
     entry.chmod(0o755)
     sbin = root / "usr/local/sbin"
     sbin.mkdir(parents=True, exist_ok=True)
-    for tool in ("nft", "systemctl", "rauc"):  # the host's own tools, in PID 1's namespaces (hostPID)
+    for tool in ("nft", "systemctl", "rauc", "grub-editenv"):  # the host's own tools, in PID 1's namespaces
         script = sbin / f"host-{tool}"
         script.write_text(f"#!/bin/sh\n# The agent runs the host's {tool}, not one of the image's.\n"
                           f"exec nsenter --target 1 --mount --uts --ipc --net --pid -- {tool} \"$@\"\n")

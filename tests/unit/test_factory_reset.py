@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from maculaos.cli import main
+from maculaos.host import factory_reset
 from maculaos.host.factory_reset import GRUB_CFG, GRUBENV
 from maculaos.image import grub
 
@@ -128,3 +129,17 @@ def test_a_reset_cut_by_a_power_loss_never_loses_kept_data(tmp_path: Path, cmdli
     (data / "var").rename(data / ".reset/old-var")
     _initramfs(data, "macula_reset_on_boot", cmdline)
     assert _files(data) == left
+
+
+def test_an_editenv_in_the_nodes_mount_namespace_is_given_the_path_the_node_sees(esp: Path, tmp_path: Path) -> None:
+    """The agent's grub-editenv runs in the node's mount namespace (the image's host wrapper), where the
+    host root is `/`: it gets /boot/efi/grub/grubenv. The wrapper here plays that namespace by mapping `/`
+    to the sandbox root, and refuses a path that is not the node's view."""
+    wrapper = tmp_path / "host-grub-editenv"
+    wrapper.write_text(f'#!/bin/sh\ncase "$1" in {esp}*) echo "not the node\'s view: $1" >&2; exit 9;; esac\n'
+                       f'f="$1"; shift; exec grub-editenv "{esp}$f" "$@"\n')
+    wrapper.chmod(0o755)
+    assert factory_reset.schedule(esp, wipe_data=True, editenv=str(wrapper), seen_as=Path("/")) == "all"
+    assert _env(esp)["FACTORY_RESET"] == "all"
+    with pytest.raises(factory_reset.FactoryResetError, match="not the node's view"):
+        factory_reset.schedule(esp, wipe_data=False, editenv=str(wrapper))

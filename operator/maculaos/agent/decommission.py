@@ -19,15 +19,17 @@ log = logging.getLogger("maculaos.agent")
 
 
 def reset_when_granted(node: dict[str, Any], host_root: Path, reboot_command: str, reporter: Reporter,
-                       editenv: str = "grub-editenv") -> bool:
-    """Act on a grant not answered yet; True when the node was told to reboot."""
+                       editenv: str = "grub-editenv", editenv_in_node: bool = False) -> bool:
+    """Act on a grant not answered yet; True when the node was told to reboot. editenv_in_node: the
+    editenv command sees the node's root as `/` (it runs in the node's mount namespace)."""
     annotations: dict[str, str] = dict(node["metadata"].get("annotations") or {})
     granted = annotations.get(GRANTED_ANNOTATION)
     answer = annotations.get(RESET_ANNOTATION, "")
     if not valid_mode(granted) or answer == granted or answer.startswith(FAILED_PREFIX):
         return False
     try:
-        mode = factory_reset.schedule(host_root, wipe_data=granted == "all", editenv=editenv)
+        mode = factory_reset.schedule(host_root, wipe_data=granted == "all", editenv=editenv,
+                                      seen_as=Path("/") if editenv_in_node else None)
     except factory_reset.FactoryResetError as exc:
         log.error(f"decommissioning: {exc}")
         reporter.annotations({RESET_ANNOTATION: f"{FAILED_PREFIX}{exc}"[:1000]}, annotations)

@@ -186,7 +186,8 @@ class Agent:
         labels: dict[str, str] = dict(node["metadata"].get("labels") or {})
         ok = self._converge_mesh(labels, _has_public_address(node), None if resync else self.applied_plan)
         ok = self._advertise_backup_server(node) and ok
-        reset_when_granted(node, self.settings.host_root, self.settings.reboot_command, self.reporter)
+        reset_when_granted(node, self.settings.host_root, self.settings.reboot_command, self.reporter,
+                           self.settings.grub_editenv, self.settings.grub_editenv_in_node)
         metrics.record_pass(ok, time.monotonic() - started)
         self.last_pass = time.time()
         if resync:

@@ -36,3 +36,8 @@ class AgentSettings:
     <host root>/etc/rauc/system.conf."""
     reboot_command: str = "systemctl reboot"
     """How the agent reboots the node when the operator grants it (simulated nodes pass a hook)."""
+    grub_editenv: str = "grub-editenv"
+    """grub-editenv command: a decommissioning factory reset sets its flag in the node's GRUB environment."""
+    grub_editenv_in_node: bool = False
+    """The grub-editenv command runs in the node's mount namespace (the image's host wrapper): it is given
+    the GRUB environment's path as the node sees it, not under the host root."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 #: The agent's flags that `agent apply` shares with `agent run` (the same fields of AgentSettings).
 APPLY_SETTINGS = ("host_root", "nft", "systemctl", "live_systemd")
 RUN_SETTINGS = ("node_name", "host_root", "resync_seconds", "nft", "systemctl", "live_systemd", "restic", "rauc",
-                "rauc_conf", "reboot_command")
+                "rauc_conf", "reboot_command", "grub_editenv", "grub_editenv_in_node")
 
 
 def _agent_apply(args: argparse.Namespace) -> int:

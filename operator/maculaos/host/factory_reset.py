@@ -22,8 +22,10 @@ class FactoryResetError(MaculaosError):
     """The reset cannot be scheduled on this node; says why and what to do instead."""
 
 
-def _editenv(host_root: Path, args: list[str], editenv: str) -> None:
-    result = subprocess.run([editenv, str(host_root / GRUBENV), *args], capture_output=True, text=True,
+def _editenv(host_root: Path, args: list[str], editenv: str, seen_as: Path | None = None) -> None:
+    """seen_as: where the editenv command sees host_root (the agent's runs in the node's mount namespace,
+    where it is `/`); None: at host_root."""
+    result = subprocess.run([editenv, str((seen_as or host_root) / GRUBENV), *args], capture_output=True, text=True,
                             check=False, timeout=30)
     if result.returncode != 0:
         raise FactoryResetError(f"grub-editenv {args[0]} failed: {result.stderr.strip()}")
@@ -38,11 +40,11 @@ def _check_boot_loader(host_root: Path) -> None:
                                 "boot menu's Factory reset entry")
 
 
-def schedule(host_root: Path, wipe_data: bool, editenv: str = "grub-editenv") -> str:
+def schedule(host_root: Path, wipe_data: bool, editenv: str = "grub-editenv", seen_as: Path | None = None) -> str:
     """Set the flag for the next boot; returns the mode set (keep-data or all). Changes nothing else."""
     _check_boot_loader(host_root)
     mode = "all" if wipe_data else "keep-data"
-    _editenv(host_root, ["set", f"{FLAG}={mode}"], editenv)
+    _editenv(host_root, ["set", f"{FLAG}={mode}"], editenv, seen_as)
     return mode
 
 
