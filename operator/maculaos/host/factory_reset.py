@@ -22,13 +22,14 @@ class FactoryResetError(MaculaosError):
     """The reset cannot be scheduled on this node; says why and what to do instead."""
 
 
-def _editenv(host_root: Path, args: list[str], editenv: str, seen_as: Path | None = None) -> None:
-    """seen_as: where the editenv command sees host_root (the agent's runs in the node's mount namespace,
-    where it is `/`); None: at host_root."""
+def _editenv(host_root: Path, args: list[str], editenv: str, seen_as: Path | None = None) -> str:
+    """grub-editenv on the node's environment block; its output. seen_as: where the editenv command sees
+    host_root (the agent's runs in the node's mount namespace, where it is `/`); None: at host_root."""
     result = subprocess.run([editenv, str((seen_as or host_root) / GRUBENV), *args], capture_output=True, text=True,
                             check=False, timeout=30)
     if result.returncode != 0:
         raise FactoryResetError(f"grub-editenv {args[0]} failed: {result.stderr.strip()}")
+    return result.stdout
 
 
 def _check_boot_loader(host_root: Path) -> None:
@@ -59,11 +60,7 @@ def cancel(host_root: Path, editenv: str = "grub-editenv") -> bool:
 
 def scheduled(host_root: Path, editenv: str = "grub-editenv") -> str:
     """The mode of a scheduled reset, or "" when none is."""
-    result = subprocess.run([editenv, str(host_root / GRUBENV), "list"], capture_output=True, text=True,
-                            check=False, timeout=30)
-    if result.returncode != 0:
-        raise FactoryResetError(f"grub-editenv list failed: {result.stderr.strip()}")
-    for line in result.stdout.splitlines():
+    for line in _editenv(host_root, ["list"], editenv).splitlines():
         if line.startswith(f"{FLAG}="):
             return line.split("=", 1)[1]
     return ""

@@ -203,6 +203,11 @@ def served_port(config: NodeConfig) -> int | None:
     return section.port if section is not None and section.enabled else None
 
 
+def _missing_programs(host_root: Path) -> list[str]:
+    """The server's programs this host lacks (an image built before the server has neither)."""
+    return [p for p in (LIGHTTPD, HTTP_BACKEND) if not (host_root / p.lstrip("/")).exists()]
+
+
 def converge_git_server(host_root: Path, config: NodeConfig, systemd: Systemd,
                         states: Mapping[str, str] | None = None) -> bool:
     """Write the server's files and run its units exactly while config.yaml asks; returns whether anything
@@ -210,7 +215,7 @@ def converge_git_server(host_root: Path, config: NodeConfig, systemd: Systemd,
     git http-backend (an image built before the server) is left alone. `states`: the unit file states of
     SERVICE and SYNC_TIMER when the caller already asked systemctl (used only to stop: units written now
     are asked for again)."""
-    if not all((host_root / p.lstrip("/")).exists() for p in (LIGHTTPD, HTTP_BACKEND)):
+    if _missing_programs(host_root):
         return False
     section, error = git_section(config)
     if error:
@@ -246,7 +251,7 @@ def git_server_warnings(host_root: Path) -> list[str]:
     section, error = git_section(config)
     if error:
         return [f"git server files and units left as they were: {error}"]
-    missing = [p for p in (LIGHTTPD, HTTP_BACKEND) if not (host_root / p.lstrip("/")).exists()]
+    missing = _missing_programs(host_root)
     if section is not None and section.enabled and missing:
         return [f"maculaos.git_server is set but this image has no git server ({', '.join(missing)} missing)"]
     return []
