@@ -15,10 +15,11 @@ import pytest
 from kubernetes import client
 
 from maculaos.api import GROUP, VERSION
+from maculaos.api.times import now_rfc3339
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import create_host_root, demo_fleet
 from maculaos.devenv.rauc import SimulatedRaucNode
-from maculaos.kube.rest import MERGE_PATCH, now_rfc3339
+from maculaos.kube.rest import MERGE_PATCH
 from tests.fakes import fake_systemctl
 from tests.host.rauc_fixtures import COMPATIBLE, Bundles
 from tests.integration.conftest import Cluster

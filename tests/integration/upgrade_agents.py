@@ -28,8 +28,8 @@ from kubernetes.client.exceptions import ApiException
 
 from maculaos.agent.nodereport import Reporter
 from maculaos.api.common import VERSION_LABEL
+from maculaos.api.times import now_rfc3339
 from maculaos.devenv.nodes import SimulatedNode, register_node
-from maculaos.kube.rest import now_rfc3339
 from tests.integration.conftest import kube_of
 from tests.integration.lookup import fetching_lookup
 

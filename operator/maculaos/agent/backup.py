@@ -26,12 +26,13 @@ from maculaos.agent import metrics
 from maculaos.agent.backup_targets import TargetError, repositories
 from maculaos.api.backup import BackupSpec, RestoreSpec, RunPhase, node_start_delay, restore_refusals
 from maculaos.api.common import SecretKeyRef, spec_selects
+from maculaos.api.times import now_rfc3339, parse_rfc3339, rfc3339
 from maculaos.host.backup import BackupJob, JobReport, run_job, save_local_job
 from maculaos.host.backup_retention import RetentionState
 from maculaos.host.paths import HostPathError
 from maculaos.host.restic import ResticError
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
-from maculaos.kube.rest import ApiError, KubeClient, now_rfc3339, resource_path
+from maculaos.kube.rest import ApiError, KubeClient, resource_path
 
 log = logging.getLogger("maculaos.agent")
 BACKUPS = "backups"
@@ -132,8 +133,8 @@ class BackupEngine:
         if run.get("reason") != "Scheduled":
             return True
         delay = node_start_delay(self.settings.node, str(run["id"]), spec.random_delay)
-        start = dt.datetime.fromisoformat(str(run.get("scheduledTime")).replace("Z", "+00:00")) + delay
-        return self.clock() >= start
+        scheduled = parse_rfc3339(run.get("scheduledTime"))
+        return scheduled is None or self.clock() >= scheduled + delay
 
     def _job(self, name: str, spec: BackupSpec, status: Mapping[str, Any], node: str | None = None) -> BackupJob:
         repos = repositories(spec, node or self.settings.node, self.settings.host_root, self.read_secret,
@@ -161,7 +162,7 @@ class BackupEngine:
                                                                                "TargetError"))
         self.done_runs[name] = run_id
         self.retention[name] = (tuple(result.targets), RetentionState(
-            result.snapshot_count, _time(result.retention_time) or state.last_time))
+            result.snapshot_count, parse_rfc3339(result.retention_time) or state.last_time))
         metrics.set_backup(name, result.ok, result.duration_seconds, result.bytes_added, time.time())
         self._report_backup(name, obj, {**base, **_entry_from(result, run_id, status.get("nextRunTime"))})
         if result.ok:
@@ -181,7 +182,7 @@ class BackupEngine:
     def _check_if_due(self, name: str, obj: dict[str, Any], spec: BackupSpec, entry: dict[str, Any],
                       status: Mapping[str, Any]) -> None:
         assert spec.check is not None
-        last = self.checked.get(name) or _time(entry.get("lastCheckTime")) or _time(
+        last = self.checked.get(name) or parse_rfc3339(entry.get("lastCheckTime")) or parse_rfc3339(
             obj["metadata"].get("creationTimestamp")) or self.clock()
         try:
             due = croniter(spec.check.schedule,
@@ -247,7 +248,7 @@ class BackupEngine:
             source = spec.source_node_name or self.settings.node
             job = self._job(spec.backup_name, bspec, backup.get("status") or {}, node=source)
             choice = SnapshotChoice(snapshot_id=spec.snapshot.id, latest=bool(spec.snapshot.latest),
-                                    before=_time(spec.snapshot.before))
+                                    before=parse_rfc3339(spec.snapshot.before))
             restic = job.restic_for(job.repositories[0])
             started = time.monotonic()
             snapshot = choose_snapshot(restic.snapshots(source, spec.backup_name), choice,
@@ -258,25 +259,15 @@ class BackupEngine:
         except (TargetError, ResticError, ValidationError, OSError, HostPathError) as exc:
             return {"phase": RunPhase.FAILED, "message": str(exc)}
         where = f" under {spec.target_path}" if spec.target_path else ""
-        return {"phase": RunPhase.SUCCEEDED, "snapshotId": snapshot.id, "snapshotTime": _rfc(snapshot.time),
+        return {"phase": RunPhase.SUCCEEDED, "snapshotId": snapshot.id, "snapshotTime": rfc3339(snapshot.time),
                 "message": f"restored {', '.join(paths)}{where} from snapshot {snapshot.short_id}"}
-
-
-def _time(text: Any) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-
-
-def _rfc(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _retention_state(entry: Mapping[str, Any]) -> RetentionState:
     """What the last runs' reports say of the repository (unknown after a failed run or a new agent)."""
     count = entry.get("snapshotCount")
     return RetentionState(snapshot_count=count if isinstance(count, int) else None,
-                          last_time=_time(entry.get("lastRetentionTime")))
+                          last_time=parse_rfc3339(entry.get("lastRetentionTime")))
 
 
 def _entry_from(result: JobReport, run_id: str, next_run: Any) -> dict[str, Any]:

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 
 from maculaos.api.common import parse_duration
 from maculaos.api.healthcheck import Check, CheckAction, HealthCheckSpec
+from maculaos.api.times import now_rfc3339
 from maculaos.host.healthcheck import ProbeResult, run_probe
 from maculaos.host.healthcheck_cleanup import run_cleanup
 from maculaos.host.systemd import Systemd, SystemdError
-from maculaos.kube.rest import now_rfc3339
 
 log = logging.getLogger("maculaos.agent")
 PLURAL = "healthchecks"

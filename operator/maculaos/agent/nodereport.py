@@ -19,6 +19,7 @@ from typing import Any
 
 from maculaos.api import GROUP, KINDS, VERSION
 from maculaos.api.nodereport import NodeReportSpec, report_key
+from maculaos.api.times import now_rfc3339
 from maculaos.kube.rest import (
     EVENT_NAMESPACE,
     MERGE_PATCH,
@@ -28,7 +29,6 @@ from maculaos.kube.rest import (
     apply_merge_patch,
     event_body,
     merge_patch,
-    now_rfc3339,
     object_path,
     resource_path,
 )

@@ -20,6 +20,7 @@ from typing import Any
 from croniter import croniter
 
 from maculaos.api.backup import RUN_NOW_ANNOTATION, BackupSpec, MissedRunPolicy, node_start_delay
+from maculaos.api.times import parse_rfc3339, rfc3339
 
 #: A scheduled time handled later than this counts as missed (the operator was away over it).
 ON_TIME_GRACE = dt.timedelta(minutes=5)
@@ -28,14 +29,6 @@ MAX_COUNTED = 10000
 DONE_PHASES = {"Succeeded", "Failed"}
 
 
-def rfc3339(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def scheduled_times(expression: str, time_zone: str, after: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
@@ -92,7 +85,7 @@ class ScheduleDecision:
 def decide(spec: BackupSpec, status: Mapping[str, Any], annotations: Mapping[str, str],
            matched: Sequence[str], now: dt.datetime) -> ScheduleDecision:
     """lastScheduledTime, missedRuns, nextRunTime, onDemandToken and run, as they should be now."""
-    last = parse_time(status.get("lastScheduledTime"))
+    last = parse_rfc3339(status.get("lastScheduledTime"))
     missed = int(status.get("missedRuns") or 0)
     run: dict[str, Any] | None = dict(status["run"]) if status.get("run") else None
     fields: dict[str, Any] = {}
@@ -151,7 +144,7 @@ def admit_nodes(run: dict[str, Any], matched: Sequence[str], entries: Mapping[st
     timed_out = [n for n in run.get("timedOut") or []]
     done = {n for n in matched if node_done(entries.get(n), run["id"])}
     for node in allowed:
-        since = parse_time(admitted.get(node)) or parse_time(run.get("startTime")) or now
+        since = parse_rfc3339(admitted.get(node)) or parse_rfc3339(run.get("startTime")) or now
         delay = node_start_delay(node, run["id"], random_delay) if run.get("reason") == "Scheduled" else dt.timedelta(0)
         if node in matched and node not in done and node not in timed_out and now > since + delay + run_timeout:
             timed_out.append(node)

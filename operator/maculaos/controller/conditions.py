@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from maculaos.api.common import ConditionStatus, ConditionType
+from maculaos.api.times import now_rfc3339
 from maculaos.controller.validation import Problem, Verdict
-from maculaos.kube.rest import now_rfc3339
 
 
 @dataclass(frozen=True)

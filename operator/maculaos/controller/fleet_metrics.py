@@ -7,7 +7,6 @@ scraped, so a deleted object's series go with it and backup ages are as of the s
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -17,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from maculaos.api.common import VERSION_LABEL
+from maculaos.api.times import parse_rfc3339
 
 #: NodeUpgrade phases (api/nodeupgrade.py, NodeUpgradeStatus.phase): one series each, 1 for the current.
 ROLLOUT_PHASES = ("Pending", "Waiting", "Progressing", "Paused", "Succeeded", "Failed")
@@ -46,10 +46,9 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 
 def _timestamp(text: object) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
     try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        when = parse_rfc3339(text) if isinstance(text, str) else None
+        return when.timestamp() if when else None
     except ValueError:
         return None
 

@@ -40,6 +40,7 @@ from maculaos.api.nodeupgrade import (
     ReleaseTarget,
     StrategyType,
 )
+from maculaos.api.times import parse_rfc3339, rfc3339
 from maculaos.controller.conditions import EventNote
 
 #: Time a node has to come back from its reboot, on top of its healthCommitWindow.
@@ -146,14 +147,6 @@ def held_message(held: Mapping[str, str]) -> str:
     return "; ".join(parts) + "; they wait until it finishes"
 
 
-def rfc3339(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def max_unavailable(spec: NodeUpgradeSpec, selected: int) -> int:
@@ -224,7 +217,7 @@ class _Pass:
         self.plan.grants[name] = Grant(action=action, time=self.stamp)
 
     def elapsed(self, since: str) -> dt.timedelta:
-        start = parse_time(since)
+        start = parse_rfc3339(since)
         return self.now - start if start else dt.timedelta(0)
 
     def report(self, name: str) -> NodeUpgradeNodeEntry:
@@ -514,7 +507,7 @@ class _Pass:
             installing += 1
 
     def _delay_over(self) -> bool:
-        last = parse_time(self.plan.last_node_finished_time)
+        last = parse_rfc3339(self.plan.last_node_finished_time)
         return last is None or self.now - last >= parse_duration(self.spec.strategy.delay_between_nodes)
 
     def record_up_to_date(self, target: str) -> None:

@@ -31,6 +31,7 @@ from maculaos.api.common import (
 )
 from maculaos.api.meshrole import disagreements
 from maculaos.api.nodeupgrade import SEMVER_PATTERN
+from maculaos.api.times import parse_rfc3339
 from maculaos.controller.backup import restore_targets
 
 
@@ -273,7 +274,7 @@ def _check_restore(name: str, spec: CustomResource, nodes: list[str], cluster: C
     problems += [Problem(f, why, reason="RestoreRefused") for f, why in restore_refusals(spec, include)]
     if spec.snapshot.before is not None:
         try:
-            dt.datetime.fromisoformat(spec.snapshot.before.replace("Z", "+00:00"))
+            parse_rfc3339(spec.snapshot.before)
         except ValueError:
             problems.append(Problem("spec.snapshot.before",
                                     f"{spec.snapshot.before!r} is not an RFC 3339 time such as 2026-01-15T00:00:00Z"))

@@ -6,7 +6,6 @@ written as a freshly installed node would have them, so agents can converge them
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import yaml
 from kubernetes import client
 
 from maculaos.api.common import VERSION_LABEL
+from maculaos.api.times import now_rfc3339
 from maculaos.host.nodeconfig import NodeConfig
 
 BASE_VERSION = "0.1.0"
@@ -61,12 +61,8 @@ def demo_fleet(count: int) -> list[SimulatedNode]:
     return nodes
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def node_status(node: SimulatedNode, ready: bool = True) -> dict[str, object]:
-    now = _now()
+    now = now_rfc3339()
 
     def condition(ctype: str, status: str, reason: str, message: str) -> dict[str, str]:
         return {"type": ctype, "status": status, "reason": reason, "message": message,

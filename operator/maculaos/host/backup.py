@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maculaos.api.backup import Retention
+from maculaos.api.times import now_rfc3339, rfc3339
 from maculaos.host.backup_guard import Guarded, guard
 from maculaos.host.backup_retention import RetentionState, retention_due
 from maculaos.host.config import read_config, write_maculaos_section
@@ -138,7 +139,7 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
             if result.warnings:
                 notes.append(f"{len(result.warnings)} file(s) unreadable, e.g. {result.warnings[0]}")
     report.duration_seconds = round(time.monotonic() - started, 3)
-    report.snapshot_time = _rfc3339(dt.datetime.now(dt.timezone.utc))
+    report.snapshot_time = now_rfc3339()
     known = [c for c in counts if c is not None]
     report.snapshot_count = max(known) if known and len(known) == len(counts) else None
     done = len(job.repositories) - len(failures)
@@ -185,13 +186,11 @@ def _retain(job: BackupJob, restic: Restic, report: JobReport, due: str | None, 
     forgotten = Forgotten([], 1) if created else restic.forget(job.retention, job.node, job.name)
     report.removed_snapshots += len(forgotten.removed)
     report.removed_ids += [i[:8] for i in forgotten.removed][:REMOVED_IDS_SHOWN - len(report.removed_ids)]
-    report.retention_time = _rfc3339(now)
+    report.retention_time = rfc3339(now)
     report.retention_reason = due
     return forgotten.kept
 
 
-def _rfc3339(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 # -- the node-local copy of the job --------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import base64
 import copy
-import datetime as dt
 import hashlib
 import http.client
 import json
@@ -40,6 +39,7 @@ from typing import Any
 import yaml
 
 from maculaos.api import GROUP, VERSION
+from maculaos.api.times import now_rfc3339
 from maculaos.errors import MaculaosError
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -347,11 +347,6 @@ def resource_path(api_version: str, plural: str, name: str = "", namespace: str 
 def object_path(plural: str, name: str = "", subresource: str = "") -> str:
     """The REST path of one of the MaculaOS kinds (cluster-scoped) or of its collection."""
     return resource_path(f"{GROUP}/{VERSION}", plural, name, subresource=subresource)
-
-
-def now_rfc3339() -> str:
-    """Now, as Kubernetes writes times (second precision, Z)."""
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def event_body(obj: Mapping[str, Any], type_: str, reason: str, message: str, component: str,
