@@ -4,7 +4,6 @@ fetch and push. The upstream sync against a second repository standing in for th
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -85,8 +84,7 @@ def start_server(tmp_path: Path) -> Iterator[object]:
             argv = ["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups", *argv]
         proc, record = spawn(f"lighttpd-{port}", argv, tmp_path / "logs",
                              env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)})
-        # setpriv execs lighttpd: the record must name what then runs, or stop() takes it for gone.
-        records.append((proc, dataclasses.replace(record, command="lighttpd")))
+        records.append((proc, record))
         wait_for_port(port, 10, proc)
         return Server(f"http://127.0.0.1:{port}/fleet.git", root)
 

@@ -22,6 +22,9 @@ class ProcessRecord:
     pid: int
     command: str
     log: str
+    #: The kernel's start time of the pid (clock ticks since boot): it survives an exec (setpriv → lighttpd)
+    #: and tells a reused pid apart. 0 in records written before it existed: then the command is compared.
+    start_time: int = 0
 
 
 def free_port() -> int:
@@ -51,17 +54,33 @@ def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None 
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, **(env or {})})
-    return proc, ProcessRecord(name=name, pid=proc.pid, command=argv[0], log=str(log_path))
+    return proc, ProcessRecord(name=name, pid=proc.pid, command=argv[0], log=str(log_path),
+                               start_time=_start_time(proc.pid) or 0)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (which may hold spaces): state is [0], starttime [19]."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
 
 
 def is_running(record: ProcessRecord) -> bool:
-    """True when the pid is alive and still runs the recorded command (pids get reused)."""
+    """True when the pid is alive and is still the process that was started (pids get reused)."""
+    fields = _stat_fields(record.pid)
+    if fields is None or fields[0] == "Z":
+        return False
+    if record.start_time:
+        return int(fields[19]) == record.start_time
     try:
         cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{record.pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
         return False
     return os.path.basename(record.command).encode() in cmdline
 

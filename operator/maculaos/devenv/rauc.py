@@ -290,7 +290,7 @@ class SimulatedRaucNode:
                   + f'exec chroot "{root}" rauc service')
         proc, record = spawn("rauc-service", ["unshare", "-m", "sh", "-c", script], self.logs,
                              env={"DBUS_SYSTEM_BUS_ADDRESS": self.layout.bus_address})
-        self.layout.service = ProcessRecord(record.name, record.pid, "rauc", record.log)  # what exec leaves
+        self.layout.service = record
         (self.dir / "rauc.pid").write_text(f"{record.pid}\n")
         self.save()
         deadline = time.monotonic() + 15
