@@ -2,7 +2,7 @@
 # Installs everything a fresh Debian machine lacks to run the MaculaOS demo and tests, and nothing twice:
 #   1. Debian packages (only the missing ones);
 #   2. the Go-built upstream tools (the Kubernetes control plane, kubelet and kube-proxy, kubectl, kine,
-#      helm, restic, rest-server, versitygw), each
+#      helm, restic, rest-server, versitygw, Flux), each
 #      built once per machine into a cache keyed by its pinned version, linked into .tools/bin;
 #   3. the Python environment in .venv (reinstalled only when pyproject.toml changes).
 set -euo pipefail
@@ -73,6 +73,18 @@ build_rest_server() {
   (cd tools/rest-server && go build -trimpath -ldflags "-s -w" -o "$out/" github.com/restic/rest-server/cmd/rest-server)
 }
 
+# Flux's source- and kustomize-controller for the GitOps tests, from a wrapper module (tools/flux/go.mod)
+# that carries their replaces; their CRDs come from the same module versions, into bin/flux-crds.
+build_flux() {
+  local module
+  (cd tools/flux && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/" \
+      github.com/fluxcd/source-controller github.com/fluxcd/kustomize-controller)
+  mkdir -p "$out/flux-crds"
+  for module in source-controller kustomize-controller; do
+    cp "$(cd tools/flux && go list -m -f '{{.Dir}}' "github.com/fluxcd/$module")"/config/crd/bases/*.yaml "$out/flux-crds/"
+  done
+}
+
 go_install() {  # go_install MODULE@VERSION [LDFLAGS]
   GOBIN="$out" go install -trimpath -ldflags "-s -w ${2:-}" "$1"
 }
@@ -90,6 +102,7 @@ install_go_tools() {
   build_cached restic "$RESTIC_VERSION" -- go_install "github.com/restic/restic/cmd/restic@$RESTIC_VERSION"
   build_cached rest-server "$(cat tools/rest-server/go.mod tools/rest-server/go.sum)" -- build_rest_server
   build_cached versitygw "$VERSITYGW_VERSION" -- go_install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+  build_cached flux "$(cat tools/flux/go.mod tools/flux/go.sum)" "$(declare -f build_flux)" -- build_flux
 }
 
 install_python_env() {

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gitserver import start_server  # noqa: F401  (the git server fixture)
 from tests.restserver import RestServer, start_rest_server
 
 UNIT = """[Unit]

@@ -7,93 +7,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from maculaos.devenv.processes import ProcessRecord, free_port, spawn, stop, wait_for_port
+from maculaos.devenv.processes import free_port
 from maculaos.host import gitserver
 from maculaos.host.gitserver import ensure_repository, render_lighttpd_config, server_files
 from maculaos.host.gitsync import STATUS_FILE, UPSTREAM_NAMESPACE, heads, read_report, sync
 from maculaos.host.nodeconfig import GitServerConfig, NodeConfig, NodeConfigError
 from maculaos.host.systemd import Systemd
+from tests.gitserver import ALICE, HAS_LIGHTTPD, PASSWORD, commit, git, htpasswd_line
 
-pytestmark = pytest.mark.skipif(shutil.which("lighttpd") is None and not Path("/usr/sbin/lighttpd").exists(),
+pytestmark = pytest.mark.skipif(not HAS_LIGHTTPD,
                                 reason="lighttpd is not installed (tools/install.sh installs it)")
-
-ALICE = "alice"
-PASSWORD = "s3cret-push"
-
-
-def _htpasswd(user: str, password: str) -> str:
-    return subprocess.run(["htpasswd", "-nbB", user, password], check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str
-    root: Path
-
-    def authed(self, user: str = ALICE, password: str = PASSWORD) -> str:
-        return self.url.replace("http://", f"http://{user}:{password}@")
-
-
-def _git(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
-    result = subprocess.run(["git", "-c", "safe.directory=*", "-c", "init.defaultBranch=main", *args], cwd=cwd,
-                            capture_output=True, text=True, env=env, timeout=30)
-    if check and result.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)}: {result.stderr}")
-    return result
-
-
-def _commit(clone: Path, message: str) -> str:
-    (clone / "file.txt").write_text(message)
-    _git("add", "file.txt", cwd=clone)
-    _git("commit", "-q", "-m", message, cwd=clone)
-    return _git("rev-parse", "HEAD", cwd=clone).stdout.strip()
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[object]:
-    records: list[tuple[subprocess.Popen[bytes], ProcessRecord]] = []
-    made: list[Path] = []
-
-    def start(anonymous_read: bool = True, users: bool = True) -> Server:
-        # Outside pytest's 0700 tmp folders, so the unprivileged server can reach it.
-        base = Path(tempfile.mkdtemp(prefix="maculaos-git-"))
-        made.append(base)
-        base.chmod(0o755)
-        root, credentials = base / "repos", base / "credentials"
-        root.mkdir()
-        credentials.mkdir()
-        ensure_repository(root / "fleet.git")
-        (credentials / "htpasswd").write_text(_htpasswd(ALICE, PASSWORD) + "\n")
-        port = free_port()
-        config = base / "lighttpd.conf"
-        config.write_text(render_lighttpd_config(port, str(root), users, anonymous_read, bind="127.0.0.1"))
-        argv = ["lighttpd", "-D", "-f", str(config)]
-        if os.getuid() == 0:  # as the unit: never root
-            shutil.chown(root, "www-data", "www-data")
-            subprocess.run(["chown", "-R", "www-data:www-data", str(base)], check=True)
-            argv = ["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups", *argv]
-        proc, record = spawn(f"lighttpd-{port}", argv, tmp_path / "logs",
-                             env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)})
-        records.append((proc, record))
-        wait_for_port(port, 10, proc)
-        return Server(f"http://127.0.0.1:{port}/fleet.git", root)
-
-    yield start
-    for proc, record in records:
-        stop(record)
-        assert proc.wait(timeout=10) is not None
-    for base in made:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_rendered_configuration_passes_lighttpd_own_check(tmp_path: Path) -> None:
@@ -108,33 +35,33 @@ def test_the_rendered_configuration_passes_lighttpd_own_check(tmp_path: Path) ->
 def test_reads_are_open_and_a_push_needs_a_user(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = start_server()
     clone = tmp_path / "clone"
-    _git("clone", "-q", server.url, str(clone))
-    first = _commit(clone, "one")
-    refused = _git("push", "origin", "HEAD:main", cwd=clone, check=False)
+    git("clone", "-q", server.url, str(clone))
+    first = commit(clone, "one")
+    refused = git("push", "origin", "HEAD:main", cwd=clone, check=False)
     assert refused.returncode != 0 and "could not read Username" in refused.stderr  # 401: credentials asked
     assert heads(server.root / "fleet.git") == {}
-    wrong = _git("push", server.authed(password="wrong"), "HEAD:main", cwd=clone, check=False)
+    wrong = git("push", server.authed(password="wrong"), "HEAD:main", cwd=clone, check=False)
     assert wrong.returncode != 0 and heads(server.root / "fleet.git") == {}
-    _git("push", "-q", server.authed(), "HEAD:main", cwd=clone)
+    git("push", "-q", server.authed(), "HEAD:main", cwd=clone)
     assert heads(server.root / "fleet.git") == {"main": first}
     again = tmp_path / "again"
-    _git("clone", "-q", server.url, str(again))  # anonymous read of what was pushed
-    assert _git("rev-parse", "HEAD", cwd=again).stdout.strip() == first
+    git("clone", "-q", server.url, str(again))  # anonymous read of what was pushed
+    assert git("rev-parse", "HEAD", cwd=again).stdout.strip() == first
 
 
 def test_without_users_the_server_is_read_only(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = start_server(users=False)
     clone = tmp_path / "clone"
-    _git("clone", "-q", server.url, str(clone))
-    _commit(clone, "one")
-    assert _git("push", server.authed(), "HEAD:main", cwd=clone, check=False).returncode != 0
+    git("clone", "-q", server.url, str(clone))
+    commit(clone, "one")
+    assert git("push", server.authed(), "HEAD:main", cwd=clone, check=False).returncode != 0
     assert heads(server.root / "fleet.git") == {}
 
 
 def test_private_reads_need_a_user(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = start_server(anonymous_read=False)
-    assert _git("ls-remote", server.url, check=False).returncode != 0
-    assert _git("ls-remote", server.authed(), check=True).returncode == 0
+    assert git("ls-remote", server.url, check=False).returncode != 0
+    assert git("ls-remote", server.authed(), check=True).returncode == 0
 
 
 # --- upstream sync -------------------------------------------------------------------------------------
@@ -144,10 +71,10 @@ def test_private_reads_need_a_user(start_server, tmp_path: Path) -> None:  # typ
 def upstream(tmp_path: Path) -> tuple[Path, Path]:
     """A bare repository standing in for the fleet's upstream, with one commit on main, and a work clone."""
     bare, work = tmp_path / "upstream.git", tmp_path / "upstream-work"
-    _git("init", "-q", "--bare", str(bare))
-    _git("clone", "-q", str(bare), str(work))
-    _commit(work, "fleet 1")
-    _git("push", "-q", "origin", "HEAD:main", cwd=work)
+    git("init", "-q", "--bare", str(bare))
+    git("clone", "-q", str(bare), str(work))
+    commit(work, "fleet 1")
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
     return bare, work
 
 
@@ -157,8 +84,8 @@ def test_sync_creates_then_fast_forwards(upstream: tuple[Path, Path], tmp_path: 
     ensure_repository(local)
     report = sync(local, str(bare))
     assert report.ok and report.created == {"main": heads(bare)["main"]}
-    second = _commit(work, "fleet 2")
-    _git("push", "-q", "origin", "HEAD:main", cwd=work)
+    second = commit(work, "fleet 2")
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
     report = sync(local, str(bare))
     assert report.ok and report.fast_forwarded["main"][1] == second
     assert heads(local)["main"] == second and heads(local, UPSTREAM_NAMESPACE)["main"] == second
@@ -171,11 +98,11 @@ def test_a_diverged_local_push_is_kept_and_reported(upstream: tuple[Path, Path],
     ensure_repository(local)
     sync(local, str(bare))
     site = tmp_path / "site-work"  # pushed on the site while offline
-    _git("clone", "-q", str(local), str(site))
-    ours = _commit(site, "site change")
-    _git("push", "-q", "origin", "HEAD:main", cwd=site)
-    theirs = _commit(work, "fleet change")
-    _git("push", "-q", "origin", "HEAD:main", cwd=work)
+    git("clone", "-q", str(local), str(site))
+    ours = commit(site, "site change")
+    git("push", "-q", "origin", "HEAD:main", cwd=site)
+    theirs = commit(work, "fleet change")
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
     report = sync(local, str(bare))
     assert not report.ok and [(c.branch, c.local, c.upstream) for c in report.conflicts] == [("main", ours, theirs)]
     assert heads(local)["main"] == ours  # untouched
@@ -190,9 +117,9 @@ def test_a_local_branch_ahead_is_pushed_only_when_asked(upstream: tuple[Path, Pa
     ensure_repository(local)
     sync(local, str(bare))
     site = tmp_path / "site-work"
-    _git("clone", "-q", str(local), str(site))
-    ours = _commit(site, "site change")
-    _git("push", "-q", "origin", "HEAD:main", cwd=site)
+    git("clone", "-q", str(local), str(site))
+    ours = commit(site, "site change")
+    git("push", "-q", "origin", "HEAD:main", cwd=site)
     report = sync(local, str(bare))
     assert report.ok and report.ahead == ["main"] and heads(bare)["main"] != ours
     report = sync(local, str(bare), push_upstream=True)
@@ -220,7 +147,7 @@ def test_sync_through_the_real_server_as_upstream(start_server, upstream: tuple[
     """The upstream is itself a git server over HTTP (another node's, or the fleet's)."""
     server = start_server()
     _, work = upstream
-    _git("push", "-q", server.authed(), "HEAD:main", cwd=work)
+    git("push", "-q", server.authed(), "HEAD:main", cwd=work)
     local = tmp_path / "site/fleet.git"
     ensure_repository(local)
     report = sync(local, server.url)
@@ -277,7 +204,7 @@ def test_converge_writes_the_files_on_a_mounted_root(host_root: Path) -> None:
     (host_root / "usr/sbin/lighttpd").touch()
     (host_root / "usr/lib/git-core").mkdir(parents=True)
     (host_root / "usr/lib/git-core/git-http-backend").touch()
-    section = {"htpasswd": _htpasswd(ALICE, PASSWORD), "upstream": {"url": "https://git.example/fleet.git"},
+    section = {"htpasswd": htpasswd_line(ALICE, PASSWORD), "upstream": {"url": "https://git.example/fleet.git"},
                "repositories": ["fleet", "site-a"]}
     config = NodeConfig.parse({"maculaos": {"git_server": section}})
     systemd = Systemd(host_root)
@@ -331,11 +258,11 @@ def test_the_cli_syncs_from_config_yaml_and_shows_the_conflict(
     local = host_root / "var/lib/maculaos/git/fleet.git"
     assert heads(local)["main"] == heads(bare)["main"]
     site = tmp_path / "site-work"
-    _git("clone", "-q", str(local), str(site))
-    _commit(site, "site change")
-    _git("push", "-q", "origin", "HEAD:main", cwd=site)
-    _commit(work, "fleet change")
-    _git("push", "-q", "origin", "HEAD:main", cwd=work)
+    git("clone", "-q", str(local), str(site))
+    commit(site, "site change")
+    git("push", "-q", "origin", "HEAD:main", cwd=site)
+    commit(work, "fleet change")
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
     assert main(["gitops", "sync", "--host-root", str(host_root)]) == 1
     capsys.readouterr()
     assert main(["gitops", "status", "--host-root", str(host_root)]) == 0
@@ -428,14 +355,14 @@ def test_the_site_story_mirror_push_offline_conflict(start_server, upstream: tup
 
     as_the_units_leave_it()
     site = tmp_path / "site"
-    _git("clone", "-q", server.url, str(site))
-    assert _git("rev-parse", "HEAD", cwd=site).stdout.strip() == heads(bare)["main"]
-    ours = _commit(site, "site change while offline")
-    _git("push", "-q", server.authed(), "HEAD:main", cwd=site)
-    theirs = _commit(work, "fleet change")
-    _git("push", "-q", "origin", "HEAD:main", cwd=work)
+    git("clone", "-q", server.url, str(site))
+    assert git("rev-parse", "HEAD", cwd=site).stdout.strip() == heads(bare)["main"]
+    ours = commit(site, "site change while offline")
+    git("push", "-q", server.authed(), "HEAD:main", cwd=site)
+    theirs = commit(work, "fleet change")
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
     report = sync(served, str(bare))
     as_the_units_leave_it()
     assert [c.branch for c in report.conflicts] == ["main"] and heads(served)["main"] == ours
-    assert _git("ls-remote", server.url, "refs/heads/main").stdout.split()[0] == ours
+    assert git("ls-remote", server.url, "refs/heads/main").stdout.split()[0] == ours
     assert heads(bare)["main"] == theirs

@@ -23,6 +23,7 @@ from maculaos.devenv.demo import install_crds, start_operator
 from maculaos.devenv.nodes import demo_fleet, register_node
 from maculaos.devenv.processes import ProcessRecord, free_port, is_running, stop
 from maculaos.kube.rest import Credentials, KubeClient
+from tests.gitserver import start_server  # noqa: F401  (the git server fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 

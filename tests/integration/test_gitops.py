@@ -1,0 +1,207 @@
+"""GitOps from the node's git server: Flux's source-controller and kustomize-controller (built from their Go
+modules by tools/install.sh) run as processes against the test control plane, as they would with a
+kubeconfig, and read the fleet repository from the real git server (lighttpd and git http-backend, as the
+node serves it). A pushed commit reaches the nodes through Flux, the operator and the agents; a bad commit
+is reported by Flux's Kustomization and by the object, and the nodes keep their last good state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+import pytest
+import yaml
+
+from maculaos.devenv.processes import ProcessRecord, free_port, spawn, stop, wait_for_port
+from tests.gitserver import HAS_LIGHTTPD, Server, StartServer, git
+from tests.integration.agent_fleet import Fleet, agent_fleet
+from tests.integration.conftest import Cluster
+
+pytestmark = pytest.mark.skipif(not HAS_LIGHTTPD, reason="lighttpd is not installed (tools/install.sh installs it)")
+
+FLUX_NAMESPACE = "flux-system"
+WAREHOUSE = {"matchLabels": {"macula.io/site": "warehouse"}}  # macula-nuc-01 and macula-nuc-02
+SITE = "sites/warehouse"
+
+
+@dataclass
+class Flux:
+    """The two controllers' processes, and where source-controller serves its artifacts."""
+
+    records: list[ProcessRecord]
+    artifacts: str
+
+    def stop(self) -> None:
+        for record in self.records:
+            stop(record)
+
+
+def start_flux(cluster: Cluster, bin_dir: Path, workdir: Path) -> Flux:
+    """Both controllers with the test cluster's kubeconfig, all their ports on loopback, no leader
+    election (one replica each). source-controller advertises its artifact server's own address: the
+    in-cluster Service name that a Deployment would advertise does not resolve here."""
+    missing = [name for name in ("source-controller", "kustomize-controller", "flux-crds")
+               if not (bin_dir / name).exists()]
+    if missing:
+        pytest.fail(f"{bin_dir} has no {', '.join(missing)}: run tools/install.sh (the README's test command does)")
+    cluster.kubectl("apply", "--server-side", "-f", str((bin_dir / "flux-crds").resolve()))  # kubectl reads no link
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/gitrepositories.source.toolkit.fluxcd.io", "crd/kustomizations.kustomize.toolkit.fluxcd.io")
+    cluster.kubectl("create", "namespace", FLUX_NAMESPACE, check=False)
+    env = {"KUBECONFIG": str(cluster.plane.kubeconfig), "RUNTIME_NAMESPACE": FLUX_NAMESPACE}
+    def controller(name: str, *args: str) -> tuple[Popen[bytes], ProcessRecord]:
+        return spawn(name, [str(bin_dir / name), "--enable-leader-election=false", "--log-encoding=console",
+                            f"--metrics-addr=127.0.0.1:{free_port()}", f"--health-addr=127.0.0.1:{free_port()}",
+                            *args], workdir / "logs", env=env)
+
+    storage, artifacts = free_port(), workdir / "artifacts"
+    artifacts.mkdir(parents=True)
+    source, source_record = controller("source-controller", f"--storage-path={artifacts}",
+                                       f"--storage-addr=127.0.0.1:{storage}", f"--storage-adv-addr=127.0.0.1:{storage}")
+    kustomize, kustomize_record = controller("kustomize-controller")
+    flux = Flux([source_record, kustomize_record], f"http://127.0.0.1:{storage}")
+    try:
+        wait_for_port(storage, 60, source)
+        cluster.wait_for(lambda: "starting manager" in Path(kustomize_record.log).read_text().lower()
+                         or kustomize.poll() is not None, timeout=60, what="kustomize-controller to start")
+        assert kustomize.poll() is None, Path(kustomize_record.log).read_text()[-2000:]
+    except BaseException:
+        flux.stop()
+        raise
+    return flux
+
+
+def meshrole(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "os.macula.io/v1alpha1", "kind": "MeshRole", "metadata": {"name": name}, "spec": spec}
+
+
+class SiteRepository:
+    """A person's clone of the fleet repository: edit the site's folder, commit, push to the node."""
+
+    def __init__(self, server: Server, clone: Path) -> None:
+        self.server, self.clone = server, clone
+        git("clone", "-q", server.url, str(clone))
+
+    def push(self, message: str, *objects: dict[str, Any]) -> str:
+        folder = self.clone / SITE
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.yaml"):
+            old.unlink()
+        for obj in objects:
+            (folder / f"{obj['metadata']['name']}.yaml").write_text(yaml.safe_dump(obj))
+        git("add", "-A", ".", cwd=self.clone)
+        git("commit", "-q", "-m", message, cwd=self.clone)
+        git("push", "-q", self.server.authed(), "HEAD:main", cwd=self.clone)
+        return git("rev-parse", "HEAD", cwd=self.clone).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with agent_fleet(cluster, tmp_path_factory.mktemp("gitops-fleet")) as started:
+        yield started
+
+
+@pytest.fixture
+def flux(cluster: Cluster, bin_dir: Path, tmp_path: Path) -> Iterator[Flux]:
+    started = start_flux(cluster, bin_dir, tmp_path / "flux")
+    try:
+        yield started
+    finally:
+        started.stop()
+        for record in started.records:
+            print(Path(record.log).read_text()[-3000:])
+
+
+def flux_objects(url: str) -> list[dict[str, Any]]:
+    """What the node deploys on first boot (and the chart for a Flux the user runs): the node's repository
+    and a Kustomization for this site's folder. Short intervals so the test does not wait on them."""
+    return [
+        {"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+         "metadata": {"name": "fleet", "namespace": FLUX_NAMESPACE},
+         "spec": {"url": url, "ref": {"branch": "main"}, "interval": "2s", "timeout": "20s"}},
+        {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+         "metadata": {"name": "warehouse", "namespace": FLUX_NAMESPACE},
+         "spec": {"sourceRef": {"kind": "GitRepository", "name": "fleet"}, "path": f"./{SITE}", "prune": True,
+                  "interval": "30s", "retryInterval": "2s", "timeout": "30s"}},
+    ]
+
+
+def applied_revision(cluster: Cluster) -> str:
+    kustomization = cluster.kubectl("get", "kustomization", "warehouse", "-n", FLUX_NAMESPACE, "-o", "json",
+                                    check=False)
+    return str(yaml.safe_load(kustomization.stdout or "{}").get("status", {}).get("lastAppliedRevision", ""))
+
+
+def kustomization_ready(cluster: Cluster) -> dict[str, Any]:
+    result = cluster.kubectl("get", "kustomization", "warehouse", "-n", FLUX_NAMESPACE, "-o", "json")
+    conditions = yaml.safe_load(result.stdout).get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "Ready"), {})
+
+
+def test_a_pushed_commit_reaches_the_nodes_and_a_bad_one_changes_nothing(
+        cluster: Cluster, fleet: Fleet, flux: Flux, start_server: StartServer, operator: ProcessRecord,
+        tmp_path: Path) -> None:
+    server = start_server()
+    site = SiteRepository(server, tmp_path / "clone")
+    first = site.push("warehouse: gateways", meshrole("gitops-warehouse", nodeSelector=WAREHOUSE, roles=["gateway"]))
+    objects = flux_objects(server.url)
+    for obj in objects:
+        cluster.apply(obj)
+    try:
+        # Flux applies the commit; the operator and the agents carry it to both warehouse nodes.
+        cluster.wait_for(lambda: applied_revision(cluster) == f"main@sha1:{first}", timeout=90,
+                         what=lambda: f"Flux to apply {first} (Ready: {kustomization_ready(cluster)})")
+        for node in ("macula-nuc-01", "macula-nuc-02"):
+            fleet.wait_phase("gitops-warehouse", node, "Applied")
+            report = cluster.get("NodeReport", node)["status"]["entries"]["MeshRole/gitops-warehouse"]
+            assert report["report"]["phase"] == "Applied", report
+        assert fleet.node_labels("macula-nuc-01")["macula.io/role-gateway"] == "true"
+        assert "macula.io/role-gateway" not in fleet.node_labels("macula-pi-03")  # the shop is not selected
+
+        # A change pushed to the node's server: the nodes follow, and the NodeReports say so.
+        second = site.push("warehouse: bootstrap too",
+                           meshrole("gitops-warehouse", nodeSelector=WAREHOUSE, roles=["gateway", "bootstrap"]))
+        cluster.wait_for(lambda: applied_revision(cluster) == f"main@sha1:{second}", timeout=60,
+                         what=lambda: f"Flux to apply {second} (Ready: {kustomization_ready(cluster)})")
+        generation = cluster.get("MeshRole", "gitops-warehouse")["metadata"]["generation"]
+        for node in ("macula-nuc-01", "macula-nuc-02"):
+            fleet.wait_phase("gitops-warehouse", node, "Applied", generation)
+            fleet.cluster.wait_for(lambda n=node: fleet.node_labels(n).get("macula.io/role-bootstrap") == "true",
+                                   what=f"the bootstrap label on {node}")
+        good_config = fleet.nodes["macula-nuc-02"].mesh_config()
+
+        # A commit the API server refuses: Flux reports it, naming the field; the object keeps its spec.
+        refused = site.push("warehouse: a role that does not exist",
+                            meshrole("gitops-warehouse", nodeSelector=WAREHOUSE, roles=["gateway", "bogus"]))
+        cluster.wait_for(lambda: "bogus" in kustomization_ready(cluster).get("message", ""), timeout=60,
+                         what=lambda: f"Flux to report {refused} failed (Ready: {kustomization_ready(cluster)})")
+        ready = kustomization_ready(cluster)
+        assert ready["status"] == "False" and "spec.roles" in ready["message"], ready
+        assert applied_revision(cluster) == f"main@sha1:{second}"
+        assert cluster.get("MeshRole", "gitops-warehouse")["metadata"]["generation"] == generation
+
+        # A commit the API server admits and the operator refuses (two MeshRoles disagreeing on the same
+        # nodes): Flux applies it, the objects say why they are not applied, the nodes keep their state.
+        conflicting = site.push(
+            "warehouse: a second role with another realm",
+            meshrole("gitops-warehouse", nodeSelector=WAREHOUSE, roles=["gateway", "bootstrap"]),
+            meshrole("gitops-realm", nodeSelector=WAREHOUSE, realm="com.example"))
+        cluster.wait_for(lambda: applied_revision(cluster) == f"main@sha1:{conflicting}", timeout=60,
+                         what=lambda: f"Flux to apply {conflicting} (Ready: {kustomization_ready(cluster)})")
+        ready = cluster.wait_condition("MeshRole", "gitops-realm", "False", timeout=40)
+        assert ready["reason"] == "Conflict" and "spec.realm" in ready["message"], ready
+        fleet.wait_phase("gitops-realm", "macula-nuc-02", "Conflict")
+        assert fleet.nodes["macula-nuc-02"].mesh_config() == good_config
+        assert fleet.node_labels("macula-nuc-02").get("macula.io/role-bootstrap") == "true"
+    finally:
+        # Deleting the Kustomization prunes what it applied (while its controller still runs).
+        for obj in reversed(objects):
+            cluster.delete(obj)
+        try:
+            cluster.wait_for(lambda: "gitops-" not in cluster.kubectl("get", "meshroles", "-o", "name").stdout,
+                             timeout=60, what="Flux to prune the site's MeshRoles")
+        finally:
+            cluster.kubectl("delete", "meshrole", "gitops-warehouse", "gitops-realm", "--ignore-not-found")
