@@ -6,25 +6,27 @@ is reported by Flux's Kustomization and by the object, and the nodes keep their 
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from subprocess import Popen
 from typing import Any
 
 import pytest
 import yaml
 
+from maculaos.devenv.manifests import KUBE_VERSION
 from maculaos.devenv.processes import ProcessRecord, free_port, spawn, stop, wait_for_port
 from tests.gitserver import HAS_LIGHTTPD, Server, StartServer, git
 from tests.integration.agent_fleet import Fleet, agent_fleet
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import REPO, Cluster
 
 pytestmark = pytest.mark.skipif(not HAS_LIGHTTPD, reason="lighttpd is not installed (tools/install.sh installs it)")
 
 FLUX_NAMESPACE = "flux-system"
 WAREHOUSE = {"matchLabels": {"macula.io/site": "warehouse"}}  # macula-nuc-01 and macula-nuc-02
 SITE = "sites/warehouse"
+KUSTOMIZATION = "maculaos-site"  # the chart's name for it, with release name "maculaos"
 
 
 @dataclass
@@ -52,7 +54,7 @@ def start_flux(cluster: Cluster, bin_dir: Path, workdir: Path) -> Flux:
                     "crd/gitrepositories.source.toolkit.fluxcd.io", "crd/kustomizations.kustomize.toolkit.fluxcd.io")
     cluster.kubectl("create", "namespace", FLUX_NAMESPACE, check=False)
     env = {"KUBECONFIG": str(cluster.plane.kubeconfig), "RUNTIME_NAMESPACE": FLUX_NAMESPACE}
-    def controller(name: str, *args: str) -> tuple[Popen[bytes], ProcessRecord]:
+    def controller(name: str, *args: str) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
         return spawn(name, [str(bin_dir / name), "--enable-leader-election=false", "--log-encoding=console",
                             f"--metrics-addr=127.0.0.1:{free_port()}", f"--health-addr=127.0.0.1:{free_port()}",
                             *args], workdir / "logs", env=env)
@@ -115,39 +117,36 @@ def flux(cluster: Cluster, bin_dir: Path, tmp_path: Path) -> Iterator[Flux]:
             print(Path(record.log).read_text()[-3000:])
 
 
-def flux_objects(url: str) -> list[dict[str, Any]]:
-    """What the node deploys on first boot (and the chart for a Flux the user runs): the node's repository
-    and a Kustomization for this site's folder. Short intervals so the test does not wait on them."""
-    return [
-        {"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
-         "metadata": {"name": "fleet", "namespace": FLUX_NAMESPACE},
-         "spec": {"url": url, "ref": {"branch": "main"}, "interval": "2s", "timeout": "20s"}},
-        {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-         "metadata": {"name": "warehouse", "namespace": FLUX_NAMESPACE},
-         "spec": {"sourceRef": {"kind": "GitRepository", "name": "fleet"}, "path": f"./{SITE}", "prune": True,
-                  "interval": "30s", "retryInterval": "2s", "timeout": "30s"}},
-    ]
+def flux_objects(bin_dir: Path, url: str) -> list[dict[str, Any]]:
+    """The chart's GitOps objects, as `helm install` creates them for a Flux the user runs: the fleet
+    repository and a Kustomization for this site's folder. A short interval so the test does not wait."""
+    rendered = subprocess.run(
+        [str(bin_dir / "helm"), "template", "maculaos", str(REPO / "charts" / "maculaos-operator"),
+         f"--kube-version={KUBE_VERSION}", "--show-only=templates/gitops.yaml",
+         f"--set=gitops.enabled=true,gitops.url={url},gitops.path=./{SITE},gitops.interval=2s"],
+        check=True, capture_output=True, text=True).stdout
+    return [obj for obj in yaml.safe_load_all(rendered) if obj]
 
 
 def applied_revision(cluster: Cluster) -> str:
-    kustomization = cluster.kubectl("get", "kustomization", "warehouse", "-n", FLUX_NAMESPACE, "-o", "json",
+    kustomization = cluster.kubectl("get", "kustomization", KUSTOMIZATION, "-n", FLUX_NAMESPACE, "-o", "json",
                                     check=False)
     return str(yaml.safe_load(kustomization.stdout or "{}").get("status", {}).get("lastAppliedRevision", ""))
 
 
 def kustomization_ready(cluster: Cluster) -> dict[str, Any]:
-    result = cluster.kubectl("get", "kustomization", "warehouse", "-n", FLUX_NAMESPACE, "-o", "json")
+    result = cluster.kubectl("get", "kustomization", KUSTOMIZATION, "-n", FLUX_NAMESPACE, "-o", "json")
     conditions = yaml.safe_load(result.stdout).get("status", {}).get("conditions", [])
     return next((c for c in conditions if c["type"] == "Ready"), {})
 
 
 def test_a_pushed_commit_reaches_the_nodes_and_a_bad_one_changes_nothing(
         cluster: Cluster, fleet: Fleet, flux: Flux, start_server: StartServer, operator: ProcessRecord,
-        tmp_path: Path) -> None:
+        bin_dir: Path, tmp_path: Path) -> None:
     server = start_server()
     site = SiteRepository(server, tmp_path / "clone")
     first = site.push("warehouse: gateways", meshrole("gitops-warehouse", nodeSelector=WAREHOUSE, roles=["gateway"]))
-    objects = flux_objects(server.url)
+    objects = flux_objects(bin_dir, server.url)
     for obj in objects:
         cluster.apply(obj)
     try:
