@@ -266,6 +266,7 @@ MaculaOS demo is running: {node_count} simulated nodes with their agents, the op
   tail -f {self.workdir / 'logs' / 'operator.log'}
 
 Node sandboxes (each node's host root): {self.workdir / 'nodes'}
+Walk through the stories, each a real action: maculaos dev tour   (--list, --step NAME, --pause)
 Join a MaculaOS VM (QEMU user networking): maculaos dev join-token   (its config.yaml section)
 Stop everything: make demo-stop   (or: maculaos dev down)
 (kubectl is {kubectl_bin})""")
