@@ -22,8 +22,9 @@ from maculaos.devenv.tour import STEPS
 from tests.integration.conftest import REPO
 
 
-def maculaos(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "maculaos", *args], capture_output=True, text=True, timeout=300)
+def maculaos(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "maculaos", *args], input=stdin, capture_output=True, text=True,
+                          timeout=300)
 
 
 def get(bin_dir: Path, kubeconfig: Path, ref: str) -> dict[str, Any]:
@@ -46,6 +47,7 @@ def capped_history(bin_dir: Path, kubeconfig: Path, timeout: float = 90) -> dict
 
 def tour_steps(output: str) -> dict[str, str]:
     """The tour's output by step name (each step begins with "== n/N name: title")."""
+    output = output.replace("\n(press Enter for the next step) ", "")   # --pause's prompt, between steps
     parts = re.split(r"^== \d+/\d+ ([a-z-]+): .*$", output, flags=re.MULTILINE)
     return dict(zip(parts[1::2], parts[2::2], strict=True))
 
@@ -119,9 +121,14 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
                 "restart of maculaos-demo-absent.service failed (2/2 in 1h)",
                 "not restarting maculaos-demo-absent.service"], (node, notes)
         # The tour, through its own command on this demo: what the person sees at each step.
-        tour = maculaos("dev", "tour", "--workdir", str(workdir))
+        tour = maculaos("dev", "tour", "--pause", "--workdir", str(workdir), stdin="\n" * (len(STEPS) - 1))
         assert tour.returncode == 0, tour.stderr + tour.stdout
+        assert tour.stdout.count("(press Enter for the next step)") == len(STEPS) - 1
         assert_tour(tour.stdout, workdir, Demo(workdir, REPO).releases())
+        one = maculaos("dev", "tour", "--step", "bad-object", "--workdir", str(workdir))   # no --pause: no prompt
+        assert one.returncode == 0, one.stderr + one.stdout
+        assert list(tour_steps(one.stdout)) == ["bad-object"] and "1 of 1 step(s) played" in one.stdout
+        assert "press Enter" not in one.stdout
         joining = maculaos("dev", "join-token", "--workdir", str(workdir))
         assert joining.returncode == 0, joining.stderr
         section = yaml.safe_load(joining.stdout)["maculaos"]["kubernetes"]

@@ -124,7 +124,7 @@ def backup_restore(tour: Tour) -> None:
         raise TourError(f"backup/{BACKUP}'s run failed on {failed}")
     tour.kubectl("get", f"backup/{BACKUP}")
     nodes = len(status.get("nodes") or {})
-    tour.say(f"\nLook for: LAST SUCCESS 0s (just now) and OUTCOME {nodes}/{nodes} backed up; "
+    tour.say(f"\nLook for: LAST SUCCESS a few seconds ago and OUTCOME {nodes}/{nodes} backed up; "
              "`kubectl get backup nightly -o yaml` shows each node's new snapshot "
              "(status.nodes.<node>.lastSnapshotId).")
     file.write_text("changed by mistake\n")
