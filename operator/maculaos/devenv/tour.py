@@ -193,6 +193,22 @@ def bad_object(tour: Tour) -> None:
     tour.say("\nLook for: `is invalid`, the field (spec.checks[0].interval), the value, and the form it must have. "
              "Nothing was stored:")
     tour.kubectl("get", "healthcheck", name, expect_failure=True)
+    name = "tour-bad-path"
+    tour.say(f"\nWhat the schema cannot know, the operator judges: a Restore of a path backup/{BACKUP} never "
+             "includes. It is stored, then marked Invalid with the field named, and no agent acts on it:")
+    tour.kubectl("delete", f"restore/{name}", "--ignore-not-found")
+    path = tour.apply(name, [{"apiVersion": API_VERSION, "kind": "Restore", "metadata": {"name": name},
+                              "spec": {"backupName": BACKUP, "nodeName": TOUR_NODE, "snapshot": {"latest": True},
+                                       "paths": ["/home/macula/notes"]}}])
+    tour.kubectl("apply", "-f", str(path))
+    message = tour.wait_for(f"restore/{name}", lambda o: _condition(o, "Invalid"), "the operator's verdict")
+    if "spec.paths[0]" not in message:
+        raise TourError(f"restore/{name}'s Invalid condition does not name spec.paths[0]: {message}")
+    tour.kubectl("get", f"restore/{name}")
+    tour.kubectl("get", f"restore/{name}", "-o", "jsonpath={.status.conditions[?(@.type==\"Invalid\")].message}")
+    tour.say("\nLook for: READY False with the reason, and the Invalid condition's message naming spec.paths[0]. "
+             "A Restore cannot be changed, so it goes:")
+    tour.kubectl("delete", "-f", str(path))
 
 
 def upgrade(tour: Tour) -> None:
@@ -237,7 +253,7 @@ def rollback(tour: Tour) -> None:
 STEPS = (
     Step("backup-restore", "backup and restore: a file changed on a node comes back", backup_restore),
     Step("health", "a health check failing and healing", health),
-    Step("bad-object", "a bad object refused, naming the field", bad_object),
+    Step("bad-object", "bad objects refused, naming the field: by the API server, by the operator", bad_object),
     Step("upgrade", "an upgrade rolled across the nodes", upgrade),
     Step("rollback", "a bad build rolled back", rollback),
 )
@@ -303,6 +319,14 @@ def _upgrade_finished(obj: dict[str, Any]) -> dict[str, Any] | None:
 def _paused(obj: dict[str, Any]) -> dict[str, Any] | None:
     status: dict[str, Any] = obj.get("status") or {}
     return status if status.get("phase") == "Paused" else None
+
+
+def _condition(obj: dict[str, Any], kind: str) -> str | None:
+    """The message of the condition of this type once it is True."""
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return str(cond.get("message") or kind)
+    return None
 
 
 def _nodes(obj: dict[str, Any]) -> dict[str, Any]:
