@@ -56,9 +56,11 @@ class DemoReleases(BaseModel):
     release_index: str
     """The index's URL, as a NodeUpgrade's source.releaseIndex names it (http on loopback)."""
     installed: str
-    """The version the nodes run at start."""
+    """The version the nodes run when `dev up` is done (after any rollout of the demo's own)."""
     good: str
-    """A version the index offers that upgrades cleanly."""
+    """A version the index offers that the nodes do not run yet and that upgrades cleanly. The tour's
+    NodeUpgrade to it must not be held by another one: a NodeUpgrade of the demo's own that still selects
+    the nodes keeps them (its Waiting condition)."""
     bad: str
     """A version the index offers that installs and boots, then fails its health check: autoRollback takes
     the node back to the version it ran."""

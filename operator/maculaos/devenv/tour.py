@@ -231,7 +231,8 @@ def rollback(tour: Tour) -> None:
     name = "tour-bad-build"
     tour.say(f"{releases.bad} is a bad build: it installs and boots, then fails its health check. With "
              "autoRollback the node boots its previous slot again, and the rollout stops at the first failure:")
-    tour.kubectl("delete", f"nodeupgrade/{name}", "--ignore-not-found")
+    tour.say("The upgrade step's NodeUpgrade, finished, goes first: it would keep the nodes for its version.")
+    tour.kubectl("delete", "nodeupgrade/tour-upgrade", f"nodeupgrade/{name}", "--ignore-not-found")
     path = tour.apply(name, [_node_upgrade(name, releases.bad, releases.release_index)])
     tour.kubectl("apply", "-f", str(path))
     status = tour.wait_for(f"nodeupgrade/{name}", lambda o: _upgrade_finished(o) or _paused(o),
