@@ -4,7 +4,9 @@
 #   2. the Go-built upstream tools (the Kubernetes control plane, kubelet and kube-proxy, kubectl, kine,
 #      helm, restic, rest-server, versitygw, Flux), each
 #      built once per machine into a cache keyed by its pinned version, linked into .tools/bin;
-#   3. the Python environment in .venv (reinstalled only when pyproject.toml changes).
+#   3. the Prometheus Operator's CRDs, into Go's module cache (tests check the chart's monitoring objects
+#      against them; tests/integration/test_chart.py finds them there);
+#   4. the Python environment in .venv (reinstalled only when pyproject.toml changes).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -105,6 +107,16 @@ install_go_tools() {
   build_cached flux "$(cat tools/flux/go.mod tools/flux/go.sum)" "$(declare -f build_flux)" -- build_flux
 }
 
+# The module zip holds example/prometheus-operator-crd/*.yaml; `go mod download` keeps it, verified against
+# the checksum database, in the module cache (a temporary module: the download needs one to run in).
+fetch_prometheus_crds() {
+  local tmp
+  tmp=$(mktemp -d)
+  (cd "$tmp" && go mod init maculaos.tmp/crds >/dev/null 2>&1 &&
+     go mod download "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")
+  rm -rf "$tmp"
+}
+
 install_python_env() {
   local stamp=.venv/.maculaos-installed want
   want=$(cat pyproject.toml tools/constraints.txt | sha256sum | cut -c1-16)
@@ -118,5 +130,6 @@ install_python_env() {
 
 install_debian_packages
 install_go_tools
+fetch_prometheus_crds
 install_python_env
 log "ready: .tools/bin has $(ls .tools/bin | tr '\n' ' ')"

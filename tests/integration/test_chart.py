@@ -205,13 +205,50 @@ def test_monitoring_is_off_by_default_and_complete_when_on(tools: Tools) -> None
     dashboard = on["ConfigMap"][0]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["maculaos-fleet.json"])["uid"] == "maculaos-fleet"
-    # The Service and the ConfigMap through the real API server (the monitoring.coreos.com kinds need the
-    # Prometheus Operator's CRDs, which this control plane does not have).
+    # The Service and the ConfigMap through the real API server; the monitoring.coreos.com kinds go through it
+    # against the Prometheus Operator's own CRDs in test_monitoring_objects_fit_the_prometheus_operator_crds.
     if not tools.exists("namespace", NAMESPACE):
         tools.kubectl("create", "namespace", NAMESPACE)
     plain = "---\n".join(yaml.safe_dump(doc) for doc in (service, dashboard))
     applied = tools.kubectl("apply", "--dry-run=server", "-f", "-", stdin=plain, check=False)
     assert applied.returncode == 0, applied.stderr
+
+
+def prometheus_operator_crds() -> Path:
+    """The Prometheus Operator's CRDs, from its module in Go's module cache at the version tools/versions.env
+    pins (tools/install.sh downloads it)."""
+    version = next(line.split("=", 1)[1] for line in (REPO / "tools" / "versions.env").read_text().splitlines()
+                   if line.startswith("PROMETHEUS_OPERATOR_VERSION="))
+    cache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
+    crds = Path(cache) / f"github.com/prometheus-operator/prometheus-operator@{version}/example/prometheus-operator-crd"
+    assert crds.is_dir(), f"{crds} is missing: run tools/install.sh"
+    return crds
+
+
+def test_monitoring_objects_fit_the_prometheus_operator_crds(tools: Tools) -> None:
+    """The chart's ServiceMonitor, PodMonitor and PrometheusRule, applied server-side against the Prometheus
+    Operator's CRDs, whose schemas the API server enforces: a field it does not know or a malformed value in
+    the templates fails here, not in a user's cluster."""
+    crds = prometheus_operator_crds()
+    for plural in ("servicemonitors", "podmonitors", "prometheusrules"):
+        tools.kubectl("apply", "--server-side", "-f", str(crds / f"monitoring.coreos.com_{plural}.yaml"))
+    tools.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com",
+                  "crd/podmonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")
+    if not tools.exists("namespace", NAMESPACE):
+        tools.kubectl("create", "namespace", NAMESPACE)
+    on = rendered(*MONITORING)
+    monitors = [on["ServiceMonitor"][0], on["PodMonitor"][0], on["PrometheusRule"][0]]
+    text = "---\n".join(yaml.safe_dump(doc) for doc in monitors)
+    applied = tools.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=maculaos-test",
+                            "-f", "-", stdin=text, check=False)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.count("serverside-applied") == 3, applied.stdout
+    # One bad value: the schema is enforced, so the check above can fail.
+    bad = json.loads(json.dumps(on["ServiceMonitor"][0]))
+    bad["spec"]["endpoints"][0]["interval"] = "every 30 seconds"
+    refused = tools.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(bad),
+                            check=False)
+    assert refused.returncode != 0 and "spec.endpoints[0].interval" in refused.stderr, refused.stderr
 
 
 def test_alerts_and_dashboard_name_only_metrics_that_exist() -> None:

@@ -1,4 +1,4 @@
-"""Commands for developers of MaculaOS, run in a checkout: `maculaos dev up|down|join-token|vm|manifests` (the
+"""Commands for developers of MaculaOS, run in a checkout: `maculaos dev up|down|join-token|tour|vm|manifests` (the
 local environment), `maculaos image show|build|iso` (the OS image) and `maculaos config docs` (the config.yaml
 key reference)."""
 
@@ -36,6 +36,19 @@ def _dev_join_token(args: argparse.Namespace) -> int:
 
     plane = Demo(args.workdir, REPO_ROOT).control_plane()
     print(plane.join_data(args.description, dt.timedelta(hours=args.ttl_hours)).config_yaml(), end="")
+    return 0
+
+
+def _dev_tour(args: argparse.Namespace) -> int:
+    from maculaos.devenv.demo import Demo
+    from maculaos.devenv.tour import STEPS, run_tour
+
+    if args.list:
+        for step in STEPS:
+            print(f"{step.name:16} {step.title}")
+        return 0
+    pause = (lambda: input("\n(press Enter for the next step) ")) if args.pause else None
+    run_tour(Demo(args.workdir, REPO_ROOT), sys.stdout, args.step, pause)
     return 0
 
 
@@ -205,6 +218,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     join.add_argument("--description", default="maculaos dev join-token",
                       help="kept in the token's Secret (kube-system/bootstrap-token-<id>)")
     join.add_argument("--ttl-hours", type=float, default=24.0, help="how long the token may join nodes")
+    tour = options.command(dev, "tour", _dev_tour,
+                           "walk through the stories on the running demo (`maculaos dev up`): each step acts on "
+                           "it with kubectl and shows what to look for", failure="maculaos dev tour failed")
+    options.workdir(tour)
+    tour.add_argument("--step", default=None, help="play only this step (see --list)")
+    tour.add_argument("--list", action="store_true", help="list the steps and stop")
+    tour.add_argument("--pause", action="store_true", help="wait for Enter between steps")
     vm = options.command(dev, "vm", _dev_vm, "boot a built MaculaOS image as a VM node joined to the running "
                          "demo, with SSH and the agent's metrics forwarded", failure="maculaos dev vm failed")
     vm.description = (

@@ -22,6 +22,7 @@ from maculaos.devenv.demo_objects import (
     CAPPED_HEALTHCHECK,
     FIRST_BACKUP_TOKEN,
     SANDBOX_HEALTHCHECK,
+    DemoReleases,
     capped_healthcheck,
     sandbox_healthcheck,
 )
@@ -131,6 +132,14 @@ class Demo:
         state = json.loads(self.state_file.read_text())
         return ControlPlane(self.workdir / "controlplane", api_port=int(state["api_port"]),
                             advertise_address=str(state["advertise_address"]))
+
+    def releases(self) -> DemoReleases | None:
+        """What the running demo's local release index serves (its state file's "releases"), or None when it
+        serves none: the tour's upgrade and rollback steps need one."""
+        if not self.state_file.exists():
+            return None
+        recorded = json.loads(self.state_file.read_text()).get("releases")
+        return DemoReleases.model_validate(recorded) if recorded else None
 
     def _teardown(self, records: list[ProcessRecord]) -> None:
         """Stop every process, newest first, and remove the simulated nodes' network namespaces."""
@@ -257,6 +266,7 @@ MaculaOS demo is running: {node_count} simulated nodes with their agents, the op
   tail -f {self.workdir / 'logs' / 'operator.log'}
 
 Node sandboxes (each node's host root): {self.workdir / 'nodes'}
+Walk through the stories, each a real action: maculaos dev tour   (--list, --step NAME, --pause)
 Join a MaculaOS VM (QEMU user networking): maculaos dev join-token   (its config.yaml section)
 Stop everything: make demo-stop   (or: maculaos dev down)
 (kubectl is {kubectl_bin})""")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 API_VERSION = "os.macula.io/v1alpha1"
 #: The run-now token of the demo's first backup: one on-demand run, so the Restore example has a snapshot.
 FIRST_BACKUP_TOKEN = "demo-first-backup"
@@ -42,3 +44,23 @@ def capped_healthcheck() -> dict[str, Any]:
              "cooldown": "5s"}
     return {"apiVersion": API_VERSION, "kind": "HealthCheck", "metadata": {"name": CAPPED_HEALTHCHECK},
             "spec": {"checks": [check]}}
+
+
+class DemoReleases(BaseModel):
+    """The releases a demo serves from its local release index, for the tour's upgrade and rollback steps.
+    `maculaos dev up` records them in its state file under "releases" when it serves an index; a demo
+    without one has no such key, and the tour skips those steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    release_index: str
+    """The index's URL, as a NodeUpgrade's source.releaseIndex names it (http on loopback)."""
+    installed: str
+    """The version the nodes run when `dev up` is done (after any rollout of the demo's own)."""
+    good: str
+    """A version the index offers that the nodes do not run yet and that upgrades cleanly. The tour's
+    NodeUpgrade to it must not be held by another one: a NodeUpgrade of the demo's own that still selects
+    the nodes keeps them (its Waiting condition)."""
+    bad: str
+    """A version the index offers that installs and boots, then fails its health check: autoRollback takes
+    the node back to the version it ran."""
