@@ -98,11 +98,23 @@ def test_charts_lint_strict(tools: Tools) -> None:
     ("monitoring.prometheusRule.backupStaleSeconds=5", "monitoring.prometheusRule.backupStaleSeconds"),
     ("monitoring.prometheusRule.for=ten", "monitoring.prometheusRule.for"),
     ("monitoring.grafanaDashboard.labels.bad/key/x=1", "monitoring.grafanaDashboard.labels"),
+    ("gitops.url=ftp://node/fleet.git", "gitops.url"),
+    ("gitops.path=../other-site", "gitops.path"),
+    ("gitops.path=sites/shop", "gitops.path"),
+    ("gitops.branch=", "gitops.branch"),
+    ("gitops.interval=hourly", "gitops.interval"),
+    ("gitops.secretRef=Git_Creds", "gitops.secretRef"),
+    ("gitops.namespace=", "gitops.namespace"),
 ])
 def test_values_schema_rejects_bad_values(tools: Tools, value: str, words: str) -> None:
     result = template(tools, OPERATOR_CHART, f"--set={value}")
     assert result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr
     assert f"at '/{words.replace('.', '/')}" in result.stderr, result.stderr
+
+
+def test_gitops_without_a_repository_says_which_value_is_missing(tools: Tools) -> None:
+    result = template(tools, OPERATOR_CHART, "--set=gitops.enabled=true")
+    assert result.returncode != 0 and "gitops.enabled needs gitops.url" in result.stderr, result.stderr
 
 
 VARIANTS = {
