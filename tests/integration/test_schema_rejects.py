@@ -270,6 +270,11 @@ def test_good_examples_pass_the_server_schema(cluster: Cluster) -> None:
 
     for path in sorted((REPO / "examples").glob("*.yaml")):
         cluster.kubectl("create", "--dry-run=server", "-f", str(path))
+    sites = sorted((REPO / "examples" / "fleet" / "sites").iterdir())
+    assert sites, "examples/fleet has no sites"
+    for site in sites:  # each site's folder as its Flux builds it
+        built = cluster.kubectl("kustomize", str(site)).stdout
+        cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=built)
 
 
 ENTRY = {"uid": "3f1c", "report": {"phase": "Applied"}}
