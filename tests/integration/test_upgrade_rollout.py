@@ -1,8 +1,13 @@
 """NodeUpgrade rollouts against the real control plane, with the operator as its own process.
 
-The node side is played by STAND-IN AGENTS (tests/integration/upgrade_agents.py) until the real agents
-of issue #4 (helper 4b) land; everything the operator does — grants, cordon, Eviction-API drains under
-real PodDisruptionBudgets, status — goes through the real API server and kube-controller-manager.
+The node side is the real one where it fits the suite's time: `real_nodes`, a pool of simulated nodes
+each with real RAUC and a real `maculaos agent run` (tests/integration/rauc_fleet.py), lent to one test
+at a time under the test's `upgrade-test` label; each test stages its own version's bundle in the nodes'
+`source.localPath`, so the pool's earlier upgrades do not matter. The scenarios that need more nodes
+than a real node's cost allows, or a failure a real node cannot produce cheaply, keep the STAND-IN
+AGENTS (tests/integration/upgrade_agents.py) and say why in their docstrings. Everything the operator
+does — grants, cordon, Eviction-API drains under real PodDisruptionBudgets, status — goes through the
+real API server and kube-controller-manager.
 """
 
 from __future__ import annotations
@@ -20,8 +25,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from maculaos.api.common import VERSION_LABEL
+from maculaos.devenv.nodes import SimulatedNode, register_node
 from maculaos.devenv.processes import ProcessRecord, stop
+from maculaos.devenv.rauc import SimulatedRaucNode, build_bundle
+from tests.host.rauc_fixtures import COMPATIBLE, Bundles
 from tests.integration.conftest import Cluster, OperatorSupervisor
+from tests.integration.rauc_fleet import shut_down, start_real_node
 from tests.integration.upgrade_agents import Sampler, StandInAgents, simulated_fleet
 
 NEW = "0.2.0"
@@ -76,6 +86,81 @@ def fleet_of(cluster: Cluster) -> Iterator[Callable[[str, int], list[str]]]:
     yield make
     for context in reversed(stack):
         context.__exit__(None, None, None)
+
+
+POOL = 1
+"""Real nodes in the pool: what the largest real-agent test here takes."""
+BUNDLES = "/var/lib/maculaos/bundles"
+"""Every test's source.localPath (see upgrade())."""
+
+
+class RealNodes:
+    """The pool of real nodes (real RAUC, real agents), and what a test needs to know of them."""
+
+    def __init__(self, cluster: Cluster, bundles: Bundles, nodes: dict[str, SimulatedRaucNode]) -> None:
+        self.cluster, self.bundles, self.nodes = cluster, bundles, nodes
+
+    def stage(self, version: str) -> None:
+        """A bundle of version, signed by the fleet's key, in every node's source.localPath."""
+        bundle = build_bundle(self.bundles.dir / f"rollout-{version}.raucb", version, COMPATIBLE, self.bundles.cert,
+                              self.bundles.dir / "keys" / "fleet.key.pem")
+        for node in self.nodes.values():
+            directory = node.host_root / BUNDLES.lstrip("/")
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / bundle.name).write_bytes(bundle.read_bytes())
+
+    def reboots(self, node: str) -> int:
+        """How often the node has rebooted (its reboot hook's log; the agent cannot fake it)."""
+        log = self.nodes[node].logs / "reboot.log"
+        return log.read_text().count(" rebooted into slot ") if log.exists() else 0
+
+    def entry(self, node: str, upgrade: str) -> dict[str, Any]:
+        """The node's agent's own entry for the NodeUpgrade, from its NodeReport."""
+        found = self.cluster.kubectl("get", "nodereport", node, "-o", "json", check=False)
+        if found.returncode != 0:
+            return {}
+        entries = (json.loads(found.stdout).get("status") or {}).get("entries") or {}
+        return dict((entries.get(f"NodeUpgrade/{upgrade}") or {}).get("report") or {})
+
+
+@pytest.fixture(scope="module")
+def real_nodes(cluster: Cluster, bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNodes]:
+    root = tmp_path_factory.mktemp("rollout-nodes")
+    core = client.CoreV1Api(cluster.api)
+    nodes: dict[str, SimulatedRaucNode] = {}
+    namespaces: list[str] = []
+    try:
+        for i in range(POOL):
+            sim = SimulatedNode(name=f"real-{i:02d}")
+            register_node(core, sim)
+            node, netns = start_real_node(cluster, root, sim, bundles.cert)
+            nodes[sim.name], namespaces = node, [*namespaces, netns]
+        yield RealNodes(cluster, bundles, nodes)
+    finally:
+        shut_down(list(nodes.values()), namespaces)
+        for name in nodes:
+            core.delete_node(name)
+
+
+@pytest.fixture
+def real_fleet_of(cluster: Cluster, real_nodes: RealNodes) -> Iterator[Callable[[str, int, str], list[str]]]:
+    """Lend count nodes of the pool to this test: labelled upgrade-test=<prefix>, with a bundle of version
+    staged; the label goes again afterwards."""
+    core = client.CoreV1Api(cluster.api)
+    lent: list[str] = []
+
+    def lend(prefix: str, count: int, version: str) -> list[str]:
+        assert count <= POOL, f"the pool has {POOL} real nodes"
+        real_nodes.stage(version)
+        names = sorted(real_nodes.nodes)[:count]
+        for name in names:
+            core.patch_node(name, {"metadata": {"labels": {"upgrade-test": prefix}}})
+        lent.extend(names)
+        return names
+
+    yield lend
+    for name in lent:
+        core.patch_node(name, {"metadata": {"labels": {"upgrade-test": None}}})
 
 
 def test_ten_nodes_rolling_with_max_unavailable_three(cluster: Cluster, operator: ProcessRecord, created: Create,
@@ -174,6 +259,10 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     core = client.CoreV1Api(cluster.api)
     name = f"drain-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name}})
+    # Pods are refused until the ServiceAccount controller has made the namespace's "default" account
+    # (a race on a control plane that has just started).
+    cluster.wait_for(lambda: bool(core.list_namespaced_service_account(name, field_selector="metadata.name=default")
+                                  .items), 30, f"the default ServiceAccount of {name}")
     yield name
     core.delete_namespace(name)
 
@@ -184,20 +273,19 @@ def pdb(cluster: Cluster, namespace: str, min_available: int) -> None:
                                               "selector": {"matchLabels": {"app": "web"}}}})
 
 
-def test_pdb_blocking_drain_times_out_and_uncordons(cluster: Cluster, operator: ProcessRecord, created: Create,
-                                                    fleet_of: Callable[[str, int], list[str]], namespace: str) -> None:
-    nodes = fleet_of("pdb", 1)
+def test_pdb_blocking_drain_times_out_and_uncordons(
+        cluster: Cluster, operator: ProcessRecord, created: Create, real_nodes: RealNodes,
+        real_fleet_of: Callable[[str, int, str], list[str]], namespace: str) -> None:
+    """A real node: it installs (no disruption), its drain is blocked and times out, and it never reboots."""
+    nodes = real_fleet_of("pdb", 1, "0.4.1")
+    reboots = real_nodes.reboots(nodes[0])
     running_pod(cluster, namespace, "web-0", nodes[0], {"app": "web"})
     running_pod(cluster, namespace, "free-0", nodes[0], {"app": "free"})
     pdb(cluster, namespace, 1)
     cluster.wait_for(lambda: client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget(
         "web", namespace).status.current_healthy == 1, 30, "the PDB counts web-0 healthy")
-    agents = StandInAgents(cluster.api, "pdb", nodes).start()
-    try:
-        created(upgrade("pdb", "pdb", drain={"timeout": "4s"}, failurePolicy={"maxFailedNodes": 1}))
-        final = wait_phase(cluster, "pdb", "Failed", timeout=60)
-    finally:
-        agents.stop()
+    created(upgrade("pdb", "pdb", version="0.4.1", drain={"timeout": "4s"}, failurePolicy={"maxFailedNodes": 1}))
+    final = wait_phase(cluster, "pdb", "Failed", timeout=60)
     progress = final["rollout"][nodes[0]]
     assert progress["stage"] == "Failed"
     assert "drain timed out after 4s" in progress["message"]
@@ -206,26 +294,28 @@ def test_pdb_blocking_drain_times_out_and_uncordons(cluster: Cluster, operator: 
     assert [p.metadata.name for p in core.list_namespaced_pod(namespace).items] == ["web-0"], \
         "the pod without a PDB should have been evicted, the protected one kept"
     cluster.wait_for(lambda: cordoned(cluster, nodes) == [], 20, "the node uncordoned after the drain timeout")
-    assert agents.states[nodes[0]].boots_into_new == 0
+    assert real_nodes.reboots(nodes[0]) == reboots, "a node whose drain failed rebooted"
+    assert real_nodes.entry(nodes[0], "pdb")["phase"] == "Installed"
     assert "DrainTimeout" in [reason for reason, _ in events(cluster, "pdb")]
 
 
 def test_pdb_blocking_drain_with_force_deletes_after_timeout(
-        cluster: Cluster, operator: ProcessRecord, created: Create, fleet_of: Callable[[str, int], list[str]],
-        namespace: str) -> None:
-    nodes = fleet_of("force", 1)
+        cluster: Cluster, operator: ProcessRecord, created: Create, real_nodes: RealNodes,
+        real_fleet_of: Callable[[str, int, str], list[str]], namespace: str) -> None:
+    """A real node: forced past its PDB, rebooted into the new slot once, committed."""
+    nodes = real_fleet_of("force", 1, "0.4.2")
+    reboots = real_nodes.reboots(nodes[0])
     running_pod(cluster, namespace, "web-0", nodes[0], {"app": "web"})
     pdb(cluster, namespace, 1)
-    agents = StandInAgents(cluster.api, "force", nodes).start()
-    try:
-        created(upgrade("force", "force", drain={"timeout": "3s", "force": True, "gracePeriodSeconds": 0}))
-        final = wait_phase(cluster, "force", "Succeeded", timeout=60)
-    finally:
-        agents.stop()
+    created(upgrade("force", "force", version="0.4.2",
+                    drain={"timeout": "3s", "force": True, "gracePeriodSeconds": 0}))
+    final = wait_phase(cluster, "force", "Succeeded", timeout=120)
     assert final["rollout"][nodes[0]].get("forced") is True
     assert client.CoreV1Api(cluster.api).list_namespaced_pod(namespace).items == []
     assert "DrainForced" in [reason for reason, _ in events(cluster, "force")]
     assert cordoned(cluster, nodes) == []
+    assert real_nodes.reboots(nodes[0]) == reboots + 1
+    assert real_nodes.entry(nodes[0], "force")["version"] == "0.4.2"
 
 
 def test_operator_killed_mid_rollout(cluster: Cluster, operator_supervisor: OperatorSupervisor, created: Create,
@@ -315,10 +405,12 @@ def test_unreachable_release_index_is_reported(cluster: Cluster, operator: Proce
 
 
 def test_operator_on_the_node_it_upgrades_does_not_evict_itself(
-        cluster: Cluster, operator_supervisor: OperatorSupervisor, created: Create,
-        fleet_of: Callable[[str, int], list[str]], namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The single-node case: the operator's pod runs on the node being upgraded (downward-API env says so)."""
-    nodes = fleet_of("solo", 1)
+        cluster: Cluster, operator_supervisor: OperatorSupervisor, created: Create, real_nodes: RealNodes,
+        real_fleet_of: Callable[[str, int, str], list[str]], namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The single-node case: the operator's pod runs on the node being upgraded (downward-API env says so).
+    A real node, upgraded and rebooted once."""
+    nodes = real_fleet_of("solo", 1, "0.4.3")
+    reboots = real_nodes.reboots(nodes[0])
     running_pod(cluster, namespace, "maculaos-operator", nodes[0], {"app": "maculaos"})
     running_pod(cluster, namespace, "app-0", nodes[0], {"app": "app"})
     if operator_supervisor.record is not None:
@@ -327,12 +419,10 @@ def test_operator_on_the_node_it_upgrades_does_not_evict_itself(
         monkeypatch.setenv(key, value)
     operator_supervisor.record = None
     operator_supervisor.ensure_running()
-    agents = StandInAgents(cluster.api, "solo", nodes).start()
     try:
-        created(upgrade("solo", "solo"))
+        created(upgrade("solo", "solo", version="0.4.3"))
         final = wait_phase(cluster, "solo", "Succeeded", timeout=120)
     finally:
-        agents.stop()
         assert operator_supervisor.record is not None
         stop(operator_supervisor.record)  # the next test's operator starts without this env
         operator_supervisor.record = None
@@ -340,23 +430,25 @@ def test_operator_on_the_node_it_upgrades_does_not_evict_itself(
     pods = [p.metadata.name for p in client.CoreV1Api(cluster.api).list_namespaced_pod(namespace).items]
     assert pods == ["maculaos-operator"], "the operator evicted itself, or the app was not drained"
     assert cordoned(cluster, nodes) == []
+    assert real_nodes.reboots(nodes[0]) == reboots + 1
+    assert client.CoreV1Api(cluster.api).read_node(nodes[0]).metadata.labels[VERSION_LABEL] == "0.4.3"
 
 
 def test_deleting_the_upgrade_mid_drain_uncordons(cluster: Cluster, operator: ProcessRecord,
-                                                 fleet_of: Callable[[str, int], list[str]], namespace: str) -> None:
-    """No finalizers hold a NodeUpgrade, so it can vanish mid-rollout; the nodes it cordoned are released."""
-    nodes = fleet_of("orphan", 1)
+                                                 real_fleet_of: Callable[[str, int, str], list[str]],
+                                                 namespace: str) -> None:
+    """No finalizers hold a NodeUpgrade, so it can vanish mid-rollout; the nodes it cordoned are released.
+    A real node (it installs, then waits for a reboot grant that never comes)."""
+    nodes = real_fleet_of("orphan", 1, "0.4.4")
     running_pod(cluster, namespace, "web-0", nodes[0], {"app": "web"})
     pdb(cluster, namespace, 1)
-    agents = StandInAgents(cluster.api, "orphan", nodes).start()
-    obj = upgrade("orphan", "orphan", drain={"timeout": "1h"})
+    obj = upgrade("orphan", "orphan", version="0.4.4", drain={"timeout": "1h"})
     try:
         cluster.apply(obj)
         cluster.wait_for(lambda: cordoned(cluster, nodes) == nodes, 60, "the node cordoned for its drain")
         cluster.delete(obj)
         cluster.wait_for(lambda: cordoned(cluster, nodes) == [], 30, "the orphaned node uncordoned")
     finally:
-        agents.stop()
         cluster.delete(obj)
     annotations = client.CoreV1Api(cluster.api).read_node(nodes[0]).metadata.annotations or {}
     assert "os.macula.io/cordoned-by" not in annotations
