@@ -88,7 +88,7 @@ def fleet_of(cluster: Cluster) -> Iterator[Callable[[str, int], list[str]]]:
         context.__exit__(None, None, None)
 
 
-POOL = 1
+POOL = 4
 """Real nodes in the pool: what the largest real-agent test here takes."""
 BUNDLES = "/var/lib/maculaos/bundles"
 """Every test's source.localPath (see upgrade())."""
@@ -100,14 +100,21 @@ class RealNodes:
     def __init__(self, cluster: Cluster, bundles: Bundles, nodes: dict[str, SimulatedRaucNode]) -> None:
         self.cluster, self.bundles, self.nodes = cluster, bundles, nodes
 
-    def stage(self, version: str) -> None:
-        """A bundle of version, signed by the fleet's key, in every node's source.localPath."""
-        bundle = build_bundle(self.bundles.dir / f"rollout-{version}.raucb", version, COMPATIBLE, self.bundles.cert,
-                              self.bundles.dir / "keys" / "fleet.key.pem")
-        for node in self.nodes.values():
-            directory = node.host_root / BUNDLES.lstrip("/")
+    def stage(self, version: str, nodes: list[str] | None = None, signer: str = "fleet") -> None:
+        """A bundle of version in the source.localPath of nodes (all by default), signed by the fleet's key
+        or (signer "impostor") by one the nodes do not trust; it replaces what the nodes held for version."""
+        built = self.bundles.dir / f"rollout-{version}-{signer}.raucb"
+        if not built.exists():
+            keys = self.bundles.dir / "keys"
+            build_bundle(built, version, COMPATIBLE, keys / f"{signer}.cert.pem", keys / f"{signer}.key.pem")
+        for name in nodes or list(self.nodes):
+            directory = self.nodes[name].host_root / BUNDLES.lstrip("/")
             directory.mkdir(parents=True, exist_ok=True)
-            (directory / bundle.name).write_bytes(bundle.read_bytes())
+            (directory / f"rollout-{version}.raucb").write_bytes(built.read_bytes())
+
+    def running(self, node: str) -> str:
+        """The version in the slot the node booted (what RAUC installed there)."""
+        return self.nodes[node].slot_version(self.nodes[node].booted())
 
     def reboots(self, node: str) -> int:
         """How often the node has rebooted (its reboot hook's log; the agent cannot fake it)."""
@@ -205,26 +212,33 @@ def test_canary_stops_on_failure(cluster: Cluster, operator: ProcessRecord, crea
 
 
 def test_failure_budget_pauses_and_rolls_back(cluster: Cluster, operator: ProcessRecord, created: Create,
-                                              fleet_of: Callable[[str, int], list[str]]) -> None:
-    nodes = fleet_of("budget", 4)
-    agents = StandInAgents(cluster.api, "budget", nodes, fail_install={nodes[2]}).start()
+                                              real_nodes: RealNodes,
+                                              real_fleet_of: Callable[[str, int, str], list[str]]) -> None:
+    """Real nodes: the third one in line holds a bundle signed by a key the fleet does not trust, so its
+    install fails; the two upgraded before it are rolled back by real reboots into their old slot."""
+    nodes = real_fleet_of("budget", 4, "0.4.5")
+    real_nodes.stage("0.4.5", [nodes[2]], signer="impostor")
+    before = {n: real_nodes.running(n) for n in nodes}
+    reboots = {n: real_nodes.reboots(n) for n in nodes}
     sampler = Sampler(cluster.api, "budget", nodes).start()
     try:
-        created(upgrade("budget", "budget", failurePolicy={"maxFailedNodes": 0, "action": "PauseAndRollback"}))
+        created(upgrade("budget", "budget", version="0.4.5",
+                        failurePolicy={"maxFailedNodes": 0, "action": "PauseAndRollback"}))
         wait_phase(cluster, "budget", "Failed")
         cluster.wait_for(lambda: {p["stage"] for p in status(cluster, "budget")["rollout"].values()}
                          == {"Reverted", "Failed"} and not cordoned(cluster, nodes), 120,
                          lambda: f"upgraded nodes reverted: {summary(cluster, 'budget')}")
     finally:
-        agents.stop()
         sampler.stop()
     final = status(cluster, "budget")
     assert final["rollout"][nodes[2]]["stage"] == "Failed"
-    assert "sha256 mismatch" in final["rollout"][nodes[2]]["message"]
+    assert "signature verification failed" in final["rollout"][nodes[2]]["message"]
     assert {n for n, p in final["rollout"].items() if p["stage"] == "Reverted"} == set(nodes[:2])
     assert nodes[3] not in final["rollout"], "a node started after the budget was spent"
     assert sampler.peak <= 1
-    assert all(s.version == "0.1.0" for s in agents.states.values())
+    assert {n: real_nodes.running(n) for n in nodes} == before, "every node back on the version it ran"
+    assert {n: real_nodes.reboots(n) - reboots[n] for n in nodes} == {
+        nodes[0]: 2, nodes[1]: 2, nodes[2]: 0, nodes[3]: 0}, "into the new slot and back, nothing more"
     assert "FailureBudgetExceeded" in [reason for reason, _ in events(cluster, "budget")]
 
 
