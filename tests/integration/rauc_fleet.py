@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,11 @@ def start_real_node(cluster: Cluster, root: Path, sim: SimulatedNode, keyring: P
 
 
 def shut_down(nodes: list[SimulatedRaucNode], namespaces: list[str]) -> None:
-    """Power the nodes off (printing the tail of each agent's log for a failing test) and drop their
-    network namespaces."""
+    """Power the nodes off, all at once (each waits for its agent's and RAUC's exit), print the tail of each
+    agent's log for a failing test, and drop their network namespaces."""
+    with ThreadPoolExecutor(max_workers=max(len(nodes), 1)) as pool:
+        list(pool.map(SimulatedRaucNode.shutdown, nodes))
     for node in nodes:
-        node.shutdown()
         log = node.logs / f"agent-{node.layout.name}.log"
         if log.exists():
             print(log.read_text()[-3000:])
