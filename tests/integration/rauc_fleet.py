@@ -81,18 +81,22 @@ def start_real_node(cluster: Cluster, root: Path, sim: SimulatedNode, keyring: P
     the test control plane; returns it and its network namespace (the caller shuts both down). Its Node is
     the caller's to register."""
     node = SimulatedRaucNode(root / sim.name, sim.name, COMPATIBLE, keyring).create()
-    create_host_root(node.host_root, sim)
-    node.boot()
-    node.start_rauc()
     netns = netns_name(root, sim.name)
-    create_netns(netns)
-    nft = nft_wrapper(root / f"nft-{sim.name}", netns)
-    systemctl = fake_systemctl(root / f"systemd-{sim.name}")
-    node.start_agent([sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={sim.name}",
-                      f"--host-root={node.host_root}", f"--nft={nft}", f"--systemctl={systemctl}",
-                      "--resync-seconds=3", f"--reboot-command={refusable_reboot(node)}",
-                      f"--rauc={node.rauc_command}"],
-                     {"KUBECONFIG": str(cluster.plane.kubeconfig), "PYTHONUNBUFFERED": "1"})
+    try:
+        create_host_root(node.host_root, sim)
+        node.boot()
+        node.start_rauc()
+        create_netns(netns)
+        nft = nft_wrapper(root / f"nft-{sim.name}", netns)
+        systemctl = fake_systemctl(root / f"systemd-{sim.name}")
+        node.start_agent([sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={sim.name}",
+                          f"--host-root={node.host_root}", f"--nft={nft}", f"--systemctl={systemctl}",
+                          "--resync-seconds=3", f"--reboot-command={refusable_reboot(node)}",
+                          f"--rauc={node.rauc_command}"],
+                         {"KUBECONFIG": str(cluster.plane.kubeconfig), "PYTHONUNBUFFERED": "1"})
+    except BaseException:  # half started: stop what did start, then hand the error on
+        shut_down([node], [netns])
+        raise
     return node, netns
 
 

@@ -3,9 +3,9 @@
 The node side is the real one where it fits the suite's time: `real_nodes`, a pool of simulated nodes
 each with real RAUC and a real `maculaos agent run` (tests/integration/rauc_fleet.py), lent to one test
 at a time under the test's `upgrade-test` label; each test stages its own version's bundle in the nodes'
-`source.localPath`, so the pool's earlier upgrades do not matter. The scenarios that need more nodes
-than a real node's cost allows, or a failure a real node cannot produce cheaply, keep the STAND-IN
-AGENTS (tests/integration/upgrade_agents.py) and say why in their docstrings. Everything the operator
+`source.localPath`, so the pool's earlier upgrades do not matter. A scenario that needs more nodes than
+a real node's cost allows keeps the STAND-IN AGENTS (tests/integration/upgrade_agents.py) and says why
+in its docstring. Everything the operator
 does — grants, cordon, Eviction-API drains under real PodDisruptionBudgets, status — goes through the
 real API server and kube-controller-manager.
 """
