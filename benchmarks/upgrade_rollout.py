@@ -8,7 +8,8 @@ REF (its `operator/` exported with `git archive` and put first on PYTHONPATH) an
 so the two are compared under the same load.
 
 The node side is played by the STAND-IN AGENTS of the integration tests (tests/integration/upgrade_agents.py;
-each "reboot" takes --reboot-seconds) until the real agents of issue #4 land. Reports, per run: wall time
+each "reboot" takes --reboot-seconds): 50 real nodes (an agent process, a `rauc service` and its bus each)
+would measure this machine rather than the operator. Reports, per run: wall time
 from `kubectl apply` to phase Succeeded; the API requests the operator's client made during the rollout
 (its own counter, logged at each phase change; kopf's watch connections and the leader-election renewals
 are not in it); operator RSS at idle (same run, before the rollout: the baseline) and its peak during the

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from kubernetes import client
 from maculaos.api import GROUP, VERSION
 from maculaos.api.times import now_rfc3339
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
-from maculaos.devenv.nodes import create_host_root, demo_fleet
+from maculaos.devenv.nodes import SimulatedNode, create_host_root, demo_fleet
 from maculaos.devenv.rauc import SimulatedRaucNode
 from maculaos.kube.rest import MERGE_PATCH
 from tests.fakes import fake_systemctl
@@ -76,6 +77,43 @@ def refusable_reboot(node: SimulatedRaucNode) -> Path:
     return script
 
 
+def start_real_node(cluster: Cluster, root: Path, sim: SimulatedNode, keyring: Path) -> tuple[SimulatedRaucNode, str]:
+    """One simulated node of sim's name and labels with real RAUC and a real `maculaos agent run` against
+    the test control plane; returns it and its network namespace (the caller shuts both down). Its Node is
+    the caller's to register."""
+    node = SimulatedRaucNode(root / sim.name, sim.name, COMPATIBLE, keyring).create()
+    netns = netns_name(root, sim.name)
+    try:
+        create_host_root(node.host_root, sim)
+        node.boot()
+        node.start_rauc()
+        create_netns(netns)
+        nft = nft_wrapper(root / f"nft-{sim.name}", netns)
+        systemctl = fake_systemctl(root / f"systemd-{sim.name}")
+        node.start_agent([sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={sim.name}",
+                          f"--host-root={node.host_root}", f"--nft={nft}", f"--systemctl={systemctl}",
+                          "--resync-seconds=3", f"--reboot-command={refusable_reboot(node)}",
+                          f"--rauc={node.rauc_command}"],
+                         {"KUBECONFIG": str(cluster.plane.kubeconfig), "PYTHONUNBUFFERED": "1"})
+    except BaseException:  # half started: stop what did start, then hand the error on
+        shut_down([node], [netns])
+        raise
+    return node, netns
+
+
+def shut_down(nodes: list[SimulatedRaucNode], namespaces: list[str]) -> None:
+    """Power the nodes off, all at once (each waits for its agent's and RAUC's exit), print the tail of each
+    agent's log for a failing test, and drop their network namespaces."""
+    with ThreadPoolExecutor(max_workers=max(len(nodes), 1)) as pool:
+        list(pool.map(SimulatedRaucNode.shutdown, nodes))
+    for node in nodes:
+        log = node.logs / f"agent-{node.layout.name}.log"
+        if log.exists():
+            print(log.read_text()[-3000:])
+    for netns in namespaces:
+        delete_netns(netns)
+
+
 @pytest.fixture(scope="module")
 def rauc_fleet(cluster: Cluster, bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaucFleet]:
     root = tmp_path_factory.mktemp("raucfleet")
@@ -83,27 +121,9 @@ def rauc_fleet(cluster: Cluster, bundles: Bundles, tmp_path_factory: pytest.Temp
     namespaces = []
     try:
         for sim in demo_fleet(3):
-            node = SimulatedRaucNode(root / sim.name, sim.name, COMPATIBLE, bundles.cert).create()
+            node, netns = start_real_node(cluster, root, sim, bundles.cert)
             nodes[sim.name] = node
-            create_host_root(node.host_root, sim)
-            node.boot()
-            node.start_rauc()
-            netns = netns_name(root, sim.name)
-            create_netns(netns)
             namespaces.append(netns)
-            nft = nft_wrapper(root / f"nft-{sim.name}", netns)
-            systemctl = fake_systemctl(root / f"systemd-{sim.name}")
-            node.start_agent([sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={sim.name}",
-                              f"--host-root={node.host_root}", f"--nft={nft}", f"--systemctl={systemctl}",
-                              "--resync-seconds=3", f"--reboot-command={refusable_reboot(node)}",
-                              f"--rauc={node.rauc_command}"],
-                             {"KUBECONFIG": str(cluster.plane.kubeconfig), "PYTHONUNBUFFERED": "1"})
         yield RaucFleet(cluster, nodes, namespaces)
     finally:
-        for node in nodes.values():
-            node.shutdown()
-            log = node.logs / f"agent-{node.layout.name}.log"
-            if log.exists():
-                print(log.read_text()[-3000:])
-        for netns in namespaces:
-            delete_netns(netns)
+        shut_down(list(nodes.values()), namespaces)

@@ -1,12 +1,14 @@
 """STAND-IN AGENTS for the operator's NodeUpgrade tests — a test driver, not the node side.
 
-Until the real node side (issue #4, helper 4b: RAUC, `maculaos agent run`, simulated reboots) lands,
-this thread plays each node's agent exactly as docs/nodeupgrade-contract describes, through the real API
-server: it writes only its entry in the node's NodeReport (with the agent's own Reporter; the operator
-folds it into `status.nodes.<node>`), the Node's version label and its Ready
-condition, and detects nothing the real agent would not. A "reboot" flips the Node NotReady, changes the
-reported bootId, then brings the Node back Ready on the new version (or reports RolledBack for a node told
-to fail its health window). The lead swaps these tests to real agents at merge time.
+The rollout tests run the real agents with real RAUC (tests/integration/rauc_fleet.py) wherever their
+cost fits the suite; the stand-ins remain for the fleets too large for it: the ten-node rollout of
+test_upgrade_rollout.py and the 50-node benchmark (benchmarks/upgrade_rollout.py). One thread plays each
+node's agent as docs/architecture.md describes the contract, through the real API server: it writes only
+its entry in the node's NodeReport (with the agent's own Reporter; the operator folds it into
+`status.nodes.<node>`), the Node's version label and its Ready condition, and detects nothing the real
+agent would not. A "reboot" flips the Node NotReady, changes the reported bootId, then brings the Node
+back Ready on the new version. Failures are the real nodes' to produce (a bundle signed by an untrusted
+key, a failing HealthCheck), so the stand-ins have none.
 
 Also here: the simulated fleet (extra Nodes with a test label) and a sampler that records how many of
 them are disrupted at once and every grant the operator gives, for the tests' assertions.
@@ -55,15 +57,14 @@ class AgentState:
 class StandInAgents:
     """Plays the agents of `nodes` for the NodeUpgrade `upgrade` until stopped."""
 
-    def __init__(self, api: client.ApiClient, upgrade: str, nodes: list[str], fail_install: set[str] = frozenset(),
-                 fail_health: set[str] = frozenset(), reboot_seconds: float = 0.5, period: float = 0.2) -> None:
+    def __init__(self, api: client.ApiClient, upgrade: str, nodes: list[str], reboot_seconds: float = 0.5,
+                 period: float = 0.2) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.upgrade = upgrade
         self.states = {n: AgentState(n) for n in nodes}
         kube = kube_of(api)
         self.reporters = {n: Reporter(kube, n, fetching_lookup(kube)) for n in nodes}
-        self.fail_install, self.fail_health = set(fail_install), set(fail_health)
         self.reboot_seconds, self.period = reboot_seconds, period
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="stand-in-agents")
@@ -103,11 +104,7 @@ class StandInAgents:
                 self._boot(s)
             return
         if s.phase == "Committing":
-            if s.name in self.fail_health:
-                s.version, s.phase, s.message = OLD, "RolledBack", "health commit window failed: k3s not Ready"
-                self._set_version(s)
-            else:
-                s.phase = "Succeeded"
+            s.phase = "Succeeded"
             self._report(s)
             return
         action = (grant or {}).get("action")
@@ -115,40 +112,29 @@ class StandInAgents:
         if action == "Install" and s.phase in ("Idle", "Downloading"):
             s.answers = answer
             s.target = str(target.get("version", ""))
-            if s.phase == "Idle":
-                s.phase = "Downloading"
-            elif s.name in self.fail_install:
-                s.phase, s.message = "Failed", "sha256 mismatch: bundle is not the one the index names"
-            else:
-                s.phase = "Installed"
+            s.phase = "Downloading" if s.phase == "Idle" else "Installed"
             self._report(s)
         elif action == "Reboot" and s.phase == "Installed":
             s.answers = answer
-            self._go_down(s, "Rebooting")
-        elif action == "Rollback" and s.phase == "Succeeded":
-            s.answers = answer
-            self._go_down(s, "RollbackRebooting")
+            self._go_down(s)
 
-    def _go_down(self, s: AgentState, phase: str) -> None:
-        s.phase = phase
+    def _go_down(self, s: AgentState) -> None:
+        s.phase = "Rebooting"
         self._report(s)
         s.down_since = time.monotonic()
         self._set_ready(s, False)
 
     def _boot(self, s: AgentState) -> None:
         s.down_since, s.boot_id = 0.0, str(uuid.uuid4())
-        if s.phase == "RollbackRebooting":
-            s.version, s.phase, s.message = OLD, "RolledBack", "Rollback granted by the operator"
-        else:
-            s.version, s.phase = s.target, "Committing"
-            s.boots_into_new += 1
+        s.version, s.phase = s.target, "Committing"
+        s.boots_into_new += 1
         self._set_version(s)
         self._set_ready(s, True)
         self._report(s)
 
     def _report(self, s: AgentState) -> None:
         s.reported = True
-        entry = {"phase": s.phase if s.phase != "RollbackRebooting" else "Rebooting", "message": s.message,
+        entry = {"phase": s.phase, "message": s.message,
                  "version": s.version, "bootId": s.boot_id, "targetVersion": s.target, "slot": "A",
                  "lastUpdateTime": now_rfc3339(), "observedGrant": s.answers}
         if not self.reporters[s.name].node_entry(PLURAL, self.upgrade, entry):

@@ -12,6 +12,7 @@ also an operator restart. What must hold whatever the order:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -99,12 +100,7 @@ def check_invariants(fleet: Fleet, bound: int) -> None:
         assert len(fleet.reboot_grants.get(node.name, ())) <= 1, f"{node.name} granted Reboot twice"
 
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@SETTINGS
-@given(fleet=fleets(patient=True, failures=False), events=EVENTS)
-def test_a_healthy_fleet_always_completes_within_bounds(fleet: Fleet, events: list[tuple[str, int]]) -> None:
+def healthy_fleet_completes(fleet: Fleet, events: list[tuple[str, int]]) -> None:
     play(fleet, events)
     status = fleet.persisted()
     assert status.phase == "Succeeded", status.phase
@@ -112,13 +108,31 @@ def test_a_healthy_fleet_always_completes_within_bounds(fleet: Fleet, events: li
     assert status.upgraded_nodes == len(fleet.nodes)
 
 
+Property = tuple[st.SearchStrategy[Fleet], Callable[[Fleet, list[tuple[str, int]]], None]]
+PROPERTIES: dict[str, Property] = {
+    "a healthy fleet always completes within bounds": (fleets(patient=True, failures=False), healthy_fleet_completes),
+    "failures never break the bounds and end cleanly": (fleets(patient=True, failures=True), play),
+    "timeouts never leave a node cordoned": (fleets(patient=False, failures=True), play),
+}
+"""Each property: the fleets it draws and what must hold after any events (the benchmark
+benchmarks/rollout_property.py runs them with more examples than CI does)."""
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
 @SETTINGS
-@given(fleet=fleets(patient=True, failures=True), events=EVENTS)
+@given(fleet=PROPERTIES["a healthy fleet always completes within bounds"][0], events=EVENTS)
+def test_a_healthy_fleet_always_completes_within_bounds(fleet: Fleet, events: list[tuple[str, int]]) -> None:
+    healthy_fleet_completes(fleet, events)
+
+
+@SETTINGS
+@given(fleet=PROPERTIES["failures never break the bounds and end cleanly"][0], events=EVENTS)
 def test_failures_never_break_the_bounds_and_end_cleanly(fleet: Fleet, events: list[tuple[str, int]]) -> None:
     play(fleet, events)
 
 
 @SETTINGS
-@given(fleet=fleets(patient=False, failures=True), events=EVENTS)
+@given(fleet=PROPERTIES["timeouts never leave a node cordoned"][0], events=EVENTS)
 def test_timeouts_never_leave_a_node_cordoned(fleet: Fleet, events: list[tuple[str, int]]) -> None:
     play(fleet, events)
