@@ -7,6 +7,7 @@ is reported by Flux's Kustomization and by the object, and the nodes keep their 
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,8 +194,17 @@ def test_a_pushed_commit_reaches_the_nodes_and_a_bad_one_changes_nothing(
         ready = cluster.wait_condition("MeshRole", "gitops-realm", "False", timeout=40)
         assert ready["reason"] == "Conflict" and "spec.realm" in ready["message"], ready
         fleet.wait_phase("gitops-realm", "macula-nuc-02", "Conflict")
+        fleet.wait_phase("gitops-warehouse", "macula-nuc-02", "Conflict")  # the node applies neither
         assert fleet.nodes["macula-nuc-02"].mesh_config() == good_config
         assert fleet.node_labels("macula-nuc-02").get("macula.io/role-bootstrap") == "true"
+
+        # What the node's `maculaos gitops status` says of it: Flux's revision, and the operator's verdicts.
+        shown = subprocess.run([sys.executable, "-m", "maculaos", "gitops", "status", f"--host-root={tmp_path}",
+                                f"--kubeconfig={cluster.plane.kubeconfig}"], capture_output=True, text=True,
+                               check=True).stdout
+        assert f"applied main@sha1:{conflicting}; Ready=True" in shown, shown
+        assert "MeshRole/gitops-realm: Ready=False Conflict" in shown and "spec.realm" in shown, shown
+        assert "MeshRole/gitops-warehouse: Ready=True" in shown, shown  # its own spec is fine
     finally:
         # Deleting the Kustomization prunes what it applied (while its controller still runs).
         for obj in reversed(objects):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from maculaos.cli import options
 
@@ -79,13 +80,20 @@ def _print_report(upstream: str, report: SyncReport) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from maculaos.host.gitsync import heads, read_report
-
     section = _section(args.host_root)
     if section is None:
         print("no git server: config.yaml has no maculaos.git_server")
-        return 0
-    root = args.host_root / section.root.lstrip("/")
+    else:
+        _print_server(args.host_root, section)
+    print()
+    _print_flux(args.kubeconfig, args.flux_namespace)
+    return 0
+
+
+def _print_server(host_root: Path, section: GitServerConfig) -> None:
+    from maculaos.host.gitsync import heads, read_report
+
+    root = host_root / section.root.lstrip("/")
     print(f"git server: {'enabled' if section.enabled else 'disabled'}, port {section.port}, root {section.root}, "
           f"push: {'htpasswd users' if section.htpasswd else 'nobody (read-only)'}, "
           f"reads: {'anyone' if section.anonymous_read else 'htpasswd users'}")
@@ -100,8 +108,66 @@ def _status(args: argparse.Namespace) -> int:
         else:
             report.local_heads = heads(repository)  # pushes since the last sync
             _print_report(report.upstream, report)
-    print("\n(Flux's applied revision is not reported yet: Flux is not deployed by MaculaOS yet.)")
-    return 0
+
+
+#: Where a k3s server node keeps its admin kubeconfig.
+K3S_KUBECONFIG = Path("/etc/rancher/k3s/k3s.yaml")
+
+
+def _print_flux(kubeconfig: Path | None, namespace: str) -> None:
+    """What Flux applied from the site's folder (each Kustomization's revision, Ready and message), and
+    what the operator made of each MaculaOS object it applied. The git server's part above needs no
+    cluster: an unreachable one is said, not an error."""
+    from maculaos.api import KINDS
+    from maculaos.errors import MaculaosError
+    from maculaos.kube.rest import ApiError, Credentials, KubeClient, object_path, resource_path
+
+    plural_of_kind = {m.resource.kind: m.resource.plural for m in KINDS}
+
+    try:
+        path = kubeconfig or (K3S_KUBECONFIG if K3S_KUBECONFIG.exists() and not os.environ.get("KUBECONFIG")
+                              else None)
+        kube = KubeClient(Credentials.from_kubeconfig(path) if path else Credentials.load())
+        kustomizations = kube.get(resource_path("kustomize.toolkit.fluxcd.io/v1", "kustomizations",
+                                                namespace=namespace))["items"]
+    except (MaculaosError, ApiError, OSError) as exc:
+        print(f"Flux: not reported ({exc})")
+        return
+    if not kustomizations:
+        print(f"Flux: no Kustomization in namespace {namespace}")
+    for item in kustomizations:
+        status = item.get("status") or {}
+        ready = _ready(status)
+        print(f"Flux Kustomization {namespace}/{item['metadata']['name']} ({item['spec'].get('path', './')}): "
+              f"applied {status.get('lastAppliedRevision') or 'nothing yet'}; "
+              f"Ready={ready.get('status', 'Unknown')} {ready.get('message', '')}".rstrip())
+        for kind, name in _macula_objects(status):
+            try:
+                obj = kube.get(object_path(plural_of_kind[kind], name))
+            except ApiError as exc:
+                print(f"  {kind}/{name}: {exc}")
+                continue
+            verdict = _ready(obj.get("status") or {})
+            print(f"  {kind}/{name}: Ready={verdict.get('status', 'Unknown')} {verdict.get('reason', '')} "
+                  f"{verdict.get('message', '')}".rstrip())
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+
+
+def _macula_objects(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, name) of the MaculaOS objects in a Kustomization's inventory. Flux writes each entry's
+    id as `<namespace>_<name>_<group>_<Kind>` (the namespace empty for cluster-scoped objects)."""
+    from maculaos.api import GROUP, KINDS
+
+    kinds = {m.resource.kind for m in KINDS}
+    found = []
+    for entry in (status.get("inventory") or {}).get("entries") or []:
+        parts = str(entry.get("id", "")).split("_")
+        if len(parts) == 4 and parts[2] == GROUP and parts[3] in kinds:
+            found.append((parts[3], parts[1]))
+    return found
 
 
 def _server_config(args: argparse.Namespace) -> int:
@@ -127,8 +193,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sync.add_argument("--push-upstream", action="store_true", help="push local branches ahead of the upstream's")
     options.host_root(sync)
     status = options.command(gitops, "status", _status, "the server's repositories, their local and upstream "
-                             "heads and any conflict", reports=(OSError,))
+                             "heads and any conflict; what Flux applied, and what the operator made of it",
+                             reports=(OSError,))
     options.host_root(status)
+    status.add_argument("--kubeconfig", type=Path, help="the cluster Flux runs in (default: $KUBECONFIG, "
+                        f"else {K3S_KUBECONFIG} on a server node, else ~/.kube/config)")
+    status.add_argument("--flux-namespace", default="flux-system", help="where Flux's objects are")
     show = options.command(gitops, "server-config", _server_config,
                            "print the server's files as config.yaml renders them")
     options.host_root(show)
