@@ -2,7 +2,7 @@
 # Installs everything a fresh Debian machine lacks to run the MaculaOS demo and tests, and nothing twice:
 #   1. Debian packages (only the missing ones);
 #   2. the Go-built upstream tools (the Kubernetes control plane, kubelet and kube-proxy, kubectl, kine,
-#      helm, restic, rest-server, versitygw, Flux), each
+#      helm, restic, rest-server, versitygw, Flux, sops, age-keygen), each
 #      built once per machine into a cache keyed by its pinned version, linked into .tools/bin;
 #   3. the Prometheus Operator's CRDs, into Go's module cache (tests check the chart's monitoring objects
 #      against them; tests/integration/test_chart.py finds them there);
@@ -105,6 +105,8 @@ install_go_tools() {
   build_cached rest-server "$(cat tools/rest-server/go.mod tools/rest-server/go.sum)" -- build_rest_server
   build_cached versitygw "$VERSITYGW_VERSION" -- go_install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
   build_cached flux "$(cat tools/flux/go.mod tools/flux/go.sum)" "$(declare -f build_flux)" -- build_flux
+  build_cached sops "$SOPS_VERSION" -- go_install "github.com/getsops/sops/v3/cmd/sops@$SOPS_VERSION"
+  build_cached age "$AGE_VERSION" -- go_install "filippo.io/age/cmd/age-keygen@$AGE_VERSION"
 }
 
 # The module zip holds example/prometheus-operator-crd/*.yaml; `go mod download` keeps it, verified against
