@@ -27,6 +27,7 @@ from maculaos.host.restic import (
     rest_repository,
 )
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
+from tests.diskfull import resize, small_tmpfs
 from tests.restic_locks import REUSED_PID, hold_lock, leave_stale_lock
 from tests.restserver import RestServer
 
@@ -233,6 +234,31 @@ def test_restore_latest_swaps_data_into_place(restic: Restic, host: Path) -> Non
     restored = restore_snapshot(restic, snap, host)
     assert sorted(restored) == sorted(INCLUDE) and tree(host) == before
     assert not [p for p in (host / "var/lib").iterdir() if "maculaos-" in p.name]  # no staging left
+
+
+def test_a_disk_too_full_to_stage_a_restore_changes_nothing_and_says_so(restic: Restic, host: Path) -> None:
+    """/var/lib on a tmpfs with room for its data but not for a second, staged copy of it: the restore
+    fails naming this node's disk (not the backup target, which is fine), the data keeps its current
+    files, no staging is left behind holding space; once the disk has room the same restore works."""
+    original = tree(host)
+    backup(restic, host)
+    orders = host / "var/lib/data/shop/orders.csv"
+    orders.write_text("overwritten by mistake\n")
+    snap = choose_snapshot(restic.snapshots(NODE), SnapshotChoice(latest=True), "the repository")
+    with small_tmpfs(host / "var/lib", 450 * 1024) as var_lib:
+        current = tree(host)
+        with pytest.raises(ResticError) as err:
+            restore_snapshot(restic, snap, host)
+        assert err.value.failure is ResticFailure.NODE_FULL, err.value
+        assert "no space left" in str(err.value) and "this node" in str(err.value), err.value
+        assert "backup target" not in str(err.value), "the target is not the full one"
+        assert "nothing changed" in str(err.value)
+        assert tree(host) == current, "the restore target keeps its files"
+        assert not [p for p in var_lib.iterdir() if "maculaos-" in p.name], "no staging left holding space"
+        resize(var_lib, 4 * 1024 * 1024)  # the disk has room again
+        assert sorted(restore_snapshot(restic, snap, host)) == sorted(INCLUDE)
+        assert tree(host) == original
+        assert not [p for p in var_lib.iterdir() if "maculaos-" in p.name]
 
 
 def test_restore_single_file_to_a_target_directory(restic: Restic, host: Path) -> None:
