@@ -116,6 +116,7 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
     report = JobReport(ok=True, message="", targets=[r.display() for r in job.repositories])
     notes: list[str] = list(guarded.notes)
     failures: list[str] = []
+    written: list[str] = []
     counts: list[int | None] = []
     now = now or dt.datetime.now(dt.timezone.utc)
     due = retention_due(job.retention, job.retention_state, now, job.time_zone)
@@ -128,6 +129,7 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
             failures.append(str(exc))
             report.failure = report.failure or exc.failure.value
             continue
+        written.append(repo.display())
         if not report.snapshot_id:
             summary = result.summary
             report.snapshot_id = summary.snapshot_id
@@ -141,10 +143,11 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
     report.snapshot_time = _rfc3339(dt.datetime.now(dt.timezone.utc))
     known = [c for c in counts if c is not None]
     report.snapshot_count = max(known) if known and len(known) == len(counts) else None
-    done = len(job.repositories) - len(failures)
+    done = len(written)
     if failures:
         report.ok = False
-        copies = f"{done} of {len(job.repositories)} target(s) written; " if len(job.repositories) > 1 else ""
+        held = f" ({', '.join(written)} holds snapshot {report.snapshot_id[:8]})" if written else ""
+        copies = f"{done} of {len(job.repositories)} target(s) written{held}; " if len(job.repositories) > 1 else ""
         report.message = copies + "; ".join(failures)
     else:
         report.message = f"snapshot {report.snapshot_id[:8]} on {done} target(s)" + (

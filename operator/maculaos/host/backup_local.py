@@ -11,7 +11,7 @@ from pathlib import Path
 from maculaos.host.backup import RUN_TAG, local_jobs, run_job, select_jobs
 from maculaos.host.nodeconfig import read_node_config
 from maculaos.host.restic import ResticError, ResticFailure
-from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
+from maculaos.host.restore import SnapshotChoice, choose_in_repositories, restore_snapshot
 
 DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -69,17 +69,9 @@ def restore(host_root: Path, source: str, choice: SnapshotChoice, paths: Sequenc
             f"--from {source} matches several backups ({', '.join(j.name for j in jobs)}): name one of them"))
     job = jobs[0]
     wanted = source_node or node
-    errors = []
-    for repo in job.repositories:  # mesh: the first peer that answers and holds the snapshot
-        restic_ = job.restic_for(repo)
-        try:
-            snapshot = choose_snapshot(restic_.snapshots(wanted, job.name), choice, f"{repo.display()} (node {wanted})")
-            done = restore_snapshot(restic_, snapshot, host_root, paths, target_dir)
-        except ResticError as exc:
-            if exc.failure not in (ResticFailure.UNREACHABLE, ResticFailure.NO_REPOSITORY):
-                raise
-            errors.append(str(exc))
-            continue
-        where = f" under {target_dir}" if target_dir else ""
-        return f"restored {', '.join(done)}{where} from snapshot {snapshot.short_id} ({snapshot.time:%Y-%m-%d %H:%M}Z)"
-    raise ResticError(ResticFailure.UNREACHABLE, "no repository answered: " + "; ".join(errors))
+    restic_, snapshot = choose_in_repositories([job.restic_for(r) for r in job.repositories], wanted, job.name,
+                                               choice)
+    done = restore_snapshot(restic_, snapshot, host_root, paths, target_dir)
+    where = f" under {target_dir}" if target_dir else ""
+    return (f"restored {', '.join(done)}{where} from snapshot {snapshot.short_id} ({snapshot.time:%Y-%m-%d %H:%M}Z, "
+            f"{restic_.repo.display()})")
