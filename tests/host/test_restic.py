@@ -137,6 +137,23 @@ def test_unreachable_target_fails_fast_with_the_address() -> None:
     assert time.monotonic() - started < 30
 
 
+def test_every_call_on_a_target_that_went_away_fails_fast_naming_it(tmp_path: Path) -> None:
+    """Not only the first one: a peer that dies after the repository was opened (mesh copies, a check, a
+    restore listing every peer's snapshots) fails each call in a moment, where restic alone retries for
+    many minutes while the agent waits."""
+    restic = Restic(rest_repository(f"http://127.0.0.1:{free_port()}/{NODE}", "pw"), RESTIC)
+    calls = {"snapshots": lambda: restic.snapshots(NODE), "check": lambda: restic.check(),
+             "forget": lambda: restic.forget(Retention(keep_last=1), NODE, "nightly"), "locks": restic.locks,
+             "restore": lambda: restic.restore("latest", tmp_path / "staging")}
+    for name, call in calls.items():
+        started = time.monotonic()
+        with pytest.raises(ResticError) as err:
+            call()
+        assert err.value.failure is ResticFailure.UNREACHABLE, (name, err.value)
+        assert restic.repo.display() in str(err.value), name
+        assert time.monotonic() - started < 5, f"{name} took {time.monotonic() - started:.0f}s"
+
+
 def test_full_target_is_reported_and_host_data_untouched(tmp_path: Path, host: Path) -> None:
     full = tmp_path / "small"
     full.mkdir()

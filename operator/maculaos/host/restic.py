@@ -284,7 +284,10 @@ class Restic:
 
     def run(self, *args: str, timeout: float = DEFAULT_TIMEOUT, ok_codes: tuple[int, ...] = (0,),
             stdin: int | None = subprocess.DEVNULL, writes_to: Path | None = None) -> subprocess.CompletedProcess[str]:
-        """One restic call; raises ResticError on an exit code outside ok_codes (writes_to: see _classify)."""
+        """One restic call; raises ResticError on an exit code outside ok_codes (writes_to: see _classify).
+        A network target is probed first, each call: a peer that went away since the last call fails it in
+        a moment instead of restic's retry loop of many minutes."""
+        self.check_reachable()
         try:
             result = subprocess.run(self._argv(args), env=self._env(), capture_output=True, text=True,
                                     timeout=timeout, stdin=stdin)

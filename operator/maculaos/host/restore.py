@@ -74,7 +74,6 @@ def choose_in_repositories(restics: Sequence[Restic], node: str, backup_name: st
     away: list[str] = []
     for restic in restics:
         try:
-            restic.check_reachable()
             found += [(restic, s) for s in restic.snapshots(node, backup_name)]
             answered.append(restic.repo.display())
         except ResticError as exc:
