@@ -150,6 +150,24 @@ def test_a_disk_that_fills_mid_download_fails_cleanly_then_the_retry_installs(
             node.shutdown()
 
 
+def test_downloaded_bundles_do_not_pile_up_on_the_data_partition(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                                  bundle_server: BundleServer) -> None:
+    """A bundle is deleted once RAUC has installed it (or refused it), and files of other versions left
+    behind (a failed install, an older agent) go before the next download: each upgrade would otherwise
+    leave a bundle the size of the root filesystem on the data partition until it fills."""
+    upgrader = upgrader_for(rauc_node)
+    directory = upgrader.state_dir / "bundles"
+    directory.mkdir(parents=True)
+    for leftover in ("maculaos-0.1.5.raucb", "maculaos-0.1.9.raucb.part"):
+        (directory / leftover).write_bytes(b"x" * 1000)
+    state = upgrader.install(release_of(bundle_server, bundles.impostor), None)
+    assert state.phase is AgentPhase.FAILED and "signature" in state.message.lower(), state.message
+    assert list(directory.iterdir()) == [], "the refused bundle and the leftovers are gone"
+    state = upgrader.install(release_of(bundle_server, bundles.good), None)
+    assert state.phase is AgentPhase.INSTALLED, state.message
+    assert list(directory.iterdir()) == [], "the installed bundle is gone: the slot holds it now"
+
+
 def test_failed_health_window_rolls_back_to_the_old_slot(rauc_node: SimulatedRaucNode, bundles: Bundles,
                                                          bundle_server: BundleServer) -> None:
     assert install_and_reboot(rauc_node, release_of(bundle_server, bundles.good)) == "B"

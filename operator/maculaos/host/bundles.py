@@ -56,6 +56,7 @@ def download(release: Release, directory: Path, progress: DownloadProgress | Non
         raise BundleError(f"target {release.version} has no url to download from")
     directory.mkdir(parents=True, exist_ok=True)
     final = bundle_path(directory, release.version)
+    _prune(directory, keep=final)
     if final.exists():
         try:
             _verify(final, release, _sha256_of(final))
@@ -77,6 +78,14 @@ def download(release: Release, directory: Path, progress: DownloadProgress | Non
     total = f" of {release.size}" if release.size else ""
     raise BundleError(f"download of {release.url} dropped after {have}{total} bytes ({attempts} attempts: {last}); "
                       f"the partial file is kept and resumed on the next try")
+
+
+def _prune(directory: Path, keep: Path) -> None:
+    """One bundle at a time on the data partition: files of other versions (an install that failed, a
+    download an older agent left) can never be installed from here again and would only take its space."""
+    for path in directory.glob("maculaos-*.raucb*"):
+        if path not in (keep, keep.with_name(keep.name + ".part")):
+            path.unlink(missing_ok=True)
 
 
 class _Dropped(Exception):
