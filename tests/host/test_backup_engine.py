@@ -5,13 +5,17 @@ the check schedule, reporting a damaged pack."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from maculaos.agent.backup import BackupEngine, BackupSettings
 from maculaos.api.backup import node_start_delay
 from maculaos.devenv.controlplane import default_bin_dir
+from maculaos.host.backup import K3S_COPY, K3S_DATASTORE
 from maculaos.host.restic import Restic, local_repository, rest_repository
+from tests.diskfull import resize, small_tmpfs
 from tests.restserver import start_rest_server
 
 NODE = "macula-nuc-02"
@@ -278,3 +282,30 @@ def test_one_of_two_mesh_peers_down_loses_nothing_and_the_next_run_catches_up(tm
     finally:
         for server in servers:
             server.stop()
+
+
+def test_a_disk_too_full_for_the_datastore_copy_fails_the_run_and_the_next_one_works(tmp_path: Path) -> None:
+    """The k3s datastore is copied (SQLite's online backup) to a staging file before restic reads it; with
+    the staging directory's disk full, the run ends Failed naming this node's disk, leaves no partial copy
+    holding space, and is not retried forever; a later run with room backs up."""
+    host = host_with_data(tmp_path)
+    db = host / K3S_DATASTORE.lstrip("/")
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table kine (id integer primary key, value blob)")
+        conn.executemany("insert into kine (value) values (?)", [(os.urandom(1000),) for _ in range(400)])
+    clock, reports = Clock(), list[tuple[str, str, dict[str, Any]]]()
+    eng = engine(host, clock, reports)
+    staging = host / K3S_COPY.lstrip("/")
+    with small_tmpfs(staging.parent, 64 * 1024) as directory:
+        eng.tick({"nightly": backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+        entry = reports[-1][2]
+        assert entry["phase"] == "Failed" and entry["failure"] == "NodeDiskFull", entry
+        assert str(directory) in entry["message"] and "k3s datastore" in entry["message"], entry["message"]
+        assert list(directory.iterdir()) == [], "no partial copy left holding space"
+        count = len(reports)
+        eng.tick({"nightly": backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+        assert len(reports) == count, "a failed run is not retried on every pass"
+        resize(directory, 4 * 1024 * 1024)
+        eng.tick({"nightly": backup_obj({"id": "r2", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+        assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]

@@ -6,6 +6,7 @@ that lets `maculaos backup ...` list, run and restore on the node without Kubern
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import sqlite3
 import time
@@ -92,14 +93,23 @@ def capture_k3s_datastore(host_root: Path) -> str | None:
     copy = host_root / K3S_COPY.lstrip("/")
     copy.parent.mkdir(parents=True, exist_ok=True)
     tmp = copy.with_suffix(".tmp")
-    source = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
-    target = sqlite3.connect(tmp)
     try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-    tmp.replace(copy)
+        source = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
+        try:
+            target = sqlite3.connect(tmp)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        tmp.replace(copy)
+    except (sqlite3.Error, OSError) as exc:  # a full disk above all: fail the run, free what was written
+        tmp.unlink(missing_ok=True)
+        full = "full" in str(exc).lower() or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+        raise ResticError(ResticFailure.NODE_FULL if full else ResticFailure.FAILED, (
+            f"cannot copy the k3s datastore into {copy.parent}{': no space left on this node' if full else ''} "
+            f"({exc}); nothing backed up")) from exc
     return K3S_COPY
 
 
