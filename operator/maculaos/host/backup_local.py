@@ -36,17 +36,28 @@ def parse_date(text: str) -> dt.datetime:
     return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
-def list_snapshots(host_root: Path, source: str | None, restic: str, node: str | None = None) -> list[str]:
+def list_snapshots(host_root: Path, source: str | None, restic: str,
+                   node: str | None = None) -> tuple[bool, list[str]]:
+    """Each repository's snapshots; one that does not answer (a mesh peer down) is said so and the others
+    are still listed (ok False)."""
     node = node or node_name(host_root)
-    lines = []
+    ok, lines = True, []
     for job in select_jobs(local_jobs(host_root, node, restic), source):
         for repo in job.repositories:
             lines.append(f"{job.name} ({job.target_type}) {repo.display()}:")
-            for snap in job.restic_for(repo).snapshots(node, job.name):
+            try:
+                snapshots = job.restic_for(repo).snapshots(node, job.name)
+            except ResticError as exc:
+                if exc.failure not in (ResticFailure.UNREACHABLE, ResticFailure.NO_REPOSITORY):
+                    raise
+                ok = False
+                lines.append(f"  not answering: {exc}")
+                continue
+            for snap in snapshots:
                 run = snap.tag_value(RUN_TAG) or "-"
                 lines.append(f"  {snap.short_id}  {snap.time.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z  "
                              f"run {run}")
-    return lines
+    return ok, lines
 
 
 def run_now(host_root: Path, source: str | None, restic: str) -> tuple[bool, list[str]]:
