@@ -9,14 +9,10 @@ reboot command (the simulation's hook restarts RAUC and the agent with the new b
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from maculaos.api.common import VERSION_LABEL
-from maculaos.devenv.rauc import build_bundle
-from maculaos.host.nodeupgrade import STATE_DIR
-from tests.diskfull import small_tmpfs
-from tests.host.rauc_fixtures import COMPATIBLE, Bundles, BundleServer, release_of
+from tests.host.rauc_fixtures import Bundles, BundleServer, release_of
 from tests.integration.rauc_fleet import NAME, NODES, SICKLY, RaucFleet
 
 
@@ -100,35 +96,3 @@ def test_refusals_and_a_local_source_through_the_agents(rauc_fleet: RaucFleet, b
     assert node.slot_version(other) == "0.3.0"
 
 
-
-
-def test_a_full_data_partition_fails_the_install_cleanly_and_the_next_grant_installs(
-        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
-        no_operator: None) -> None:
-    """The agent's bundles directory on a 1 MiB tmpfs: the Install grant ends Failed through the real agent,
-    naming the lack of space, with nothing downloaded and the slots as they were. Once the node has room
-    (the small filesystem gone), the next grant installs."""
-    node_name = "macula-nuc-01"
-    node = rauc_fleet.nodes[node_name]
-    rauc_fleet.name = "full-0-9-0"
-    bundle = build_bundle(bundles.dir / "good-0.9.0.raucb", "0.9.0", COMPATIBLE, bundles.cert,
-                          bundles.dir / "keys" / "fleet.key.pem")
-    release = release_of(bundle_server, bundle, version="0.9.0")
-    booted, slots = node.booted(), {s: node.slot_version(s) for s in ("A", "B")}
-    other = "B" if booted == "A" else "A"
-    created({"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": rauc_fleet.name},
-             "spec": {"version": "0.9.0", "source": {"url": release.url, "sha256": release.sha256},
-                      "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": node_name}}}})
-    rauc_fleet.operator_writes({"target": {"version": "0.9.0", "url": release.url, "sha256": release.sha256,
-                                           "size": release.size}})
-    with small_tmpfs(node.host_root / STATE_DIR / "bundles", 1024 * 1024) as directory:
-        rauc_fleet.grant("Install", [node_name])
-        entry = rauc_fleet.wait_phase(node_name, "Failed")
-        assert "not enough space" in entry["message"] and f"slot {booted} untouched" in entry["message"], entry
-        assert not list(directory.glob("*0.9.0*")), "nothing half-downloaded"
-        assert node.booted() == booted and {s: node.slot_version(s) for s in ("A", "B")} == slots
-    time.sleep(1.1)  # the next grant is another grant: another time
-    rauc_fleet.grant("Install", [node_name])
-    entry = rauc_fleet.wait_phase(node_name, "Installed")
-    assert f"slot {other}" in entry["message"] and node.slot_version(other) == "0.9.0", entry
-    assert node.booted() == booted, "installed, not rebooted: the next boot waits for its own grant"
