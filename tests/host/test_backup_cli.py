@@ -13,6 +13,7 @@ import pytest
 from maculaos.api.backup import Retention
 from maculaos.cli import main
 from maculaos.devenv.controlplane import default_bin_dir
+from maculaos.devenv.processes import free_port
 from maculaos.host.backup import BackupJob, run_job, save_local_job
 from maculaos.host.config import read_config
 from maculaos.host.restic import local_repository, rest_repository
@@ -104,3 +105,26 @@ def test_the_same_job_runs_from_the_agent_and_the_cli(node: Path) -> None:
                     target_type="local", restic=RESTIC)
     report = run_job(job)
     assert report.ok and "include path(s) missing on this node, left out: /nope" in report.message
+
+
+def test_with_one_of_two_mesh_peers_down_the_node_still_lists_and_restores(
+        node: Path, server: RestServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mesh job recorded with two peers, the second one gone: `run` fails naming it but writes the live
+    copy, `list` shows the live peer's snapshots and says which one does not answer (exit 1), `restore`
+    comes from the live peer."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    save_local_job(BackupJob(name="pair", node="macula-pi-03", host_root=node, include=["/var/lib/data"],
+                             exclude=[], retention=Retention(), target_type="mesh", restic=RESTIC,
+                             repositories=[rest_repository(f"{u}/macula-pi-03", "pw3") for u in (server.url, dead)]))
+    assert cli(node, "run", "--from", "pair") == 1
+    out = capsys.readouterr().out
+    assert "pair: FAILED: 1 of 2 target(s) written" in out and dead in out, out
+    assert cli(node, "list", "--from", "pair") == 1
+    listing = capsys.readouterr().out.splitlines()
+    assert len([line for line in listing if line.startswith("  ") and " run " in line]) == 1, listing
+    assert any("not answering" in line and dead in line for line in listing), listing
+
+    (node / "var/lib/data/till.db").write_text("corrupted\n")
+    assert cli(node, "restore", "--from", "pair", "--latest") == 0
+    assert server.url in capsys.readouterr().out
+    assert (node / "var/lib/data/till.db").read_text() == "sales: 12\n"

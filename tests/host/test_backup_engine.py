@@ -5,13 +5,18 @@ the check schedule, reporting a damaged pack."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from maculaos.agent.backup import BackupEngine, BackupSettings
 from maculaos.api.backup import node_start_delay
 from maculaos.devenv.controlplane import default_bin_dir
-from maculaos.host.restic import Restic, local_repository
+from maculaos.host.backup import K3S_COPY, K3S_DATASTORE
+from maculaos.host.restic import Restic, local_repository, rest_repository
+from tests.diskfull import resize, small_tmpfs
+from tests.restserver import start_rest_server
 
 NODE = "macula-nuc-02"
 
@@ -223,3 +228,84 @@ def test_the_agent_refuses_a_restore_onto_the_system_and_touches_nothing(tmp_pat
         assert reports[-1][:2] == ("restores", name) and entry["phase"] == "Failed"
         assert entry["message"].startswith("not restored: spec.")
     assert list((host / "etc").iterdir()) == [] and not (host / "var/backups").exists()
+
+
+def mesh_backup(run: dict[str, Any], peers: list[str]) -> dict[str, Any]:
+    obj = backup_obj(run, target={"mesh": {"replicationFactor": 2}})
+    obj["status"]["meshPeers"] = {NODE: peers}
+    return obj
+
+
+def test_one_of_two_mesh_peers_down_loses_nothing_and_the_next_run_catches_up(tmp_path: Path) -> None:
+    """A replicated (mesh) Backup to two real rest-servers, the first of them killed between two runs: the
+    run fails naming the dead peer and says the live one holds the snapshot; a Restore meanwhile comes from
+    the live peer (the newest data, not a refusal because the first peer is away); once the peer is back,
+    the next run writes both copies again."""
+    host = host_with_data(tmp_path)
+    servers = [start_rest_server(tmp_path / f"peer-{i}", tmp_path / "logs", f"peer-{i}") for i in range(2)]
+    urls = [s.url for s in servers]
+    repos = [f"rest:{u}/{NODE}/" for u in urls]
+    clock, reports = Clock(), list[tuple[str, str, dict[str, Any]]]()
+    eng = engine(host, clock, reports)
+
+    def run(run_id: str) -> dict[str, Any]:
+        eng.tick({"nightly": mesh_backup({"id": run_id, "reason": "OnDemand", "nodes": [NODE]}, urls)}, {}, {})
+        assert reports[-1][:2] == ("backups", "nightly")
+        return dict(reports[-1][2])
+
+    def snapshots(i: int) -> list[str]:
+        restic = Restic(rest_repository(f"{urls[i]}/{NODE}", "pw"), str(default_bin_dir() / "restic"))
+        return [s.tag_value("maculaos-run") or "" for s in restic.snapshots(NODE, "nightly")]
+
+    try:
+        assert run("r1")["phase"] == "Succeeded"
+        (host / "var/lib/data/a.txt").write_text("a, second day")
+        servers[0].stop()
+        entry = run("r2")
+        assert entry["phase"] == "Failed" and entry["failure"] == "TargetUnreachable", entry
+        assert repos[0] in entry["message"] and "cannot reach" in entry["message"], "the dead peer, by name"
+        assert f"1 of 2 target(s) written ({repos[1]} holds snapshot" in entry["message"], entry["message"]
+        assert snapshots(1) == ["r1", "r2"], "the live peer got its snapshot"
+
+        (host / "var/lib/data/a.txt").write_text("lost by mistake")
+        restore = {"metadata": {"name": "undo", "generation": 1, "uid": "u1"},
+                   "spec": {"backupName": "nightly", "nodeName": NODE, "snapshot": {"latest": True}}}
+        eng.tick({"nightly": mesh_backup({}, urls)}, {"undo": restore}, {})
+        assert reports[-1][:2] == ("restores", "undo") and reports[-1][2]["phase"] == "Succeeded", reports[-1]
+        assert (host / "var/lib/data/a.txt").read_text() == "a, second day", "the newest copy, from the live peer"
+
+        port = int(urls[0].rsplit(":", 1)[1])
+        servers[0] = start_rest_server(tmp_path / "peer-0", tmp_path / "logs", "peer-0-again", port=port)
+        entry = run("r3")
+        assert entry["phase"] == "Succeeded" and entry["targets"] == repos, entry
+        assert snapshots(0) == ["r1", "r3"] and snapshots(1) == ["r1", "r2", "r3"], "both copies current again"
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_a_disk_too_full_for_the_datastore_copy_fails_the_run_and_the_next_one_works(tmp_path: Path) -> None:
+    """The k3s datastore is copied (SQLite's online backup) to a staging file before restic reads it; with
+    the staging directory's disk full, the run ends Failed naming this node's disk, leaves no partial copy
+    holding space, and is not retried forever; a later run with room backs up."""
+    host = host_with_data(tmp_path)
+    db = host / K3S_DATASTORE.lstrip("/")
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table kine (id integer primary key, value blob)")
+        conn.executemany("insert into kine (value) values (?)", [(os.urandom(1000),) for _ in range(400)])
+    clock, reports = Clock(), list[tuple[str, str, dict[str, Any]]]()
+    eng = engine(host, clock, reports)
+    staging = host / K3S_COPY.lstrip("/")
+    with small_tmpfs(staging.parent, 64 * 1024) as directory:
+        eng.tick({"nightly": backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+        entry = reports[-1][2]
+        assert entry["phase"] == "Failed" and entry["failure"] == "NodeDiskFull", entry
+        assert str(directory) in entry["message"] and "k3s datastore" in entry["message"], entry["message"]
+        assert list(directory.iterdir()) == [], "no partial copy left holding space"
+        count = len(reports)
+        eng.tick({"nightly": backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+        assert len(reports) == count, "a failed run is not retried on every pass"
+        resize(directory, 4 * 1024 * 1024)
+        eng.tick({"nightly": backup_obj({"id": "r2", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+        assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]

@@ -27,6 +27,7 @@ from maculaos.host.restic import (
     rest_repository,
 )
 from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
+from tests.diskfull import resize, small_tmpfs
 from tests.restic_locks import REUSED_PID, hold_lock, leave_stale_lock
 from tests.restserver import RestServer
 
@@ -136,6 +137,23 @@ def test_unreachable_target_fails_fast_with_the_address() -> None:
     assert time.monotonic() - started < 30
 
 
+def test_every_call_on_a_target_that_went_away_fails_fast_naming_it(tmp_path: Path) -> None:
+    """Not only the first one: a peer that dies after the repository was opened (mesh copies, a check, a
+    restore listing every peer's snapshots) fails each call in a moment, where restic alone retries for
+    many minutes while the agent waits."""
+    restic = Restic(rest_repository(f"http://127.0.0.1:{free_port()}/{NODE}", "pw"), RESTIC)
+    calls = {"snapshots": lambda: restic.snapshots(NODE), "check": lambda: restic.check(),
+             "forget": lambda: restic.forget(Retention(keep_last=1), NODE, "nightly"), "locks": restic.locks,
+             "restore": lambda: restic.restore("latest", tmp_path / "staging")}
+    for name, call in calls.items():
+        started = time.monotonic()
+        with pytest.raises(ResticError) as err:
+            call()
+        assert err.value.failure is ResticFailure.UNREACHABLE, (name, err.value)
+        assert restic.repo.display() in str(err.value), name
+        assert time.monotonic() - started < 5, f"{name} took {time.monotonic() - started:.0f}s"
+
+
 def test_full_target_is_reported_and_host_data_untouched(tmp_path: Path, host: Path) -> None:
     full = tmp_path / "small"
     full.mkdir()
@@ -233,6 +251,31 @@ def test_restore_latest_swaps_data_into_place(restic: Restic, host: Path) -> Non
     restored = restore_snapshot(restic, snap, host)
     assert sorted(restored) == sorted(INCLUDE) and tree(host) == before
     assert not [p for p in (host / "var/lib").iterdir() if "maculaos-" in p.name]  # no staging left
+
+
+def test_a_disk_too_full_to_stage_a_restore_changes_nothing_and_says_so(restic: Restic, host: Path) -> None:
+    """/var/lib on a tmpfs with room for its data but not for a second, staged copy of it: the restore
+    fails naming this node's disk (not the backup target, which is fine), the data keeps its current
+    files, no staging is left behind holding space; once the disk has room the same restore works."""
+    original = tree(host)
+    backup(restic, host)
+    orders = host / "var/lib/data/shop/orders.csv"
+    orders.write_text("overwritten by mistake\n")
+    snap = choose_snapshot(restic.snapshots(NODE), SnapshotChoice(latest=True), "the repository")
+    with small_tmpfs(host / "var/lib", 450 * 1024) as var_lib:
+        current = tree(host)
+        with pytest.raises(ResticError) as err:
+            restore_snapshot(restic, snap, host)
+        assert err.value.failure is ResticFailure.NODE_FULL, err.value
+        assert "no space left" in str(err.value) and "this node" in str(err.value), err.value
+        assert "backup target" not in str(err.value), "the target is not the full one"
+        assert "nothing changed" in str(err.value)
+        assert tree(host) == current, "the restore target keeps its files"
+        assert not [p for p in var_lib.iterdir() if "maculaos-" in p.name], "no staging left holding space"
+        resize(var_lib, 4 * 1024 * 1024)  # the disk has room again
+        assert sorted(restore_snapshot(restic, snap, host)) == sorted(INCLUDE)
+        assert tree(host) == original
+        assert not [p for p in var_lib.iterdir() if "maculaos-" in p.name]
 
 
 def test_restore_single_file_to_a_target_directory(restic: Restic, host: Path) -> None:

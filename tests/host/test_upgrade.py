@@ -8,11 +8,13 @@ from pathlib import Path
 
 from maculaos.api.nodeupgrade import AgentPhase
 from maculaos.devenv.rauc import SimulatedRaucNode
-from maculaos.host.bundles import Release
-from maculaos.host.nodeupgrade import HealthVerdict, read_boot_id
+from maculaos.devenv.rauc import build_bundle as build_test_bundle
+from maculaos.host.bundles import SPARE_BYTES, Release
+from maculaos.host.nodeupgrade import STATE_DIR, HealthVerdict, read_boot_id
 from maculaos.image.bundle import build_bundle
 from maculaos.image.signing import given_identity
-from tests.host.rauc_fixtures import Bundles, BundleServer, release_of, upgrader_for
+from tests.diskfull import fill, small_tmpfs
+from tests.host.rauc_fixtures import COMPATIBLE, Bundles, BundleServer, release_of, upgrader_for
 
 HEALTHY = HealthVerdict(ok=True, reason="")
 
@@ -108,6 +110,62 @@ def test_not_enough_space_is_refused_before_downloading(rauc_node: SimulatedRauc
     state = upgrader_for(rauc_node).install(Release("0.2.0", release.url, release.sha256, 2**50), None)
     assert state.phase is AgentPhase.FAILED and "not enough space" in state.message
     assert_untouched(rauc_node)
+
+
+def test_a_disk_that_fills_mid_download_fails_cleanly_then_the_retry_installs(
+        tmp_path: Path, bundles: Bundles, bundle_server: BundleServer) -> None:
+    """The bundles directory on a tmpfs with room for the bundle and the spare at the start; something
+    else on the node takes the rest once the download has begun. The install fails naming the cause, the
+    partial file is deleted (it would hold the space the node needs), the slots are untouched; once space
+    is back the next try installs. (The tmpfs is mounted before RAUC starts: its private mount namespace
+    copies the mounts it starts with, as a node's RAUC sees its data partition.)"""
+    big = build_test_bundle(bundles.dir / "big-0.2.0.raucb", "0.2.0", COMPATIBLE, bundles.cert,
+                            bundles.dir / "keys" / "fleet.key.pem", payload_bytes=1_500_000, random_payload=True)
+    release = release_of(bundle_server, big)
+    assert release.size and release.size > 4 * 256 * 1024, "several chunks: the disk fills between two of them"
+    node = SimulatedRaucNode(tmp_path / "node", "macula-nuc-01", COMPATIBLE, bundles.cert).create()
+    with small_tmpfs(node.host_root / STATE_DIR / "bundles", release.size + SPARE_BYTES + 256 * 1024) as directory:
+        node.start_rauc()
+        try:
+            upgrader = upgrader_for(node)
+            fillers: list[Path] = []
+
+            def other_writer(phase: AgentPhase, pct: int, _: str) -> None:
+                if phase is AgentPhase.DOWNLOADING and not fillers:
+                    fillers.append(fill(directory))
+            state = upgrader.install(release, None, progress=other_writer)
+            assert fillers, "the download began before the disk filled"
+            assert state.phase is AgentPhase.FAILED, state.message
+            assert "no space left" in state.message and str(directory) in state.message, state.message
+            assert "slot A untouched" in state.message and "partial file deleted" in state.message
+            assert upgrader.load().phase is AgentPhase.FAILED, "the saved state says so too"
+            assert [p.name for p in directory.iterdir()] == [".filler"], "no partial file left holding space"
+            assert_untouched(node)
+
+            fillers[0].unlink()  # space is back
+            state = upgrader.install(release, None)
+            assert state.phase is AgentPhase.INSTALLED, state.message
+            assert node.slot_state("A") == "good" and upgrader.rauc.status().primary == "rootfs.0"
+        finally:
+            node.shutdown()
+
+
+def test_downloaded_bundles_do_not_pile_up_on_the_data_partition(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                                  bundle_server: BundleServer) -> None:
+    """A bundle is deleted once RAUC has installed it (or refused it), and files of other versions left
+    behind (a failed install, an older agent) go before the next download: each upgrade would otherwise
+    leave a bundle the size of the root filesystem on the data partition until it fills."""
+    upgrader = upgrader_for(rauc_node)
+    directory = upgrader.state_dir / "bundles"
+    directory.mkdir(parents=True)
+    for leftover in ("maculaos-0.1.5.raucb", "maculaos-0.1.9.raucb.part"):
+        (directory / leftover).write_bytes(b"x" * 1000)
+    state = upgrader.install(release_of(bundle_server, bundles.impostor), None)
+    assert state.phase is AgentPhase.FAILED and "signature" in state.message.lower(), state.message
+    assert list(directory.iterdir()) == [], "the refused bundle and the leftovers are gone"
+    state = upgrader.install(release_of(bundle_server, bundles.good), None)
+    assert state.phase is AgentPhase.INSTALLED, state.message
+    assert list(directory.iterdir()) == [], "the installed bundle is gone: the slot holds it now"
 
 
 def test_failed_health_window_rolls_back_to_the_old_slot(rauc_node: SimulatedRaucNode, bundles: Bundles,

@@ -26,6 +26,8 @@ import pytest
 from maculaos.devenv.demo import start_operator
 from maculaos.devenv.processes import ProcessRecord, free_port, is_running, stop
 from maculaos.devenv.rauc import SimulatedRaucNode, build_bundle
+from maculaos.host.nodeupgrade import STATE_DIR
+from tests.diskfull import small_tmpfs
 from tests.host.rauc_fixtures import COMPATIBLE, Bundles, BundleServer, release_of
 from tests.integration.conftest import OperatorSupervisor
 from tests.integration.rauc_fleet import RaucFleet
@@ -36,11 +38,11 @@ LEASE_SECONDS = 6
 """Short, so a takeover costs seconds (renewal deadline 4 s, retries every 1 s)."""
 
 
-def nodeupgrade(name: str, version: str, url: str, sha256: str, window: str) -> dict[str, Any]:
+def nodeupgrade(name: str, version: str, url: str, sha256: str, window: str, max_failed: int = 0) -> dict[str, Any]:
     return {"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": name},
             "spec": {"version": version, "source": {"url": url, "sha256": sha256},
                      "nodeSelector": {"matchLabels": {"macula.io/site": "warehouse"}},
-                     "strategy": {"maxUnavailable": 1}, "failurePolicy": {"maxFailedNodes": 0},
+                     "strategy": {"maxUnavailable": 1}, "failurePolicy": {"maxFailedNodes": max_failed},
                      "healthCommitWindow": window, "healthCheckWait": "2s"}}
 
 
@@ -48,7 +50,7 @@ class Rollout:
     """One NodeUpgrade of the warehouse nodes to `version`, sampled from creation to the end."""
 
     def __init__(self, fleet: RaucFleet, bundles: Bundles, server: BundleServer, created: Callable[..., Any],
-                 name: str, version: str, window: str = "40s") -> None:
+                 name: str, version: str, window: str = "40s", max_failed: int = 0) -> None:
         self.fleet, self.cluster, self.name, self.version = fleet, fleet.cluster, name, version
         fleet.name = name
         bundle = build_bundle(bundles.dir / f"good-{version}.raucb", version, COMPATIBLE, bundles.cert,
@@ -56,7 +58,7 @@ class Rollout:
         release = release_of(server, bundle, version=version)
         self.reboots = {n: _reboots(fleet, n) for n in WAREHOUSE}
         self.sampler = Sampler(self.cluster.api, name, WAREHOUSE).start()
-        created(nodeupgrade(name, version, release.url, release.sha256 or "", window))
+        created(nodeupgrade(name, version, release.url, release.sha256 or "", window, max_failed))
 
     def status(self) -> dict[str, Any]:
         return dict(self.cluster.get("NodeUpgrade", self.name).get("status") or {})
@@ -163,3 +165,36 @@ def test_an_api_server_outage_mid_wave_is_ridden_out(
                                 what="the operator to give up its lost Lease")
     operator_supervisor.ensure_running()
     rollout.assert_nothing_lost(rollout.wait_done())
+
+
+def test_a_node_whose_disk_is_full_fails_alone_and_a_new_rollout_finishes_it(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
+        operator_supervisor: OperatorSupervisor) -> None:
+    """One warehouse node's bundles directory on a 1 MiB tmpfs (maxFailedNodes 1): that node's install
+    fails naming the lack of space and it is never cordoned or rebooted; the other node upgrades, never
+    more than one disrupted at once. Once the node has room and the failed NodeUpgrade is deleted (while it
+    exists it holds its nodes), a new one of the same version brings the node along (the upgraded one is
+    already there) and nothing is left behind."""
+    operator_supervisor.ensure_running()
+    full = WAREHOUSE[1]
+    node = rauc_fleet.nodes[full]
+    booted = node.booted()
+    with small_tmpfs(node.host_root / STATE_DIR / "bundles", 1024 * 1024) as directory:
+        rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "full-0-9-0", "0.9.0", window="5s",
+                          max_failed=1)
+        status = rollout.wait_done()
+        assert not list(directory.glob("*0.9.0*")), "nothing half-downloaded holds the space"
+    assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Failed", 1, 1), status
+    entry = rauc_fleet.entry(full)
+    assert entry["phase"] == "Failed" and "not enough space" in entry["message"], entry
+    assert node.booted() == booted and rollout.reboots[full] == _reboots(rauc_fleet, full), "never rebooted"
+    assert rollout.sampler.reboot_grants(full) == 0 and rollout.sampler.peak <= 1
+    assert status["grants"] == {}
+
+    rauc_fleet.cluster.kubectl("delete", "nodeupgrade", "full-0-9-0", "--wait=true", "--timeout=60s")
+    retry = Rollout(rauc_fleet, bundles, bundle_server, created, "full-retry-0-9-0", "0.9.0", window="5s")
+    status = retry.wait_done()
+    assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Succeeded", 2, 0), status
+    assert rauc_fleet.entry(full)["version"] == "0.9.0"
+    assert _reboots(rauc_fleet, full) == rollout.reboots[full] + 1 and retry.sampler.peak <= 1
+    assert not any(rauc_fleet.cluster.get("Node", n).get("spec", {}).get("unschedulable") for n in WAREHOUSE)

@@ -31,7 +31,7 @@ from maculaos.host.backup import BackupJob, JobReport, run_job, save_local_job
 from maculaos.host.backup_retention import RetentionState
 from maculaos.host.paths import HostPathError
 from maculaos.host.restic import ResticError
-from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
+from maculaos.host.restore import SnapshotChoice, choose_in_repositories, restore_snapshot
 from maculaos.kube.rest import ApiError, KubeClient, resource_path
 
 log = logging.getLogger("maculaos.agent")
@@ -249,10 +249,9 @@ class BackupEngine:
             job = self._job(spec.backup_name, bspec, backup.get("status") or {}, node=source)
             choice = SnapshotChoice(snapshot_id=spec.snapshot.id, latest=bool(spec.snapshot.latest),
                                     before=parse_rfc3339(spec.snapshot.before))
-            restic = job.restic_for(job.repositories[0])
             started = time.monotonic()
-            snapshot = choose_snapshot(restic.snapshots(source, spec.backup_name), choice,
-                                       f"{job.repositories[0].display()} (node {source})")
+            restic, snapshot = choose_in_repositories([job.restic_for(r) for r in job.repositories], source,
+                                                      spec.backup_name, choice)
             log.info(f"restore {obj['metadata']['name']}: snapshot {snapshot.short_id} chosen in "
                      f"{time.monotonic() - started:.1f}s")
             paths = restore_snapshot(restic, snapshot, self.settings.host_root, spec.paths, spec.target_path)

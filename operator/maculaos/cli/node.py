@@ -162,8 +162,9 @@ def _backup(args: argparse.Namespace) -> int:
     from maculaos.host.restore import SnapshotChoice
 
     if args.action == "list":
-        print("\n".join(backup_local.list_snapshots(args.host_root, args.source, args.restic)) or "no backups")
-        return 0
+        listed, lines = backup_local.list_snapshots(args.host_root, args.source, args.restic)
+        print("\n".join(lines) or "no backups")
+        return 0 if listed else 1
     if args.action == "run":
         ok, lines = backup_local.run_now(args.host_root, args.source, args.restic)
         print("\n".join(lines) or "no backups recorded on this node")

@@ -6,6 +6,7 @@ that lets `maculaos backup ...` list, run and restore on the node without Kubern
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import sqlite3
 import time
@@ -93,14 +94,23 @@ def capture_k3s_datastore(host_root: Path) -> str | None:
     copy = host_root / K3S_COPY.lstrip("/")
     copy.parent.mkdir(parents=True, exist_ok=True)
     tmp = copy.with_suffix(".tmp")
-    source = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
-    target = sqlite3.connect(tmp)
     try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-    tmp.replace(copy)
+        source = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
+        try:
+            target = sqlite3.connect(tmp)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        tmp.replace(copy)
+    except (sqlite3.Error, OSError) as exc:  # a full disk above all: fail the run, free what was written
+        tmp.unlink(missing_ok=True)
+        full = "full" in str(exc).lower() or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+        raise ResticError(ResticFailure.NODE_FULL if full else ResticFailure.FAILED, (
+            f"cannot copy the k3s datastore into {copy.parent}{': no space left on this node' if full else ''} "
+            f"({exc}); nothing backed up")) from exc
     return K3S_COPY
 
 
@@ -117,6 +127,7 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
     report = JobReport(ok=True, message="", targets=[r.display() for r in job.repositories])
     notes: list[str] = list(guarded.notes)
     failures: list[str] = []
+    written: list[str] = []
     counts: list[int | None] = []
     now = now or dt.datetime.now(dt.timezone.utc)
     due = retention_due(job.retention, job.retention_state, now, job.time_zone)
@@ -129,6 +140,7 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
             failures.append(str(exc))
             report.failure = report.failure or exc.failure.value
             continue
+        written.append(repo.display())
         if not report.snapshot_id:
             summary = result.summary
             report.snapshot_id = summary.snapshot_id
@@ -142,10 +154,11 @@ def run_job(job: BackupJob, now: dt.datetime | None = None) -> JobReport:
     report.snapshot_time = now_rfc3339()
     known = [c for c in counts if c is not None]
     report.snapshot_count = max(known) if known and len(known) == len(counts) else None
-    done = len(job.repositories) - len(failures)
+    done = len(written)
     if failures:
         report.ok = False
-        copies = f"{done} of {len(job.repositories)} target(s) written; " if len(job.repositories) > 1 else ""
+        held = f" ({', '.join(written)} holds snapshot {report.snapshot_id[:8]})" if written else ""
+        copies = f"{done} of {len(job.repositories)} target(s) written{held}; " if len(job.repositories) > 1 else ""
         report.message = copies + "; ".join(failures)
     else:
         report.message = f"snapshot {report.snapshot_id[:8]} on {done} target(s)" + (

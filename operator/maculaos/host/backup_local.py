@@ -11,7 +11,7 @@ from pathlib import Path
 from maculaos.host.backup import RUN_TAG, local_jobs, run_job, select_jobs
 from maculaos.host.nodeconfig import read_node_config
 from maculaos.host.restic import ResticError, ResticFailure
-from maculaos.host.restore import SnapshotChoice, choose_snapshot, restore_snapshot
+from maculaos.host.restore import SnapshotChoice, choose_in_repositories, restore_snapshot
 
 DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -36,17 +36,28 @@ def parse_date(text: str) -> dt.datetime:
     return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
-def list_snapshots(host_root: Path, source: str | None, restic: str, node: str | None = None) -> list[str]:
+def list_snapshots(host_root: Path, source: str | None, restic: str,
+                   node: str | None = None) -> tuple[bool, list[str]]:
+    """Each repository's snapshots; one that does not answer (a mesh peer down) is said so and the others
+    are still listed (ok False)."""
     node = node or node_name(host_root)
-    lines = []
+    ok, lines = True, []
     for job in select_jobs(local_jobs(host_root, node, restic), source):
         for repo in job.repositories:
             lines.append(f"{job.name} ({job.target_type}) {repo.display()}:")
-            for snap in job.restic_for(repo).snapshots(node, job.name):
+            try:
+                snapshots = job.restic_for(repo).snapshots(node, job.name)
+            except ResticError as exc:
+                if exc.failure not in (ResticFailure.UNREACHABLE, ResticFailure.NO_REPOSITORY):
+                    raise
+                ok = False
+                lines.append(f"  not answering: {exc}")
+                continue
+            for snap in snapshots:
                 run = snap.tag_value(RUN_TAG) or "-"
                 lines.append(f"  {snap.short_id}  {snap.time.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z  "
                              f"run {run}")
-    return lines
+    return ok, lines
 
 
 def run_now(host_root: Path, source: str | None, restic: str) -> tuple[bool, list[str]]:
@@ -69,17 +80,9 @@ def restore(host_root: Path, source: str, choice: SnapshotChoice, paths: Sequenc
             f"--from {source} matches several backups ({', '.join(j.name for j in jobs)}): name one of them"))
     job = jobs[0]
     wanted = source_node or node
-    errors = []
-    for repo in job.repositories:  # mesh: the first peer that answers and holds the snapshot
-        restic_ = job.restic_for(repo)
-        try:
-            snapshot = choose_snapshot(restic_.snapshots(wanted, job.name), choice, f"{repo.display()} (node {wanted})")
-            done = restore_snapshot(restic_, snapshot, host_root, paths, target_dir)
-        except ResticError as exc:
-            if exc.failure not in (ResticFailure.UNREACHABLE, ResticFailure.NO_REPOSITORY):
-                raise
-            errors.append(str(exc))
-            continue
-        where = f" under {target_dir}" if target_dir else ""
-        return f"restored {', '.join(done)}{where} from snapshot {snapshot.short_id} ({snapshot.time:%Y-%m-%d %H:%M}Z)"
-    raise ResticError(ResticFailure.UNREACHABLE, "no repository answered: " + "; ".join(errors))
+    restic_, snapshot = choose_in_repositories([job.restic_for(r) for r in job.repositories], wanted, job.name,
+                                               choice)
+    done = restore_snapshot(restic_, snapshot, host_root, paths, target_dir)
+    where = f" under {target_dir}" if target_dir else ""
+    return (f"restored {', '.join(done)}{where} from snapshot {snapshot.short_id} ({snapshot.time:%Y-%m-%d %H:%M}Z, "
+            f"{restic_.repo.display()})")

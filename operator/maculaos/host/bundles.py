@@ -4,6 +4,7 @@ stick, airgap) by its manifest version. Nothing here touches a slot."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import re
@@ -55,6 +56,7 @@ def download(release: Release, directory: Path, progress: DownloadProgress | Non
         raise BundleError(f"target {release.version} has no url to download from")
     directory.mkdir(parents=True, exist_ok=True)
     final = bundle_path(directory, release.version)
+    _prune(directory, keep=final)
     if final.exists():
         try:
             _verify(final, release, _sha256_of(final))
@@ -76,6 +78,14 @@ def download(release: Release, directory: Path, progress: DownloadProgress | Non
     total = f" of {release.size}" if release.size else ""
     raise BundleError(f"download of {release.url} dropped after {have}{total} bytes ({attempts} attempts: {last}); "
                       f"the partial file is kept and resumed on the next try")
+
+
+def _prune(directory: Path, keep: Path) -> None:
+    """One bundle at a time on the data partition: files of other versions (an install that failed, a
+    download an older agent left) can never be installed from here again and would only take its space."""
+    for path in directory.glob("maculaos-*.raucb*"):
+        if path not in (keep, keep.with_name(keep.name + ".part")):
+            path.unlink(missing_ok=True)
 
 
 class _Dropped(Exception):
@@ -104,26 +114,40 @@ def _fetch(release: Release, part: Path, directory: Path, progress: DownloadProg
         _check_space(directory, (total or 0) - (have if resumed else 0), release)
         digest = _hash_file(part, hashlib.sha256()) if resumed else hashlib.sha256()
         done = have if resumed else 0
-        with open(part, "ab" if resumed else "wb") as out:
-            while True:
-                try:
-                    chunk = response.read(CHUNK)
-                except (http.client.IncompleteRead, OSError) as exc:
-                    raise _Dropped(f"connection lost after {done} bytes: {type(exc).__name__}") from exc
-                if not chunk:
-                    break
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if release.size is not None and done > release.size:
-                    part.unlink()
-                    raise BundleError(f"download of {release.url} is larger than the expected {release.size} "
-                                      "bytes: not the release asked for (file deleted)")
-                if progress is not None:
-                    progress(done, total)
+        try:
+            with open(part, "ab" if resumed else "wb") as out:
+                while True:
+                    try:
+                        chunk = response.read(CHUNK)
+                    except (http.client.IncompleteRead, OSError) as exc:
+                        raise _Dropped(f"connection lost after {done} bytes: {type(exc).__name__}") from exc
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if release.size is not None and done > release.size:
+                        part.unlink()
+                        raise BundleError(f"download of {release.url} is larger than the expected {release.size} "
+                                          "bytes: not the release asked for (file deleted)")
+                    if progress is not None:
+                        progress(done, total)
+        except OSError as exc:  # writing (or the flush on close) failed: the disk, not the connection
+            part.unlink(missing_ok=True)
+            raise _write_failed(exc, release, directory, done, total) from exc
         if total is not None and done < total:
             raise _Dropped(f"connection closed after {done} of {total} bytes")
     return digest.hexdigest()
+
+
+def _write_failed(exc: OSError, release: Release, directory: Path, done: int, total: int | None) -> BundleError:
+    """The partial file is deleted (kept, it would hold the space the node needs and could not be resumed
+    anyway until space is freed); the message names the cause and the place."""
+    of = f" of {total}" if total else ""
+    cause = "no space left on the device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
+        f"cannot write there ({exc.strerror or exc})"
+    return BundleError(f"download of {release.version} into {directory} stopped after {done}{of} bytes: {cause} "
+                       "(partial file deleted; free space and the next try starts over)")
 
 
 def _check_space(directory: Path, needed: int, release: Release) -> None:

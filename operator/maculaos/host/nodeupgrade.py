@@ -164,6 +164,9 @@ class NodeUpgrader:
             self._keep_booted_primary()
             return self._set(state, AgentPhase.FAILED,
                              f"not installed, slot {facts.slot} untouched: rauc install failed: {exc}")
+        finally:
+            if local_dir is None:  # a download served its purpose; a bundle of the node's own stays
+                bundle.unlink(missing_ok=True)
         return self._set(state, AgentPhase.INSTALLED,
                          f"{release.version} installed in slot {other.bootname}; waiting for a reboot")
 

@@ -42,6 +42,7 @@ class ResticFailure(StrEnum):
     NO_REPOSITORY = "NoRepository"
     LOCKED = "RepositoryLocked"
     NO_SPACE = "TargetFull"
+    NODE_FULL = "NodeDiskFull"
     SNAPSHOT_NOT_FOUND = "SnapshotNotFound"
     CORRUPT = "RepositoryDamaged"
     INCLUDE_MISSING = "IncludePathMissing"
@@ -212,11 +213,18 @@ def lock_owner_gone(lock: LockInfo, hostname: str, proc: Path = Path("/proc")) -
     return lock.pid > 0 and not (_pid_alive(lock.pid) and _runs_restic(lock.pid, proc))
 
 
-def _classify(code: int, stderr: str, repo: Repository) -> ResticError:
+def _classify(code: int, stderr: str, repo: Repository, writes_to: Path | None = None) -> ResticError:
+    """What went wrong, for a person and a program. writes_to: where the call writes on this node (a
+    restore's staging directory), so a full disk there is named as this node's, not the target's."""
     text = stderr.strip().splitlines()
     last = next((line for line in reversed(text) if line.strip()), f"restic exited with {code}")
     lower = stderr.lower()
     where = repo.display()
+    node_full = next((line.strip() for line in text if writes_to is not None and str(writes_to) in line
+                      and "no space left on device" in line.lower()), "")
+    if node_full and writes_to is not None:
+        return ResticError(ResticFailure.NODE_FULL, f"no space left on this node's disk under {writes_to.parent}: "
+                                                    f"{node_full}")
     if code == 12 or "wrong password" in lower:
         return ResticError(ResticFailure.WRONG_PASSWORD, (
             f"wrong repository password for {where}: check the Secret in repositoryPasswordSecretRef "
@@ -275,8 +283,11 @@ class Restic:
         return {**keep, **self.repo.environment(), "RESTIC_PROGRESS_FPS": "0.2"}
 
     def run(self, *args: str, timeout: float = DEFAULT_TIMEOUT, ok_codes: tuple[int, ...] = (0,),
-            stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
-        """One restic call; raises ResticError on an exit code outside ok_codes."""
+            stdin: int | None = subprocess.DEVNULL, writes_to: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """One restic call; raises ResticError on an exit code outside ok_codes (writes_to: see _classify).
+        A network target is probed first, each call: a peer that went away since the last call fails it in
+        a moment instead of restic's retry loop of many minutes."""
+        self.check_reachable()
         try:
             result = subprocess.run(self._argv(args), env=self._env(), capture_output=True, text=True,
                                     timeout=timeout, stdin=stdin)
@@ -289,7 +300,7 @@ class Restic:
         except FileNotFoundError as exc:
             raise ResticError(ResticFailure.FAILED, f"restic is not installed ({self.binary} not found)") from exc
         if result.returncode not in ok_codes:
-            raise _classify(result.returncode, _error_text(result), self.repo)
+            raise _classify(result.returncode, _error_text(result), self.repo, writes_to)
         return result
 
     def json(self, *args: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
@@ -448,7 +459,7 @@ class Restic:
         args = ["restore", f"{snapshot_id}", "--target", str(target)]
         for path in includes:
             args += ["--include", path]
-        self.run(*args)
+        self.run(*args, writes_to=target)
 
 
 def _error_text(result: subprocess.CompletedProcess[str]) -> str:

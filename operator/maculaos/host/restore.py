@@ -62,6 +62,31 @@ def choose_snapshot(snapshots: Sequence[Snapshot], choice: SnapshotChoice, where
     return found[0]
 
 
+def choose_in_repositories(restics: Sequence[Restic], node: str, backup_name: str,
+                           choice: SnapshotChoice) -> tuple[Restic, Snapshot]:
+    """The snapshot asked for among the repositories that answer (a mesh Backup keeps a copy on each of its
+    peers, each with its own snapshot ids), and the repository holding it: the newest across them for
+    latest and before (a peer that missed runs while it was down holds older ones), the one holding the
+    id otherwise. A peer that is down or holds no repository yet is passed over; any other failure (a
+    wrong password, damage) stops here rather than silently picking another copy."""
+    found: list[tuple[Restic, Snapshot]] = []
+    answered: list[str] = []
+    away: list[str] = []
+    for restic in restics:
+        try:
+            found += [(restic, s) for s in restic.snapshots(node, backup_name)]
+            answered.append(restic.repo.display())
+        except ResticError as exc:
+            if exc.failure not in (ResticFailure.UNREACHABLE, ResticFailure.NO_REPOSITORY):
+                raise
+            away.append(str(exc))
+    if len(away) == len(restics):
+        raise ResticError(ResticFailure.UNREACHABLE, "no repository answered, nothing restored: " + "; ".join(away))
+    where = f"{', '.join(answered)} (node {node}" + (f"; {len(away)} more not answering)" if away else ")")
+    chosen = choose_snapshot([s for _, s in found], choice, where)
+    return next(r for r, s in found if s is chosen), chosen
+
+
 def logical_paths(snapshot: Snapshot) -> list[str]:
     """The node paths a snapshot holds, without the host root it was read under."""
     root = snapshot.tag_value(ROOT_TAG) or "/"
