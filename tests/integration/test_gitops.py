@@ -2,10 +2,12 @@
 modules by tools/install.sh) run as processes against the test control plane, as they would with a
 kubeconfig, and read the fleet repository from the real git server (lighttpd and git http-backend, as the
 node serves it). A pushed commit reaches the nodes through Flux, the operator and the agents; a bad commit
-is reported by Flux's Kustomization and by the object, and the nodes keep their last good state."""
+is reported by Flux's Kustomization and by the object, and the nodes keep their last good state; a Secret
+committed encrypted with sops (age) reaches the cluster decrypted, and only there."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from maculaos.api.common import DEFAULT_NAMESPACE
+from maculaos.devenv.controlplane import default_bin_dir
 from maculaos.devenv.manifests import KUBE_VERSION
 from maculaos.devenv.processes import ProcessRecord, free_port, spawn, stop, wait_for_port
 from tests.gitserver import HAS_LIGHTTPD, Server, StartServer, git
@@ -27,6 +31,7 @@ pytestmark = pytest.mark.skipif(not HAS_LIGHTTPD, reason="lighttpd is not instal
 FLUX_NAMESPACE = "flux-system"
 WAREHOUSE = {"matchLabels": {"macula.io/site": "warehouse"}}  # macula-nuc-01 and macula-nuc-02
 SITE = "sites/warehouse"
+AGE_SECRET = "sops-age"  # the node's age key, in Flux's namespace: the only place it is in clear
 KUSTOMIZATION = "maculaos-site"  # the chart's name for it, with release name "maculaos"
 
 
@@ -88,13 +93,20 @@ class SiteRepository:
         self.server, self.clone = server, clone
         git("clone", "-q", server.url, str(clone))
 
-    def push(self, message: str, *objects: dict[str, Any]) -> str:
+    def push(self, message: str, *objects: dict[str, Any], encrypted_for: str | None = None) -> str:
+        """The site's folder becomes exactly objects; Secrets are encrypted with sops for the age recipient
+        encrypted_for, as a person does before committing (only their data: the rest stays readable)."""
         folder = self.clone / SITE
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.yaml"):
             old.unlink()
         for obj in objects:
-            (folder / f"{obj['metadata']['name']}.yaml").write_text(yaml.safe_dump(obj))
+            path = folder / f"{obj['metadata']['name']}.yaml"
+            path.write_text(yaml.safe_dump(obj))
+            if obj["kind"] == "Secret":
+                assert encrypted_for, "a Secret is never committed in clear"
+                subprocess.run([str(default_bin_dir() / "sops"), "encrypt", "--age", encrypted_for,
+                                "--encrypted-regex", "^(data|stringData)$", "--in-place", str(path)], check=True)
         git("add", "-A", ".", cwd=self.clone)
         git("commit", "-q", "-m", message, cwd=self.clone)
         git("push", "-q", self.server.authed(), "HEAD:main", cwd=self.clone)
@@ -124,9 +136,19 @@ def flux_objects(bin_dir: Path, url: str) -> list[dict[str, Any]]:
     rendered = subprocess.run(
         [str(bin_dir / "helm"), "template", "maculaos", str(REPO / "charts" / "maculaos-operator"),
          f"--kube-version={KUBE_VERSION}", "--show-only=templates/gitops.yaml",
-         f"--set=gitops.enabled=true,gitops.url={url},gitops.path=./{SITE},gitops.interval=2s"],
+         f"--set=gitops.enabled=true,gitops.url={url},gitops.path=./{SITE},gitops.interval=2s",
+         f"--set=gitops.decryptionSecretRef={AGE_SECRET}"],
         check=True, capture_output=True, text=True).stdout
     return [obj for obj in yaml.safe_load_all(rendered) if obj]
+
+
+def age_key(cluster: Cluster, bin_dir: Path, path: Path) -> str:
+    """A new age key, held by the cluster in Flux's namespace (where the chart's decryptionSecretRef points);
+    returns its public half, the recipient people encrypt for."""
+    subprocess.run([str(bin_dir / "age-keygen"), "-o", str(path)], check=True, capture_output=True)
+    cluster.kubectl("create", "secret", "generic", AGE_SECRET, "-n", FLUX_NAMESPACE,
+                    f"--from-file=age.agekey={path}")
+    return next(line.split(": ")[1] for line in path.read_text().splitlines() if line.startswith("# public key: "))
 
 
 def applied_revision(cluster: Cluster) -> str:
@@ -147,6 +169,7 @@ def test_a_pushed_commit_reaches_the_nodes_and_a_bad_one_changes_nothing(
     server = start_server()
     site = SiteRepository(server, tmp_path / "clone")
     first = site.push("warehouse: gateways", meshrole("gitops-warehouse", nodeSelector=WAREHOUSE, roles=["gateway"]))
+    recipient = age_key(cluster, bin_dir, tmp_path / "age.agekey")
     objects = flux_objects(bin_dir, server.url)
     for obj in objects:
         cluster.apply(obj)
@@ -205,6 +228,27 @@ def test_a_pushed_commit_reaches_the_nodes_and_a_bad_one_changes_nothing(
         assert f"applied main@sha1:{conflicting}; Ready=True" in shown, shown
         assert "MeshRole/gitops-realm: Ready=False Conflict" in shown and "spec.realm" in shown, shown
         assert "MeshRole/gitops-warehouse: Ready=True" in shown, shown  # its own spec is fine
+
+        # A Secret kept encrypted in git: the Backup's repository password. Flux decrypts it with the
+        # node's age key; the conflict's MeshRole goes with the same commit, and the nodes apply again.
+        password = "correct-horse-battery-staple"
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": {"password": password},
+                  "metadata": {"name": "site-backup-repository", "namespace": DEFAULT_NAMESPACE}}
+        backup = {"apiVersion": "os.macula.io/v1alpha1", "kind": "Backup", "metadata": {"name": "gitops-nightly"},
+                  "spec": {"schedule": "0 2 * * *", "target": {"local": {"path": "/var/lib/maculaos-backups"}},
+                           "repositoryPasswordSecretRef": {"name": "site-backup-repository", "key": "password"}}}
+        encrypted = site.push("warehouse: nightly backups, their password encrypted",
+                              meshrole("gitops-warehouse", nodeSelector=WAREHOUSE, roles=["gateway", "bootstrap"]),
+                              secret, backup, encrypted_for=recipient)
+        committed = git("show", f"{encrypted}:{SITE}/site-backup-repository.yaml", cwd=site.clone).stdout
+        assert password not in committed and "ENC[AES256_GCM" in committed
+        cluster.wait_for(lambda: applied_revision(cluster) == f"main@sha1:{encrypted}", timeout=60,
+                         what=lambda: f"Flux to apply {encrypted} (Ready: {kustomization_ready(cluster)})")
+        stored = cluster.kubectl("get", "secret", "site-backup-repository", "-n", DEFAULT_NAMESPACE,
+                                 "-o", "jsonpath={.data.password}").stdout
+        assert base64.b64decode(stored).decode() == password
+        cluster.wait_condition("Backup", "gitops-nightly", "True", timeout=40)  # the operator found its Secret
+        fleet.wait_phase("gitops-warehouse", "macula-nuc-02", "Applied")
     finally:
         # Deleting the Kustomization prunes what it applied (while its controller still runs).
         for obj in reversed(objects):
@@ -214,3 +258,5 @@ def test_a_pushed_commit_reaches_the_nodes_and_a_bad_one_changes_nothing(
                              timeout=60, what="Flux to prune the site's MeshRoles")
         finally:
             cluster.kubectl("delete", "meshrole", "gitops-warehouse", "gitops-realm", "--ignore-not-found")
+            cluster.kubectl("delete", "backup", "gitops-nightly", "--ignore-not-found")
+            cluster.kubectl("delete", "secret", AGE_SECRET, "-n", FLUX_NAMESPACE, "--ignore-not-found")
