@@ -57,38 +57,58 @@ def commit(clone: Path, message: str) -> str:
 StartServer = Callable[..., "Server"]
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    """A started server: its URL and repositories, and what stops it."""
+
+    server: Server
+    process: subprocess.Popen[bytes]
+    record: ProcessRecord
+    base: Path
+
+    def stop(self) -> None:
+        stop(self.record)
+        assert self.process.wait(timeout=10) is not None
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def start_git_server(log_dir: Path, anonymous_read: bool = True, users: bool = True) -> RunningServer:
+    """The server with one repository, fleet.git, and one user who may push (ALICE)."""
+    # Outside pytest's 0700 tmp folders, so the unprivileged server can reach it.
+    base = Path(tempfile.mkdtemp(prefix="maculaos-git-"))
+    base.chmod(0o755)
+    root, credentials = base / "repos", base / "credentials"
+    root.mkdir()
+    credentials.mkdir()
+    ensure_repository(root / "fleet.git")
+    (credentials / "htpasswd").write_text(htpasswd_line(ALICE, PASSWORD) + "\n")
+    port = free_port()
+    config = base / "lighttpd.conf"
+    config.write_text(render_lighttpd_config(port, str(root), users, anonymous_read, bind="127.0.0.1"))
+    argv = ["lighttpd", "-D", "-f", str(config)]
+    if os.getuid() == 0:  # as the unit: never root
+        shutil.chown(root, "www-data", "www-data")
+        subprocess.run(["chown", "-R", "www-data:www-data", str(base)], check=True)
+        argv = ["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups", *argv]
+    proc, record = spawn(f"lighttpd-{port}", argv, log_dir,
+                         env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)})
+    running = RunningServer(Server(f"http://127.0.0.1:{port}/fleet.git", root), proc, record, base)
+    try:
+        wait_for_port(port, 10, proc)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    records: list[tuple[subprocess.Popen[bytes], ProcessRecord]] = []
-    made: list[Path] = []
+    started: list[RunningServer] = []
 
     def start(anonymous_read: bool = True, users: bool = True) -> Server:
-        # Outside pytest's 0700 tmp folders, so the unprivileged server can reach it.
-        base = Path(tempfile.mkdtemp(prefix="maculaos-git-"))
-        made.append(base)
-        base.chmod(0o755)
-        root, credentials = base / "repos", base / "credentials"
-        root.mkdir()
-        credentials.mkdir()
-        ensure_repository(root / "fleet.git")
-        (credentials / "htpasswd").write_text(htpasswd_line(ALICE, PASSWORD) + "\n")
-        port = free_port()
-        config = base / "lighttpd.conf"
-        config.write_text(render_lighttpd_config(port, str(root), users, anonymous_read, bind="127.0.0.1"))
-        argv = ["lighttpd", "-D", "-f", str(config)]
-        if os.getuid() == 0:  # as the unit: never root
-            shutil.chown(root, "www-data", "www-data")
-            subprocess.run(["chown", "-R", "www-data:www-data", str(base)], check=True)
-            argv = ["setpriv", "--reuid=www-data", "--regid=www-data", "--clear-groups", *argv]
-        proc, record = spawn(f"lighttpd-{port}", argv, tmp_path / "logs",
-                             env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)})
-        records.append((proc, record))
-        wait_for_port(port, 10, proc)
-        return Server(f"http://127.0.0.1:{port}/fleet.git", root)
+        started.append(start_git_server(tmp_path / "logs", anonymous_read, users))
+        return started[-1].server
 
     yield start
-    for proc, record in records:
-        stop(record)
-        assert proc.wait(timeout=10) is not None
-    for base in made:
-        shutil.rmtree(base, ignore_errors=True)
+    for running in started:
+        running.stop()
