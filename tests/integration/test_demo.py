@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from maculaos.api.common import VERSION_LABEL
 from maculaos.devenv.demo import Demo, DemoError
 from maculaos.devenv.processes import ProcessRecord, is_running
 from tests.integration.conftest import REPO
@@ -40,15 +41,32 @@ def capped_history(bin_dir: Path, kubeconfig: Path, timeout: float = 90) -> dict
         time.sleep(1)
 
 
+def wait_upgrade(bin_dir: Path, kubeconfig: Path, name: str, timeout: float = 120) -> dict[str, Any]:
+    """A NodeUpgrade's status once its rollout has ended."""
+    deadline = time.monotonic() + timeout
+    while (status := get(bin_dir, kubeconfig, f"nodeupgrade/{name}").get("status") or {}).get("phase") not in (
+            "Succeeded", "Failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    return status
+
+
 def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
     workdir = tmp_path / "demo"
-    up = maculaos("dev", "up", "--workdir", str(workdir))
+    started = time.monotonic()
+    up = maculaos("dev", "up", "--workdir", str(workdir), "--upgrade-check-wait", "2s", "--upgrade-delay", "0s")
+    print(f"dev up: {time.monotonic() - started:.1f}s")
+    agents: list[ProcessRecord] = []
     try:
         assert up.returncode == 0, up.stderr + up.stdout
-        for ref in ("meshrole/warehouse-gateways", "nodeupgrade/to-0-2-0", "backup/nightly",
+        for ref in ("meshrole/warehouse-gateways", "nodeupgrade/demo-to-0-2-0", "backup/nightly",
                     "restore/nuc-02-config-preview", "healthcheck/edge-basics", "healthcheck/demo-sandbox",
                     "healthcheck/demo-capped-restart"):
             assert f"{ref} Ready" in up.stdout
+        # The example's night-time rollout from the internet is checked, not applied: it would hold the nodes.
+        assert "nodeupgrade/to-0-2-0 from nodeupgrade.yaml accepted (server dry run" in up.stdout
+        assert "nodeupgrade/to-0-2-0 Ready" not in up.stdout
+        assert "kubectl get nodeupgrades -w" in up.stdout
         assert "kubectl get maculaos" in up.stdout
         kubeconfig = workdir / "controlplane" / "admin.kubeconfig"
         nodes = subprocess.run([str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", "get", "nodes", "-o", "name"],
@@ -77,6 +95,24 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
                 "restart of maculaos-demo-absent.service failed (1/2 in 1h)",
                 "restart of maculaos-demo-absent.service failed (2/2 in 1h)",
                 "not restarting maculaos-demo-absent.service"], (node, notes)
+
+        # The demo's own NodeUpgrade rolls 0.1.0 -> 0.2.0 across the nodes with their real RAUC, from the
+        # local release index, one node at a time, judged by the sandbox checks only (the capped one fails).
+        status = wait_upgrade(bin_dir, kubeconfig, "demo-to-0-2-0")
+        print(f"demo-to-0-2-0 ended {status['phase']}: {time.monotonic() - started:.1f}s after dev up started")
+        assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Succeeded", 3, 0), status
+        names = [n.split("/")[1] for n in nodes]
+        assert {n: (e["fromVersion"], e["version"], e["slot"]) for n, e in status["nodes"].items()} == {
+            n: ("0.1.0", "0.2.0", "B") for n in names}, status["nodes"]
+        for name in names:
+            labels = get(bin_dir, kubeconfig, f"node/{name}")["metadata"]["labels"]
+            assert labels[VERSION_LABEL] == "0.2.0"
+            assert 'VERSION_ID="0.2.0"' in (workdir / "nodes" / name / "etc/os-release").read_text()
+        finished = sorted(e["since"] for e in status["rollout"].values())
+        assert len(set(finished)) == 3, "one node after another"
+        agents += [ProcessRecord(**json.loads(p.read_text())["agent"]) for p in (workdir / "rauc").glob("*/node.json")]
+        assert len(agents) == 3 and all(is_running(a) for a in agents), "each node's agent, restarted by its reboot"
+
         joining = maculaos("dev", "join-token", "--workdir", str(workdir))
         assert joining.returncode == 0, joining.stderr
         section = yaml.safe_load(joining.stdout)["maculaos"]["kubernetes"]
@@ -92,8 +128,9 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
     assert state is not None
     records = [ProcessRecord(**r) for r in state["processes"]]
     assert {r.name for r in records} == {"kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-                                         "operator", "agent-macula-nuc-01", "agent-macula-nuc-02", "agent-macula-pi-03"}
-    assert not any(is_running(r) for r in records)
+                                         "release-server", "operator", "agent-macula-nuc-01", "agent-macula-nuc-02",
+                                         "agent-macula-pi-03"}
+    assert not any(is_running(r) for r in [*records, *agents])
     assert not workdir.exists()
     stopped = maculaos("dev", "join-token", "--workdir", str(workdir))
     assert stopped.returncode != 0 and "no demo control plane runs" in stopped.stderr

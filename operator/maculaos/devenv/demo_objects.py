@@ -15,6 +15,11 @@ CAPPED_HEALTHCHECK = "demo-capped-restart"
 ABSENT_UNIT = "maculaos-demo-absent.service"
 #: A privileged port nothing listens on (tcpmux, unused on any ordinary machine).
 CLOSED_PORT = 1
+#: The label of the HealthChecks that judge the demo's upgrades (the failing ones on purpose do not).
+UPGRADE_GATE_LABEL = "macula.io/upgrade-gate"
+#: The demo's own NodeUpgrades: the good release, and the bad build for the rollback story.
+DEMO_UPGRADE = "demo-to-0-2-0"
+BAD_UPGRADE = "demo-to-0-3-0-beta"
 
 
 def sandbox_healthcheck(api_port: int, operator_port: int) -> dict[str, Any]:
@@ -29,7 +34,8 @@ def sandbox_healthcheck(api_port: int, operator_port: int) -> dict[str, Any]:
          "process": {"name": "kube-apiserver"}},
         {"name": "disk", "type": "disk", "interval": "30s", "disk": {"path": "/var/lib", "threshold": "95%"}},
     ]
-    return {"apiVersion": API_VERSION, "kind": "HealthCheck", "metadata": {"name": SANDBOX_HEALTHCHECK},
+    return {"apiVersion": API_VERSION, "kind": "HealthCheck",
+            "metadata": {"name": SANDBOX_HEALTHCHECK, "labels": {UPGRADE_GATE_LABEL: "true"}},
             "spec": {"checks": checks}}
 
 
@@ -42,3 +48,22 @@ def capped_healthcheck() -> dict[str, Any]:
              "cooldown": "5s"}
     return {"apiVersion": API_VERSION, "kind": "HealthCheck", "metadata": {"name": CAPPED_HEALTHCHECK},
             "spec": {"checks": [check]}}
+
+
+def demo_upgrade(index_url: str, version: str = "0.2.0", channel: str = "stable", name: str = DEMO_UPGRADE,
+                 health_check_wait: str = "10s", delay_between_nodes: str = "5s") -> dict[str, Any]:
+    """examples/nodeupgrade.yaml's rollout without its night window, from the demo's local release index:
+    one node at a time, stopping at the first failure, judged by the sandbox checks only (the capped check
+    and the examples' systemd checks fail on sandbox nodes by nature)."""
+    return {"apiVersion": API_VERSION, "kind": "NodeUpgrade", "metadata": {"name": name},
+            "spec": {"version": version, "channel": channel, "source": {"releaseIndex": index_url},
+                     "strategy": {"type": "rolling", "maxUnavailable": 1, "delayBetweenNodes": delay_between_nodes},
+                     "failurePolicy": {"maxFailedNodes": 0, "action": "Pause"},
+                     "healthCheckWait": health_check_wait, "healthCommitWindow": "3m",
+                     "healthCheckSelector": {"matchLabels": {UPGRADE_GATE_LABEL: "true"}}}}
+
+
+def bad_upgrade(index_url: str, **timings: str) -> dict[str, Any]:
+    """The beta channel's 0.3.0, a build whose kernel panics: the first node boots back into its old slot
+    by itself (RolledBack) and the rollout stops there (Failed), the other nodes untouched."""
+    return demo_upgrade(index_url, version="0.3.0", channel="beta", name=BAD_UPGRADE, **timings)
