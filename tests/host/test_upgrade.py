@@ -8,11 +8,12 @@ from pathlib import Path
 
 from maculaos.api.nodeupgrade import AgentPhase
 from maculaos.devenv.rauc import SimulatedRaucNode
+from maculaos.devenv.rauc import build_bundle as make_bundle
 from maculaos.host.bundles import Release
 from maculaos.host.nodeupgrade import HealthVerdict, read_boot_id
 from maculaos.image.bundle import build_bundle
 from maculaos.image.signing import given_identity
-from tests.host.rauc_fixtures import Bundles, BundleServer, release_of, upgrader_for
+from tests.host.rauc_fixtures import COMPATIBLE, Bundles, BundleServer, release_of, upgrader_for
 
 HEALTHY = HealthVerdict(ok=True, reason="")
 
@@ -133,6 +134,17 @@ def test_new_slot_that_does_not_boot_falls_back(rauc_node: SimulatedRaucNode, bu
     assert install_and_reboot(rauc_node, release_of(bundle_server, bundles.good)) == "A"
     state = upgrader_for(rauc_node).after_boot()
     assert state.phase is AgentPhase.ROLLED_BACK and "did not boot" in state.message
+
+
+def test_a_bad_build_panics_and_falls_back(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                          bundle_server: BundleServer) -> None:
+    """The demo's bad build: nothing marks the node, the bundle's own rootfs fails to boot."""
+    bad = make_bundle(bundles.dir / "panics-0.2.0.raucb", "0.2.0", COMPATIBLE, bundles.cert,
+                      bundles.dir / "keys" / "fleet.key.pem", panics=True)
+    assert install_and_reboot(rauc_node, release_of(bundle_server, bad)) == "A"
+    state = upgrader_for(rauc_node).after_boot()
+    assert state.phase is AgentPhase.ROLLED_BACK and "did not boot" in state.message
+    assert rauc_node.slot_state("B") == "bad" and upgrader_for(rauc_node).facts().version == "0.1.0"
 
 
 def test_reboot_during_the_window_falls_back(rauc_node: SimulatedRaucNode, bundles: Bundles,
