@@ -54,7 +54,8 @@ def wait_upgrade(bin_dir: Path, kubeconfig: Path, name: str, timeout: float = 12
 def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
     workdir = tmp_path / "demo"
     started = time.monotonic()
-    up = maculaos("dev", "up", "--workdir", str(workdir), "--upgrade-check-wait", "2s", "--upgrade-delay", "0s")
+    up = maculaos("dev", "up", "--workdir", str(workdir), "--upgrade-check-wait", "2s", "--upgrade-delay", "0s",
+                  "--resync-seconds", "2")
     print(f"dev up: {time.monotonic() - started:.1f}s")
     agents: list[ProcessRecord] = []
     try:

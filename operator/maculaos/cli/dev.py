@@ -27,11 +27,21 @@ def _duration(text: str) -> str:
     return text
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 3600")
+    return value
+
+
 def _dev_up(args: argparse.Namespace) -> int:
     from maculaos.devenv.demo import Demo
 
     Demo(args.workdir, REPO_ROOT, health_check_wait=args.upgrade_check_wait,
-         delay_between_nodes=args.upgrade_delay).up(node_count=args.nodes)
+         delay_between_nodes=args.upgrade_delay, resync_seconds=args.resync_seconds).up(node_count=args.nodes)
     return 0
 
 
@@ -202,6 +212,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                     help="the demo NodeUpgrade's healthCheckWait: how long each node stays healthy before the next")
     up.add_argument("--upgrade-delay", type=_duration, default="5s",
                     help="the demo NodeUpgrade's delayBetweenNodes")
+    up.add_argument("--resync-seconds", type=_positive, default=10.0,
+                    help="the operator's resync interval (timers such as healthCheckWait are checked on it)")
     down = options.command(dev, "down", _dev_down, "stop everything `dev up` started")
     options.workdir(down)
     down.add_argument("--keep", action="store_true", help="keep the work directory (logs, node sandboxes)")

@@ -92,13 +92,15 @@ class Demo:
     """The demo environment kept in one work directory."""
 
     def __init__(self, workdir: Path, repo_root: Path, health_check_wait: str = "10s",
-                 delay_between_nodes: str = "5s") -> None:
-        """health_check_wait, delay_between_nodes: the pace of the demo's NodeUpgrades."""
+                 delay_between_nodes: str = "5s", resync_seconds: float = 10.0) -> None:
+        """health_check_wait, delay_between_nodes: the pace of the demo's NodeUpgrades; resync_seconds: the
+        operator's (its timers, such as healthCheckWait, are looked at on each resync)."""
         self.workdir = workdir.resolve()
         self.repo_root = repo_root
         self.state_file = self.workdir / "state.json"
         self.upgrade_timings = {"health_check_wait": health_check_wait, "delay_between_nodes": delay_between_nodes}
         self._release_index = ""
+        self.resync_seconds = resync_seconds
 
     def up(self, node_count: int = 3) -> None:
         if any(is_running(r) for r in load_records(self.state_file)):
@@ -120,7 +122,8 @@ class Demo:
             self._save(records, plane)
             self._register_nodes(plane.kubeconfig, node_count, records, releases)
             operator_port = free_port()
-            operator = start_operator(plane.kubeconfig, self.workdir / "logs", metrics_port=operator_port)
+            operator = start_operator(plane.kubeconfig, self.workdir / "logs", self.resync_seconds,
+                                      metrics_port=operator_port)
             records.append(operator)
             self._save(records, plane)
             restores = [p for p in examples if any(kind == "Restore" for _, kind, _ in _objects([p]))]
