@@ -114,6 +114,18 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
         agents += [ProcessRecord(**json.loads(p.read_text())["agent"]) for p in (workdir / "rauc").glob("*/node.json")]
         assert len(agents) == 3 and all(is_running(a) for a in agents), "each node's agent, restarted by its reboot"
 
+        # The bad build (beta 0.3.0), applied as a later command would, from the state file: the first node
+        # panics on it, is back on 0.2.0 by itself, and the rollout stops there.
+        bad = Demo(workdir, REPO, health_check_wait="2s", delay_between_nodes="0s").apply_bad_upgrade()
+        status = wait_upgrade(bin_dir, kubeconfig, bad)
+        assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Failed", 0, 1), status
+        # The operator's record (the nodes' entries turn Idle once the failed rollout lets the nodes go).
+        assert [(e["stage"], "slot rootfs.0 did not boot" in e["message"]) for e in status["rollout"].values()] == [
+            ("RolledBack", True)], status["rollout"]
+        for name in names:
+            assert get(bin_dir, kubeconfig, f"node/{name}")["metadata"]["labels"][VERSION_LABEL] == "0.2.0"
+            assert 'VERSION_ID="0.2.0"' in (workdir / "nodes" / name / "etc/os-release").read_text()
+
         joining = maculaos("dev", "join-token", "--workdir", str(workdir))
         assert joining.returncode == 0, joining.stderr
         section = yaml.safe_load(joining.stdout)["maculaos"]["kubernetes"]
