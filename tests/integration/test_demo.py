@@ -120,8 +120,10 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
         status = wait_upgrade(bin_dir, kubeconfig, bad)
         assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Failed", 0, 1), status
         # The operator's record (the nodes' entries turn Idle once the failed rollout lets the nodes go).
-        assert [(e["stage"], "slot rootfs.0 did not boot" in e["message"]) for e in status["rollout"].values()] == [
-            ("RolledBack", True)], status["rollout"]
+        rolled = [e["message"] for e in status["rollout"].values() if e["stage"] == "RolledBack"]
+        others = {e["stage"] for e in status["rollout"].values() if e["stage"] != "RolledBack"}
+        assert len(rolled) == 1 and "slot rootfs.0 did not boot" in rolled[0], status["rollout"]
+        assert others <= {"Installing"}, status["rollout"]  # installed at most: never rebooted into the bad build
         for name in names:
             assert get(bin_dir, kubeconfig, f"node/{name}")["metadata"]["labels"][VERSION_LABEL] == "0.2.0"
             assert 'VERSION_ID="0.2.0"' in (workdir / "nodes" / name / "etc/os-release").read_text()
