@@ -193,6 +193,17 @@ def test_new_slot_that_does_not_boot_falls_back(rauc_node: SimulatedRaucNode, bu
     assert state.phase is AgentPhase.ROLLED_BACK and "did not boot" in state.message
 
 
+def test_a_bad_build_panics_and_falls_back(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                          bundle_server: BundleServer) -> None:
+    """The demo's bad build: nothing marks the node, the bundle's own rootfs fails to boot."""
+    bad = build_test_bundle(bundles.dir / "panics-0.2.0.raucb", "0.2.0", COMPATIBLE, bundles.cert,
+                      bundles.dir / "keys" / "fleet.key.pem", panics=True)
+    assert install_and_reboot(rauc_node, release_of(bundle_server, bad)) == "A"
+    state = upgrader_for(rauc_node).after_boot()
+    assert state.phase is AgentPhase.ROLLED_BACK and "did not boot" in state.message
+    assert rauc_node.slot_state("B") == "bad" and upgrader_for(rauc_node).facts().version == "0.1.0"
+
+
 def test_reboot_during_the_window_falls_back(rauc_node: SimulatedRaucNode, bundles: Bundles,
                                              bundle_server: BundleServer) -> None:
     """Power lost before the commit: the slot's one try is used up, the old slot boots."""

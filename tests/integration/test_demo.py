@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
+from maculaos.api.common import VERSION_LABEL
 from maculaos.devenv.demo import Demo, DemoError
-from maculaos.devenv.demo_objects import DemoReleases
+from maculaos.devenv.demo_objects import BAD_UPGRADE
 from maculaos.devenv.processes import ProcessRecord, is_running
 from maculaos.devenv.tour import STEPS
 from tests.integration.conftest import REPO
@@ -52,7 +52,7 @@ def tour_steps(output: str) -> dict[str, str]:
     return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
-def assert_tour(output: str, workdir: Path, releases: DemoReleases | None) -> None:
+def assert_tour(output: str, workdir: Path) -> None:
     steps = tour_steps(output)
     assert list(steps) == [s.name for s in STEPS], output
     backup = steps["backup-restore"]
@@ -75,26 +75,40 @@ def assert_tour(output: str, workdir: Path, releases: DemoReleases | None) -> No
     assert re.search(r"tour-bad-path +nightly +macula-nuc-01 +Pending +False .* RestoreRefused", bad), bad
     assert ("spec.paths[0]: /home/macula/notes is not under any path Backup nightly includes "
             "(/var/lib/maculaos, /var/lib/data)") in bad, bad
-    if releases is None:
-        for name in ("upgrade", "rollback"):
-            assert steps[name].strip().startswith("skipped: this demo serves no release index"), steps[name]
-        assert "3 of 5 step(s) played" in output
-    else:
-        # The tour itself fails when an upgrade does not end Succeeded or a bad build is not rolled back.
-        assert re.search(r"tour-upgrade .*Succeeded", steps["upgrade"]), steps["upgrade"]
-        assert f"{releases.bad} is a bad build" in steps["rollback"], steps["rollback"]
-        assert "5 of 5 step(s) played" in output
+    # The tour itself fails when the demo's upgrade does not end Succeeded or the bad build is not rolled back.
+    assert re.search(r"demo-to-0-2-0 .*Succeeded", steps["upgrade"]), steps["upgrade"]
+    assert steps["upgrade"].count("0.1.0 -> 0.2.0 slot B") == 3, steps["upgrade"]
+    assert "RolledBack: " in steps["rollback"] and "did not boot" in steps["rollback"], steps["rollback"]
+    assert "5 of 5 step(s) played" in output
+
+
+def wait_upgrade(bin_dir: Path, kubeconfig: Path, name: str, timeout: float = 120) -> dict[str, Any]:
+    """A NodeUpgrade's status once its rollout has ended."""
+    deadline = time.monotonic() + timeout
+    while (status := get(bin_dir, kubeconfig, f"nodeupgrade/{name}").get("status") or {}).get("phase") not in (
+            "Succeeded", "Failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    return status
 
 
 def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
     workdir = tmp_path / "demo"
-    up = maculaos("dev", "up", "--workdir", str(workdir))
+    started = time.monotonic()
+    up = maculaos("dev", "up", "--workdir", str(workdir), "--upgrade-check-wait", "2s", "--upgrade-delay", "0s",
+                  "--resync-seconds", "2")
+    print(f"dev up: {time.monotonic() - started:.1f}s")
+    agents: list[ProcessRecord] = []
     try:
         assert up.returncode == 0, up.stderr + up.stdout
-        for ref in ("meshrole/warehouse-gateways", "nodeupgrade/to-0-2-0", "backup/nightly",
+        for ref in ("meshrole/warehouse-gateways", "nodeupgrade/demo-to-0-2-0", "backup/nightly",
                     "restore/nuc-02-config-preview", "healthcheck/edge-basics", "healthcheck/demo-sandbox",
                     "healthcheck/demo-capped-restart"):
             assert f"{ref} Ready" in up.stdout
+        # The example's night-time rollout from the internet is checked, not applied: it would hold the nodes.
+        assert "nodeupgrade/to-0-2-0 from nodeupgrade.yaml accepted (server dry run" in up.stdout
+        assert "nodeupgrade/to-0-2-0 Ready" not in up.stdout
+        assert "kubectl get nodeupgrades -w" in up.stdout
         assert "kubectl get maculaos" in up.stdout
         kubeconfig = workdir / "controlplane" / "admin.kubeconfig"
         nodes = subprocess.run([str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", "get", "nodes", "-o", "name"],
@@ -123,15 +137,44 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
                 "restart of maculaos-demo-absent.service failed (1/2 in 1h)",
                 "restart of maculaos-demo-absent.service failed (2/2 in 1h)",
                 "not restarting maculaos-demo-absent.service"], (node, notes)
+
+        # The demo's own NodeUpgrade rolls 0.1.0 -> 0.2.0 across the nodes with their real RAUC, from the
+        # local release index, one node at a time, judged by the sandbox checks only (the capped one fails).
+        status = wait_upgrade(bin_dir, kubeconfig, "demo-to-0-2-0")
+        print(f"demo-to-0-2-0 ended {status['phase']}: {time.monotonic() - started:.1f}s after dev up started")
+        assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Succeeded", 3, 0), status
+        names = [n.split("/")[1] for n in nodes]
+        assert {n: (e["fromVersion"], e["version"], e["slot"]) for n, e in status["nodes"].items()} == {
+            n: ("0.1.0", "0.2.0", "B") for n in names}, status["nodes"]
+        for name in names:
+            labels = get(bin_dir, kubeconfig, f"node/{name}")["metadata"]["labels"]
+            assert labels[VERSION_LABEL] == "0.2.0"
+            assert 'VERSION_ID="0.2.0"' in (workdir / "nodes" / name / "etc/os-release").read_text()
+        finished = sorted(e["since"] for e in status["rollout"].values())
+        assert len(set(finished)) == 3, "one node after another"
+        agents += [ProcessRecord(**json.loads(p.read_text())["agent"]) for p in (workdir / "rauc").glob("*/node.json")]
+        assert len(agents) == 3 and all(is_running(a) for a in agents), "each node's agent, restarted by its reboot"
+
         # The tour, through its own command on this demo: what the person sees at each step.
         tour = maculaos("dev", "tour", "--pause", "--workdir", str(workdir), stdin="\n" * (len(STEPS) - 1))
         assert tour.returncode == 0, tour.stderr + tour.stdout
         assert tour.stdout.count("(press Enter for the next step)") == len(STEPS) - 1
-        assert_tour(tour.stdout, workdir, Demo(workdir, REPO).releases())
+        assert_tour(tour.stdout, workdir)
         one = maculaos("dev", "tour", "--step", "bad-object", "--workdir", str(workdir))   # no --pause: no prompt
         assert one.returncode == 0, one.stderr + one.stdout
         assert list(tour_steps(one.stdout)) == ["bad-object"] and "1 of 1 step(s) played" in one.stdout
         assert "press Enter" not in one.stdout
+
+        # After the tour's rollback step: the bad build's rollout stopped at its first node, which is back on
+        # 0.2.0 by itself; no node runs 0.3.0.
+        status = wait_upgrade(bin_dir, kubeconfig, BAD_UPGRADE)
+        assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Failed", 0, 1), status
+        others = {e["stage"] for e in status["rollout"].values() if e["stage"] != "RolledBack"}
+        assert others <= {"Installing"}, status["rollout"]  # installed at most: never rebooted into the bad build
+        for name in names:
+            assert get(bin_dir, kubeconfig, f"node/{name}")["metadata"]["labels"][VERSION_LABEL] == "0.2.0"
+            assert 'VERSION_ID="0.2.0"' in (workdir / "nodes" / name / "etc/os-release").read_text()
+
         joining = maculaos("dev", "join-token", "--workdir", str(workdir))
         assert joining.returncode == 0, joining.stderr
         section = yaml.safe_load(joining.stdout)["maculaos"]["kubernetes"]
@@ -147,8 +190,9 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
     assert state is not None
     records = [ProcessRecord(**r) for r in state["processes"]]
     assert {r.name for r in records} == {"kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-                                         "operator", "agent-macula-nuc-01", "agent-macula-nuc-02", "agent-macula-pi-03"}
-    assert not any(is_running(r) for r in records)
+                                         "release-server", "operator", "agent-macula-nuc-01", "agent-macula-nuc-02",
+                                         "agent-macula-pi-03"}
+    assert not any(is_running(r) for r in [*records, *agents])
     assert not workdir.exists()
     stopped = maculaos("dev", "join-token", "--workdir", str(workdir))
     assert stopped.returncode != 0 and "no demo control plane runs" in stopped.stderr
@@ -165,20 +209,18 @@ def test_the_tour_lists_its_steps_and_refuses_an_unknown_one(tmp_path: Path) -> 
     assert no_demo.returncode != 0 and "no demo control plane runs" in no_demo.stderr, no_demo.stderr
 
 
-def test_the_demo_releases_the_tour_reads(tmp_path: Path) -> None:
-    """The upgrade and rollback steps' interface: state.json's releases, or none."""
+def test_the_release_index_and_pace_the_tour_reads(tmp_path: Path) -> None:
+    """The upgrade and rollback steps' interface: state.json's release index (none: the steps are skipped) and
+    the pace `dev up` was given, which a later command keeps."""
     demo = Demo(tmp_path, REPO)
-    assert demo.releases() is None
-    state = {"processes": [], "api_port": 1}
+    with pytest.raises(DemoError, match="no demo release server runs"):
+        demo.release_index()
+    state = {"processes": [], "api_port": 1, "release_index": "http://127.0.0.1:8080/index.json",
+             "upgrade_timings": {"health_check_wait": "2s", "delay_between_nodes": "0s"}}
     demo.state_file.write_text(json.dumps(state))
-    assert demo.releases() is None
-    releases = {"release_index": "http://127.0.0.1:8080/index.json", "installed": "0.1.0", "good": "0.2.0",
-                "bad": "0.2.1-bad"}
-    demo.state_file.write_text(json.dumps({**state, "releases": releases}))
-    assert demo.releases() == DemoReleases(**releases)
-    demo.state_file.write_text(json.dumps({**state, "releases": {**releases, "good": None}}))
-    with pytest.raises(ValidationError, match="good"):
-        demo.releases()
+    later = Demo(tmp_path, REPO)
+    assert later.release_index() == "http://127.0.0.1:8080/index.json"
+    assert later._timings() == {"health_check_wait": "2s", "delay_between_nodes": "0s"}
 
 
 def test_a_malformed_example_fails_loudly_before_anything_starts(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from maculaos.agent.nodeupgrade import UpgradeEngine
+from maculaos.api.nodeupgrade import HealthCheckSelector
 from maculaos.host.rauc import Rauc
 
 NODE: dict[str, Any] = {"metadata": {"name": "macula-pi-03", "labels": {"macula.io/site": "shop"}},
@@ -39,3 +40,20 @@ def test_a_listed_check_must_have_run_and_pass(tmp_path: Path) -> None:
     passing = engine(tmp_path, {"sick": SICK}, {("sick", "port"): (True, True, "")}).verdict(NODE)
     assert passing.ok, passing.reason
     assert engine(tmp_path, {}, {}).verdict(NODE).ok        # listed, and none selects the node
+
+
+def test_health_check_selector_picks_the_judges(tmp_path: Path) -> None:
+    """healthCheckSelector leaves a failing check out of the verdict unless its HealthCheck's labels match;
+    a matching failing check still fails it."""
+    gate = {**SICK, "metadata": {"name": "gate", "labels": {"macula.io/upgrade-gate": "true"}}}
+    listed = {"sick": SICK, "gate": gate}
+    states = {("sick", "port"): (True, False, "refused"), ("gate", "port"): (True, True, "")}
+    judges = HealthCheckSelector.model_validate({"matchLabels": {"macula.io/upgrade-gate": "true"}})
+    assert not engine(tmp_path, listed, states).verdict(NODE).ok           # unset: every HealthCheck judges
+    assert engine(tmp_path, listed, states).verdict(NODE, judges).ok
+    states[("gate", "port")] = (True, False, "refused")
+    judged = engine(tmp_path, listed, states).verdict(NODE, judges)
+    assert not judged.ok and "gate/port failing" in judged.reason and "sick/" not in judged.reason
+    absent = HealthCheckSelector.model_validate({"matchExpressions": [
+        {"key": "macula.io/upgrade-gate", "operator": "DoesNotExist"}]})
+    assert "sick/port failing" in engine(tmp_path, listed, states).verdict(NODE, absent).reason

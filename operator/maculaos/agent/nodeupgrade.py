@@ -24,6 +24,7 @@ from maculaos.api.nodeupgrade import (
     AgentPhase,
     Grant,
     GrantAction,
+    HealthCheckSelector,
     NodeUpgradeSpec,
     ReleaseTarget,
     claim_on,
@@ -128,7 +129,7 @@ class UpgradeEngine:
     def _act(self, obj: dict[str, Any], spec: NodeUpgradeSpec, node: dict[str, Any],
              state: UpgradeState | None) -> UpgradeState | None:
         if state is not None and state.phase is AgentPhase.COMMITTING:
-            verdict = self.verdict(node)
+            verdict = self.verdict(node, spec.health_check_selector)
             return self.upgrader.commit(verdict, parse_duration(spec.health_commit_window).total_seconds(),
                                         spec.auto_rollback)
         target, grant, uid = _target(obj), _grant(obj, self.node_name), _uid(obj)
@@ -178,9 +179,10 @@ class UpgradeEngine:
         self._report(obj, {"phase": phase.value, "message": what, "targetVersion": target.version,
                            "progress": pct, "observedGrant": _grant_ref(_uid(obj), grant)}, facts)
 
-    def verdict(self, node: dict[str, Any]) -> HealthVerdict:
+    def verdict(self, node: dict[str, Any], judges: HealthCheckSelector | None = None) -> HealthVerdict:
         """The new slot is healthy when the Node is Ready, every check of the HealthChecks selecting this
-        node ran in this boot and passes, and this agent reaches the API server."""
+        node (only those judges picks, when given) ran in this boot and passes, and this agent reaches the
+        API server."""
         problems = []
         conditions = (node.get("status") or {}).get("conditions") or []
         ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
@@ -194,6 +196,8 @@ class UpgradeEngine:
             problems.append("the HealthChecks are not listed yet")
         for name, obj in sorted((healthchecks or {}).items()):
             if not spec_selects(obj.get("spec") or {}, labels):
+                continue
+            if judges is not None and not judges.matches(dict((obj.get("metadata") or {}).get("labels") or {})):
                 continue
             try:
                 checks = HealthCheckSpec.model_validate(obj.get("spec") or {}).checks

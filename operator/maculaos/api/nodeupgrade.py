@@ -15,9 +15,12 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, WithJsonSchema
 
 from maculaos.api.common import (
+    LABEL_KEYS_RULE,
     ApiModel,
     Duration,
     HostPath,
+    LabelSelectorRequirement,
+    LabelValue,
     NodeEntry,
     ObjectStatus,
     Percent,
@@ -169,6 +172,22 @@ class DrainOptions(ApiModel):
     """Allow evicting pods that use emptyDir volumes (their data is lost)."""
     grace_period_seconds: int | None = Field(default=None, ge=0, le=86400)
     """Override pods' termination grace period; unset uses each pod's own."""
+
+
+class HealthCheckSelector(ApiModel):
+    """Which HealthChecks judge a node's new slot, by the HealthChecks' own labels."""
+
+    match_labels: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=32, json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]})
+    """Labels a HealthCheck must carry with exactly these values."""
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
+    """Further rules a HealthCheck's labels must all satisfy."""
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """True when a HealthCheck with these labels takes part (Kubernetes label-selector semantics)."""
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        return all(req.matches(labels) for req in self.match_expressions)
 
 
 class AgentPhase(StrEnum):
@@ -384,6 +403,9 @@ class NodeUpgradeSpec(SelectorSpec):
     HealthChecks) before it is marked bad and the node boots back into the old slot."""
     auto_rollback: bool = True
     """Boot back into the previous slot when the health commit window fails."""
+    health_check_selector: HealthCheckSelector | None = None
+    """Which HealthChecks (by their labels) judge the new slot in the health commit window; unset: every
+    HealthCheck selecting the node. Leaves checks that only alert (or fail on purpose) out of the verdict."""
 
 
 #: Phases in which a NodeUpgrade has nothing left to do (until its target moves on).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,10 +18,30 @@ if TYPE_CHECKING:
     from maculaos.image.definition import ImageDefinition
 
 
+def _duration(text: str) -> str:
+    """A duration as the CRDs take it (10s, 1m30s), checked before anything starts."""
+    from maculaos.api.common import DURATION_PATTERN
+
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 10s or 1m30s")
+    return text
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 3600")
+    return value
+
+
 def _dev_up(args: argparse.Namespace) -> int:
     from maculaos.devenv.demo import Demo
 
-    Demo(args.workdir, REPO_ROOT).up(node_count=args.nodes)
+    Demo(args.workdir, REPO_ROOT, health_check_wait=args.upgrade_check_wait,
+         delay_between_nodes=args.upgrade_delay, resync_seconds=args.resync_seconds).up(node_count=args.nodes)
     return 0
 
 
@@ -200,6 +221,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                          failure="maculaos dev up failed")
     options.workdir(up)
     up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--upgrade-check-wait", type=_duration, default="10s",
+                    help="the demo NodeUpgrade's healthCheckWait: how long each node stays healthy before the next")
+    up.add_argument("--upgrade-delay", type=_duration, default="5s",
+                    help="the demo NodeUpgrade's delayBetweenNodes")
+    up.add_argument("--resync-seconds", type=_positive, default=10.0,
+                    help="the operator's resync interval (timers such as healthCheckWait are checked on it)")
     down = options.command(dev, "down", _dev_down, "stop everything `dev up` started")
     options.workdir(down)
     down.add_argument("--keep", action="store_true", help="keep the work directory (logs, node sandboxes)")

@@ -1,5 +1,6 @@
 """`maculaos dev up` / `dev down`: the local demo. A real control plane, simulated nodes with sandbox host
-roots, the operator as a process, and examples/ applied with the real kubectl."""
+roots and real RAUC, a release server on loopback, the operator as a process, and examples/ applied with
+the real kubectl; then the demo's own NodeUpgrade rolls across the nodes."""
 
 from __future__ import annotations
 
@@ -20,15 +21,19 @@ from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
 from maculaos.devenv.demo_objects import (
     CAPPED_HEALTHCHECK,
+    DEMO_UPGRADE,
     FIRST_BACKUP_TOKEN,
     SANDBOX_HEALTHCHECK,
-    DemoReleases,
+    bad_upgrade,
     capped_healthcheck,
+    demo_upgrade,
     sandbox_healthcheck,
 )
+from maculaos.devenv.demo_release import COMPATIBLE, DemoReleases, build_releases, start_release_server
 from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wrapper
 from maculaos.devenv.nodes import create_host_root, demo_fleet, register_node
 from maculaos.devenv.processes import ProcessRecord, free_port, is_running, load_records, save_records, spawn, stop
+from maculaos.devenv.rauc import SimulatedRaucNode
 from maculaos.errors import MaculaosError
 
 
@@ -65,24 +70,37 @@ def start_operator(kubeconfig: Path, log_dir: Path, resync_seconds: float = 10.0
     return record
 
 
+def agent_command(kubeconfig: Path, node: str, host_root: Path, nft: Path, resync_seconds: float = 30.0,
+                  systemctl: str = "systemctl") -> tuple[list[str], dict[str, str]]:
+    """argv and environment of one simulated node's agent, as the DaemonSet runs it (`maculaos agent run`)."""
+    argv = [sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={node}", f"--host-root={host_root}",
+            f"--nft={nft}", f"--systemctl={systemctl}", f"--resync-seconds={resync_seconds}"]
+    env = {"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1",
+           "MACULAOS_RESTIC": str(default_bin_dir() / "restic")}
+    return argv, env
+
+
 def start_agent(kubeconfig: Path, log_dir: Path, node: str, host_root: Path, nft: Path,
                 resync_seconds: float = 30.0, systemctl: str = "systemctl") -> ProcessRecord:
-    """One simulated node's agent as its own process, as the DaemonSet runs it (`maculaos agent run`)."""
-    _, record = spawn(f"agent-{node}", [sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={node}",
-                                        f"--host-root={host_root}", f"--nft={nft}", f"--systemctl={systemctl}",
-                                        f"--resync-seconds={resync_seconds}"], log_dir,
-                      env={"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1",
-                           "MACULAOS_RESTIC": str(default_bin_dir() / "restic")})
+    """One simulated node's agent as its own process (a node without RAUC)."""
+    argv, env = agent_command(kubeconfig, node, host_root, nft, resync_seconds, systemctl)
+    _, record = spawn(f"agent-{node}", argv, log_dir, env=env)
     return record
 
 
 class Demo:
     """The demo environment kept in one work directory."""
 
-    def __init__(self, workdir: Path, repo_root: Path) -> None:
+    def __init__(self, workdir: Path, repo_root: Path, health_check_wait: str = "10s",
+                 delay_between_nodes: str = "5s", resync_seconds: float = 10.0) -> None:
+        """health_check_wait, delay_between_nodes: the pace of the demo's NodeUpgrades; resync_seconds: the
+        operator's (its timers, such as healthCheckWait, are looked at on each resync)."""
         self.workdir = workdir.resolve()
         self.repo_root = repo_root
         self.state_file = self.workdir / "state.json"
+        self.upgrade_timings = {"health_check_wait": health_check_wait, "delay_between_nodes": delay_between_nodes}
+        self._release_index = ""
+        self.resync_seconds = resync_seconds
 
     def up(self, node_count: int = 3) -> None:
         if any(is_running(r) for r in load_records(self.state_file)):
@@ -100,18 +118,25 @@ class Demo:
             print(f"control plane ready at {plane.server} in {time.monotonic() - started:.1f}s")
             install_crds(plane.kubeconfig, plane.bin_dir, self.repo_root / "crds")
             kubectl(plane.kubeconfig, plane.bin_dir, "create", "namespace", DEFAULT_NAMESPACE)  # fresh datastore
-            self._register_nodes(plane.kubeconfig, node_count, records)
+            releases = self._start_releases(records)
+            self._save(records, plane)
+            self._register_nodes(plane.kubeconfig, node_count, records, releases)
             operator_port = free_port()
-            operator = start_operator(plane.kubeconfig, self.workdir / "logs", metrics_port=operator_port)
+            operator = start_operator(plane.kubeconfig, self.workdir / "logs", self.resync_seconds,
+                                      metrics_port=operator_port)
             records.append(operator)
             self._save(records, plane)
             restores = [p for p in examples if any(kind == "Restore" for _, kind, _ in _objects([p]))]
-            first = [p for p in examples if p not in restores] + [self._write_demo_objects(plane, operator_port)]
+            upgrades = [p for p in examples if any(kind == "NodeUpgrade" for _, kind, _ in _objects([p]))]
+            self._check_only(plane, upgrades)
+            first = [p for p in examples if p not in restores + upgrades]
+            first.append(self._write_demo_objects(plane, operator_port))
             self._apply_and_wait(plane, first, operator)
             self._first_backup(plane, first, operator)
             self._apply_and_wait(plane, restores, operator)
             self._wait_restored(plane, restores, operator)
             self._wait_healthy(plane, node_count, operator)
+            self.apply_upgrade(plane, operator)
         except BaseException:
             self._teardown(records)
             raise
@@ -133,16 +158,60 @@ class Demo:
         return ControlPlane(self.workdir / "controlplane", api_port=int(state["api_port"]),
                             advertise_address=str(state["advertise_address"]))
 
-    def releases(self) -> DemoReleases | None:
-        """What the running demo's local release index serves (its state file's "releases"), or None when it
-        serves none: the tour's upgrade and rollback steps need one."""
-        if not self.state_file.exists():
-            return None
-        recorded = json.loads(self.state_file.read_text()).get("releases")
-        return DemoReleases.model_validate(recorded) if recorded else None
+    def apply_upgrade(self, plane: ControlPlane | None = None, operator: ProcessRecord | None = None) -> str:
+        """Apply the demo's NodeUpgrade to 0.2.0 (no window: it starts at once) and wait until the operator
+        accepts it; the rollout goes on by itself. Returns its name."""
+        return self._apply_upgrade(plane, operator, demo_upgrade(self.release_index(), **self._timings()))
+
+    def apply_bad_upgrade(self, plane: ControlPlane | None = None, operator: ProcessRecord | None = None) -> str:
+        """Apply the NodeUpgrade to the bad 0.3.0 build (beta): its first node panics, boots back into its
+        old slot, and the rollout stops. Meant for after the 0.2.0 rollout has ended. Returns its name."""
+        return self._apply_upgrade(plane, operator, bad_upgrade(self.release_index(), **self._timings()))
+
+    def release_index(self) -> str:
+        """The URL of the demo's release index (from the state file when another process started the demo)."""
+        if not self._release_index and self.state_file.exists():
+            self._release_index = str(json.loads(self.state_file.read_text()).get("release_index", ""))
+        if not self._release_index:
+            raise DemoError(f"no demo release server runs in {self.workdir}: start one with `maculaos dev up`")
+        return self._release_index
+
+    def _timings(self) -> dict[str, str]:
+        """The pace `dev up` was given (its state file), so that a later command (the tour) keeps it."""
+        if self.state_file.exists():
+            return dict(json.loads(self.state_file.read_text()).get("upgrade_timings") or self.upgrade_timings)
+        return self.upgrade_timings
+
+    def _apply_upgrade(self, plane: ControlPlane | None, operator: ProcessRecord | None,
+                       obj: dict[str, Any]) -> str:
+        plane = plane or self.control_plane()
+        operator = operator or next(r for r in load_records(self.state_file) if r.name == "operator")
+        path = self.workdir / f"{obj['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(obj, sort_keys=False))
+        self._apply_and_wait(plane, [path], operator)
+        return str(obj["metadata"]["name"])
+
+    def _start_releases(self, records: list[ProcessRecord]) -> DemoReleases:
+        """Sign the demo's bundles, write the release index and serve both on loopback."""
+        releases = build_releases(self.workdir / "releases", free_port())
+        records.append(start_release_server(releases, self.workdir / "logs"))
+        self._release_index = releases.index_url
+        print(f"release server: {releases.index_url} (0.2.0 on stable; 0.3.0 on beta, a bad build)")
+        return releases
+
+    def _check_only(self, plane: ControlPlane, paths: list[Path]) -> None:
+        """Send examples the demo does not apply to the API server as a dry run: they stay valid."""
+        for path in paths:
+            kubectl(plane.kubeconfig, plane.bin_dir, "apply", "--dry-run=server", "-f", str(path))
+            for _, kind, name in _objects([path]):
+                print(f"{kind.lower()}/{name} from {path.name} accepted (server dry run, not applied: it waits "
+                      "for a night window and a release index on the internet)")
 
     def _teardown(self, records: list[ProcessRecord]) -> None:
-        """Stop every process, newest first, and remove the simulated nodes' network namespaces."""
+        """Power the RAUC nodes off (their agents, restarted by each reboot, are theirs to stop), stop every
+        other process, newest first, and remove the simulated nodes' network namespaces."""
+        for layout in sorted((self.workdir / "rauc").glob("*/node.json")):
+            SimulatedRaucNode.load(layout.parent).shutdown()
         for record in reversed(records):
             stop(record)
         for record in records:
@@ -163,17 +232,27 @@ class Demo:
                 raise DemoError(f"{path} must hold Kubernetes objects (each with a kind)")
         return files
 
-    def _register_nodes(self, kubeconfig: Path, count: int, records: list[ProcessRecord]) -> None:
-        """Register each simulated node, lay out its host root and network namespace, start its agent."""
+    def _register_nodes(self, kubeconfig: Path, count: int, records: list[ProcessRecord],
+                        releases: DemoReleases) -> None:
+        """Register each simulated node, lay out its host root, its RAUC (slots, bootloader, service) and
+        network namespace, start its agent with the node's rauc and reboot hook."""
         api = client.CoreV1Api(kube_config.new_client_from_config(str(kubeconfig)))
         for node in demo_fleet(count):
             register_node(api, node)
-            host_root = create_host_root(self.workdir / "nodes" / node.name, node)
+            host_root = self.workdir / "nodes" / node.name
+            rauc = SimulatedRaucNode(self.workdir / "rauc" / node.name, node.name, COMPATIBLE, releases.cert,
+                                     version=node.version, host_root=host_root).create()
+            create_host_root(host_root, node)
+            rauc.boot()
+            rauc.start_rauc()
             netns = netns_name(self.workdir, node.name)
             create_netns(netns)
             nft = nft_wrapper(self.workdir / "nodes" / f"{node.name}.nft", netns)
-            records.append(start_agent(kubeconfig, self.workdir / "logs", node.name, host_root, nft))
-            print(f"node {node.name} registered; host root {host_root}; agent started")
+            argv, env = agent_command(kubeconfig, node.name, host_root, nft)
+            records.append(rauc.start_agent([*argv, f"--rauc={rauc.rauc_command}",
+                                             f"--reboot-command={rauc.reboot_hook}"], env))
+            print(f"node {node.name} registered; host root {host_root}; RAUC {node.version} in slot "
+                  f"{rauc.booted()}; agent started")
 
     def _write_demo_objects(self, plane: ControlPlane, operator_port: int) -> Path:
         """The demo's own HealthChecks, in a file the person can read and apply again."""
@@ -243,7 +322,8 @@ class Demo:
         return got
 
     def _save(self, records: list[ProcessRecord], plane: ControlPlane) -> None:
-        save_records(self.state_file, records, plane.describe())
+        save_records(self.state_file, records, {**plane.describe(), "release_index": self._release_index,
+                                                "upgrade_timings": self.upgrade_timings})
 
     def _print_next_steps(self, plane: ControlPlane, node_count: int) -> None:
         kubectl_bin = plane.bin_dir / "kubectl"
@@ -261,11 +341,15 @@ MaculaOS demo is running: {node_count} simulated nodes with their agents, the op
                                        # {CAPPED_HEALTHCHECK}: fails on purpose, restarts capped at 2;
                                        # edge-basics (examples/): systemd checks, which need real nodes
   kubectl get healthcheck {CAPPED_HEALTHCHECK} -o jsonpath='{{.status.nodes.*.checks.*.history}}'
-  kubectl describe nodeupgrade to-0-2-0   # waits for its night window and a release index on the internet
+  kubectl get nodeupgrades -w          # {DEMO_UPGRADE}: 0.1.0 -> 0.2.0, one node at a time, until Succeeded
+  kubectl get nodeupgrade {DEMO_UPGRADE} -o jsonpath='{{.status.nodes}}'   # each node's fromVersion and slot
+                                       # (examples/nodeupgrade.yaml, the same rollout at night from the
+                                       # internet, is checked by the API server but not applied)
   kubectl get events -A                # what the operator said
   tail -f {self.workdir / 'logs' / 'operator.log'}
 
-Node sandboxes (each node's host root): {self.workdir / 'nodes'}
+Node sandboxes (each node's host root): {self.workdir / 'nodes'}; RAUC, reboots, agent logs: {self.workdir / 'rauc'}
+Release index (signed bundles): {self._release_index}
 Walk through the stories, each a real action: maculaos dev tour   (--list, --step NAME, --pause)
 Join a MaculaOS VM (QEMU user networking): maculaos dev join-token   (its config.yaml section)
 Stop everything: make demo-stop   (or: maculaos dev down)

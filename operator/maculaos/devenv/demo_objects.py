@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 
 API_VERSION = "os.macula.io/v1alpha1"
 #: The run-now token of the demo's first backup: one on-demand run, so the Restore example has a snapshot.
@@ -17,6 +16,11 @@ CAPPED_HEALTHCHECK = "demo-capped-restart"
 ABSENT_UNIT = "maculaos-demo-absent.service"
 #: A privileged port nothing listens on (tcpmux, unused on any ordinary machine).
 CLOSED_PORT = 1
+#: The label of the HealthChecks that judge the demo's upgrades (the failing ones on purpose do not).
+UPGRADE_GATE_LABEL = "macula.io/upgrade-gate"
+#: The demo's own NodeUpgrades: the good release, and the bad build for the rollback story.
+DEMO_UPGRADE = "demo-to-0-2-0"
+BAD_UPGRADE = "demo-to-0-3-0-beta"
 
 
 def sandbox_healthcheck(api_port: int, operator_port: int) -> dict[str, Any]:
@@ -31,7 +35,8 @@ def sandbox_healthcheck(api_port: int, operator_port: int) -> dict[str, Any]:
          "process": {"name": "kube-apiserver"}},
         {"name": "disk", "type": "disk", "interval": "30s", "disk": {"path": "/var/lib", "threshold": "95%"}},
     ]
-    return {"apiVersion": API_VERSION, "kind": "HealthCheck", "metadata": {"name": SANDBOX_HEALTHCHECK},
+    return {"apiVersion": API_VERSION, "kind": "HealthCheck",
+            "metadata": {"name": SANDBOX_HEALTHCHECK, "labels": {UPGRADE_GATE_LABEL: "true"}},
             "spec": {"checks": checks}}
 
 
@@ -46,21 +51,20 @@ def capped_healthcheck() -> dict[str, Any]:
             "spec": {"checks": [check]}}
 
 
-class DemoReleases(BaseModel):
-    """The releases a demo serves from its local release index, for the tour's upgrade and rollback steps.
-    `maculaos dev up` records them in its state file under "releases" when it serves an index; a demo
-    without one has no such key, and the tour skips those steps."""
+def demo_upgrade(index_url: str, version: str = "0.2.0", channel: str = "stable", name: str = DEMO_UPGRADE,
+                 health_check_wait: str = "10s", delay_between_nodes: str = "5s") -> dict[str, Any]:
+    """examples/nodeupgrade.yaml's rollout without its night window, from the demo's local release index:
+    one node at a time, stopping at the first failure, judged by the sandbox checks only (the capped check
+    and the examples' systemd checks fail on sandbox nodes by nature)."""
+    return {"apiVersion": API_VERSION, "kind": "NodeUpgrade", "metadata": {"name": name},
+            "spec": {"version": version, "channel": channel, "source": {"releaseIndex": index_url},
+                     "strategy": {"type": "rolling", "maxUnavailable": 1, "delayBetweenNodes": delay_between_nodes},
+                     "failurePolicy": {"maxFailedNodes": 0, "action": "Pause"},
+                     "healthCheckWait": health_check_wait, "healthCommitWindow": "3m",
+                     "healthCheckSelector": {"matchLabels": {UPGRADE_GATE_LABEL: "true"}}}}
 
-    model_config = ConfigDict(extra="forbid")
 
-    release_index: str
-    """The index's URL, as a NodeUpgrade's source.releaseIndex names it (http on loopback)."""
-    installed: str
-    """The version the nodes run when `dev up` is done (after any rollout of the demo's own)."""
-    good: str
-    """A version the index offers that the nodes do not run yet and that upgrades cleanly. The tour's
-    NodeUpgrade to it must not be held by another one: a NodeUpgrade of the demo's own that still selects
-    the nodes keeps them (its Waiting condition)."""
-    bad: str
-    """A version the index offers that installs and boots, then fails its health check: autoRollback takes
-    the node back to the version it ran."""
+def bad_upgrade(index_url: str, **timings: str) -> dict[str, Any]:
+    """The beta channel's 0.3.0, a build whose kernel panics: the first node boots back into its old slot
+    by itself (RolledBack) and the rollout stops there (Failed), the other nodes untouched."""
+    return demo_upgrade(index_url, version="0.3.0", channel="beta", name=BAD_UPGRADE, **timings)

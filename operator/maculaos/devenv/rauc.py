@@ -13,7 +13,8 @@ enters PID 1's (`nsenter`). A simulated boot is the firmware's part: pick the sl
 one try; a slot that used its try unconfirmed is skipped), write the kernel command line, a new boot ID,
 the boot time and the slot's os-release into the host root. A reboot stops the node's agent and RAUC
 service, boots, and starts both again. Bundles are `format=plain` here (this kernel has no device-mapper
-for verity); test keys come from openssl.
+for verity); test keys come from openssl. A bad build (`build_bundle(panics=True)`) carries a rootfs whose
+first line says its kernel panics: the firmware uses up that slot's one try and boots the old slot again.
 """
 
 from __future__ import annotations
@@ -121,14 +122,20 @@ def make_signing_cert(directory: Path, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
+#: The first line of a bad build's rootfs: a slot holding it fails to boot (see SimulatedRaucNode.boot).
+PANIC_MARK = b"kernel panics at boot"
+
+
 def build_bundle(out: Path, version: str, compatible: str, cert: Path, key: Path,
-                 payload_bytes: int = 1024 * 1024, random_payload: bool = False) -> Path:
+                 payload_bytes: int = 1024 * 1024, random_payload: bool = False, panics: bool = False) -> Path:
     """A plain RAUC bundle holding one rootfs image of payload_bytes: a recognisable text, or random bytes
-    (which squashfs cannot shrink: a bundle as large as a real one)."""
+    (which squashfs cannot shrink: a bundle as large as a real one). panics: a bad build, whose slot
+    never boots."""
     work = out.with_name(out.name + ".d")
     work.mkdir(parents=True, exist_ok=True)
-    line = f"MaculaOS {version} rootfs\n".encode()
-    payload = os.urandom(payload_bytes) if random_payload else (line * (payload_bytes // len(line) + 1))[:payload_bytes]
+    line = f"MaculaOS {version} rootfs".encode() + (b" (" + PANIC_MARK + b")" if panics else b"") + b"\n"
+    payload = (os.urandom(payload_bytes) if random_payload and not panics
+               else (line * (payload_bytes // len(line) + 1))[:payload_bytes])
     (work / "rootfs.img").write_bytes(payload)
     (work / "manifest.raucm").write_text(
         f"[update]\ncompatible={compatible}\nversion={version}\n\n[bundle]\nformat=plain\n\n"
@@ -148,6 +155,7 @@ class NodeLayout:
     name: str
     node_dir: str
     initial_version: str
+    host_root: str = ""
     bus_address: str = ""
     dbus_pid: int = 0
     service: ProcessRecord | None = None
@@ -160,9 +168,10 @@ class SimulatedRaucNode:
     """One node's disk, bootloader and RAUC service."""
 
     def __init__(self, node_dir: Path, name: str, compatible: str, keyring: Path,
-                 version: str = "0.1.0", slot_size: int = SLOT_SIZE) -> None:
+                 version: str = "0.1.0", slot_size: int = SLOT_SIZE, host_root: Path | None = None) -> None:
+        """host_root: where the node's / lives (default `<node_dir>/host`; the demo keeps it apart)."""
         self.dir = node_dir.resolve()
-        self.host_root = self.dir / "host"
+        self.host_root = (host_root or self.dir / "host").resolve()
         self.boot_state = self.host_root / "boot" / "bootenv"
         self.cmdline = self.dir / "cmdline"
         self.conf = self.host_root / "etc" / "rauc" / "system.conf"
@@ -170,7 +179,8 @@ class SimulatedRaucNode:
         self.rauc_command = self.dir / "host-rauc"
         """The node's `rauc` as the agent runs it (inside the service's namespace and root)."""
         self.logs = self.dir / "logs"
-        self.layout = NodeLayout(name=name, node_dir=str(self.dir), initial_version=version)
+        self.layout = NodeLayout(name=name, node_dir=str(self.dir), initial_version=version,
+                                 host_root=str(self.host_root))
         self._compatible = compatible
         self._keyring = keyring
         self._slot_size = slot_size
@@ -179,7 +189,8 @@ class SimulatedRaucNode:
     def load(cls, node_dir: Path) -> SimulatedRaucNode:
         data = json.loads((node_dir / "node.json").read_text())
         node = cls.__new__(cls)
-        cls.__init__(node, node_dir, data["name"], "", Path())
+        cls.__init__(node, node_dir, data["name"], "", Path(),
+                     host_root=Path(data["host_root"]) if data.get("host_root") else None)
         data["service"] = ProcessRecord(**data["service"]) if data.get("service") else None
         data["agent"] = ProcessRecord(**data["agent"]) if data.get("agent") else None
         node.layout = NodeLayout(**data)
@@ -232,6 +243,13 @@ class SimulatedRaucNode:
         marker = self.dir / f"broken.{bootname}"
         marker.touch() if broken else marker.unlink(missing_ok=True)
 
+    def _panics(self, bootname: str) -> bool:
+        """The slot's kernel panics: marked broken, or it holds a bad build."""
+        slot = next(s for s, b in SLOTS if b == bootname)
+        with open(self.host_root / slot, "rb") as image:
+            first = image.read(256)
+        return (self.dir / f"broken.{bootname}").exists() or PANIC_MARK in first.split(b"\n", 1)[0]
+
     def boot(self) -> str:
         """The firmware's choice of slot, with one try for an unconfirmed slot; returns the booted bootname."""
         primary = (self.boot_state / "primary").read_text().strip()
@@ -239,7 +257,7 @@ class SimulatedRaucNode:
         chosen = ""
         for bootname in order:
             state = self.slot_state(bootname)
-            if state in ("pending", "trying") and (self.dir / f"broken.{bootname}").exists():
+            if state in ("pending", "trying") and self._panics(bootname):
                 (self.boot_state / bootname).write_text("bad\n")  # it panicked on its one try
                 continue
             if state == "good":

@@ -16,9 +16,10 @@ from typing import Any, TextIO
 
 import yaml
 
+from maculaos.api.common import VERSION_LABEL
 from maculaos.devenv.controlplane import ControlPlane
 from maculaos.devenv.demo import Demo, DemoError
-from maculaos.devenv.demo_objects import API_VERSION, DemoReleases
+from maculaos.devenv.demo_objects import API_VERSION, BAD_UPGRADE, DEMO_UPGRADE
 from maculaos.devenv.processes import ProcessRecord, is_running, load_records
 
 #: The demo's Backup (examples/backup.yaml) and the node whose sandbox the backup step changes.
@@ -208,43 +209,40 @@ def bad_object(tour: Tour) -> None:
 
 
 def upgrade(tour: Tour) -> None:
-    releases = _releases(tour)
-    name = "tour-upgrade"
-    tour.say(f"The nodes run {releases.installed}; the demo's release index ({releases.release_index}) offers "
-             f"{releases.good}. A NodeUpgrade rolls it across the nodes one at a time, with no maintenance window "
+    index = _release_index(tour)
+    tour.say(f"The nodes started on 0.1.0. `maculaos dev up` applied {DEMO_UPGRADE}, which rolls 0.2.0 from the "
+             f"demo's release index ({index}) across them one node at a time, with no maintenance window "
              f"(examples/nodeupgrade.yaml keeps the night window a real site would have). In another terminal:\n"
              f"  kubectl get nodeupgrades -w")
-    tour.kubectl("delete", f"nodeupgrade/{name}", "--ignore-not-found")
-    path = tour.apply(name, [_node_upgrade(name, releases.good, releases.release_index)])
-    tour.kubectl("apply", "-f", str(path))
-    status = tour.wait_for(f"nodeupgrade/{name}", _upgrade_finished, f"nodeupgrade/{name} to finish", timeout=600)
-    tour.kubectl("get", f"nodeupgrade/{name}")
+    status = tour.wait_for(f"nodeupgrade/{DEMO_UPGRADE}", _upgrade_finished, f"nodeupgrade/{DEMO_UPGRADE} to finish",
+                           timeout=600)
+    tour.kubectl("get", f"nodeupgrade/{DEMO_UPGRADE}")
     if status.get("phase") != "Succeeded":
-        raise TourError(f"nodeupgrade/{name} ended {status.get('phase')}: {status.get('nodes')}")
-    tour.say("\nLook for: PHASE Succeeded, every node upgraded. Each node's version:")
-    tour.kubectl("get", f"nodeupgrade/{name}", "-o",
-                 "jsonpath={range .status.nodes.*}{.version} {.slot} {.phase}{\"\\n\"}{end}")
+        raise TourError(f"nodeupgrade/{DEMO_UPGRADE} ended {status.get('phase')}: {status.get('nodes')}")
+    tour.say("\nLook for: PHASE Succeeded, every node upgraded. Each node's versions and slot:")
+    tour.kubectl("get", f"nodeupgrade/{DEMO_UPGRADE}", "-o",
+                 "jsonpath={range .status.nodes.*}{.fromVersion} -> {.version} slot {.slot}{\"\\n\"}{end}")
 
 
 def rollback(tour: Tour) -> None:
-    releases = _releases(tour)
-    name = "tour-bad-build"
-    tour.say(f"{releases.bad} is a bad build: it installs and boots, then fails its health check. With "
-             "autoRollback the node boots its previous slot again, and the rollout stops at the first failure:")
-    tour.say("The upgrade step's NodeUpgrade, finished, goes first: it would keep the nodes for its version.")
-    tour.kubectl("delete", "nodeupgrade/tour-upgrade", f"nodeupgrade/{name}", "--ignore-not-found")
-    path = tour.apply(name, [_node_upgrade(name, releases.bad, releases.release_index)])
-    tour.kubectl("apply", "-f", str(path))
-    status = tour.wait_for(f"nodeupgrade/{name}", lambda o: _upgrade_finished(o) or _paused(o),
-                           f"nodeupgrade/{name} to stop", timeout=600)
-    tour.kubectl("get", f"nodeupgrade/{name}")
-    versions = {n: e.get("version") for n, e in _nodes({"status": status}).items()}
-    if not status.get("failedNodes") or releases.bad in versions.values():
-        raise TourError(f"nodeupgrade/{name} did not roll back: failedNodes {status.get('failedNodes')}, the "
-                        f"nodes' versions {versions}")
-    tour.say("\nLook for: FAILED 1 and the rollout stopped; the node is back on its version:")
-    tour.kubectl("get", f"nodeupgrade/{name}", "-o",
-                 "jsonpath={range .status.nodes.*}{.version} {.phase}: {.message}{\"\\n\"}{end}")
+    _release_index(tour)
+    tour.say("0.3.0 on the beta channel is a bad build: its kernel panics. The firmware boots the node's previous "
+             "slot again by itself, and the rollout stops at the first failure:")
+    tour.kubectl("delete", f"nodeupgrade/{BAD_UPGRADE}", "--ignore-not-found")
+    tour.demo.apply_bad_upgrade()
+    tour.say(f"$ kubectl apply -f {tour.demo.workdir / (BAD_UPGRADE + '.yaml')}")
+    status = tour.wait_for(f"nodeupgrade/{BAD_UPGRADE}", lambda o: _upgrade_finished(o) or _paused(o),
+                           f"nodeupgrade/{BAD_UPGRADE} to stop", timeout=600)
+    tour.kubectl("get", f"nodeupgrade/{BAD_UPGRADE}")
+    rolled_back = [e for e in (status.get("rollout") or {}).values() if e.get("stage") == "RolledBack"]
+    if not status.get("failedNodes") or not rolled_back:
+        raise TourError(f"nodeupgrade/{BAD_UPGRADE} did not roll back: failedNodes {status.get('failedNodes')}, "
+                        f"rollout {status.get('rollout')}")
+    tour.say("\nLook for: FAILED 1 and the rollout stopped. The operator's record of each node (the node that "
+             "booted the bad build is RolledBack, back on its slot; the others never rebooted into it):")
+    tour.kubectl("get", f"nodeupgrade/{BAD_UPGRADE}", "-o",
+                 "jsonpath={range .status.rollout.*}{.stage}: {.message}{\"\\n\"}{end}")
+    tour.kubectl("get", "nodes", "-L", VERSION_LABEL)
 
 
 STEPS = (
@@ -281,19 +279,11 @@ def run_tour(demo: Demo, out: TextIO, step: str | None = None, pause: Callable[[
     return played
 
 
-def _releases(tour: Tour) -> DemoReleases:
-    releases = tour.demo.releases()
-    if releases is None:
-        raise StepSkipped("this demo serves no release index, so there is nothing to upgrade to "
-                          "(the demo's nodes need RAUC and a local release index with bundles)")
-    return releases
-
-
-def _node_upgrade(name: str, version: str, index: str) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "NodeUpgrade", "metadata": {"name": name},
-            "spec": {"version": version, "source": {"releaseIndex": index},
-                     "strategy": {"type": "rolling", "maxUnavailable": 1},
-                     "failurePolicy": {"maxFailedNodes": 0, "action": "Pause"}, "autoRollback": True}}
+def _release_index(tour: Tour) -> str:
+    try:
+        return tour.demo.release_index()
+    except DemoError as exc:
+        raise StepSkipped("this demo serves no release index, so there is nothing to upgrade to") from exc
 
 
 def _new_run_done(obj: dict[str, Any], last_run: str | None) -> dict[str, Any] | None:
