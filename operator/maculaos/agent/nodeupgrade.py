@@ -21,6 +21,7 @@ from maculaos.agent.nodereport import Reporter
 from maculaos.api.common import VERSION_LABEL, parse_duration, spec_selects
 from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.nodeupgrade import (
+    FINISHED_PHASES,
     AgentPhase,
     Grant,
     GrantAction,
@@ -107,7 +108,8 @@ class UpgradeEngine:
         facts = self.upgrader.facts()
         in_charge = _in_charge(mine, self.node_name)
         for name, obj in mine.items():
-            if name != in_charge:
+            # A finished rollout's entry is its record of this node (Succeeded, RolledBack...): kept as it is.
+            if name != in_charge and (obj.get("status") or {}).get("phase") not in FINISHED_PHASES:
                 self._report(obj, {"phase": AgentPhase.IDLE.value,
                                    "message": f"NodeUpgrade {in_charge} is in charge of this node's upgrade"}, facts)
         obj = mine[in_charge]

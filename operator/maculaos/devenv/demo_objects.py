@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 API_VERSION = "os.macula.io/v1alpha1"
 #: The run-now token of the demo's first backup: one on-demand run, so the Restore example has a snapshot.
 FIRST_BACKUP_TOKEN = "demo-first-backup"
