@@ -28,8 +28,6 @@ from tests.integration.conftest import Cluster
 NAME = "fleet-0-2-0"
 NODES = [n.name for n in demo_fleet(3)]
 SICKLY = "macula-pi-03"  # the node whose new slot fails its health window
-#: How often each node's agent passes over its objects without a watch event.
-AGENT_RESYNC_SECONDS = 3
 
 
 @dataclass
@@ -94,7 +92,7 @@ def start_real_node(cluster: Cluster, root: Path, sim: SimulatedNode, keyring: P
         systemctl = fake_systemctl(root / f"systemd-{sim.name}")
         node.start_agent([sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={sim.name}",
                           f"--host-root={node.host_root}", f"--nft={nft}", f"--systemctl={systemctl}",
-                          f"--resync-seconds={AGENT_RESYNC_SECONDS}", f"--reboot-command={refusable_reboot(node)}",
+                          "--resync-seconds=3", f"--reboot-command={refusable_reboot(node)}",
                           f"--rauc={node.rauc_command}"],
                          {"KUBECONFIG": str(cluster.plane.kubeconfig), "PYTHONUNBUFFERED": "1"})
     except BaseException:  # half started: stop what did start, then hand the error on

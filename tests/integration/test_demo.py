@@ -171,6 +171,14 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
         assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Failed", 0, 1), status
         others = {e["stage"] for e in status["rollout"].values() if e["stage"] != "RolledBack"}
         assert others <= {"Installing"}, status["rollout"]  # installed at most: never rebooted into the bad build
+        # Its record of the rolled-back node stays on the object: once both rollouts have finished the older
+        # one holds the nodes again, and the agents leave a finished rollout's entries as they were.
+        rolled = next(n for n, e in status["rollout"].items() if e["stage"] == "RolledBack")
+        deadline = time.monotonic() + 12  # a few of the agents' passes
+        while time.monotonic() < deadline:
+            entry = get(bin_dir, kubeconfig, f"nodeupgrade/{BAD_UPGRADE}")["status"]["nodes"][rolled]
+            assert "in charge" not in entry["message"], entry
+            time.sleep(1)
         for name in names:
             assert get(bin_dir, kubeconfig, f"node/{name}")["metadata"]["labels"][VERSION_LABEL] == "0.2.0"
             assert 'VERSION_ID="0.2.0"' in (workdir / "nodes" / name / "etc/os-release").read_text()
