@@ -37,3 +37,14 @@ def test_pass_results_are_counted_apart(ok: bool) -> None:
     before = metrics.PASSES.labels(result="ok" if ok else "failed")._value.get()
     metrics.record_pass(ok, 0.01)
     assert metrics.PASSES.labels(result="ok" if ok else "failed")._value.get() == before + 1
+
+
+def test_labels_carry_names_only_never_secrets() -> None:
+    """The agent's /metrics serves no secrets: every label is the name of an object, of a check or of a role
+    (or a pass's result), never a URL, a path, a message or a value, where a password could ride along.
+    A new label must be added here on purpose."""
+    allowed = {"result", "role", "healthcheck", "check", "backup", "le"}
+    families = [m for m in vars(metrics).values() if hasattr(m, "_labelnames")]
+    assert len(families) >= 9
+    for family in families:
+        assert set(family._labelnames) <= allowed, (family._name, family._labelnames)
