@@ -132,6 +132,13 @@ class Folder:
                     self._dirty |= keys
                 raise
 
+    def pending_kinds(self) -> set[str]:
+        """The kinds of the objects the next fold_pending writes (every kind before the first fold)."""
+        with self._lock:
+            if not self._loaded:
+                return set(PLURAL_OF_KIND)
+            return {parse_report_key(k)[0] for k in self._dirty}
+
     def pending(self) -> bool:
         with self._lock:
             return bool(self._dirty) or not self._loaded

@@ -198,7 +198,11 @@ def build_registry(resync_seconds: float, credentials: Credentials, health: Heal
     passes = threading.Lock()
 
     def fold_batch() -> None:
-        with passes:
+        # NodeUpgrades' entries alone need no judgement here (judge_folded): such a batch, every one of a
+        # rollout, does not wait for a resync pass to end. A report of another kind landing between this
+        # look and the fold is judged without the turn; the next resync heals what that race could leave.
+        turn = contextlib.nullcontext() if folder.pending_kinds() <= {ROLLOUT_KIND} else passes
+        with turn:
             judge_folded(kube, folder.fold_pending())
     resync_task: list[asyncio.Task[None]] = []
 
