@@ -96,9 +96,9 @@ class CountingFolder:
     def __init__(self) -> None:
         self.folds: list[float] = []
 
-    def fold_pending(self) -> int:
+    def fold_pending(self) -> list[dict[str, object]]:
         self.folds.append(time.monotonic())
-        return 1
+        return []
 
 
 def fold_times(report_at: list[float], then_wait: float, debounce: float = DEBOUNCE_SECONDS,
@@ -109,7 +109,7 @@ def fold_times(report_at: list[float], then_wait: float, debounce: float = DEBOU
     async def scenario() -> list[float]:
         folder = CountingFolder()
         wake = asyncio.Event()
-        task = asyncio.create_task(fold_forever(folder, wake, debounce, max_delay))  # type: ignore[arg-type]
+        task = asyncio.create_task(fold_forever(folder.fold_pending, wake, debounce, max_delay))
         started = time.monotonic()
         for at in report_at:
             await asyncio.sleep(max(0.0, started + at - time.monotonic()))

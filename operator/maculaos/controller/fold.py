@@ -116,8 +116,9 @@ class Folder:
                 self._replace(node, report_entries(body), str(body["metadata"].get("resourceVersion", "")))
             self._loaded = True
 
-    def fold_pending(self) -> int:
-        """Fold the objects whose entries changed since the last fold; returns how many were written."""
+    def fold_pending(self) -> list[dict[str, Any]]:
+        """Fold the objects whose entries changed since the last fold; returns them as written (each with
+        its kind), for the operator to judge them at once on their new entries."""
         with self._folding:
             if not self._loaded:
                 self.reload()
@@ -125,11 +126,18 @@ class Folder:
             with self._lock:
                 keys, self._dirty = self._dirty, set()
             try:
-                return self._fold(keys) if keys else 0
+                return self._fold(keys) if keys else []
             except Exception:  # API server away: these objects are folded on a later pass
                 with self._lock:
                     self._dirty |= keys
                 raise
+
+    def pending_kinds(self) -> set[str]:
+        """The kinds of the objects the next fold_pending writes (every kind before the first fold)."""
+        with self._lock:
+            if not self._loaded:
+                return set(PLURAL_OF_KIND)
+            return {parse_report_key(k)[0] for k in self._dirty}
 
     def pending(self) -> bool:
         with self._lock:
@@ -143,13 +151,14 @@ class Folder:
             self.reload(nodes)
             with self._lock:
                 self._dirty = set()
-            return self._fold(None, listed)
+            return len(self._fold(None, listed))
 
-    def _fold(self, keys: set[str] | None, listed: dict[str, list[dict[str, Any]]] | None = None) -> int:
+    def _fold(self, keys: set[str] | None,
+              listed: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
         with self._lock:
             reports = {n: dict(e) for n, e in self._reports.items()}
         kinds = set(PLURAL_OF_KIND) if keys is None else {parse_report_key(k)[0] for k in keys}
-        written = 0
+        written = []
         for kind in sorted(kinds & set(PLURAL_OF_KIND)):
             plural = PLURAL_OF_KIND[kind]
             after = []
@@ -163,7 +172,7 @@ class Folder:
                     if (written_obj := self._write(plural, name, patch)) is None:
                         continue  # deleted meanwhile
                     obj = {"kind": kind, **written_obj}
-                    written += 1
+                    written.append(obj)
                 after.append(obj)
             if listed is not None:
                 listed[plural] = after

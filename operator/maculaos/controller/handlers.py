@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from maculaos.controller.fold import DEBOUNCE_SECONDS, MAX_DELAY_SECONDS, REPORT
 from maculaos.controller.mesh_labels import apply_mesh_labels
 from maculaos.controller.metrics import FOLD_LATENCY, TICK_SECONDS, Health, counted
 from maculaos.controller.nodeupgrade import Rollouts
-from maculaos.controller.reconcile import judge, write
+from maculaos.controller.reconcile import judge, judge_and_write, write
 from maculaos.kube.rest import Credentials, KubeClient
 
 #: Prefix of the annotations kopf keeps its handler progress in; the agents use their own, never this.
@@ -76,18 +78,37 @@ def resync_all(kube: KubeClient, rollouts: Rollouts, folder: Folder | None = Non
                 if model.resource.kind == ROLLOUT_KIND:
                     rollouts.reconcile(body["metadata"]["name"], cluster)
                     continue
-                outcome = judge(body, cluster)
-                if outcome.status is not None:
-                    write(kube, body, outcome)
-                    written += 1
+                written += judge_and_write(kube, body, cluster)
     return written + apply_mesh_labels(kube, cluster.meshroles(), cluster.node_objects)
 
 
-async def fold_forever(folder: Folder, wake: asyncio.Event, debounce: float = DEBOUNCE_SECONDS,
+def judge_folded(kube: KubeClient, folded: list[dict[str, Any]]) -> int:
+    """Judge the objects a fold just wrote, as the resync would, so what follows from the nodes' entries
+    (counts, Degraded, the Outcome column, a Restore's phase, a Backup's runs) shows with them rather than
+    a resync period later. One Node listing per fold batch, each object judged once (a batch folds an
+    object once), written only when its judgement changed; returns how many were written.
+
+    NodeUpgrades are left out: the fold's write is a watch event of the NodeUpgrade, and on_rollout_event
+    runs the rollout pass (its judgement, grants and cordons, one pass at a time per object) on it already;
+    a second pass here would only repeat it. MeshRoles' nodeLabels follow from their spec, not from the
+    entries, so they wait for the resync or a spec change as before."""
+    bodies = [b for b in folded if b.get("kind") != ROLLOUT_KIND]
+    if not bodies:
+        return 0
+    cluster = ApiCluster(kube)
+    written = 0
+    for body in bodies:
+        with counted(str(body.get("kind"))):
+            written += judge_and_write(kube, body, cluster)
+    return written
+
+
+async def fold_forever(fold: Callable[[], object], wake: asyncio.Event, debounce: float = DEBOUNCE_SECONDS,
                        max_delay: float = MAX_DELAY_SECONDS) -> None:
-    """Fold the NodeReports into status.nodes as they change. A report after a quiet spell is folded at
-    once (a lone on-demand backup's result shows without delay); reports arriving while folds are recent
-    wait for the burst to pause (at most max_delay), so a fleet's burst costs about one write a second."""
+    """Fold the NodeReports into status.nodes as they change (fold: one batch, folded and judged). A
+    report after a quiet spell is folded at once (a lone on-demand backup's result shows without delay);
+    reports arriving while folds are recent wait for the burst to pause (at most max_delay), so a fleet's
+    burst costs about one write a second."""
     loop = asyncio.get_running_loop()
     last_fold = -math.inf
     while True:
@@ -102,7 +123,7 @@ async def fold_forever(folder: Folder, wake: asyncio.Event, debounce: float = DE
                     break  # the burst paused
         wake.clear()
         try:
-            await asyncio.to_thread(folder.fold_pending)
+            await asyncio.to_thread(fold)
         except Exception as exc:  # API server away: retried after a pause, and by the resync anyway
             log.warning(f"folding node reports failed: {exc}")
             await asyncio.sleep(1.0)
@@ -113,11 +134,19 @@ async def fold_forever(folder: Folder, wake: asyncio.Event, debounce: float = DE
 
 
 async def resync_forever(kube: KubeClient, rollouts: Rollouts, interval: float, folder: Folder,
-                         fleet: Fleet | None = None, decommissions: Decommissions | None = None) -> None:
+                         fleet: Fleet | None = None, decommissions: Decommissions | None = None,
+                         passes: threading.Lock | None = None) -> None:
+    """A resync pass every interval; with passes, each pass holds it (the fold batches take it too)."""
+    passes = passes or threading.Lock()
+
+    def resync() -> int:
+        with passes:
+            return resync_all(kube, rollouts, folder, fleet, decommissions)
+
     while True:
         await asyncio.sleep(interval)
         try:
-            written = await asyncio.to_thread(resync_all, kube, rollouts, folder, fleet, decommissions)
+            written = await asyncio.to_thread(resync)
         except Exception:  # the next pass retries; a failing pass must not end the loop
             log.exception("resync pass failed")
             continue
@@ -163,6 +192,18 @@ def build_registry(resync_seconds: float, credentials: Credentials, health: Heal
     decommissions = Decommissions(kube, rollouts.whereabouts.pod)
     folder = Folder(kube)
     fold_wake = asyncio.Event()
+    # A fold batch (fold, then judge what it wrote) and a resync pass (fold everything, judge everything)
+    # take turns: a judgement of one never writes counts from an older read over the other's fresher ones.
+    # Only the leader runs either (run.py starts the controller once this replica holds the Lease).
+    passes = threading.Lock()
+
+    def fold_batch() -> None:
+        # NodeUpgrades' entries alone need no judgement here (judge_folded): such a batch, every one of a
+        # rollout, does not wait for a resync pass to end. A report of another kind landing between this
+        # look and the fold is judged without the turn; the next resync heals what that race could leave.
+        turn = contextlib.nullcontext() if folder.pending_kinds() <= {ROLLOUT_KIND} else passes
+        with turn:
+            judge_folded(kube, folder.fold_pending())
     resync_task: list[asyncio.Task[None]] = []
 
     async def on_change(body: kopf.Body, **_: Any) -> None:
@@ -199,8 +240,8 @@ def build_registry(resync_seconds: float, credentials: Credentials, health: Heal
         settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
         settings.posting.enabled = False  # Events are posted by reconcile.write, one per verdict change
         resync_task.append(asyncio.create_task(resync_forever(kube, rollouts, resync_seconds, folder, fleet,
-                                                                 decommissions)))
-        resync_task.append(asyncio.create_task(fold_forever(folder, fold_wake)))
+                                                                 decommissions, passes)))
+        resync_task.append(asyncio.create_task(fold_forever(fold_batch, fold_wake)))
         resync_task.append(asyncio.create_task(trim_forever()))
         if health is not None:
             resync_task.append(asyncio.create_task(tick_forever(health)))

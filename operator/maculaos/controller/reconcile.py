@@ -147,6 +147,16 @@ def _kind_fields(body: Mapping[str, Any], verdict: Verdict, cluster: ClusterView
     return None, None
 
 
+def judge_and_write(kube: KubeClient, body: Mapping[str, Any], cluster: ClusterView) -> bool:
+    """Judge one object and write its status only when the judgement changed it (no write, and no
+    watch event for anyone, when it did not); returns whether it wrote."""
+    outcome = judge(body, cluster)
+    if outcome.status is None:
+        return False
+    write(kube, body, outcome)
+    return True
+
+
 def write(kube: KubeClient, body: Mapping[str, Any], outcome: Outcome) -> None:
     """Apply an outcome: status first (the truth), then the Event (the story)."""
     meta = body["metadata"]
