@@ -72,7 +72,7 @@ def assert_tour(output: str, workdir: Path) -> None:
     assert 'The HealthCheck "tour-bad-interval" is invalid' in bad, bad
     assert '* spec.checks[0].interval: Invalid value: "every minute"' in bad, bad
     assert '"tour-bad-interval" not found' in bad, bad
-    assert re.search(r"tour-bad-path +nightly +macula-nuc-01 +Pending +False .* RestoreRefused", bad), bad
+    assert re.search(r"tour-bad-path +nightly +macula-nuc-01 +(Pending|Failed) +False .* RestoreRefused", bad), bad
     assert ("spec.paths[0]: /home/macula/notes is not under any path Backup nightly includes "
             "(/var/lib/maculaos, /var/lib/data)") in bad, bad
     # The tour itself fails when the demo's upgrade does not end Succeeded or the bad build is not rolled back.

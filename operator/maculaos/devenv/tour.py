@@ -321,14 +321,19 @@ def _nodes(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _healthy(obj: dict[str, Any]) -> int | None:
-    """status.healthyNodes (the HEALTHY column), once every node has reported on this generation and the
-    operator has counted their latest reports (None before)."""
+    """status.healthyNodes (the HEALTHY column), once every node it selects (the NODES column) has reported on
+    this generation and the operator has counted their latest reports (None before)."""
     entries = _nodes(obj).values()
     generation = (obj.get("metadata") or {}).get("generation")
-    if not entries or any(e.get("observedGeneration") != generation for e in entries):
+    matched = (obj.get("status") or {}).get("matchedNodes")
+    if not entries or len(entries) != matched or any(e.get("observedGeneration") != generation for e in entries):
         return None
-    counted = (obj.get("status") or {}).get("healthyNodes")
-    return counted if counted == sum(1 for e in entries if e.get("phase") == "Healthy") else None
+    status = obj.get("status") or {}
+    healthy = sum(1 for e in entries if e.get("phase") == "Healthy")
+    unhealthy = len(entries) - healthy
+    # The OUTCOME column the person is shown, judged from these very entries.
+    outcome = f"{healthy}/{len(entries)} healthy" + (f", {unhealthy} unhealthy" if unhealthy else "")
+    return healthy if status.get("healthyNodes") == healthy and status.get("outcome") == outcome else None
 
 
 def _free_port() -> int:
