@@ -22,6 +22,7 @@ from maculaos.api.common import (
     LabelSelectorRequirement,
     LabelValue,
     NodeEntry,
+    NodeSelector,
     ObjectStatus,
     Percent,
     PrinterColumn,
@@ -174,20 +175,15 @@ class DrainOptions(ApiModel):
     """Override pods' termination grace period; unset uses each pod's own."""
 
 
-class HealthCheckSelector(ApiModel):
-    """Which HealthChecks judge a node's new slot, by the HealthChecks' own labels."""
+class HealthCheckSelector(NodeSelector):
+    """Which HealthChecks judge a node's new slot, by the HealthChecks' own labels. NodeSelector's fields
+    and matching, described for HealthChecks (the descriptions go into the CRD)."""
 
     match_labels: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=32, json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]})
     """Labels a HealthCheck must carry with exactly these values."""
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
     """Further rules a HealthCheck's labels must all satisfy."""
-
-    def matches(self, labels: dict[str, str]) -> bool:
-        """True when a HealthCheck with these labels takes part (Kubernetes label-selector semantics)."""
-        if any(labels.get(k) != v for k, v in self.match_labels.items()):
-            return False
-        return all(req.matches(labels) for req in self.match_expressions)
 
 
 class AgentPhase(StrEnum):
