@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 from pathlib import Path
@@ -58,94 +57,13 @@ def _spec(image: BuiltImage, data: Path | None, mode: str) -> VmSpec:
     return VmSpec(image.kernel, image.initrd, image.squashfs, data, f"{CMDLINE} macula.mode={mode}")
 
 
-def test_disk_mode_boots_applies_config_and_keeps_var_and_etc_across_reboot(
-        built_image: BuiltImage, tmp_path: Path) -> None:
-    data = _data_disk(tmp_path, CONFIG)
-    with Vm(_spec(built_image, data, "disk"), tmp_path / "boot1.log") as vm:
-        ready = vm.wait_for(r"MACULAOS-READY version=(\S+) mode=(\S+) apply=(\S+)", boot_timeout())
-        assert ready.groups() == ("0.1.0", "disk", "success"), vm.tail()
-        check_ready_time(vm, "disk mode, first boot")
-        first = _probe(vm)
-        vm.wait_exit(boot_timeout())
-    assert first["var-mark"] == "absent" and first["etc-mark"] == "absent", first
-    assert first["usr-write"] == "refused", first
-    assert first["root"] == "squashfs" and first["etc"] == "overlay", first
-    assert first["apply"] == "success/active", first
-    assert first["nft-table"] == "loaded", first                  # the agent's firewall table
-    assert first["bootstrap-unit"] == "enabled", first           # the role config.yaml asked for
-    assert first["config-realm"] == "io.macula.imagetest", first
-    assert first["firstboot"] == "firstboot" and first["extension-file"] == "present", first
-    assert first["user"] == "macula", first
-    assert first["k3s"] == "not", first                            # "not included (...)", said plainly
-    # Its unit is enabled in every image and skipped by its condition when the binary is not there.
-    assert (first["k3s-unit"], first["k3s-condition"], first["k3s-active"]) == ("enabled", "no", "inactive"), first
-    assert first["failed-units"] == "" and first["ordering-cycles"] == "0", first
-    # Provisioned with a config.yaml: no wizard, its ports closed.
-    assert (first["wizard"], first["wizard-home"], first["wizard-rule"]) == ("inactive", "000", "0"), first
-    # What is inside the image (issue #6 contents), as a person at the console would check it:
-    assert first["k3s-node-label"] == "1" and first["k3s-version-label"] == "0.1.0", first
-    assert first["airgap-image"] == "maculaos-operator-0.1.0-amd64.tar", first   # copied to k3s's folders
-    assert first["airgap-image-copy"] == "same" and first["airgap-manifest-copy"] == "same", first
-    assert first["ssh"] == "active" and first["ssh-hostkey"].startswith("SHA256:"), first  # made at first boot
-    assert first["ssh-rsa-key"] == "absent", first
-    assert re.fullmatch(r"[0-9a-f]{32}", first["machine-id"]), first
-    assert first["gateway-unit"] == "disabled", first             # no role service the config did not ask for
-    # The bootstrap role's program is not in the image: its unit is skipped (not restarted in a loop) and
-    # the agent's boot apply says so.
-    assert (first["bootstrap-active"], first["bootstrap-condition"], first["bootstrap-restarts"]) == \
-        ("inactive", "no", "0"), first
-    assert first["apply-warning"] == "1", first
-    # Its own name, made from its machine id, everywhere the name is written and on mDNS.
-    assert re.fullmatch(r"macula-[0-9a-f]{8}", first["hostname"]), first
-    assert first["hostname"] == first["etc-hostname"] == first["made-hostname"] == first["hosts-name"], first
-    assert first["hostname-unit"] == "success" and first["mdns-host"] == f"{first['hostname']}.local", first
-    # mDNS over IPv4 with IPv4 addresses only: no IPv6 address comes and goes under avahi's probes, so no
-    # renaming after it takes its own echoed probe for another host's.
-    assert (first["mdns-conflicts"], first["mdns-ipv6"]) == ("0", "0"), first
-    assert first["nats"] == "active" and first["nats-listen"] == "127.0.0.1:4222,", first  # loopback only
-    assert first["mdns-port"] == "6443" and first["mdns-version"] == "0.1.0", first
-    assert first["mdns-roles"] == "peer,bootstrap" and first["mdns-realm"] == "io.macula.imagetest", first
-    assert first["node-info-mode"] == "644" and first["motd-roles"] == "peer,bootstrap", first
-    assert int(first["login-logo"]) >= 1, first                     # fastfetch's logo at an interactive login
-    assert first["login-roles"] == "peer,bootstrap" and first["login-realm"] == "io.macula.imagetest", first
-    assert first["ssh-login"] == "ssh-as-macula,sudo-root" and first["keys-file"] == "macula:600", first
-    assert first["password"] == hashlib.sha256(f"{PASSWORD_HASH}\n".encode()).hexdigest()[:16], first
-    # The node's rest-server for peers' mesh backups, from config.yaml, under the image's real systemd and
-    # Debian's restic-rest-server: its users only, repositories on the data partition, port open to the
-    # configured network alone.
-    assert first["backup-server"] == "active" and first["backup-server-user"] == "restic-rest-server", first
-    assert (first["backup-anonymous"], first["backup-wrong-password"], first["backup-create"]) == \
-        ("401", "401", "200"), first
-    assert first["backup-repo"] == "on-data" and first["backup-rule"] == "10.0.2.0/24", first
-    # The node's git server from config.yaml: git http-backend behind lighttpd as www-data, repositories on
-    # the data partition; anyone may clone, only its users push; its port open; Debian's lighttpd unit off.
-    assert (first["git-server"], first["git-server-user"], first["lighttpd-unit"]) == \
-        ("active", "www-data", "disabled"), first
-    assert (first["git-clone"], first["git-push-anonymous"], first["git-push-user"]) == \
-        ("ok", "refused", "accepted"), first
-    assert first["git-repo"] == "on-data" and first["git-rule"] == "1", first
-
-    with Vm(_spec(built_image, data, "disk"), tmp_path / "boot2.log") as vm:
-        vm.wait_for(r"MACULAOS-READY", boot_timeout())
-        check_ready_time(vm, "disk mode, second boot")
-        second = _probe(vm)
-        vm.wait_exit(boot_timeout())
-    assert second["var-mark"] == "present" and second["etc-mark"] == "present", second
-    assert second["usr-write"] == "refused", second
-    # A node's identity is made once and kept: the same host key and machine id after a reboot.
-    assert second["ssh-hostkey"] == first["ssh-hostkey"] and second["machine-id"] == first["machine-id"], second
-    assert second["hostname"] == first["hostname"] and second["mdns-host"] == first["mdns-host"], second
-    assert second["mdns-conflicts"] == "0", second
-    assert second["password"] == first["password"], second
-    assert second["backup-server"] == "active" and second["backup-repo"] == "on-data", second
-
-
 def test_blank_data_disk_is_formatted_and_boots_into_the_first_boot_wizard(built_image: BuiltImage,
                                                                           tmp_path: Path) -> None:
     data = _data_disk(tmp_path, None)
     with Vm(_spec(built_image, data, "disk"), tmp_path / "boot.log") as vm:
         vm.wait_for(r"formatting the blank data partition /dev/vdb", boot_timeout())
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=no-config", boot_timeout())
+        check_ready_time(vm, "direct kernel boot, first boot on a blank data disk")
         report = _probe(vm)
         console = vm.console
         vm.wait_exit(boot_timeout())

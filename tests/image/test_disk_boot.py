@@ -1,13 +1,19 @@
-"""The raw disk image booted the way a machine boots it: firmware -> GRUB -> slot A. One test, four boots
-(each costs minutes under TCG): SeaBIOS boots slot A, which is marked good, and RAUC there installs the
-build's own bundle into slot B; SeaBIOS then boots B, which is marked good; then, with OVMF (UEFI), a
-broken slot B first in ORDER is tried three times and GRUB falls back to A, which stays good; last, a
-factory reset asked for there with `maculaos factory-reset` happens at the next boot. The disk is
-512 MiB larger than the image (as a bigger disk it was written onto): the first boot grows the data
-partition and its ext4 to the end of it, the others find nothing to do."""
+"""The raw disk image booted the way a machine boots it: firmware -> GRUB -> slot A. One test, three boots
+(each costs minutes under TCG), the node provisioned as an installer leaves it (config.yaml with the tests'
+SSH key and console password on the data partition, the disk 512 MiB larger than the image, as a bigger disk
+it was written onto):
+1. SeaBIOS boots slot A on a first boot: the data partition and its ext4 grow to the end of the disk, the
+   config is applied (everything a person at the console would check), slot A is marked good, and RAUC
+   there installs the build's own bundle into slot B;
+2. with OVMF (UEFI), a broken slot B first in ORDER is tried three times and GRUB falls back to A, which
+   stays good, with the node's identity, /etc and /var as the first boot left them;
+3. a factory reset asked for there with `maculaos factory-reset` happens at the next boot.
+Slot B booting a build RAUC installed, and its commit, are the real node's upgrade story
+(tests/image/test_real_node.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -17,20 +23,16 @@ import pytest
 
 from maculaos.image.disk import boot_environment, esp_get, esp_put, partition_table
 from maculaos.image.vm import Vm, VmSpec, uefi_vars_copy
+from maculaos.image.vmnode import provision_disk
 from tests.image.conftest import BuiltImage, boot_timeout
-from tests.image.test_boot import _probe
+from tests.image.test_boot import CONFIG, PASSWORD_HASH, _probe, _ssh_key
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(5400)]
 
 # The serial console last (so /dev/console is the serial line the test reads); failed roots reboot at once.
-TEST_CMDLINE = "console=ttyS0 macula.rescue_timeout=1"
+RESCUE = "macula.rescue_timeout=1"
+TEST_CMDLINE = f"console=ttyS0 {RESCUE}"
 GROW_MIB = 512
-
-
-def _copy(image: Path, tmp_path: Path) -> Path:
-    disk = tmp_path / "disk.img"
-    subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
-    return disk
 
 
 def _update_disk(bundle: Path, tmp_path: Path) -> Path:
@@ -44,31 +46,93 @@ def _update_disk(bundle: Path, tmp_path: Path) -> Path:
     return disk
 
 
-def test_disk_image_boots_from_grub_marks_a_good_updates_b_and_falls_back_from_a_broken_b(
+def _assert_provisioned_first_boot(first: dict[str, str]) -> None:
+    """What a person at the console checks on a node's first boot with a config.yaml."""
+    assert first["var-mark"] == "absent" and first["etc-mark"] == "absent", first
+    assert first["usr-write"] == "refused", first
+    assert first["root"] == "squashfs" and first["etc"] == "overlay", first
+    assert first["apply"] == "success/active", first
+    assert first["nft-table"] == "loaded", first                  # the agent's firewall table
+    assert first["bootstrap-unit"] == "enabled", first           # the role config.yaml asked for
+    assert first["config-realm"] == "io.macula.imagetest", first
+    assert first["firstboot"] == "firstboot" and first["extension-file"] == "present", first
+    assert first["user"] == "macula", first
+    assert first["k3s"] == "not", first                            # "not included (...)", said plainly
+    # Its unit is enabled in every image and skipped by its condition when the binary is not there.
+    assert (first["k3s-unit"], first["k3s-condition"], first["k3s-active"]) == ("enabled", "no", "inactive"), first
+    assert first["failed-units"] == "" and first["ordering-cycles"] == "0", first
+    # Provisioned with a config.yaml: no wizard, its ports closed.
+    assert (first["wizard"], first["wizard-home"], first["wizard-rule"]) == ("inactive", "000", "0"), first
+    # What is inside the image (issue #6 contents), as a person at the console would check it:
+    assert first["k3s-node-label"] == "1" and first["k3s-version-label"] == "0.1.0", first
+    assert first["airgap-image"] == "maculaos-operator-0.1.0-amd64.tar", first   # copied to k3s's folders
+    assert first["airgap-image-copy"] == "same" and first["airgap-manifest-copy"] == "same", first
+    assert first["ssh"] == "active" and first["ssh-hostkey"].startswith("SHA256:"), first  # made at first boot
+    assert first["ssh-rsa-key"] == "absent", first
+    assert re.fullmatch(r"[0-9a-f]{32}", first["machine-id"]), first
+    assert first["gateway-unit"] == "disabled", first             # no role service the config did not ask for
+    # The bootstrap role's program is not in the image: its unit is skipped (not restarted in a loop) and
+    # the agent's boot apply says so.
+    assert (first["bootstrap-active"], first["bootstrap-condition"], first["bootstrap-restarts"]) == \
+        ("inactive", "no", "0"), first
+    assert first["apply-warning"] == "1", first
+    # Its own name, made from its machine id, everywhere the name is written and on mDNS.
+    assert re.fullmatch(r"macula-[0-9a-f]{8}", first["hostname"]), first
+    assert first["hostname"] == first["etc-hostname"] == first["made-hostname"] == first["hosts-name"], first
+    assert first["hostname-unit"] == "success" and first["mdns-host"] == f"{first['hostname']}.local", first
+    # mDNS over IPv4 with IPv4 addresses only: no IPv6 address comes and goes under avahi's probes, so no
+    # renaming after it takes its own echoed probe for another host's.
+    assert (first["mdns-conflicts"], first["mdns-ipv6"]) == ("0", "0"), first
+    assert first["nats"] == "active" and first["nats-listen"] == "127.0.0.1:4222,", first  # loopback only
+    assert first["mdns-port"] == "6443" and first["mdns-version"] == "0.1.0", first
+    assert first["mdns-roles"] == "peer,bootstrap" and first["mdns-realm"] == "io.macula.imagetest", first
+    assert first["node-info-mode"] == "644" and first["motd-roles"] == "peer,bootstrap", first
+    assert int(first["login-logo"]) >= 1, first                     # fastfetch's logo at an interactive login
+    assert first["login-roles"] == "peer,bootstrap" and first["login-realm"] == "io.macula.imagetest", first
+    assert first["ssh-login"] == "ssh-as-macula,sudo-root" and first["keys-file"] == "macula:600", first
+    assert first["password"] == hashlib.sha256(f"{PASSWORD_HASH}\n".encode()).hexdigest()[:16], first
+    # The node's rest-server for peers' mesh backups, from config.yaml, under the image's real systemd and
+    # Debian's restic-rest-server: its users only, repositories on the data partition, port open to the
+    # configured network alone.
+    assert first["backup-server"] == "active" and first["backup-server-user"] == "restic-rest-server", first
+    assert (first["backup-anonymous"], first["backup-wrong-password"], first["backup-create"]) == \
+        ("401", "401", "200"), first
+    assert first["backup-repo"] == "on-data" and first["backup-rule"] == "10.0.2.0/24", first
+    # The node's git server from config.yaml: git http-backend behind lighttpd as www-data, repositories on
+    # the data partition; anyone may clone, only its users push; its port open; Debian's lighttpd unit off.
+    assert (first["git-server"], first["git-server-user"], first["lighttpd-unit"]) == \
+        ("active", "www-data", "disabled"), first
+    assert (first["git-clone"], first["git-push-anonymous"], first["git-push-user"]) == \
+        ("ok", "refused", "accepted"), first
+    assert first["git-repo"] == "on-data" and first["git-rule"] == "1", first
+
+
+def test_disk_image_boots_from_grub_applies_its_config_marks_a_good_and_falls_back_from_a_broken_b(
         built_image: BuiltImage, tmp_path: Path) -> None:
-    disk = _copy(built_image.artifact("img"), tmp_path)
-    assert boot_environment(disk, {"EXTRA_CMDLINE": TEST_CMDLINE})["A_TRY"] == "0"
-    built = partition_table(disk)
-    subprocess.run(["qemu-img", "resize", "-q", "-f", "raw", str(disk), f"+{GROW_MIB}M"], check=True)
+    public, private = _ssh_key(tmp_path)
+    config = CONFIG | {"ssh_authorized_keys": [public], "password_hash": PASSWORD_HASH}
+    built = partition_table(built_image.artifact("img"))
+    disk = provision_disk(built_image.artifact("img"), tmp_path / "disk.img", config,
+                          {"var/lib/maculaos-probe-key/id_ed25519": private}, GROW_MIB, RESCUE)
+    assert boot_environment(disk)["A_TRY"] == "0"
     update_disk = _update_disk(built_image.artifact("raucb"), tmp_path)
     update = ("-drive", f"file={update_disk},format=raw,if=virtio,readonly=on")
 
-    # 1. SeaBIOS -> GRUB (i386-pc core.img in the bios_grub partition) -> slot A; then RAUC installs the
-    #    build's bundle (verity, signed by the build's CA, in the image's keyring) into slot B.
+    # 1. SeaBIOS -> GRUB (i386-pc core.img in the bios_grub partition) -> slot A, a first boot with its config;
+    #    then RAUC installs the build's bundle (verity, signed by the build's CA, in the image's keyring) into B.
     with Vm(VmSpec.for_disk(disk, extra_args=update), tmp_path / "bios.log") as vm:
         vm.wait_for(r"Booting `MaculaOS 0\.1\.0 \(slot A\)'", boot_timeout())
         vm.wait_for(r"MACULAOS-MARK-GOOD slot=A", boot_timeout())
-        ready = vm.wait_for(r"MACULAOS-READY version=(\S+) mode=(\S+)", boot_timeout())
-        assert ready.groups() == ("0.1.0", "disk")
+        ready = vm.wait_for(r"MACULAOS-READY version=(\S+) mode=(\S+) apply=(\S+)", boot_timeout())
+        assert ready.groups() == ("0.1.0", "disk", "success"), vm.tail()
         first = _probe(vm)
         vm.wait_exit(boot_timeout())
+    _assert_provisioned_first_boot(first)
     assert first["rauc-booted"] == "A" and first["rauc-a"] == "good", first
     assert first["rauc-b"] == "bad", first                      # empty: never installed
     assert first["esp"] == "vfat" and first["mark-good"] == "success", first
     assert first["grubenv-a-try"] == "0", first                  # GRUB counted the try, RAUC reset it
-    assert first["root"] == "squashfs" and first["usr-write"] == "refused", first
     assert first["var"].startswith("/dev/vda5"), first           # the data partition of the same disk
-    assert first["failed-units"] == "", first
     # The data partition took the added space (less the backup GPT's last MiB), its ext4 all of it.
     data_mib = built.part("data").size_mib or 0
     grown = int(first["data-part-mib"])
@@ -87,18 +151,7 @@ def test_disk_image_boots_from_grub_marks_a_good_updates_b_and_falls_back_from_a
     env = boot_environment(disk)
     assert (env["A_OK"], env["A_TRY"], env["B_OK"], env["ORDER"]) == ("1", "0", "1", "B A"), env
 
-    # 2. The updated slot B boots from its own kernel and squashfs and is marked good.
-    with Vm(VmSpec.for_disk(disk), tmp_path / "updated.log") as vm:
-        vm.wait_for(r"Booting `MaculaOS \S+ \(slot B\)'", boot_timeout())
-        vm.wait_for(r"MACULAOS-MARK-GOOD slot=B", boot_timeout())
-        vm.wait_for(r"MACULAOS-READY", boot_timeout())
-        updated = _probe(vm)
-        vm.wait_exit(boot_timeout())
-    assert (updated["rauc-booted"], updated["rauc-a"], updated["rauc-b"]) == ("B", "good", "good"), updated
-    assert updated["root"] == "squashfs" and updated["var-mark"] == "present", updated   # same data partition
-    assert updated["failed-units"] == "", updated
-
-    # 3. Slot B installed again but broken: its kernel on the ESP, its partition zeroed, first in ORDER.
+    # 2. Slot B installed but broken: its kernel on the ESP, its partition zeroed, first in ORDER.
     b = partition_table(disk).part("rootfs-B")
     with disk.open("r+b") as f:
         f.seek(b.offset)
@@ -119,14 +172,21 @@ def test_disk_image_boots_from_grub_marks_a_good_updates_b_and_falls_back_from_a
     assert len(failures) == 3, console[-3000:]
     assert console.index("marked bad, trying the next slot") > console.rindex("MACULAOS-BOOT-FAILED")
     assert second["rauc-booted"] == "A" and second["rauc-a"] == "good" and second["rauc-b"] == "bad", second
-    assert second["var-mark"] == "present", second                # the same data partition as boot 1
     assert (second["data-part-mib"], second["data-fs-mib"]) == (first["data-part-mib"], first["data-fs-mib"])
     assert (second["data-grown"], second["grow-data"]) == ("0", "success"), second   # nothing left to grow
+    # /var and /etc kept, and the node's identity made once: the same host key, machine id and name.
+    assert second["var-mark"] == "present" and second["etc-mark"] == "present", second
+    assert second["usr-write"] == "refused" and second["failed-units"] == "", second
+    assert second["ssh-hostkey"] == first["ssh-hostkey"] and second["machine-id"] == first["machine-id"], second
+    assert second["hostname"] == first["hostname"] and second["mdns-host"] == first["mdns-host"], second
+    assert second["mdns-conflicts"] == "0", second
+    assert second["password"] == first["password"], second
+    assert second["backup-server"] == "active" and second["backup-repo"] == "on-data", second
     env = boot_environment(disk)
     assert (env["A_OK"], env["A_TRY"], env["B_OK"], env["B_TRY"]) == ("1", "0", "0", "0"), env
     assert second["factory-reset-scheduled"] == "keep-data" and env["FACTORY_RESET"] == "keep-data", second
 
-    # 4. The reset the command asked for: GRUB passes it to the normal boot, the initramfs wipes the data
+    # 3. The reset the command asked for: GRUB passes it to the normal boot, the initramfs wipes the data
     #    partition's state without asking, /var/lib/data stays, the slots are untouched, and the node is
     #    a new one in first-boot mode; the one-shot flag is cleared.
     boot_environment(disk, {"EXTRA_CMDLINE": TEST_CMDLINE})

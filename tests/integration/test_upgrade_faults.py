@@ -180,8 +180,7 @@ def test_a_node_whose_disk_is_full_fails_alone_and_a_new_rollout_finishes_it(
     node = rauc_fleet.nodes[full]
     booted = node.booted()
     with small_tmpfs(node.host_root / STATE_DIR / "bundles", 1024 * 1024) as directory:
-        rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "full-0-9-0", "0.9.0", window="5s",
-                          max_failed=1)
+        rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "full-0-9-0", "0.9.0", max_failed=1)
         status = rollout.wait_done()
         assert not list(directory.glob("*0.9.0*")), "nothing half-downloaded holds the space"
     assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Failed", 1, 1), status
@@ -192,7 +191,7 @@ def test_a_node_whose_disk_is_full_fails_alone_and_a_new_rollout_finishes_it(
     assert status["grants"] == {}
 
     rauc_fleet.cluster.kubectl("delete", "nodeupgrade", "full-0-9-0", "--wait=true", "--timeout=60s")
-    retry = Rollout(rauc_fleet, bundles, bundle_server, created, "full-retry-0-9-0", "0.9.0", window="5s")
+    retry = Rollout(rauc_fleet, bundles, bundle_server, created, "full-retry-0-9-0", "0.9.0")
     status = retry.wait_done()
     assert (status["phase"], status["upgradedNodes"], status["failedNodes"]) == ("Succeeded", 2, 0), status
     assert rauc_fleet.entry(full)["version"] == "0.9.0"
