@@ -84,9 +84,11 @@ def test_blank_data_disk_is_formatted_and_boots_into_the_first_boot_wizard(built
     assert result.stdout.strip() == "MACULA_DATA"
 
 
-def test_recovery_mode_gives_a_shell_on_the_console(built_image: BuiltImage, tmp_path: Path) -> None:
-    with Vm(_spec(built_image, None, "recovery"), tmp_path / "recovery.log") as vm:
-        vm.wait_for(r"MACULAOS-RECOVERY: macula.mode=recovery", boot_timeout())
+def test_the_recovery_shell_opens_on_the_console_before_anything_is_mounted(built_image: BuiltImage,
+                                                                            tmp_path: Path) -> None:
+    """The boot menu's Recovery shell (the recovery mode with network and SSH is the real node's story)."""
+    with Vm(_spec(built_image, None, "shell"), tmp_path / "shell.log") as vm:
+        vm.wait_for(r"MACULAOS-RECOVERY: macula.mode=shell", boot_timeout())
         prompt = vm.wait_for(r"\(maculaos-recovery\) # ", 60)
         vm.send("echo shell-$((6 * 7))-ok\n")
         vm.wait_for(r"shell-42-ok", 60, prompt.end())

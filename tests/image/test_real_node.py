@@ -40,7 +40,7 @@ from maculaos.image.vmnode import disk_node, provision_disk
 from maculaos.kube.rest import ApiError, Credentials, KubeClient
 from tests.image.conftest import REPO, BuiltImage, boot_timeout, note_figure
 from tests.image.test_boot import PASSWORD_HASH, _ssh_key
-from tests.restserver import start_rest_server
+from tests.restserver import RestServer, start_rest_server
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
@@ -63,12 +63,13 @@ class Node:
     metrics_port: int
     key: Path
 
-    def ssh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """A command on the node as the login user (sudo for root), over the forwarded SSH port."""
+    def ssh(self, command: str, check: bool = True, user: str = "macula") -> subprocess.CompletedProcess[str]:
+        """A command on the node as the login user (sudo for root; root itself in recovery mode), over the
+        forwarded SSH port."""
         result = subprocess.run(
             ["ssh", "-i", str(self.key), "-p", str(self.ssh_port), "-o", "StrictHostKeyChecking=no",
              "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20",
-             "macula@127.0.0.1", command], capture_output=True, text=True, timeout=120)
+             f"{user}@127.0.0.1", command], capture_output=True, text=True, timeout=120)
         if check and result.returncode != 0:
             raise AssertionError(f"ssh {command!r}: exit {result.returncode}: {result.stderr}")
         return result
@@ -382,42 +383,51 @@ def _finished(node: Node, plural: str, name: str) -> Callable[[], dict[str, Any]
     return finished
 
 
+@pytest.fixture(scope="module")
+def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestServer]:
+    """A rest-server on the host (the VM reaches it at 10.0.2.2): the node's Backup target, which the
+    recovery story restores from too."""
+    tmp = tmp_path_factory.mktemp("real-node-rest")
+    server = start_rest_server(tmp / "repos", tmp / "logs")
+    yield server
+    server.stop()
+
+
+REPOSITORY_PASSWORD = "real-node-repository-password"
+
+
 def test_a_backup_goes_from_the_node_to_a_rest_server_and_a_restore_brings_it_back(
-        node: Node, tmp_path: Path) -> None:
-    """The agent pod backs up the node's data with the node's own restic to a rest-server on the host, and a
-    Restore puts a file changed by mistake back as it was."""
-    server = start_rest_server(tmp_path / "repos", tmp_path / "logs")
-    try:
-        port = server.url.rsplit(":", 1)[1]
-        node.ssh("sudo mkdir -p /var/lib/data && printf 'id,total\\n1,9.50\\n' | sudo tee /var/lib/data/orders.csv")
-        node.kube.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "real-node-backup"},
-            "stringData": {"password": "real-node-repository-password"}})
-        node.kube.create(f"/apis/{GROUP}/{VERSION}/backups", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Backup", "metadata": {"name": "real-node-data"},
-            "spec": {"nodeSelector": {"matchLabels": {"os.macula.io/maculaos": "true"}}, "schedule": "0 3 1 1 *",
-                     "target": {"rest": {"url": f"http://10.0.2.2:{port}/shop"}},
-                     "include": ["/var/lib/data"],
-                     "repositoryPasswordSecretRef": {"name": "real-node-backup", "key": "password"}}})
-        path = f"/apis/{GROUP}/{VERSION}/backups/real-node-data"
-        wait_until("the Backup accepted", lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
-                                                      (node.kube.get(path).get("status") or {}).get("conditions", [])),
-                   120, node)
-        node.kube.patch(path, {"metadata": {"annotations": {"os.macula.io/run-now": "first"}}})
-        entry = wait_until("the backup run on the node", _finished(node, "backups", "real-node-data"), 600, node)
-        assert entry["phase"] == "Succeeded" and entry["filesNew"] >= 1, entry
-        # One repository per node under the target's URL.
-        assert (server.data / "shop" / node.name / "config").is_file(), "no repository on the host's rest-server"
-        node.ssh("echo 'lost by mistake' | sudo tee /var/lib/data/orders.csv")
-        node.kube.create(f"/apis/{GROUP}/{VERSION}/restores", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Restore", "metadata": {"name": "real-node-undo"},
-            "spec": {"backupName": "real-node-data", "nodeName": node.name, "snapshot": {"latest": True},
-                     "paths": ["/var/lib/data"]}})
-        entry = wait_until("the restore on the node", _finished(node, "restores", "real-node-undo"), 600, node)
-        assert entry["phase"] == "Succeeded", entry
-        assert node.ssh("cat /var/lib/data/orders.csv").stdout == "id,total\n1,9.50\n"
-    finally:
-        server.stop()
+        node: Node, rest_server: RestServer) -> None:
+    """The agent pod backs up the node's data and its own state (the Backup's default paths) with the
+    node's own restic to a rest-server on the host, and a Restore puts a file changed by mistake back as
+    it was."""
+    port = rest_server.url.rsplit(":", 1)[1]
+    node.ssh("sudo mkdir -p /var/lib/data && printf 'id,total\\n1,9.50\\n' | sudo tee /var/lib/data/orders.csv")
+    node.kube.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "real-node-backup"},
+        "stringData": {"password": REPOSITORY_PASSWORD}})
+    node.kube.create(f"/apis/{GROUP}/{VERSION}/backups", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Backup", "metadata": {"name": "real-node-data"},
+        "spec": {"nodeSelector": {"matchLabels": {"os.macula.io/maculaos": "true"}}, "schedule": "0 3 1 1 *",
+                 "target": {"rest": {"url": f"http://10.0.2.2:{port}/shop"}},
+                 "repositoryPasswordSecretRef": {"name": "real-node-backup", "key": "password"}}})
+    path = f"/apis/{GROUP}/{VERSION}/backups/real-node-data"
+    wait_until("the Backup accepted", lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
+                                                  (node.kube.get(path).get("status") or {}).get("conditions", [])),
+               120, node)
+    node.kube.patch(path, {"metadata": {"annotations": {"os.macula.io/run-now": "first"}}})
+    entry = wait_until("the backup run on the node", _finished(node, "backups", "real-node-data"), 600, node)
+    assert entry["phase"] == "Succeeded" and entry["filesNew"] >= 1, entry
+    # One repository per node under the target's URL.
+    assert (rest_server.data / "shop" / node.name / "config").is_file(), "no repository on the host's rest-server"
+    node.ssh("echo 'lost by mistake' | sudo tee /var/lib/data/orders.csv")
+    node.kube.create(f"/apis/{GROUP}/{VERSION}/restores", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Restore", "metadata": {"name": "real-node-undo"},
+        "spec": {"backupName": "real-node-data", "nodeName": node.name, "snapshot": {"latest": True},
+                 "paths": ["/var/lib/data"]}})
+    entry = wait_until("the restore on the node", _finished(node, "restores", "real-node-undo"), 600, node)
+    assert entry["phase"] == "Succeeded", entry
+    assert node.ssh("cat /var/lib/data/orders.csv").stdout == "id,total\n1,9.50\n"
 
 
 def _boot_id(node: Node) -> str:
@@ -533,3 +543,29 @@ def test_a_nodeupgrade_boots_the_next_build_in_slot_b_and_the_node_comes_back_wh
     note_figure(f"real node upgrade ({node.vm.accel}): NodeUpgrade applied -> Succeeded in "
                 f"{time.monotonic() - started:.0f} s; first seen: {steps}; slot B's boot to MACULAOS-READY "
                 f"{float(ready[-1]) if ready else 0:.0f} s of its uptime")
+
+
+def test_recovery_mode_asked_for_from_the_node_repairs_its_data_partition_over_ssh(node: Node) -> None:
+    """`maculaos recovery reboot` on the running node: GRUB boots the recovery entry once (the flag is gone
+    from its environment); the rescue system has DHCP and SSH for root with config.yaml's keys, leaves the
+    data partition unmounted and runs nothing of the node's own; a file system damaged on purpose there is
+    found and repaired. Last in this file: the node stays in recovery mode."""
+    since = len(node.vm.console)
+    node.ssh("sudo maculaos recovery reboot", check=False)       # the connection may drop as it reboots
+    node.vm.wait_for(r"recovery mode asked for \(this boot only\)", boot_timeout(), since)
+    ready = node.vm.wait_for(r"MACULAOS-RECOVERY-READY address=(\S+) keys=(\d+)", boot_timeout(), since)
+    assert ready.group(2) == "1" and ready.group(1).startswith("10.0.2."), ready.group(0)
+    root = functools.partial(node.ssh, user="root")
+    data = root("blkid -L MACULA_DATA").stdout.strip()
+    assert data, "no data partition"
+    assert root(f"findmnt -n {data}", check=False).stdout == "", "the data partition is mounted"
+    assert root("findmnt -n -o FSTYPE /var").stdout.strip() == "tmpfs"
+    states = root("systemctl is-active kubelet maculaos-apply macula-ready", check=False).stdout.split()
+    assert states == ["inactive"] * 3, states
+    assert "RECOVERY=once" not in root("grub-editenv /boot/efi/grub/grubenv list").stdout   # once only
+    assert root(f"e2fsck -f -n {data}", check=False).returncode == 0
+    # Damage: the inode of a file the node holds cleared, its directory entry left pointing at nothing.
+    root(f"debugfs -w -R 'clri /var/lib/maculaos/config.yaml' {data}")
+    assert root(f"e2fsck -f -n {data}", check=False).returncode == 4       # errors found, none corrected
+    assert root(f"e2fsck -f -y {data}", check=False).returncode == 1       # errors corrected
+    assert root(f"e2fsck -f -n {data}", check=False).returncode == 0

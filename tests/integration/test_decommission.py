@@ -21,7 +21,7 @@ from maculaos.api.decommission import DECOMMISSION_ANNOTATION, GRANTED_ANNOTATIO
 from maculaos.cli import main
 from maculaos.controller.nodeupgrade import CORDON_ANNOTATION
 from maculaos.devenv.processes import ProcessRecord
-from maculaos.host.factory_reset import GRUB_CFG, GRUBENV
+from maculaos.host.grubenv import GRUB_CFG, GRUBENV
 from maculaos.image import grub
 from maculaos.kube.rest import resource_path
 from tests.integration.conftest import Cluster, kube_of

@@ -11,7 +11,7 @@ import pytest
 
 from maculaos.cli import main
 from maculaos.host import factory_reset
-from maculaos.host.factory_reset import GRUB_CFG, GRUBENV
+from maculaos.host.grubenv import GRUB_CFG, GRUBENV
 from maculaos.image import grub
 
 INITRAMFS_SCRIPT = Path(__file__).parents[2] / "image-build/overlay/usr/share/initramfs-tools/scripts/macula"

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from maculaos.errors import MaculaosError
-from maculaos.host import factory_reset
+from maculaos.host import factory_reset, recovery_reboot
 
 GRUB_LIB = Path("/usr/lib/grub")
 # Built into the images (no module folder on the ESP, so nothing there can be half-updated).
@@ -139,7 +139,7 @@ def grub_config(version: str, cmdline: str, timeout: int = 5) -> str:
     """grub.cfg for the ESP. `cmdline` is the kernel command line without rauc.slot= and macula.mode=;
     EXTRA_CMDLINE in the GRUB environment is appended (serial consoles, test settings)."""
     env_vars = " ".join(["ORDER", *(f"{s}_{k}" for s in SLOTS for k in ("OK", "TRY")), "EXTRA_CMDLINE",
-                         factory_reset.FLAG])
+                         factory_reset.FLAG, recovery_reboot.FLAG])
     saved = " ".join(f"{s}_{k}" for s in SLOTS for k in ("OK", "TRY"))
     other = "\n".join(f'if [ "$boot_slot" = {s} ]; then set other_slot={o}; set other_ok="${o}_OK"; fi'
                       for s, o in (("A", "B"), ("B", "A")))
@@ -174,6 +174,14 @@ if [ -n "${factory_reset.FLAG}" ]; then
   set reset_args="macula.factory_reset=${factory_reset.FLAG} macula.factory_reset_confirmed=yes"
   echo "MaculaOS: factory reset (${factory_reset.FLAG}) asked for: this boot performs it"
 fi
+# `maculaos recovery reboot` asked for one boot in recovery mode: its entry is the default, this boot only
+# (the flag is cleared before the kernel starts).
+if [ "${recovery_reboot.FLAG}" = {recovery_reboot.ONCE} ]; then
+  set default=recovery
+  set {recovery_reboot.FLAG}=
+  save_env {recovery_reboot.FLAG}
+  echo "MaculaOS: recovery mode asked for (this boot only)"
+fi
 export boot_slot other_slot cmdline reset_args
 
 menuentry "MaculaOS {version} (slot $boot_slot)" --id normal {{
@@ -186,8 +194,12 @@ if [ "$other_ok" = 1 -a -f "/$other_slot/vmlinuz" ]; then
     initrd /$other_slot/initrd.img
   }}
 fi
-menuentry "Recovery mode (a shell before the root is mounted)" --id recovery {{
+menuentry "Recovery mode (network, SSH and a root console; the data partition left to repair)" --id recovery {{
   linux /$boot_slot/vmlinuz boot=macula macula.mode=recovery rauc.slot=$boot_slot $cmdline
+  initrd /$boot_slot/initrd.img
+}}
+menuentry "Recovery shell (before any file system is mounted)" --id shell {{
+  linux /$boot_slot/vmlinuz boot=macula macula.mode=shell rauc.slot=$boot_slot $cmdline
   initrd /$boot_slot/initrd.img
 }}
 menuentry "Factory reset (keeps the OS and /var/lib/data; asks first)" --id factory-reset {{
@@ -212,7 +224,9 @@ def iso_config(version: str, cmdline: str, medium: str, default: str = "live", e
     common = f"boot=macula macula.medium={medium} rauc.external {cmdline} {extra}".strip()
     entries = [("live", f"MaculaOS {version} live (runs from this medium; changes are kept in RAM only)", "live"),
                ("install", f"Install MaculaOS {version} to a disk", "install"),
-               ("recovery", "Recovery mode (a shell before the root is mounted)", "recovery")]
+               ("recovery", "Recovery mode (network, SSH and a root console; the disk's data partition left "
+                "to repair)", "recovery"),
+               ("shell", "Recovery shell (before any file system is mounted)", "shell")]
     body = "".join(f"""
 menuentry "{title}" --id {ident} {{
   linux /live/vmlinuz macula.mode={mode} {common}
