@@ -7,12 +7,12 @@ import logging
 import sys
 
 from maculaos import __version__
-from maculaos.cli import cluster, decommission, dev, diag, gitops, node, reset, setup
+from maculaos.cli import cluster, decommission, dev, diag, gitops, node, recovery, reset, setup
 from maculaos.errors import MaculaosError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The commands by audience: a node's (maculaos.cli.node, .diag, .reset, .setup), the cluster's
+    """The commands by audience: a node's (maculaos.cli.node, .diag, .reset, .recovery, .setup), the cluster's
     (maculaos.cli.cluster, .decommission), a developer's (maculaos.cli.dev)."""
     parser = argparse.ArgumentParser(prog="maculaos", description=__doc__)
     parser.add_argument("--version", action="version", version=f"maculaos {__version__}")
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_commands(commands)
     diag.add_commands(commands)
     reset.add_commands(commands)
+    recovery.add_commands(commands)
     gitops.add_commands(commands)
     setup.add_commands(commands)
     dev.add_commands(commands)
