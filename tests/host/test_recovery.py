@@ -14,7 +14,7 @@ import pytest
 
 from maculaos.cli import main
 from maculaos.devenv.controlplane import default_bin_dir
-from maculaos.host.recovery import mount_points
+from maculaos.host.recovery import fsck_words, mount_points
 from tests.host.test_backup_engine import NODE, Clock, backup_obj, engine
 
 RESTIC = str(default_bin_dir() / "restic")
@@ -233,3 +233,19 @@ def test_bad_values_are_refused_by_name(image: Path, tmp_path: Path, repository:
     code, out = recovery(capfd, "status", "--device", str(image), "--rauc", "false")
     assert code == 0 and "label MACULA_DATA, 16.0 MiB" in out and "mounted: no" in out, out
     assert "slots: unknown" in out and "maculaos recovery restore --repo REPO" in out
+
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(bytes(1 << 20))
+    code, out = recovery(capfd, "check", "--device", str(blank))
+    assert code == 1 and "e2fsck could not check it (operational error) (e2fsck exit 8)" in out, out
+    code, out = recovery(capfd, "status", "--device", str(blank), "--rauc", "false")
+    assert code == 0 and "label none, 1.0 MiB" in out and "not readable as ext4" in out, out
+
+
+@pytest.mark.parametrize(("code", "repair", "words", "clean"), [
+    (0, False, "clean", True), (1, True, "errors repaired", True), (2, True, "errors repaired", True),
+    (4, False, "errors found, nothing changed", False), (4, True, "errors left after the repair", False),
+    (12, True, "errors left after the repair; e2fsck could not check it", False), (32, True, "cancelled", False)])
+def test_e2fsck_exit_bits_in_words(code: int, repair: bool, words: str, clean: bool) -> None:
+    result = fsck_words(code, repair)
+    assert result.words.startswith(words) and result.clean is clean
