@@ -545,11 +545,14 @@ def test_a_nodeupgrade_boots_the_next_build_in_slot_b_and_the_node_comes_back_wh
                 f"{float(ready[-1]) if ready else 0:.0f} s of its uptime")
 
 
-def test_recovery_mode_asked_for_from_the_node_repairs_its_data_partition_over_ssh(node: Node) -> None:
+def test_recovery_mode_asked_for_from_the_node_repairs_its_data_partition_and_restores_its_state(
+        node: Node, rest_server: RestServer) -> None:
     """`maculaos recovery reboot` on the running node: GRUB boots the recovery entry once (the flag is gone
     from its environment); the rescue system has DHCP and SSH for root with config.yaml's keys, leaves the
-    data partition unmounted and runs nothing of the node's own; a file system damaged on purpose there is
-    found and repaired. Last in this file: the node stays in recovery mode."""
+    data partition unmounted and runs nothing of the node's own. There, over SSH: a file system damaged on
+    purpose (config.yaml's inode cleared) is found and repaired, and /var/lib/maculaos comes back from the
+    repository the node's Backup wrote. Last in this file: the node stays in recovery mode."""
+    config = node.ssh("sudo cat /var/lib/maculaos/config.yaml").stdout
     since = len(node.vm.console)
     node.ssh("sudo maculaos recovery reboot", check=False)       # the connection may drop as it reboots
     node.vm.wait_for(r"recovery mode asked for \(this boot only\)", boot_timeout(), since)
@@ -563,9 +566,20 @@ def test_recovery_mode_asked_for_from_the_node_repairs_its_data_partition_over_s
     states = root("systemctl is-active kubelet maculaos-apply macula-ready", check=False).stdout.split()
     assert states == ["inactive"] * 3, states
     assert "RECOVERY=once" not in root("grub-editenv /boot/efi/grub/grubenv list").stdout   # once only
-    assert root(f"e2fsck -f -n {data}", check=False).returncode == 0
-    # Damage: the inode of a file the node holds cleared, its directory entry left pointing at nothing.
+    status = root("maculaos recovery status").stdout
+    assert data in status and "not mounted" in status, status
+    # Damage: the inode of the node's config.yaml cleared, its directory entry left pointing at nothing.
     root(f"debugfs -w -R 'clri /var/lib/maculaos/config.yaml' {data}")
-    assert root(f"e2fsck -f -n {data}", check=False).returncode == 4       # errors found, none corrected
-    assert root(f"e2fsck -f -y {data}", check=False).returncode == 1       # errors corrected
-    assert root(f"e2fsck -f -n {data}", check=False).returncode == 0
+    found = root("maculaos recovery check", check=False)
+    assert found.returncode == 1 and "errors found, nothing changed" in found.stdout, found.stdout[-2000:]
+    repaired = root("maculaos recovery check --repair", check=False)
+    assert repaired.returncode == 0 and "errors repaired" in repaired.stdout, repaired.stdout[-2000:]
+    assert root("maculaos recovery check").returncode == 0
+    # The state back from the node's own backup (the Backup's repository for this node on the host).
+    root(f"printf %s {REPOSITORY_PASSWORD} > /run/repository-password")
+    restored = root(f"maculaos recovery restore --repo rest:{rest_server.url.replace('127.0.0.1', '10.0.2.2')}"
+                    f"/shop/{node.name} --password-file /run/repository-password", check=False)
+    assert restored.returncode == 0, (restored.stdout, restored.stderr)
+    assert "kept aside" in restored.stdout, restored.stdout
+    assert root(f"debugfs -R 'cat /var/lib/maculaos/config.yaml' {data}").stdout == config
+    assert root(f"findmnt -n {data}", check=False).stdout == "", "left mounted"

@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from maculaos.host import recovery
 from maculaos.host.config import HostConfigError, config_file, read_config
 from maculaos.host.files import atomic_write
 from maculaos.host.logins import authorized_keys
 
-DATA_LABEL = "MACULA_DATA"
 #: Named by /etc/ssh/sshd_config.d/maculaos-recovery.conf (written into /etc by the initramfs).
 KEYS_FILE = Path("/run/maculaos/recovery/authorized_keys")
 ADDRESS_WAIT_SECONDS = 30.0
@@ -37,15 +37,10 @@ class Access:
     problem: str | None = None
 
 
-def find_data_partition() -> str | None:
-    result = subprocess.run(["blkid", "-L", DATA_LABEL], capture_output=True, text=True, check=False)
-    return result.stdout.strip() or None
-
-
 def read_access(device: str | None) -> Access:
     """The configured keys from the data partition (read-only, journal not replayed), or the problem."""
     if device is None:
-        return Access(None, [], f"no data partition labelled {DATA_LABEL}")
+        return Access(None, [], f"no data partition labelled {recovery.DATA_LABEL}")
     with tempfile.TemporaryDirectory(prefix="maculaos-recovery-") as mount_dir:
         mounted = subprocess.run(["mount", "-t", "ext4", "-o", "ro,noload", device, mount_dir],
                                  capture_output=True, text=True, check=False)
@@ -95,7 +90,11 @@ def console_text(access: Access, found: list[str]) -> str:
 
 def main() -> int:
     """`python3 -m maculaos.host.recovery_boot`: what maculaos-recovery.service runs."""
-    access = read_access(find_data_partition())
+    try:
+        device: str | None = str(recovery.find_device(None))
+    except recovery.RecoveryError:
+        device = None
+    access = read_access(device)
     try:
         write_keys(access)
     except OSError as exc:
