@@ -13,6 +13,7 @@ import pytest
 from maculaos.cli import main
 from maculaos.host import recovery_boot
 from maculaos.host.grubenv import GRUB_CFG, GRUBENV
+from maculaos.host.restic import Repository
 from maculaos.image import grub
 
 REPO = Path(__file__).parents[2]
@@ -110,3 +111,13 @@ def test_the_console_says_how_to_reach_the_recovery_system(access: recovery_boot
     text = recovery_boot.console_text(access, found)
     assert text.startswith(f"MACULAOS-RECOVERY-READY address={','.join(found) or 'none'} keys={len(access.keys)}")
     assert says in text
+
+
+@pytest.mark.parametrize("location, shown", [
+    ("rest:http://shop:s3cret@10.0.2.2:8000/shop/node", "rest:http://10.0.2.2:8000/shop/node"),
+    ("rest:https://10.0.2.2:8000/shop/node", "rest:https://10.0.2.2:8000/shop/node"),
+    ("s3:https://key:secret@s3.example.net/bucket/node", "s3:https://s3.example.net/bucket/node"),
+    ("/mnt/usb/repo", "/mnt/usb/repo"),
+])
+def test_a_repository_is_shown_without_the_credentials_a_url_may_carry(location: str, shown: str) -> None:
+    assert Repository(location, "pw").display() == shown

@@ -79,7 +79,7 @@ def _restore(args: argparse.Namespace) -> int:
     device = recovery.find_device(args.device)
     env = {k: v for k, v in os.environ.items() if k in RESTIC_ENV or k.startswith("AWS_")}
     restic = Restic(Repository(args.repo, password, env), args.restic)
-    print(f"restoring {recovery.STATE} from {args.repo} ({choice.describe()}) into {device}", flush=True)
+    print(f"restoring {recovery.STATE} from {restic.repo.display()} ({choice.describe()}) into {device}", flush=True)
     done = recovery.restore_state(device, args.mount_dir, restic, choice, args.host)
     snapshot = done.snapshot
     of = f" of {snapshot.hostname}" if snapshot.hostname else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import socket
 import subprocess
 import urllib.parse
@@ -70,8 +71,9 @@ class Repository:
         return {"RESTIC_REPOSITORY": self.location, "RESTIC_PASSWORD": self.password, **self.env}
 
     def display(self) -> str:
-        """The location without any credentials, for messages."""
-        return self.location
+        """The location without any credentials, for messages (a person may put user:password@ in a
+        rest: URL, which restic accepts)."""
+        return re.sub(r"(?<=://)[^/@\s]*@", "", self.location, count=1)
 
 
 def local_repository(path: Path, password: str) -> Repository:
