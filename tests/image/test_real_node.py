@@ -567,7 +567,9 @@ def test_recovery_mode_asked_for_from_the_node_repairs_its_data_partition_and_re
     assert states == ["inactive"] * 3, states
     assert "RECOVERY=once" not in root("grub-editenv /boot/efi/grub/grubenv list").stdout   # once only
     status = root("maculaos recovery status").stdout
-    assert data in status and "not mounted" in status, status
+    assert f"data partition: {data}" in status and "mounted: no" in status, status
+    # Asked for from the command, the recovery boot is not a try of the slot: it stays good.
+    assert re.search(r"slot [AB] \(rootfs\.[01]\): booted, good", status), status
     # Damage: the inode of the node's config.yaml cleared, its directory entry left pointing at nothing.
     root(f"debugfs -w -R 'clri /var/lib/maculaos/config.yaml' {data}")
     found = root("maculaos recovery check", check=False)

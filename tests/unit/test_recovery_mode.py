@@ -60,6 +60,9 @@ def test_grub_cfg_boots_the_recovery_entry_once_when_asked() -> None:
     # The flag is cleared in the environment before the kernel starts: a recovery boot that goes wrong is
     # followed by a normal one.
     assert "set default=recovery" in block and "set RECOVERY=\n" in block and "save_env RECOVERY" in block
+    # Nor is it a try of the slot: the counters are saved only when no recovery boot was asked for.
+    assert 'elif [ -z "$recovery_once" ]; then\n  save_env A_OK A_TRY B_OK B_TRY' in cfg
+    assert cfg.count("save_env A_OK") == 1 and cfg.index(block) < cfg.index("save_env A_OK")
     recovery = cfg[cfg.index("--id recovery"):cfg.index("}", cfg.index("--id recovery"))]
     assert "macula.mode=recovery" in recovery and "$reset_args" not in recovery
 

@@ -158,12 +158,23 @@ if [ -z "$ORDER" ]; then set ORDER="A B"; fi
 
 {_slot_choice()}
 
+# `maculaos recovery reboot` asked for one boot in recovery mode: its entry is the default, this boot only
+# (the flag is cleared before the kernel starts), and it is not counted as a try of the slot.
+set recovery_once=
+if [ "${recovery_reboot.FLAG}" = {recovery_reboot.ONCE} ]; then
+  set recovery_once=1
+  set default=recovery
+  set {recovery_reboot.FLAG}=
+  save_env {recovery_reboot.FLAG}
+  echo "MaculaOS: recovery mode asked for (this boot only)"
+fi
+
 if [ -z "$boot_slot" ]; then
   # Every slot spent its tries: keep trying the first one rather than stopping an unattended node
   # (a disk that was slow to appear is a reason to try again); the environment is left as it is.
   for s in $ORDER; do set boot_slot="$s"; break; done
   echo "MaculaOS: no slot is marked good; trying slot $boot_slot anyway"
-else
+elif [ -z "$recovery_once" ]; then
   save_env {saved}
 fi
 {other}
@@ -173,14 +184,6 @@ set reset_args=
 if [ -n "${factory_reset.FLAG}" ]; then
   set reset_args="macula.factory_reset=${factory_reset.FLAG} macula.factory_reset_confirmed=yes"
   echo "MaculaOS: factory reset (${factory_reset.FLAG}) asked for: this boot performs it"
-fi
-# `maculaos recovery reboot` asked for one boot in recovery mode: its entry is the default, this boot only
-# (the flag is cleared before the kernel starts).
-if [ "${recovery_reboot.FLAG}" = {recovery_reboot.ONCE} ]; then
-  set default=recovery
-  set {recovery_reboot.FLAG}=
-  save_env {recovery_reboot.FLAG}
-  echo "MaculaOS: recovery mode asked for (this boot only)"
 fi
 export boot_slot other_slot cmdline reset_args
 
