@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import re
 import shlex
 import socket
@@ -545,6 +546,19 @@ def test_a_nodeupgrade_boots_the_next_build_in_slot_b_and_the_node_comes_back_wh
                 f"{float(ready[-1]) if ready else 0:.0f} s of its uptime")
 
 
+def _from_snapshot(repository: Path, node_path: str) -> str:
+    """A file as the newest snapshot of the repository holds it (the host's restic, reading the
+    rest-server's folder; the agent records paths under its own host root)."""
+    env = {**os.environ, "RESTIC_PASSWORD": REPOSITORY_PASSWORD}
+
+    def restic(*args: str) -> str:
+        return subprocess.run(["restic", "-r", str(repository), "--no-lock", *args], env=env, capture_output=True,
+                              text=True, check=True, timeout=120).stdout
+
+    path = next(line for line in restic("ls", "latest").splitlines() if line.endswith(node_path))
+    return restic("dump", "latest", path)
+
+
 def test_recovery_mode_asked_for_from_the_node_repairs_its_data_partition_and_restores_its_state(
         node: Node, rest_server: RestServer) -> None:
     """`maculaos recovery reboot` on the running node: GRUB boots the recovery entry once (the flag is gone
@@ -552,7 +566,6 @@ def test_recovery_mode_asked_for_from_the_node_repairs_its_data_partition_and_re
     data partition unmounted and runs nothing of the node's own. There, over SSH: a file system damaged on
     purpose (config.yaml's inode cleared) is found and repaired, and /var/lib/maculaos comes back from the
     repository the node's Backup wrote. Last in this file: the node stays in recovery mode."""
-    config = node.ssh("sudo cat /var/lib/maculaos/config.yaml").stdout
     since = len(node.vm.console)
     node.ssh("sudo maculaos recovery reboot", check=False)       # the connection may drop as it reboots
     node.vm.wait_for(r"recovery mode asked for \(this boot only\)", boot_timeout(), since)
@@ -583,5 +596,7 @@ def test_recovery_mode_asked_for_from_the_node_repairs_its_data_partition_and_re
                     f"/shop/{node.name} --password-file /run/repository-password", check=False)
     assert restored.returncode == 0, (restored.stdout, restored.stderr)
     assert "kept aside" in restored.stdout, restored.stdout
-    assert root(f"debugfs -R 'cat /var/lib/maculaos/config.yaml' {data}").stdout == config
+    # As the Backup saw it (the agent has edited it since: the MeshRoles changed).
+    saved = _from_snapshot(rest_server.data / "shop" / node.name, "/var/lib/maculaos/config.yaml")
+    assert root(f"debugfs -R 'cat /var/lib/maculaos/config.yaml' {data}").stdout == saved
     assert root(f"findmnt -n {data}", check=False).stdout == "", "left mounted"
