@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from maculaos.api import GROUP, VERSION
-from maculaos.devenv.controlplane import ControlPlane
+from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
 from maculaos.devenv.processes import free_port
 from maculaos.image.airgap import NAMESPACE, operator_values
 from maculaos.image.build import default_cache
@@ -547,13 +547,13 @@ def test_a_nodeupgrade_boots_the_next_build_in_slot_b_and_the_node_comes_back_wh
 
 
 def _from_snapshot(repository: Path, node_path: str) -> str:
-    """A file as the newest snapshot of the repository holds it (the host's restic, reading the
+    """A file as the newest snapshot of the repository holds it (the tests' restic, reading the
     rest-server's folder; the agent records paths under its own host root)."""
     env = {**os.environ, "RESTIC_PASSWORD": REPOSITORY_PASSWORD}
 
     def restic(*args: str) -> str:
-        return subprocess.run(["restic", "-r", str(repository), "--no-lock", *args], env=env, capture_output=True,
-                              text=True, check=True, timeout=120).stdout
+        return subprocess.run([str(default_bin_dir() / "restic"), "-r", str(repository), "--no-lock", *args], env=env,
+                              capture_output=True, text=True, check=True, timeout=120).stdout
 
     path = next(line for line in restic("ls", "latest").splitlines() if line.endswith(node_path))
     return restic("dump", "latest", path)
