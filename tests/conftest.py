@@ -10,7 +10,7 @@ from _pytest.terminal import TerminalReporter
 
 # One registration each: a session fixture (the signed bundles) is then built once per run, not once per
 # module that imports it.
-pytest_plugins = ["tests.host.rauc_fixtures", "tests.integration.rauc_fleet"]
+pytest_plugins = ["tests.host.rauc_fixtures", "tests.integration.rauc_fleet", "tests.unit.grub_esp"]
 
 _seconds: defaultdict[str, float] = defaultdict(float)
 _counts: defaultdict[str, int] = defaultdict(int)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import os
 import re
 import shlex
 import socket
@@ -32,6 +31,7 @@ import yaml
 from maculaos.api import GROUP, VERSION
 from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
 from maculaos.devenv.processes import free_port
+from maculaos.host.restic import Restic, local_repository
 from maculaos.image.airgap import NAMESPACE, operator_values
 from maculaos.image.build import default_cache
 from maculaos.image.derive import derive_bundle
@@ -549,14 +549,10 @@ def test_a_nodeupgrade_boots_the_next_build_in_slot_b_and_the_node_comes_back_wh
 def _from_snapshot(repository: Path, node_path: str) -> str:
     """A file as the newest snapshot of the repository holds it (the tests' restic, reading the
     rest-server's folder; the agent records paths under its own host root)."""
-    env = {**os.environ, "RESTIC_PASSWORD": REPOSITORY_PASSWORD}
-
-    def restic(*args: str) -> str:
-        return subprocess.run([str(default_bin_dir() / "restic"), "-r", str(repository), "--no-lock", *args], env=env,
-                              capture_output=True, text=True, check=True, timeout=120).stdout
-
-    path = next(line for line in restic("ls", "latest").splitlines() if line.endswith(node_path))
-    return restic("dump", "latest", path)
+    restic = Restic(local_repository(repository, REPOSITORY_PASSWORD), str(default_bin_dir() / "restic"))
+    path = next(line for line in restic.run("--no-lock", "ls", "latest").stdout.splitlines()
+                if line.endswith(node_path))
+    return restic.run("--no-lock", "dump", "latest", path).stdout
 
 
 def test_recovery_mode_asked_for_from_the_node_repairs_its_data_partition_and_restores_its_state(

@@ -11,26 +11,11 @@ import pytest
 
 from maculaos.cli import main
 from maculaos.host import factory_reset
-from maculaos.host.grubenv import GRUB_CFG, GRUBENV
-from maculaos.image import grub
+from maculaos.host.grubenv import GRUB_CFG
+from tests.unit.grub_esp import grubenv, unsuitable
 
 INITRAMFS_SCRIPT = Path(__file__).parents[2] / "image-build/overlay/usr/share/initramfs-tools/scripts/macula"
 CMDLINE = "console=ttyS0 ro quiet"
-
-
-def _env(root: Path) -> dict[str, str]:
-    out = subprocess.run(["grub-editenv", str(root / GRUBENV), "list"], capture_output=True, text=True,
-                         check=True).stdout
-    return dict(line.split("=", 1) for line in out.splitlines())
-
-
-@pytest.fixture
-def esp(tmp_path: Path) -> Path:
-    """A host root whose ESP holds the build's grub.cfg and a new disk's GRUB environment."""
-    (tmp_path / GRUB_CFG).parent.mkdir(parents=True)
-    (tmp_path / GRUB_CFG).write_text(grub.grub_config("1.0.0", CMDLINE))
-    grub.initial_environment(tmp_path / GRUBENV, ["A"])
-    return tmp_path
 
 
 def _reset(root: Path, *args: str) -> int:
@@ -38,13 +23,13 @@ def _reset(root: Path, *args: str) -> int:
 
 
 def test_the_command_sets_the_flag_the_boot_loader_reads_and_leaves_the_slots_alone(esp: Path) -> None:
-    before = _env(esp)
+    before = grubenv(esp)
     assert _reset(esp, "--confirm", "--no-reboot") == 0
-    assert _env(esp) == before | {"FACTORY_RESET": "keep-data"}
+    assert grubenv(esp) == before | {"FACTORY_RESET": "keep-data"}
     assert _reset(esp, "--confirm", "--wipe-data", "--no-reboot") == 0
-    assert _env(esp)["FACTORY_RESET"] == "all"
+    assert grubenv(esp)["FACTORY_RESET"] == "all"
     assert _reset(esp, "--cancel") == 0
-    assert _env(esp) == before
+    assert grubenv(esp) == before
     cfg = (esp / GRUB_CFG).read_text()
     normal = cfg[cfg.index('--id normal'):cfg.index("}", cfg.index('--id normal'))]
     assert "$reset_args" in normal and cfg.count("$reset_args") == 1     # the normal boot only
@@ -53,17 +38,17 @@ def test_the_command_sets_the_flag_the_boot_loader_reads_and_leaves_the_slots_al
 
 def test_without_confirm_it_says_what_would_go_and_changes_nothing(esp: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    before = _env(esp)
+    before = grubenv(esp)
     assert _reset(esp, "--wipe-data") == 2
     said = capsys.readouterr().out
     assert "and /var/lib/data" in said and "again with --confirm" in said
-    assert _env(esp) == before
+    assert grubenv(esp) == before
 
 
 def test_confirmed_it_reboots_with_the_configured_command(esp: Path) -> None:
     marker = esp / "rebooted"
     assert _reset(esp, "--confirm", "--reboot-command", f"touch {marker}") == 0
-    assert marker.exists() and _env(esp)["FACTORY_RESET"] == "keep-data"
+    assert marker.exists() and grubenv(esp)["FACTORY_RESET"] == "keep-data"
 
 
 @pytest.mark.parametrize("damage, says", [
@@ -72,16 +57,11 @@ def test_confirmed_it_reboots_with_the_configured_command(esp: Path) -> None:
 ])
 def test_a_node_whose_boot_loader_cannot_carry_it_is_told_and_nothing_changes(
         esp: Path, damage: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
-    before = _env(esp)
-    if damage == "no-esp":
-        (esp / GRUBENV).rename(esp / "grubenv.saved")
-    else:
-        (esp / GRUB_CFG).write_text("set default=normal\n")
-    assert _reset(esp, "--confirm", "--no-reboot") == 1
-    assert says in capsys.readouterr().err
-    if damage == "no-esp":
-        (esp / "grubenv.saved").rename(esp / GRUBENV)
-    assert _env(esp) == before
+    before = grubenv(esp)
+    with unsuitable(esp, damage):
+        assert _reset(esp, "--confirm", "--no-reboot") == 1
+        assert says in capsys.readouterr().err
+    assert grubenv(esp) == before
 
 
 def _initramfs(data: Path, call: str, cmdline: str) -> None:
@@ -140,6 +120,6 @@ def test_an_editenv_in_the_nodes_mount_namespace_is_given_the_path_the_node_sees
                        f'f="$1"; shift; exec grub-editenv "{esp}$f" "$@"\n')
     wrapper.chmod(0o755)
     assert factory_reset.schedule(esp, wipe_data=True, editenv=str(wrapper), seen_as=Path("/")) == "all"
-    assert _env(esp)["FACTORY_RESET"] == "all"
+    assert grubenv(esp)["FACTORY_RESET"] == "all"
     with pytest.raises(factory_reset.FactoryResetError, match="not the node's view"):
         factory_reset.schedule(esp, wipe_data=False, editenv=str(wrapper))

@@ -12,27 +12,12 @@ import pytest
 
 from maculaos.cli import main
 from maculaos.host import recovery_boot
-from maculaos.host.grubenv import GRUB_CFG, GRUBENV
 from maculaos.host.restic import Repository
 from maculaos.image import grub
+from tests.unit.grub_esp import grubenv, unsuitable
 
 REPO = Path(__file__).parents[2]
 INITRAMFS_SCRIPT = REPO / "image-build/overlay/usr/share/initramfs-tools/scripts/macula"
-
-
-def _env(root: Path) -> dict[str, str]:
-    out = subprocess.run(["grub-editenv", str(root / GRUBENV), "list"], capture_output=True, text=True,
-                         check=True).stdout
-    return dict(line.split("=", 1) for line in out.splitlines())
-
-
-@pytest.fixture
-def esp(tmp_path: Path) -> Path:
-    """A host root whose ESP holds the build's grub.cfg and a new disk's GRUB environment."""
-    (tmp_path / GRUB_CFG).parent.mkdir(parents=True)
-    (tmp_path / GRUB_CFG).write_text(grub.grub_config("1.0.0", "console=ttyS0"))
-    grub.initial_environment(tmp_path / GRUBENV, ["A"])
-    return tmp_path
 
 
 def _recovery(root: Path, *args: str) -> int:
@@ -41,16 +26,16 @@ def _recovery(root: Path, *args: str) -> int:
 
 def test_reboot_asks_grub_for_one_recovery_boot_and_leaves_the_slots_alone(
         esp: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    before = _env(esp)
+    before = grubenv(esp)
     assert _recovery(esp, "--no-reboot") == 0
-    assert _env(esp) == before | {"RECOVERY": "once"}
+    assert grubenv(esp) == before | {"RECOVERY": "once"}
     assert "next boot only" in capsys.readouterr().out
-    assert _recovery(esp, "--cancel") == 0 and _env(esp) == before
+    assert _recovery(esp, "--cancel") == 0 and grubenv(esp) == before
     assert _recovery(esp, "--cancel") == 0
     assert "no recovery boot was asked for" in capsys.readouterr().out
     marker = esp / "rebooted"
     assert _recovery(esp, "--reboot-command", f"touch {marker}") == 0
-    assert marker.exists() and _env(esp)["RECOVERY"] == "once"
+    assert marker.exists() and grubenv(esp)["RECOVERY"] == "once"
 
 
 def test_grub_cfg_boots_the_recovery_entry_once_when_asked() -> None:
@@ -73,17 +58,12 @@ def test_grub_cfg_boots_the_recovery_entry_once_when_asked() -> None:
 ])
 def test_a_node_whose_boot_loader_cannot_carry_it_is_told_and_nothing_changes(
         esp: Path, damage: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
-    before = _env(esp)
-    if damage == "no-esp":
-        (esp / GRUBENV).rename(esp / "grubenv.saved")
-    else:
-        (esp / GRUB_CFG).write_text("set default=normal\n")
-    assert _recovery(esp, "--no-reboot") == 1
-    said = capsys.readouterr().err
-    assert says in said and "Recovery mode in the boot menu" in said
-    if damage == "no-esp":
-        (esp / "grubenv.saved").rename(esp / GRUBENV)
-    assert _env(esp) == before
+    before = grubenv(esp)
+    with unsuitable(esp, damage):
+        assert _recovery(esp, "--no-reboot") == 1
+        said = capsys.readouterr().err
+        assert says in said and "Recovery mode in the boot menu" in said
+    assert grubenv(esp) == before
 
 
 def test_the_initramfs_points_a_recovery_boots_etc_at_the_recovery_target(tmp_path: Path) -> None:

@@ -106,15 +106,18 @@ def refuse_if_mounted(device: Path, what: str) -> None:
 
 
 @contextmanager
-def mounted(device: Path, mount_dir: Path) -> Iterator[Path]:
+def mounted(device: Path, mount_dir: Path, read_only: bool = False) -> Iterator[Path]:
     """The data partition mounted read-write at mount_dir for the block's duration, unmounted after it
-    (also when it fails). Refuses a partition mounted elsewhere: two mounts of one ext4 damage it."""
+    (also when it fails). Refuses a partition mounted elsewhere: two mounts of one ext4 damage it.
+    read_only: nothing is written, not even the journal's replay (`noload`), to a partition that may be
+    damaged."""
     refuse_if_mounted(device, "this command")
     if os.path.ismount(mount_dir):
         raise RecoveryError(f"--mount-dir {mount_dir} already has a file system mounted on it: choose another")
     mount_dir.mkdir(parents=True, exist_ok=True)
     loop = ["-o", "loop"] if device.is_file() else []
-    result = subprocess.run(["mount", "-t", "ext4", *loop, str(device), str(mount_dir)], capture_output=True,
+    only = ["-o", "ro,noload"] if read_only else []
+    result = subprocess.run(["mount", "-t", "ext4", *loop, *only, str(device), str(mount_dir)], capture_output=True,
                             text=True, timeout=TIMEOUT)
     if result.returncode != 0:
         raise MaculaosError(f"cannot mount {device} at {mount_dir}: {result.stderr.strip()} (run "

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from maculaos.errors import MaculaosError
 from maculaos.host import recovery
 from maculaos.host.config import HostConfigError, config_file, read_config
 from maculaos.host.files import atomic_write
@@ -42,18 +43,13 @@ def read_access(device: str | None) -> Access:
     if device is None:
         return Access(None, [], f"no data partition labelled {recovery.DATA_LABEL}")
     with tempfile.TemporaryDirectory(prefix="maculaos-recovery-") as mount_dir:
-        mounted = subprocess.run(["mount", "-t", "ext4", "-o", "ro,noload", device, mount_dir],
-                                 capture_output=True, text=True, check=False)
-        if mounted.returncode != 0:
-            return Access(device, [], f"{device} does not mount ({mounted.stderr.strip()}): "
-                                      "check it with `maculaos recovery check`")
         try:
-            root = Path(mount_dir)
-            keys = authorized_keys(read_config(root), config_file(root))
+            with recovery.mounted(Path(device), Path(mount_dir), read_only=True) as root:
+                keys = authorized_keys(read_config(root), config_file(root))
         except (HostConfigError, OSError) as exc:
             return Access(device, [], str(exc))
-        finally:
-            subprocess.run(["umount", mount_dir], check=False)
+        except MaculaosError as exc:
+            return Access(device, [], f"{device} does not mount: {exc}")
     return Access(device, keys, None if keys else "config.yaml names no ssh_authorized_keys")
 
 
