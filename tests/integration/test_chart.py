@@ -273,8 +273,12 @@ def test_alerts_and_dashboard_name_only_metrics_that_exist() -> None:
     assert {"MaculaOSBackupStale", "MaculaOSRolloutFailed", "MaculaOSRolloutPaused", "MaculaOSNodeUnhealthy",
             "MaculaOSAgentNotReporting"} <= set(alerts)
     dashboard = json.loads(on["ConfigMap"][0]["data"]["maculaos-fleet.json"])
-    queries = {f"panel {p['title']!r}": t["expr"] for p in dashboard["panels"] for t in p["targets"]}
-    assert len(queries) >= 10
+    queries = {f"panel {p['title']!r} query {n}": t["expr"] for p in dashboard["panels"]
+               for n, t in enumerate(p["targets"], 1)}   # every query of a panel, not its last one only
+    assert len(queries) == sum(len(p["targets"]) for p in dashboard["panels"]) >= 10
+    read = set().union(*map(metric_names, queries.values()))
+    assert {"maculaos_node_os_version_info", "maculaos_nodeupgrade_nodes", "maculaos_operator_backup_age_seconds",
+            "maculaos_operator_node_healthy"} <= read, "the fleet's versions, rollouts, backup age and health"
     known = defined_metrics() | PROMETHEUS_SERIES
     unknown = {where: sorted(metric_names(expr) - known) for where, expr in {**alerts, **queries}.items()
                if metric_names(expr) - known}
