@@ -1,9 +1,12 @@
-"""The README's first command: `maculaos dev up` brings the whole demo up, `dev down` leaves nothing running."""
+"""The README's first command: `make demo` (its own command, `maculaos dev up`, read from the Makefile) brings
+the whole demo up, the tour plays on it, `dev down` leaves nothing running."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,6 +28,24 @@ from tests.integration.conftest import REPO
 def maculaos(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "maculaos", *args], input=stdin, capture_output=True, text=True,
                           timeout=300)
+
+
+def make_command(target: str) -> list[str]:
+    """What `make <target>` runs, as make itself reads the Makefile (its `install` prerequisite left out:
+    tools/install.sh has run before any test)."""
+    dry = subprocess.run(["make", "--dry-run", "--old-file=install", target], cwd=REPO, capture_output=True,
+                         text=True, check=True)
+    (line,) = dry.stdout.splitlines()
+    return shlex.split(line)
+
+
+def make_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    """`make demo`'s own command, run from the checkout as make runs it, with the test's work directory and
+    pace added; this checkout's code first (the venv may be shared by several checkouts)."""
+    command = make_command("demo")
+    assert command == [".venv/bin/maculaos", "dev", "up"], command
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([*command, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def get(bin_dir: Path, kubeconfig: Path, ref: str) -> dict[str, Any]:
@@ -95,8 +116,8 @@ def wait_upgrade(bin_dir: Path, kubeconfig: Path, name: str, timeout: float = 12
 def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
     workdir = tmp_path / "demo"
     started = time.monotonic()
-    up = maculaos("dev", "up", "--workdir", str(workdir), "--upgrade-check-wait", "2s", "--upgrade-delay", "0s",
-                  "--resync-seconds", "2")
+    up = make_demo("--workdir", str(workdir), "--upgrade-check-wait", "2s", "--upgrade-delay", "0s",
+                   "--resync-seconds", "2")
     print(f"dev up: {time.monotonic() - started:.1f}s")
     agents: list[ProcessRecord] = []
     try:
@@ -204,6 +225,12 @@ def test_demo_up_and_down(tmp_path: Path, bin_dir: Path) -> None:
     assert not workdir.exists()
     stopped = maculaos("dev", "join-token", "--workdir", str(workdir))
     assert stopped.returncode != 0 and "no demo control plane runs" in stopped.stderr
+
+
+def test_make_demo_and_demo_stop_are_dev_up_and_down() -> None:
+    """The README's two commands, as make reads them: what the demo test runs is what a person runs."""
+    assert make_command("demo") == [".venv/bin/maculaos", "dev", "up"]
+    assert ".venv/bin/maculaos dev down" in " ".join(make_command("demo-stop"))
 
 
 def test_the_tour_lists_its_steps_and_refuses_an_unknown_one(tmp_path: Path) -> None:
