@@ -1,9 +1,14 @@
-"""The demo's own HealthChecks are valid objects, and the failing one is capped (it cannot restart forever)."""
+"""The demo's own objects are valid: its HealthChecks (the failing one capped, it cannot restart forever) and
+its NodeUpgrades, which leave the example's night window to the example."""
 
 from __future__ import annotations
 
+import yaml
+
 from maculaos.api.healthcheck import CheckType, HealthCheckSpec
-from maculaos.devenv.demo_objects import ABSENT_UNIT, capped_healthcheck, sandbox_healthcheck
+from maculaos.api.nodeupgrade import NodeUpgradeSpec
+from maculaos.cli.options import REPO_ROOT
+from maculaos.devenv.demo_objects import ABSENT_UNIT, bad_upgrade, capped_healthcheck, demo_upgrade, sandbox_healthcheck
 
 
 def test_the_sandbox_checks_are_the_kinds_that_hold_without_systemd() -> None:
@@ -18,3 +23,20 @@ def test_the_failing_check_restarts_a_unit_no_machine_has_and_is_capped() -> Non
     (check,) = HealthCheckSpec.model_validate(capped_healthcheck()["spec"]).checks
     assert check.restart_on_failure and check.restart_unit == ABSENT_UNIT
     assert 1 <= check.max_restarts <= 3
+
+
+def test_the_example_keeps_its_night_window_and_the_demo_rolls_without_one() -> None:
+    """examples/nodeupgrade.yaml stays what a real site writes (a night window, 2 minutes between nodes, a
+    release index on the internet); the demo's own is the same rollout with none of that, from its index."""
+    example = yaml.safe_load((REPO_ROOT / "examples" / "nodeupgrade.yaml").read_text())
+    spec = NodeUpgradeSpec.model_validate(example["spec"])
+    assert spec.maintenance_windows and spec.strategy.delay_between_nodes == "2m"
+    assert spec.source.release_index and spec.source.release_index.startswith("https://")
+    index = "http://127.0.0.1:8080/index.json"
+    demo = NodeUpgradeSpec.model_validate(demo_upgrade(index)["spec"])
+    assert not demo.maintenance_windows and demo.source.release_index == index
+    assert (demo.version, demo.channel, demo.strategy.type, demo.strategy.max_unavailable) == (
+        spec.version, spec.channel, spec.strategy.type, spec.strategy.max_unavailable)
+    assert demo.failure_policy == spec.failure_policy, "it stops at the first failure too"
+    bad = NodeUpgradeSpec.model_validate(bad_upgrade(index)["spec"])
+    assert (bad.version, bad.channel, bad.maintenance_windows) == ("0.3.0", "beta", [])
