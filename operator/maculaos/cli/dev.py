@@ -37,6 +37,18 @@ def _positive(text: str) -> float:
     return value
 
 
+#: The demo's fleet size: the Restore example restores macula-nuc-02, so at least two nodes; each node runs
+#: its own RAUC, D-Bus and agent, so a handful on a laptop.
+DEMO_NODES = (2, 9)
+
+
+def _node_count(text: str) -> int:
+    low, high = DEMO_NODES
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of nodes from {low} to {high}")
+    return int(text)
+
+
 def _dev_up(args: argparse.Namespace) -> int:
     from maculaos.devenv.demo import Demo
 
@@ -220,7 +232,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                          "start a control plane, simulated nodes, the operator, and apply examples/",
                          failure="maculaos dev up failed")
     options.workdir(up)
-    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--nodes", type=_node_count, default=3,
+                    help=f"how many simulated nodes ({DEMO_NODES[0]} to {DEMO_NODES[1]})")
     up.add_argument("--upgrade-check-wait", type=_duration, default="10s",
                     help="the demo NodeUpgrade's healthCheckWait: how long each node stays healthy before the next")
     up.add_argument("--upgrade-delay", type=_duration, default="5s",
