@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,73 @@ table ip shop {
     assert tcp_port_blocked(8000, netns_nft) is None
     apply_ruleset(render_ruleset([], Firewall(), WireGuard()), tmp_path / "fw.nft", netns_nft)
     assert tcp_port_blocked(8000, netns_nft) == "the node firewall (table inet maculaos) drops TCP port 8000"
+
+
+#: A listener on the node's metrics port and the git server's (a port the ruleset admits from anywhere, so a
+#: LAN connection that fails on 9750 fails at the firewall, not on the wire).
+LISTENER = """
+import socket, sys, time
+servers = []
+for port in (9750, 23232):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(16); servers.append(s)
+print("ready", flush=True)
+time.sleep(60)
+"""
+CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()"
+
+
+@pytest.fixture
+def pod_and_lan(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A node namespace with a pod behind cni0 (10.42.0.0/24) and a LAN machine behind eth1 (192.168.77.0/24),
+    each a namespace of its own: (node, nft wrapper of the node)."""
+    tag = f"{os.getpid()}-{tmp_path.name[-8:]}"
+    node, pod, lan = (f"mfw-{role}-{tag}" for role in ("node", "pod", "lan"))
+    for name in (node, pod, lan):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for node_if, peer, subnet in (("cni0", pod, "10.42.0"), ("eth1", lan, "192.168.77")):
+            subprocess.run(["ip", "link", "add", node_if, "netns", node, "type", "veth", "peer", "name", "eth0",
+                            "netns", peer], check=True)
+            for netns, ifname, address in ((node, node_if, f"{subnet}.1/24"), (peer, "eth0", f"{subnet}.5/24")):
+                subprocess.run(["ip", "-n", netns, "addr", "add", address, "dev", ifname], check=True)
+                subprocess.run(["ip", "-n", netns, "link", "set", ifname, "up"], check=True)
+                subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        wrapper = tmp_path / "node-nft"
+        wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {node} nft "$@"\n')
+        wrapper.chmod(0o755)
+        yield node, str(wrapper)
+    finally:
+        for name in (node, pod, lan):
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def connects(netns: str, address: str, port: int) -> bool:
+    return subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", CONNECT, address, str(port)],
+                          capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.parametrize("ruleset", ["first-boot", "agent"])
+def test_the_agent_metrics_port_is_reached_from_pods_only(pod_and_lan: tuple[str, str], tmp_path: Path,
+                                                         ruleset: str) -> None:
+    """Packets, not the ruleset's text: a pod (behind cni0) reaches the agent's metrics port 9750, a LAN
+    machine does not, while it does reach a port the ruleset admits from anywhere; with allowKubernetes
+    off, no pod does either."""
+    node, nft = pod_and_lan
+    pod, lan = node.replace("-node-", "-pod-"), node.replace("-node-", "-lan-")
+    listener = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, "-c", LISTENER],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout is not None and listener.stdout.readline() == "ready\n"
+        assert connects(lan, "192.168.77.1", 9750), "nothing loaded yet: the path itself works"
+        script = render_default_ruleset() if ruleset == "first-boot" else render_ruleset([], Firewall(), WireGuard())
+        apply_ruleset(script, tmp_path / "fw.nft", nft)
+        assert connects(pod, "10.42.0.1", 9750)
+        assert not connects(lan, "192.168.77.1", 9750)
+        assert connects(lan, "192.168.77.1", 23232)
+        apply_ruleset(render_ruleset([], Firewall(allow_kubernetes=False), WireGuard()), tmp_path / "fw.nft", nft)
+        assert not connects(pod, "10.42.0.1", 9750) and not connects(lan, "192.168.77.1", 9750)
+        assert connects(lan, "192.168.77.1", 23232)
+    finally:
+        listener.kill()
+        listener.wait()
