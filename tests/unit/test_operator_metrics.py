@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from maculaos import metrics_http
 from maculaos.controller import metrics
-from maculaos.controller.fleet_metrics import Fleet
+from maculaos.controller.fleet_metrics import FAMILIES, Fleet
 from tests.integration.scrape import get
 
 NOW = 1_800_000_000.0
@@ -198,3 +198,15 @@ def test_bad_metrics_addresses_are_refused(value: str) -> None:
 @pytest.mark.parametrize("value,expected", [("9751", ("0.0.0.0", 9751)), ("127.0.0.1:0", ("127.0.0.1", 0))])
 def test_metrics_addresses(value: str, expected: tuple[str, int]) -> None:
     assert metrics_http.parse_address(value) == expected
+
+
+def test_labels_carry_names_only_never_secrets() -> None:
+    """Like the agent's, the operator's /metrics serves no secrets: every label is the name of an object, a
+    node, a kind, a state or phase, or a node's version label, never a URL, a message or a Secret's value.
+    A new label must be added here on purpose."""
+    allowed = {"kind", "nodeupgrade", "state", "phase", "backup", "node", "healthcheck", "version"}
+    own = [m for m in vars(metrics).values() if hasattr(m, "_labelnames")]
+    assert len(own) == 4
+    labels = {label for m in own for label in m._labelnames} | {
+        label for _, _, names in FAMILIES.values() for label in names}
+    assert labels <= allowed, labels - allowed
