@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,3 +115,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def boot_timeout() -> float:
     """Seconds to wait for a boot marker: generous, TCG on a shared 2-core machine is slow."""
     return float(os.environ.get("MACULAOS_BOOT_TIMEOUT", "420"))
+
+
+def forwarded_http_answers(port: int, path: str = "/", timeout: float = 8.0) -> bool:
+    """Whether an HTTP server in the guest answers through a port QEMU forwards from the host's loopback.
+    QEMU's user network accepts the host's connection before it tries the guest's port, so a connect always
+    succeeds: a port the guest's firewall drops sends nothing back."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            return conn.recv(64).startswith(b"HTTP/")
+    except OSError:
+        return False

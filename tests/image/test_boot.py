@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from maculaos.devenv.processes import free_port
 from maculaos.image.vm import Vm, VmSpec
 from maculaos.image.vmnode import data_disk
-from tests.image.conftest import BuiltImage, boot_timeout, check_ready_time
+from tests.image.conftest import BuiltImage, boot_timeout, check_ready_time, forwarded_http_answers
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
@@ -60,15 +62,28 @@ def _spec(image: BuiltImage, data: Path | None, mode: str) -> VmSpec:
 def test_blank_data_disk_is_formatted_and_boots_into_the_first_boot_wizard(built_image: BuiltImage,
                                                                           tmp_path: Path) -> None:
     data = _data_disk(tmp_path, None)
-    with Vm(_spec(built_image, data, "disk"), tmp_path / "boot.log") as vm:
+    # The default firewall seen from the host: the probe puts the same listener on an admitted port (the git
+    # server's) and on the agent's metrics port (pods only), and waits for the test to look.
+    admitted, closed = free_port(), free_port()
+    spec = dataclasses.replace(_spec(built_image, data, "disk"), forwards=((admitted, 23232), (closed, 9750)))
+    spec = dataclasses.replace(spec, cmdline=f"{spec.cmdline} macula.test.firewall_check")
+    with Vm(spec, tmp_path / "boot.log") as vm:
         vm.wait_for(r"formatting the blank data partition /dev/vdb", boot_timeout())
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=no-config", boot_timeout())
         check_ready_time(vm, "direct kernel boot, first boot on a blank data disk")
+        listening = vm.wait_for(r"PROBE-FIREWALL-CHECK local-closed=(\d+) local-admitted=(\d+)", boot_timeout())
+        from_host = (forwarded_http_answers(closed), forwarded_http_answers(admitted),
+                     forwarded_http_answers(admitted, "/done"))
         report = _probe(vm)
         console = vm.console
         vm.wait_exit(boot_timeout())
     assert report["var"].startswith("/dev/vdb"), report
     assert report["firstboot"] == "firstboot", report              # /var/lib/maculaos made on a blank disk
+    # A node with no config.yaml is never wide open: both listeners answer on the node itself, but from
+    # outside only the admitted port does (the request came through QEMU's gateway, 10.0.2.2).
+    assert listening.groups() == ("200", "200"), listening.group(0)
+    assert from_host == (False, True, True), from_host
+    assert report["firewall-done-from"] == "10.0.2.2", report
     assert report["failed-units"] == "" and report["ordering-cycles"] == "0", report
     assert re.fullmatch(r"macula-[0-9a-f]{8}", report["hostname"]) and report["hostname-unit"] == "success", report
     # First-boot mode: the wizard serves its page for this node on HTTPS (port 80 redirects), its ports are

@@ -6,8 +6,10 @@ it was written onto):
    config is applied (everything a person at the console would check), slot A is marked good, and RAUC
    there installs the build's own bundle into slot B;
 2. with OVMF (UEFI), a broken slot B first in ORDER is tried three times and GRUB falls back to A, which
-   stays good, with the node's identity, /etc and /var as the first boot left them;
-3. a factory reset asked for there with `maculaos factory-reset` happens at the next boot.
+   stays good, with the node's identity, /etc and /var as the first boot left them; its probe asks for a
+   factory reset with `maculaos factory-reset`, then hangs the machine (a kernel crash that never reboots
+   by itself), and the watchdog config.yaml armed (QEMU's i6300esb) resets it;
+3. that boot starts the factory reset and loses its power in the middle; the next boot performs it whole.
 Slot B booting a build RAUC installed, and its commit, are the real node's upgrade story
 (tests/image/test_real_node.py)."""
 
@@ -24,15 +26,20 @@ import pytest
 from maculaos.image.disk import boot_environment, esp_get, esp_put, partition_table
 from maculaos.image.vm import Vm, VmSpec, uefi_vars_copy
 from maculaos.image.vmnode import provision_disk
-from tests.image.conftest import BuiltImage, boot_timeout
+from tests.image.conftest import BuiltImage, boot_timeout, note_figure
 from tests.image.test_boot import CONFIG, PASSWORD_HASH, _probe, _ssh_key
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(5400)]
 
 # The serial console last (so /dev/console is the serial line the test reads); failed roots reboot at once.
 RESCUE = "macula.rescue_timeout=1"
-TEST_CMDLINE = f"console=ttyS0 {RESCUE}"
+#: q35's chipset has a watchdog of its own (iTCO_wdt), which may come up first: the test's is QEMU's i6300esb.
+ONE_WATCHDOG = "modprobe.blacklist=iTCO_wdt"
+TEST_CMDLINE = f"console=ttyS0 {RESCUE} {ONE_WATCHDOG}"
 GROW_MIB = 512
+#: config.yaml's maculaos.watchdog timeout, and the watchdog device every boot has (a PCI card QEMU emulates).
+WATCHDOG_SECONDS = 10
+WATCHDOG = ("-device", "i6300esb")
 
 
 def _update_disk(bundle: Path, tmp_path: Path) -> Path:
@@ -110,13 +117,15 @@ def _assert_provisioned_first_boot(first: dict[str, str]) -> None:
 def test_disk_image_boots_from_grub_applies_its_config_marks_a_good_and_falls_back_from_a_broken_b(
         built_image: BuiltImage, tmp_path: Path) -> None:
     public, private = _ssh_key(tmp_path)
-    config = CONFIG | {"ssh_authorized_keys": [public], "password_hash": PASSWORD_HASH}
+    config = CONFIG | {"ssh_authorized_keys": [public], "password_hash": PASSWORD_HASH,
+                       "maculaos": CONFIG["maculaos"] | {"watchdog": {"timeout_seconds": WATCHDOG_SECONDS}}}
     built = partition_table(built_image.artifact("img"))
     disk = provision_disk(built_image.artifact("img"), tmp_path / "disk.img", config,
-                          {"var/lib/maculaos-probe-key/id_ed25519": private}, GROW_MIB, RESCUE)
+                          {"var/lib/maculaos-probe-key/id_ed25519": private}, GROW_MIB,
+                          f"{RESCUE} {ONE_WATCHDOG}")
     assert boot_environment(disk)["A_TRY"] == "0"
     update_disk = _update_disk(built_image.artifact("raucb"), tmp_path)
-    update = ("-drive", f"file={update_disk},format=raw,if=virtio,readonly=on")
+    update = ("-drive", f"file={update_disk},format=raw,if=virtio,readonly=on", *WATCHDOG)
 
     # 1. SeaBIOS -> GRUB (i386-pc core.img in the bios_grub partition) -> slot A, a first boot with its config;
     #    then RAUC installs the build's bundle (verity, signed by the build's CA, in the image's keyring) into B.
@@ -131,6 +140,9 @@ def test_disk_image_boots_from_grub_applies_its_config_marks_a_good_and_falls_ba
     assert first["rauc-booted"] == "A" and first["rauc-a"] == "good", first
     assert first["rauc-b"] == "bad", first                      # empty: never installed
     assert first["esp"] == "vfat" and first["mark-good"] == "success", first
+    # The watchdog config.yaml asked for: PID 1 pets the hardware one (no softdog stand-in).
+    assert first["watchdog"] == f"{WATCHDOG_SECONDS}s", first
+    assert first["watchdogs"] == "i6300ESB_timer,", first
     assert first["grubenv-a-try"] == "0", first                  # GRUB counted the try, RAUC reset it
     assert first["var"].startswith("/dev/vda5"), first           # the data partition of the same disk
     # The data partition took the added space (less the backup GPT's last MiB), its ext4 all of it.
@@ -157,18 +169,41 @@ def test_disk_image_boots_from_grub_applies_its_config_marks_a_good_and_falls_ba
         f.seek(b.offset)
         f.write(bytes(1024 * 1024))
     esp_put(disk, {"B/vmlinuz": built_image.kernel, "B/initrd.img": built_image.initrd})
-    # The probe of this boot also asks for a factory reset, as a person would: `maculaos factory-reset`.
-    boot_environment(disk, {"ORDER": "B A", "B_OK": "1", "B_TRY": "0",
-                            "EXTRA_CMDLINE": f"{TEST_CMDLINE} macula.test.factory_reset=keep-data"})
-    with Vm(VmSpec.for_disk(disk, uefi_vars_copy(tmp_path / "vars.fd")), tmp_path / "uefi.log") as vm:
+    # The probe of this boot also asks for a factory reset, as a person would (`maculaos factory-reset`), then
+    # hangs the machine; the reset boot that follows skips both (the command line stays).
+    boot_environment(disk, {"ORDER": "B A", "B_OK": "1", "B_TRY": "0", "EXTRA_CMDLINE":
+                            f"{TEST_CMDLINE} macula.test.factory_reset=keep-data macula.test.hang"})
+    uefi = VmSpec.for_disk(disk, uefi_vars_copy(tmp_path / "vars.fd"), extra_args=WATCHDOG)
+    with Vm(uefi, tmp_path / "uefi.log") as vm:
         vm.wait_for(r"slot B did not boot in 3 tries: marked bad", boot_timeout() * 3)
         vm.wait_for(r"Booting `MaculaOS 0\.1\.0 \(slot A\)'", boot_timeout())
         vm.wait_for(r"MACULAOS-READY", boot_timeout())
         second = _probe(vm)
-        vm.wait_exit(boot_timeout())
+        # 3. The hang: a kernel crash with kernel.panic=0 never reboots by itself; the watchdog resets the
+        #    machine. That boot starts the reset the command asked for (GRUB passes it to the normal boot)
+        #    and loses its power in the middle; the next one performs it: the initramfs wipes the data
+        #    partition's state without asking, /var/lib/data stays, the slots are untouched, and the node is
+        #    a new one in first-boot mode; the one-shot flag is cleared.
+        hang = vm.wait_for(r"PROBE-HANG kernel.panic=(\d+)", boot_timeout())
+        panic = vm.wait_for(r"Kernel panic - not syncing", 60, hang.end())
+        panicked = vm.elapsed()
+        back = vm.wait_for(r"Booting `MaculaOS 0\.1\.0 \(slot A\)'", boot_timeout(), panic.end())
+        reset_after = vm.elapsed() - panicked
+        vm.wait_for(r"factory reset \(keep-data\) asked for", boot_timeout(), back.end())
+        # The power cut in the middle of the reset (its renames and deletes under way).
+        vm.wait_for(r"MACULAOS-FACTORY-RESET: wipes", boot_timeout(), back.end())
+        vm.stop()
         console = vm.console
+    assert "MACULAOS-FACTORY-RESET: done" not in console[back.end():], console[-3000:]
+    with Vm(VmSpec.for_disk(disk, tmp_path / "vars.fd", extra_args=WATCHDOG), tmp_path / "reset.log") as vm:
+        vm.wait_for(r"factory reset \(keep-data\) asked for", boot_timeout())
+        vm.wait_for(r"MACULAOS-FACTORY-RESET: done", boot_timeout())
+        vm.wait_for(r"MACULAOS-FACTORY-RESET-DONE", boot_timeout())
+        vm.wait_for(r"MACULAOS-READY", boot_timeout())
+        reset = _probe(vm)
+        vm.wait_exit(boot_timeout())
     # One failed root per try (GRUB's own lines show twice under OVMF, which mirrors its console to serial).
-    failures = re.findall(r"MACULAOS-BOOT-FAILED: cannot mount /dev/vda4 as squashfs", console)
+    failures = re.findall(r"MACULAOS-BOOT-FAILED: cannot mount /dev/vda4 as squashfs", console[:hang.start()])
     assert len(failures) == 3, console[-3000:]
     assert console.index("marked bad, trying the next slot") > console.rindex("MACULAOS-BOOT-FAILED")
     assert second["rauc-booted"] == "A" and second["rauc-a"] == "good" and second["rauc-b"] == "bad", second
@@ -182,25 +217,18 @@ def test_disk_image_boots_from_grub_applies_its_config_marks_a_good_and_falls_ba
     assert second["mdns-conflicts"] == "0", second
     assert second["password"] == first["password"], second
     assert second["backup-server"] == "active" and second["backup-repo"] == "on-data", second
-    env = boot_environment(disk)
-    assert (env["A_OK"], env["A_TRY"], env["B_OK"], env["B_TRY"]) == ("1", "0", "0", "0"), env
-    assert second["factory-reset-scheduled"] == "keep-data" and env["FACTORY_RESET"] == "keep-data", second
-
-    # 3. The reset the command asked for: GRUB passes it to the normal boot, the initramfs wipes the data
-    #    partition's state without asking, /var/lib/data stays, the slots are untouched, and the node is
-    #    a new one in first-boot mode; the one-shot flag is cleared.
-    boot_environment(disk, {"EXTRA_CMDLINE": TEST_CMDLINE})
-    with Vm(VmSpec.for_disk(disk), tmp_path / "reset.log") as vm:
-        vm.wait_for(r"factory reset \(keep-data\) asked for", boot_timeout())
-        vm.wait_for(r"MACULAOS-FACTORY-RESET: done", boot_timeout())
-        vm.wait_for(r"MACULAOS-FACTORY-RESET-DONE", boot_timeout())
-        vm.wait_for(r"MACULAOS-READY", boot_timeout())
-        reset = _probe(vm)
-        vm.wait_exit(boot_timeout())
+    assert second["factory-reset-scheduled"] == "keep-data", second
+    # The watchdog, not the panic timer, brought the machine back: the kernel was told never to reboot.
+    assert second["watchdog"] == f"{WATCHDOG_SECONDS}s" and hang.group(1) == "0", (second, hang.group(0))
+    assert "Rebooting in" not in console[panic.start():back.start()], console[panic.start():back.start()]
+    note_figure(f"watchdog: a hung node ({WATCHDOG_SECONDS} s timeout, i6300esb) back in GRUB {reset_after:.0f} s "
+                "after its kernel crashed")
     assert (reset["var-mark"], reset["etc-mark"], reset["data-kept"]) == ("absent", "absent", "kept"), reset
     assert reset["machine-id"] != second["machine-id"] and reset["ssh-hostkey"] != second["ssh-hostkey"], reset
     assert (reset["rauc-booted"], reset["rauc-a"], reset["rauc-b"]) == ("A", "good", "bad"), reset
     assert (reset["wizard"], reset["wizard-home"]) == ("active", "200"), reset        # first-boot mode
     assert reset["factory-reset-done"] == "success/yes" and reset["failed-units"] == "", reset
-    assert reset["ordering-cycles"] == "0", reset
+    assert reset["ordering-cycles"] == "0" and reset["watchdog"] == "0", reset     # config.yaml went too
+    env = boot_environment(disk)
+    assert (env["A_OK"], env["A_TRY"], env["B_OK"], env["B_TRY"]) == ("1", "0", "0", "0"), env
     assert "FACTORY_RESET" not in boot_environment(disk), boot_environment(disk)

@@ -15,7 +15,6 @@ import hashlib
 import http.server
 import re
 import shlex
-import socket
 import subprocess
 import threading
 import time
@@ -36,10 +35,10 @@ from maculaos.image.airgap import NAMESPACE, operator_values
 from maculaos.image.build import default_cache
 from maculaos.image.derive import derive_bundle
 from maculaos.image.signing import development_identity
-from maculaos.image.vm import Vm
+from maculaos.image.vm import NIC, Vm
 from maculaos.image.vmnode import disk_node, provision_disk
 from maculaos.kube.rest import ApiError, Credentials, KubeClient
-from tests.image.conftest import REPO, BuiltImage, boot_timeout, note_figure
+from tests.image.conftest import REPO, BuiltImage, boot_timeout, forwarded_http_answers, note_figure
 from tests.image.test_boot import PASSWORD_HASH, _ssh_key
 from tests.restserver import RestServer, start_rest_server
 
@@ -178,7 +177,8 @@ def node(built_image: BuiltImage, plane: ControlPlane, next_bundle: Future[Path]
     # Booted from the disk image (GRUB, slots A and B) so that the upgrade story can install and boot slot B;
     # room on the data partition for containerd's copy of the images and a downloaded bundle.
     disk = provision_disk(built_image.artifact("img"), tmp / "disk.img", config, cmdline_extra="macula.test.probe=off")
-    spec = disk_node(disk, forwards=((ssh_port, 22), (metrics_port, METRICS_PORT)), memory_mib=MEMORY_MIB)
+    spec = disk_node(disk, forwards=((ssh_port, 22), (metrics_port, METRICS_PORT)), memory_mib=MEMORY_MIB,
+                     monitor=tmp / "monitor.sock")
     kube = plane.admin_client()
     with Vm(spec, tmp / "console.log") as vm:
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=success", boot_timeout())
@@ -223,16 +223,9 @@ def test_the_node_joins_with_its_own_identity_and_runs_the_charts_pods(node: Nod
     assert operator is not None and not operator["spec"].get("hostNetwork"), operator["spec"]
 
 
-def _metrics_port_open(node: Node, timeout: float = 8.0) -> bool:
-    """Whether the agent's metrics port answers through the forwarded port. Through QEMU's user network a
-    host connection is always accepted first: a port the node's firewall drops sends nothing back."""
-    try:
-        with socket.create_connection(("127.0.0.1", node.metrics_port), timeout=timeout) as conn:
-            conn.settimeout(timeout)
-            conn.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-            return conn.recv(64).startswith(b"HTTP/")
-    except OSError:
-        return False
+def _metrics_port_open(node: Node) -> bool:
+    """Whether the agent's metrics port answers from outside the node, through the forwarded port."""
+    return forwarded_http_answers(node.metrics_port, "/healthz")
 
 
 def test_a_meshrole_opens_and_closes_a_port_in_the_vms_own_kernel(node: Node) -> None:
@@ -369,6 +362,50 @@ def test_memory_at_idle_is_noted(node: Node) -> None:
                 used.append(f"{component} pod {int(value) // 2**20} MiB")
     note_figure("real node at idle: " + ", ".join(used))
     assert int(lines[0]) > 0
+
+
+def _diag_lines(output: str) -> dict[str, str]:
+    """`maculaos diag`'s lines by check name ("network: API server https://...") -> "PASS detail"."""
+    lines = {}
+    for line in output.splitlines():
+        if match := re.fullmatch(r"(PASS|FAIL|SKIP) (\w+: [^:]+(?::\S+)?): (.*)", line):
+            lines[match.group(2)] = f"{match.group(1)} {match.group(3)}"
+    return lines
+
+
+def test_diag_names_the_cut_cable_in_bounded_time_and_its_support_bundle_keeps_no_secret(node: Node) -> None:
+    """`maculaos diag` on the healthy node, its support bundle (no secret of config.yaml in any of its
+    files), then with the VM's cable pulled out (QEMU's set_link): the interface and the API server fail,
+    and the command still ends within its probes' time."""
+    config = yaml.safe_load(node.ssh("sudo cat /var/lib/maculaos/config.yaml").stdout)
+    api = f"network: API server {config['maculaos']['kubernetes']['server']}"
+    healthy = _diag_lines(node.ssh("sudo maculaos diag network", check=False).stdout)
+    # The VM's cable: the interface with the address QEMU's user network hands out (pods have their own).
+    cable = next((name for name, result in healthy.items()
+                  if name.startswith("network: interface ") and "10.0.2.15/" in result), None)
+    assert cable and healthy[cable].startswith("PASS") and healthy[api].startswith("PASS"), healthy
+    full = node.ssh("sudo maculaos diag --full --output-dir /run/maculaos-diag", check=False).stdout
+    bundle_path = re.search(r"^support bundle: (\S+)$", full, re.MULTILINE)
+    assert bundle_path, full
+    every_file = f"sudo tar -xzOf {bundle_path.group(1)} | grep -c -F"
+    secrets = " ".join(f"-e {shlex.quote(s)}" for s in (config["maculaos"]["kubernetes"]["token"],
+                                                         config["password_hash"]))
+    assert node.ssh(f"{every_file} {secrets}", check=False).stdout.strip() == "0", "a secret is in the bundle"
+    assert int(node.ssh(f"{every_file} -e '<removed>'").stdout) >= 2       # config.yaml is in it, redacted
+    # The cable out while the command runs (started on the node a few seconds ahead, SSH goes with the link).
+    node.ssh("sudo systemd-run --quiet --collect --unit=diag-cut sh -c "
+             "'sleep 5; maculaos diag network > /run/diag-cut.txt 2>&1; echo exit=$? >> /run/diag-cut.txt'")
+    node.vm.monitor_command(f"set_link {NIC} off")
+    time.sleep(40)
+    node.vm.monitor_command(f"set_link {NIC} on")
+    cut = wait_until("the diag run's output over SSH, the cable back",
+                     lambda: node.ssh("cat /run/diag-cut.txt", check=False).stdout, 120, node)
+    lines = _diag_lines(cut)
+    assert lines[cable] == "FAIL no carrier (cable or link down)", cut
+    assert lines[api].startswith("FAIL unreachable"), cut
+    took = re.search(r"checks failed \(([\d.]+) s\)\nexit=1$", cut.strip())
+    assert took and float(took.group(1)) < 30, cut          # three-second probes, side by side
+    wait_until("the Node Ready again", lambda: _node_ready(node.kube), boot_timeout(), node)
 
 
 def _entry(node: Node, plural: str, name: str) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,23 @@ def test_kvm_only_where_a_probe_boot_ran_under_it(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MACULAOS_QEMU_ACCEL", "tcg")
     assert vm.accelerator(spec) == "tcg"
     vm.kvm_usable.cache_clear()
+
+
+def test_the_monitor_runs_a_command_and_cuts_the_cable(tmp_path: Path) -> None:
+    """A machine held before its firmware starts (-S): the monitor answers, and set_link takes the cable
+    out and puts it back (the guest would see its carrier go)."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    spec = VmSpec.for_disk(disk, reboot=False, extra_args=("-S",))
+    spec = dataclasses.replace(spec, monitor=tmp_path / "m.sock")
+    with Vm(spec) as machine:
+        deadline = time.monotonic() + 30
+        while not spec.monitor.exists() and time.monotonic() < deadline:   # type: ignore[union-attr]
+            time.sleep(0.1)
+        assert "VM status: paused" in machine.monitor_command("info status")
+        assert machine.monitor_command(f"set_link {vm.NIC} off") == ""
+        assert machine.monitor_command("set_link no-such-nic off") == "Error: Device 'no-such-nic' not found\n"
+        assert machine.monitor_command(f"set_link {vm.NIC} on") == ""
+    with Vm(VmSpec.for_disk(disk, reboot=False, extra_args=("-S",))) as machine, \
+            pytest.raises(BootError, match="without a monitor socket"):
+        machine.monitor_command("info status")

@@ -20,6 +20,7 @@ import platform
 import re
 import select
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -44,6 +45,8 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 QEMU = {"amd64": ("qemu-system-x86_64", ("-machine", "q35"), "qemu64", "qemu-system-x86"),
         "arm64": ("qemu-system-aarch64", ("-machine", "virt"), "cortex-a57", "qemu-system-arm")}
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+#: The network's name in QEMU's monitor (`set_link nic0 off` cuts the guest's cable).
+NIC = "nic0"
 AAVMF_CODE = Path("/usr/share/AAVMF/AAVMF_CODE.fd")
 AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
 
@@ -71,6 +74,9 @@ class VmSpec:
     """The image's architecture: which QEMU (see QEMU); arm64 always boots through AAVMF (UEFI)."""
     forwards: tuple[tuple[int, int], ...] = ()
     """TCP ports of the host's loopback forwarded to the guest's (host, guest): SSH, the kubelet..."""
+    monitor: Path | None = None
+    """A Unix socket for QEMU's human monitor (Vm.monitor_command: `set_link` cuts the cable); a short
+    path, sockets' paths are limited to 107 bytes."""
 
     @classmethod
     def for_disk(cls, disk: Path, uefi_vars: Path | None = None, reboot: bool = True,
@@ -163,7 +169,8 @@ def qemu_command(spec: VmSpec, accel: str = "tcg") -> list[str]:
     binary, machine, tcg_cpu, _ = QEMU[spec.arch]
     cpu = ["-cpu", "host" if accel == "kvm" else tcg_cpu]
     cmd = [binary, "-accel", accel, *machine, *cpu, "-m", str(spec.memory_mib),
-           "-smp", str(spec.cpus), "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio"]
+           "-smp", str(spec.cpus), "-nodefaults", "-display", "none", "-serial", "stdio",
+           "-monitor", f"unix:{spec.monitor},server=on,wait=off" if spec.monitor else "none"]
     if not spec.reboot:
         cmd.append("-no-reboot")
     if spec.uefi_vars and spec.arch == "arm64":
@@ -181,7 +188,7 @@ def qemu_command(spec: VmSpec, accel: str = "tcg") -> list[str]:
     if spec.data:
         cmd += ["-drive", f"file={spec.data},format=raw,if=virtio"]
     forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in spec.forwards)
-    cmd += ["-nic", f"user,model=virtio-net-pci{forwards}"] if spec.network else ["-nic", "none"]
+    cmd += ["-nic", f"user,id={NIC},model=virtio-net-pci{forwards}"] if spec.network else ["-nic", "none"]
     return cmd + list(spec.extra_args)
 
 
@@ -236,6 +243,26 @@ class Vm:
         assert self.proc.stdin is not None
         self.proc.stdin.write(text.encode())
         self.proc.stdin.flush()
+
+    def monitor_command(self, command: str, timeout: float = 10.0) -> str:
+        """Run one command in QEMU's human monitor (the spec's `monitor` socket) and return what it printed."""
+        if self.spec.monitor is None:
+            raise BootError("this VM was started without a monitor socket (VmSpec.monitor)")
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(self.spec.monitor))
+            reply = b""
+            for line in (b"", f"{command}\n".encode()):
+                conn.sendall(line)
+                reply = b""
+                while not reply.endswith(b"(qemu) "):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        raise BootError(f"QEMU's monitor closed before answering {command!r}")
+                    reply += chunk
+        # The monitor echoes the command as a line editor would (escape sequences), then prints its answer.
+        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", reply.decode(errors="replace")).replace("\r", "")
+        return text.partition("\n")[2].removesuffix("(qemu) ")
 
     def tail(self, chars: int = 6000) -> str:
         with self._lock:

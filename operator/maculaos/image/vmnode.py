@@ -80,7 +80,9 @@ def provision_disk(image: Path, target: Path, config: dict[str, Any], files: dic
     return target
 
 
-def disk_node(disk_image: Path, forwards: tuple[tuple[int, int], ...] = (), memory_mib: int = 1536) -> VmSpec:
+def disk_node(disk_image: Path, forwards: tuple[tuple[int, int], ...] = (), memory_mib: int = 1536,
+              monitor: Path | None = None) -> VmSpec:
     """The VM of one node booted from its disk by the firmware and GRUB; it may reboot (the kubelet
     re-registers, upgrades boot the other slot)."""
-    return VmSpec(None, None, None, None, disk=disk_image, memory_mib=memory_mib, forwards=forwards, reboot=True)
+    return VmSpec(None, None, None, None, disk=disk_image, memory_mib=memory_mib, forwards=forwards, reboot=True,
+                  monitor=monitor)
