@@ -1,6 +1,8 @@
 """No input reaches the operator's handlers as an exception (issue #18): for any spec the CRD's structural
 schema admits, of every kind, the operator's judgement (validation, and the status judge() computes from
-it) is Valid, or Invalid with every problem naming a field. It never raises.
+it) is Valid, or Invalid with every problem naming a field. It never raises. A NodeUpgrade judged Valid goes
+on to its rollout pass, whose planning is tried too (it raised on a maxUnavailable the CEL rule alone kept
+out).
 
 Specs are drawn from the generated CRD schemas themselves (types, patterns, enums, bounds, required
 fields), not from the models, so what the API server would let through is what is tried. The CEL rules
@@ -21,6 +23,9 @@ from hypothesis import strategies as st
 
 from maculaos.api import KINDS, spec_model
 from maculaos.api.crd import build_crd
+from maculaos.api.nodeupgrade import NodeUpgradeSpec, ReleaseTarget
+from maculaos.controller.nodeupgrade import parse_status
+from maculaos.controller.nodeupgrade_rollout import NodeFacts, RolloutInput, plan_rollout
 from maculaos.controller.reconcile import judge
 from maculaos.controller.validation import validate
 from tests.unit.test_validation import BACKUP, NODES, Cluster
@@ -90,6 +95,12 @@ def assert_judged(kind: str, spec: dict[str, Any], cluster: Cluster) -> None:
             "spec": spec, "status": {"nodes": {n: {"phase": "Failed", "observedGeneration": 2} for n in NODES}}}
     outcome = judge(body, cluster, NOW)
     assert outcome.status is None or "conditions" in outcome.status
+    if isinstance(verdict.spec, NodeUpgradeSpec) and verdict.valid:
+        plan = plan_rollout(RolloutInput(
+            spec=verdict.spec, status=parse_status({}), matched=verdict.matched_nodes,
+            nodes={n: NodeFacts() for n in verdict.matched_nodes}, reports={}, now=NOW,
+            target=ReleaseTarget(version=verdict.spec.version or "1.0.0")))
+        assert plan.phase
 
 
 class EverySecret(Cluster):
@@ -123,6 +134,17 @@ def test_any_admitted_spec_is_judged_without_raising(kind: str) -> None:
         assert_judged(kind, spec, cluster)
 
     check()
+
+
+@pytest.mark.parametrize("bad", ["", "25", "0%x", "101%", 0, -1])
+def test_a_max_unavailable_the_cel_rule_refuses_is_invalid_naming_it(bad: int | str) -> None:
+    """The CEL rule keeps these out at the door; an object that got past it (stored before the rule) is
+    Invalid with the rule's words, not an exception in the rollout pass on every retry."""
+    spec = {"version": "1.0.0", "strategy": {"maxUnavailable": bad}}
+    verdict = validate("NodeUpgrade", "u", spec, Cluster())
+    assert [p.field for p in verdict.problems] == ["spec.strategy.maxUnavailable"], verdict.problems
+    assert verdict.problems[0].message.startswith(f"{bad!r} must be a count"), verdict.problems[0].message
+    assert_judged("NodeUpgrade", spec, Cluster())
 
 
 @pytest.mark.parametrize(("kind", "spec"), [
