@@ -309,3 +309,19 @@ def test_a_disk_too_full_for_the_datastore_copy_fails_the_run_and_the_next_one_w
         resize(directory, 4 * 1024 * 1024)
         eng.tick({"nightly": backup_obj({"id": "r2", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
         assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]
+
+
+def test_a_local_repository_never_lands_through_a_link_out_of_the_host_root(tmp_path: Path) -> None:
+    """target.local.path /var/backups/r with /var/backups on the node a link planted to a directory outside
+    the node's root: the repository is written where the node itself would put it, inside the host root,
+    and nothing appears outside (issue #18)."""
+    host = host_with_data(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (host / "var/backups").symlink_to(outside)
+    clock, reports = Clock(), list[tuple[str, str, dict[str, Any]]]()
+    eng = engine(host, clock, reports)
+    eng.tick({"nightly": backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+    assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]
+    assert list(outside.iterdir()) == [], "nothing written outside the host root"
+    assert (host / str(outside / "r").lstrip("/") / "config").is_file(), "the repository, inside the host root"
