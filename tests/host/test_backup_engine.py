@@ -325,3 +325,38 @@ def test_a_local_repository_never_lands_through_a_link_out_of_the_host_root(tmp_
     assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]
     assert list(outside.iterdir()) == [], "nothing written outside the host root"
     assert (host / str(outside / "r").lstrip("/") / "config").is_file(), "the repository, inside the host root"
+
+
+def test_a_disk_too_full_to_stage_a_restore_fails_it_and_changes_nothing(tmp_path: Path) -> None:
+    """A Restore whose staging copy does not fit on the node's disk (/var/lib a tmpfs with room for its data,
+    not for a second copy): the agent reports it Failed naming this node's disk, not the repository; the
+    data keeps its current files, no staging is left holding space, and the Restore is not tried again on
+    every pass. Once there is room, a new Restore brings the data back."""
+    host = host_with_data(tmp_path)
+    (host / "var/lib/data/big.bin").write_bytes(os.urandom(300 * 1024))  # incompressible: restic cannot shrink it
+    clock, reports = Clock(), list[tuple[str, str, dict[str, Any]]]()
+    eng = engine(host, clock, reports)
+    eng.tick({"nightly": backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+    assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]
+    (host / "var/lib/data/a.txt").write_text("lost by mistake")
+    backup = backup_obj({})
+
+    def restore(name: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "generation": 1, "uid": name},
+                "spec": {"backupName": "nightly", "nodeName": NODE, "snapshot": {"latest": True}}}
+
+    with small_tmpfs(host / "var/lib", 450 * 1024) as var_lib:
+        eng.tick({"nightly": backup}, {"undo": restore("undo")}, {})
+        plural, name, entry = reports[-1]
+        assert (plural, name, entry["phase"]) == ("restores", "undo", "Failed"), reports[-1]
+        assert "no space left on this node's disk" in entry["message"], entry["message"]
+        assert "nothing changed" in entry["message"] and "backup target" not in entry["message"], entry["message"]
+        assert (var_lib / "data/a.txt").read_text() == "lost by mistake", "the data keeps its current files"
+        assert not [p for p in var_lib.rglob("*") if "maculaos-" in p.name], "no staging left holding space"
+        count = len(reports)
+        eng.tick({"nightly": backup}, {"undo": restore("undo")}, {})
+        assert len(reports) == count, "a failed Restore is not tried again on every pass"
+        resize(var_lib, 4 * 1024 * 1024)
+        eng.tick({"nightly": backup}, {"undo-again": restore("undo-again")}, {})
+        assert reports[-1][1] == "undo-again" and reports[-1][2]["phase"] == "Succeeded", reports[-1]
+        assert (var_lib / "data/a.txt").read_text() == "a"
