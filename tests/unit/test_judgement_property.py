@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import string
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,10 +26,12 @@ from hypothesis import strategies as st
 from maculaos.api import KINDS, spec_model
 from maculaos.api.crd import build_crd
 from maculaos.api.nodeupgrade import NodeUpgradeSpec, ReleaseTarget
-from maculaos.controller.nodeupgrade import parse_status
+from maculaos.controller.nodeupgrade import parse_reports, parse_status
 from maculaos.controller.nodeupgrade_rollout import NodeFacts, RolloutInput, plan_rollout
 from maculaos.controller.reconcile import judge
 from maculaos.controller.validation import validate
+from tests.unit.test_conditions_table import NODE, TABLE
+from tests.unit.test_conditions_table import cluster as table_cluster
 from tests.unit.test_validation import BACKUP, NODES, Cluster
 
 EXAMPLES = int(os.environ.get("MACULAOS_PROPERTY_EXAMPLES", "40"))
@@ -160,3 +164,61 @@ def test_a_schedule_that_never_fires_is_invalid_naming_it(kind: str, spec: dict[
     assert field in [p.field for p in verdict.problems]
     assert "never fires" in next(p.message for p in verdict.problems if p.field == field)
     assert_judged(kind, spec, cluster)
+
+
+# -- node entries: what agents report -------------------------------------------------------------------
+
+#: Every key the operator reads with .get("...") anywhere in the controller: a node's entry may hold any of
+#: them with any JSON value (its schema types only phase, message, observedGeneration and lastUpdateTime,
+#: and keeps the rest), so a key the controller starts reading is tried here without naming it.
+READ_KEYS = sorted(set(re.findall(r'\.get\("([A-Za-z]+)"', "".join(
+    p.read_text() for p in (Path(__file__).resolve().parents[2] / "operator/maculaos/controller").glob("*.py")))))
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats(allow_nan=False) | TEXT
+                    | st.sampled_from(["2026-06-01T11:00:00Z", "Failed", "Succeeded", "1.0.0", "r1"]),
+                    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(TEXT, inner, max_size=2),
+                    max_leaves=4)
+
+
+def entry_strategy(kind: str) -> st.SearchStrategy[dict[str, Any]]:
+    schema = build_crd(spec_model(kind))["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    typed = schema["status"]["properties"]["nodes"]["additionalProperties"]
+    kept = [k for k in READ_KEYS if k not in typed["properties"]]  # those the API server types keep their type
+    return st.tuples(st.dictionaries(st.sampled_from(kept), JSON, max_size=6), from_schema(typed)).map(
+        lambda parts: {**parts[0], **parts[1]})
+
+
+@pytest.mark.parametrize("kind", KINDS_WITH_SPEC)
+def test_any_node_entry_an_agent_may_write_is_judged_without_raising(kind: str) -> None:
+    """An agent writes its own report and the operator folds it into the object: a Backup entry whose
+    lastSuccessTime was no time (3, a list) made judge() raise on every pass, so the Backup's status never
+    moved again. Whatever an entry holds, the object is judged."""
+    spec, _, _ = TABLE[kind]
+
+    @SETTINGS
+    @given(entries=st.dictionaries(st.sampled_from([NODE, "nuc-01", "gone"]), entry_strategy(kind), max_size=3))
+    def check(entries: dict[str, dict[str, Any]]) -> None:
+        body = {"kind": kind, "metadata": {"name": "x", "generation": 1, "uid": "u1", "resourceVersion": "7",
+                                           "creationTimestamp": "2026-06-01T11:00:00Z"},
+                "spec": spec, "status": {"nodes": entries}}
+        outcome = judge(body, table_cluster(), NOW)
+        assert outcome.status is None or "conditions" in outcome.status
+        if kind == "NodeUpgrade":
+            verdict = validate(kind, "x", spec, table_cluster())
+            assert isinstance(verdict.spec, NodeUpgradeSpec)
+            plan_rollout(RolloutInput(
+                spec=verdict.spec, status=parse_status({}), matched=verdict.matched_nodes,
+                nodes={n: NodeFacts() for n in verdict.matched_nodes}, reports=parse_reports(body["status"], "u1"),
+                now=NOW, target=ReleaseTarget(version="1.0.0")))
+
+    check()
+
+
+def test_a_backup_entry_whose_last_success_is_no_time_counts_as_no_success() -> None:
+    """The example the property found, kept as a case of its own."""
+    spec, _, _ = TABLE["Backup"]
+    for bad in (3, ["2026-06-01T11:00:00Z"], "yesterday"):
+        body = {"kind": "Backup", "metadata": {"name": "x", "generation": 1, "uid": "u1", "resourceVersion": "7",
+                                               "creationTimestamp": "2026-06-01T11:00:00Z"},
+                "spec": spec, "status": {"nodes": {NODE: {"phase": "Succeeded", "lastSuccessTime": bad}}}}
+        outcome = judge(body, table_cluster(), NOW)
+        assert outcome.status is not None and outcome.status["lastSuccessfulTime"] is None, bad
