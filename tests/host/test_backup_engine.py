@@ -360,3 +360,41 @@ def test_a_disk_too_full_to_stage_a_restore_fails_it_and_changes_nothing(tmp_pat
         eng.tick({"nightly": backup}, {"undo-again": restore("undo-again")}, {})
         assert reports[-1][1] == "undo-again" and reports[-1][2]["phase"] == "Succeeded", reports[-1]
         assert (var_lib / "data/a.txt").read_text() == "a"
+
+
+def test_a_restore_never_lands_in_a_system_directory_through_a_link(tmp_path: Path) -> None:
+    """Names that pass the API's rule but lead into the system on the node: targetPath /var/lib/restored a
+    link to /etc, or the data's parent /var/lib/data a link to /usr/local. The agent resolves them as the
+    node would, refuses naming where they would land, and writes nothing there (issue #18); a targetPath
+    that is a real directory restores."""
+    host = host_with_data(tmp_path)
+    clock, reports = Clock(), list[tuple[str, str, dict[str, Any]]]()
+    eng = engine(host, clock, reports)
+    eng.tick({"nightly": backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+    assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]
+    (host / "etc").mkdir()
+    (host / "var/lib/restored").symlink_to("/etc")
+
+    def restore(name: str, **spec: Any) -> dict[str, Any]:
+        obj = {"metadata": {"name": name, "generation": 1, "uid": name},
+               "spec": {"backupName": "nightly", "nodeName": NODE, "snapshot": {"latest": True}, **spec}}
+        eng.tick({"nightly": backup_obj({})}, {name: obj}, {})
+        assert reports[-1][:2] == ("restores", name)
+        return reports[-1][2]
+
+    entry = restore("into-etc", targetPath="/var/lib/restored")
+    assert entry["phase"] == "Failed", entry
+    assert "/var/lib/data would land in /etc/var/lib/data through a symbolic link" in entry["message"], entry
+    assert list((host / "etc").iterdir()) == [], "nothing written in /etc"
+
+    (host / "usr/local").mkdir(parents=True)
+    (host / "var/lib/data").rename(host / "var/lib/data-real")
+    (host / "var/lib/data").symlink_to("/usr/local")
+    entry = restore("into-usr", paths=["/var/lib/data/a.txt"])
+    assert entry["phase"] == "Failed" and "would land in /usr/local/a.txt" in entry["message"], entry
+    assert list((host / "usr/local").iterdir()) == [], "nothing written in /usr"
+
+    (host / "var/lib/elsewhere").mkdir()
+    entry = restore("into-a-directory", targetPath="/var/lib/elsewhere")
+    assert entry["phase"] == "Succeeded", entry
+    assert (host / "var/lib/elsewhere/var/lib/data/a.txt").read_text() == "a"
