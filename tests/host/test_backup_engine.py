@@ -309,3 +309,92 @@ def test_a_disk_too_full_for_the_datastore_copy_fails_the_run_and_the_next_one_w
         resize(directory, 4 * 1024 * 1024)
         eng.tick({"nightly": backup_obj({"id": "r2", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
         assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]
+
+
+def test_a_local_repository_never_lands_through_a_link_out_of_the_host_root(tmp_path: Path) -> None:
+    """target.local.path /var/backups/r with /var/backups on the node a link planted to a directory outside
+    the node's root: the repository is written where the node itself would put it, inside the host root,
+    and nothing appears outside (issue #18)."""
+    host = host_with_data(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (host / "var/backups").symlink_to(outside)
+    clock, reports = Clock(), list[tuple[str, str, dict[str, Any]]]()
+    eng = engine(host, clock, reports)
+    eng.tick({"nightly": backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+    assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]
+    assert list(outside.iterdir()) == [], "nothing written outside the host root"
+    assert (host / str(outside / "r").lstrip("/") / "config").is_file(), "the repository, inside the host root"
+
+
+def test_a_disk_too_full_to_stage_a_restore_fails_it_and_changes_nothing(tmp_path: Path) -> None:
+    """A Restore whose staging copy does not fit on the node's disk (/var/lib a tmpfs with room for its data,
+    not for a second copy): the agent reports it Failed naming this node's disk, not the repository; the
+    data keeps its current files, no staging is left holding space, and the Restore is not tried again on
+    every pass. Once there is room, a new Restore brings the data back."""
+    host = host_with_data(tmp_path)
+    (host / "var/lib/data/big.bin").write_bytes(os.urandom(300 * 1024))  # incompressible: restic cannot shrink it
+    clock, reports = Clock(), list[tuple[str, str, dict[str, Any]]]()
+    eng = engine(host, clock, reports)
+    eng.tick({"nightly": backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+    assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]
+    (host / "var/lib/data/a.txt").write_text("lost by mistake")
+    backup = backup_obj({})
+
+    def restore(name: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "generation": 1, "uid": name},
+                "spec": {"backupName": "nightly", "nodeName": NODE, "snapshot": {"latest": True}}}
+
+    with small_tmpfs(host / "var/lib", 450 * 1024) as var_lib:
+        eng.tick({"nightly": backup}, {"undo": restore("undo")}, {})
+        plural, name, entry = reports[-1]
+        assert (plural, name, entry["phase"]) == ("restores", "undo", "Failed"), reports[-1]
+        assert "no space left on this node's disk" in entry["message"], entry["message"]
+        assert "nothing changed" in entry["message"] and "backup target" not in entry["message"], entry["message"]
+        assert (var_lib / "data/a.txt").read_text() == "lost by mistake", "the data keeps its current files"
+        assert not [p for p in var_lib.rglob("*") if "maculaos-" in p.name], "no staging left holding space"
+        count = len(reports)
+        eng.tick({"nightly": backup}, {"undo": restore("undo")}, {})
+        assert len(reports) == count, "a failed Restore is not tried again on every pass"
+        resize(var_lib, 4 * 1024 * 1024)
+        eng.tick({"nightly": backup}, {"undo-again": restore("undo-again")}, {})
+        assert reports[-1][1] == "undo-again" and reports[-1][2]["phase"] == "Succeeded", reports[-1]
+        assert (var_lib / "data/a.txt").read_text() == "a"
+
+
+def test_a_restore_never_lands_in_a_system_directory_through_a_link(tmp_path: Path) -> None:
+    """Names that pass the API's rule but lead into the system on the node: targetPath /var/lib/restored a
+    link to /etc, or the data's parent /var/lib/data a link to /usr/local. The agent resolves them as the
+    node would, refuses naming where they would land, and writes nothing there (issue #18); a targetPath
+    that is a real directory restores."""
+    host = host_with_data(tmp_path)
+    clock, reports = Clock(), list[tuple[str, str, dict[str, Any]]]()
+    eng = engine(host, clock, reports)
+    eng.tick({"nightly": backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+    assert reports[-1][2]["phase"] == "Succeeded", reports[-1][2]
+    (host / "etc").mkdir()
+    (host / "var/lib/restored").symlink_to("/etc")
+
+    def restore(name: str, **spec: Any) -> dict[str, Any]:
+        obj = {"metadata": {"name": name, "generation": 1, "uid": name},
+               "spec": {"backupName": "nightly", "nodeName": NODE, "snapshot": {"latest": True}, **spec}}
+        eng.tick({"nightly": backup_obj({})}, {name: obj}, {})
+        assert reports[-1][:2] == ("restores", name)
+        return reports[-1][2]
+
+    entry = restore("into-etc", targetPath="/var/lib/restored")
+    assert entry["phase"] == "Failed", entry
+    assert "/var/lib/data would land in /etc/var/lib/data through a symbolic link" in entry["message"], entry
+    assert list((host / "etc").iterdir()) == [], "nothing written in /etc"
+
+    (host / "usr/local").mkdir(parents=True)
+    (host / "var/lib/data").rename(host / "var/lib/data-real")
+    (host / "var/lib/data").symlink_to("/usr/local")
+    entry = restore("into-usr", paths=["/var/lib/data/a.txt"])
+    assert entry["phase"] == "Failed" and "would land in /usr/local/a.txt" in entry["message"], entry
+    assert list((host / "usr/local").iterdir()) == [], "nothing written in /usr"
+
+    (host / "var/lib/elsewhere").mkdir()
+    entry = restore("into-a-directory", targetPath="/var/lib/elsewhere")
+    assert entry["phase"] == "Succeeded", entry
+    assert (host / "var/lib/elsewhere/var/lib/data/a.txt").read_text() == "a"

@@ -1,6 +1,8 @@
 """Paths a resource names stay inside the host root (issue #18): a symlink planted in a sandbox host root
 that points outside it is resolved inside the root, by every host module that reads or writes a user's
-path: health probes, restic backups (include and exclude), restores (paths and targetPath)."""
+path: health probes, restic backups (include), restores (paths and targetPath). A Backup's local repository
+(test_backup_engine) and a NodeUpgrade's source.localPath (test_upgrade) have theirs beside their agents'
+other tests."""
 
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
+from maculaos.agent.nodeupgrade import UpgradeEngine
 from maculaos.api.nodeupgrade import AgentPhase
 from maculaos.devenv.rauc import SimulatedRaucNode
 from maculaos.devenv.rauc import build_bundle as build_test_bundle
@@ -346,3 +348,60 @@ def test_image_bundle_puts_its_kernel_and_initramfs_in_the_new_slots_esp_folder(
     assert sorted(p.name for p in (esp / "B").iterdir()) == ["initrd.img", "vmlinuz"]  # no .new left over
     assert not (esp / "A").exists()                                       # the running slot's are not touched
     assert (rauc_node.host_root / "rootfs.1").read_bytes()[:len(squashfs)] == squashfs
+
+
+class _Entries:
+    """What the agent would send to its NodeReport (the API server is not part of this test)."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def node_entry(self, plural: str, name: str, entry: dict[str, Any] | None, *_: Any, **__: Any) -> bool:
+        if entry is not None:
+            self.entries.append(entry)
+        return True
+
+    def labels(self, *_: Any) -> None:
+        pass
+
+    def event(self, *_: Any) -> None:
+        pass
+
+    def healthy(self) -> bool:
+        return True
+
+
+def test_the_agent_never_takes_a_bundle_through_a_link_out_of_the_host_root(
+        rauc_node: SimulatedRaucNode, bundles: Bundles, tmp_path: Path) -> None:
+    """spec.source.localPath /media/usb, with /media on the node a link planted to a directory outside the
+    node's root that holds the very bundle asked for: the agent resolves the link inside the host root (as
+    the node itself would), finds no such directory there and installs nothing (issue #18). With a real
+    /media/usb on the node the same grant installs."""
+    outside = tmp_path / "outside"
+    (outside / "usb").mkdir(parents=True)
+    (outside / "usb" / bundles.newer.name).write_bytes(bundles.newer.read_bytes())
+    media = rauc_node.host_root / "media"
+    media.symlink_to(outside)
+    name = "macula-nuc-01"
+    upgrade = {"metadata": {"name": "from-usb", "uid": "u1", "generation": 1,
+                            "creationTimestamp": "2026-01-10T00:00:00Z"},
+               "spec": {"version": "0.3.0", "source": {"localPath": "/media/usb"}},
+               "status": {"target": {"version": "0.3.0"},
+                          "grants": {name: {"action": "Install", "time": "2026-01-10T00:01:00Z"}}}}
+    node = {"metadata": {"name": name, "labels": {}}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    reports = _Entries()
+    engine = UpgradeEngine(name, rauc_node.host_root, rauc_node.rauc(), "true", reports,  # type: ignore[arg-type]
+                           lambda: {"from-usb": upgrade}, lambda: {name: node}, lambda: {}, lambda: {})
+    engine.converge()
+    failed = reports.entries[-1]
+    assert failed["phase"] == "Failed", failed
+    inside = rauc_node.host_root / str(outside / "usb").lstrip("/")
+    assert f"source directory {inside} does not exist on this node" in failed["message"], failed["message"]
+    assert_untouched(rauc_node)
+
+    media.unlink()
+    (media / "usb").mkdir(parents=True)
+    (media / "usb" / bundles.newer.name).write_bytes(bundles.newer.read_bytes())
+    upgrade["status"]["grants"][name]["time"] = "2026-01-10T00:02:00Z"  # type: ignore[index]
+    engine.converge()
+    assert reports.entries[-1]["phase"] == "Installed", reports.entries[-1]

@@ -2,7 +2,8 @@
 sandbox host roots running the real restic 0.18 against local repositories and real rest-servers on
 loopback. Proves: an on-demand run backs up every node once; a scheduled run happens exactly once per
 scheduled time, also across an operator restart, with at most maxConcurrentNodes at a time; a Restore
-swaps the data back and a Restore of a missing snapshot fails and changes nothing; mesh copies land on
+swaps the data back, and a Restore of a missing snapshot, or one whose staging fills the node's disk, fails
+and changes nothing; mesh copies land on
 the peers the operator chose, through rest-servers that ask for the users of each node's config.yaml
 htpasswd (a Backup without credentials is refused, and says which field to set)."""
 
@@ -25,6 +26,7 @@ from maculaos.devenv.netns import create_netns, delete_netns, netns_name, nft_wr
 from maculaos.devenv.nodes import create_host_root, demo_fleet
 from maculaos.devenv.processes import ProcessRecord, is_running, stop
 from maculaos.host.config import write_maculaos_section
+from tests.diskfull import resize, small_tmpfs
 from tests.fakes import fake_systemctl
 from tests.htpasswd import htpasswd_line
 from tests.integration.conftest import Cluster, OperatorSupervisor
@@ -193,6 +195,51 @@ def test_a_lock_left_by_a_node_that_died_does_not_stop_the_next_run(fleet: Backu
     assert [s["id"] for s in fleet.snapshots(node, repo["RESTIC_REPOSITORY"])] == [second["lastSnapshotId"]], \
         "retention ran past the lock: only the newest snapshot is left"
     assert lock_count(repo) == 0
+
+
+def test_a_restore_whose_staging_fills_the_disk_fails_and_changes_nothing(fleet: BackupFleet, created: Create,
+                                                                          operator: ProcessRecord) -> None:
+    """The node's /var/lib/data on a tmpfs with room for its files but not for the staged copy a Restore
+    writes beside them: the real agent reports the Restore Failed naming this node's disk (not the backup
+    target), the data keeps its current files and no staging is left holding space; the Restore shows
+    Failed and Degraded. Once the disk has room, a new Restore brings the data back."""
+    node = "macula-nuc-02"
+    data = fleet.roots[node] / "var/lib/data"
+    (data / "shop").mkdir(parents=True, exist_ok=True)
+    (data / "shop/orders.csv").write_text("id,total\n1,9.50\n")
+    (data / "shop/photos.bin").write_bytes(os.urandom(300 * 1024))  # incompressible: the staged copy needs it all
+    created(backup("full-staging", {"local": {"path": "/var/backups/full-staging"}}, schedule="0 3 1 1 *",
+                   nodeSelector={"matchLabels": {"kubernetes.io/hostname": node}}))
+    fleet.cluster.wait_condition("Backup", "full-staging", "True")
+    run_now(fleet.cluster, "full-staging", "1")
+    entry = fleet.wait_entry("Backup", "full-staging", node, lambda e: e.get("phase") in ("Succeeded", "Failed"))
+    assert entry["phase"] == "Succeeded", entry
+    (data / "shop/orders.csv").write_text("lost by mistake\n")
+    used = sum(-(-p.stat().st_size // 4096) * 4096 for p in data.rglob("*") if p.is_file())
+
+    def restore(name: str) -> dict[str, Any]:
+        return {"apiVersion": "os.macula.io/v1alpha1", "kind": "Restore", "metadata": {"name": name},
+                "spec": {"backupName": "full-staging", "nodeName": node, "snapshot": {"latest": True},
+                         "paths": ["/var/lib/data/shop"]}}
+
+    with small_tmpfs(data, used + 128 * 1024) as disk:
+        created(restore("full-staging-undo"))
+        entry = fleet.wait_entry("Restore", "full-staging-undo", node,
+                                 lambda e: e.get("phase") in ("Succeeded", "Failed"))
+        assert entry["phase"] == "Failed", entry
+        assert "no space left on this node's disk" in entry["message"], entry["message"]
+        assert "backup target" not in entry["message"] and "nothing changed" in entry["message"], entry["message"]
+        assert (disk / "shop/orders.csv").read_text() == "lost by mistake\n", "the data keeps its current files"
+        assert not [p for p in disk.rglob("*") if "maculaos-" in p.name], "no staging left holding space"
+        degraded = fleet.cluster.wait_condition("Restore", "full-staging-undo", "True", ctype="Degraded")
+        assert node in degraded["message"], degraded
+        assert fleet.cluster.get("Restore", "full-staging-undo")["status"]["phase"] == "Failed"
+        resize(disk, used + 4 * 1024 * 1024)
+        created(restore("full-staging-again"))
+        entry = fleet.wait_entry("Restore", "full-staging-again", node,
+                                 lambda e: e.get("phase") in ("Succeeded", "Failed"))
+        assert entry["phase"] == "Succeeded", entry
+        assert (disk / "shop/orders.csv").read_text() == "id,total\n1,9.50\n"
 
 
 def test_a_run_rides_out_30_seconds_without_an_api_server(fleet: BackupFleet, created: Create,

@@ -1,5 +1,6 @@
 """The committed CRDs are exactly what the models generate, and structurally what Kubernetes wants."""
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,16 @@ def test_counts_the_outcome_sums_up_show_only_wide() -> None:
     assert columns["NodeUpgrade"]["Upgraded"] == columns["NodeUpgrade"]["Failed"] == 1
     assert columns["HealthCheck"]["Healthy"] == columns["MeshRole"]["Applied"] == 1
     assert columns["NodeUpgrade"]["Phase"] == columns["Backup"]["Last Success"] == 0
+
+
+@pytest.mark.parametrize("chart", ["maculaos-crds", "maculaos-operator"])
+def test_the_charts_refuse_a_kubernetes_without_the_cel_address_functions(chart: str) -> None:
+    """The CRDs check addresses with CEL's isCIDR/isIP, which an API server older than 1.31 does not know:
+    both charts say so, so helm refuses such a cluster by name instead of its API server failing on them."""
+    rules = "".join(p.read_text() for p in CRD_DIR.glob("*.yaml"))
+    assert "isCIDR(" in rules and "isIP(" in rules, "no CRD needs 1.31 any more: the charts' minimum may go down"
+    helm, where = str(CRD_DIR.parent / ".tools/bin/helm"), str(CRD_DIR.parent / "charts" / chart)
+    old = subprocess.run([helm, "template", where, "--kube-version", "1.30.0"], capture_output=True, text=True)
+    assert old.returncode != 0 and "requires kubeVersion: >=1.31" in old.stderr, old.stderr
+    new = subprocess.run([helm, "template", where, "--kube-version", "1.31.0"], capture_output=True, text=True)
+    assert new.returncode == 0, new.stderr

@@ -1,6 +1,8 @@
 """No input reaches the operator's handlers as an exception (issue #18): for any spec the CRD's structural
 schema admits, of every kind, the operator's judgement (validation, and the status judge() computes from
-it) is Valid, or Invalid with every problem naming a field. It never raises.
+it) is Valid, or Invalid with every problem naming a field. It never raises. A NodeUpgrade judged Valid goes
+on to its rollout pass, whose planning is tried too (it raised on a maxUnavailable the CEL rule alone kept
+out).
 
 Specs are drawn from the generated CRD schemas themselves (types, patterns, enums, bounds, required
 fields), not from the models, so what the API server would let through is what is tried. The CEL rules
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import string
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +25,13 @@ from hypothesis import strategies as st
 
 from maculaos.api import KINDS, spec_model
 from maculaos.api.crd import build_crd
+from maculaos.api.nodeupgrade import NodeUpgradeSpec, ReleaseTarget
+from maculaos.controller.nodeupgrade import parse_reports, parse_status
+from maculaos.controller.nodeupgrade_rollout import NodeFacts, RolloutInput, plan_rollout
 from maculaos.controller.reconcile import judge
 from maculaos.controller.validation import validate
+from tests.unit.test_conditions_table import NODE, TABLE
+from tests.unit.test_conditions_table import cluster as table_cluster
 from tests.unit.test_validation import BACKUP, NODES, Cluster
 
 EXAMPLES = int(os.environ.get("MACULAOS_PROPERTY_EXAMPLES", "40"))
@@ -90,6 +99,12 @@ def assert_judged(kind: str, spec: dict[str, Any], cluster: Cluster) -> None:
             "spec": spec, "status": {"nodes": {n: {"phase": "Failed", "observedGeneration": 2} for n in NODES}}}
     outcome = judge(body, cluster, NOW)
     assert outcome.status is None or "conditions" in outcome.status
+    if isinstance(verdict.spec, NodeUpgradeSpec) and verdict.valid:
+        plan = plan_rollout(RolloutInput(
+            spec=verdict.spec, status=parse_status({}), matched=verdict.matched_nodes,
+            nodes={n: NodeFacts() for n in verdict.matched_nodes}, reports={}, now=NOW,
+            target=ReleaseTarget(version=verdict.spec.version or "1.0.0")))
+        assert plan.phase
 
 
 class EverySecret(Cluster):
@@ -125,6 +140,17 @@ def test_any_admitted_spec_is_judged_without_raising(kind: str) -> None:
     check()
 
 
+@pytest.mark.parametrize("bad", ["", "25", "0%x", "101%", 0, -1])
+def test_a_max_unavailable_the_cel_rule_refuses_is_invalid_naming_it(bad: int | str) -> None:
+    """The CEL rule keeps these out at the door; an object that got past it (stored before the rule) is
+    Invalid with the rule's words, not an exception in the rollout pass on every retry."""
+    spec = {"version": "1.0.0", "strategy": {"maxUnavailable": bad}}
+    verdict = validate("NodeUpgrade", "u", spec, Cluster())
+    assert [p.field for p in verdict.problems] == ["spec.strategy.maxUnavailable"], verdict.problems
+    assert verdict.problems[0].message.startswith(f"{bad!r} must be a count"), verdict.problems[0].message
+    assert_judged("NodeUpgrade", spec, Cluster())
+
+
 @pytest.mark.parametrize(("kind", "spec"), [
     ("Backup", {**BACKUP, "schedule": "0 0 30 2 *"}),
     ("Backup", {**BACKUP, "schedule": "0 0 31 2,4 *"}),
@@ -138,3 +164,61 @@ def test_a_schedule_that_never_fires_is_invalid_naming_it(kind: str, spec: dict[
     assert field in [p.field for p in verdict.problems]
     assert "never fires" in next(p.message for p in verdict.problems if p.field == field)
     assert_judged(kind, spec, cluster)
+
+
+# -- node entries: what agents report -------------------------------------------------------------------
+
+#: Every key the operator reads with .get("...") anywhere in the controller: a node's entry may hold any of
+#: them with any JSON value (its schema types only phase, message, observedGeneration and lastUpdateTime,
+#: and keeps the rest), so a key the controller starts reading is tried here without naming it.
+READ_KEYS = sorted(set(re.findall(r'\.get\("([A-Za-z]+)"', "".join(
+    p.read_text() for p in (Path(__file__).resolve().parents[2] / "operator/maculaos/controller").glob("*.py")))))
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats(allow_nan=False) | TEXT
+                    | st.sampled_from(["2026-06-01T11:00:00Z", "Failed", "Succeeded", "1.0.0", "r1"]),
+                    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(TEXT, inner, max_size=2),
+                    max_leaves=4)
+
+
+def entry_strategy(kind: str) -> st.SearchStrategy[dict[str, Any]]:
+    schema = build_crd(spec_model(kind))["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    typed = schema["status"]["properties"]["nodes"]["additionalProperties"]
+    kept = [k for k in READ_KEYS if k not in typed["properties"]]  # those the API server types keep their type
+    return st.tuples(st.dictionaries(st.sampled_from(kept), JSON, max_size=6), from_schema(typed)).map(
+        lambda parts: {**parts[0], **parts[1]})
+
+
+@pytest.mark.parametrize("kind", KINDS_WITH_SPEC)
+def test_any_node_entry_an_agent_may_write_is_judged_without_raising(kind: str) -> None:
+    """An agent writes its own report and the operator folds it into the object: a Backup entry whose
+    lastSuccessTime was no time (3, a list) made judge() raise on every pass, so the Backup's status never
+    moved again. Whatever an entry holds, the object is judged."""
+    spec, _, _ = TABLE[kind]
+
+    @SETTINGS
+    @given(entries=st.dictionaries(st.sampled_from([NODE, "nuc-01", "gone"]), entry_strategy(kind), max_size=3))
+    def check(entries: dict[str, dict[str, Any]]) -> None:
+        body = {"kind": kind, "metadata": {"name": "x", "generation": 1, "uid": "u1", "resourceVersion": "7",
+                                           "creationTimestamp": "2026-06-01T11:00:00Z"},
+                "spec": spec, "status": {"nodes": entries}}
+        outcome = judge(body, table_cluster(), NOW)
+        assert outcome.status is None or "conditions" in outcome.status
+        if kind == "NodeUpgrade":
+            verdict = validate(kind, "x", spec, table_cluster())
+            assert isinstance(verdict.spec, NodeUpgradeSpec)
+            plan_rollout(RolloutInput(
+                spec=verdict.spec, status=parse_status({}), matched=verdict.matched_nodes,
+                nodes={n: NodeFacts() for n in verdict.matched_nodes}, reports=parse_reports(body["status"], "u1"),
+                now=NOW, target=ReleaseTarget(version="1.0.0")))
+
+    check()
+
+
+def test_a_backup_entry_whose_last_success_is_no_time_counts_as_no_success() -> None:
+    """The example the property found, kept as a case of its own."""
+    spec, _, _ = TABLE["Backup"]
+    for bad in (3, ["2026-06-01T11:00:00Z"], "yesterday"):
+        body = {"kind": "Backup", "metadata": {"name": "x", "generation": 1, "uid": "u1", "resourceVersion": "7",
+                                               "creationTimestamp": "2026-06-01T11:00:00Z"},
+                "spec": spec, "status": {"nodes": {NODE: {"phase": "Succeeded", "lastSuccessTime": bad}}}}
+        outcome = judge(body, table_cluster(), NOW)
+        assert outcome.status is not None and outcome.status["lastSuccessfulTime"] is None, bad

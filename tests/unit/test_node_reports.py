@@ -90,6 +90,18 @@ def test_the_folder_tracks_which_objects_changed_and_ignores_older_events() -> N
     assert folder._reports == {}
 
 
+@pytest.mark.parametrize("key", ["edge", "MeshRole", "MeshRole/a/b/c", "meshrole/edge", "MeshRole/Edge", "/x", ""])
+def test_a_report_key_the_schema_refuses_is_skipped_not_a_fold_that_fails_for_ever(key: str) -> None:
+    """A report stored before the key rule (issue #18): pending_kinds and every later fold parsed the key
+    and raised, and a failed fold keeps its keys for the next one, so no object was folded again."""
+    folder = Folder(KubeClient(Credentials(server="http://localhost:1")))
+    entry = {"uid": "u1", "report": {"phase": "Applied"}}
+    assert folder.observe("ADDED", report("n1", "10", {key: entry, "MeshRole/edge": entry}))
+    assert folder._dirty == {"MeshRole/edge"}
+    folder._loaded = True  # as after the first fold, when pending_kinds reads the keys
+    assert folder.pending_kinds() == {"MeshRole"}
+
+
 class CountingFolder:
     """Stands for Folder in fold_forever: counts the folds."""
 

@@ -40,7 +40,7 @@ def test_ten_nodes_max_three_reach_but_never_pass_the_bound() -> None:
 def test_max_unavailable_percent_rounds_down_and_is_at_least_one() -> None:
     spec = NodeUpgradeSpec.model_validate({"version": NEW, "strategy": {"maxUnavailable": "25%"}})
     assert [max_unavailable(spec, n) for n in (1, 4, 7, 8, 50)] == [1, 1, 1, 2, 12]
-    zero = NodeUpgradeSpec.model_validate({"version": NEW, "strategy": {"maxUnavailable": 0}})
+    zero = NodeUpgradeSpec.model_validate({"version": NEW, "strategy": {"maxUnavailable": "0%"}})
     assert max_unavailable(zero, 10) == 1
 
 

@@ -28,7 +28,7 @@ def specs(draw: st.DrawFn, patient: bool) -> dict[str, Any]:
     canary = draw(st.booleans())
     strategy: dict[str, Any] = {
         "type": "canary" if canary else "rolling",
-        "maxUnavailable": draw(st.one_of(st.integers(0, 4), st.sampled_from(["10%", "25%", "50%", "100%"]))),
+        "maxUnavailable": draw(st.one_of(st.integers(1, 4), st.sampled_from(["0%", "10%", "25%", "50%", "100%"]))),
         "delayBetweenNodes": draw(st.sampled_from(["0s", "45s"])),
     }
     if canary:

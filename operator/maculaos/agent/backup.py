@@ -31,7 +31,7 @@ from maculaos.host.backup import BackupJob, JobReport, run_job, save_local_job
 from maculaos.host.backup_retention import RetentionState
 from maculaos.host.paths import HostPathError
 from maculaos.host.restic import ResticError
-from maculaos.host.restore import SnapshotChoice, choose_in_repositories, restore_snapshot
+from maculaos.host.restore import SnapshotChoice, choose_in_repositories, restore_snapshot, system_landings
 from maculaos.kube.rest import ApiError, KubeClient, resource_path
 
 log = logging.getLogger("maculaos.agent")
@@ -245,6 +245,12 @@ class BackupEngine:
             if refused:
                 return {"phase": RunPhase.FAILED,
                         "message": "not restored: " + "; ".join(f"{f}: {why}" for f, why in refused)}
+            linked = system_landings(self.settings.host_root, spec.paths or bspec.include, spec.target_path)
+            if linked:
+                return {"phase": RunPhase.FAILED, "message": "not restored: " + "; ".join(
+                    f"{path} would land in {landing} through a symbolic link on this node, inside a system "
+                    "directory, where a restore never writes; restore under a targetPath that is a real directory"
+                    for path, landing in linked)}
             source = spec.source_node_name or self.settings.node
             job = self._job(spec.backup_name, bspec, backup.get("status") or {}, node=source)
             choice = SnapshotChoice(snapshot_id=spec.snapshot.id, latest=bool(spec.snapshot.latest),

@@ -9,6 +9,7 @@ own node" becomes a check of the object's name (the agent's admission policy).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ConfigDict, Field
@@ -86,6 +87,9 @@ class NodeReportSpec(CustomResource):
 
 
 def report_entries(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The entries of a NodeReport body, skipping malformed ones."""
+    """The entries of a NodeReport body, skipping malformed ones: a key the schema's rule refuses (kept
+    out by the API server, but a report stored before the rule reaches us all the same) would otherwise
+    raise in every fold after it, and the fold of every object with it."""
     raw = (body.get("status") or {}).get("entries") or {}
-    return {k: v for k, v in raw.items() if isinstance(v, dict) and isinstance(v.get("report"), dict)}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and re.fullmatch(REPORT_KEY_PATTERN, k)
+            and isinstance(v, dict) and isinstance(v.get("report"), dict)}

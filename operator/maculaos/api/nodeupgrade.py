@@ -7,15 +7,17 @@ maintenance windows, a delay between nodes, a failure budget, drain options and 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema
 
 from maculaos.api.common import (
     LABEL_KEYS_RULE,
+    PERCENT_PATTERN,
     ApiModel,
     Duration,
     HostPath,
@@ -40,6 +42,17 @@ INDEX_URL_PATTERN = r"^(https?|github)://[^\s]+$"
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
 TIME_OF_DAY_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 
+INT_OR_PERCENT_MESSAGE = "must be a count (1 or more; paused: true holds a rollout) or a percentage such as 25%"
+
+
+def _int_or_percent(value: int | str) -> int | str:
+    """The CEL rule below, kept by the operator too: an object stored before the rule (or written past the
+    API server) would otherwise reach the rollout pass, which raised on it at every retry (issue #18)."""
+    if isinstance(value, int) and value < 1 or isinstance(value, str) and not re.fullmatch(PERCENT_PATTERN, value):
+        raise ValueError(f"{value!r} {INT_OR_PERCENT_MESSAGE}")
+    return value
+
+
 IntOrPercent = Annotated[
     int | str,
     WithJsonSchema({
@@ -47,9 +60,10 @@ IntOrPercent = Annotated[
         "anyOf": [{"type": "integer"}, {"type": "string"}],
         "x-kubernetes-validations": [{
             "rule": "type(self) == int ? self >= 1 : self.matches('^(100|[1-9]?[0-9])%$')",
-            "message": "must be a count (1 or more; paused: true holds a rollout) or a percentage such as 25%",
+            "message": INT_OR_PERCENT_MESSAGE,
         }],
     }),
+    AfterValidator(_int_or_percent),
 ]
 """A node count such as 3, or a percentage of the selected nodes such as 25%."""
 

@@ -21,3 +21,13 @@ def parse_rfc3339(text: object) -> dt.datetime | None:
         return None
     when = dt.datetime.fromisoformat(str(text))
     return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def reported_time(value: object) -> dt.datetime | None:
+    """A time a node's agent reported, or None when it is absent or no time at all: an agent writes its own
+    report (a broken or hostile one anything the schema lets through), and one bad value must not stop the
+    judgement of the whole object on every pass."""
+    try:
+        return parse_rfc3339(value) if isinstance(value, str) else None
+    except ValueError:
+        return None

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from maculaos.api.backup import BackupSpec, RestoreSpec
 from maculaos.api.common import BACKUP_SERVER_PATTERN, NodeSelector, parse_duration
-from maculaos.api.times import parse_rfc3339, rfc3339
+from maculaos.api.times import parse_rfc3339, reported_time, rfc3339
 from maculaos.controller.backup_schedule import admit_nodes, decide, node_done, schedule_interval
 from maculaos.controller.outcome import restore_outcome
 
@@ -54,7 +54,7 @@ def stale_condition(spec: BackupSpec, entries: Mapping[str, Mapping[str, Any]], 
              else 2 * schedule_interval(spec.schedule, spec.time_zone, now))
     stale = []
     for node in matched:
-        since = parse_rfc3339((entries.get(node) or {}).get("lastSuccessTime")) or created
+        since = reported_time((entries.get(node) or {}).get("lastSuccessTime")) or created
         if now - since > limit:
             stale.append(node)
     if spec.suspend or not stale:
@@ -102,7 +102,7 @@ def backup_outcome(body: Mapping[str, Any], spec: BackupSpec, matched: Sequence[
                                   spec.target.mesh.replication_factor)
         # a merge patch keeps keys it does not name: a node no longer selected is removed with null
         fields["meshPeers"] = {n: None for n in status.get("meshPeers") or {} if n not in peers} | peers
-    successes = [parse_rfc3339(e.get("lastSuccessTime")) for e in entries.values()]
+    successes = [reported_time(e.get("lastSuccessTime")) for e in entries.values()]
     every_node_succeeded = bool(matched) and len(successes) == len(matched) and all(successes)
     fields["lastSuccessfulTime"] = rfc3339(min(t for t in successes if t)) if every_node_succeeded else None
     created = parse_rfc3339(meta.get("creationTimestamp")) or now

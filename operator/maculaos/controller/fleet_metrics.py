@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from maculaos.api.common import VERSION_LABEL
-from maculaos.api.times import parse_rfc3339
+from maculaos.api.times import reported_time
 
 #: NodeUpgrade phases (api/nodeupgrade.py, NodeUpgradeStatus.phase): one series each, 1 for the current.
 ROLLOUT_PHASES = ("Pending", "Waiting", "Progressing", "Paused", "Succeeded", "Failed")
@@ -46,11 +46,8 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 
 def _timestamp(text: object) -> float | None:
-    try:
-        when = parse_rfc3339(text) if isinstance(text, str) else None
-        return when.timestamp() if when else None
-    except ValueError:
-        return None
+    when = reported_time(text)
+    return when.timestamp() if when else None
 
 
 def _count(body: Mapping[str, Any], field: str) -> int:

@@ -87,11 +87,12 @@ def parse_spec(kind: str, raw: Mapping[str, Any]) -> tuple[CustomResource | None
 
 
 def _message(err: Mapping[str, Any]) -> str:
-    """pydantic's message, except for host paths: what a canonical path is, not the regular expression."""
+    """pydantic's message, except for host paths: what a canonical path is, not the regular expression; a
+    model's own check speaks without pydantic's "Value error, " in front."""
     if err.get("type") == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") in (
             HOST_PATH_PATTERN, EXCLUDE_PATTERN):
         return f"{err.get('input')!r} is not {HOST_PATH_HINT}"
-    return str(err["msg"])
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

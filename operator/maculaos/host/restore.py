@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from maculaos.api.backup import system_directory
 from maculaos.host.paths import in_host_root
 from maculaos.host.restic import ROOT_TAG, Restic, ResticError, ResticFailure, Snapshot
 
@@ -139,6 +140,19 @@ def _destination(host_root: Path, path: str, target_dir: str | None) -> Path:
     so that a planted link never carries a restore outside it; a link in the last place is replaced."""
     logical = f"{target_dir.rstrip('/')}/{path.lstrip('/')}" if target_dir else path
     return in_host_root(host_root, logical, follow_last=False)
+
+
+def system_landings(host_root: Path, paths: Sequence[str], target_dir: str | None) -> list[tuple[str, str]]:
+    """(path, where it would land) for every path whose destination, with the node's symlinks on the way
+    resolved, lies in a system directory although its name does not say so: /var/lib/restored a link to
+    /etc. The API's rule (api/backup.restore_refusals) reads names only; this is the same rule on the node,
+    for the agent to apply before it writes anything."""
+    found = []
+    for path in paths:
+        landing = "/" + _destination(host_root, path, target_dir).relative_to(host_root).as_posix().lstrip("/")
+        if system_directory(landing) is not None:
+            found.append((path, landing.rstrip("/") or "/"))
+    return found
 
 
 def _stage(restic: Restic, snapshot: Snapshot, snap_root: Path, host_root: Path, path: str,
