@@ -11,13 +11,22 @@ grant left behind.
   leader steps down on waking without writing anything;
 - the API server down for 30 s while a node reboots: agents and RAUC carry on, the operator (restarted
   as its Deployment would) picks the rollout up and the status catches up.
+
+Bad input (one NodeUpgrade per node, several at once): a bundle signed by a key the nodes do not trust,
+one for another architecture, a wrong sha256, a release index naming a missing file, the HTTP server
+gone mid-download. Each fails the node's install with the cause in the NodeUpgrade's status, before any
+disruption: never cordoned, never granted a reboot, never rebooted, slots and bootloader state unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +34,12 @@ import pytest
 
 from maculaos.devenv.demo import start_operator
 from maculaos.devenv.processes import ProcessRecord, free_port, is_running, stop
-from maculaos.devenv.rauc import SimulatedRaucNode, build_bundle
+from maculaos.devenv.rauc import SLOTS, SimulatedRaucNode, build_bundle
 from maculaos.host.nodeupgrade import STATE_DIR
 from tests.diskfull import small_tmpfs
 from tests.host.rauc_fixtures import COMPATIBLE, Bundles, BundleServer, release_of
 from tests.integration.conftest import OperatorSupervisor
-from tests.integration.rauc_fleet import RaucFleet
+from tests.integration.rauc_fleet import NODES, RaucFleet
 from tests.integration.test_upgrade_end_to_end import WAREHOUSE, _reboots
 from tests.integration.upgrade_agents import Sampler
 
@@ -197,3 +206,122 @@ def test_a_node_whose_disk_is_full_fails_alone_and_a_new_rollout_finishes_it(
     assert rauc_fleet.entry(full)["version"] == "0.9.0"
     assert _reboots(rauc_fleet, full) == rollout.reboots[full] + 1 and retry.sampler.peak <= 1
     assert not any(rauc_fleet.cluster.get("Node", n).get("spec", {}).get("unschedulable") for n in WAREHOUSE)
+
+
+# ---- bad input: refused before any disruption ---------------------------------------------------------------
+
+def _one_node_upgrade(name: str, node: str, version: str, source: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": name},
+            "spec": {"version": version, "source": source,
+                     "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": node}},
+                     "failurePolicy": {"maxFailedNodes": 0}, "healthCheckWait": "2s"}}
+
+
+def _disk(node: SimulatedRaucNode) -> dict[str, str]:
+    """What a refused upgrade must leave as it was: both slots' bytes and the bootloader's state."""
+    seen = {slot: hashlib.sha256((node.host_root / slot).read_bytes()).hexdigest() for slot, _ in SLOTS}
+    seen.update({f"boot/{f.name}": f.read_text() for f in sorted(node.boot_state.iterdir())})
+    return seen
+
+
+@contextmanager
+def vanishing_server(bundle: Path) -> Iterator[str]:
+    """Serves half of bundle to the first request, then goes away: its port closed, every later
+    connection (the agent's resumes) refused. Yields the bundle's URL."""
+    data = bundle.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            threading.Thread(target=lambda: (httpd.shutdown(), httpd.server_close()), daemon=True).start()
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/{bundle.name}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _refused(fleet: RaucFleet, cases: dict[str, tuple[str, dict[str, Any], str]], created: Callable[..., Any],
+             version: str) -> None:
+    """Each node (key) gets a NodeUpgrade of its own (name, source, a phrase its refusal must say); each
+    fails that node's install, and the node is never cordoned, granted a reboot or rebooted, its slots and
+    bootloader state unchanged; the NodeUpgrades are deleted after."""
+    cluster = fleet.cluster
+    disks = {n: _disk(fleet.nodes[n]) for n in cases}
+    boots = {n: (fleet.nodes[n].booted(), _reboots(fleet, n)) for n in cases}
+    samplers = {n: Sampler(cluster.api, name, [n], period=0.2).start() for n, (name, _, _) in cases.items()}
+    objects = [created(_one_node_upgrade(name, n, version, source)) for n, (name, source, _) in cases.items()]
+    try:
+        for node, (name, _, says) in cases.items():
+            def status(name: str = name) -> dict[str, Any]:
+                return dict(cluster.get("NodeUpgrade", name).get("status") or {})
+            cluster.wait_for(lambda s=status: s().get("phase") == "Failed", timeout=60,
+                             what=lambda s=status: f"the bad input to fail the rollout (now {s()})")
+            final = status()
+            assert final["rollout"][node]["stage"] == "Failed", final
+            message = final["rollout"][node]["message"]
+            assert message.startswith("install failed: not installed, slot ") and says in message, message
+            assert says in final["nodes"][node]["message"], final["nodes"]
+            assert final["failedNodes"] == 1 and final["grants"] == {}, final
+    finally:
+        for sampler in samplers.values():
+            sampler.stop()
+    for node, sampler in samplers.items():
+        assert sampler.peak == 0, f"{node} was cordoned or went NotReady"
+        assert {action for _, action, _ in sampler.grants} == {"Install"}, sampler.grants
+        assert (fleet.nodes[node].booted(), _reboots(fleet, node)) == boots[node], f"{node} rebooted"
+        assert _disk(fleet.nodes[node]) == disks[node], f"{node}'s slots or bootloader state changed"
+    for obj in objects:  # a Failed NodeUpgrade holds its nodes while it exists
+        cluster.kubectl("delete", "nodeupgrade", obj["metadata"]["name"], "--wait=true", "--timeout=60s")
+
+
+def test_bad_bundles_are_refused_before_any_disruption_and_named_in_the_status(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
+        operator_supervisor: OperatorSupervisor) -> None:
+    """Through a NodeUpgrade each, with the real operator, agents and RAUC: a bundle signed by a key the
+    nodes do not trust, one built for another architecture, a wrong sha256, a release index naming a file
+    the server does not have, and a server that goes away mid-download. The install comes before the
+    cordon, so each is refused with the node still in service."""
+    operator_supervisor.ensure_running()
+    keys = bundles.dir / "keys"
+    version = "0.10.0"
+    impostor = build_bundle(bundles.dir / f"impostor-{version}.raucb", version, COMPATIBLE,
+                            keys / "impostor.cert.pem", keys / "impostor.key.pem")
+    arm = build_bundle(bundles.dir / f"arm-{version}.raucb", version, "maculaos-arm64", bundles.cert,
+                       keys / "fleet.key.pem")
+    good = build_bundle(bundles.dir / f"good-{version}.raucb", version, COMPATIBLE, bundles.cert,
+                        keys / "fleet.key.pem")
+
+    def url_source(bundle: Path, sha256: str = "") -> dict[str, Any]:
+        release = release_of(bundle_server, bundle, version=version)
+        return {"url": release.url, "sha256": sha256 or release.sha256}
+    nuc1, nuc2, pi3 = NODES
+    _refused(rauc_fleet, {
+        nuc1: ("bad-signer", url_source(impostor), "signature verification failed"),
+        nuc2: ("bad-arch", url_source(arm), "bundle is for 'maculaos-arm64', this node is 'maculaos-amd64'"),
+        pi3: ("bad-sha256", url_source(good, "0" * 64), "sha256 mismatch"),
+    }, created, version)
+
+    index = bundles.dir / "index-missing-file.yaml"
+    missing = bundle_server.url(f"missing-{version}.raucb")
+    index.write_text(f'channels:\n  stable:\n    - {{version: {version}, url: "{missing}", sha256: "{"a" * 64}", '
+                     f"size: {good.stat().st_size}}}\n")
+    with vanishing_server(good) as vanishing:
+        _refused(rauc_fleet, {
+            nuc1: ("bad-index-entry", {"releaseIndex": bundle_server.url(index.name)},
+                   f"download of {missing} failed: HTTP 404"),
+            nuc2: ("server-gone", {"url": vanishing, "sha256": release_of(bundle_server, good, version).sha256},
+                   "Connection refused"),
+        }, created, version)
