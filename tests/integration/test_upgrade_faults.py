@@ -16,12 +16,16 @@ Bad input (one NodeUpgrade per node, several at once): a bundle signed by a key 
 one for another architecture, a wrong sha256, a release index naming a missing file, the HTTP server
 gone mid-download. Each fails the node's install with the cause in the NodeUpgrade's status, before any
 disruption: never cordoned, never granted a reboot, never rebooted, slots and bootloader state unchanged.
+
+Aborting: a NodeUpgrade deleted, or paused, while its first node holds the Reboot grant. Every node ends
+on the old version or the new one, committed (it boots the slot it runs, marked good), none cordoned.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
 import signal
 import threading
@@ -325,3 +329,96 @@ def test_bad_bundles_are_refused_before_any_disruption_and_named_in_the_status(
             nuc2: ("server-gone", {"url": vanishing, "sha256": release_of(bundle_server, good, version).sha256},
                    "Connection refused"),
         }, created, version)
+
+
+# ---- aborting: deleted or paused mid-rollout ----------------------------------------------------------------
+
+def _settled(fleet: RaucFleet, node: str) -> str:
+    """Why node is not yet settled ("" when it is): committed (it boots the slot it runs, marked good) and
+    no upgrade step of its own under way."""
+    sim = fleet.nodes[node]
+    booted = sim.booted()
+    primary = (sim.boot_state / "primary").read_text().strip()
+    state = sim.host_root / STATE_DIR / "state.json"
+    phase = json.loads(state.read_text())["phase"] if state.exists() else "Idle"
+    if (primary, sim.slot_state(booted)) != (booted, "good"):
+        return f"{node} boots {primary} next, its running slot {booted} is {sim.slot_state(booted)}"
+    if phase in ("Downloading", "Installing", "Rebooting", "Committing"):
+        return f"{node}'s upgrade is {phase}"
+    return ""
+
+
+def _nobody_stranded(rollout: Rollout, before: dict[str, str], timeout: float = 90) -> dict[str, str]:
+    """Wait until every warehouse node is settled and uncordoned; each then runs its old version or the new
+    one. Returns the version each runs."""
+    fleet, cluster = rollout.fleet, rollout.cluster
+
+    def problems() -> list[str]:
+        cordoned = [n for n in WAREHOUSE if cluster.get("Node", n).get("spec", {}).get("unschedulable")]
+        return [p for p in (_settled(fleet, n) for n in WAREHOUSE) if p] + [f"{n} cordoned" for n in cordoned]
+    cluster.wait_for(lambda: not problems(), timeout, lambda: f"every node settled ({problems()})")
+    running = {n: fleet.nodes[n].slot_version(fleet.nodes[n].booted()) for n in WAREHOUSE}
+    assert all(running[n] in (before[n], rollout.version) for n in WAREHOUSE), (before, running)
+    for node in WAREHOUSE:
+        annotations = cluster.get("Node", node)["metadata"].get("annotations") or {}
+        assert "os.macula.io/cordoned-by" not in annotations, annotations
+    return running
+
+
+def test_a_nodeupgrade_deleted_while_a_node_reboots_strands_nobody(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
+        operator_supervisor: OperatorSupervisor) -> None:
+    """Deleted while the first node holds its Reboot grant (cordoned, going down; the second may be
+    installing meanwhile): the first boots the new slot and its agent commits it on its own (no NodeUpgrade
+    left to judge by: the default health window), the operator uncordons what the deleted object cordoned,
+    the second stays on the version it runs, and no node is left cordoned or on an unconfirmed slot."""
+    operator_supervisor.ensure_running()
+    before = {n: rauc_fleet.nodes[n].slot_version(rauc_fleet.nodes[n].booted()) for n in WAREHOUSE}
+    rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "deleted-0-11-0", "0.11.0")
+    try:
+        first = rollout.wait_first_reboot_grant()
+        rauc_fleet.cluster.kubectl("delete", "nodeupgrade", rollout.name, "--wait=true", "--timeout=30s")
+        state = json.loads((rauc_fleet.nodes[first].host_root / STATE_DIR / "state.json").read_text())
+        assert state["phase"] in ("Installed", "Rebooting", "Committing"), f"{first} finished before the delete"
+        rauc_fleet.cluster.wait_for(lambda: _reboots(rauc_fleet, first) == rollout.reboots[first] + 1, 60,
+                                    f"{first} to take its granted reboot")
+        running = _nobody_stranded(rollout, before)
+    finally:
+        rollout.sampler.stop()
+    second = next(n for n in WAREHOUSE if n != first)
+    assert running == {first: "0.11.0", second: before[second]}, running
+    assert _reboots(rauc_fleet, second) == rollout.reboots[second], f"{second} rebooted"
+    assert rollout.sampler.peak <= 1
+
+
+def test_a_nodeupgrade_paused_mid_rollout_lets_the_node_in_flight_finish_and_resumes(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
+        operator_supervisor: OperatorSupervisor) -> None:
+    """spec.paused set while the first node holds its Reboot grant: that node finishes (rebooted,
+    committed, uncordoned), the second's pending install is withdrawn and it is never disrupted; the
+    rollout says Paused. Unpaused, it finishes."""
+    operator_supervisor.ensure_running()
+    cluster = rauc_fleet.cluster
+    before = {n: rauc_fleet.nodes[n].slot_version(rauc_fleet.nodes[n].booted()) for n in WAREHOUSE}
+    rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "paused-0-12-0", "0.12.0")
+
+    def pause(paused: bool) -> None:
+        cluster.kubectl("patch", "nodeupgrade", rollout.name, "--type=merge", "-p",
+                        json.dumps({"spec": {"paused": paused}}))
+    try:
+        first = rollout.wait_first_reboot_grant()
+        pause(True)
+        second = next(n for n in WAREHOUSE if n != first)
+        cluster.wait_for(lambda: rollout.status().get("phase") == "Paused"
+                         and (rollout.status().get("rollout") or {}).get(first, {}).get("stage") == "Succeeded",
+                         90, lambda: f"the rollout Paused with {first} finished (now {rollout.status()})")
+        running = _nobody_stranded(rollout, before)
+        paused = rollout.status()
+        assert running == {first: "0.12.0", second: before[second]}, running
+        assert second not in (paused.get("rollout") or {}) and paused["grants"] == {}, paused
+        assert rollout.sampler.reboot_grants(second) == 0 and _reboots(rauc_fleet, second) == rollout.reboots[second]
+        pause(False)
+        final = rollout.wait_done(timeout=120)
+    finally:
+        rollout.sampler.stop()
+    rollout.assert_nothing_lost(final)
