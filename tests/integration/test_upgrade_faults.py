@@ -14,8 +14,9 @@ grant left behind.
 
 Bad input (one NodeUpgrade per node, several at once): a bundle signed by a key the nodes do not trust,
 one for another architecture, a wrong sha256, a release index naming a missing file, the HTTP server
-gone mid-download. Each fails the node's install with the cause in the NodeUpgrade's status, before any
-disruption: never cordoned, never granted a reboot, never rebooted, slots and bootloader state unchanged.
+gone mid-download, a full-size bundle for a small data partition. Each fails the node's install with the
+cause in the NodeUpgrade's status, before any disruption: never cordoned, never granted a reboot, never
+rebooted, slots and bootloader state unchanged.
 
 Aborting: a NodeUpgrade deleted, or paused, while its first node holds the Reboot grant. Every node ends
 on the old version or the new one, committed (it boots the slot it runs, marked good), none cordoned.
@@ -296,8 +297,9 @@ def test_bad_bundles_are_refused_before_any_disruption_and_named_in_the_status(
         operator_supervisor: OperatorSupervisor) -> None:
     """Through a NodeUpgrade each, with the real operator, agents and RAUC: a bundle signed by a key the
     nodes do not trust, one built for another architecture, a wrong sha256, a release index naming a file
-    the server does not have, and a server that goes away mid-download. The install comes before the
-    cordon, so each is refused with the node still in service."""
+    the server does not have, a server that goes away mid-download, and a release index's 290 MB bundle
+    for a node whose data partition has 200 MiB (refused by its size before a connection). The install
+    comes before the cordon, so each is refused with the node still in service."""
     operator_supervisor.ensure_running()
     keys = bundles.dir / "keys"
     version = "0.10.0"
@@ -318,17 +320,23 @@ def test_bad_bundles_are_refused_before_any_disruption_and_named_in_the_status(
         pi3: ("bad-sha256", url_source(good, "0" * 64), "sha256 mismatch"),
     }, created, version)
 
-    index = bundles.dir / "index-missing-file.yaml"
+    def index(name: str, url: str, size: int) -> dict[str, Any]:
+        (bundles.dir / name).write_text(f'channels:\n  stable:\n    - {{version: {version}, url: "{url}", '
+                                        f'sha256: "{"a" * 64}", size: {size}}}\n')
+        return {"releaseIndex": bundle_server.url(name)}
     missing = bundle_server.url(f"missing-{version}.raucb")
-    index.write_text(f'channels:\n  stable:\n    - {{version: {version}, url: "{missing}", sha256: "{"a" * 64}", '
-                     f"size: {good.stat().st_size}}}\n")
-    with vanishing_server(good) as vanishing:
+    small = rauc_fleet.nodes[pi3].host_root / STATE_DIR / "bundles"
+    with vanishing_server(good) as vanishing, small_tmpfs(small, 200 * 2**20):
         _refused(rauc_fleet, {
-            nuc1: ("bad-index-entry", {"releaseIndex": bundle_server.url(index.name)},
+            nuc1: ("bad-index-entry", index("index-missing-file.yaml", missing, good.stat().st_size),
                    f"download of {missing} failed: HTTP 404"),
             nuc2: ("server-gone", {"url": vanishing, "sha256": release_of(bundle_server, good, version).sha256},
                    "Connection refused"),
+            # a full bundle (290 MB, as the index says) for a 200 MiB data partition: refused before connecting
+            pi3: ("too-big", index("index-full-bundle.yaml", bundle_server.url(good.name), 290_000_000),
+                  "not enough space for 0.10.0 in "),
         }, created, version)
+        assert not list(small.iterdir()), "nothing downloaded"
 
 
 # ---- aborting: deleted or paused mid-rollout ----------------------------------------------------------------
