@@ -29,6 +29,8 @@ import http.server
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,8 +39,9 @@ from typing import Any
 
 import pytest
 
+import maculaos
 from maculaos.devenv.demo import start_operator
-from maculaos.devenv.processes import ProcessRecord, free_port, is_running, stop
+from maculaos.devenv.processes import ProcessRecord, free_port, is_running, spawn, stop
 from maculaos.devenv.rauc import SLOTS, SimulatedRaucNode, build_bundle
 from maculaos.host.nodeupgrade import STATE_DIR
 from tests.diskfull import small_tmpfs
@@ -430,3 +433,99 @@ def test_a_nodeupgrade_paused_mid_rollout_lets_the_node_in_flight_finish_and_res
     finally:
         rollout.sampler.stop()
     rollout.assert_nothing_lost(final)
+
+
+# ---- version skew: operator and agents one release apart ----------------------------------------------------
+
+SKEW_REF = "13f4d3c"
+"""Release N of the skew tests (docs/architecture.md, "Version skew"): main before NodeUpgrade's
+spec.healthCheckSelector, a field N+1 (this checkout) added. Move it to the last release when one is cut."""
+
+
+@pytest.fixture(scope="module")
+def release_n(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The maculaos package of SKEW_REF, to put first on an operator's or agent's PYTHONPATH."""
+    into = tmp_path_factory.mktemp("release-n")
+    repo = Path(__file__).resolve().parents[2]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", SKEW_REF, "operator"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    package = into / "operator"
+    imported = subprocess.run([sys.executable, "-c", "import maculaos; print(maculaos.__file__)"], check=True,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(package)})
+    assert imported.stdout.startswith(str(package)), f"release N is not what runs: {imported.stdout}"
+    return package
+
+
+def test_skew_an_operator_one_release_older_rolls_out_with_new_agents(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
+        operator_supervisor: OperatorSupervisor, release_n: Path) -> None:
+    """Operator N (SKEW_REF) and agents N+1: the nodes that upgraded first run the new image's agent while
+    the operator is still the old one's. The rollout ends as any other."""
+    operator_supervisor.stop()
+    plane = rauc_fleet.cluster.plane
+    _, old = spawn("operator-release-n", [sys.executable, "-m", "maculaos", "operator", "run", "--no-leader-elect",
+                                          "--resync-seconds=2", f"--metrics-port=127.0.0.1:{free_port()}"],
+                   plane.workdir / "logs", env={"KUBECONFIG": str(plane.kubeconfig), "PYTHONUNBUFFERED": "1",
+                                                "PYTHONPATH": str(release_n)})
+    try:
+        rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "skew-old-operator-0-13-0", "0.13.0")
+        rollout.assert_nothing_lost(rollout.wait_done())
+    finally:
+        stop(old)
+
+
+def test_skew_new_operator_with_agents_one_release_older(
+        rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
+        operator_supervisor: OperatorSupervisor, release_n: Path) -> None:
+    """Operator N+1 (this checkout, upgraded first through its chart) and agents N (SKEW_REF) on nodes
+    still on the old image: the rollout ends as any other. A NodeUpgrade that uses a field N+1 added
+    (healthCheckSelector) is refused by an N agent, which says so in its entry, and nothing is disrupted."""
+    operator_supervisor.ensure_running()
+    def restart_agent(name: str, env: dict[str, str], argv: list[str]) -> None:
+        node = SimulatedRaucNode.load(rauc_fleet.nodes[name].dir)  # as the last reboot left it (its bus, its agent)
+        node.stop_agent()
+        node.start_agent(argv, env)
+
+    def old_agent(name: str) -> tuple[dict[str, str], list[str]]:
+        """Release N's agent; its reboot command runs this checkout's simulated firmware (the hook is
+        Python too, and would otherwise import release N's, which cannot read this node's layout)."""
+        argv, env = current[name]
+        firmware = rauc_fleet.nodes[name].dir / "reboot-with-this-checkout"
+        firmware.write_text(f"#!/bin/sh\nPYTHONPATH={Path(maculaos.__file__).parents[1]} exec "
+                            f"{rauc_fleet.nodes[name].dir / 'refusable-reboot'}\n")
+        firmware.chmod(0o755)
+        argv = [f"--reboot-command={firmware}" if a.startswith("--reboot-command=") else a for a in argv]
+        return {**env, "PYTHONPATH": str(release_n)}, argv
+    warehouse = [rauc_fleet.nodes[n] for n in WAREHOUSE]
+    current = {n.layout.name: (list(n.layout.agent_argv or []), dict(n.layout.agent_env or {})) for n in warehouse}
+    try:
+        for name in WAREHOUSE:
+            restart_agent(name, *old_agent(name))
+        rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "skew-old-agents-0-14-0", "0.14.0")
+        rollout.assert_nothing_lost(rollout.wait_done())
+        assert all(SimulatedRaucNode.load(n.dir).layout.agent_env == old_agent(n.layout.name)[0] for n in warehouse), \
+            "the agents restarted by the reboots are release N's"
+
+        bundle = build_bundle(bundles.dir / "good-0.15.0.raucb", "0.15.0", COMPATIBLE, bundles.cert,
+                              bundles.dir / "keys" / "fleet.key.pem")
+        release = release_of(bundle_server, bundle, version="0.15.0")
+        unknown = nodeupgrade("skew-new-field-0-15-0", "0.15.0", release.url, release.sha256 or "", "40s")
+        unknown["spec"]["healthCheckSelector"] = {"matchLabels": {"judge": "upgrades"}}
+        rauc_fleet.name = "skew-new-field-0-15-0"
+        sampler = Sampler(rauc_fleet.cluster.api, rauc_fleet.name, WAREHOUSE, period=0.2).start()
+        try:
+            created(unknown)
+            rauc_fleet.cluster.wait_for(
+                lambda: "not acted on" in rauc_fleet.entry(WAREHOUSE[0]).get("message", ""), 30,
+                lambda: f"the N agent to refuse the N+1 field ({rauc_fleet.entry(WAREHOUSE[0])})")
+            entry = rauc_fleet.entry(WAREHOUSE[0])
+            assert entry["phase"] == "Idle" and "Extra inputs are not permitted" in entry["message"], entry
+        finally:
+            sampler.stop()
+        assert sampler.peak == 0 and {a for _, a, _ in sampler.grants} <= {"Install"}, sampler.grants
+        assert {n: rauc_fleet.nodes[n].slot_version(rauc_fleet.nodes[n].booted()) for n in WAREHOUSE} == \
+            dict.fromkeys(WAREHOUSE, "0.14.0"), "nothing installed or booted for the refused object"
+    finally:
+        for name in WAREHOUSE:
+            restart_agent(name, current[name][1], current[name][0])
