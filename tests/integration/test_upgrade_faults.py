@@ -20,6 +20,9 @@ rebooted, slots and bootloader state unchanged.
 
 Aborting: a NodeUpgrade deleted, or paused, while its first node holds the Reboot grant. Every node ends
 on the old version or the new one, committed (it boots the slot it runs, marked good), none cordoned.
+
+Version skew: the operator of release N (SKEW_REF, exported from git) with this checkout's agents, and
+this checkout's operator with agents N; each rolls the warehouse out as usual.
 """
 
 from __future__ import annotations
