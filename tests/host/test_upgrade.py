@@ -106,11 +106,14 @@ def test_dropped_download_fails_cleanly_then_resumes(rauc_node: SimulatedRaucNod
     assert bundle_server.ranges and all(r.startswith("bytes=") and r != "bytes=0-" for r in bundle_server.ranges)
 
 
-def test_not_enough_space_is_refused_before_downloading(rauc_node: SimulatedRaucNode, bundles: Bundles,
-                                                        bundle_server: BundleServer) -> None:
-    release = release_of(bundle_server, bundles.good)
-    state = upgrader_for(rauc_node).install(Release("0.2.0", release.url, release.sha256, 2**50), None)
-    assert state.phase is AgentPhase.FAILED and "not enough space" in state.message
+def test_not_enough_space_is_refused_before_downloading(rauc_node: SimulatedRaucNode) -> None:
+    """The release's size (a release index gives it) is held against the data partition before any
+    connection: this server's port is closed, and the refusal names the space, not the connection."""
+    release = Release("0.2.0", "http://127.0.0.1:9/maculaos-0.2.0.raucb", "a" * 64, 2**40)
+    state = upgrader_for(rauc_node).install(release, None)
+    assert state.phase is AgentPhase.FAILED, state.message
+    assert "not enough space for 0.2.0 in " in state.message and "the bundle needs 1048576.0 MiB and 64.0 MiB stay " \
+        "free for the node" in state.message and "spec.source.localPath" in state.message, state.message
     assert_untouched(rauc_node)
 
 

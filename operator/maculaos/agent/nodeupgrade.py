@@ -116,8 +116,7 @@ class UpgradeEngine:
         try:
             spec = NodeUpgradeSpec.model_validate(obj.get("spec") or {})
         except ValidationError as exc:
-            self._report(obj, {"phase": AgentPhase.IDLE.value, "message": f"not acted on: {exc.errors()[0]['msg']}"},
-                         facts)
+            self._report(obj, {"phase": AgentPhase.IDLE.value, "message": not_acted_on(exc)}, facts)
             return False
         state = self._act(obj, spec, node, state)
         facts = self.upgrader.facts()
@@ -221,6 +220,16 @@ class UpgradeEngine:
                 "slot": facts.slot, "bootId": facts.boot_id, "progress": None, "observedGrant": None,
                 **entry}  # None clears (merge patch)
         self.reporter.node_entry(PLURAL, obj["metadata"]["name"], full, uid=_uid(obj))
+
+
+def not_acted_on(exc: ValidationError) -> str:
+    """Why this agent leaves a NodeUpgrade alone, naming the field. A field it does not know comes from an
+    operator's API newer than this agent (docs/architecture.md, "Version skew"): never half applied."""
+    first = exc.errors()[0]
+    where = ".".join(["spec", *(str(p) for p in first["loc"])])
+    hint = (" (a field this node's agent does not know: its OS is older than the operator's API; upgrade it "
+            "with a NodeUpgrade that leaves the field out)" if first["type"] == "extra_forbidden" else "")
+    return f"not acted on: {where}: {first['msg']}{hint}"
 
 
 def _wants_install(state: UpgradeState | None, target: ReleaseTarget, grant: Grant, uid: str) -> bool:

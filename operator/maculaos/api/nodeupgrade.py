@@ -224,6 +224,9 @@ class GrantRef(ApiModel):
     """Which grant a report answers: the object (by uid: a deleted and recreated object of the same name
     has another) and the grant (action and time)."""
 
+    model_config = ConfigDict(extra="ignore")  # read by the other side, maybe one release apart: a key a
+    # newer release adds is ignored, never a reason to drop the whole grant ("Version skew", architecture.md)
+
     uid: str = Field(max_length=64)
     """metadata.uid of the NodeUpgrade that gave the grant."""
     action: GrantAction
@@ -256,6 +259,9 @@ class NodeUpgradeNodeEntry(NodeEntry):
 class Grant(ApiModel):
     """What the operator allows one node to do now; an agent never upgrades without one."""
 
+    model_config = ConfigDict(extra="ignore")  # read by the other side, maybe one release apart: a key a
+    # newer release adds is ignored, never a reason to drop the whole grant ("Version skew", architecture.md)
+
     action: GrantAction
     """Install (no disruption), Reboot (cordoned and drained) or Rollback (boot the previous slot)."""
     time: str
@@ -264,6 +270,9 @@ class Grant(ApiModel):
 
 class ReleaseTarget(ApiModel):
     """The release a rollout goes to, resolved by the operator from version, channel and source."""
+
+    model_config = ConfigDict(extra="ignore")  # read by the other side, maybe one release apart: a key a
+    # newer release adds is ignored, never a reason to drop the whole grant ("Version skew", architecture.md)
 
     version: str
     """MaculaOS version."""

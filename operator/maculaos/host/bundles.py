@@ -1,6 +1,7 @@
-"""Getting a RAUC bundle onto the node: download it to the data partition (free space checked first,
-resumed after a dropped connection, size and SHA-256 verified), or find it in a local directory (USB
-stick, airgap) by its manifest version. Nothing here touches a slot."""
+"""Getting a RAUC bundle onto the node: download it to the data partition (free space checked first: before
+connecting when the release gives the size, as a release index does, else by the response's Content-Length;
+resumed after a dropped connection, size and SHA-256 verified), or find it in a local directory (USB stick,
+airgap) by its manifest version. Nothing here touches a slot."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def download(release: Release, directory: Path, progress: DownloadProgress | Non
         except BundleError:
             final.unlink()
     part = final.with_name(final.name + ".part")
+    if release.size is not None:  # the release says how big: refused before a connection is even made
+        _check_space(directory, release.size - (part.stat().st_size if part.exists() else 0), release)
     last: Exception | None = None
     for _ in range(max(1, attempts)):
         try:
@@ -151,10 +154,17 @@ def _write_failed(exc: OSError, release: Release, directory: Path, done: int, to
 
 
 def _check_space(directory: Path, needed: int, release: Release) -> None:
+    """Before the first byte is written: a bundle that cannot fit is refused, not found out half way."""
     free = shutil.disk_usage(directory).free
     if needed + SPARE_BYTES > free:
-        raise BundleError(f"not enough space for {release.version} in {directory}: the bundle needs {needed} bytes "
-                          f"plus {SPARE_BYTES} spare, {free} are free")
+        raise BundleError(f"not enough space for {release.version} in {directory}: the bundle needs "
+                          f"{_mib(needed)} and {_mib(SPARE_BYTES)} stay free for the node, {_mib(free)} are free; "
+                          f"free space on the data partition, or install from a directory "
+                          "on the node (spec.source.localPath)")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _sha256_of(path: Path) -> str:
