@@ -42,6 +42,11 @@ INDEX_URL_PATTERN = r"^(https?|github)://[^\s]+$"
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
 TIME_OF_DAY_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 
+#: For what the operator and the agents hand each other (grants, targets, the answered grant): read by the
+#: other side, maybe one release apart, a key a newer release adds is ignored, never a reason to drop the
+#: whole object ("Version skew" in docs/architecture.md).
+SKEW_TOLERANT = ConfigDict(extra="ignore")
+
 INT_OR_PERCENT_MESSAGE = "must be a count (1 or more; paused: true holds a rollout) or a percentage such as 25%"
 
 
@@ -224,8 +229,7 @@ class GrantRef(ApiModel):
     """Which grant a report answers: the object (by uid: a deleted and recreated object of the same name
     has another) and the grant (action and time)."""
 
-    model_config = ConfigDict(extra="ignore")  # read by the other side, maybe one release apart: a key a
-    # newer release adds is ignored, never a reason to drop the whole grant ("Version skew", architecture.md)
+    model_config = SKEW_TOLERANT
 
     uid: str = Field(max_length=64)
     """metadata.uid of the NodeUpgrade that gave the grant."""
@@ -259,8 +263,7 @@ class NodeUpgradeNodeEntry(NodeEntry):
 class Grant(ApiModel):
     """What the operator allows one node to do now; an agent never upgrades without one."""
 
-    model_config = ConfigDict(extra="ignore")  # read by the other side, maybe one release apart: a key a
-    # newer release adds is ignored, never a reason to drop the whole grant ("Version skew", architecture.md)
+    model_config = SKEW_TOLERANT
 
     action: GrantAction
     """Install (no disruption), Reboot (cordoned and drained) or Rollback (boot the previous slot)."""
@@ -271,8 +274,7 @@ class Grant(ApiModel):
 class ReleaseTarget(ApiModel):
     """The release a rollout goes to, resolved by the operator from version, channel and source."""
 
-    model_config = ConfigDict(extra="ignore")  # read by the other side, maybe one release apart: a key a
-    # newer release adds is ignored, never a reason to drop the whole grant ("Version skew", architecture.md)
+    model_config = SKEW_TOLERANT
 
     version: str
     """MaculaOS version."""
