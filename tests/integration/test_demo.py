@@ -33,8 +33,10 @@ def maculaos(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 def make_command(target: str) -> list[str]:
     """What `make <target>` runs, as make itself reads the Makefile (its `install` prerequisite left out:
     tools/install.sh has run before any test)."""
-    dry = subprocess.run(["make", "--dry-run", "--old-file=install", target], cwd=REPO, capture_output=True,
-                         text=True, check=True)
+    # Not as a sub-make of `make test`: that one's variables would make this one print its directory too.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    dry = subprocess.run(["make", "--no-print-directory", "--dry-run", "--old-file=install", target], cwd=REPO,
+                         env=env, capture_output=True, text=True, check=True)
     (line,) = dry.stdout.splitlines()
     return shlex.split(line)
 
