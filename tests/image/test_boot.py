@@ -65,8 +65,9 @@ def test_blank_data_disk_is_formatted_and_boots_into_the_first_boot_wizard(built
     # The default firewall seen from the host: the probe puts the same listener on an admitted port (the git
     # server's) and on the agent's metrics port (pods only), and waits for the test to look.
     admitted, closed = free_port(), free_port()
-    spec = dataclasses.replace(_spec(built_image, data, "disk"), forwards=((admitted, 23232), (closed, 9750)))
-    spec = dataclasses.replace(spec, cmdline=f"{spec.cmdline} macula.test.firewall_check")
+    spec = _spec(built_image, data, "disk")
+    spec = dataclasses.replace(spec, forwards=((admitted, 23232), (closed, 9750)),
+                               cmdline=f"{spec.cmdline} macula.test.firewall_check")
     with Vm(spec, tmp_path / "boot.log") as vm:
         vm.wait_for(r"formatting the blank data partition /dev/vdb", boot_timeout())
         vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=no-config", boot_timeout())
