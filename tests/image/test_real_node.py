@@ -583,6 +583,41 @@ def test_a_nodeupgrade_boots_the_next_build_in_slot_b_and_the_node_comes_back_wh
                 f"{float(ready[-1]) if ready else 0:.0f} s of its uptime")
 
 
+def test_a_rollback_asked_for_on_the_node_boots_the_previous_slot_and_the_nodeupgrade_says_so(
+        node: Node, built_image: BuiltImage) -> None:
+    """`maculaos upgrade --rollback` on the node, after the NodeUpgrade above finished: GRUB boots slot A
+    (build N) again, the agent reports the rollback to that NodeUpgrade, and the operator records the node
+    Reverted (it runs N now, changed on the node) and leaves it there: no new grant, no cordon."""
+    version, path = _build_version(built_image), f"/apis/{GROUP}/{VERSION}/nodeupgrades/real-node-next"
+    newer = node.kube.get(path)["status"]["target"]["version"]
+    since, started, boot_before = len(node.vm.console), time.monotonic(), _boot_id(node)
+    asked = node.ssh("sudo maculaos upgrade --rollback", check=False)   # the connection may drop as it reboots
+    assert asked.returncode in (0, 255), asked                           # 255: ssh's own, as the node went
+    node.vm.wait_for(r"Booting `MaculaOS.*\(slot A\)'", boot_timeout(), since)
+    node.vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=success", boot_timeout(), since)
+
+    def reverted() -> dict[str, Any] | None:
+        status = node.kube.get(path).get("status") or {}
+        record = (status.get("rollout") or {}).get(node.name) or {}
+        return status if record.get("stage") == "Reverted" else None
+
+    status = wait_until("the NodeUpgrade recording the node Reverted", reverted, boot_timeout(), node)
+    record = status["rollout"][node.name]
+    assert record["message"].startswith(f"runs {version} in slot A now, not {newer}: changed on the node"), record
+    assert status["phase"] == "Succeeded" and status["upgradedNodes"] == 0 and status["grants"] == {}, status
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert progressing["message"].endswith(f"changed back on the node itself: {node.name}"), progressing
+    entry = _entry(node, "nodeupgrades", "real-node-next")
+    assert entry["phase"] == "RolledBack" and "maculaos upgrade --rollback" in entry["message"], entry
+    assert (entry["version"], entry["slot"]) == (version, "A"), entry
+    obj = node.kube.get(f"/api/v1/nodes/{node.name}")
+    assert obj["metadata"]["labels"].get("os.macula.io/version") == version, obj["metadata"]["labels"]
+    assert not obj["spec"].get("unschedulable") and _boot_id(node) != boot_before
+    assert yaml.safe_load(node.ssh("sudo rauc status --output-format=json").stdout)["booted"] == "A"
+    note_figure(f"real node rollback on the node ({node.vm.accel}): `maculaos upgrade --rollback` -> the "
+                f"NodeUpgrade's record Reverted in {time.monotonic() - started:.0f} s")
+
+
 def _from_snapshot(repository: Path, node_path: str) -> str:
     """A file as the newest snapshot of the repository holds it (the tests' restic, reading the
     rest-server's folder; the agent records paths under its own host root)."""

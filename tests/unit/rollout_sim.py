@@ -68,9 +68,11 @@ class Fleet:
     def persisted(self) -> NodeUpgradeStatus:
         return NodeUpgradeStatus.model_validate(self.status)
 
-    def operator_pass(self, write: bool = True, act: bool = True) -> Plan:
+    def operator_pass(self, write: bool = True, act: bool = True,
+                      reports: dict[str, NodeUpgradeNodeEntry] | None = None) -> Plan:
         """One pass from persisted status only. write=False: crashed before writing status; act=False:
-        crashed after writing it, before cordoning/uncordoning."""
+        crashed after writing it, before cordoning/uncordoning. reports: entries that differ from what the
+        nodes would say (a stale view)."""
         status = self.persisted()
         drains = {}
         for name, progress in status.rollout.items():
@@ -82,7 +84,7 @@ class Fleet:
         plan = plan_rollout(RolloutInput(
             spec=self.spec, status=status, matched=sorted(self.nodes),
             nodes={n: s.facts() for n, s in self.nodes.items()},
-            reports={n: s.report() for n, s in self.nodes.items()}, now=self.now, target=self.target,
+            reports={n: s.report() for n, s in self.nodes.items()} | (reports or {}), now=self.now, target=self.target,
             drains=drains, held=self.held))
         if not write:
             return plan

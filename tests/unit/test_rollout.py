@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from maculaos.api.nodeupgrade import MaintenanceWindow, NodeStage, NodeUpgradeSpec, ReleaseTarget
+from maculaos.api.nodeupgrade import AgentPhase, MaintenanceWindow, NodeStage, NodeUpgradeSpec, ReleaseTarget
 from maculaos.controller.nodeupgrade_rollout import NodeFacts, in_window, max_unavailable, node_order
 from tests.unit.rollout_sim import NEW, OLD, START, Fleet, SimNode
 
@@ -78,6 +78,41 @@ def test_pause_and_rollback_reverts_the_upgraded_nodes() -> None:
     assert status.phase == "Failed"
     assert stages(f) == {"node-00": "Reverted", "node-01": "Reverted", "node-02": "RolledBack"}
     assert all(n.version == OLD and not n.unschedulable for n in f.nodes.values())
+
+
+def test_a_node_rolled_back_on_the_node_after_the_rollout_is_shown_and_left_there() -> None:
+    """`maculaos upgrade --rollback` on one node after the rollout finished: its record turns Reverted with
+    the version it runs, the count and the message follow, and the rollout never upgrades it again."""
+    f = fleet(3, {})
+    f.settle()
+    assert f.persisted().phase == "Succeeded" and f.persisted().upgraded_nodes == 3
+    node = f.nodes["node-01"]
+    node.version, node.boot_id, node.phase = OLD, "boot-after-the-rollback", AgentPhase.ROLLED_BACK.value
+    events = []
+    for _ in range(3):
+        events += [e.reason for e in f.operator_pass().events]
+        f.now += dt.timedelta(minutes=5)
+    status = f.persisted()
+    record = status.rollout["node-01"]
+    assert record.stage is NodeStage.REVERTED and not record.upgraded, record
+    assert record.message.startswith(f"runs {OLD} now, not {NEW}: changed on the node itself"), record.message
+    assert status.phase == "Succeeded" and status.upgraded_nodes == 2 and status.failed_nodes == 0
+    assert f.last_plan is not None
+    assert f.last_plan.message == f"finished; 2 of 3 node(s) run {NEW}; changed back on the node itself: node-01"
+    assert not status.grants and node.version == OLD and node.boots_into_new == 1
+    assert events == ["NodeChangedOnNode"]     # said once
+
+
+def test_one_stale_view_of_a_node_does_not_turn_its_good_record() -> None:
+    """The Node's label says the old version but the agent's entry still says the target (or the reverse):
+    not enough to call the node changed."""
+    f = fleet(2, {})
+    f.settle()
+    f.nodes["node-00"].version = OLD                     # the label moved, the entry did not
+    f.operator_pass(reports={"node-00": f.nodes["node-00"].report().model_copy(update={"version": NEW})})
+    f.nodes["node-00"].version = NEW                     # the entry moved, the label did not
+    f.operator_pass(reports={"node-00": f.nodes["node-00"].report().model_copy(update={"version": OLD})})
+    assert f.persisted().rollout["node-00"].stage is NodeStage.SUCCEEDED
 
 
 def test_canary_stops_the_rest_when_it_fails() -> None:

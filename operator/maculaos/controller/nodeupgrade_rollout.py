@@ -299,6 +299,23 @@ class _Pass:
             step(name, progress)
         else:
             self.plan.grants.pop(name, None)
+            if progress.stage is NodeStage.SUCCEEDED:
+                self._left_on_the_node(name, progress)
+
+    def _left_on_the_node(self, name: str, progress: NodeProgress) -> None:
+        """A node recorded Succeeded that no longer runs the target was changed on the node itself
+        (`maculaos upgrade --rollback`, or another version installed there): the record says so, and the
+        rollout leaves the node alone rather than undo a person's choice. Both the Node's label and the
+        agent's own entry must say so, so that one stale view does not turn a good record."""
+        running, reported = self.facts(name).version, self.report(name)
+        target = progress.target_version
+        if not running or running == target or reported.version != running:
+            return
+        slot = f" in slot {reported.slot}" if reported.slot else ""
+        why = (f"runs {running}{slot} now, not {target}: changed on the node itself (for example "
+               "`maculaos upgrade --rollback`); this rollout leaves it there")
+        self.set_stage(name, progress, NodeStage.REVERTED, why, upgraded=False)
+        self.event("Warning", "NodeChangedOnNode", f"{name}: {why}")
 
     def _installing(self, name: str, progress: NodeProgress) -> None:
         report = self.report(name)
@@ -568,9 +585,15 @@ class _Pass:
             plan.phase = "Succeeded" if plan.failed == 0 else "Failed"
             plan.stop_reason = "" if plan.failed == 0 else "NodesFailed"
             target = self.inp.target.version if self.inp.target else ''
-            plan.message = (f"all {len(self.inp.matched)} node(s) run {target}"
-                            if plan.failed == 0 else
-                            f"finished; {plan.failed} node(s) failed within failurePolicy.maxFailedNodes")
+            reverted = sorted(n for n in self.inp.matched  # on the node itself, not by our PauseAndRollback
+                              if plan.rollout[n].stage is NodeStage.REVERTED and not plan.rollout[n].rollback)
+            plan.message = f"all {len(self.inp.matched)} node(s) run {target}"
+            if plan.failed or reverted:
+                plan.message = f"finished; {plan.upgraded} of {len(self.inp.matched)} node(s) run {target}"
+            if plan.failed:
+                plan.message += f"; {plan.failed} failed within failurePolicy.maxFailedNodes"
+            if reverted:
+                plan.message += f"; changed back on the node itself: {', '.join(reverted)}"
             return
         if plan.held:
             left = [n for n in self.inp.matched if n not in plan.held
