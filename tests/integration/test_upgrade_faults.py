@@ -337,12 +337,14 @@ def test_bad_bundles_are_refused_before_any_disruption_and_named_in_the_status(
             nuc1: ("bad-index-entry", index("index-missing-file.yaml", missing, good.stat().st_size),
                    f"download of {missing} failed: HTTP 404"),
             nuc2: ("server-gone", {"url": vanishing, "sha256": release_of(bundle_server, good, version).sha256},
-                   "Connection refused"),
+                   "Connection refused); the partial file is deleted"),
             # a full bundle (290 MB, as the index says) for a 200 MiB data partition: refused before connecting
             pi3: ("too-big", index("index-full-bundle.yaml", bundle_server.url(good.name), 290_000_000),
                   "not enough space for 0.10.0 in "),
         }, created, version)
         assert not list(small.iterdir()), "nothing downloaded"
+    half_fed = rauc_fleet.nodes[nuc2].host_root / STATE_DIR / "bundles"
+    assert not list(half_fed.iterdir()), "the half the vanished server sent is not left on the data partition"
 
 
 # ---- aborting: deleted or paused mid-rollout ----------------------------------------------------------------
