@@ -437,3 +437,26 @@ def test_the_agent_never_takes_a_bundle_through_a_link_out_of_the_host_root(
     upgrade["status"]["grants"][name]["time"] = "2026-01-10T00:02:00Z"  # type: ignore[index]
     engine.converge()
     assert reports.entries[-1]["phase"] == "Installed", reports.entries[-1]
+
+
+def test_a_field_the_agent_does_not_know_added_mid_commit_still_lets_the_new_slot_commit(
+        rauc_node: SimulatedRaucNode, bundles: Bundles, bundle_server: BundleServer) -> None:
+    """The node rebooted into its new slot and waits for health when its NodeUpgrade gains a field this agent
+    does not know (edited mid-rollout by a newer operator's user): the agent says it leaves the object alone,
+    but the slot it booted still gets its verdict, by the defaults, as when the object is deleted; an
+    unconfirmed slot would fall back at some later reboot."""
+    assert install_and_reboot(rauc_node, release_of(bundle_server, bundles.good)) == "B"
+    name = "macula-nuc-01"
+    upgrade = {"metadata": {"name": "newer", "uid": "u1", "generation": 2,
+                            "creationTimestamp": "2026-01-10T00:00:00Z"},
+               "spec": {"version": "0.2.0", "source": {"url": "https://example.com/b.raucb", "sha256": "a" * 64},
+                        "judgeBy": {"a": "b"}},
+               "status": {"target": {"version": "0.2.0"}}}
+    node = {"metadata": {"name": name, "labels": {}}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    reports = _Entries()
+    engine = UpgradeEngine(name, rauc_node.host_root, rauc_node.rauc(), "true", reports,  # type: ignore[arg-type]
+                           lambda: {"newer": upgrade}, lambda: {name: node}, lambda: {}, lambda: {})
+    engine.converge()
+    assert reports.entries[-1]["message"].startswith("not acted on: spec.judgeBy: "), reports.entries[-1]
+    assert engine.upgrader.load().phase is AgentPhase.SUCCEEDED, engine.upgrader.load().message
+    assert rauc_node.slot_state("B") == "good"
