@@ -79,10 +79,12 @@ def test_wrong_sha256_is_refused_and_the_file_deleted(rauc_node: SimulatedRaucNo
 
 def test_incompatible_bundle_is_refused(rauc_node: SimulatedRaucNode, bundles: Bundles,
                                         bundle_server: BundleServer) -> None:
-    state = upgrader_for(rauc_node).install(release_of(bundle_server, bundles.incompatible), None)
+    upgrader = upgrader_for(rauc_node)
+    state = upgrader.install(release_of(bundle_server, bundles.incompatible), None)
     assert state.phase is AgentPhase.FAILED
     assert "maculaos-arm64" in state.message and "incompatible" in state.message
     assert_untouched(rauc_node)
+    assert list((upgrader.state_dir / "bundles").iterdir()) == [], "the bundle it can never install is not kept"
 
 
 def test_missing_bundle_is_a_clear_404(rauc_node: SimulatedRaucNode, bundle_server: BundleServer) -> None:
@@ -91,19 +93,46 @@ def test_missing_bundle_is_a_clear_404(rauc_node: SimulatedRaucNode, bundle_serv
     assert_untouched(rauc_node)
 
 
-def test_dropped_download_fails_cleanly_then_resumes(rauc_node: SimulatedRaucNode, bundles: Bundles,
-                                                    bundle_server: BundleServer) -> None:
+def test_a_download_that_gives_up_leaves_no_partial_file(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                         bundle_server: BundleServer) -> None:
+    """A server that closes every connection half way through what is left: each drop that brought bytes is
+    resumed, until three in a row bring none. The install fails naming the drop, and the partial file goes
+    with it: no retry may ever come, and it would hold the data partition's space until another version's
+    download pruned it."""
     upgrader = upgrader_for(rauc_node)
+    bundle_server.ranges.clear()
     state = upgrader.install(release_of(bundle_server, bundles.good, route="drop"), None)
-    assert state.phase is AgentPhase.FAILED and "dropped" in state.message
+    assert state.phase is AgentPhase.FAILED and "dropped after " in state.message, state.message
+    assert "without progress" in state.message and "partial file is deleted" in state.message, state.message
+    assert len(bundle_server.ranges) > 3, "drops that brought bytes were resumed, not counted against the budget"
     assert_untouched(rauc_node)
-    parts = list((upgrader.state_dir / "bundles").glob("*.part"))
-    assert len(parts) == 1 and 0 < parts[0].stat().st_size < bundles.good.stat().st_size
+    assert list((upgrader.state_dir / "bundles").iterdir()) == [], "nothing left on the data partition"
 
+
+def test_a_dropped_download_resumes_in_the_same_install(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                        bundle_server: BundleServer) -> None:
+    """A connection cut once is resumed from where it stopped (HTTP Range), not fetched again."""
+    upgrader = upgrader_for(rauc_node)
     bundle_server.ranges.clear()
     state = upgrader.install(release_of(bundle_server, bundles.good, route="flaky"), None)
     assert state.phase is AgentPhase.INSTALLED, state.message
     assert bundle_server.ranges and all(r.startswith("bytes=") and r != "bytes=0-" for r in bundle_server.ranges)
+
+
+def test_a_partial_file_an_interrupted_agent_left_is_resumed(rauc_node: SimulatedRaucNode, bundles: Bundles,
+                                                             bundle_server: BundleServer) -> None:
+    """The agent restarted (or the node lost power) mid-download: the next install of that release resumes
+    the partial file it finds instead of fetching it again, and leaves nothing behind."""
+    upgrader = upgrader_for(rauc_node)
+    directory = upgrader.state_dir / "bundles"
+    directory.mkdir(parents=True)
+    half = bundles.good.read_bytes()[: bundles.good.stat().st_size // 2]
+    (directory / "maculaos-0.2.0.raucb.part").write_bytes(half)
+    bundle_server.ranges.clear()
+    state = upgrader.install(release_of(bundle_server, bundles.good), None)
+    assert state.phase is AgentPhase.INSTALLED, state.message
+    assert bundle_server.ranges == [f"bytes={len(half)}-"], bundle_server.ranges
+    assert list(directory.iterdir()) == []
 
 
 def test_not_enough_space_is_refused_before_downloading(rauc_node: SimulatedRaucNode) -> None:
@@ -408,3 +437,26 @@ def test_the_agent_never_takes_a_bundle_through_a_link_out_of_the_host_root(
     upgrade["status"]["grants"][name]["time"] = "2026-01-10T00:02:00Z"  # type: ignore[index]
     engine.converge()
     assert reports.entries[-1]["phase"] == "Installed", reports.entries[-1]
+
+
+def test_a_field_the_agent_does_not_know_added_mid_commit_still_lets_the_new_slot_commit(
+        rauc_node: SimulatedRaucNode, bundles: Bundles, bundle_server: BundleServer) -> None:
+    """The node rebooted into its new slot and waits for health when its NodeUpgrade gains a field this agent
+    does not know (edited mid-rollout by a newer operator's user): the agent says it leaves the object alone,
+    but the slot it booted still gets its verdict, by the defaults, as when the object is deleted; an
+    unconfirmed slot would fall back at some later reboot."""
+    assert install_and_reboot(rauc_node, release_of(bundle_server, bundles.good)) == "B"
+    name = "macula-nuc-01"
+    upgrade = {"metadata": {"name": "newer", "uid": "u1", "generation": 2,
+                            "creationTimestamp": "2026-01-10T00:00:00Z"},
+               "spec": {"version": "0.2.0", "source": {"url": "https://example.com/b.raucb", "sha256": "a" * 64},
+                        "judgeBy": {"a": "b"}},
+               "status": {"target": {"version": "0.2.0"}}}
+    node = {"metadata": {"name": name, "labels": {}}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    reports = _Entries()
+    engine = UpgradeEngine(name, rauc_node.host_root, rauc_node.rauc(), "true", reports,  # type: ignore[arg-type]
+                           lambda: {"newer": upgrade}, lambda: {name: node}, lambda: {}, lambda: {})
+    engine.converge()
+    assert reports.entries[-1]["message"].startswith("not acted on: spec.judgeBy: "), reports.entries[-1]
+    assert engine.upgrader.load().phase is AgentPhase.SUCCEEDED, engine.upgrader.load().message
+    assert rauc_node.slot_state("B") == "good"

@@ -337,12 +337,14 @@ def test_bad_bundles_are_refused_before_any_disruption_and_named_in_the_status(
             nuc1: ("bad-index-entry", index("index-missing-file.yaml", missing, good.stat().st_size),
                    f"download of {missing} failed: HTTP 404"),
             nuc2: ("server-gone", {"url": vanishing, "sha256": release_of(bundle_server, good, version).sha256},
-                   "Connection refused"),
+                   "Connection refused); the partial file is deleted"),
             # a full bundle (290 MB, as the index says) for a 200 MiB data partition: refused before connecting
             pi3: ("too-big", index("index-full-bundle.yaml", bundle_server.url(good.name), 290_000_000),
                   "not enough space for 0.10.0 in "),
         }, created, version)
         assert not list(small.iterdir()), "nothing downloaded"
+    half_fed = rauc_fleet.nodes[nuc2].host_root / STATE_DIR / "bundles"
+    assert not list(half_fed.iterdir()), "the half the vanished server sent is not left on the data partition"
 
 
 # ---- aborting: deleted or paused mid-rollout ----------------------------------------------------------------
@@ -483,7 +485,8 @@ def test_skew_new_operator_with_agents_one_release_older(
         operator_supervisor: OperatorSupervisor, release_n: Path) -> None:
     """Operator N+1 (this checkout, upgraded first through its chart) and agents N (SKEW_REF) on nodes
     still on the old image: the rollout ends as any other. A NodeUpgrade that uses a field N+1 added
-    (healthCheckSelector) is refused by an N agent, which says so in its entry, and nothing is disrupted."""
+    (healthCheckSelector) is refused by an N agent, which says so in its entry; nothing is disrupted, and the
+    operator says so in the NodeUpgrade (NotActedOn, Outcome, phase Waiting) instead of waiting quietly."""
     operator_supervisor.ensure_running()
     def restart_agent(name: str, env: dict[str, str], argv: list[str]) -> None:
         node = SimulatedRaucNode.load(rauc_fleet.nodes[name].dir)  # as the last reboot left it (its bus, its agent)
@@ -524,6 +527,26 @@ def test_skew_new_operator_with_agents_one_release_older(
                 lambda: f"the N agent to refuse the N+1 field ({rauc_fleet.entry(WAREHOUSE[0])})")
             entry = rauc_fleet.entry(WAREHOUSE[0])
             assert entry["phase"] == "Idle" and "Extra inputs are not permitted" in entry["message"], entry
+
+            def surfaced() -> dict[str, Any]:
+                """The NodeUpgrade itself says so once every N agent refused: no grant left, nothing waited on."""
+                status = dict(rauc_fleet.cluster.get("NodeUpgrade", rauc_fleet.name).get("status") or {})
+                said = next((c for c in status.get("conditions") or [] if c["type"] == "NotActedOn"), {})
+                done = said.get("status") == "True" and all(n in said.get("message", "") for n in WAREHOUSE) \
+                    and status.get("phase") == "Waiting" and not status.get("grants")
+                return status if done else {}
+            rauc_fleet.cluster.wait_for(
+                lambda: bool(surfaced()), 60, lambda: "the NodeUpgrade to name the nodes whose agents cannot act on "
+                f"it ({rauc_fleet.cluster.get('NodeUpgrade', rauc_fleet.name).get('status')})")
+            status = surfaced()
+            said = next(c for c in status["conditions"] if c["type"] == "NotActedOn")
+            assert said["reason"] == "AgentCannotAct" and "Extra inputs are not permitted" in said["message"] \
+                and "remove the field from the spec" in said["message"], said
+            assert status["outcome"] == f"0/{len(WAREHOUSE)} upgraded, {len(WAREHOUSE)} not acted on", status
+            assert not status.get("rollout") and status["disruptedNodes"] == 0 and status["failedNodes"] == 0, status
+            progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+            assert progressing["status"] == "False", progressing
+            assert not any(rauc_fleet.cluster.get("Node", n).get("spec", {}).get("unschedulable") for n in WAREHOUSE)
         finally:
             sampler.stop()
         assert sampler.peak == 0 and {a for _, a, _ in sampler.grants} <= {"Install"}, sampler.grants

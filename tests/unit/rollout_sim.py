@@ -63,6 +63,8 @@ class Fleet:
     last_plan: Plan | None = None
     held: dict[str, str] = field(default_factory=dict)
     """Nodes another NodeUpgrade holds, by node (what the operator reads from the other objects)."""
+    refused: dict[str, str] = field(default_factory=dict)
+    """Nodes whose agent cannot act on the spec, by node: what it said (controller/nodeupgrade.refusals)."""
 
     # -- the operator ---------------------------------------------------------------------------------
     def persisted(self) -> NodeUpgradeStatus:
@@ -84,11 +86,12 @@ class Fleet:
         plan = plan_rollout(RolloutInput(
             spec=self.spec, status=status, matched=sorted(self.nodes),
             nodes={n: s.facts() for n, s in self.nodes.items()},
-            reports={n: s.report() for n, s in self.nodes.items()} | (reports or {}), now=self.now, target=self.target,
-            drains=drains, held=self.held))
+            reports={n: s.report() for n, s in self.nodes.items()} | (reports or {}), now=self.now,
+            target=self.target, drains=drains, held=self.held, refused=self.refused))
         if not write:
             return plan
-        self.status = {**plan.status_fields(), "target": self.target.model_dump(mode="json", by_alias=True)}
+        self.status = {**plan.status_fields(), "target": self.target.model_dump(mode="json", by_alias=True),
+                       "conditions": plan.conditions()}
         self.last_plan = plan
         for name, grant in plan.grants.items():
             if grant.action is GrantAction.REBOOT:
@@ -113,7 +116,7 @@ class Fleet:
             if node.fails_health:
                 node.version, node.message = OLD, "health commit window failed"
             return
-        if grant is None:
+        if grant is None or name in self.refused:  # a refusing agent leaves the object alone, grant or not
             return
         if grant.action is GrantAction.INSTALL and node.phase in ("Idle", "Downloading"):
             node.target_version = self.target.version

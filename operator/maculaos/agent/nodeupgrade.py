@@ -22,6 +22,7 @@ from maculaos.api.common import VERSION_LABEL, parse_duration, spec_selects
 from maculaos.api.healthcheck import HealthCheckSpec
 from maculaos.api.nodeupgrade import (
     FINISHED_PHASES,
+    NOT_ACTED_ON,
     AgentPhase,
     Grant,
     GrantAction,
@@ -101,8 +102,7 @@ class UpgradeEngine:
             state = self.upgrader.retry_reboot()
         if not mine:
             if state is not None and state.phase is AgentPhase.COMMITTING:  # the object went: still commit
-                defaults = NodeUpgradeSpec()
-                self.upgrader.commit(self.verdict(node), parse_duration(defaults.health_commit_window).total_seconds())
+                self._commit_by_defaults(node)
                 return True
             return state is not None and self.upgrader.reboot_pending(state)
         facts = self.upgrader.facts()
@@ -117,6 +117,9 @@ class UpgradeEngine:
             spec = NodeUpgradeSpec.model_validate(obj.get("spec") or {})
         except ValidationError as exc:
             self._report(obj, {"phase": AgentPhase.IDLE.value, "message": not_acted_on(exc)}, facts)
+            if state is not None and state.phase is AgentPhase.COMMITTING:  # a field added mid-window: still commit
+                self._commit_by_defaults(node)
+                return True
             return False
         state = self._act(obj, spec, node, state)
         facts = self.upgrader.facts()
@@ -126,6 +129,12 @@ class UpgradeEngine:
             self.reporter.event(obj, "Warning", "RebootFailed", state.message)
         self._report(obj, entry, facts)
         return state is not None and (state.phase is AgentPhase.COMMITTING or self.upgrader.reboot_pending(state))
+
+    def _commit_by_defaults(self, node: dict[str, Any]) -> None:
+        """The new slot this node booted still gets its verdict when the object's settings cannot be read (it
+        went, or has a field this agent does not know): by the defaults, never left uncommitted."""
+        defaults = NodeUpgradeSpec()
+        self.upgrader.commit(self.verdict(node), parse_duration(defaults.health_commit_window).total_seconds())
 
     def _act(self, obj: dict[str, Any], spec: NodeUpgradeSpec, node: dict[str, Any],
              state: UpgradeState | None) -> UpgradeState | None:
@@ -224,12 +233,13 @@ class UpgradeEngine:
 
 def not_acted_on(exc: ValidationError) -> str:
     """Why this agent leaves a NodeUpgrade alone, naming the field. A field it does not know comes from an
-    operator's API newer than this agent (docs/architecture.md, "Version skew"): never half applied."""
+    operator's API newer than this agent (docs/architecture.md, "Version skew"): never half applied. The
+    operator reads the NOT_ACTED_ON prefix and says in the NodeUpgrade's status what the user can do."""
     first = exc.errors()[0]
     where = ".".join(["spec", *(str(p) for p in first["loc"])])
-    hint = (" (a field this node's agent does not know: its OS is older than the operator's API; upgrade it "
-            "with a NodeUpgrade that leaves the field out)" if first["type"] == "extra_forbidden" else "")
-    return f"not acted on: {where}: {first['msg']}{hint}"
+    hint = (" (a field this node's agent does not know: its OS is older than the operator's API)"
+            if first["type"] == "extra_forbidden" else "")
+    return f"{NOT_ACTED_ON}{where}: {first['msg']}{hint}"
 
 
 def _wants_install(state: UpgradeState | None, target: ReleaseTarget, grant: Grant, uid: str) -> bool:

@@ -224,8 +224,9 @@ class Condition(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     type: str = Field(max_length=316)
-    """Ready, Progressing, Degraded, Invalid, Stale, Failed, Waiting (a NodeUpgrade whose nodes another holds)
-    or Warning (accepted, with a risk such as a lock-out)."""
+    """Ready, Progressing, Degraded, Invalid, Stale, Failed, Waiting (a NodeUpgrade whose nodes another holds),
+    NotActedOn (a NodeUpgrade some nodes' agents cannot act on: a field their release does not know) or
+    Warning (accepted, with a risk such as a lock-out)."""
     status: ConditionStatus
     """True, False or Unknown."""
     reason: str = Field(default="", max_length=1024)

@@ -429,6 +429,12 @@ class NodeUpgradeSpec(SelectorSpec):
     HealthCheck selecting the node. Leaves checks that only alert (or fail on purpose) out of the verdict."""
 
 
+#: How an agent's entry begins when it leaves the NodeUpgrade's spec alone (a field it does not know: the
+#: operator's API is a release newer; "Version skew" in docs/architecture.md). Agents since release
+#: 13f4d3c write it with phase Idle and the spec's generation in observedGeneration; the operator reads
+#: it (controller/nodeupgrade.py: refusals), so this text is part of the skew contract: never reworded.
+NOT_ACTED_ON = "not acted on: "
+
 #: Phases in which a NodeUpgrade has nothing left to do (until its target moves on).
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 

@@ -26,6 +26,8 @@ from pydantic import ValidationError
 from maculaos.api.common import API_VERSION, VERSION_LABEL, spec_selects
 from maculaos.api.nodeupgrade import (
     FINISHED_PHASES,
+    NOT_ACTED_ON,
+    AgentPhase,
     Grant,
     NodeStage,
     NodeUpgradeNodeEntry,
@@ -163,7 +165,8 @@ class Rollouts:
             reports=parse_reports(raw_status, str(body["metadata"].get("uid") or "")), now=now,
             target=resolution.target or status.target,
             target_error=resolution.error, drains=drains, own_node=self.whereabouts.node,
-            held=held_nodes(body, upgrades, verdict.matched_nodes, cluster.node_labels())))
+            held=held_nodes(body, upgrades, verdict.matched_nodes, cluster.node_labels()),
+            refused=refusals(raw_status, body["metadata"].get("generation"))))
         judged = outcome.status or {}
         wanted = status_patch(raw_status, judged, plan, resolution)
         if wanted:
@@ -288,6 +291,20 @@ def parse_reports(raw: Mapping[str, Any], uid: str) -> dict[str, NodeUpgradeNode
     return reports
 
 
+def refusals(raw: Mapping[str, Any], generation: object) -> dict[str, str]:
+    """The nodes whose agent leaves this spec alone, by node: what it said after NOT_ACTED_ON (which names
+    the field: a field its older release does not know). Only a refusal of the current generation counts:
+    once the spec changes (the field removed), the node is granted again and its agent tries anew."""
+    refused = {}
+    for node, entry in (raw.get("nodes") or {}).items():
+        if not isinstance(entry, Mapping) or entry.get("observedGeneration") != generation:
+            continue
+        message = str(entry.get("message") or "")
+        if entry.get("phase") == AgentPhase.IDLE.value and message.startswith(NOT_ACTED_ON):
+            refused[str(node)] = message.removeprefix(NOT_ACTED_ON)
+    return refused
+
+
 def answer_to(entry: NodeUpgradeNodeEntry, uid: str, grant: Grant | None) -> NodeUpgradeNodeEntry:
     """entry as an answer to grant (given by the object uid): unchanged when it says it answers exactly
     that grant; otherwise only its facts (version, slot, bootId) count and the phase is "" (no answer
@@ -309,7 +326,7 @@ def status_patch(old: Mapping[str, Any], judged: Mapping[str, Any], plan: Plan,
         fields["targetVersion"] = target.version
     fields["availableVersion"] = resolution.available or old.get("availableVersion", "")
     fields["outcome"] = rollout_outcome(int(fields.get("matchedNodes", old.get("matchedNodes", 0))), plan.upgraded,
-                                        plan.failed, plan.disrupted)
+                                        plan.failed, plan.disrupted, len(plan.refused))
     conditions = list(judged.get("conditions") or old.get("conditions") or [])
     for condition in plan.conditions() + [release_condition(resolution)]:
         conditions = merge_condition(conditions, condition)

@@ -85,6 +85,10 @@ class RolloutInput:
     held: Mapping[str, str] = field(default_factory=dict)
     """Selected nodes another NodeUpgrade is in charge of (api.nodeupgrade.holder), by node: the NodeUpgrade.
     This rollout leaves them alone (no grant, no failure, no rollback) until that one lets go."""
+    refused: Mapping[str, str] = field(default_factory=dict)
+    """Selected nodes whose agent cannot act on this spec (a field its older release does not know), by node:
+    what the agent said (controller/nodeupgrade.py: refusals). Left out like held nodes, and named in the
+    NotActedOn condition, until the agent acts on the spec (upgraded, or the field removed)."""
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Plan:
     disrupted: int = 0
     max_unavailable: int = 1
     held: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
     def status_fields(self) -> dict[str, object]:
         return {
@@ -121,20 +126,26 @@ class Plan:
         }
 
     def conditions(self) -> list[dict[str, str]]:
-        """Progressing (True while nodes move or wait their turn), Failed (the rollout stopped) and Waiting
-        (selected nodes are held by another NodeUpgrade)."""
+        """Progressing (True while nodes move or wait their turn), Failed (the rollout stopped), Waiting
+        (selected nodes are held by another NodeUpgrade) and NotActedOn (their agents cannot act on the spec)."""
         active = self.phase == "Progressing"
         progressing = {"type": "Progressing", "status": "True" if active else "False",
                        "reason": "RollingOut" if active else self.phase, "message": self.message}
         failed = ({"type": "Failed", "status": "True", "reason": self.stop_reason, "message": self.message}
                   if self.stop_reason else {"type": "Failed", "status": "False", "reason": "WithinBudget",
                                             "message": ""})
-        return [progressing, failed, self.waiting_condition()]
+        return [progressing, failed, self.waiting_condition(), self.not_acted_on_condition()]
 
     def waiting_condition(self) -> dict[str, str]:
         if not self.held:
             return {"type": "Waiting", "status": "False", "reason": "NoNodeHeld", "message": ""}
         return {"type": "Waiting", "status": "True", "reason": "NodesHeld", "message": held_message(self.held)}
+
+    def not_acted_on_condition(self) -> dict[str, str]:
+        if not self.refused:
+            return {"type": "NotActedOn", "status": "False", "reason": "AgentsAct", "message": ""}
+        return {"type": "NotActedOn", "status": "True", "reason": "AgentCannotAct",
+                "message": refused_message(self.refused)}
 
 
 def held_message(held: Mapping[str, str]) -> str:
@@ -145,6 +156,19 @@ def held_message(held: Mapping[str, str]) -> str:
     parts = [f"{len(nodes)} node(s) held by NodeUpgrade {owner} ({', '.join(nodes[:5])}"
              f"{', ...' if len(nodes) > 5 else ''})" for owner, nodes in sorted(by_holder.items())]
     return "; ".join(parts) + "; they wait until it finishes"
+
+
+def refused_message(refused: Mapping[str, str]) -> str:
+    """Which nodes' agents cannot act on the spec, grouped by what they said (which names the field), and
+    what the user can do about it."""
+    by_reason: dict[str, list[str]] = {}
+    for node, reason in sorted(refused.items()):
+        by_reason.setdefault(reason, []).append(node)
+    parts = [f"the agent of {len(nodes)} node(s) ({', '.join(nodes[:5])}{', ...' if len(nodes) > 5 else ''}) "
+             f"cannot act on this spec: {reason}" for reason, nodes in sorted(by_reason.items())]
+    return ("; ".join(parts) + "; they are left out of this rollout until their agent can act on it: remove the "
+            "field from the spec, or upgrade those nodes first with a NodeUpgrade that leaves it out (this one "
+            "holds them until it is deleted or set to autoApply: false)")
 
 
 
@@ -200,6 +224,7 @@ class _Pass:
         self.order = node_order(list(inp.matched), inp.nodes, inp.own_node)
         self.plan.max_unavailable = max_unavailable(self.spec, len(inp.matched))
         self.plan.held = {n: h for n, h in inp.held.items() if n in inp.matched}
+        self.plan.refused = {n: r for n, r in inp.refused.items() if n in inp.matched and n not in self.plan.held}
 
     # -- helpers ---------------------------------------------------------------------------------------
     def event(self, type_: str, reason: str, message: str) -> None:
@@ -246,6 +271,10 @@ class _Pass:
                 continue
             if name in self.plan.held and not progress.stage.disruptive:
                 self._let_go(name, progress)
+                continue
+            if name in self.plan.refused and progress.stage is NodeStage.INSTALLING:
+                del self.plan.rollout[name]  # the agent never began: withdrawn, not failed (never cordoned)
+                self.plan.grants.pop(name, None)
                 continue
             self.advance(name, progress)
             self._settle_cordon(name)
@@ -425,9 +454,13 @@ class _Pass:
         return out
 
     def choose_canary(self, target: str) -> None:
+        """Chosen once; a canary node whose agent cannot act on the spec leaves the wave (which is chosen again
+        when none is left), so the canary does not wait on it forever."""
+        self.plan.canary_nodes = [n for n in self.plan.canary_nodes if n not in self.plan.refused]
         if self.spec.strategy.type is not StrategyType.CANARY or self.plan.canary_nodes:
             return
-        candidates = [n for n in self.order if self.facts(n).version != target and n not in self.plan.held]
+        candidates = [n for n in self.order if self.facts(n).version != target and n not in self.plan.held
+                      and n not in self.plan.refused]
         if candidates:
             self.plan.canary_nodes = candidates[:canary_size(self.spec, len(candidates))]
 
@@ -514,7 +547,8 @@ class _Pass:
         for name in self.order:
             if installing >= self.plan.max_unavailable:
                 break
-            if name in self.plan.rollout or name in self.plan.held or not self.facts(name).ready:
+            if name in self.plan.rollout or name in self.plan.held or name in self.plan.refused \
+                    or not self.facts(name).ready:
                 continue
             if canary == "running" and name not in self.plan.canary_nodes:
                 continue
@@ -544,6 +578,7 @@ class _Pass:
             self._finish_phase("Pending", self.inp.target_error or "resolving the release")
             return plan
         self.record_up_to_date(target.version)
+        self._settle_refusals()
         self.choose_canary(target.version)
         self.count()
         canary = self.canary_verdict()
@@ -568,6 +603,17 @@ class _Pass:
         self.start_new(target, canary)
         self._finish_phase("Progressing", "")
         return plan
+
+    def _settle_refusals(self) -> None:
+        """A node this rollout is done with (final: it runs the target, or failed) is not waited on, whatever
+        its agent makes of the spec now. A Warning Event each time the refusals change (the condition written
+        last time is the memory, so a restarted operator does not repeat it)."""
+        self.plan.refused = {n: r for n, r in self.plan.refused.items()
+                             if n not in self.plan.rollout or not self.plan.rollout[n].stage.final}
+        said = next((c.message for c in self.inp.status.conditions
+                     if c.type == "NotActedOn" and c.status == "True"), "")
+        if self.plan.refused and refused_message(self.plan.refused) != said:
+            self.event("Warning", "NotActedOn", refused_message(self.plan.refused))
 
     def _withdraw_installs(self) -> None:
         """Installs not yet turned into a disruption are withdrawn while the rollout must not start nodes."""
@@ -595,15 +641,18 @@ class _Pass:
             if reverted:
                 plan.message += f"; changed back on the node itself: {', '.join(reverted)}"
             return
-        if plan.held:
-            left = [n for n in self.inp.matched if n not in plan.held
+        if plan.held or plan.refused:
+            left = [n for n in self.inp.matched if n not in plan.held and n not in plan.refused
                     and not (n in plan.rollout and plan.rollout[n].stage.final)]
             if phase == "Progressing" and not left and not in_flight:
                 phase = "Waiting"  # nothing this rollout may touch is left to do
-            why = f"{why}; {held_message(plan.held)}" if why else held_message(plan.held)
+            notes = [m for m in (held_message(plan.held) if plan.held else "",
+                                 refused_message(plan.refused) if plan.refused else "") if m]
+            why = "; ".join([why, *notes] if why else notes)
         plan.phase = phase
         counts = (f"{plan.upgraded}/{len(self.inp.matched)} upgraded, {plan.failed} failed, "
-                  f"{plan.disrupted} disrupted (max {plan.max_unavailable}), {len(in_flight)} in progress")
+                  f"{plan.disrupted} disrupted (max {plan.max_unavailable}), {len(in_flight)} in progress"
+                  + (f", {len(plan.refused)} not acted on" if plan.refused else ""))
         plan.message = f"{why}; {counts}" if why else counts
 
 

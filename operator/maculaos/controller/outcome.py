@@ -15,8 +15,10 @@ def tally(done: int, of: int, verb: str, failed: int = 0, failed_word: str = "fa
     return ", ".join(parts)
 
 
-def rollout_outcome(matched: int, upgraded: int, failed: int, disrupted: int) -> str:
-    return tally(upgraded, matched, "upgraded", failed, busy=disrupted, busy_word="disrupted")
+def rollout_outcome(matched: int, upgraded: int, failed: int, disrupted: int, refused: int = 0) -> str:
+    """refused: nodes whose agent cannot act on the spec (the NotActedOn condition says why)."""
+    text = tally(upgraded, matched, "upgraded", failed, busy=disrupted, busy_word="disrupted")
+    return f"{text}, {refused} not acted on" if refused else text
 
 
 def _entries(status: Mapping[str, Any], nodes: Sequence[str]) -> list[Mapping[str, Any]]:

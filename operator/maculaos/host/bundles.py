@@ -1,7 +1,8 @@
 """Getting a RAUC bundle onto the node: download it to the data partition (free space checked first: before
 connecting when the release gives the size, as a release index does, else by the response's Content-Length;
 resumed after a dropped connection, size and SHA-256 verified), or find it in a local directory (USB stick,
-airgap) by its manifest version. Nothing here touches a slot."""
+airgap) by its manifest version. Nothing here touches a slot, and nothing is left on the data partition by a
+download that gave up."""
 
 from __future__ import annotations
 
@@ -51,8 +52,13 @@ def download(release: Release, directory: Path, progress: DownloadProgress | Non
              attempts: int = 3, timeout: float = 30.0) -> Path:
     """Fetch release.url into directory and return the verified file.
 
-    A partial download is kept as <file>.part and resumed (HTTP Range) on the next attempt or call; a file
-    that fails verification is deleted. Raises BundleError with what went wrong."""
+    A dropped connection is resumed (HTTP Range) from <file>.part; the download gives up after `attempts`
+    drops in a row that brought no new byte (one that brought some starts the count again, so a flaky link
+    gets there). Giving up deletes the partial file: no retry may ever come (a failed node waits for a new
+    grant, a new target downloads another file), and a few hundred MB of it would sit on a small data
+    partition the node needs. A partial file an interrupted agent left (restart, power cut) is resumed by
+    the next call for the same release. A file that fails verification is deleted. Raises BundleError with
+    what went wrong."""
     if not release.url:
         raise BundleError(f"target {release.version} has no url to download from")
     directory.mkdir(parents=True, exist_ok=True)
@@ -68,19 +74,28 @@ def download(release: Release, directory: Path, progress: DownloadProgress | Non
     if release.size is not None:  # the release says how big: refused before a connection is even made
         _check_space(directory, release.size - (part.stat().st_size if part.exists() else 0), release)
     last: Exception | None = None
-    for _ in range(max(1, attempts)):
+    fruitless, most = 0, _size(part)
+    while fruitless < max(1, attempts):
         try:
             digest = _fetch(release, part, directory, progress, timeout)
         except _Dropped as exc:
             last = exc
+            have = _size(part)
+            fruitless = 0 if have > most else fruitless + 1
+            most = max(most, have)
             continue
         _verify(part, release, digest)
         part.replace(final)
         return final
-    have = part.stat().st_size if part.exists() else 0
+    have = _size(part)
+    part.unlink(missing_ok=True)
     total = f" of {release.size}" if release.size else ""
-    raise BundleError(f"download of {release.url} dropped after {have}{total} bytes ({attempts} attempts: {last}); "
-                      f"the partial file is kept and resumed on the next try")
+    raise BundleError(f"download of {release.url} dropped after {have}{total} bytes ({attempts} attempts in a row "
+                      f"without progress: {last}); the partial file is deleted, the next try starts over")
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
 def _prune(directory: Path, keep: Path) -> None:

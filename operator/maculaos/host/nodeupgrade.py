@@ -152,6 +152,8 @@ class NodeUpgrader:
             return self._set(state, AgentPhase.FAILED, f"not installed, slot {facts.slot} untouched: {exc}")
         problem = _mismatch(info.version, info.compatible, release.version, status.compatible)
         if problem:
+            if local_dir is None:  # a download that can never be installed: its space goes back to the node
+                bundle.unlink(missing_ok=True)
             return self._set(state, AgentPhase.FAILED, f"not installed, slot {facts.slot} untouched: {problem}")
         other = status.other_slot()
         state = self._set(state, AgentPhase.INSTALLING, f"installing {release.version} into slot {other.bootname}",
@@ -181,7 +183,11 @@ class NodeUpgrader:
             if progress is not None and total:
                 progress(AgentPhase.DOWNLOADING, done * 100 // total, f"{done} of {total} bytes")
         bundle = download(release, self.state_dir / "bundles", report)
-        return bundle, self.rauc.info(bundle, verify=False)
+        try:
+            return bundle, self.rauc.info(bundle, verify=False)
+        except RaucError:
+            bundle.unlink(missing_ok=True)  # not a bundle RAUC can read: never installable, so not kept
+            raise
 
     def _keep_booted_primary(self) -> None:
         """RAUC may activate what it installed; the next boot stays the running slot until a reboot is
