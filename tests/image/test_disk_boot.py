@@ -26,7 +26,7 @@ import pytest
 
 from maculaos.image.disk import boot_environment, esp_get, esp_put, partition_table
 from maculaos.image.vm import Vm, VmSpec, uefi_vars_copy
-from maculaos.image.vmnode import provision_disk
+from maculaos.image.vmnode import ONE_WATCHDOG, WATCHDOG_DEVICE, provision_disk
 from tests.image.conftest import BuiltImage, boot_timeout, note_figure
 from tests.image.test_boot import CONFIG, PASSWORD_HASH, _probe, _ssh_key
 
@@ -34,13 +34,14 @@ pytestmark = [pytest.mark.image, pytest.mark.timeout(5400)]
 
 # The serial console last (so /dev/console is the serial line the test reads); failed roots reboot at once.
 RESCUE = "macula.rescue_timeout=1"
-#: q35's chipset has a watchdog of its own (iTCO_wdt), which may come up first: the test's is QEMU's i6300esb.
-ONE_WATCHDOG = "modprobe.blacklist=iTCO_wdt"
+#: q35's chipset has a watchdog of its own (iTCO_wdt), which may come up first: the test's is QEMU's i6300esb
+#: (ONE_WATCHDOG, as `maculaos dev vm` boots its VM).
 TEST_CMDLINE = f"console=ttyS0 {RESCUE} {ONE_WATCHDOG}"
 GROW_MIB = 512
-#: config.yaml's maculaos.watchdog timeout, and the watchdog device every boot has (a PCI card QEMU emulates).
+#: config.yaml's maculaos.watchdog timeout, and the watchdog device every boot has (a PCI card QEMU emulates;
+#: every VM node's, `maculaos dev vm`'s too).
 WATCHDOG_SECONDS = 10
-WATCHDOG = ("-device", "i6300esb")
+WATCHDOG = WATCHDOG_DEVICE
 
 
 def _update_disk(bundle: Path, tmp_path: Path) -> Path:

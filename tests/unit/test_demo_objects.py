@@ -3,12 +3,23 @@ its NodeUpgrades, which leave the example's night window to the example."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from maculaos.api.healthcheck import CheckType, HealthCheckSpec
 from maculaos.api.nodeupgrade import NodeUpgradeSpec
 from maculaos.cli.options import REPO_ROOT
-from maculaos.devenv.demo_objects import ABSENT_UNIT, bad_upgrade, capped_healthcheck, demo_upgrade, sandbox_healthcheck
+from maculaos.devenv.demo_disk import filesystem_source
+from maculaos.devenv.demo_objects import (
+    ABSENT_UNIT,
+    DISK_CHECK_PATH,
+    DISK_CHECK_THRESHOLD,
+    bad_upgrade,
+    capped_healthcheck,
+    demo_upgrade,
+    sandbox_healthcheck,
+)
 
 
 def test_the_sandbox_checks_are_the_kinds_that_hold_without_systemd() -> None:
@@ -17,6 +28,24 @@ def test_the_sandbox_checks_are_the_kinds_that_hold_without_systemd() -> None:
     assert not any(c.restart_on_failure for c in spec.checks)
     assert spec.checks[0].tcp is not None and spec.checks[0].tcp.port == 6443
     assert spec.checks[1].http is not None and spec.checks[1].http.url == "http://127.0.0.1:9751/healthz"
+    # The figures `dev up` warns by (devenv/demo_disk.py) are the check's.
+    assert spec.checks[3].disk is not None
+    assert (spec.checks[3].disk.path, spec.checks[3].disk.threshold) == (DISK_CHECK_PATH, f"{DISK_CHECK_THRESHOLD}%")
+
+
+def test_the_filesystem_is_named_as_mountinfo_has_it(tmp_path: Path) -> None:
+    """The last mount on a path is the one seen; mountinfo escapes spaces (\\040)."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        "40 22 0:35 / /home/dev/my\\040disk rw shared:20 - xfs /dev/sdb1 rw\n"
+        "41 40 0:36 / /home/dev/my\\040disk rw shared:21 - tmpfs tmpfs rw,size=1024k\n"
+        "42 22 0:37 / /home/josé rw shared:22 - btrfs /dev/sdc1 rw\n")
+    assert filesystem_source(Path("/home/josé"), mountinfo) == "/dev/sdc1 btrfs"
+    assert filesystem_source(Path("/"), mountinfo) == "/dev/vda ext4"
+    assert filesystem_source(Path("/home/dev/my disk"), mountinfo) == "tmpfs tmpfs"
+    assert filesystem_source(Path("/srv"), mountinfo) == ""
+    assert filesystem_source(Path("/"), tmp_path / "absent") == ""
 
 
 def test_the_failing_check_restarts_a_unit_no_machine_has_and_is_capped() -> None:

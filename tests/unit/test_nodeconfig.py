@@ -35,6 +35,7 @@ from maculaos.host.nodeconfig import (
     write_section,
 )
 from maculaos.host.nodeinfo import read_node_info
+from maculaos.host.watchdog import render_drop_in
 from maculaos.image.install import InstallError, check_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "config.md"
@@ -120,7 +121,7 @@ def test_every_key_is_in_the_reference() -> None:
     ("maculaos: {backup: {nightly: {include_k3s_datastore: maybe}}}",
      "maculaos.backup.nightly.include_k3s_datastore: Input should be a valid boolean"),
     ("maculaos: {watchdog: 60}", "maculaos.watchdog must be a mapping (enabled, timeout_seconds, "
-                                 "reboot_timeout_seconds)"),
+                                 "reboot_timeout_seconds, device)"),
     ("maculaos: {watchdog: {enabled: maybe}}", "maculaos.watchdog.enabled: Input should be a valid boolean"),
     ("maculaos: {watchdog: {timeout_seconds: 1}}",
      "maculaos.watchdog.timeout_seconds: Input should be greater than or equal to 5"),
@@ -131,6 +132,19 @@ def test_every_key_is_in_the_reference() -> None:
     ("maculaos: {watchdog: {reboot_timeout_seconds: 10}}",
      "maculaos.watchdog.reboot_timeout_seconds: Input should be greater than or equal to 30"),
     ("maculaos: {watchdog: {timeout: 30}}", "maculaos.watchdog.timeout: not a known key (known: enabled"),
+    ("maculaos: {watchdog: {device: watchdog1}}", "maculaos.watchdog.device must be a watchdog device's path "
+                                                  "under /dev, such as /dev/watchdog1"),
+    ("maculaos: {watchdog: {device: /etc/watchdog1}}", "maculaos.watchdog.device must be a watchdog device's path"),
+    ("maculaos: {watchdog: {device: /dev/../etc/shadow}}", "not '/dev/../etc/shadow'"),
+    ("maculaos: {watchdog: {device: /dev/}}", "maculaos.watchdog.device must be a watchdog device's path"),
+    ("maculaos: {watchdog: {device: /dev//watchdog1}}", "maculaos.watchdog.device must be a watchdog device's path"),
+    ("maculaos: {watchdog: {device: '/dev/watchdog 1'}}", "maculaos.watchdog.device must be a watchdog device's"),
+    ("maculaos: {watchdog: {device: \"/dev/watchdog1\\nRuntimeWatchdogSec=0\"}}",
+     "maculaos.watchdog.device must be a watchdog device's path"),
+    ("maculaos: {watchdog: {device: 1}}", "maculaos.watchdog.device: Input should be a valid string"),
+    ("maculaos: {watchdog: {device: [/dev/watchdog1]}}", "maculaos.watchdog.device: Input should be a valid string"),
+    (f"maculaos: {{watchdog: {{device: /dev/{'w' * 60}}}}}",
+     "maculaos.watchdog.device: String should have at most 64 characters"),
     ("maculaos: {timezone: Mars/Base}", "maculaos.timezone 'Mars/Base' is not a time zone"),
     ("maculaos: {timezone: 3}", "maculaos.timezone 3 is not a time zone"),
     ("maculaos: {keymap: klingon}", "maculaos.keymap 'klingon' is not a supported keyboard layout"),
@@ -157,6 +171,23 @@ def test_a_bad_value_is_named_by_its_key_and_the_file(config: str, key: str) -> 
     assert str(raised.value).startswith("/var/lib/maculaos/config.yaml: ")
     assert key in raised.value.problem and "Value error" not in raised.value.problem
     assert "hunter2" not in str(raised.value)  # a password is not echoed
+
+
+@pytest.mark.parametrize(("device", "kept"), [
+    ("/dev/watchdog1", "/dev/watchdog1"),
+    ("/dev/watchdog", "/dev/watchdog"),  # the kernel's name for the first device, as older systemd used
+    ("/dev/watchdog-i6300esb", "/dev/watchdog-i6300esb"),  # a udev rule's name
+    ("/dev/watchdogs/board.0", "/dev/watchdogs/board.0"),
+    ("", None),  # an empty value is the default: /dev/watchdog0
+    (None, None),
+])
+def test_a_watchdog_device_is_a_path_under_dev_and_goes_into_the_drop_in(device: str | None,
+                                                                        kept: str | None) -> None:
+    config = NodeConfig.parse({"maculaos": {"watchdog": {"timeout_seconds": 30, "device": device}}})
+    assert config.maculaos.watchdog is not None and config.maculaos.watchdog.device == kept
+    drop_in = render_drop_in(config.maculaos.watchdog).splitlines()
+    assert drop_in[1:4] == ["[Manager]", "RuntimeWatchdogSec=30s", "RebootWatchdogSec=600s"]
+    assert drop_in[4:] == ([f"WatchdogDevice={kept}"] if kept else [])
 
 
 @pytest.mark.parametrize(("config", "refusal"), [

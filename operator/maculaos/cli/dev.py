@@ -9,7 +9,7 @@ import datetime as dt
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from maculaos.cli import options
 from maculaos.cli.options import REPO_ROOT
@@ -92,20 +92,21 @@ def _dev_vm(args: argparse.Namespace) -> int:
     from maculaos.devenv.demo import Demo
     from maculaos.devenv.processes import free_port
     from maculaos.image.vm import accelerator, qemu_command
-    from maculaos.image.vmnode import disk_node, find_disk_image, provision_disk
+    from maculaos.image.vmnode import dev_node, find_disk_image
 
     image = find_disk_image(args.build)
     plane = Demo(args.workdir, REPO_ROOT).control_plane()
     folder = args.workdir / "vm" / args.name
     folder.mkdir(parents=True, exist_ok=True)
     disk = folder / "disk.img"
-    if not disk.exists():   # a second run boots the same node again
+
+    def config() -> dict[str, Any]:
         keys = [k.read_text().strip() for k in sorted((Path.home() / ".ssh").glob("id_*.pub"))]
-        config = {"maculaos": {"kubernetes": plane.join_data(f"maculaos dev vm {args.name}").config_section()},
-                  "ssh_authorized_keys": keys}
-        provision_disk(image, disk, config)
+        return {"maculaos": {"kubernetes": plane.join_data(f"maculaos dev vm {args.name}").config_section()},
+                "ssh_authorized_keys": keys}
+
     ssh, metrics = args.ssh_port or free_port(), args.metrics_port or free_port()
-    spec = disk_node(disk, forwards=((ssh, 22), (metrics, 9750)), memory_mib=args.memory)
+    spec = dev_node(image, disk, config, forwards=((ssh, 22), (metrics, 9750)), memory_mib=args.memory)
     print(f"maculaos dev vm: {image.name} joining {plane.node_server}; its disk {disk}\n"
           f"  ssh -p {ssh} macula@127.0.0.1   (keys: ~/.ssh/id_*.pub)\n"
           f"  curl http://127.0.0.1:{metrics}/metrics   (the agent, once its pod runs)\n"
@@ -273,7 +274,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "disk image through GRUB, as a machine boots (so it can be upgraded: slots A and B). Its disk, kept "
         "in the work directory, gets a config.yaml that joins the demo's control plane and holds your "
         "~/.ssh/id_*.pub keys. Install the charts with helm to run the operator and the agent on "
-        "it. The serial console is this terminal.")
+        "it. The serial console is this terminal. Like the VM tests' machines it has a hardware watchdog "
+        "(QEMU's i6300esb, /dev/watchdog0; the q35 chipset's own is left out), unarmed until its "
+        "config.yaml's maculaos.watchdog arms it at the next boot.")
     options.workdir(vm)
     vm.add_argument("--build", type=Path, default=REPO_ROOT / "dist", help="the build folder (default: dist/)")
     vm.add_argument("--name", default="vm1", help="the VM's folder in the work directory (its disk)")

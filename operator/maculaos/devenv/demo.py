@@ -19,6 +19,7 @@ from kubernetes import config as kube_config
 
 from maculaos.api.common import DEFAULT_NAMESPACE
 from maculaos.devenv.controlplane import ControlPlane, default_bin_dir
+from maculaos.devenv.demo_disk import disk_warning
 from maculaos.devenv.demo_objects import (
     CAPPED_HEALTHCHECK,
     DEMO_UPGRADE,
@@ -109,6 +110,9 @@ class Demo:
         examples = self._example_files()
         if self.workdir.exists():
             shutil.rmtree(self.workdir)  # what a stopped or failed run left: logs, a stale datastore
+        warning = disk_warning(self.workdir)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         plane = ControlPlane(self.workdir / "controlplane")
         started = time.monotonic()
         plane.start()

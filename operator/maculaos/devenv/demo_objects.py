@@ -17,6 +17,10 @@ ABSENT_UNIT = "maculaos-demo-absent.service"
 CLOSED_PORT = 1
 #: The label of the HealthChecks that judge the demo's upgrades (the failing ones on purpose do not).
 UPGRADE_GATE_LABEL = "macula.io/upgrade-gate"
+#: The sandbox HealthCheck's disk check: each node's /var/lib, a folder of the demo's work directory, so
+#: it measures the developer's own filesystem (`maculaos dev up` warns first when that is too full).
+DISK_CHECK_PATH = "/var/lib"
+DISK_CHECK_THRESHOLD = 95
 #: The demo's own NodeUpgrades: the good release, and the bad build for the rollback story.
 DEMO_UPGRADE = "demo-to-0-2-0"
 BAD_UPGRADE = "demo-to-0-3-0-beta"
@@ -32,7 +36,8 @@ def sandbox_healthcheck(api_port: int, operator_port: int) -> dict[str, Any]:
          "http": {"url": f"http://127.0.0.1:{operator_port}/healthz"}},
         {"name": "api-server-process", "type": "process", "interval": "10s", "timeout": "3s",
          "process": {"name": "kube-apiserver"}},
-        {"name": "disk", "type": "disk", "interval": "30s", "disk": {"path": "/var/lib", "threshold": "95%"}},
+        {"name": "disk", "type": "disk", "interval": "30s",
+         "disk": {"path": DISK_CHECK_PATH, "threshold": f"{DISK_CHECK_THRESHOLD}%"}},
     ]
     return {"apiVersion": API_VERSION, "kind": "HealthCheck",
             "metadata": {"name": SANDBOX_HEALTHCHECK, "labels": {UPGRADE_GATE_LABEL: "true"}},

@@ -73,12 +73,18 @@ def probe_tcp(probe: TcpProbe, timeout: float) -> tuple[bool, str]:
         return False, f"{probe.host}:{probe.port}: {exc.strerror or exc}"
 
 
+def disk_used_percent(path: Path) -> float:
+    """How full the filesystem holding path is, as the disk check counts: all but the space an ordinary
+    user may still write (so root's reserve counts as used, and the figure may be above df's Use%)."""
+    usage = shutil.disk_usage(path)
+    return 100.0 * (usage.total - usage.free) / usage.total if usage.total else 100.0
+
+
 def probe_disk(probe: DiskProbe, host_root: Path) -> tuple[bool, str]:
     try:
-        usage = shutil.disk_usage(in_host_root(host_root, probe.path))
+        used = disk_used_percent(in_host_root(host_root, probe.path))
     except (OSError, ValueError) as exc:
         return False, f"cannot stat {probe.path}: {getattr(exc, 'strerror', None) or exc}"
-    used = 100.0 * (usage.total - usage.free) / usage.total if usage.total else 100.0
     limit = parse_percent(probe.threshold)
     return used < limit, f"{probe.path} is {used:.1f}% full (threshold {probe.threshold})"
 

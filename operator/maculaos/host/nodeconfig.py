@@ -440,8 +440,20 @@ class KubernetesConfig(ConfigSection):
         return None if value is None else _ipv4_address(value, "{key}", "192.168.10.21")
 
 
+#: A device path under /dev as systemd's WatchdogDevice= takes it, one name per component: no "." or ".."
+#: (nothing outside /dev), no spaces or line breaks (the value is written into system.conf).
+WATCHDOG_DEVICE_PATTERN = re.compile(r"/dev(/[A-Za-z0-9_+:-][A-Za-z0-9._+:-]*)+")
+
+
+def check_watchdog_device(value: str) -> str:
+    if not WATCHDOG_DEVICE_PATTERN.fullmatch(value):
+        raise ValueError(f"{{key}} must be a watchdog device's path under /dev, such as /dev/watchdog1 "
+                         f"(letters, digits and . _ + : - between the slashes), not {value!r}")
+    return value
+
+
 class WatchdogConfig(BaseModel):
-    """systemd's hardware watchdog: PID 1 pets /dev/watchdog0, so a node whose kernel or
+    """systemd's hardware watchdog: PID 1 pets /dev/watchdog0 (or `device`), so a node whose kernel or
     systemd hangs is reset by the hardware. Rendered at boot into a system.conf drop-in; where the machine
     has no hardware watchdog, the kernel's softdog module stands in (it cannot help when the kernel
     itself hangs). Unknown keys are refused: a misspelt timeout would silently keep the default."""
@@ -455,6 +467,17 @@ class WatchdogConfig(BaseModel):
     (RuntimeWatchdogSec)."""
     reboot_timeout_seconds: int = Field(default=600, ge=30, le=3600)
     """Seconds a reboot may take before the watchdog forces it (RebootWatchdogSec)."""
+    device: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(default=None, max_length=64)
+    """The watchdog device systemd pets (WatchdogDevice=), a path under /dev such as /dev/watchdog1, for a
+    machine with two (a board's chipset timer and an added card; a q35 VM's iTCO_wdt and an i6300esb).
+    Their numbers follow the order the drivers load in, which may change between boots: the boot's apply
+    says which driver the path is; a name a udev rule gives the device, or the other driver blacklisted,
+    holds steadier. Absent: systemd's default, /dev/watchdog0."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        return None if value is None else check_watchdog_device(value)
 
 
 class AddressMode(StrEnum):

@@ -1,10 +1,12 @@
 """The watchdog (seed 4.17.1, issue #21): config.yaml's maculaos.watchdog rendered into a systemd
-system.conf drop-in (RuntimeWatchdogSec, RebootWatchdogSec), and the kernel's softdog module loaded when
+system.conf drop-in (RuntimeWatchdogSec, RebootWatchdogSec, WatchdogDevice when the config chooses the
+device), and the kernel's softdog module loaded when
 the machine has no watchdog device of its own. PID 1 reads system.conf only when it starts, so a changed
 drop-in is followed by `systemctl daemon-reexec` on the running system, and only then."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +35,35 @@ class WatchdogChanges:
 
 
 def render_drop_in(watchdog: WatchdogConfig) -> str:
+    device = f"WatchdogDevice={watchdog.device}\n" if watchdog.device else ""
     return ("# Written by maculaos from config.yaml's maculaos.watchdog. Do not edit.\n[Manager]\n"
-            f"RuntimeWatchdogSec={watchdog.timeout_seconds}s\nRebootWatchdogSec={watchdog.reboot_timeout_seconds}s\n")
+            f"RuntimeWatchdogSec={watchdog.timeout_seconds}s\nRebootWatchdogSec={watchdog.reboot_timeout_seconds}s\n"
+            f"{device}")
 
 
-def hardware_watchdogs(host_root: Path) -> list[str]:
-    """The machine's own watchdog devices (by their driver's identity); softdog is not one of them."""
+def _identity(device: Path) -> str:
+    return (device / "identity").read_text().strip() if (device / "identity").is_file() else device.name
+
+
+def hardware_watchdogs(host_root: Path) -> dict[str, str]:
+    """The machine's own watchdog devices, their names (watchdog0) to their driver's identity; softdog is
+    not one of them."""
     devices = sorted((host_root / WATCHDOG_CLASS).glob("watchdog*"))
-    identities = [(d / "identity").read_text().strip() if (d / "identity").is_file() else d.name for d in devices]
-    return [i for i in identities if i != SOFTDOG_IDENTITY]
+    return {d.name: i for d in devices if (i := _identity(d)) != SOFTDOG_IDENTITY}
+
+
+def chosen_device(host_root: Path, device: str) -> str:
+    """The device maculaos.watchdog.device names, as the summary says it: with its driver's identity when
+    /sys/class/watchdog knows the name (so a person sees which of two watchdogs it is this boot), or
+    "not found" when a /dev/watchdogN is not there (systemd would have nothing to pet). Other names (a
+    udev rule's) are said as they are."""
+    name = Path(device).name
+    sysfs = host_root / WATCHDOG_CLASS / name
+    if sysfs.is_dir():
+        return f"{device} ({_identity(sysfs)})"
+    if re.fullmatch(r"watchdog[0-9]+", name):
+        return f"{device} (not found on this machine: systemd has nothing to pet)"
+    return device
 
 
 def _converge(path: Path, content: str | None) -> bool:
@@ -75,15 +97,28 @@ def apply_watchdog(host_root: Path, config: NodeConfig, systemd: Systemd) -> Wat
     if systemd.live and (changed or softdog_changed):
         systemd.daemon_reexec()
     return WatchdogChanges(changed=changed or softdog_changed, softdog=softdog,
-                           summary=_summary(watchdog if armed else None, hardware, changed or softdog_changed))
+                           summary=_summary(host_root, watchdog if armed else None, hardware,
+                                            changed or softdog_changed))
 
 
-def _summary(watchdog: WatchdogConfig | None, hardware: list[str], changed: bool) -> str:
+def _summary(host_root: Path, watchdog: WatchdogConfig | None, hardware: dict[str, str], changed: bool) -> str:
     state = "updated" if changed else "unchanged"
     if watchdog is None:
         return f"watchdog off ({state})"
-    device = ", ".join(hardware) if hardware else "softdog (no hardware watchdog found)"
-    return f"watchdog {watchdog.timeout_seconds} s on {device} ({state})"
+    return f"watchdog {watchdog.timeout_seconds} s on {_device_said(host_root, watchdog, hardware)} ({state})"
+
+
+def _device_said(host_root: Path, watchdog: WatchdogConfig, hardware: dict[str, str]) -> str:
+    """Which device systemd pets, for the summary; with two or more, the others and the key that chooses."""
+    if watchdog.device:
+        return chosen_device(host_root, watchdog.device)
+    if not hardware:
+        return "softdog (no hardware watchdog found)"
+    if len(hardware) == 1:
+        return next(iter(hardware.values()))
+    others = ", ".join(f"/dev/{name} {identity}" for name, identity in hardware.items() if name != "watchdog0")
+    return (f"{chosen_device(host_root, '/dev/watchdog0')}, one of {len(hardware)} "
+            f"({others}: maculaos.watchdog.device chooses)")
 
 
 def _modprobe_softdog() -> None:

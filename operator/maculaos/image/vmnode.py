@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,13 @@ from maculaos.image import disk
 from maculaos.image.vm import VmSpec
 
 CONFIG = Path("var/lib/maculaos/config.yaml")
+#: Every VM node's hardware watchdog, a PCI card QEMU emulates (its default action on expiry is a reset), so
+#: config.yaml's maculaos.watchdog arms a real device as on a machine, not softdog.
+WATCHDOG_DEVICE = ("-device", "i6300esb")
+#: q35's chipset has a watchdog of its own (iTCO_wdt); the two drivers' numbering follows which loads
+#: first, so the kernel is told to leave iTCO_wdt out and the i6300esb is /dev/watchdog0, the one systemd
+#: pets, at every boot (as in the VM tests).
+ONE_WATCHDOG = "modprobe.blacklist=iTCO_wdt"
 
 
 class VmNodeError(MaculaosError):
@@ -82,7 +90,19 @@ def provision_disk(image: Path, target: Path, config: dict[str, Any], files: dic
 
 def disk_node(disk_image: Path, forwards: tuple[tuple[int, int], ...] = (), memory_mib: int = 1536,
               monitor: Path | None = None) -> VmSpec:
-    """The VM of one node booted from its disk by the firmware and GRUB; it may reboot (the kubelet
+    """The VM of one node booted from its disk by the firmware and GRUB, with a hardware watchdog
+    (WATCHDOG_DEVICE; unarmed until config.yaml's maculaos.watchdog arms it); it may reboot (the kubelet
     re-registers, upgrades boot the other slot)."""
     return VmSpec(None, None, None, None, disk=disk_image, memory_mib=memory_mib, forwards=forwards, reboot=True,
-                  monitor=monitor)
+                  monitor=monitor, extra_args=WATCHDOG_DEVICE)
+
+
+def dev_node(image: Path, disk_image: Path, config: Callable[[], dict[str, Any]],
+             forwards: tuple[tuple[int, int], ...] = (), memory_mib: int = 1536) -> VmSpec:
+    """`maculaos dev vm`'s node: its disk provisioned from the build the first time, with `config()` (called
+    only then: it mints a bootstrap token) and the kernel told to leave the chipset's watchdog out
+    (ONE_WATCHDOG), so that the node has the VM tests' one hardware watchdog; a second run boots the same
+    disk again."""
+    if not disk_image.exists():
+        provision_disk(image, disk_image, config(), cmdline_extra=ONE_WATCHDOG)
+    return disk_node(disk_image, forwards, memory_mib)
