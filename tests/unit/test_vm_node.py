@@ -1,9 +1,10 @@
 """`maculaos dev vm`'s node without booting it: its disk provisioned from a build (a small disk of the real
 layout) with the kernel told to leave q35's chipset watchdog out, and its QEMU command line with the VM
-tests' hardware watchdog, the disk, the forwarded ports and the memory asked."""
+disk boot test's hardware watchdog, the disk, the forwarded ports and the memory asked."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,16 @@ def test_dev_vm_provisions_its_disk_once_without_the_chipset_watchdog(tmp_path: 
 
     spec = dev_node(image, disk, config, forwards=((2222, 22),), memory_mib=2048)
     assert boot_environment(disk)["EXTRA_CMDLINE"] == "console=ttyS0 modprobe.blacklist=iTCO_wdt"
-    assert spec == disk_node(disk, ((2222, 22),), 2048)
+    assert spec == dataclasses.replace(disk_node(disk, ((2222, 22),), 2048), extra_args=("-device", "i6300esb"))
     again = dev_node(image, disk, config, forwards=((2223, 22),))
     assert asked == ["config"] and again.disk == disk and again.forwards == ((2223, 22),)
 
 
-def test_a_vm_node_has_one_hardware_watchdog_after_its_nic(tmp_path: Path) -> None:
+def test_a_dev_vm_node_has_one_hardware_watchdog_after_its_nic(tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
-    cmd = qemu_command(disk_node(disk, forwards=((2222, 22), (9751, 9750)), memory_mib=2048), "kvm")
+    disk.write_bytes(b"")   # a disk from an earlier run: booted again as it is
+    spec = dev_node(tmp_path / "unused.img", disk, dict, forwards=((2222, 22), (9751, 9750)), memory_mib=2048)
+    cmd = qemu_command(spec, "kvm")
     assert cmd[0] == "qemu-system-x86_64" and cmd[cmd.index("-machine") + 1] == "q35"
     assert [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "-device"] == ["i6300esb"]
     # After the NIC: the NIC keeps its PCI slot, so the guest's interface keeps its name (enp0s...).

@@ -5,6 +5,7 @@ boot it this way; `data_disk` makes a data partition alone for the tests' direct
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import time
@@ -90,19 +91,18 @@ def provision_disk(image: Path, target: Path, config: dict[str, Any], files: dic
 
 def disk_node(disk_image: Path, forwards: tuple[tuple[int, int], ...] = (), memory_mib: int = 1536,
               monitor: Path | None = None) -> VmSpec:
-    """The VM of one node booted from its disk by the firmware and GRUB, with a hardware watchdog
-    (WATCHDOG_DEVICE; unarmed until config.yaml's maculaos.watchdog arms it); it may reboot (the kubelet
+    """The VM of one node booted from its disk by the firmware and GRUB; it may reboot (the kubelet
     re-registers, upgrades boot the other slot)."""
     return VmSpec(None, None, None, None, disk=disk_image, memory_mib=memory_mib, forwards=forwards, reboot=True,
-                  monitor=monitor, extra_args=WATCHDOG_DEVICE)
+                  monitor=monitor)
 
 
 def dev_node(image: Path, disk_image: Path, config: Callable[[], dict[str, Any]],
              forwards: tuple[tuple[int, int], ...] = (), memory_mib: int = 1536) -> VmSpec:
     """`maculaos dev vm`'s node: its disk provisioned from the build the first time, with `config()` (called
     only then: it mints a bootstrap token) and the kernel told to leave the chipset's watchdog out
-    (ONE_WATCHDOG), so that the node has the VM tests' one hardware watchdog; a second run boots the same
-    disk again."""
+    (ONE_WATCHDOG), so that the node has the disk boot test's one hardware watchdog (WATCHDOG_DEVICE,
+    unarmed until config.yaml's maculaos.watchdog arms it); a second run boots the same disk again."""
     if not disk_image.exists():
         provision_disk(image, disk_image, config(), cmdline_extra=ONE_WATCHDOG)
-    return disk_node(disk_image, forwards, memory_mib)
+    return dataclasses.replace(disk_node(disk_image, forwards, memory_mib), extra_args=WATCHDOG_DEVICE)
