@@ -33,14 +33,14 @@ def test_the_sandbox_checks_are_the_kinds_that_hold_without_systemd() -> None:
     assert (spec.checks[3].disk.path, spec.checks[3].disk.threshold) == (DISK_CHECK_PATH, f"{DISK_CHECK_THRESHOLD}%")
 
 
-def test_the_filesystem_is_named_as_mountinfo_has_it(tmp_path: Path) -> None:
-    """The last mount on a path is the one seen; mountinfo escapes spaces (\\040)."""
-    mountinfo = tmp_path / "mountinfo"
+def test_the_filesystem_is_named_as_the_mount_table_has_it(tmp_path: Path) -> None:
+    """The last mount on a path is the one seen; the table escapes spaces (\\040)."""
+    mountinfo = tmp_path / "mounts"
     mountinfo.write_text(
-        "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
-        "40 22 0:35 / /home/dev/my\\040disk rw shared:20 - xfs /dev/sdb1 rw\n"
-        "41 40 0:36 / /home/dev/my\\040disk rw shared:21 - tmpfs tmpfs rw,size=1024k\n"
-        "42 22 0:37 / /home/josé rw shared:22 - btrfs /dev/sdc1 rw\n")
+        "/dev/vda / ext4 rw,relatime 0 0\n"
+        "/dev/sdb1 /home/dev/my\\040disk xfs rw 0 0\n"
+        "tmpfs /home/dev/my\\040disk tmpfs rw,size=1024k 0 0\n"
+        "/dev/sdc1 /home/josé btrfs rw 0 0\n")
     assert filesystem_source(Path("/home/josé"), mountinfo) == "/dev/sdc1 btrfs"
     assert filesystem_source(Path("/"), mountinfo) == "/dev/vda ext4"
     assert filesystem_source(Path("/home/dev/my disk"), mountinfo) == "tmpfs tmpfs"

@@ -27,13 +27,13 @@ write (DEMO_FOOTPRINT), so the warning and the nodes' check cannot disagree.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from maculaos.devenv.demo_objects import DEMO_UPGRADE, DISK_CHECK_PATH, DISK_CHECK_THRESHOLD, SANDBOX_HEALTHCHECK
 from maculaos.host.bundles import SPARE_BYTES
+from maculaos.host.diag_storage import MOUNT_TABLE, mounts
 from maculaos.host.healthcheck import disk_used_percent
 
 MIB = 1024 * 1024
@@ -59,24 +59,14 @@ def mount_point(path: Path) -> Path:
     return path
 
 
-def filesystem_source(mount: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str:
-    """What is mounted at mount, as `findmnt` says it ("/dev/sda2 ext4"); "" when not known."""
-    found = ""
+def filesystem_source(mount: Path, table: Path = MOUNT_TABLE) -> str:
+    """What is mounted at mount, as `findmnt` says it ("/dev/sda2 ext4"); "" when not known. The last mount
+    on a path is the one seen."""
     try:
-        lines = mountinfo.read_text().splitlines()
+        found = [m for m in mounts(table) if m.point == str(mount)]
     except OSError:
-        return found
-    for line in lines:
-        fields, _, tail = line.partition(" - ")
-        parts, rest = fields.split(), tail.split()
-        if len(parts) > 4 and len(rest) >= 2 and _unescape(parts[4]) == str(mount):
-            found = f"{rest[1]} {rest[0]}"  # the last mount on a path is the one seen
-    return found
-
-
-def _unescape(field: str) -> str:
-    """mountinfo's octal escapes (of a space, tab, line break or backslash: \\040); other bytes are as they are."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+        return ""
+    return f"{found[-1].device} {found[-1].fstype}" if found else ""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ STATE_DIR = Path("var/lib/maculaos")
 #: Above this share of the data partition in use, the check fails (upgrades and backups need room).
 FULL_PERCENT = 90
 SMART_SECONDS = 10.0
+MOUNT_TABLE = Path("/proc/self/mounts")
 
 
 @dataclass(frozen=True)
@@ -29,17 +30,18 @@ class Mount:
     options: tuple[str, ...]
 
 
-def mounts(table: Path = Path("/proc/self/mounts")) -> list[Mount]:
+def mounts(table: Path = MOUNT_TABLE) -> list[Mount]:
     """The running system's mounts (octal escapes in paths decoded)."""
     found = []
     for line in table.read_text().splitlines():
         device, point, fstype, options, *_ = line.split()
-        found.append(Mount(_unescape(device), _unescape(point), fstype, tuple(options.split(","))))
+        found.append(Mount(unescape_mount_field(device), unescape_mount_field(point), fstype,
+                           tuple(options.split(","))))
     return found
 
 
-def _unescape(field: str) -> str:
-    """The kernel writes a space in a mount point as \\040 (octal)."""
+def unescape_mount_field(field: str) -> str:
+    """The kernel writes a space in a mount point as \\040 (octal), in /proc/self/mounts and mountinfo alike."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from maculaos.errors import MaculaosError
 from maculaos.host.config import HostConfigError, lookup, read_config, write_keys
+from maculaos.host.diag_storage import unescape_mount_field
 from maculaos.host.hostname import MADE_NAME
 from maculaos.host.logins import check_password_hash
 from maculaos.host.rauc import Rauc
@@ -82,11 +83,6 @@ def _device_numbers(device: Path, sys_block: Path = Path("/sys/block")) -> set[s
     return found
 
 
-def _unescape(field: str) -> str:
-    """The kernel writes a space in a mount point as \\040 (octal)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def mount_points(device: Path, mountinfo: Path = MOUNTINFO) -> list[str]:
     """Where the device (or its image file, through a loop device) is mounted in this namespace."""
     numbers = _device_numbers(device)
@@ -94,7 +90,7 @@ def mount_points(device: Path, mountinfo: Path = MOUNTINFO) -> list[str]:
     for line in mountinfo.read_text().splitlines():
         fields = line.split()
         if len(fields) > 4 and fields[2] in numbers:
-            points.append(_unescape(fields[4]))
+            points.append(unescape_mount_field(fields[4]))
     return points
 
 
