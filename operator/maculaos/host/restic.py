@@ -235,7 +235,9 @@ def _classify(code: int, stderr: str, repo: Repository, writes_to: Path | None =
         return ResticError(ResticFailure.NO_REPOSITORY, f"no restic repository at {where}")
     if code == 11:
         return ResticError(ResticFailure.LOCKED, f"repository {where} is locked: {last}")
-    if "no space left on device" in lower or "insufficient storage" in lower or "507" in last:
+    # 507 as restic prints a status, "(507)": bare, it matched ports such as 50761 in the repository
+    # location restic repeats on its last line, and a refused login read as a full target.
+    if "no space left on device" in lower or "insufficient storage" in lower or "(507)" in last:
         return ResticError(ResticFailure.NO_SPACE, f"the backup target {where} is full: {last}")
     denied = ("access denied", "signature we calculated does not match", "invalidaccesskeyid", "401 unauthorized",
               "403 forbidden")
