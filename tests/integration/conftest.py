@@ -27,6 +27,17 @@ from tests.gitserver import start_server  # noqa: F401  (the git server fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
+OPERATOR_LEASE_SECONDS = 6
+"""The Lease (`--lease-duration`, 15 s by default) of the operators these tests start themselves: the
+session's and the replicas of the leader-election and fault tests. Short, so the operator that replaces
+one which died holding it (SIGKILL, or an API server outage that cost it the Lease) leads after seconds;
+client-go's proportions make that a renewal deadline of 4 s, renewals every second."""
+
+API_SERVER_OUTAGE_SECONDS = OPERATOR_LEASE_SECONDS + 4
+"""How long the outage tests keep the API server away: past the operator's Lease, so the leader has given
+it up (it does at its renewal deadline, 2/3 of the Lease) and exits, as they require; the 4 s more cover
+what they have happen meanwhile (a small restic backup, a simulated node's reboot and its agent's start)."""
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
@@ -134,7 +145,8 @@ class OperatorSupervisor:
     def ensure_running(self) -> ProcessRecord:
         if self.record is None or not is_running(self.record):
             self.record = start_operator(self.cluster.plane.kubeconfig, self.cluster.plane.workdir / "logs",
-                                         resync_seconds=2, metrics_port=self.metrics_port)
+                                         resync_seconds=2, metrics_port=self.metrics_port,
+                                         extra_args=(f"--lease-duration={OPERATOR_LEASE_SECONDS}",))
         return self.record
 
     def stop(self) -> None:
@@ -156,7 +168,8 @@ def operator_supervisor(cluster: Cluster) -> Iterator[OperatorSupervisor]:
 
 @pytest.fixture
 def operator(operator_supervisor: OperatorSupervisor) -> ProcessRecord:
-    """The operator as its own process, as in a pod, resyncing every 2 seconds."""
+    """The operator as its own process, as in a pod, resyncing every 2 seconds (its Lease:
+    OPERATOR_LEASE_SECONDS)."""
     return operator_supervisor.ensure_running()
 
 

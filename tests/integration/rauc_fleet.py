@@ -28,6 +28,11 @@ from tests.integration.conftest import Cluster
 NAME = "fleet-0-2-0"
 NODES = [n.name for n in demo_fleet(3)]
 SICKLY = "macula-pi-03"  # the node whose new slot fails its health window
+SICK_WINDOW = "20s"
+"""healthCommitWindow where SICKLY fails its health on purpose: it rolls back only once the window is over,
+so the test waits all of it. Long enough for a healthy node: its agent, started again by the reboot,
+commits within about 5 s of the boot (three nodes rebooting at once); the canary test in
+test_upgrade_rollout.py rolls two real nodes at a time within the same 20 s."""
 
 
 @dataclass

@@ -19,7 +19,7 @@ from maculaos.devenv.nodes import SimulatedNode, demo_fleet, register_node
 from maculaos.devenv.processes import ProcessRecord, is_running
 from maculaos.host.config import read_config
 from tests.integration.agent_fleet import Fleet, agent_fleet
-from tests.integration.conftest import Cluster, OperatorSupervisor, kube_of
+from tests.integration.conftest import API_SERVER_OUTAGE_SECONDS, Cluster, OperatorSupervisor, kube_of
 from tests.integration.lookup import fetching_lookup
 
 Create = Callable[[dict[str, Any]], dict[str, Any]]
@@ -147,13 +147,14 @@ def test_agent_killed_half_way_through_applying_finishes_after_restart(fleet: Fl
 
 
 def test_api_server_outage(fleet: Fleet, created: Create, operator_supervisor: OperatorSupervisor) -> None:
-    """30 s without an API server: agents stay up and hosts keep their state; afterwards changes flow."""
+    """An API server outage long enough to cost the operator its Lease: agents stay up and hosts keep their
+    state; afterwards changes flow."""
     created(meshrole("outage", nodeSelector={"matchLabels": {"kubernetes.io/hostname": "macula-nuc-01"}},
                      roles=["gateway"]))
     fleet.wait_phase("outage", "macula-nuc-01", "Applied")
     nuc = fleet.nodes["macula-nuc-01"]
     before = (nuc.mesh_config(), nuc.table())
-    fleet.cluster.plane.restart_apiserver(down_seconds=30)
+    fleet.cluster.plane.restart_apiserver(down_seconds=API_SERVER_OUTAGE_SECONDS)
     assert all(n.agent is not None and is_running(n.agent) for n in fleet.nodes.values())
     assert (nuc.mesh_config(), nuc.table()) == before
     # The operator lost its Lease in the outage and exited by design; its Deployment would restart it.

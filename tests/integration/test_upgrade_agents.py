@@ -13,7 +13,7 @@ from typing import Any
 
 from maculaos.api.common import VERSION_LABEL
 from tests.host.rauc_fixtures import Bundles, BundleServer, release_of
-from tests.integration.rauc_fleet import NAME, NODES, SICKLY, RaucFleet
+from tests.integration.rauc_fleet import NAME, NODES, SICK_WINDOW, SICKLY, RaucFleet
 
 
 def test_three_agents_upgrade_and_one_rolls_back(rauc_fleet: RaucFleet, bundles: Bundles,
@@ -26,7 +26,7 @@ def test_three_agents_upgrade_and_one_rolls_back(rauc_fleet: RaucFleet, bundles:
     release = release_of(bundle_server, bundles.good)
     created({"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": NAME},
              "spec": {"version": "0.2.0", "source": {"url": release.url, "sha256": release.sha256},
-                      "healthCommitWindow": "40s", "healthCheckWait": "2s"}})
+                      "healthCommitWindow": SICK_WINDOW, "healthCheckWait": "2s"}})
     rauc_fleet.operator_writes({"target": {"version": "0.2.0", "url": release.url, "sha256": release.sha256,
                                            "size": release.size}})
     before = {}

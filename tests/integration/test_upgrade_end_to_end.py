@@ -14,7 +14,7 @@ from kubernetes import client
 
 from maculaos.devenv.rauc import build_bundle
 from tests.host.rauc_fixtures import COMPATIBLE, Bundles, BundleServer, release_of
-from tests.integration.rauc_fleet import NODES, SICKLY, RaucFleet
+from tests.integration.rauc_fleet import NODES, SICK_WINDOW, SICKLY, RaucFleet
 from tests.integration.upgrade_agents import Sampler
 
 
@@ -36,7 +36,7 @@ def test_the_operator_rolls_the_fleet_forward_and_a_sick_node_back(
         created({"apiVersion": "os.macula.io/v1alpha1", "kind": "NodeUpgrade", "metadata": {"name": rauc_fleet.name},
                  "spec": {"version": "0.3.0", "source": {"url": release.url, "sha256": release.sha256},
                           "strategy": {"maxUnavailable": 1}, "failurePolicy": {"maxFailedNodes": 1},
-                          "healthCommitWindow": "40s", "healthCheckWait": "2s"}})
+                          "healthCommitWindow": SICK_WINDOW, "healthCheckWait": "2s"}})
         cluster.wait_for(lambda: (cluster.get("NodeUpgrade", rauc_fleet.name).get("status") or {}).get("phase")
                          in ("Succeeded", "Failed"), timeout=300,
                          what=lambda: "the rollout to finish "

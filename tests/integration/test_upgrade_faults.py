@@ -9,8 +9,9 @@ grant left behind.
   holds (status.rollout, the grants, the nodes' reports), not from anything the dead one remembered;
 - the leader frozen (SIGSTOP) past its Lease and resumed: the standby finishes the rollout, the old
   leader steps down on waking without writing anything;
-- the API server down for 30 s while a node reboots: agents and RAUC carry on, the operator (restarted
-  as its Deployment would) picks the rollout up and the status catches up.
+- the API server down while a node reboots, long enough to cost the operator its Lease: agents and
+  RAUC carry on, the operator (restarted as its Deployment would) picks the rollout up and the status
+  catches up.
 
 Bad input (one NodeUpgrade per node, several at once): a bundle signed by a key the nodes do not trust,
 one for another architecture, a wrong sha256, a release index naming a missing file, the HTTP server
@@ -49,13 +50,10 @@ from maculaos.devenv.rauc import SLOTS, SimulatedRaucNode, build_bundle
 from maculaos.host.nodeupgrade import STATE_DIR
 from tests.diskfull import small_tmpfs
 from tests.host.rauc_fixtures import COMPATIBLE, Bundles, BundleServer, release_of
-from tests.integration.conftest import OperatorSupervisor
+from tests.integration.conftest import API_SERVER_OUTAGE_SECONDS, OPERATOR_LEASE_SECONDS, OperatorSupervisor
 from tests.integration.rauc_fleet import NODES, RaucFleet
 from tests.integration.test_upgrade_end_to_end import WAREHOUSE, _reboots
 from tests.integration.upgrade_agents import Sampler
-
-LEASE_SECONDS = 6
-"""Short, so a takeover costs seconds (renewal deadline 4 s, retries every 1 s)."""
 
 
 def nodeupgrade(name: str, version: str, url: str, sha256: str, window: str, max_failed: int = 0) -> dict[str, Any]:
@@ -120,7 +118,7 @@ def replicas(rauc_fleet: RaucFleet, no_operator: None) -> Iterator[Callable[[str
 
     def start(name: str) -> ProcessRecord:
         record = start_operator(plane.kubeconfig, plane.workdir / "logs", resync_seconds=2, name=name,
-                                extra_args=("--leader-elect", f"--lease-duration={LEASE_SECONDS}"),
+                                extra_args=("--leader-elect", f"--lease-duration={OPERATOR_LEASE_SECONDS}"),
                                 metrics_port=free_port())
         started.append(record)
         return record
@@ -160,9 +158,10 @@ def test_a_frozen_leader_resumed_after_losing_its_lease_does_nothing_twice(
     rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "frozen-0-7-0", "0.7.0")
     rollout.wait_first_reboot_grant()
     os.killpg(frozen.pid, signal.SIGSTOP)
-    rauc_fleet.cluster.wait_for(lambda: is_leader(standby), timeout=LEASE_SECONDS * 4, what="the standby to lead")
+    rauc_fleet.cluster.wait_for(lambda: is_leader(standby), timeout=OPERATOR_LEASE_SECONDS * 4,
+                                what="the standby to lead")
     os.killpg(frozen.pid, signal.SIGCONT)
-    rauc_fleet.cluster.wait_for(lambda: not is_running(frozen), timeout=LEASE_SECONDS * 2,
+    rauc_fleet.cluster.wait_for(lambda: not is_running(frozen), timeout=OPERATOR_LEASE_SECONDS * 2,
                                 what="the resumed old leader to step down")
     assert "leader election lost" in Path(frozen.log).read_text()
     rollout.assert_nothing_lost(rollout.wait_done())
@@ -171,14 +170,15 @@ def test_a_frozen_leader_resumed_after_losing_its_lease_does_nothing_twice(
 def test_an_api_server_outage_mid_wave_is_ridden_out(
         rauc_fleet: RaucFleet, bundles: Bundles, bundle_server: BundleServer, created: Any,
         operator_supervisor: OperatorSupervisor) -> None:
-    """30 s without an API server while the first node reboots into its new slot. The operator loses its
-    Lease and exits (by design; its Deployment restarts it, here the supervisor). The health commit window
-    outlasts the outage: the agent judges its new slot only once it reads the NodeUpgrade again, and a
-    window that ends in the outage rolls a healthy node back (see docs/architecture.md)."""
+    """The API server away (API_SERVER_OUTAGE_SECONDS) while the first node reboots into its new slot. The
+    operator loses its Lease and exits (by design; its Deployment restarts it, here the supervisor). The
+    health commit window outlasts the outage: the agent judges its new slot only once it reads the
+    NodeUpgrade again, and a window that ends in the outage rolls a healthy node back (see
+    docs/architecture.md)."""
     operator = operator_supervisor.ensure_running()
     rollout = Rollout(rauc_fleet, bundles, bundle_server, created, "outage-0-8-0", "0.8.0", window="120s")
     rollout.wait_first_reboot_grant()
-    rauc_fleet.cluster.plane.restart_apiserver(down_seconds=30)
+    rauc_fleet.cluster.plane.restart_apiserver(down_seconds=API_SERVER_OUTAGE_SECONDS)
     agents = [SimulatedRaucNode.load(n.dir).layout.agent for n in rauc_fleet.nodes.values()]  # reboots restart them
     assert all(a is not None and is_running(a) for a in agents), "the agents rode the outage out"
     rauc_fleet.cluster.wait_for(lambda: not is_running(operator), timeout=30,
