@@ -224,7 +224,9 @@ def test_new_slot_that_does_not_boot_falls_back(rauc_node: SimulatedRaucNode, bu
     rauc_node.set_broken("B")
     assert install_and_reboot(rauc_node, release_of(bundle_server, bundles.good)) == "A"
     state = upgrader_for(rauc_node).after_boot()
-    assert state.phase is AgentPhase.ROLLED_BACK and "did not boot" in state.message
+    assert state.phase is AgentPhase.ROLLED_BACK, state
+    # The slot named as GRUB's menu and the rest of the messages name it, not by RAUC's slot name.
+    assert state.message == "slot B did not boot; the bootloader returned to slot A (0.1.0)", state.message
 
 
 def test_a_bad_build_panics_and_falls_back(rauc_node: SimulatedRaucNode, bundles: Bundles,

@@ -291,12 +291,12 @@ class NodeUpgrader:
                 return self._set(state, AgentPhase.ROLLED_BACK,
                                  f"running {read_os_version(self.host_root)} in slot {booted.bootname} again: "
                                  f"{state.rollback_reason}", rollback_reason="")
-            return self._set(state, AgentPhase.FAILED, f"rollback to {state.to_slot} did not boot it; "
-                             f"running slot {booted.bootname}")
+            return self._set(state, AgentPhase.FAILED, f"rollback to slot {status.slot(state.to_slot).bootname} "
+                             f"did not boot it; running slot {booted.bootname}")
         if booted.name != state.to_slot:
             self._mark_good_quietly()
             how = ("the new slot rebooted before it was committed" if state.phase is AgentPhase.COMMITTING
-                   else f"slot {state.to_slot} did not boot")
+                   else f"slot {status.slot(state.to_slot).bootname} did not boot")
             return self._set(state, AgentPhase.ROLLED_BACK,
                              f"{how}; the bootloader returned to slot {booted.bootname} "
                              f"({read_os_version(self.host_root)})")
