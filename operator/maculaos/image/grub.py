@@ -23,6 +23,8 @@ COMMON_MODULES = ["part_gpt", "part_msdos", "fat", "iso9660", "normal", "linux",
 BIOS_MODULES = ["biosdisk"]
 EFI_MODULES = ["efi_gop", "efi_uga"]
 MAX_TRIES = 3
+#: The GRUB environment variable that overrides the menu's wait (seconds) on a disk's boots.
+MENU_TIMEOUT = "MENU_TIMEOUT"
 SLOTS = ("A", "B")
 # The boot.img fields grub-bios-setup would patch (grub-core/boot/i386/pc/boot.S, diskboot.S).
 BOOT_KERNEL_SECTOR = 0x5C
@@ -137,9 +139,10 @@ def _slot_choice() -> str:
 
 def grub_config(version: str, cmdline: str, timeout: int = 5) -> str:
     """grub.cfg for the ESP. `cmdline` is the kernel command line without rauc.slot= and macula.mode=;
-    EXTRA_CMDLINE in the GRUB environment is appended (serial consoles, test settings)."""
+    EXTRA_CMDLINE in the GRUB environment is appended (serial consoles, test settings), and MENU_TIMEOUT
+    there replaces `timeout`."""
     env_vars = " ".join(["ORDER", *(f"{s}_{k}" for s in SLOTS for k in ("OK", "TRY")), "EXTRA_CMDLINE",
-                         factory_reset.FLAG, recovery_reboot.FLAG])
+                         MENU_TIMEOUT, factory_reset.FLAG, recovery_reboot.FLAG])
     saved = " ".join(f"{s}_{k}" for s in SLOTS for k in ("OK", "TRY"))
     other = "\n".join(f'if [ "$boot_slot" = {s} ]; then set other_slot={o}; set other_ok="${o}_OK"; fi'
                       for s, o in (("A", "B"), ("B", "A")))
@@ -155,6 +158,8 @@ set default=normal
 set ORDER=
 load_env {env_vars}
 if [ -z "$ORDER" ]; then set ORDER="A B"; fi
+# The menu's wait in seconds, when the environment sets one (0: no menu, as a VM of the tests boots).
+if [ -n "${MENU_TIMEOUT}" ]; then set timeout="${MENU_TIMEOUT}"; fi
 
 {_slot_choice()}
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from maculaos.errors import MaculaosError
-from maculaos.image import disk
+from maculaos.image import disk, grub
 from maculaos.image.vm import VmSpec
 
 CONFIG = Path("var/lib/maculaos/config.yaml")
@@ -73,18 +73,22 @@ def _data_tree(tree: Path, config: dict[str, Any] | None, files: dict[str, bytes
 
 
 def provision_disk(image: Path, target: Path, config: dict[str, Any], files: dict[str, bytes] | None = None,
-                   grow_mib: int = 2048, cmdline_extra: str = "") -> Path:
+                   grow_mib: int = 2048, cmdline_extra: str = "", menu_timeout: int | None = None) -> Path:
     """A machine's disk as an installer leaves it: a copy of the build's raw disk image (GRUB, slots A and B,
     the data partition) at `target`, its data partition holding `config` (and `files`), grown by `grow_mib`
     (the first boot grows the data partition into it). Upgrades need this boot: RAUC writes slot B, and GRUB
-    chooses the slot. The serial console and `cmdline_extra` are added to the kernel command line."""
+    chooses the slot. The serial console and `cmdline_extra` are added to the kernel command line;
+    `menu_timeout` replaces the boot menu's wait (0: none, for VMs nobody watches)."""
     subprocess.run(["cp", "--sparse=always", str(image), str(target)], check=True)
     data = disk.partition_table(target).part("data")
     assert data.size_mib is not None
     tree = _data_tree(target.with_name(target.name + ".data"), config, files)
     disk.make_data(target, data.offset, data.size_mib, tree, str(uuid.uuid4()), int(time.time()))
     shutil.rmtree(tree)
-    disk.boot_environment(target, {"EXTRA_CMDLINE": f"console=ttyS0 {cmdline_extra}".strip()})
+    env = {"EXTRA_CMDLINE": f"console=ttyS0 {cmdline_extra}".strip()}
+    if menu_timeout is not None:
+        env[grub.MENU_TIMEOUT] = str(menu_timeout)
+    disk.boot_environment(target, env)
     subprocess.run(["qemu-img", "resize", "-q", "-f", "raw", str(target), f"+{grow_mib}M"], check=True)
     return target
 
