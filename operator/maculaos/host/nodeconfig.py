@@ -464,7 +464,8 @@ class WatchdogConfig(BaseModel):
     """Arm the watchdog (false keeps the section but disarms it)."""
     timeout_seconds: int = Field(default=60, ge=5, le=600)
     """Seconds without a sign of life from systemd before the watchdog resets the machine
-    (RuntimeWatchdogSec)."""
+    (RuntimeWatchdogSec). PID 1 pets it from its main loop, which a daemon-reload holds up: below 30, a slow
+    or busy machine may be reset while healthy."""
     reboot_timeout_seconds: int = Field(default=600, ge=30, le=3600)
     """Seconds a reboot may take before the watchdog forces it (RebootWatchdogSec)."""
     device: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(default=None, max_length=64)
