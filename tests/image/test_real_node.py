@@ -10,6 +10,7 @@ forwarded ports on its loopback (SSH, the agent's metrics port for the firewall 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -33,6 +34,7 @@ from maculaos.devenv.processes import free_port
 from maculaos.host.restic import Restic, local_repository
 from maculaos.image.airgap import NAMESPACE, operator_values
 from maculaos.image.build import default_cache
+from maculaos.image.bundle import build_bundle
 from maculaos.image.derive import derive_bundle
 from maculaos.image.signing import development_identity
 from maculaos.image.vm import NIC, Vm
@@ -158,16 +160,44 @@ def _derive_next(image: BuiltImage) -> Path:
     return target
 
 
+def _bundle_that_panics(image: BuiltImage, folder: Path) -> Path:
+    """Build N+2 whose kernel panics: the build's kernel with an initramfs that is not one (the kernel finds
+    no root to mount and panics), bundled and signed as a release. The kernel panics before any root is
+    mounted, so the bundle's root is a small squashfs, not a whole one: the story pays for the panics, not
+    for a second 350 MB download and install (the first story pays for those)."""
+    version = _next_version(_next_version(_build_version(image)))
+    root, squashfs, initrd = folder / "root", folder / "root.squashfs", folder / "initrd.img"
+    root.mkdir()
+    (root / "never-booted").write_text(f"MaculaOS {version}: a build whose kernel panics, for the tests\n")
+    subprocess.run(["mksquashfs", str(root), str(squashfs), "-quiet", "-no-progress"], check=True)
+    initrd.write_bytes(b"not an initramfs\n" * 4096)
+    return build_bundle(squashfs, image.kernel, initrd, folder / f"panics-{version}.raucb", version, "amd64",
+                        f"panics-{version}", development_identity(default_cache()))
+
+
 @pytest.fixture(scope="module")
-def next_bundle(built_image: BuiltImage) -> Iterator[Future[Path]]:
-    """Build N+1, derived while the node boots (the first story that needs it waits for it)."""
+def bundle_maker() -> Iterator[ThreadPoolExecutor]:
+    """One worker makes the stories' bundles while the node boots, one after the other (the VM has the
+    machine's other core)."""
     with ThreadPoolExecutor(1) as pool:
-        yield pool.submit(_derive_next, built_image)
+        yield pool
+
+
+@pytest.fixture(scope="module")
+def next_bundle(built_image: BuiltImage, bundle_maker: ThreadPoolExecutor) -> Future[Path]:
+    """Build N+1 (the first story that needs it waits for it)."""
+    return bundle_maker.submit(_derive_next, built_image)
+
+
+@pytest.fixture(scope="module")
+def bundle_that_panics(built_image: BuiltImage, bundle_maker: ThreadPoolExecutor,
+                       tmp_path_factory: pytest.TempPathFactory) -> Future[Path]:
+    return bundle_maker.submit(_bundle_that_panics, built_image, tmp_path_factory.mktemp("panics"))
 
 
 @pytest.fixture(scope="module")
 def node(built_image: BuiltImage, plane: ControlPlane, next_bundle: Future[Path],
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+         bundle_that_panics: Future[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """One VM node, joined, with the charts installed and both components running on it."""
     tmp = tmp_path_factory.mktemp("real-node")
     join = plane.join_data("the image tests' real node").config_section()
@@ -176,7 +206,8 @@ def node(built_image: BuiltImage, plane: ControlPlane, next_bundle: Future[Path]
     ssh_port, metrics_port = free_port(), free_port()
     # Booted from the disk image (GRUB, slots A and B) so that the upgrade story can install and boot slot B;
     # room on the data partition for containerd's copy of the images and a downloaded bundle.
-    disk = provision_disk(built_image.artifact("img"), tmp / "disk.img", config, cmdline_extra="macula.test.probe=off")
+    disk = provision_disk(built_image.artifact("img"), tmp / "disk.img", config, cmdline_extra="macula.test.probe=off",
+                          menu_timeout=0)
     spec = disk_node(disk, forwards=((ssh_port, 22), (metrics_port, METRICS_PORT)), memory_mib=MEMORY_MIB,
                      monitor=tmp / "monitor.sock")
     kube = plane.admin_client()
@@ -477,11 +508,23 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
-    """A plain web server for `folder` on the host's loopback: the VM reaches it at 10.0.2.2."""
+@contextlib.contextmanager
+def _release_index(folder: Path, bundle: Path, version: str) -> Iterator[str]:
+    """A release index with one release, `bundle` as `version`, served from `folder` by a plain web server on
+    the host's loopback (the VM reaches it at 10.0.2.2): yields the index's URL as the VM sees it."""
+    folder.mkdir()
+    (folder / bundle.name).symlink_to(bundle)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, int(httpd.server_address[1])
+    base = f"http://10.0.2.2:{httpd.server_address[1]}"
+    try:
+        digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+        index = {"channels": {"stable": [{"version": version, "url": f"{base}/{bundle.name}", "sha256": digest,
+                                          "size": bundle.stat().st_size}]}}
+        (folder / "index.yaml").write_text(yaml.safe_dump(index))
+        yield f"{base}/index.yaml"
+    finally:
+        httpd.shutdown()
 
 
 
@@ -514,21 +557,13 @@ def test_a_nodeupgrade_boots_the_next_build_in_slot_b_and_the_node_comes_back_wh
     boot_before, restarts_before = _boot_id(node), _agent_restarts(node)
     bundle = next_bundle.result(timeout=1800)
     version = bundle.name.removeprefix("derived-").removesuffix(".raucb")
-    served = tmp_path / "releases"
-    served.mkdir()
-    (served / bundle.name).symlink_to(bundle)
-    httpd, port = _serve(served)
-    try:
-        digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
-        index = {"channels": {"stable": [{"version": version, "url": f"http://10.0.2.2:{port}/{bundle.name}",
-                                          "sha256": digest, "size": bundle.stat().st_size}]}}
-        (served / "index.yaml").write_text(yaml.safe_dump(index))
+    with _release_index(tmp_path / "releases", bundle, version) as index_url:
         before = node.kube.get(f"/api/v1/nodes/{node.name}")["metadata"]["labels"].get("os.macula.io/version")
         since, started = len(node.vm.console), time.monotonic()
         node.kube.create(f"/apis/{GROUP}/{VERSION}/nodeupgrades", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeUpgrade", "metadata": {"name": "real-node-next"},
             "spec": {"nodeSelector": {"matchLabels": {"os.macula.io/maculaos": "true"}}, "version": version,
-                     "source": {"releaseIndex": f"http://10.0.2.2:{port}/index.yaml"},
+                     "source": {"releaseIndex": index_url},
                      # From the boot: the kubelet and the agent's pod take minutes to come back under TCG.
                      "healthCommitWindow": "10m", "healthCheckWait": "10s"}})
         path = f"/apis/{GROUP}/{VERSION}/nodeupgrades/real-node-next"
@@ -545,8 +580,6 @@ def test_a_nodeupgrade_boots_the_next_build_in_slot_b_and_the_node_comes_back_wh
             return status if status.get("phase") in ("Succeeded", "Failed") else None
 
         status = wait_until("the NodeUpgrade finished", finished, 1800, node)
-    finally:
-        httpd.shutdown()
     entry = _entry(node, "nodeupgrades", "real-node-next")
     assert status["phase"] == "Succeeded", (status, entry)
     assert (entry["phase"], entry["version"], entry["slot"]) == ("Succeeded", version, "B"), entry
@@ -616,6 +649,59 @@ def test_a_rollback_asked_for_on_the_node_boots_the_previous_slot_and_the_nodeup
     assert yaml.safe_load(node.ssh("sudo rauc status --output-format=json").stdout)["booted"] == "A"
     note_figure(f"real node rollback on the node ({node.vm.accel}): `maculaos upgrade --rollback` -> the "
                 f"NodeUpgrade's record Reverted in {time.monotonic() - started:.0f} s")
+
+
+def test_a_build_whose_kernel_panics_is_tried_three_times_and_the_node_returns_to_the_one_it_ran(
+        node: Node, built_image: BuiltImage, bundle_that_panics: Future[Path], tmp_path: Path) -> None:
+    """A NodeUpgrade to a build whose kernel panics (after the user deleted the one above): the agent pod
+    installs it into slot B and the operator grants the reboot; each of GRUB's three tries of B ends in a
+    kernel panic and a reboot, then GRUB marks B bad and boots slot A. The agent there reports the upgrade
+    RolledBack (slot B did not boot), the operator records the node RolledBack and the rollout Failed, and
+    the node runs build N, uncordoned, as before."""
+    version = _build_version(built_image)
+    node.kube.delete(f"/apis/{GROUP}/{VERSION}/nodeupgrades/real-node-next")
+    bundle = bundle_that_panics.result(timeout=1800)
+    broken = bundle.name.removeprefix("panics-").removesuffix(".raucb")
+    path = f"/apis/{GROUP}/{VERSION}/nodeupgrades/real-node-panics"
+    since, started = len(node.vm.console), time.monotonic()
+    with _release_index(tmp_path / "releases", bundle, broken) as index_url:
+        node.kube.create(f"/apis/{GROUP}/{VERSION}/nodeupgrades", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeUpgrade", "metadata": {"name": "real-node-panics"},
+            "spec": {"nodeSelector": {"matchLabels": {"os.macula.io/maculaos": "true"}}, "version": broken,
+                     "source": {"releaseIndex": index_url}, "healthCommitWindow": "10m", "healthCheckWait": "10s"}})
+        node.vm.wait_for(r"Booting `MaculaOS.*\(slot B\)'", 1200, since)
+    rebooted = time.monotonic() - started
+    for _ in range(3):
+        since = node.vm.wait_for(r"Kernel panic - not syncing", boot_timeout(), since).end()
+    node.vm.wait_for(r"slot B did not boot in 3 tries: marked bad", boot_timeout(), since)
+    node.vm.wait_for(r"Booting `MaculaOS.*\(slot A\)'", boot_timeout(), since)
+    fell_back = time.monotonic() - started
+    node.vm.wait_for(r"MACULAOS-READY version=\S+ mode=disk apply=success", boot_timeout(), since)
+    ready = time.monotonic() - started
+
+    def done() -> dict[str, Any] | None:
+        status = node.kube.get(path).get("status") or {}
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = wait_until("the NodeUpgrade finished", done, boot_timeout(), node)
+    entry = _entry(node, "nodeupgrades", "real-node-panics")
+    assert (entry["phase"], entry["version"], entry["slot"]) == ("RolledBack", version, "A"), entry
+    assert entry["message"].startswith("slot B did not boot; the bootloader returned to slot A"), entry
+    record = status["rollout"][node.name]
+    assert record["stage"] == "RolledBack" and record["message"] == f"rolled back: {entry['message']}", record
+    assert (status["phase"], status["upgradedNodes"], status["failedNodes"], status["grants"]) == \
+        ("Failed", 0, 1, {}), status
+    console = node.vm.console
+    assert len(re.findall(r"Booting `MaculaOS.*\(slot B\)'", console[since:])) == 0, "B tried a fourth time"
+    obj = node.kube.get(f"/api/v1/nodes/{node.name}")
+    assert obj["metadata"]["labels"].get("os.macula.io/version") == version, obj["metadata"]["labels"]
+    assert not obj["spec"].get("unschedulable"), "the node was left cordoned"
+    rauc = yaml.safe_load(node.ssh("sudo rauc status --output-format=json").stdout)
+    slots = {next(iter(s)): next(iter(s.values())) for s in rauc["slots"]}
+    assert rauc["booted"] == "A" and slots["rootfs.1"]["boot_status"] == "bad", rauc
+    note_figure(f"real node, a build whose kernel panics ({node.vm.accel}): NodeUpgrade applied -> Failed, the "
+                f"node RolledBack, in {time.monotonic() - started:.0f} s: installed and rebooting {rebooted:.0f} s, "
+                f"three tries of slot B and GRUB on slot A {fell_back:.0f} s, MACULAOS-READY {ready:.0f} s")
 
 
 def _from_snapshot(repository: Path, node_path: str) -> str:
