@@ -4,17 +4,23 @@ the check schedule, reporting a damaged pack."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import http.server
+import json
 import os
 import sqlite3
+import threading
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from maculaos.agent.backup import BackupEngine, BackupSettings
+from maculaos.agent.backup import BackupEngine, BackupSettings, read_secret_with
 from maculaos.api.backup import node_start_delay
 from maculaos.devenv.controlplane import default_bin_dir
 from maculaos.host.backup import K3S_COPY, K3S_DATASTORE
 from maculaos.host.restic import Restic, local_repository, rest_repository
+from maculaos.kube.rest import Credentials, KubeClient
 from tests.diskfull import resize, small_tmpfs
 from tests.restserver import start_rest_server
 
@@ -227,7 +233,13 @@ def test_the_agent_refuses_a_restore_onto_the_system_and_touches_nothing(tmp_pat
         entry = reports[-1][2]
         assert reports[-1][:2] == ("restores", name) and entry["phase"] == "Failed"
         assert entry["message"].startswith("not restored: spec.")
+        assert phases(reports, name) == ["Failed"], "never reported Running: it never ran"
     assert list((host / "etc").iterdir()) == [] and not (host / "var/backups").exists()
+
+
+def phases(reports: list[tuple[str, str, dict[str, Any]]], restore: str) -> list[str]:
+    """The phases the agent reported for one Restore, in order."""
+    return [entry["phase"] for plural, name, entry in reports if (plural, name) == ("restores", restore)]
 
 
 def mesh_backup(run: dict[str, Any], peers: list[str]) -> dict[str, Any]:
@@ -398,3 +410,85 @@ def test_a_restore_never_lands_in_a_system_directory_through_a_link(tmp_path: Pa
     entry = restore("into-a-directory", targetPath="/var/lib/elsewhere")
     assert entry["phase"] == "Succeeded", entry
     assert (host / "var/lib/elsewhere/var/lib/data/a.txt").read_text() == "a"
+    assert phases(reports, "into-etc") == phases(reports, "into-usr") == ["Failed"]
+    assert phases(reports, "into-a-directory") == ["Running", "Succeeded"]
+
+
+class SecretServer:
+    """An HTTP server in the API server's place that answers every request with the status it is set to:
+    200 with the repository's password Secret, or an error; closed, it refuses connections."""
+
+    def __init__(self) -> None:
+        self.status = HTTPStatus.OK
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+                body = json.dumps({"kind": "Secret", "data": {"password": base64.b64encode(b"pw").decode()}}
+                                  if outer.status == HTTPStatus.OK else {"kind": "Status"}).encode()
+                self.send_response(outer.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.client = KubeClient(Credentials(server=f"http://127.0.0.1:{self.http.server_address[1]}"), timeout=5)
+
+    def close(self) -> None:
+        if self.http.socket.fileno() != -1:
+            self.http.shutdown()
+            self.http.server_close()
+
+
+def test_work_waits_while_the_api_server_cannot_give_the_repository_password(tmp_path: Path) -> None:
+    """The repository's password is in a Secret, read from the API server when work starts. While that
+    server refuses connections or answers 503 (restarting, overloaded), a due run, a restore and an
+    integrity check do not fail: they report nothing and start on the first pass after it answers. A 403
+    is no outage: the run fails at once, naming the Secret, without having reported Running."""
+    host = host_with_data(tmp_path)
+    clock, reports = Clock(), list[tuple[str, str, dict[str, Any]]]()
+    server = SecretServer()
+    eng = engine(host, clock, reports)
+    eng.read_secret = read_secret_with(server.client)
+    obj = backup_obj({"id": "r1", "reason": "OnDemand", "nodes": [NODE]}, check={"schedule": "0 4 * * *"})
+    restore = {"metadata": {"name": "undo", "generation": 1, "uid": "u1"},
+               "spec": {"backupName": "nightly", "nodeName": NODE, "snapshot": {"latest": True},
+                        "targetPath": "/var/lib/restored"}}
+    (host / "var/lib/restored").mkdir()
+    try:
+        server.status = HTTPStatus.SERVICE_UNAVAILABLE
+        eng.tick({"nightly": obj}, {"undo": restore}, {})
+        assert reports == [], "nothing started, nothing reported"
+        server.status = HTTPStatus.OK
+        eng.tick({"nightly": obj}, {"undo": restore}, {})
+        assert [(name, entry["phase"]) for _, name, entry in reports] == [
+            ("nightly", "Running"), ("nightly", "Succeeded"), ("undo", "Running"), ("undo", "Succeeded")], reports
+        assert (host / "var/lib/restored/var/lib/data/a.txt").read_text() == "a"
+
+        obj["status"]["nodes"] = {NODE: reports[1][2]}
+        clock.now = dt.datetime(2026, 1, 10, 4, 1, tzinfo=dt.timezone.utc)
+        server.close()
+        count = len(reports)
+        eng.tick({"nightly": obj}, {"undo": restore}, {})
+        assert len(reports) == count, "the check waits while connections are refused"
+        eng.read_secret = lambda ref: {"password": "pw"}[ref.key]
+        eng.tick({"nightly": obj}, {"undo": restore}, {})
+        assert reports[-1][2]["lastCheckResult"] == "OK", reports[-1]
+    finally:
+        server.close()
+
+    forbidden = SecretServer()
+    forbidden.status = HTTPStatus.FORBIDDEN
+    eng.read_secret = read_secret_with(forbidden.client)
+    try:
+        count = len(reports)
+        eng.tick({"nightly": backup_obj({"id": "r2", "reason": "OnDemand", "nodes": [NODE]})}, {}, {})
+        assert [entry["phase"] for _, _, entry in reports[count:]] == ["Failed"], reports[count:]
+        assert reports[-1][2]["lastError"].startswith("cannot read Secret "), reports[-1]
+        assert reports[-1][2]["lastError"].endswith("/repo: 403 Forbidden"), reports[-1]
+    finally:
+        forbidden.close()

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import http.client
 import logging
 import time
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from croniter import CroniterError, croniter
 from pydantic import ValidationError
 
 from maculaos.agent import metrics
-from maculaos.agent.backup_targets import TargetError, repositories
+from maculaos.agent.backup_targets import SecretUnavailable, TargetError, repositories
 from maculaos.api.backup import BackupSpec, RestoreSpec, RunPhase, node_start_delay, restore_refusals
 from maculaos.api.common import SecretKeyRef, spec_selects
 from maculaos.api.times import now_rfc3339, parse_rfc3339, rfc3339
@@ -53,10 +55,15 @@ def backup_relevant(obj: dict[str, Any]) -> Any:
 
 def read_secret_with(kube: KubeClient) -> Callable[[SecretKeyRef], str]:
     def read(ref: SecretKeyRef) -> str:
+        where = f"Secret {ref.namespace}/{ref.name}"
         try:
             secret = kube.get(resource_path("v1", "secrets", ref.name, namespace=ref.namespace))
         except ApiError as exc:
-            raise TargetError(f"cannot read Secret {ref.namespace}/{ref.name}: {exc.status} {exc.reason}") from exc
+            if exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR or exc.status == HTTPStatus.TOO_MANY_REQUESTS:
+                raise SecretUnavailable(f"cannot read {where} yet: {exc.status} {exc.reason}") from exc
+            raise TargetError(f"cannot read {where}: {exc.status} {exc.reason}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise SecretUnavailable(f"cannot read {where} yet: the API server did not answer ({exc})") from exc
         data = (secret.get("data") or {}).get(ref.key)
         if data is None:
             raise TargetError(f"Secret {ref.namespace}/{ref.name} has no key {ref.key!r}")
@@ -148,18 +155,30 @@ class BackupEngine:
     def _run_backup(self, name: str, obj: dict[str, Any], spec: BackupSpec, run_id: str, entry: dict[str, Any],
                     status: Mapping[str, Any]) -> None:
         base = {k: v for k, v in entry.items() if k not in ("lastUpdateTime",)}
-        self._report_backup(name, obj, {**base, "phase": RunPhase.RUNNING, "runId": run_id,
-                                        "message": f"backing up (run {run_id})", "runStartTime": now_rfc3339()})
-        state = RetentionState()
         try:
             job = self._job(name, spec, status)
-            state = self._retention_state(name, job, entry)
+        except SecretUnavailable as exc:  # not begun: it starts once the API server answers (within runTimeout)
+            log.warning(f"backup {name} run {run_id} waits: {exc}")
+            return
+        except TargetError as exc:
+            self._end_run(name, obj, base, run_id, status, RetentionState(),
+                          JobReport(ok=False, message=str(exc), failure="TargetError"))
+            return
+        self._report_backup(name, obj, {**base, "phase": RunPhase.RUNNING, "runId": run_id,
+                                        "message": f"backing up (run {run_id})", "runStartTime": now_rfc3339()})
+        state = self._retention_state(name, job, entry)
+        try:
             job = replace(job, run_id=run_id, retention_state=state, time_zone=spec.time_zone)
             save_local_job(job)
             result = run_job(job, self.clock())
         except (TargetError, ResticError, OSError) as exc:
             result = JobReport(ok=False, message=str(exc), failure=getattr(getattr(exc, "failure", None), "value",
                                                                                "TargetError"))
+        self._end_run(name, obj, base, run_id, status, state, result)
+
+    def _end_run(self, name: str, obj: dict[str, Any], base: dict[str, Any], run_id: str, status: Mapping[str, Any],
+                 state: RetentionState, result: JobReport) -> None:
+        """Record and report a run's outcome: it is done, whatever it was, and never run again."""
         self.done_runs[name] = run_id
         self.retention[name] = (tuple(result.targets), RetentionState(
             result.snapshot_count, parse_rfc3339(result.retention_time) or state.last_time))
@@ -191,15 +210,19 @@ class BackupEngine:
             return  # a check schedule that never fires (the operator marks the Backup Invalid naming it)
         if self.clock() < due or not entry.get("lastSnapshotId"):
             return
-        self.checked[name] = self.clock()
+        started = self.clock()
         try:
             job = self._job(name, spec, status)
             for repo in job.repositories:
                 job.restic_for(repo).check(spec.check.read_data_percent)
             result = {"lastCheckTime": now_rfc3339(), "lastCheckResult": "OK"}
+        except SecretUnavailable as exc:  # not checked: tried again on the next tick
+            log.warning(f"integrity check of backup {name} waits: {exc}")
+            return
         except (TargetError, ResticError) as exc:
             result = {"lastCheckTime": now_rfc3339(), "lastCheckResult": str(exc)}
             self.notify(obj, "Warning", "IntegrityCheckFailed", str(exc))
+        self.checked[name] = started
         self._report_backup(name, obj, {**{k: v for k, v in entry.items() if k != "lastUpdateTime"}, **result})
 
     def _report_backup(self, name: str, obj: dict[str, Any], entry: dict[str, Any]) -> None:
@@ -222,17 +245,29 @@ class BackupEngine:
             raw.get("allNodes") and backup is not None and spec_selects(backup.get("spec") or {}, labels))
         if not mine:
             return
-        self.done_restores.add((name, uid))
-        self.report(RESTORES, name, {"phase": RunPhase.RUNNING, "message": "restoring",
-                                     "observedGeneration": obj["metadata"].get("generation")})
+        generation = obj["metadata"].get("generation")
         started = time.monotonic()
-        outcome = self._restore(obj, backup)
+        try:
+            plan = self._judge_restore(obj, backup)
+        except SecretUnavailable as exc:  # not begun: it starts once the API server answers
+            log.warning(f"restore {name} waits: {exc}")
+            return
+        self.done_restores.add((name, uid))
+        if isinstance(plan, _RestorePlan):
+            # Running only for a restore that will run: a refused one goes straight to Failed.
+            self.report(RESTORES, name, {"phase": RunPhase.RUNNING, "message": "restoring",
+                                         "observedGeneration": generation})
+            outcome = self._run_restore(obj, plan)
+        else:
+            outcome = plan
         self.report(RESTORES, name, {**outcome, "durationSeconds": round(time.monotonic() - started, 3),
-                                     "observedGeneration": obj["metadata"].get("generation")})
+                                     "observedGeneration": generation})
         if outcome["phase"] == RunPhase.FAILED:
             self.notify(obj, "Warning", "RestoreFailed", outcome["message"])
 
-    def _restore(self, obj: dict[str, Any], backup: dict[str, Any] | None) -> dict[str, Any]:
+    def _judge_restore(self, obj: dict[str, Any], backup: dict[str, Any] | None) -> _RestorePlan | dict[str, Any]:
+        """The restore to run, or the Failed outcome of one that must not run (the host untouched). Raises
+        SecretUnavailable when its repository's Secrets cannot be read yet."""
         try:
             spec = RestoreSpec.model_validate(obj.get("spec") or {})
         except ValidationError as exc:
@@ -252,11 +287,17 @@ class BackupEngine:
                     "directory, where a restore never writes; restore under a targetPath that is a real directory"
                     for path, landing in linked)}
             source = spec.source_node_name or self.settings.node
-            job = self._job(spec.backup_name, bspec, backup.get("status") or {}, node=source)
+            return _RestorePlan(spec, self._job(spec.backup_name, bspec, backup.get("status") or {}, node=source))
+        except (TargetError, ValidationError, OSError, HostPathError) as exc:
+            return {"phase": RunPhase.FAILED, "message": str(exc)}
+
+    def _run_restore(self, obj: dict[str, Any], plan: _RestorePlan) -> dict[str, Any]:
+        spec, job = plan.spec, plan.job
+        try:
             choice = SnapshotChoice(snapshot_id=spec.snapshot.id, latest=bool(spec.snapshot.latest),
                                     before=parse_rfc3339(spec.snapshot.before))
             started = time.monotonic()
-            restic, snapshot = choose_in_repositories([job.restic_for(r) for r in job.repositories], source,
+            restic, snapshot = choose_in_repositories([job.restic_for(r) for r in job.repositories], job.node,
                                                       spec.backup_name, choice)
             log.info(f"restore {obj['metadata']['name']}: snapshot {snapshot.short_id} chosen in "
                      f"{time.monotonic() - started:.1f}s")
@@ -266,6 +307,13 @@ class BackupEngine:
         where = f" under {spec.target_path}" if spec.target_path else ""
         return {"phase": RunPhase.SUCCEEDED, "snapshotId": snapshot.id, "snapshotTime": rfc3339(snapshot.time),
                 "message": f"restored {', '.join(paths)}{where} from snapshot {snapshot.short_id}"}
+
+
+@dataclass(frozen=True)
+class _RestorePlan:
+    """A Restore judged safe to run, and the repositories it restores from."""
+    spec: RestoreSpec
+    job: BackupJob
 
 
 def _retention_state(entry: Mapping[str, Any]) -> RetentionState:

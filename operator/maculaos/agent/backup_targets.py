@@ -16,7 +16,8 @@ from maculaos.errors import MaculaosError
 from maculaos.host.paths import in_host_root
 from maculaos.host.restic import Repository, local_repository, rest_repository, s3_repository
 
-#: Resolves a Secret key to its (decoded) value; raises TargetError when it cannot.
+#: Resolves a Secret key to its (decoded) value; raises TargetError when it cannot, SecretUnavailable when
+#: the API server did not answer.
 SecretReader = Callable[[SecretKeyRef], str]
 
 
@@ -24,10 +25,16 @@ class TargetError(MaculaosError):
     """The target cannot be used as configured; the message names the field."""
 
 
+class SecretUnavailable(MaculaosError):
+    """A Secret could not be read because the API server did not answer just now (down, restarting,
+    overloaded): nothing is wrong with the target, so the work waits and tries again."""
+
+
 def repositories(spec: BackupSpec, node: str, host_root: Path, read_secret: SecretReader,
                  mesh_peers: Mapping[str, Sequence[str]], this_node: str | None = None) -> list[Repository]:
     """The repositories holding node's snapshots (node may be another machine's name, for a restore onto a
-    replacement). Raises TargetError when there are none to use."""
+    replacement). Raises TargetError when there are none to use, SecretUnavailable when a Secret cannot be
+    read just now."""
     password = read_secret(spec.repository_password_secret_ref)
     target = spec.target
     if target.local is not None:
