@@ -368,7 +368,8 @@ def _image_bundle(bundles: Bundles, tmp_path: Path, version: str) -> tuple[Path,
 def test_image_bundle_puts_its_kernel_and_initramfs_in_the_new_slots_esp_folder(
         rauc_node: SimulatedRaucNode, bundles: Bundles, bundle_server: BundleServer, tmp_path: Path) -> None:
     """The image build's own bundle: the inactive slot gets the squashfs, and the bundle's hook puts the
-    bundle's kernel and initramfs in that slot's ESP folder, where GRUB reads them (the squashfs has none)."""
+    bundle's kernel and initramfs in that slot's ESP folder, where GRUB reads them (the squashfs has none),
+    with the slot's version for GRUB's menu."""
     bundle, squashfs = _image_bundle(bundles, tmp_path, "0.2.0")
     esp = rauc_node.host_root / "boot/efi"
     (esp / "B").mkdir(parents=True)
@@ -379,7 +380,8 @@ def test_image_bundle_puts_its_kernel_and_initramfs_in_the_new_slots_esp_folder(
     assert state.phase is AgentPhase.INSTALLED, state.message
     assert (esp / "B" / "vmlinuz").read_text() == "kernel 0.2.0\n"
     assert (esp / "B" / "initrd.img").read_text() == "initramfs 0.2.0\n"
-    assert sorted(p.name for p in (esp / "B").iterdir()) == ["initrd.img", "vmlinuz"]  # no .new left over
+    assert (esp / "B" / "version.cfg").read_text() == 'set version_B="0.2.0"\n'  # what GRUB's menu names
+    assert sorted(p.name for p in (esp / "B").iterdir()) == ["initrd.img", "version.cfg", "vmlinuz"]  # no .new
     assert not (esp / "A").exists()                                       # the running slot's are not touched
     assert (rauc_node.host_root / "rootfs.1").read_bytes()[:len(squashfs)] == squashfs
 

@@ -38,7 +38,7 @@ def grub_env(root: Path) -> dict[str, str]:
 def sandbox(root: Path, esp: bool = True) -> Path:
     if esp:
         (root / GRUB_CFG).parent.mkdir(parents=True)
-        (root / GRUB_CFG).write_text(grub.grub_config("1.0.0", "console=ttyS0 ro quiet"))
+        (root / GRUB_CFG).write_text(grub.grub_config("console=ttyS0 ro quiet"))
         grub.initial_environment(root / GRUBENV, ["A"])
     else:
         root.mkdir(parents=True)

@@ -27,7 +27,7 @@ def grubenv(root: Path) -> dict[str, str]:
 def esp(tmp_path: Path) -> Path:
     """A host root whose ESP holds the build's grub.cfg and a new disk's GRUB environment."""
     (tmp_path / GRUB_CFG).parent.mkdir(parents=True)
-    (tmp_path / GRUB_CFG).write_text(grub.grub_config("1.0.0", CMDLINE))
+    (tmp_path / GRUB_CFG).write_text(grub.grub_config(CMDLINE))
     grub.initial_environment(tmp_path / GRUBENV, ["A"])
     return tmp_path
 

@@ -72,8 +72,10 @@ def test_esp_holds_grub_for_uefi_its_config_and_slot_as_boot_files(small_disk: t
     disk, tmp = small_disk
     image = f"{disk}@@{partition_table(disk).part('ESP').offset}"
     listing = _mtools("mdir", "-/", "-b", "-i", image, "::/")
-    for name in ("::/EFI/BOOT/BOOTX64.EFI", "::/grub/grub.cfg", "::/grub/grubenv", "::/A/vmlinuz", "::/A/initrd.img"):
+    for name in ("::/EFI/BOOT/BOOTX64.EFI", "::/grub/grub.cfg", "::/grub/grubenv", "::/A/vmlinuz", "::/A/initrd.img",
+                 "::/A/version.cfg"):
         assert name in listing.splitlines(), listing
+    assert esp_get(disk, "A/version.cfg") == b'set version_A="9.9.9"\n'   # the menu's "MaculaOS 9.9.9 (slot A)"
     assert "::/B/" not in listing
     _mtools("mcopy", "-n", "-i", image, "::/A/vmlinuz", str(tmp / "kernel-back"))
     assert (tmp / "kernel-back").read_bytes() == b"KERNEL" * 1000
@@ -131,13 +133,20 @@ def test_boot_environment_and_esp_files_can_be_changed_offline(small_disk: tuple
 
 
 def test_grub_cfg_matches_golden_and_passes_grubs_syntax_check(tmp_path: Path) -> None:
-    cfg = grub.grub_config("9.9.9", grub.boot_cmdline(CMDLINE))
+    cfg = grub.grub_config(grub.boot_cmdline(CMDLINE))
     assert cfg == (GOLDEN / "grub.cfg").read_text()
     (tmp_path / "grub.cfg").write_text(cfg)
     check = subprocess.run(["grub-script-check", str(tmp_path / "grub.cfg")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "rauc.slot=A" not in cfg and "macula.mode=disk rauc.slot=$boot_slot" in cfg
     assert 'elif [ "$try" = 2 ]; then set try=3' in cfg   # the third try is the last
+
+
+@pytest.mark.parametrize(("slot", "version"), [("C", "1.0.0"), ("A", '1.0.0"; reboot; "'), ("B", "")])
+def test_a_slot_version_line_takes_only_a_slot_and_a_plain_version(slot: str, version: str) -> None:
+    """GRUB sources the line: a version that is not plain text would be run as GRUB script."""
+    with pytest.raises(grub.GrubError, match="no version line"):
+        grub.slot_version_cfg(slot, version)
 
 
 def test_plan_without_data_size_gives_data_the_rest_of_the_disk() -> None:

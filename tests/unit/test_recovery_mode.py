@@ -39,7 +39,7 @@ def test_reboot_asks_grub_for_one_recovery_boot_and_leaves_the_slots_alone(
 
 
 def test_grub_cfg_boots_the_recovery_entry_once_when_asked() -> None:
-    cfg = grub.grub_config("1.0.0", "console=ttyS0")
+    cfg = grub.grub_config("console=ttyS0")
     assert "RECOVERY" in cfg.split("load_env", 1)[1].splitlines()[0]
     block = cfg[cfg.index('if [ "$RECOVERY" = once ]'):cfg.index("fi", cfg.index('if [ "$RECOVERY" = once ]'))]
     # The flag is cleared in the environment before the kernel starts: a recovery boot that goes wrong is

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from maculaos.host.bundles import BundleError
+from maculaos.image import grub
 from maculaos.image.signing import SigningIdentity
 
 # GRUB cannot read a zstd squashfs, so each slot's kernel and initramfs live on the ESP (/A, /B). They are
@@ -18,19 +19,25 @@ from maculaos.image.signing import SigningIdentity
 # image, and after RAUC wrote the squashfs into the slot this hook copies them from the mounted bundle
 # next to GRUB. The slot is not booted (RAUC installs only into the inactive one), and each file is
 # renamed into place, so a failed copy leaves the slot's old files whole and RAUC marks the install failed.
+# The slot's version.cfg goes last: the bundle holds one per slot (grub.slot_version_cfg), and the hook
+# puts the one of the slot it installed into beside the kernel, so GRUB's menu names what the slot holds.
 HOOK = """#!/bin/sh
 # MaculaOS bundle hook (operator/maculaos/image/bundle.py): after RAUC wrote the rootfs into a slot, put
-# the bundle's kernel and initramfs on the ESP as /boot/efi/<bootname>/vmlinuz and initrd.img.
+# the bundle's kernel and initramfs on the ESP as /boot/efi/<bootname>/vmlinuz and initrd.img, and the
+# slot's version line for GRUB's menu as version.cfg.
 set -eu
 [ "$1" = slot-post-install ] || exit 0
 [ "$RAUC_SLOT_CLASS" = rootfs ] || exit 0
 dir=/boot/efi/$RAUC_SLOT_BOOTNAME
 mkdir -p "$dir"
-for name in vmlinuz initrd.img; do
-\tcp "$RAUC_BUNDLE_MOUNT_POINT/$name" "$dir/$name.new"
+place() {
+\tcp "$RAUC_BUNDLE_MOUNT_POINT/$1" "$dir/$2.new"
 \tsync
-\tmv "$dir/$name.new" "$dir/$name"
-done
+\tmv "$dir/$2.new" "$dir/$2"
+}
+place vmlinuz vmlinuz
+place initrd.img initrd.img
+place "version-$RAUC_SLOT_BOOTNAME.cfg" version.cfg
 sync
 """
 
@@ -59,6 +66,8 @@ def build_bundle(squashfs: Path, kernel: Path, initrd: Path, target: Path, versi
         _place(squashfs, content / "rootfs.squashfs")
         _place(kernel, content / "vmlinuz")
         _place(initrd, content / "initrd.img")
+        for slot in grub.SLOTS:
+            (content / f"version-{slot}.cfg").write_text(grub.slot_version_cfg(slot, version))
         (content / "hook.sh").write_text(HOOK)
         (content / "hook.sh").chmod(0o755)
         (content / "manifest.raucm").write_text(

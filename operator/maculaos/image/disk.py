@@ -133,10 +133,10 @@ def make_fat(target: Path, offset: int, size_mib: int, label: str | None, volume
                  f"mcopy into {label or 'a FAT image'}", env)
 
 
-def make_esp(target: Path, offset: int, size_mib: int, boot: dict[str, BootFiles], grub_cfg: str,
+def make_esp(target: Path, offset: int, size_mib: int, boot: dict[str, BootFiles], version: str, grub_cfg: str,
              volume_id: str, epoch: int) -> None:
     """The ESP at `offset` of `target`: FAT32, EFI/BOOT/BOOTX64.EFI, grub/grub.cfg, grub/grubenv,
-    <slot>/vmlinuz and <slot>/initrd.img for each slot with a system."""
+    <slot>/vmlinuz, <slot>/initrd.img and <slot>/version.cfg for each slot with a system (of `version`)."""
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
         files: dict[str, Path] = {
@@ -147,6 +147,8 @@ def make_esp(target: Path, offset: int, size_mib: int, boot: dict[str, BootFiles
         files["grub/grub.cfg"] = staging / "grub.cfg"
         for slot, bf in boot.items():
             files[f"{slot}/vmlinuz"], files[f"{slot}/initrd.img"] = bf.kernel, bf.initrd
+            (staging / f"version-{slot}.cfg").write_text(grub.slot_version_cfg(slot, version))
+            files[f"{slot}/{grub.VERSION_CFG}"] = staging / f"version-{slot}.cfg"
         make_fat(target, offset, size_mib, ESP_LABEL, volume_id, files, epoch)
 
 
@@ -208,8 +210,8 @@ def write_system(target: Path, layout: DiskLayout, inputs: DiskInputs, sparse: b
     ids = uuid.uuid5(uuid.NAMESPACE_URL, f"maculaos:{inputs.seed}:filesystems")
     esp, data, bios = layout.part("ESP"), layout.part("data"), layout.part("bios")
     assert esp.size_mib and data.size_mib
-    cfg = grub.grub_config(inputs.version, grub.boot_cmdline(inputs.cmdline))
-    make_esp(target, esp.offset, esp.size_mib, {"A": inputs.boot}, cfg, ids.hex[:8], inputs.epoch)
+    cfg = grub.grub_config(grub.boot_cmdline(inputs.cmdline))
+    make_esp(target, esp.offset, esp.size_mib, {"A": inputs.boot}, inputs.version, cfg, ids.hex[:8], inputs.epoch)
     write_at(target, layout.part("rootfs-A").offset, inputs.squashfs, inputs.slot_mib * MIB, sparse)
     if not sparse:  # what an old system left in slot B must not look like a root file system
         zero_at(target, layout.part("rootfs-B").offset, MIB)

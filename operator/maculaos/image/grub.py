@@ -9,6 +9,7 @@ boot-complete.target) sets TRY back to 0; `mark-active` sets OK=1, TRY=0 and put
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,8 @@ EFI_MODULES = ["efi_gop", "efi_uga"]
 MAX_TRIES = 3
 #: The GRUB environment variable that overrides the menu's wait (seconds) on a disk's boots.
 MENU_TIMEOUT = "MENU_TIMEOUT"
+#: Beside each slot's kernel on the ESP: the version of the system in that slot, for the menu.
+VERSION_CFG = "version.cfg"
 SLOTS = ("A", "B")
 # The boot.img fields grub-bios-setup would patch (grub-core/boot/i386/pc/boot.S, diskboot.S).
 BOOT_KERNEL_SECTOR = 0x5C
@@ -137,15 +140,27 @@ def _slot_choice() -> str:
     return "\n".join(lines)
 
 
-def grub_config(version: str, cmdline: str, timeout: int = 5) -> str:
+def slot_version_cfg(slot: str, version: str) -> str:
+    """The slot's VERSION_CFG: one line that grub.cfg sources. Written with the slot's kernel, by the disk
+    build (slot A) and by the update bundle's hook (the slot it installed into), so the menu names the
+    version each slot really holds, not the one the disk was built with."""
+    if slot not in SLOTS or not re.fullmatch(r"[0-9A-Za-z.+-]+", version):
+        raise GrubError(f"no version line for slot {slot!r}, version {version!r}")
+    return f'set version_{slot}="{version}"\n'
+
+
+def grub_config(cmdline: str, timeout: int = 5) -> str:
     """grub.cfg for the ESP. `cmdline` is the kernel command line without rauc.slot= and macula.mode=;
     EXTRA_CMDLINE in the GRUB environment is appended (serial consoles, test settings), and MENU_TIMEOUT
-    there replaces `timeout`."""
+    there replaces `timeout`. The entries name each slot's version from its VERSION_CFG."""
     env_vars = " ".join(["ORDER", *(f"{s}_{k}" for s in SLOTS for k in ("OK", "TRY")), "EXTRA_CMDLINE",
                          MENU_TIMEOUT, factory_reset.FLAG, recovery_reboot.FLAG])
     saved = " ".join(f"{s}_{k}" for s in SLOTS for k in ("OK", "TRY"))
-    other = "\n".join(f'if [ "$boot_slot" = {s} ]; then set other_slot={o}; set other_ok="${o}_OK"; fi'
+    other = "\n".join(f'if [ "$boot_slot" = {s} ]; then set other_slot={o}; set other_ok="${o}_OK"; '
+                      f'set this_version="$version_{s}"; set other_version="$version_{o}"; fi'
                       for s, o in (("A", "B"), ("B", "A")))
+    versions = "\n".join(f'set version_{s}=\nif [ -f /{s}/{VERSION_CFG} ]; then source /{s}/{VERSION_CFG}; fi'
+                         for s in SLOTS)
     return f"""# MaculaOS boot loader configuration (written by `maculaos image build`; operator/maculaos/image/grub.py).
 # The slot comes from the GRUB environment (/grub/grubenv on this ESP) that RAUC's grub backend edits:
 # ORDER, and per slot <slot>_OK (1 = may boot) and <slot>_TRY (boots not yet marked good: 0..{MAX_TRIES}).
@@ -182,7 +197,13 @@ if [ -z "$boot_slot" ]; then
 elif [ -z "$recovery_once" ]; then
   save_env {saved}
 fi
+# Each slot's version, from the file its build or update bundle wrote beside its kernel.
+{versions}
 {other}
+set this_title="MaculaOS $this_version (slot $boot_slot)"
+if [ -z "$this_version" ]; then set this_title="MaculaOS (slot $boot_slot)"; fi
+set other_title="MaculaOS $other_version (the other slot, $other_slot: this boot only)"
+if [ -z "$other_version" ]; then set other_title="MaculaOS (the other slot, $other_slot: this boot only)"; fi
 set cmdline="{cmdline} panic=10 $EXTRA_CMDLINE"
 # `maculaos factory-reset` asked for a reset: the normal boot performs it (cleared once it is done).
 set reset_args=
@@ -192,12 +213,12 @@ if [ -n "${factory_reset.FLAG}" ]; then
 fi
 export boot_slot other_slot cmdline reset_args
 
-menuentry "MaculaOS {version} (slot $boot_slot)" --id normal {{
+menuentry "$this_title" --id normal {{
   linux /$boot_slot/vmlinuz boot=macula macula.mode=disk rauc.slot=$boot_slot $cmdline $reset_args
   initrd /$boot_slot/initrd.img
 }}
 if [ "$other_ok" = 1 -a -f "/$other_slot/vmlinuz" ]; then
-  menuentry "MaculaOS previous version (slot $other_slot, this boot only)" --id previous {{
+  menuentry "$other_title" --id previous {{
     linux /$other_slot/vmlinuz boot=macula macula.mode=disk rauc.slot=$other_slot $cmdline
     initrd /$other_slot/initrd.img
   }}
