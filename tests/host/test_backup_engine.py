@@ -8,12 +8,15 @@ import base64
 import datetime as dt
 import http.server
 import json
+import logging
 import os
 import sqlite3
 import threading
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from maculaos.agent.backup import BackupEngine, BackupSettings, read_secret_with
 from maculaos.api.backup import node_start_delay
@@ -444,7 +447,8 @@ class SecretServer:
             self.http.server_close()
 
 
-def test_work_waits_while_the_api_server_cannot_give_the_repository_password(tmp_path: Path) -> None:
+def test_work_waits_while_the_api_server_cannot_give_the_repository_password(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The repository's password is in a Secret, read from the API server when work starts. While that
     server refuses connections or answers 503 (restarting, overloaded), a due run, a restore and an
     integrity check do not fail: they report nothing and start on the first pass after it answers. A 403
@@ -461,8 +465,13 @@ def test_work_waits_while_the_api_server_cannot_give_the_repository_password(tmp
     (host / "var/lib/restored").mkdir()
     try:
         server.status = HTTPStatus.SERVICE_UNAVAILABLE
-        eng.tick({"nightly": obj}, {"undo": restore}, {})
+        for _ in range(3):
+            eng.tick({"nightly": obj}, {"undo": restore}, {})
         assert reports == [], "nothing started, nothing reported"
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert [m.split(":")[0] for m in warned] == ["backup nightly run r1 waits for the API server",
+                                                     "restore undo waits for the API server"], warned
+        assert "503" in warned[0], warned
         server.status = HTTPStatus.OK
         eng.tick({"nightly": obj}, {"undo": restore}, {})
         assert [(name, entry["phase"]) for _, name, entry in reports] == [

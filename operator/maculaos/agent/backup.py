@@ -89,6 +89,8 @@ class BackupEngine:
         self.done_runs: dict[str, str] = {}
         """Backup name -> last run id this agent carried out (also in its status entry)."""
         self.done_restores: set[tuple[str, str]] = set()
+        self.waiting: set[str] = set()
+        """Work that found the API server silent (logged once as a warning)."""
         self.checked: dict[str, dt.datetime] = {}
         self.retention: dict[str, tuple[tuple[str, ...], RetentionState]] = {}
         """Backup name -> (targets, what the last run here learnt): newer than a status entry the watch
@@ -158,7 +160,7 @@ class BackupEngine:
         try:
             job = self._job(name, spec, status)
         except SecretUnavailable as exc:  # not begun: it starts once the API server answers (within runTimeout)
-            log.warning(f"backup {name} run {run_id} waits: {exc}")
+            self._waits(f"backup {name} run {run_id}", exc)
             return
         except TargetError as exc:
             self._end_run(name, obj, base, run_id, status, RetentionState(),
@@ -217,13 +219,21 @@ class BackupEngine:
                 job.restic_for(repo).check(spec.check.read_data_percent)
             result = {"lastCheckTime": now_rfc3339(), "lastCheckResult": "OK"}
         except SecretUnavailable as exc:  # not checked: tried again on the next tick
-            log.warning(f"integrity check of backup {name} waits: {exc}")
+            self._waits(f"integrity check of backup {name}", exc)
             return
         except (TargetError, ResticError) as exc:
             result = {"lastCheckTime": now_rfc3339(), "lastCheckResult": str(exc)}
             self.notify(obj, "Warning", "IntegrityCheckFailed", str(exc))
         self.checked[name] = started
         self._report_backup(name, obj, {**{k: v for k, v in entry.items() if k != "lastUpdateTime"}, **result})
+
+    def _waits(self, what: str, why: SecretUnavailable) -> None:
+        """Log work that waits for the API server: once as a warning, then at debug (every tick retries)."""
+        if what in self.waiting:
+            log.debug(f"{what} still waits: {why}")
+        else:
+            self.waiting.add(what)
+            log.warning(f"{what} waits for the API server: {why}")
 
     def _report_backup(self, name: str, obj: dict[str, Any], entry: dict[str, Any]) -> None:
         self.report(BACKUPS, name, {**entry, "observedGeneration": obj["metadata"].get("generation")})
@@ -250,7 +260,7 @@ class BackupEngine:
         try:
             plan = self._judge_restore(obj, backup)
         except SecretUnavailable as exc:  # not begun: it starts once the API server answers
-            log.warning(f"restore {name} waits: {exc}")
+            self._waits(f"restore {name}", exc)
             return
         self.done_restores.add((name, uid))
         if isinstance(plan, _RestorePlan):
