@@ -102,8 +102,8 @@ def quantiles(samples: list[float]) -> str:
     return f"p50 {statistics.median(samples) * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms"
 
 
-def idle_rss_and_cpu(plane: ControlPlane, root: Path, prefix: str,
-                     code: Path | None = None) -> tuple[list[ProcessRecord], list[str], float, float]:
+def idle_rss_and_cpu(plane: ControlPlane, root: Path, prefix: str, code: Path | None = None,
+                     lan_neighbours_seconds: float = 0) -> tuple[list[ProcessRecord], list[str], float, float]:
     """3 agent processes (from another source tree's operator/ when code is given) after they settled:
     their median idle RSS (MiB) and CPU (% of one core over 30 s)."""
     nodes = fleet(plane, root, 3, prefix)
@@ -111,8 +111,8 @@ def idle_rss_and_cpu(plane: ControlPlane, root: Path, prefix: str,
     if code is not None:
         os.environ["PYTHONPATH"] = str(code / "operator")
     try:
-        agents = [start_agent(plane.kubeconfig, root / "logs", n, host, nft, resync_seconds=30)
-                  for n, host, nft in nodes]
+        agents = [start_agent(plane.kubeconfig, root / "logs", n, host, nft, resync_seconds=30,
+                              lan_neighbours_seconds=lan_neighbours_seconds) for n, host, nft in nodes]
     finally:
         if code is not None:
             os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
@@ -143,6 +143,12 @@ def three_processes(plane: ControlPlane, root: Path, runs: int, baseline: Path |
     finally:
         for agent in agents:
             stop(agent)
+    # The chart's agent also looks for LAN neighbours (every 300 s; the first look at start is in the window).
+    agents, _, lan_rss, lan_cpu = idle_rss_and_cpu(plane, root, "lan", lan_neighbours_seconds=300)
+    for agent in agents:
+        stop(agent)
+    print(f"| agent RSS at idle, looking for LAN neighbours every 300 s (the chart's) | {lan_rss:.0f} MiB | "
+          f"median of 3 agents; ratio to the row above {lan_rss / rss:.2f}; CPU {lan_cpu:.2f} % of one core |")
 
 
 def in_process(plane: ControlPlane, root: Path, count: int, runs: int, host_tools: str) -> None:

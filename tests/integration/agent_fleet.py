@@ -47,9 +47,10 @@ class Fleet:
     nodes: dict[str, SimNode]
     log_dir: Path
 
-    def start(self, node: SimNode) -> None:
+    def start(self, node: SimNode, lan_neighbours_seconds: float = 0) -> None:
         node.agent = start_agent(self.cluster.plane.kubeconfig, self.log_dir, node.name, node.host_root, node.nft,
-                                 resync_seconds=3, systemctl=str(node.systemctl))
+                                 resync_seconds=3, systemctl=str(node.systemctl),
+                                 lan_neighbours_seconds=lan_neighbours_seconds)
 
     def entry(self, name: str, node: str, kind: str = "MeshRole") -> dict[str, Any]:
         return dict(((self.cluster.get(kind, name).get("status") or {}).get("nodes") or {}).get(node) or {})

@@ -7,17 +7,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
+from zeroconf import ServiceInfo, Zeroconf
 
 from maculaos.agent.nodereport import Reporter
 from maculaos.devenv.demo import start_agent
 from maculaos.devenv.nodes import SimulatedNode, demo_fleet, register_node
-from maculaos.devenv.processes import ProcessRecord, is_running
+from maculaos.devenv.processes import ProcessRecord, is_running, stop
 from maculaos.host.config import read_config
+from maculaos.host.discover import SERVICE
 from tests.integration.agent_fleet import Fleet, agent_fleet
 from tests.integration.conftest import API_SERVER_OUTAGE_SECONDS, Cluster, OperatorSupervisor, kube_of
 from tests.integration.lookup import fetching_lookup
@@ -303,3 +306,44 @@ def test_entries_go_with_their_node_and_never_pass_to_a_namesake(fleet: Fleet, c
     fleet.cluster.wait_for(lambda: fleet.cluster.kubectl("get", "nodereport", ghost.name, check=False).returncode,
                            timeout=60, what="the NodeReport garbage-collected with its Node")
     fleet.cluster.wait_for(lambda: fleet.entry("haunted", ghost.name) == {}, what="the gone node's entry removed")
+
+
+def test_an_agent_lists_the_maculaos_nodes_on_its_lan_in_its_nodereport(fleet: Fleet) -> None:
+    """Two nodes publish `_macula._tcp` by mDNS (here on loopback, where avahi would on a LAN), one of them
+    under this node's own name. The agent, started with --lan-neighbours-seconds, lists the other in its
+    NodeReport's status.lanNeighbours with what its TXT records say, and not itself; when the other node
+    goes, the next look drops it; restarted without looking, it shows no list."""
+    node = fleet.nodes["macula-pi-03"]
+    assert node.agent is not None
+    zeroconf = Zeroconf(interfaces=["127.0.0.1"])
+
+    def service(instance: str, host: str, properties: dict[str, str]) -> ServiceInfo:
+        return ServiceInfo(SERVICE, f"MaculaOS {instance}.{SERVICE}", port=6443, server=f"{host}.local.",
+                           addresses=[socket.inet_aton("127.0.0.1")], properties=properties)
+
+    other = service("shop-07", "shop-07", {"version": "0.4.0", "roles": "peer,gateway", "realm": "io.macula.test",
+                                           "node-id": "macula-5b0a7c11"})
+    zeroconf.register_service(other)
+    zeroconf.register_service(service(node.name, node.name, {"version": "0.4.0", "roles": "peer"}))
+
+    def neighbours() -> Any:
+        return (fleet.cluster.get("NodeReport", node.name).get("status") or {}).get("lanNeighbours")
+
+    stop(node.agent)
+    fleet.start(node, lan_neighbours_seconds=2)
+    try:
+        fleet.cluster.wait_for(lambda: neighbours() not in (None, []), timeout=60,
+                               what=lambda: f"the agent to list its LAN neighbours (now {neighbours()})")
+        assert neighbours() == [{"nodeId": "macula-5b0a7c11", "host": "shop-07.local", "addresses": ["127.0.0.1"],
+                                 "version": "0.4.0", "roles": ["peer", "gateway"], "realm": "io.macula.test"}]
+        assert fleet.cluster.get("NodeReport", node.name)["status"]["lanNeighboursTime"]
+        zeroconf.unregister_service(other)
+        fleet.cluster.wait_for(lambda: neighbours() == [], timeout=60,
+                               what=lambda: f"the agent to drop the node that went (now {neighbours()})")
+    finally:
+        zeroconf.close()
+        stop(node.agent)
+        fleet.start(node)
+    # Started without looking, the agent shows no list at all (not an old one); its first pass writes.
+    fleet.cluster.wait_for(lambda: neighbours() is None, timeout=60, what="the agent not looking to drop the list")
+    assert "lanNeighboursTime" not in fleet.cluster.get("NodeReport", node.name)["status"]

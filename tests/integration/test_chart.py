@@ -87,12 +87,15 @@ def test_charts_lint_strict(tools: Tools) -> None:
     ("image.tag=not a tag", "image.tag"),
     ("agent.metricsPort=70000", "agent.metricsPort"),
     ("agent.restic=restic", "agent.restic"),
+    ("agent.lanNeighboursSeconds=-1", "agent.lanNeighboursSeconds"),
+    ("agent.lanNeighboursSeconds=often", "agent.lanNeighboursSeconds"),
     ("agent.nodeSelector.site=" + "x" * 64, "agent.nodeSelector.site"),
     ("operator.secretNamespaces={Bad_NS}", "operator.secretNamespaces"),
     ("operator.resources.requests.memory=lots", "operator.resources.requests.memory"),
     ("operator.replica=2", "operator"),
     ("operator.metricsPort=70000", "operator.metricsPort"),
     ("operator.livenessProbe.periodSeconds=0", "operator.livenessProbe.periodSeconds"),
+    ("operator.startupProbe.failureThreshold=0", "operator.startupProbe.failureThreshold"),
     ("operator.readinessProbe.timeout=5", "operator.readinessProbe"),
     ("monitoring.serviceMonitor.interval=often", "monitoring.serviceMonitor.interval"),
     ("monitoring.prometheusRule.backupStaleSeconds=5", "monitoring.prometheusRule.backupStaleSeconds"),
@@ -154,6 +157,12 @@ def test_variants_render_what_they_say() -> None:
     assert agent["tolerations"] == [{"operator": "Exists"}]
     assert agent["nodeSelector"] == {"os.macula.io/maculaos": "true"}
     assert agent["containers"][0]["securityContext"]["privileged"] is True
+    assert agent["hostNetwork"] and "--lan-neighbours-seconds=300" in agent["containers"][0]["args"]  # the LAN seen
+    # A slow node just rebooted gets 5 minutes to start each before liveness may kill it.
+    operator = default["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
+    for container in (agent["containers"][0], operator):
+        probe = container["startupProbe"]
+        assert probe["httpGet"]["path"] == "/healthz" and probe["periodSeconds"] * probe["failureThreshold"] == 300
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in \
         agent["containers"][0]["env"]
     args = agent["containers"][0]["args"]

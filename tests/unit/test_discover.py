@@ -1,15 +1,19 @@
 """`maculaos discover`: the TXT records of `_macula._tcp` services parsed from zeroconf's own ServiceInfo
-objects, and one real registration on loopback browsed back."""
+objects, and one real registration on loopback browsed back; the agent's list of LAN neighbours."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 from zeroconf import ServiceInfo, Zeroconf
 
+from maculaos.agent.neighbours import neighbour_report
+from maculaos.api.nodereport import LanNeighbour
+from maculaos.cli import main
+from maculaos.host.discover import SERVICE, discover, parse_service
 from maculaos.host.nodeinfo import NodeInfo
-from maculaos.wizard.discover import SERVICE, discover, parse_service
 
 
 def service(name: str, properties: dict[str, str | None], server: str = "macula-1a2b3c4d.local.") -> ServiceInfo:
@@ -59,3 +63,30 @@ def test_a_node_registered_on_loopback_is_discovered() -> None:
         assert [(n.node_id, n.version, n.realm) for n in found] == [("macula-10c0ba11", "0.4.0", "io.macula.test")]
     finally:
         zc.close()
+
+
+def test_the_agents_neighbour_list_leaves_out_the_node_itself_and_is_sorted() -> None:
+    found = [parse_service(service("MaculaOS shop-09", {"version": "0.4.0", "roles": "peer", "node-id": "macula-09"},
+                                   server="shop-09.local.")),
+             parse_service(service("MaculaOS macula-pi-03", {"version": "0.4.0"}, server="macula-pi-03.local.")),
+             parse_service(service("MaculaOS shop-01", {"roles": "peer,bootstrap", "realm": "io.macula.shop",
+                                                        "node-id": "macula-01"}, server="shop-01.local.")),
+             parse_service(service("MaculaOS renamed", {"node-id": "macula-made"}, server="renamed.local."))]
+    report = neighbour_report(found, {"macula-pi-03", "macula-made"})
+    assert report == [
+        {"nodeId": "macula-01", "host": "shop-01.local", "addresses": ["192.168.10.21"], "version": "unknown",
+         "roles": ["peer", "bootstrap"], "realm": "io.macula.shop"},
+        {"nodeId": "macula-09", "host": "shop-09.local", "addresses": ["192.168.10.21"], "version": "0.4.0",
+         "roles": ["peer"], "realm": ""}]
+    for entry in report:   # what the NodeReport's schema holds
+        LanNeighbour.model_validate(entry)
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "86401"])
+def test_a_bad_lan_neighbours_interval_stops_the_agent_before_it_starts(value: str, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before the agent reads a kubeconfig or touches the host (0 is the way to turn looking off)."""
+    assert main(["agent", "run", "--node-name=macula-pi-03", f"--host-root={tmp_path}",
+                 f"--lan-neighbours-seconds={value}"]) == 2
+    err = capsys.readouterr().err
+    assert "--lan-neighbours-seconds:" in err and "between 0 (never look) and 86400" in err, err

@@ -58,6 +58,8 @@ class Reporter:
         self._compared: dict[str, Any] = {}
         self._written_at: dict[str, float] = {}
         self._labels: dict[str, str | None] = {}
+        self._neighbours: list[dict[str, Any]] | None = None   # wanted; None: not looking, none shown
+        self._neighbours_stored: list[dict[str, Any]] | None = None
         self._conditions: dict[str, tuple[str, str, str]] = {}
         self._last_ok = True
 
@@ -107,6 +109,14 @@ class Reporter:
         self._wanted[key] = {"uid": uid, "report": report}
         self._compared[key] = comparable
         self._written_at[key] = time.monotonic()
+
+    def lan_neighbours(self, neighbours: list[dict[str, Any]]) -> bool:
+        """The node's LAN neighbours (LanNeighbour dicts), written with the time when they changed (an
+        unchanged LAN costs no write). False when the API refused."""
+        self._ensure_loaded()
+        with self._lock:
+            self._neighbours = neighbours
+        return self.flush()
 
     def entries(self, plural: str) -> dict[str, dict[str, Any]]:
         """This node's current entries about objects of one kind, by object name."""
@@ -158,22 +168,30 @@ class Reporter:
         with self._lock:
             stored = self._stored or {}
             wanted = copy.deepcopy(self._wanted)
+            neighbours = copy.deepcopy(self._neighbours)
         patch = merge_patch(stored, wanted)
-        if not patch and self._exists:
+        new_neighbours = neighbours != self._neighbours_stored
+        if not patch and not new_neighbours and self._exists:
             return True
         if not self._exists:
             self._create()
-        body = {"status": {"entries": patch, "objects": len(wanted), "lastUpdateTime": now_rfc3339()}}
+        now = now_rfc3339()
+        body: dict[str, Any] = {"status": {"entries": patch, "objects": len(wanted), "lastUpdateTime": now}}
+        if new_neighbours:  # null removes them: an agent that does not look shows no old list
+            body["status"] |= {"lanNeighbours": neighbours,
+                               "lanNeighboursTime": now if neighbours is not None else None}
         try:
             self._kube.request("PATCH", object_path(REPORTS, self.node, "status"), body, timeout=REQUEST_TIMEOUT,
                                content_type=MERGE_PATCH)
         except ApiError as exc:
             if exc.status == HTTPStatus.NOT_FOUND:  # deleted behind our back: create it again, in full
                 with self._lock:
-                    self._stored, self._exists = {}, False
+                    self._stored, self._exists, self._neighbours_stored = {}, False, None
             raise
         with self._lock:
             self._stored = apply_merge_patch(stored, patch)
+            if new_neighbours:
+                self._neighbours_stored = neighbours
         return True
 
     def _load(self) -> None:
@@ -183,11 +201,14 @@ class Reporter:
         except ApiError as exc:
             if exc.status != HTTPStatus.NOT_FOUND:
                 raise
-            stored, exists = {}, False
+            body, exists = {}, False
         else:
-            stored, exists = dict((body.get("status") or {}).get("entries") or {}), True
+            exists = True
+        status = body.get("status") or {}
+        stored = dict(status.get("entries") or {})
         with self._lock:
             self._stored, self._exists = stored, exists
+            self._neighbours_stored = status.get("lanNeighbours")
             for key, value in stored.items():  # entries of an earlier run stay until replaced or pruned
                 self._wanted.setdefault(key, copy.deepcopy(value))
 

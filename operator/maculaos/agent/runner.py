@@ -27,6 +27,7 @@ from maculaos.agent.healthcheck import PLURAL as HEALTH_PLURAL
 from maculaos.agent.healthcheck import HealthEngine, significant
 from maculaos.agent.meshrole import PLURAL as MESH_PLURAL
 from maculaos.agent.meshrole import converge_mesh
+from maculaos.agent.neighbours import watch_lan
 from maculaos.agent.nodereport import Reporter
 from maculaos.agent.nodeupgrade import PLURAL as UPGRADE_PLURAL
 from maculaos.agent.nodeupgrade import UpgradeEngine, relevance
@@ -103,6 +104,9 @@ class Agent:
         health = threading.Thread(target=self._health_loop, args=(stop,), name="health", daemon=True)
         health.start()
         threading.Thread(target=self._backup_loop, args=(stop,), name="backup", daemon=True).start()
+        if self.settings.lan_neighbours_seconds > 0:
+            threading.Thread(target=watch_lan, args=(self.settings, self.reporter, stop), name="lan",
+                             daemon=True).start()
         threading.Thread(target=self.upgrades.run, args=(stop, self.settings.resync_seconds), name="upgrades",
                          daemon=True).start()
         while not stop.is_set():

@@ -41,3 +41,6 @@ class AgentSettings:
     grub_editenv_in_node: bool = False
     """The grub-editenv command runs in the node's mount namespace (the image's host wrapper): it is given
     the GRUB environment's path as the node sees it, not under the host root."""
+    lan_neighbours_seconds: float = 0.0
+    """Look for the other MaculaOS nodes on the LAN (mDNS) this often and list them in the NodeReport;
+    0: never (python-zeroconf is not even loaded)."""

@@ -21,6 +21,7 @@ from maculaos.api.common import ApiModel, CustomResource, NodeEntry, PrinterColu
 REPORT_KEY_PATTERN = (r"^[A-Z][A-Za-z0-9]{0,62}(/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?"
                       r"/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 MAX_ENTRIES = 1024
+MAX_NEIGHBOURS = 256
 
 
 def report_key(kind: str, name: str, namespace: str = "") -> str:
@@ -47,6 +48,23 @@ class ReportEntry(ApiModel):
     """What the node reports, as it appears in the object's status.nodes.<node>."""
 
 
+class LanNeighbour(ApiModel):
+    """A MaculaOS node this node found on its LAN: its mDNS `_macula._tcp` service and TXT records."""
+
+    node_id: str = Field(max_length=253)
+    """The name the node made for itself on its first boot (TXT node-id), else its host name."""
+    host: str = Field(default="", max_length=253)
+    """Its mDNS host name (`<name>.local`)."""
+    addresses: list[str] = Field(default_factory=list, max_length=16)
+    """Its addresses, as its mDNS records give them."""
+    version: str = Field(default="", max_length=64)
+    """The MaculaOS version it runs."""
+    roles: list[str] = Field(default_factory=list, max_length=16)
+    """Its mesh roles."""
+    realm: str = Field(default="", max_length=253)
+    """Its Macula realm."""
+
+
 class NodeReportStatus(ApiModel):
     """What the node's agent reports. Written by that agent only."""
 
@@ -63,6 +81,12 @@ class NodeReportStatus(ApiModel):
     """How many objects the node reports on."""
     last_update_time: str | None = None
     """When the agent last wrote this report (RFC 3339)."""
+    lan_neighbours: list[LanNeighbour] | None = Field(default=None, max_length=MAX_NEIGHBOURS)
+    """The other MaculaOS nodes on this node's LAN, from mDNS (absent while the agent does not look:
+    `--lan-neighbours-seconds` 0)."""
+    lan_neighbours_time: str | None = None
+    """When that list last changed (RFC 3339); the agent looks every `--lan-neighbours-seconds` and writes
+    only a change."""
 
 
 class NodeReportSpec(CustomResource):

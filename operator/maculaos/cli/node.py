@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 #: The agent's flags that `agent apply` shares with `agent run` (the same fields of AgentSettings).
 APPLY_SETTINGS = ("host_root", "nft", "systemctl", "live_systemd")
 RUN_SETTINGS = ("node_name", "host_root", "resync_seconds", "nft", "systemctl", "live_systemd", "restic", "rauc",
-                "rauc_conf", "reboot_command", "grub_editenv", "grub_editenv_in_node")
+                "rauc_conf", "reboot_command", "grub_editenv", "grub_editenv_in_node", "lan_neighbours_seconds")
+#: The longest wait between two looks for LAN neighbours (a day).
+MAX_LAN_NEIGHBOURS_SECONDS = 86400
 
 
 def _agent_apply(args: argparse.Namespace) -> int:
@@ -141,6 +143,9 @@ def _agent_run(args: argparse.Namespace) -> int:
 
     configure_json_logging(node=args.node_name)
     settings = AgentSettings(**{name: getattr(args, name) for name in RUN_SETTINGS})
+    if not 0 <= settings.lan_neighbours_seconds <= MAX_LAN_NEIGHBOURS_SECONDS:  # NaN too
+        raise MaculaosError(f"--lan-neighbours-seconds: {args.lan_neighbours_seconds} is not a number of seconds "
+                            f"between 0 (never look) and {MAX_LAN_NEIGHBOURS_SECONDS}", exit_code=2)
     try:
         kube = KubeClient(Credentials.load())
     except (ConfigError, OSError, ssl.SSLError) as exc:

@@ -63,7 +63,7 @@ def _wizard_console(args: argparse.Namespace) -> int:
 
 
 def _discover(args: argparse.Namespace) -> int:
-    from maculaos.wizard.discover import discover
+    from maculaos.host.discover import discover
     found = discover(args.timeout)
     print(f"{'NODE':<20} {'ADDRESS':<18} {'VERSION':<12} {'ROLES':<22} REALM")
     for node in found:

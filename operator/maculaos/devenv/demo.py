@@ -72,19 +72,21 @@ def start_operator(kubeconfig: Path, log_dir: Path, resync_seconds: float = 10.0
 
 
 def agent_command(kubeconfig: Path, node: str, host_root: Path, nft: Path, resync_seconds: float = 30.0,
-                  systemctl: str = "systemctl") -> tuple[list[str], dict[str, str]]:
+                  systemctl: str = "systemctl", lan_neighbours_seconds: float = 0) -> tuple[list[str], dict[str, str]]:
     """argv and environment of one simulated node's agent, as the DaemonSet runs it (`maculaos agent run`)."""
     argv = [sys.executable, "-m", "maculaos", "agent", "run", f"--node-name={node}", f"--host-root={host_root}",
-            f"--nft={nft}", f"--systemctl={systemctl}", f"--resync-seconds={resync_seconds}"]
+            f"--nft={nft}", f"--systemctl={systemctl}", f"--resync-seconds={resync_seconds}",
+            f"--lan-neighbours-seconds={lan_neighbours_seconds}"]
     env = {"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1",
            "MACULAOS_RESTIC": str(default_bin_dir() / "restic")}
     return argv, env
 
 
 def start_agent(kubeconfig: Path, log_dir: Path, node: str, host_root: Path, nft: Path,
-                resync_seconds: float = 30.0, systemctl: str = "systemctl") -> ProcessRecord:
+                resync_seconds: float = 30.0, systemctl: str = "systemctl",
+                lan_neighbours_seconds: float = 0) -> ProcessRecord:
     """One simulated node's agent as its own process (a node without RAUC)."""
-    argv, env = agent_command(kubeconfig, node, host_root, nft, resync_seconds, systemctl)
+    argv, env = agent_command(kubeconfig, node, host_root, nft, resync_seconds, systemctl, lan_neighbours_seconds)
     _, record = spawn(f"agent-{node}", argv, log_dir, env=env)
     return record
 

@@ -88,10 +88,10 @@ def read_node_info(host_root: Path, config: dict[str, Any] | None = None) -> Nod
     return NodeInfo(version=info.get("MACULAOS_VERSION", "unknown"), arch=info.get("MACULAOS_ARCH", "unknown"),
                     realm=realm if isinstance(realm, str) else "", roles=roles,
                     k3s=info.get("K3S", "").startswith("included"), user=info.get("LOGIN_USER", "macula"),
-                    node_id=_node_id(host_root))
+                    node_id=made_node_id(host_root))
 
 
-def _node_id(host_root: Path) -> str:
+def made_node_id(host_root: Path) -> str:
     """The name the node made for itself on its first boot (host/hostname.py keeps it on the data
     partition): stable across renames, so `maculaos discover` tells nodes apart. Empty before it exists."""
     try:
