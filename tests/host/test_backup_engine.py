@@ -487,6 +487,13 @@ def test_work_waits_while_the_api_server_cannot_give_the_repository_password(
         eng.read_secret = lambda ref: {"password": "pw"}[ref.key]
         eng.tick({"nightly": obj}, {"undo": restore}, {})
         assert reports[-1][2]["lastCheckResult"] == "OK", reports[-1]
+        # The next day's outage is warned about again: the answer in between ended the first one.
+        eng.read_secret = read_secret_with(server.client)
+        obj["status"]["nodes"] = {NODE: reports[-1][2]}
+        clock.now = dt.datetime(2026, 1, 11, 4, 1, tzinfo=dt.timezone.utc)
+        eng.tick({"nightly": obj}, {"undo": restore}, {})
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert sum(m.startswith("integrity check of backup nightly waits") for m in warned) == 2, warned
     finally:
         server.close()
 

@@ -148,6 +148,7 @@ class BackupEngine:
     def _job(self, name: str, spec: BackupSpec, status: Mapping[str, Any], node: str | None = None) -> BackupJob:
         repos = repositories(spec, node or self.settings.node, self.settings.host_root, self.read_secret,
                              status.get("meshPeers") or {}, self.settings.node)
+        self.waiting.clear()  # the API server answered: the next outage is worth a warning again
         target = next(t for t in ("local", "rest", "mesh", "s3") if getattr(spec.target, t) is not None)
         return BackupJob(name=name, node=node or self.settings.node, host_root=self.settings.host_root,
                          include=list(spec.include), exclude=list(spec.exclude), retention=spec.retention,
