@@ -16,6 +16,22 @@ _seconds: defaultdict[str, float] = defaultdict(float)
 _counts: defaultdict[str, int] = defaultdict(int)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true",
+                     help="also run the VM stories past the test command's time budget (marker `long`)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The `long` stories skip unless asked for: CI's time limit has no room for them (each is a reboot of
+    the VM node). They are named in the run's summary, so a reader sees what did not run."""
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="a long VM story: runs with --long (make test-long)")
+    for item in items:
+        if item.get_closest_marker("long"):
+            item.add_marker(skip)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     parts = report.nodeid.split("/")
     level = parts[1] if len(parts) > 2 and parts[0] == "tests" else "other"

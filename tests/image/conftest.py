@@ -74,6 +74,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+#: The story that left each module's shared node in doubt, by module: a reboot that failed.
+_node_lost: dict[str, str] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    report: pytest.TestReport = yield
+    if report.failed and item.get_closest_marker("reboots"):
+        _node_lost.setdefault(item.nodeid.split("::")[0], item.name)
+    return report
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """After a story that reboots the shared node failed, the node may not be up: the later stories on it
+    skip rather than each wait out its timeouts (minutes of CI apiece)."""
+    if "node" in getattr(item, "fixturenames", ()) and (failed := _node_lost.get(item.nodeid.split("::")[0])):
+        pytest.skip(f"the node may not have come back from {failed}, which failed")
+
+
 #: benchmarks/image.py's median from QEMU start to MACULAOS-READY (docs/benchmarks.md, "Current figures").
 #: The benchmark holds the target; a boot test fails only past twice this figure: a gross regression, not
 #: a busy machine.
