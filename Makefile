@@ -10,12 +10,13 @@ demo: install
 demo-stop:
 	@if [ -x .venv/bin/maculaos ]; then .venv/bin/maculaos dev down; fi
 
+# Two lanes at once (tools/test.sh says which tests run in each)
 test: install
-	.venv/bin/python -m pytest
+	tools/test.sh
 
 # Everything `make test` runs, and the VM stories past its time budget (marker `long`)
 test-long: install
-	.venv/bin/python -m pytest --long
+	tools/test.sh --long
 
 crds:
 	.venv/bin/maculaos crds generate

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -38,17 +39,21 @@ class BuiltImage:
 
 
 def build_for(arch: str) -> BuiltImage:
-    """The tests' image for one architecture, built once and kept in the cache by its inputs' digest."""
-    definition = load_definition(REPO / "image-build" / "maculaos.yaml", [EXTENSION]).select(PROFILES)
-    definition = definition.for_arch(arch)
-    inputs = BuildInputs(definition, REPO, development_identity(default_cache()))
-    out = default_cache() / "builds" / inputs.digest()
-    names = [definition.artifact(f) for f in ("squashfs", "kernel", "initrd", "build-info")]
-    if not (out / COMPLETE).exists():
-        shutil.rmtree(out, ignore_errors=True)
-        ImageBuilder(inputs, out).build()
-    mark_used(out)
-    evict_unused(out.parent)
+    """The tests' image for one architecture, built once and kept in the cache by its inputs' digest. The
+    build holds a lock: `make test`'s two lanes both ask for it, and the second waits for the first's."""
+    default_cache().mkdir(parents=True, exist_ok=True)
+    with (default_cache() / f"tests-build-{arch}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        definition = load_definition(REPO / "image-build" / "maculaos.yaml", [EXTENSION]).select(PROFILES)
+        definition = definition.for_arch(arch)
+        inputs = BuildInputs(definition, REPO, development_identity(default_cache()))
+        out = default_cache() / "builds" / inputs.digest()
+        names = [definition.artifact(f) for f in ("squashfs", "kernel", "initrd", "build-info")]
+        if not (out / COMPLETE).exists():
+            shutil.rmtree(out, ignore_errors=True)
+            ImageBuilder(inputs, out).build()
+        mark_used(out)
+        evict_unused(out.parent)
     return BuiltImage(*(out / n for n in names[:3]), build_info=(out / names[3]).read_text(), out=out)
 
 

@@ -326,8 +326,14 @@ def test_an_agent_lists_the_maculaos_nodes_on_its_lan_in_its_nodereport(fleet: F
     zeroconf.register_service(other)
     zeroconf.register_service(service(node.name, node.name, {"version": "0.4.0", "roles": "peer"}))
 
-    def neighbours() -> Any:
+    def listed() -> Any:
         return (fleet.cluster.get("NodeReport", node.name).get("status") or {}).get("lanNeighbours")
+
+    def neighbours() -> Any:
+        """The list as far as this test's two services go: `make test`'s other lane may publish nodes on
+        loopback at the same time."""
+        found = listed()
+        return found if found is None else [n for n in found if n["host"] in ("shop-07.local", f"{node.name}.local")]
 
     stop(node.agent)
     fleet.start(node, lan_neighbours_seconds=2)
@@ -345,5 +351,5 @@ def test_an_agent_lists_the_maculaos_nodes_on_its_lan_in_its_nodereport(fleet: F
         stop(node.agent)
         fleet.start(node)
     # Started without looking, the agent shows no list at all (not an old one); its first pass writes.
-    fleet.cluster.wait_for(lambda: neighbours() is None, timeout=60, what="the agent not looking to drop the list")
+    fleet.cluster.wait_for(lambda: listed() is None, timeout=60, what="the agent not looking to drop the list")
     assert "lanNeighboursTime" not in fleet.cluster.get("NodeReport", node.name)["status"]
